@@ -1,0 +1,405 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/capstan-power/capstan/internal/metrics"
+)
+
+// binary is the capstan binary built once for the end-to-end tests.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "capstan-e2e")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "capstan")
+	build := exec.Command("go", "build", "-o", binary, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=1", "CGO_CFLAGS=-O2 -Wno-deprecated-declarations")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building capstan: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// simFlags run the agent on the simulated fleet, with nothing listening unless a test asks.
+var simFlags = []string{"--gpu.backend=sim", "--gpu.sim.count=2", "--web.listen-address="}
+
+func runCapstan(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code = 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("running capstan %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+type jsonPoint struct {
+	Name       string            `json:"name"`
+	Unit       string            `json:"unit"`
+	Type       string            `json:"type"`
+	Value      float64           `json:"value"`
+	Attributes map[string]string `json:"attributes"`
+	Resource   map[string]string `json:"resource"`
+}
+
+// gpuMetricsNotOnSXM are table metrics the simulated SXM boards answer "not supported" for, as
+// real SXM boards do (they have no fan of their own).
+var gpuMetricsNotOnSXM = map[string]bool{metrics.GPUFanSpeed.Name: true}
+
+func TestCollectJSONHasEveryGPUMetric(t *testing.T) {
+	out, errOut, code := runCapstan(t, append([]string{"collect", "--json", "--node.name=node-a"}, simFlags...)...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var points []jsonPoint
+	if err := json.Unmarshal([]byte(out), &points); err != nil {
+		t.Fatalf("output is not the JSON array documented: %v\n%s", err, out)
+	}
+	seen := map[string]bool{}
+	for _, p := range points {
+		seen[p.Name] = true
+		d := metrics.ByName(p.Name)
+		if d == nil {
+			t.Errorf("%s is not in the metric table", p.Name)
+			continue
+		}
+		if p.Unit != d.Unit || p.Type != d.Kind.String() {
+			t.Errorf("%s: unit %q type %q, table says %q %q", p.Name, p.Unit, p.Type, d.Unit, d.Kind)
+		}
+		for k := range p.Attributes {
+			if !contains(d.Attributes, k) {
+				t.Errorf("%s carries attribute %q the table does not list", p.Name, k)
+			}
+		}
+		if p.Resource["service.name"] != "capstan" || p.Resource["host.name"] != "node-a" {
+			t.Errorf("%s: resource %v lacks service.name=capstan host.name=node-a", p.Name, p.Resource)
+		}
+	}
+	for _, d := range metrics.Table {
+		if (d.Source == "gpu" || d.Source == "agent") && !seen[d.Name] && !gpuMetricsNotOnSXM[d.Name] {
+			t.Errorf("%s missing from capstan collect", d.Name)
+		}
+	}
+	// Power of an H100 (200–700 W limits) must sit inside the model's range.
+	for _, p := range points {
+		if p.Name == metrics.GPUPower.Name && (p.Value < 50 || p.Value > 700) {
+			t.Errorf("hw.power %v W is outside an H100's range", p.Value)
+		}
+		if p.Name == metrics.CollectorUp.Name && p.Value != 1 {
+			t.Errorf("collector %s is down", p.Attributes["collector"])
+		}
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func TestCollectTable(t *testing.T) {
+	out, errOut, code := runCapstan(t, append([]string{"collect"}, simFlags...)...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if !strings.HasPrefix(out, "METRIC") || !strings.Contains(out, "hw.power") || !strings.Contains(out, "gpu.index=1") {
+		t.Errorf("table output lacks its header or GPU rows:\n%s", out)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	out, _, code := runCapstan(t, "version")
+	if code != 0 || !strings.HasPrefix(out, "capstan ") {
+		t.Errorf("capstan version: exit %d, output %q", code, out)
+	}
+}
+
+func TestConfigErrorsExitTwoWithoutStackTrace(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "capstan.yaml")
+	if err := os.WriteFile(bad, []byte("gpu:\n  backend: cuda\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"bad value in file", []string{"--config.file", bad}, "capstan.yaml:2"},
+		{"config check", []string{"config", "check", bad}, `"cuda"`},
+		{"bad flag value", []string{"--gpu.sim.count=0"}, "gpu.sim.count"},
+		{"unknown flag", []string{"--gpu.bakend=sim"}, "gpu.bakend"},
+		{"missing file", []string{"--config.file", filepath.Join(dir, "nope.yaml")}, "nope.yaml"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, errOut, code := runCapstan(t, tc.args...)
+			if code != 2 {
+				t.Errorf("exit code %d, want 2; stderr: %s", code, errOut)
+			}
+			if !strings.Contains(errOut, tc.want) {
+				t.Errorf("stderr %q does not name %q", errOut, tc.want)
+			}
+			if strings.Contains(errOut, "goroutine ") || strings.Contains(errOut, "panic") {
+				t.Errorf("stack trace on a config error:\n%s", errOut)
+			}
+		})
+	}
+}
+
+func TestConfigCheckPrintsEffectiveConfig(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "capstan.yaml")
+	if err := os.WriteFile(path, []byte("gpu:\n  backend: sim\n  sim:\n    count: 4\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runCapstan(t, "config", "check", path)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"backend: sim", "count: 4", "listen-address: 127.0.0.1:9400"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("effective config lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// agentProcess is a running agent with its stderr (logs) captured line by line.
+type agentProcess struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	logs strings.Builder
+	out  syncBuffer
+	done chan struct{}
+}
+
+// syncBuffer is a bytes.Buffer safe to write from the exec package's copying goroutine.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func startAgent(t *testing.T, args ...string) *agentProcess {
+	t.Helper()
+	a := &agentProcess{cmd: exec.Command(binary, args...), done: make(chan struct{})}
+	stderr, err := a.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.cmd.Stdout = &a.out
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer close(a.done)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			a.mu.Lock()
+			a.logs.WriteString(sc.Text() + "\n")
+			a.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = a.cmd.Process.Kill()
+		_ = a.cmd.Wait()
+	})
+	return a
+}
+
+func (a *agentProcess) Logs() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.logs.String()
+}
+
+// waitLog waits until the logs contain s.
+func (a *agentProcess) waitLog(t *testing.T, s string) { t.Helper(); a.waitLogCount(t, s, 1) }
+
+// waitLogCount waits until the logs contain s at least n times.
+func (a *agentProcess) waitLogCount(t *testing.T, s string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if strings.Count(a.Logs(), s) >= n {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("agent never logged %q %d times; logs:\n%s", s, n, a.Logs())
+}
+
+// waitOutput waits until the agent's stdout contains s.
+func (a *agentProcess) waitOutput(t *testing.T, s string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(a.out.String(), s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("agent never printed %q; stdout:\n%s", s, a.out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (a *agentProcess) stop(t *testing.T) int {
+	t.Helper()
+	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-a.done
+	err := a.cmd.Wait()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	return 0
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func TestAgentServesPrometheusAndStopsCleanly(t *testing.T) {
+	addr := freeAddr(t)
+	a := startAgent(t, "--gpu.backend=sim", "--gpu.sim.count=2", "--web.listen-address="+addr, "--summary.interval=1s")
+	a.waitLog(t, "agent ready")
+	if code, _ := get(t, "http://"+addr+"/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz = %d after ready, want 200", code)
+	}
+	if code, _ := get(t, "http://"+addr+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz = %d, want 200", code)
+	}
+	families := scrape(t, "http://"+addr+"/metrics")
+	for _, name := range []string{"hw_power_watts", "capstan_collector_up"} {
+		if _, ok := families[name]; !ok {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+	// The summary table a person watching `make run` sees.
+	a.waitOutput(t, "POWER W")
+	if code := a.stop(t); code != 0 {
+		t.Errorf("exit code %d after SIGTERM, want 0; logs:\n%s", code, a.Logs())
+	}
+}
+
+func TestSIGHUPReloadsAndKeepsRunningOnABadFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "capstan.yaml")
+	write := func(s string) {
+		if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addr := freeAddr(t)
+	write("gpu:\n  backend: sim\n  sim:\n    count: 1\nweb:\n  listen-address: " + addr + "\n")
+	a := startAgent(t, "--config.file", path)
+	a.waitLog(t, "agent ready")
+
+	write("gpu:\n  backend: sim\n  sim:\n    count: [\n")
+	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	a.waitLog(t, "configuration not reloaded")
+	if code, _ := get(t, "http://"+addr+"/healthz"); code != http.StatusOK {
+		t.Fatal("agent stopped serving after a bad reload")
+	}
+
+	write("gpu:\n  backend: sim\n  sim:\n    count: 3\nweb:\n  listen-address: " + addr + "\n")
+	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	a.waitLog(t, "configuration reloaded")
+	a.waitLogCount(t, "agent ready", 2)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		families := scrape(t, "http://"+addr+"/metrics")
+		if f, ok := families["hw_power_watts"]; ok && len(f.GetMetric()) == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after reload to 3 GPUs, /metrics never showed 3 hw_power_watts series")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if code := a.stop(t); code != 0 {
+		t.Errorf("exit %d after SIGTERM", code)
+	}
+}
+
+// scrape fetches a Prometheus endpoint and parses it with Prometheus' own parser.
+func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
+	t.Helper()
+	code, body := get(t, url)
+	if code != http.StatusOK {
+		t.Fatalf("GET %s = %d", url, code)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("parsing %s: %v", url, err)
+	}
+	return families
+}

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSoak runs the agent binary as a node would (8 simulated GPUs collected every second, OTLP
+// push every 10 s to a real OpenTelemetry Collector receiver, Prometheus scraped every 15 s) and
+// reports its CPU use and peak RSS from /proc. `make bench` runs it with CAPSTAN_SOAK=60s; the
+// targets are ≤ 0.5 % of one core and ≤ 40 MiB.
+func TestSoak(t *testing.T) {
+	spec := os.Getenv("CAPSTAN_SOAK")
+	if spec == "" {
+		t.Skip("set CAPSTAN_SOAK=60s to run the soak measurement (make bench does)")
+	}
+	length, err := time.ParseDuration(spec)
+	if err != nil {
+		t.Fatalf("CAPSTAN_SOAK=%q: %v", spec, err)
+	}
+	endpoint, sink := startReceiver(t, "grpc")
+	addr := freeAddr(t)
+	a := startAgent(t, "--gpu.backend=sim", "--gpu.sim.count=8", "--collector.gpu.interval=1s",
+		"--otlp.endpoint="+endpoint, "--otlp.insecure", "--otlp.interval=10s",
+		"--web.listen-address="+addr)
+	a.waitLog(t, "agent ready")
+	pid := a.cmd.Process.Pid
+
+	// Measure from after start-up: the steady state is what a node pays all day.
+	cpu0 := cpuSeconds(t, pid)
+	start := time.Now()
+	scrapes := 0
+	for time.Since(start) < length {
+		scrape(t, "http://"+addr+"/metrics")
+		scrapes++
+		time.Sleep(min(15*time.Second, length-time.Since(start)))
+	}
+	elapsed := time.Since(start)
+	cpu := cpuSeconds(t, pid) - cpu0
+	peakKiB := statusKiB(t, pid, "VmHWM")
+	rssKiB := statusKiB(t, pid, "VmRSS")
+	if code := a.stop(t); code != 0 {
+		t.Errorf("agent exit %d", code)
+	}
+	if sink.DataPointCount() == 0 {
+		t.Error("no OTLP data reached the receiver during the soak")
+	}
+	pct := 100 * cpu / elapsed.Seconds()
+	fmt.Printf("soak: %s, 8 sim GPUs @1s, OTLP @10s, %d scrapes: CPU %.3f s = %.2f %% of one core; peak RSS %.1f MiB (now %.1f MiB)\n",
+		elapsed.Round(time.Second), scrapes, cpu, pct, float64(peakKiB)/1024, float64(rssKiB)/1024)
+	if pct > 0.5 || peakKiB > 40*1024 {
+		t.Logf("over target (≤ 0.5 %% of a core, ≤ 40 MiB)")
+	}
+}
+
+// cpuSeconds is the process's user+system CPU time from /proc/PID/stat.
+func cpuSeconds(t *testing.T, pid int) float64 {
+	t.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields after the command name (which may hold spaces) start after the last ')'.
+	fields := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
+	utime, _ := strconv.ParseFloat(fields[11], 64)
+	stime, _ := strconv.ParseFloat(fields[12], 64)
+	const clockTicks = 100 // USER_HZ on Linux
+	return (utime + stime) / clockTicks
+}
+
+func statusKiB(t *testing.T, pid int, field string) int64 {
+	t.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			v, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return v
+		}
+	}
+	t.Fatalf("%s not in /proc/%d/status", field, pid)
+	return 0
+}

@@ -1,0 +1,68 @@
+package gpu
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
+	"github.com/capstan-power/capstan/collectors"
+	"github.com/capstan-power/capstan/collectors/gpu/sim"
+	"github.com/capstan-power/capstan/internal/config"
+)
+
+// Backend is an initialised GPU library: real NVML or the simulated fleet behind the same
+// nvml.Interface. The GPU collector and the capping controller share one.
+type Backend struct {
+	// Kind is "nvml" or "sim".
+	Kind string
+	Lib  nvml.Interface
+	// Sim is the simulated fleet when Kind is "sim", for reports and tests.
+	Sim *sim.Fleet
+}
+
+// Shutdown releases the library.
+func (b *Backend) Shutdown() error {
+	if ret := b.Lib.Shutdown(); ret != nvml.SUCCESS {
+		return fmt.Errorf("shutting down %s: %w", b.Kind, ret)
+	}
+	return nil
+}
+
+// Open initialises the backend cfg.GPU.Backend names. It returns collectors.ErrNoSource (wrapped,
+// with the reason) when the host has no GPU backend: with "none", and with "auto" when NVML does
+// not load. "auto" never falls back to the simulator.
+func Open(cfg *config.Config, clock sim.Clock, log *slog.Logger) (*Backend, error) {
+	switch strings.ToLower(cfg.GPU.Backend) {
+	case "none":
+		return nil, fmt.Errorf("gpu.backend is none: %w", collectors.ErrNoSource)
+	case "sim":
+		s := cfg.GPU.Sim
+		fleet, err := sim.New(sim.Options{Model: s.Model, Count: s.Count, Trace: s.Trace, Seed: s.Seed, Clock: clock})
+		if err != nil {
+			return nil, fmt.Errorf("starting the simulated GPU fleet: %w", err)
+		}
+		if ret := fleet.Init(); ret != nvml.SUCCESS {
+			return nil, fmt.Errorf("initialising the simulated GPU fleet: %w", ret)
+		}
+		return &Backend{Kind: "sim", Lib: fleet, Sim: fleet}, nil
+	case "nvml", "auto", "":
+		lib := nvml.New()
+		// After a failed Init no other NVML call may be made: with the library missing, any
+		// call but Init kills the process.
+		if ret := lib.Init(); ret != nvml.SUCCESS {
+			err := fmt.Errorf("initialising NVML: %w", ret)
+			if cfg.GPU.Backend == "nvml" {
+				return nil, err
+			}
+			if errors.Is(ret, nvml.ERROR_LIBRARY_NOT_FOUND) || errors.Is(ret, nvml.ERROR_DRIVER_NOT_LOADED) {
+				return nil, fmt.Errorf("gpu.backend auto: NVML not available (%v); running without GPU collection: %w", ret, collectors.ErrNoSource)
+			}
+			return nil, err
+		}
+		return &Backend{Kind: "nvml", Lib: lib}, nil
+	}
+	return nil, fmt.Errorf("gpu.backend %q is not one of auto, nvml, sim, none", cfg.GPU.Backend)
+}

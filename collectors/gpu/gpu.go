@@ -1,0 +1,607 @@
+// Package gpu collects GPU telemetry through go-nvml's nvml.Interface: real NVML on a GPU node,
+// the simulated fleet (package sim) anywhere else.
+package gpu
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"math"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/capstan-power/capstan/collectors"
+	"github.com/capstan-power/capstan/internal/metrics"
+	"github.com/capstan-power/capstan/internal/sample"
+)
+
+// Name is the collector's name in flags and metrics.
+const Name = "gpu"
+
+func init() {
+	collectors.Register(collectors.Factory{
+		Name:             Name,
+		EnabledByDefault: true,
+		Interval:         time.Second,
+		New: func(o collectors.Options) (collectors.Collector, error) {
+			if o.NVML == nil {
+				if o.NVMLErr != nil {
+					return nil, o.NVMLErr
+				}
+				return nil, fmt.Errorf("no GPU backend: %w", collectors.ErrNoSource)
+			}
+			return New(o.NVML, o.Logger, o.Now)
+		},
+	})
+}
+
+// maxEventsPerCollection bounds how many NVML events one collection drains, so an event storm
+// cannot stall the collector.
+const maxEventsPerCollection = 1024
+
+// Collector reads every GPU NVML reports.
+type Collector struct {
+	lib     nvml.Interface
+	log     *slog.Logger
+	now     func() time.Time
+	driver  string
+	devices []*device
+	events  nvml.EventSet // nil when XID events are unavailable
+
+	mu sync.Mutex // one collection at a time: device state (counters, flags) is not shared
+}
+
+// probe names one NVML query, for "not supported" bookkeeping and its log line.
+type probe uint
+
+const (
+	probePower probe = iota
+	probeFields
+	probeEnergy
+	probeTemperature
+	probeUtilization
+	probeEncoder
+	probeDecoder
+	probeMemory
+	probeClocks
+	probeMaxClocks
+	probeEnforcedLimit
+	probeRequestedLimit
+	probeDefaultLimit
+	probeLimitConstraints
+	probeThrottle
+	probePCIe
+	probeECC
+	probeFan
+	probePerformanceState
+	probeCount
+)
+
+var probeNames = [probeCount]string{
+	"power usage", "field values (instant power, memory temperature)", "total energy", "temperature",
+	"utilization", "encoder utilization", "decoder utilization", "memory info", "clocks", "max clocks",
+	"enforced power limit", "power management limit", "default power limit", "power limit constraints",
+	"clock-event reasons", "PCIe throughput", "ECC errors", "fan speed", "performance state",
+}
+
+// Limit kinds and throttle reasons in the order of their series.
+var (
+	limitKinds      = []string{"enforced", "requested", "default", "min", "max"}
+	throttleReasons = []struct {
+		name string
+		mask uint64
+	}{
+		{"sw_power_cap", nvml.ClocksEventReasonSwPowerCap},
+		{"hw_slowdown", nvml.ClocksThrottleReasonHwSlowdown},
+		{"sw_thermal", nvml.ClocksEventReasonSwThermalSlowdown},
+		{"hw_thermal", nvml.ClocksThrottleReasonHwThermalSlowdown},
+		{"power_brake", nvml.ClocksThrottleReasonHwPowerBrakeSlowdown},
+		{"idle", nvml.ClocksEventReasonGpuIdle},
+	}
+)
+
+type device struct {
+	index int
+	dev   nvml.Device
+	uuid  string
+	lost  bool
+	// unsupported marks queries this device answered ERROR_NOT_SUPPORTED; they are skipped.
+	unsupported [probeCount]bool
+	// failing marks queries whose last call failed, so a persistent error is logged once.
+	failing [probeCount]bool
+
+	info, statusOK, statusFailed                  *sample.Series
+	power, powerInstant, energy                   *sample.Series
+	tempGPU, tempMemory                           *sample.Series
+	utilGeneral, utilEncoder, utilDecoder         *sample.Series
+	memActivity                                   *sample.Series
+	memUsage, memLimit, memUtil, memReserved      *sample.Series
+	ioTransmit, ioReceive                         *sample.Series
+	eccCorrected, eccUncorrected                  *sample.Series
+	clockSM, clockMemory, clockMaxSM, clockMaxMem *sample.Series
+	limits                                        [5]*sample.Series
+	throttle                                      [6]*sample.Series
+	fan, pstate                                   *sample.Series
+	base                                          *sample.Series // identity only, for deriving xid series
+
+	xids map[uint64]*xidCount
+
+	fields   []nvml.FieldValue
+	pcieTxB  float64 // bytes, integrated from sampled throughput
+	pcieRxB  float64
+	lastPCIe time.Time
+}
+
+type xidCount struct {
+	series *sample.Series
+	n      float64
+}
+
+// New opens every GPU of lib (already initialised) and builds their series.
+func New(lib nvml.Interface, log *slog.Logger, now func() time.Time) (*Collector, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if now == nil {
+		now = time.Now
+	}
+	c := &Collector{lib: lib, log: log.With("collector", Name), now: now}
+	if v, ret := lib.SystemGetDriverVersion(); ret == nvml.SUCCESS {
+		c.driver = v
+	}
+	n, ret := lib.DeviceGetCount()
+	if ret != nvml.SUCCESS {
+		return nil, fmt.Errorf("counting GPUs: %w", ret)
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("NVML reports no GPU: %w", collectors.ErrNoSource)
+	}
+	for i := range n {
+		c.devices = append(c.devices, c.openDevice(i))
+	}
+	c.openEvents()
+	c.log.Info("GPU collector started", "gpus", n, "driver", c.driver)
+	return c, nil
+}
+
+func (c *Collector) openDevice(i int) *device {
+	d := &device{index: i, xids: map[uint64]*xidCount{}}
+	dev, ret := c.lib.DeviceGetHandleByIndex(i)
+	if ret != nvml.SUCCESS {
+		// Without a handle the GPU can only be reported failed, under its index.
+		c.log.Error("opening GPU; reporting it failed", "gpu", i, "err", ret)
+		d.lost = true
+		d.uuid = fmt.Sprintf("gpu-index-%d", i)
+		d.buildSeries("unknown", c.driver, "", "")
+		return d
+	}
+	d.dev = dev
+	uuid, ret := dev.GetUUID()
+	if ret != nvml.SUCCESS {
+		uuid = fmt.Sprintf("gpu-index-%d", i)
+	}
+	d.uuid = uuid
+	name, _ := dev.GetName()
+	serial, _ := dev.GetSerial()
+	var busID string
+	if pci, ret := dev.GetPciInfo(); ret == nvml.SUCCESS {
+		busID = cString(pci.BusId[:])
+	}
+	if name == "" {
+		name = "unknown"
+	}
+	d.buildSeries(name, c.driver, serial, busID)
+	d.fields = []nvml.FieldValue{{FieldId: nvml.FI_DEV_POWER_INSTANT}, {FieldId: nvml.FI_DEV_MEMORY_TEMP}}
+	return d
+}
+
+func (d *device) buildSeries(name, driver, serial, busID string) {
+	id := []attribute.KeyValue{
+		attribute.String(metrics.AttrHWType, "gpu"),
+		attribute.String(metrics.AttrHWID, d.uuid),
+		attribute.String(metrics.AttrHWName, name),
+		attribute.Int(metrics.AttrGPUIndex, d.index),
+	}
+	d.base = sample.NewSeries(nil, id...)
+	s := func(def *metrics.Def, extra ...attribute.KeyValue) *sample.Series { return d.base.With(def, extra...) }
+	d.info = s(metrics.GPUInfo, attribute.String(metrics.AttrSerial, serial),
+		attribute.String(metrics.AttrPCIBusID, busID), attribute.String(metrics.AttrDriverVersion, driver))
+	d.statusOK = s(metrics.GPUStatus, attribute.String(metrics.AttrHWState, "ok"))
+	d.statusFailed = s(metrics.GPUStatus, attribute.String(metrics.AttrHWState, "failed"))
+	d.power = s(metrics.GPUPower)
+	d.powerInstant = s(metrics.GPUPowerInstant)
+	d.energy = s(metrics.GPUEnergy)
+	d.tempGPU = s(metrics.GPUTemperature, attribute.String(metrics.AttrSensorLocation, "gpu"))
+	d.tempMemory = s(metrics.GPUTemperature, attribute.String(metrics.AttrSensorLocation, "memory"))
+	d.utilGeneral = s(metrics.GPUUtilization, attribute.String(metrics.AttrGPUTask, "general"))
+	d.utilEncoder = s(metrics.GPUUtilization, attribute.String(metrics.AttrGPUTask, "encoder"))
+	d.utilDecoder = s(metrics.GPUUtilization, attribute.String(metrics.AttrGPUTask, "decoder"))
+	d.memActivity = s(metrics.GPUMemoryActivity)
+	d.memUsage = s(metrics.GPUMemoryUsage)
+	d.memLimit = s(metrics.GPUMemoryLimit)
+	d.memUtil = s(metrics.GPUMemoryUtilization)
+	d.memReserved = s(metrics.GPUMemoryReserved)
+	d.ioTransmit = s(metrics.GPUIO, attribute.String(metrics.AttrIODirection, "transmit"))
+	d.ioReceive = s(metrics.GPUIO, attribute.String(metrics.AttrIODirection, "receive"))
+	d.eccCorrected = s(metrics.GPUErrors, attribute.String(metrics.AttrErrorType, "ecc_corrected"))
+	d.eccUncorrected = s(metrics.GPUErrors, attribute.String(metrics.AttrErrorType, "ecc_uncorrected"))
+	d.clockSM = s(metrics.GPUClock, attribute.String(metrics.AttrClockDomain, "sm"))
+	d.clockMemory = s(metrics.GPUClock, attribute.String(metrics.AttrClockDomain, "memory"))
+	d.clockMaxSM = s(metrics.GPUClockMax, attribute.String(metrics.AttrClockDomain, "sm"))
+	d.clockMaxMem = s(metrics.GPUClockMax, attribute.String(metrics.AttrClockDomain, "memory"))
+	for i, k := range limitKinds {
+		d.limits[i] = s(metrics.GPUPowerLimit, attribute.String(metrics.AttrLimitKind, k))
+	}
+	for i, r := range throttleReasons {
+		d.throttle[i] = s(metrics.GPUThrottle, attribute.String(metrics.AttrThrottleReason, r.name))
+	}
+	d.fan = s(metrics.GPUFanSpeed)
+	d.pstate = s(metrics.GPUPerformanceState)
+}
+
+// openEvents registers every GPU for XID events. Without event support the collector runs on;
+// XIDs are then not counted, which it says once.
+func (c *Collector) openEvents() {
+	set, ret := c.lib.EventSetCreate()
+	if ret != nvml.SUCCESS {
+		c.log.Info("NVML events unavailable; XID errors will not be counted", "err", ret)
+		return
+	}
+	registered := 0
+	for _, d := range c.devices {
+		if d.lost {
+			continue
+		}
+		supported, ret := d.dev.GetSupportedEventTypes()
+		if ret != nvml.SUCCESS || supported&nvml.EventTypeXidCriticalError == 0 {
+			continue
+		}
+		if ret := d.dev.RegisterEvents(nvml.EventTypeXidCriticalError, set); ret != nvml.SUCCESS {
+			c.log.Info("registering XID events", "gpu", d.index, "err", ret)
+			continue
+		}
+		registered++
+	}
+	if registered == 0 {
+		set.Free()
+		c.log.Info("no GPU supports XID events; XID errors will not be counted")
+		return
+	}
+	c.events = set
+}
+
+// Close frees the event set; the backend's owner shuts NVML down.
+func (c *Collector) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.events != nil {
+		if ret := c.events.Free(); ret != nvml.SUCCESS {
+			return fmt.Errorf("freeing the NVML event set: %w", ret)
+		}
+		c.events = nil
+	}
+	return nil
+}
+
+// Collect reads every GPU. A lost GPU is reported failed and not queried again; a query a GPU
+// does not support is skipped from then on.
+func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.drainEvents()
+	for _, d := range c.devices {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		c.collectDevice(d, b)
+	}
+	return nil
+}
+
+func (c *Collector) drainEvents() {
+	if c.events == nil {
+		return
+	}
+	for range maxEventsPerCollection {
+		ev, ret := c.events.Wait(0)
+		if ret != nvml.SUCCESS {
+			if ret != nvml.ERROR_TIMEOUT {
+				c.log.Debug("reading NVML events", "err", ret)
+			}
+			return
+		}
+		if ev.EventType&nvml.EventTypeXidCriticalError == 0 {
+			continue
+		}
+		d := c.deviceOf(ev.Device)
+		if d == nil {
+			continue
+		}
+		x := d.xids[ev.EventData]
+		if x == nil {
+			x = &xidCount{series: d.base.With(metrics.GPUErrors,
+				attribute.String(metrics.AttrErrorType, "xid"), attribute.Int64(metrics.AttrXID, int64(ev.EventData)))}
+			d.xids[ev.EventData] = x
+		}
+		x.n++
+		c.log.Warn("GPU XID error", "gpu", d.index, "uuid", d.uuid, "xid", ev.EventData)
+	}
+}
+
+func (c *Collector) deviceOf(dev nvml.Device) *device {
+	for _, d := range c.devices {
+		if d.dev == dev {
+			return d
+		}
+	}
+	return nil
+}
+
+// ok reports whether ret is success, and does the bookkeeping when it is not.
+func (c *Collector) ok(d *device, p probe, ret nvml.Return) bool {
+	switch ret {
+	case nvml.SUCCESS:
+		if d.failing[p] {
+			d.failing[p] = false
+			c.log.Info("GPU query works again", "gpu", d.index, "query", probeNames[p])
+		}
+		return true
+	case nvml.ERROR_NOT_SUPPORTED, nvml.ERROR_FUNCTION_NOT_FOUND:
+		d.unsupported[p] = true
+		c.log.Info("GPU does not support this query; skipping it", "gpu", d.index, "uuid", d.uuid, "query", probeNames[p])
+	case nvml.ERROR_GPU_IS_LOST:
+		if !d.lost {
+			d.lost = true
+			c.log.Error("GPU fell off the bus; reporting it failed and leaving it alone", "gpu", d.index, "uuid", d.uuid)
+		}
+	default:
+		if !d.failing[p] {
+			d.failing[p] = true
+			c.log.Warn("GPU query failed", "gpu", d.index, "query", probeNames[p], "err", ret)
+		}
+	}
+	return false
+}
+
+// want reports whether probe p should be queried on d.
+func (d *device) want(p probe) bool { return !d.lost && !d.unsupported[p] }
+
+func (c *Collector) collectDevice(d *device, b *sample.Batch) {
+	b.Add(d.info, 1)
+	defer func() {
+		ok, failed := 1.0, 0.0
+		if d.lost {
+			ok, failed = 0, 1
+		}
+		b.Add(d.statusOK, ok)
+		b.Add(d.statusFailed, failed)
+		// XID counts stay exported after a GPU is lost: they are usually why.
+		for _, x := range d.xids {
+			b.Add(x.series, x.n)
+		}
+	}()
+	if d.lost {
+		return
+	}
+	dev := d.dev
+
+	if d.want(probePower) {
+		if mw, ret := dev.GetPowerUsage(); c.ok(d, probePower, ret) {
+			b.Add(d.power, float64(mw)/1000)
+		}
+	}
+	if d.want(probeFields) {
+		for i := range d.fields {
+			d.fields[i].NvmlReturn = 0
+		}
+		if ret := dev.GetFieldValues(d.fields); c.ok(d, probeFields, ret) {
+			if v, ok := fieldValue(&d.fields[0]); ok {
+				b.Add(d.powerInstant, v/1000)
+			}
+			if v, ok := fieldValue(&d.fields[1]); ok {
+				b.Add(d.tempMemory, v)
+			}
+		}
+	}
+	if d.want(probeEnergy) {
+		if mj, ret := dev.GetTotalEnergyConsumption(); c.ok(d, probeEnergy, ret) {
+			b.Add(d.energy, float64(mj)/1000)
+		}
+	}
+	if d.want(probeTemperature) {
+		if t, ret := dev.GetTemperature(nvml.TEMPERATURE_GPU); c.ok(d, probeTemperature, ret) {
+			b.Add(d.tempGPU, float64(t))
+		}
+	}
+	if d.want(probeUtilization) {
+		if u, ret := dev.GetUtilizationRates(); c.ok(d, probeUtilization, ret) {
+			b.Add(d.utilGeneral, float64(u.Gpu)/100)
+			b.Add(d.memActivity, float64(u.Memory)/100)
+		}
+	}
+	if d.want(probeEncoder) {
+		if u, _, ret := dev.GetEncoderUtilization(); c.ok(d, probeEncoder, ret) {
+			b.Add(d.utilEncoder, float64(u)/100)
+		}
+	}
+	if d.want(probeDecoder) {
+		if u, _, ret := dev.GetDecoderUtilization(); c.ok(d, probeDecoder, ret) {
+			b.Add(d.utilDecoder, float64(u)/100)
+		}
+	}
+	if d.want(probeMemory) {
+		if m, ret := dev.GetMemoryInfo_v2(); c.ok(d, probeMemory, ret) {
+			b.Add(d.memUsage, float64(m.Used))
+			b.Add(d.memLimit, float64(m.Total))
+			b.Add(d.memReserved, float64(m.Reserved))
+			if m.Total > 0 {
+				b.Add(d.memUtil, float64(m.Used)/float64(m.Total))
+			}
+		}
+	}
+	c.collectClocks(d, b)
+	c.collectLimits(d, b)
+	if d.want(probeThrottle) {
+		reasons, ret := dev.GetCurrentClocksEventReasons()
+		if ret == nvml.ERROR_FUNCTION_NOT_FOUND { // drivers before 535 only know the old name
+			reasons, ret = dev.GetCurrentClocksThrottleReasons()
+		}
+		if c.ok(d, probeThrottle, ret) {
+			for i, r := range throttleReasons {
+				v := 0.0
+				if reasons&r.mask != 0 {
+					v = 1
+				}
+				b.Add(d.throttle[i], v)
+			}
+		}
+	}
+	c.collectPCIe(d, b)
+	if d.want(probeECC) {
+		corrected, ret := dev.GetTotalEccErrors(nvml.MEMORY_ERROR_TYPE_CORRECTED, nvml.VOLATILE_ECC)
+		if c.ok(d, probeECC, ret) {
+			uncorrected, ret := dev.GetTotalEccErrors(nvml.MEMORY_ERROR_TYPE_UNCORRECTED, nvml.VOLATILE_ECC)
+			if c.ok(d, probeECC, ret) {
+				b.Add(d.eccCorrected, float64(corrected))
+				b.Add(d.eccUncorrected, float64(uncorrected))
+			}
+		}
+	}
+	if d.want(probeFan) {
+		if pct, ret := dev.GetFanSpeed(); c.ok(d, probeFan, ret) {
+			b.Add(d.fan, float64(pct)/100)
+		}
+	}
+	if d.want(probePerformanceState) {
+		if p, ret := dev.GetPerformanceState(); c.ok(d, probePerformanceState, ret) && p != nvml.PSTATE_UNKNOWN {
+			b.Add(d.pstate, float64(p))
+		}
+	}
+}
+
+func (c *Collector) collectClocks(d *device, b *sample.Batch) {
+	const hzPerMHz = 1e6
+	if d.want(probeClocks) {
+		sm, ret := d.dev.GetClockInfo(nvml.CLOCK_SM)
+		if c.ok(d, probeClocks, ret) {
+			mem, ret := d.dev.GetClockInfo(nvml.CLOCK_MEM)
+			if c.ok(d, probeClocks, ret) {
+				b.Add(d.clockSM, float64(sm)*hzPerMHz)
+				b.Add(d.clockMemory, float64(mem)*hzPerMHz)
+			}
+		}
+	}
+	if d.want(probeMaxClocks) {
+		sm, ret := d.dev.GetMaxClockInfo(nvml.CLOCK_SM)
+		if c.ok(d, probeMaxClocks, ret) {
+			mem, ret := d.dev.GetMaxClockInfo(nvml.CLOCK_MEM)
+			if c.ok(d, probeMaxClocks, ret) {
+				b.Add(d.clockMaxSM, float64(sm)*hzPerMHz)
+				b.Add(d.clockMaxMem, float64(mem)*hzPerMHz)
+			}
+		}
+	}
+}
+
+func (c *Collector) collectLimits(d *device, b *sample.Batch) {
+	const wPerMW = 1e-3
+	if d.want(probeEnforcedLimit) {
+		if mw, ret := d.dev.GetEnforcedPowerLimit(); c.ok(d, probeEnforcedLimit, ret) {
+			b.Add(d.limits[0], float64(mw)*wPerMW)
+		}
+	}
+	if d.want(probeRequestedLimit) {
+		if mw, ret := d.dev.GetPowerManagementLimit(); c.ok(d, probeRequestedLimit, ret) {
+			b.Add(d.limits[1], float64(mw)*wPerMW)
+		}
+	}
+	if d.want(probeDefaultLimit) {
+		if mw, ret := d.dev.GetPowerManagementDefaultLimit(); c.ok(d, probeDefaultLimit, ret) {
+			b.Add(d.limits[2], float64(mw)*wPerMW)
+		}
+	}
+	if d.want(probeLimitConstraints) {
+		if lo, hi, ret := d.dev.GetPowerManagementLimitConstraints(); c.ok(d, probeLimitConstraints, ret) {
+			b.Add(d.limits[3], float64(lo)*wPerMW)
+			b.Add(d.limits[4], float64(hi)*wPerMW)
+		}
+	}
+}
+
+// collectPCIe turns NVML's sampled throughput (KB/s over a 20 ms window) into byte counters by
+// integrating over the time since the last collection: an estimate, but a monotonic one that
+// rate() in any backend turns back into throughput.
+func (c *Collector) collectPCIe(d *device, b *sample.Batch) {
+	if !d.want(probePCIe) {
+		return
+	}
+	tx, ret := d.dev.GetPcieThroughput(nvml.PCIE_UTIL_TX_BYTES)
+	if !c.ok(d, probePCIe, ret) {
+		return
+	}
+	rx, ret := d.dev.GetPcieThroughput(nvml.PCIE_UTIL_RX_BYTES)
+	if !c.ok(d, probePCIe, ret) {
+		return
+	}
+	now := c.now()
+	if !d.lastPCIe.IsZero() {
+		if dt := now.Sub(d.lastPCIe).Seconds(); dt > 0 {
+			d.pcieTxB += float64(tx) * 1024 * dt
+			d.pcieRxB += float64(rx) * 1024 * dt
+		}
+	}
+	d.lastPCIe = now
+	b.Add(d.ioTransmit, d.pcieTxB)
+	b.Add(d.ioReceive, d.pcieRxB)
+}
+
+// fieldValue decodes an NVML field value; ok is false when the field failed.
+func fieldValue(f *nvml.FieldValue) (float64, bool) {
+	if nvml.Return(f.NvmlReturn) != nvml.SUCCESS {
+		return 0, false
+	}
+	v := f.Value[:]
+	switch nvml.ValueType(f.ValueType) {
+	case nvml.VALUE_TYPE_DOUBLE:
+		return math.Float64frombits(binary.LittleEndian.Uint64(v)), true
+	case nvml.VALUE_TYPE_UNSIGNED_INT:
+		return float64(binary.LittleEndian.Uint32(v)), true
+	case nvml.VALUE_TYPE_UNSIGNED_LONG, nvml.VALUE_TYPE_UNSIGNED_LONG_LONG:
+		return float64(binary.LittleEndian.Uint64(v)), true
+	case nvml.VALUE_TYPE_SIGNED_LONG_LONG:
+		return float64(int64(binary.LittleEndian.Uint64(v))), true
+	case nvml.VALUE_TYPE_SIGNED_INT:
+		return float64(int32(binary.LittleEndian.Uint32(v))), true
+	case nvml.VALUE_TYPE_UNSIGNED_SHORT:
+		return float64(binary.LittleEndian.Uint16(v)), true
+	}
+	return 0, false
+}
+
+// cString converts a NUL-terminated C char array.
+func cString(b []int8) string {
+	var sb strings.Builder
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		sb.WriteByte(byte(c))
+	}
+	return sb.String()
+}
+
+// Devices lists the UUIDs of the GPUs the collector watches, in index order.
+func (c *Collector) Devices() []string {
+	out := make([]string, len(c.devices))
+	for i, d := range c.devices {
+		out[i] = d.uuid
+	}
+	return out
+}
+
+var _ collectors.Closer = (*Collector)(nil)

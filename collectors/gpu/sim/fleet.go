@@ -1,0 +1,314 @@
+// Package sim is a fleet of simulated GPUs behind go-nvml's nvml.Interface, so that everything
+// above the GPU backend runs the same code on a laptop as on a GPU node. Each GPU is a small
+// physical model (power lag, 1 s power average, clocks, temperature, energy, work done) driven by
+// a demand trace and an injected clock; it advances lazily to the clock's time on every call.
+//
+// Methods of nvml.Interface, nvml.Device and nvml.EventSet that the package does not model come
+// from go-nvml's mocks and panic with "method is nil" when called.
+package sim
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+)
+
+// MaxGPUs is the largest fleet New builds.
+const MaxGPUs = 64
+
+// DefaultDriverVersion is the driver version the fleet reports unless Options says otherwise.
+const DefaultDriverVersion = "570.133.20"
+
+// cudaDriverVersion is what SystemGetCudaDriverVersion reports (CUDA 12.8, which drivers 570
+// ship).
+const cudaDriverVersion = 12080
+
+// Options configures a simulated fleet.
+type Options struct {
+	Model string // A100, H100, H200, B200
+	Count int    // GPUs, 1..MaxGPUs
+	// Trace is steady, bursty, training, inference, imbalanced or a path ending in .csv.
+	Trace string
+	// Seed makes UUIDs, serials, traces and noise reproducible.
+	Seed int64
+	// Clock drives the simulation; nil means the wall clock.
+	Clock Clock
+	// DriverVersion is reported by SystemGetDriverVersion; empty means DefaultDriverVersion.
+	DriverVersion string
+}
+
+// Fleet is a set of simulated GPUs that implements nvml.Interface. It is safe for concurrent
+// use: each GPU has its own lock.
+type Fleet struct {
+	*mock.Interface
+
+	model  Model
+	trace  Trace
+	clock  Clock
+	start  time.Time
+	seed   int64
+	driver string
+	gpus   []*GPU
+
+	refs atomic.Int32 // Init calls not yet matched by Shutdown
+
+	mu   sync.Mutex // guards sets
+	sets map[*EventSet]struct{}
+}
+
+var (
+	_ nvml.Interface = (*Fleet)(nil)
+	_ nvml.Device    = (*GPU)(nil)
+	_ nvml.EventSet  = (*EventSet)(nil)
+)
+
+// New builds a fleet after checking its options. Its simulated time starts at the clock's now.
+func New(o Options) (*Fleet, error) {
+	if o.Count < 1 || o.Count > MaxGPUs {
+		return nil, fmt.Errorf("simulated GPU count %d is out of range: must be 1..%d", o.Count, MaxGPUs)
+	}
+	m, err := LookupModel(o.Model)
+	if err != nil {
+		return nil, fmt.Errorf("choosing the simulated GPU model: %w", err)
+	}
+	if strings.TrimSpace(o.Trace) == "" {
+		return nil, fmt.Errorf("choosing the simulated workload: no trace given: use one of %s, or a path ending in .csv",
+			strings.Join(TraceNames(), ", "))
+	}
+	tr, err := NewTrace(o.Trace, m, o.Count, o.Seed)
+	if err != nil {
+		return nil, fmt.Errorf("choosing the simulated workload: %w", err)
+	}
+	clock := o.Clock
+	if clock == nil {
+		clock = RealClock()
+	}
+	driver := o.DriverVersion
+	if driver == "" {
+		driver = DefaultDriverVersion
+	}
+	f := &Fleet{
+		Interface: &mock.Interface{},
+		model:     m,
+		trace:     tr,
+		clock:     clock,
+		start:     clock.Now(),
+		seed:      o.Seed,
+		driver:    driver,
+		sets:      map[*EventSet]struct{}{},
+	}
+	for i := range o.Count {
+		f.gpus = append(f.gpus, newGPU(f, i))
+	}
+	return f, nil
+}
+
+// Model returns the fleet's GPU model.
+func (f *Fleet) Model() Model { return f.model }
+
+// Start returns the instant the fleet's simulated time began; traces see time since then.
+func (f *Fleet) Start() time.Time { return f.start }
+
+// Count returns the number of GPUs; unlike DeviceGetCount it works before Init.
+func (f *Fleet) Count() int { return len(f.gpus) }
+
+// GPU returns simulated device i, the same value DeviceGetHandleByIndex returns. It panics when i
+// is out of range, as indexing would.
+func (f *Fleet) GPU(i int) *GPU {
+	if i < 0 || i >= len(f.gpus) {
+		panic(fmt.Sprintf("sim: GPU index %d out of range 0..%d", i, len(f.gpus)-1))
+	}
+	return f.gpus[i]
+}
+
+// InjectXID raises an XID error on GPU gpu: every event set it is registered with for
+// EventTypeXidCriticalError receives it.
+func (f *Fleet) InjectXID(gpu int, xid uint64) {
+	g := f.GPU(gpu)
+	f.deliver(nvml.EventData{Device: g, EventType: nvml.EventTypeXidCriticalError, EventData: xid})
+}
+
+// InjectECC adds to GPU gpu's volatile ECC error counters and raises the matching single- and
+// double-bit ECC events.
+func (f *Fleet) InjectECC(gpu int, corrected, uncorrected uint64) {
+	g := f.GPU(gpu)
+	g.mu.Lock()
+	g.eccCorrected += corrected
+	g.eccUncorrected += uncorrected
+	g.mu.Unlock()
+	if corrected > 0 {
+		f.deliver(nvml.EventData{Device: g, EventType: nvml.EventTypeSingleBitEccError})
+	}
+	if uncorrected > 0 {
+		f.deliver(nvml.EventData{Device: g, EventType: nvml.EventTypeDoubleBitEccError})
+	}
+}
+
+// SetLost makes GPU gpu fall off the bus (every device call returns ERROR_GPU_IS_LOST) or come
+// back.
+func (f *Fleet) SetLost(gpu int, lost bool) { f.GPU(gpu).lost.Store(lost) }
+
+// SetLimitOverride sets an out-of-band power limit on GPU gpu, as a BMC or another agent would:
+// the enforced limit becomes min(requested, override). Zero or less clears it.
+func (f *Fleet) SetLimitOverride(gpu int, watts float64) {
+	g := f.GPU(gpu)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.advance(f.clock.Now())
+	g.overrideW = max(0, watts)
+}
+
+// SetAmbient sets the inlet air temperature of GPU gpu, e.g. to drive it into thermal slowdown.
+func (f *Fleet) SetAmbient(gpu int, celsius float64) {
+	g := f.GPU(gpu)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.advance(f.clock.Now())
+	g.ambientC = celsius
+}
+
+func (f *Fleet) initialized() bool { return f.refs.Load() > 0 }
+
+// Init initialises the library; calls are counted, as NVML counts them.
+func (f *Fleet) Init() nvml.Return {
+	f.refs.Add(1)
+	return nvml.SUCCESS
+}
+
+// Shutdown undoes one Init.
+func (f *Fleet) Shutdown() nvml.Return {
+	for {
+		n := f.refs.Load()
+		if n <= 0 {
+			return nvml.ERROR_UNINITIALIZED
+		}
+		if f.refs.CompareAndSwap(n, n-1) {
+			return nvml.SUCCESS
+		}
+	}
+}
+
+// ErrorString describes ret.
+func (f *Fleet) ErrorString(ret nvml.Return) string { return ret.Error() }
+
+func (f *Fleet) DeviceGetCount() (int, nvml.Return) {
+	if !f.initialized() {
+		return 0, nvml.ERROR_UNINITIALIZED
+	}
+	return len(f.gpus), nvml.SUCCESS
+}
+
+func (f *Fleet) DeviceGetHandleByIndex(i int) (nvml.Device, nvml.Return) {
+	if !f.initialized() {
+		return nil, nvml.ERROR_UNINITIALIZED
+	}
+	if i < 0 || i >= len(f.gpus) {
+		return nil, nvml.ERROR_INVALID_ARGUMENT
+	}
+	return f.handle(f.gpus[i])
+}
+
+func (f *Fleet) DeviceGetHandleByUUID(uuid string) (nvml.Device, nvml.Return) {
+	if !f.initialized() {
+		return nil, nvml.ERROR_UNINITIALIZED
+	}
+	for _, g := range f.gpus {
+		if g.uuid == uuid {
+			return f.handle(g)
+		}
+	}
+	return nil, nvml.ERROR_NOT_FOUND
+}
+
+func (f *Fleet) DeviceGetHandleByPciBusId(busID string) (nvml.Device, nvml.Return) {
+	if !f.initialized() {
+		return nil, nvml.ERROR_UNINITIALIZED
+	}
+	for _, g := range f.gpus {
+		if strings.EqualFold(busID, g.busID) || strings.EqualFold(busID, g.busIDLegacy) {
+			return f.handle(g)
+		}
+	}
+	return nil, nvml.ERROR_NOT_FOUND
+}
+
+// handle returns g as NVML would: not at all once it has fallen off the bus.
+func (f *Fleet) handle(g *GPU) (nvml.Device, nvml.Return) {
+	if g.lost.Load() {
+		return nil, nvml.ERROR_GPU_IS_LOST
+	}
+	return g, nvml.SUCCESS
+}
+
+func (f *Fleet) SystemGetDriverVersion() (string, nvml.Return) {
+	if !f.initialized() {
+		return "", nvml.ERROR_UNINITIALIZED
+	}
+	return f.driver, nvml.SUCCESS
+}
+
+// SystemGetNVMLVersion reports the NVML version the way NVML does: CUDA major, then the driver.
+func (f *Fleet) SystemGetNVMLVersion() (string, nvml.Return) {
+	if !f.initialized() {
+		return "", nvml.ERROR_UNINITIALIZED
+	}
+	return fmt.Sprintf("%d.%s", cudaDriverVersion/1000, f.driver), nvml.SUCCESS
+}
+
+func (f *Fleet) SystemGetCudaDriverVersion() (int, nvml.Return) {
+	if !f.initialized() {
+		return 0, nvml.ERROR_UNINITIALIZED
+	}
+	return cudaDriverVersion, nvml.SUCCESS
+}
+
+func (f *Fleet) SystemGetCudaDriverVersion_v2() (int, nvml.Return) {
+	return f.SystemGetCudaDriverVersion()
+}
+
+func (f *Fleet) EventSetCreate() (nvml.EventSet, nvml.Return) {
+	if !f.initialized() {
+		return nil, nvml.ERROR_UNINITIALIZED
+	}
+	s := newEventSet(f)
+	f.mu.Lock()
+	f.sets[s] = struct{}{}
+	f.mu.Unlock()
+	return s, nvml.SUCCESS
+}
+
+func (f *Fleet) EventSetWait(set nvml.EventSet, timeoutMs uint32) (nvml.EventData, nvml.Return) {
+	s, ok := set.(*EventSet)
+	if !ok || s.fleet != f {
+		return nvml.EventData{}, nvml.ERROR_INVALID_ARGUMENT
+	}
+	return s.Wait(timeoutMs)
+}
+
+func (f *Fleet) EventSetFree(set nvml.EventSet) nvml.Return {
+	s, ok := set.(*EventSet)
+	if !ok || s.fleet != f {
+		return nvml.ERROR_INVALID_ARGUMENT
+	}
+	return s.Free()
+}
+
+// deliver queues ev on every live event set its device is registered with for its type.
+func (f *Fleet) deliver(ev nvml.EventData) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for s := range f.sets {
+		s.offer(ev)
+	}
+}
+
+func (f *Fleet) forget(s *EventSet) {
+	f.mu.Lock()
+	delete(f.sets, s)
+	f.mu.Unlock()
+}

@@ -1,0 +1,189 @@
+package collectors
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/capstan-power/capstan/internal/metrics"
+	"github.com/capstan-power/capstan/internal/sample"
+)
+
+type funcCollector func(context.Context, *sample.Batch) error
+
+func (f funcCollector) Collect(ctx context.Context, b *sample.Batch) error { return f(ctx, b) }
+
+var testSeries = sample.NewSeries(metrics.GPUPower)
+
+func self(store *sample.Store, name string) (up, duration float64, ok bool) {
+	store.View(SelfKey(name), func(b *sample.Batch) {
+		if b == nil {
+			return
+		}
+		ok = true
+		duration = -1
+		for _, p := range b.Points {
+			switch p.Series.Def {
+			case metrics.CollectorUp:
+				up = p.Value
+			case metrics.CollectorDuration:
+				duration = p.Value
+			}
+		}
+	})
+	return
+}
+
+func points(store *sample.Store, name string) int {
+	n := -1
+	store.View(name, func(b *sample.Batch) {
+		if b != nil {
+			n = len(b.Points)
+		}
+	})
+	return n
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.Buffer.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.Buffer.String()
+}
+
+func newRunner() (*Runner, *sample.Store, *syncBuffer) {
+	logs := &syncBuffer{}
+	store := sample.NewStore()
+	return NewRunner(store, slog.New(slog.NewTextHandler(logs, nil)), nil), store, logs
+}
+
+func TestRunnerReportsSuccessAndFailure(t *testing.T) {
+	r, store, logs := newRunner()
+	fail := errors.New("sensor bus timeout")
+	var mu sync.Mutex
+	var next error
+	r.Add("flaky", funcCollector(func(_ context.Context, b *sample.Batch) error {
+		b.Add(testSeries, 42)
+		mu.Lock()
+		defer mu.Unlock()
+		return next
+	}), time.Second, 0)
+
+	r.CollectOnce(context.Background())
+	if up, dur, ok := self(store, "flaky"); !ok || up != 1 || dur < 0 {
+		t.Fatalf("after success: up=%v duration=%v present=%v", up, dur, ok)
+	}
+	if n := points(store, "flaky"); n != 1 {
+		t.Fatalf("store holds %d points, want 1", n)
+	}
+
+	mu.Lock()
+	next = fail
+	mu.Unlock()
+	r.CollectOnce(context.Background())
+	r.CollectOnce(context.Background())
+	if up, _, _ := self(store, "flaky"); up != 0 {
+		t.Errorf("after failure up=%v, want 0", up)
+	}
+	if n := points(store, "flaky"); n != -1 {
+		t.Errorf("a failed collection left %d stale points in the store", n)
+	}
+	if n := strings.Count(logs.String(), "sensor bus timeout"); n != 1 {
+		t.Errorf("a repeated failure was logged %d times at info level and above, want once", n)
+	}
+
+	mu.Lock()
+	next = nil
+	mu.Unlock()
+	r.CollectOnce(context.Background())
+	if up, _, _ := self(store, "flaky"); up != 1 {
+		t.Errorf("after recovery up=%v, want 1", up)
+	}
+	if !strings.Contains(logs.String(), "collector recovered") {
+		t.Error("recovery not logged")
+	}
+}
+
+func TestRunnerSurvivesAPanickingCollector(t *testing.T) {
+	r, store, logs := newRunner()
+	r.Add("buggy", funcCollector(func(context.Context, *sample.Batch) error { panic("index out of range") }), time.Second, 0)
+	r.CollectOnce(context.Background())
+	if up, _, ok := self(store, "buggy"); !ok || up != 0 {
+		t.Errorf("panicking collector: up=%v present=%v, want 0", up, ok)
+	}
+	if !strings.Contains(logs.String(), "collector panicked: index out of range") {
+		t.Errorf("panic not reported:\n%s", logs.String())
+	}
+}
+
+func TestRunnerFailedStartReportsDown(t *testing.T) {
+	r, store, logs := newRunner()
+	r.AddFailed("gpu", errors.Join(errors.New("NVML not found"), ErrNoSource))
+	if up, _, ok := self(store, "gpu"); !ok || up != 0 {
+		t.Errorf("collector that could not start: up=%v present=%v, want 0", up, ok)
+	}
+	if !strings.Contains(logs.String(), "collector disabled") || !strings.Contains(logs.String(), "NVML not found") {
+		t.Errorf("missing the one log line saying why:\n%s", logs.String())
+	}
+}
+
+// Run collects each collector on its own interval and signals Ready after every first collection.
+func TestRunnerRunAndReady(t *testing.T) {
+	r, store, _ := newRunner()
+	var mu sync.Mutex
+	counts := map[string]int{}
+	mk := func(name string) Collector {
+		return funcCollector(func(_ context.Context, b *sample.Batch) error {
+			mu.Lock()
+			counts[name]++
+			mu.Unlock()
+			b.Add(testSeries, 1)
+			return nil
+		})
+	}
+	r.Add("fast", mk("fast"), 100*time.Millisecond, 0)
+	r.Add("slow", mk("slow"), time.Hour, 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	select {
+	case <-r.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatal("runner never became ready")
+	}
+	if points(store, "fast") != 1 || points(store, "slow") != 1 {
+		t.Error("ready before every collector's first batch was stored")
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		mu.Lock()
+		fast := counts["fast"]
+		mu.Unlock()
+		if fast >= 3 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	if counts["fast"] < 3 || counts["slow"] != 1 {
+		t.Errorf("collections: fast=%d (want ≥3) slow=%d (want 1): intervals not independent", counts["fast"], counts["slow"])
+	}
+}

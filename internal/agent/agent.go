@@ -1,0 +1,190 @@
+// Package agent wires Capstan together: GPU backend, collectors, sample store and exporters,
+// started in dependency order and stopped in reverse under one context.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/capstan-power/capstan/collectors"
+	"github.com/capstan-power/capstan/collectors/gpu"
+	"github.com/capstan-power/capstan/collectors/gpu/sim"
+	"github.com/capstan-power/capstan/exporters"
+	"github.com/capstan-power/capstan/internal/config"
+	"github.com/capstan-power/capstan/internal/sample"
+	"github.com/capstan-power/capstan/internal/version"
+)
+
+// Pipeline is the collecting half of the agent for one configuration: the GPU backend, every
+// enabled collector and the store they write to.
+type Pipeline struct {
+	Config *config.Config
+	Log    *slog.Logger
+	Store  *sample.Store
+	GPU    *gpu.Backend // nil when the host has no GPU backend
+	Runner *collectors.Runner
+}
+
+// NewPipeline opens the GPU backend and builds every enabled collector. A collector that cannot
+// start is registered as failed (up=0) and the pipeline runs without it.
+func NewPipeline(cfg *config.Config, log *slog.Logger, clock sim.Clock) (*Pipeline, error) {
+	if clock == nil {
+		clock = sim.RealClock()
+	}
+	p := &Pipeline{Config: cfg, Log: log, Store: sample.NewStore()}
+	p.Runner = collectors.NewRunner(p.Store, log, clock.Now)
+
+	opts := collectors.Options{Config: cfg, Logger: log, Now: clock.Now}
+	gpuWanted := cfg.Collector(gpu.Name).Enabled
+	if gpuWanted {
+		backend, err := gpu.Open(cfg, clock, log)
+		switch {
+		case err == nil:
+			p.GPU = backend
+			opts.NVML = backend.Lib
+			log.Info("GPU backend ready", "backend", backend.Kind)
+		case errors.Is(err, collectors.ErrNoSource):
+			opts.NVMLErr = err
+		case cfg.GPU.Backend == "sim":
+			// A bad simulator setting is a configuration error, not a host condition.
+			return nil, err
+		default:
+			opts.NVMLErr = err
+		}
+	}
+
+	for _, f := range collectors.Factories() {
+		cc := cfg.Collector(f.Name)
+		if !cc.Enabled {
+			continue
+		}
+		c, err := f.New(opts)
+		if err != nil {
+			p.Runner.AddFailed(f.Name, err)
+			continue
+		}
+		p.Runner.Add(f.Name, c, cc.Interval, cc.Timeout)
+	}
+	return p, nil
+}
+
+// Close releases collectors and the GPU backend.
+func (p *Pipeline) Close() {
+	p.Runner.Close()
+	if p.GPU != nil {
+		if err := p.GPU.Shutdown(); err != nil {
+			p.Log.Warn("shutting down the GPU backend", "err", err)
+		}
+	}
+}
+
+// Options are what Run needs besides the configuration.
+type Options struct {
+	Log *slog.Logger
+	// Reload re-reads the configuration on SIGHUP (file and flags); nil disables reloads.
+	Reload func() (*config.Config, error)
+	// Hangup delivers SIGHUP.
+	Hangup <-chan os.Signal
+	// Terminal receives the summary table.
+	Terminal io.Writer
+	// Clock drives the sim backend; nil means real time.
+	Clock sim.Clock
+}
+
+// Run runs the agent until ctx is done. On SIGHUP it re-reads the configuration; an invalid
+// one is reported and the running configuration stays.
+func Run(ctx context.Context, cfg *config.Config, o Options) error {
+	log := o.Log
+	for {
+		next, err := runOnce(ctx, cfg, o)
+		if err != nil || next == nil {
+			return err
+		}
+		log.Info("configuration reloaded")
+		cfg = next
+	}
+}
+
+// runOnce runs one configuration; it returns the next one after a successful reload, or nil
+// when ctx is done.
+func runOnce(ctx context.Context, cfg *config.Config, o Options) (*config.Config, error) {
+	log := o.Log
+	p, err := NewPipeline(cfg, log, o.Clock)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+
+	exp, err := exporters.New(ctx, exporters.Options{Config: cfg, Store: p.Store, Logger: log, Version: version.Version, Stdout: os.Stdout})
+	if err != nil {
+		return nil, fmt.Errorf("starting exporters: %w", err)
+	}
+	if err := exp.Start(ctx); err != nil {
+		shutdown(exp, log)
+		return nil, fmt.Errorf("starting exporters: %w", err)
+	}
+	defer shutdown(exp, log)
+
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Runner.Run(runCtx)
+	}()
+	// Stop collecting before the exporters flush their last export (deferred above).
+	defer func() { cancel(); <-done }()
+
+	go func() {
+		select {
+		case <-p.Runner.Ready():
+			exp.SetReady(true)
+			log.Info("agent ready", "collectors", p.Runner.Names(), "web", cfg.Web.ListenAddress, "otlp", cfg.OTLP.Endpoint)
+		case <-runCtx.Done():
+		}
+	}()
+	if cfg.Summary.Interval > 0 && o.Terminal != nil {
+		go printSummaries(runCtx, p.Store, o.Terminal, cfg.Summary.Interval)
+	}
+
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("stopping")
+			return nil, nil
+		case <-o.Hangup:
+			if o.Reload == nil {
+				continue
+			}
+			next, err := o.Reload()
+			if err != nil {
+				log.Error("configuration not reloaded; keeping the running one", "err", err)
+				continue
+			}
+			return next, nil
+		}
+	}
+}
+
+func shutdown(exp *exporters.Exporters, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := exp.Shutdown(ctx); err != nil {
+		log.Warn("shutting down exporters", "err", err)
+	}
+}
+
+// CollectOnce runs one collection of every enabled collector and returns what they measured.
+func CollectOnce(ctx context.Context, cfg *config.Config, log *slog.Logger) ([]DataPoint, error) {
+	p, err := NewPipeline(cfg, log, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	p.Runner.CollectOnce(ctx)
+	return Snapshot(p.Store, exporters.NewResource(cfg, version.Version)), nil
+}

@@ -1,0 +1,78 @@
+package config
+
+import (
+	"bytes"
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// YAML renders the configuration as a file with the same keys, every key present and durations
+// written as Go durations, such that Parse(name, c.YAML()) gives c back. Values are printed as
+// they are, otlp.headers included, so treat the output as being as secret as the file.
+func (c *Config) YAML() ([]byte, error) {
+	root := encodeStruct(reflect.ValueOf(c).Elem())
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(root); err != nil {
+		return nil, fmt.Errorf("rendering the configuration as YAML: %w", err)
+	}
+	if err := enc.Close(); err != nil {
+		return nil, fmt.Errorf("rendering the configuration as YAML: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// encodeStruct builds a mapping node of v's keyed fields in declaration order.
+func encodeStruct(v reflect.Value) *yaml.Node {
+	n := &yaml.Node{Kind: yaml.MappingNode}
+	for i := range v.NumField() {
+		name := yamlName(v.Type().Field(i))
+		if name == "" {
+			continue
+		}
+		n.Content = append(n.Content, str(name), encodeValue(v.Field(i)))
+	}
+	return n
+}
+
+// encodeValue builds the node of one field: a nested mapping, a sorted map, or a scalar.
+func encodeValue(v reflect.Value) *yaml.Node {
+	switch {
+	case v.Kind() == reflect.Struct:
+		return encodeStruct(v)
+	case v.Kind() == reflect.Map:
+		n := &yaml.Node{Kind: yaml.MappingNode}
+		if v.Len() == 0 {
+			n.Style = yaml.FlowStyle // {} says "none" more plainly than an empty key
+		}
+		keys := v.MapKeys()
+		slices.SortFunc(keys, func(a, b reflect.Value) int { return strings.Compare(a.String(), b.String()) })
+		for _, k := range keys {
+			n.Content = append(n.Content, str(k.String()), encodeValue(v.MapIndex(k)))
+		}
+		return n
+	}
+	tag := "!!str"
+	switch kindOf(v.Type()) {
+	case kindInt:
+		tag = "!!int"
+	case kindBool:
+		tag = "!!bool"
+	}
+	return &yaml.Node{Kind: yaml.ScalarNode, Tag: tag, Value: formatLeaf(v)}
+}
+
+// str is a string scalar; the encoder quotes it when it would read back as something else,
+// except "<<", which yaml.v3 writes bare and then reads back as a merge key.
+func str(s string) *yaml.Node {
+	n := &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: s}
+	if s == "<<" {
+		n.Style = yaml.DoubleQuotedStyle
+	}
+	return n
+}

@@ -1,0 +1,191 @@
+package config
+
+import (
+	"fmt"
+	"maps"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Bounds that Validate enforces; RegisterCollector holds defaults to the collector ones too.
+const (
+	minCollectorInterval = 100 * time.Millisecond
+	maxCollectorInterval = time.Hour
+	minCollectorTimeout  = 10 * time.Millisecond
+	minSimCount          = 1
+	maxSimCount          = 64
+)
+
+// Allowed values, in the order messages list them.
+var (
+	logLevels    = []string{"debug", "info", "warn", "error"}
+	logFormats   = []string{"logfmt", "json"}
+	gpuBackends  = []string{"auto", "nvml", "sim", "none"}
+	simModels    = []string{"A100", "H100", "H200", "B200"}
+	simTraces    = []string{"steady", "bursty", "training", "inference", "imbalanced"}
+	protocols    = []string{"grpc", "http"}
+	compressions = []string{"gzip", "none"}
+	temporality  = []string{"cumulative", "delta"}
+)
+
+// Validate checks ranges, allowed values and keys that go together. It returns the first
+// problem in file order (node, log, path, gpu, collector, otlp, web, stdout, summary) as an
+// *Error that points at the line of the file, or the flag, that set the value.
+func (c *Config) Validate() error {
+	if e := c.validate(); e != nil {
+		return e
+	}
+	return nil
+}
+
+func (c *Config) validate() *Error {
+	v := &validator{c: c}
+	v.nonEmpty("node.name", c.Node.Name, "set it, or $NODE_NAME")
+	v.oneOf("log.level", c.Log.Level, logLevels, false)
+	v.oneOf("log.format", c.Log.Format, logFormats, false)
+	v.nonEmpty("path.sysfs", c.Path.Sysfs, "the default is /sys")
+	v.nonEmpty("path.procfs", c.Path.Procfs, "the default is /proc")
+	v.oneOf("gpu.backend", c.GPU.Backend, gpuBackends, false)
+	v.oneOf("gpu.sim.model", c.GPU.Sim.Model, simModels, true)
+	v.intRange("gpu.sim.count", c.GPU.Sim.Count, minSimCount, maxSimCount)
+	v.trace("gpu.sim.trace", c.GPU.Sim.Trace)
+	v.collectors()
+	v.oneOf("otlp.protocol", c.OTLP.Protocol, protocols, false)
+	v.durRange("otlp.interval", c.OTLP.Interval, time.Second, time.Hour, "")
+	v.durRange("otlp.timeout", c.OTLP.Timeout, time.Second, 5*time.Minute, "")
+	v.headers("otlp.headers", c.OTLP.Headers)
+	v.oneOf("otlp.compression", c.OTLP.Compression, compressions, false)
+	v.oneOf("otlp.temporality", c.OTLP.Temporality, temporality, false)
+	v.pair("otlp.tls.cert-file", c.OTLP.TLS.CertFile, "otlp.tls.key-file", c.OTLP.TLS.KeyFile)
+	v.pair("otlp.tls.key-file", c.OTLP.TLS.KeyFile, "otlp.tls.cert-file", c.OTLP.TLS.CertFile)
+	v.hostPort("web.listen-address", c.Web.ListenAddress)
+	if c.Stdout.Enabled {
+		v.durRange("stdout.interval", c.Stdout.Interval, time.Second, time.Hour, "")
+	}
+	if c.Summary.Interval != 0 {
+		v.durRange("summary.interval", c.Summary.Interval, time.Second, time.Hour, "0 to turn it off, or ")
+	}
+	return v.err
+}
+
+// validator keeps the first problem; later checks do nothing once one failed.
+type validator struct {
+	c   *Config
+	err *Error
+}
+
+// fail records a problem, locating it through the config's sources.
+func (v *validator) fail(key, value, problem string) {
+	if v.err == nil {
+		v.err = v.c.locate(&Error{Key: key, Value: value, Problem: problem})
+	}
+}
+
+// locate fills in where the value of e.Key came from: the flag that set it, else the line of
+// the file; a default has no position.
+func (c *Config) locate(e *Error) *Error {
+	if flag, ok := c.src.flags[e.Key]; ok {
+		e.Key = "--" + flag
+		return e
+	}
+	if line, ok := c.src.lines[e.Key]; ok {
+		e.File, e.Line = c.src.file, line
+	}
+	return e
+}
+
+func (v *validator) nonEmpty(key, s, hint string) {
+	if strings.TrimSpace(s) == "" {
+		v.fail(key, "", "must not be empty ("+hint+")")
+	}
+}
+
+func (v *validator) oneOf(key, s string, allowed []string, foldCase bool) {
+	for _, a := range allowed {
+		if s == a || foldCase && strings.EqualFold(strings.TrimSpace(s), a) {
+			return
+		}
+	}
+	v.fail(key, quote(s), "is not allowed (allowed: "+strings.Join(allowed, ", ")+")")
+}
+
+func (v *validator) intRange(key string, n, lo, hi int) {
+	if n < lo || n > hi {
+		v.fail(key, strconv.Itoa(n), fmt.Sprintf("is out of range (allowed: %d to %d)", lo, hi))
+	}
+}
+
+// durRange checks lo ≤ d ≤ hi; also names what else is allowed, such as 0.
+func (v *validator) durRange(key string, d, lo, hi time.Duration, also string) {
+	if d < lo || d > hi {
+		v.fail(key, formatDuration(d), fmt.Sprintf("is out of range (allowed: %s%s to %s)",
+			also, formatDuration(lo), formatDuration(hi)))
+	}
+}
+
+// trace accepts the built-in traces, case-insensitively as the simulator does, or a CSV file.
+func (v *validator) trace(key, s string) {
+	name := strings.ToLower(strings.TrimSpace(s))
+	for _, t := range simTraces {
+		if name == t {
+			return
+		}
+	}
+	if strings.HasSuffix(name, ".csv") {
+		return
+	}
+	v.fail(key, quote(s), "is not allowed (allowed: "+strings.Join(simTraces, ", ")+", or a path ending in .csv)")
+}
+
+// collectors checks every collector.<name> entry, sorted by name.
+func (v *validator) collectors() {
+	for _, name := range sortedKeys(v.c.Collectors) {
+		key := join("collector", name)
+		if _, ok := lookupRegistration(name); !ok {
+			v.fail(key, "", "unknown collector (known: "+knownCollectors()+")")
+			return
+		}
+		cc := v.c.Collectors[name]
+		v.durRange(key+".interval", cc.Interval, minCollectorInterval, maxCollectorInterval, "")
+		if cc.Timeout != 0 && (cc.Timeout < minCollectorTimeout || cc.Timeout > cc.Interval) {
+			v.fail(key+".timeout", formatDuration(cc.Timeout), fmt.Sprintf(
+				"is out of range (allowed: 0, meaning the interval, or %s to the interval %s)",
+				formatDuration(minCollectorTimeout), formatDuration(cc.Interval)))
+		}
+	}
+}
+
+func (v *validator) headers(key string, h map[string]string) {
+	if _, ok := h[""]; ok {
+		v.fail(key, "", "has a header with an empty name")
+	}
+}
+
+// pair requires other to be set whenever key is.
+func (v *validator) pair(key, s, otherKey, other string) {
+	if s != "" && other == "" {
+		v.fail(key, quote(s), "is set without "+otherKey+" (set both or neither)")
+	}
+}
+
+// hostPort accepts an empty address (off) or host:port with a numeric port; port 0 picks one.
+func (v *validator) hostPort(key, addr string) {
+	if addr == "" {
+		return
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		if p, convErr := strconv.ParseUint(port, 10, 16); convErr == nil && p <= 65535 {
+			return
+		}
+	}
+	v.fail(key, quote(addr), "is not host:port (examples: 127.0.0.1:9400, :9400, [::1]:9400; empty turns it off)")
+}
+
+// sortedKeys returns a map's keys in order, so that checks and output are deterministic.
+func sortedKeys[V any](m map[string]V) []string {
+	return slices.Sorted(maps.Keys(m))
+}

@@ -1,0 +1,161 @@
+// Package metrics is the one definition of every metric Capstan exports: name, unit, instrument,
+// description and attributes. Collectors, exporters and docs/metrics.md all derive from Table.
+package metrics
+
+// Kind is the OpenTelemetry instrument a metric is exported through.
+type Kind int
+
+const (
+	// Gauge is an observable gauge: the latest value.
+	Gauge Kind = iota
+	// Counter is a monotonic, cumulative observable counter.
+	Counter
+	// UpDownCounter is a cumulative observable counter that may go down.
+	UpDownCounter
+)
+
+func (k Kind) String() string {
+	switch k {
+	case Gauge:
+		return "gauge"
+	case Counter:
+		return "counter"
+	case UpDownCounter:
+		return "updowncounter"
+	}
+	return "unknown"
+}
+
+// Def defines one metric.
+type Def struct {
+	// ID is the metric's index in Table, so exporters can keep per-metric state in a slice.
+	ID          int
+	Name        string
+	Unit        string
+	Kind        Kind
+	Description string
+	// Attributes lists every attribute key a data point of this metric may carry.
+	Attributes []string
+	// Source is the collector that produces the metric ("agent" for the agent's own).
+	Source string
+}
+
+// Attribute keys shared by several metrics.
+const (
+	AttrHWType         = "hw.type"
+	AttrHWID           = "hw.id"
+	AttrHWName         = "hw.name"
+	AttrGPUIndex       = "gpu.index"
+	AttrHWState        = "hw.state"
+	AttrSensorLocation = "hw.sensor_location"
+	AttrGPUTask        = "hw.gpu.task"
+	AttrIODirection    = "network.io.direction"
+	AttrErrorType      = "error.type"
+	AttrXID            = "capstan.gpu.xid"
+	AttrClockDomain    = "capstan.clock.domain"
+	AttrLimitKind      = "capstan.limit.kind"
+	AttrThrottleReason = "capstan.throttle.reason"
+	AttrSerial         = "hw.serial_number"
+	AttrPCIBusID       = "capstan.gpu.pci.bus_id"
+	AttrDriverVersion  = "hw.driver_version"
+	AttrCollector      = "collector"
+)
+
+// gpuAttrs identify a GPU on every GPU data point; the rarely needed identity (serial, PCI bus
+// id, driver) sits on capstan.gpu.info alone to keep every other series small.
+var gpuAttrs = []string{AttrHWType, AttrHWID, AttrHWName, AttrGPUIndex}
+
+func with(base []string, extra ...string) []string {
+	out := make([]string, 0, len(base)+len(extra))
+	return append(append(out, base...), extra...)
+}
+
+// The metrics, in the order docs/metrics.md lists them.
+var (
+	GPUInfo = def("capstan.gpu.info", "{info}", Gauge, "gpu",
+		"Always 1; identifies a GPU: serial number, PCI bus id, driver version.",
+		with(gpuAttrs, AttrSerial, AttrPCIBusID, AttrDriverVersion)...)
+	GPUStatus = def("hw.status", "1", UpDownCounter, "gpu",
+		"1 for the GPU's current state, 0 for the others. A GPU that fell off the bus is failed and no longer queried.",
+		with(gpuAttrs, AttrHWState)...)
+	GPUPower = def("hw.power", "W", Gauge, "gpu",
+		"GPU power draw averaged over the last second (NVML GetPowerUsage).",
+		gpuAttrs...)
+	GPUPowerInstant = def("capstan.gpu.power.instant", "W", Gauge, "gpu",
+		"GPU instantaneous power draw (NVML field FI_DEV_POWER_INSTANT); what the capping loop closes on.",
+		gpuAttrs...)
+	GPUEnergy = def("hw.energy", "J", Counter, "gpu",
+		"Energy the GPU consumed since the driver was loaded.",
+		gpuAttrs...)
+	GPUTemperature = def("hw.temperature", "Cel", Gauge, "gpu",
+		"GPU die (gpu) and HBM (memory) temperature.",
+		with(gpuAttrs, AttrSensorLocation)...)
+	GPUUtilization = def("hw.gpu.utilization", "1", Gauge, "gpu",
+		"Fraction of the last sample period the GPU was busy: kernels (general), video encoder, video decoder.",
+		with(gpuAttrs, AttrGPUTask)...)
+	GPUMemoryActivity = def("capstan.gpu.memory.activity", "1", Gauge, "gpu",
+		"Fraction of the last sample period device memory was being read or written.",
+		gpuAttrs...)
+	GPUMemoryUsage = def("hw.gpu.memory.usage", "By", UpDownCounter, "gpu",
+		"Device memory in use.",
+		gpuAttrs...)
+	GPUMemoryLimit = def("hw.gpu.memory.limit", "By", UpDownCounter, "gpu",
+		"Total device memory.",
+		gpuAttrs...)
+	GPUMemoryUtilization = def("hw.gpu.memory.utilization", "1", Gauge, "gpu",
+		"Fraction of device memory in use.",
+		gpuAttrs...)
+	GPUMemoryReserved = def("capstan.gpu.memory.reserved", "By", UpDownCounter, "gpu",
+		"Device memory reserved by the driver and firmware, unavailable to applications.",
+		gpuAttrs...)
+	GPUIO = def("hw.gpu.io", "By", Counter, "gpu",
+		"PCIe bytes moved, integrated from NVML's sampled PCIe throughput at each collection.",
+		with(gpuAttrs, AttrIODirection)...)
+	GPUErrors = def("hw.errors", "{error}", Counter, "gpu",
+		"GPU errors: XID events by code (error.type=xid), volatile corrected and uncorrected ECC errors.",
+		with(gpuAttrs, AttrErrorType, AttrXID)...)
+	GPUClock = def("capstan.gpu.clock", "Hz", Gauge, "gpu",
+		"Current SM and memory clock.",
+		with(gpuAttrs, AttrClockDomain)...)
+	GPUClockMax = def("capstan.gpu.clock.max", "Hz", Gauge, "gpu",
+		"Maximum SM and memory clock.",
+		with(gpuAttrs, AttrClockDomain)...)
+	GPUPowerLimit = def("capstan.gpu.power.limit", "W", Gauge, "gpu",
+		"Power limits: enforced (all limits combined), requested (set through NVML), default, and the allowed min and max.",
+		with(gpuAttrs, AttrLimitKind)...)
+	GPUThrottle = def("capstan.gpu.throttle", "{active}", Gauge, "gpu",
+		"1 while a clock-event reason holds the clocks down, else 0.",
+		with(gpuAttrs, AttrThrottleReason)...)
+	GPUFanSpeed = def("hw.fan.speed_ratio", "1", Gauge, "gpu",
+		"Fan speed as a fraction of its maximum (GPUs with their own fan only).",
+		gpuAttrs...)
+	GPUPerformanceState = def("capstan.gpu.performance_state", "{pstate}", Gauge, "gpu",
+		"Performance state: 0 (P0, fastest) to 15 (P15, slowest).",
+		gpuAttrs...)
+
+	CollectorDuration = def("capstan.collector.duration", "s", Gauge, "agent",
+		"How long the collector's last collection took.",
+		AttrCollector)
+	CollectorUp = def("capstan.collector.up", "{up}", Gauge, "agent",
+		"1 when the collector's last collection succeeded, 0 when it failed, timed out or the collector could not start.",
+		AttrCollector)
+)
+
+// Table holds every metric Capstan exports, indexed by Def.ID.
+var Table []*Def
+
+func def(name, unit string, kind Kind, source, desc string, attrs ...string) *Def {
+	d := &Def{ID: len(Table), Name: name, Unit: unit, Kind: kind, Source: source, Description: desc, Attributes: attrs}
+	Table = append(Table, d)
+	return d
+}
+
+// ByName returns the metric called name, or nil.
+func ByName(name string) *Def {
+	for _, d := range Table {
+		if d.Name == name {
+			return d
+		}
+	}
+	return nil
+}
