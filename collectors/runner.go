@@ -179,9 +179,9 @@ func (r *Runner) Close() {
 func (r *Runner) collect(ctx context.Context, e *entry) {
 	if e.pending != nil {
 		select {
-		case <-e.pending:
+		case err := <-e.pending:
 			e.pending = nil
-			r.log.Info("hung collection returned; collecting again", "collector", e.name)
+			r.log.Info("hung collection returned; collecting again", "collector", e.name, "its_result", err)
 		default:
 			r.fail(e, e.timeout, fmt.Errorf("previous collection still running after its %s deadline", e.timeout))
 			return

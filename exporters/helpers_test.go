@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -216,19 +215,6 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 // freeAddr returns a 127.0.0.1 address nothing listens on (it was free a moment ago).
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return addr
-}
-
 // shutdown shuts e down at the end of the test and reports an error.
 func shutdownAtEnd(t *testing.T, e *Exporters) {
 	t.Cleanup(func() {

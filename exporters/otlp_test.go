@@ -19,17 +19,12 @@ import (
 	"time"
 
 	"go.opentelemetry.io/collector/client"
-	"go.opentelemetry.io/collector/component/componenttest"
-	"go.opentelemetry.io/collector/config/configgrpc"
-	"go.opentelemetry.io/collector/config/configoptional"
-	"go.opentelemetry.io/collector/config/configtls"
 	"go.opentelemetry.io/collector/consumer/consumertest"
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/pmetric"
-	"go.opentelemetry.io/collector/receiver/otlpreceiver"
-	"go.opentelemetry.io/collector/receiver/receivertest"
 
 	"github.com/capstan-power/capstan/internal/config"
+	"github.com/capstan-power/capstan/internal/otlptest"
 	"github.com/capstan-power/capstan/internal/sample"
 )
 
@@ -45,43 +40,11 @@ type receiverOpts struct {
 // passed on to the sink, and stops it when the test ends.
 func startReceiver(t *testing.T, o receiverOpts) *consumertest.MetricsSink {
 	t.Helper()
-	f := otlpreceiver.NewFactory()
-	cfg := f.CreateDefaultConfig().(*otlpreceiver.Config)
-	var serverTLS configoptional.Optional[configtls.ServerConfig]
+	var tls *otlptest.ServerTLS
 	if o.tls != nil {
-		s := configtls.NewDefaultServerConfig()
-		s.CertFile, s.KeyFile, s.ClientCAFile = o.tls.serverCert, o.tls.serverKey, o.tls.caFile
-		serverTLS = configoptional.Some(s)
+		tls = &otlptest.ServerTLS{CertFile: o.tls.serverCert, KeyFile: o.tls.serverKey, ClientCAFile: o.tls.caFile}
 	}
-	switch o.protocol {
-	case "grpc":
-		g := cfg.Protocols.GRPC.GetOrInsertDefault()
-		g.NetAddr.Endpoint = o.addr
-		g.IncludeMetadata = true
-		g.TLS = serverTLS
-		cfg.Protocols.HTTP = configoptional.None[otlpreceiver.HTTPConfig]()
-	case "http":
-		h := cfg.Protocols.HTTP.GetOrInsertDefault()
-		h.ServerConfig.NetAddr.Endpoint = o.addr
-		h.ServerConfig.IncludeMetadata = true
-		h.ServerConfig.TLS = serverTLS
-		cfg.Protocols.GRPC = configoptional.None[configgrpc.ServerConfig]()
-	default:
-		t.Fatalf("unknown protocol %q", o.protocol)
-	}
-	sink := new(consumertest.MetricsSink)
-	r, err := f.CreateMetrics(context.Background(), receivertest.NewNopSettings(f.Type()), cfg, sink)
-	if err != nil {
-		t.Fatalf("creating the OTLP receiver: %v", err)
-	}
-	if err := r.Start(context.Background(), componenttest.NewNopHost()); err != nil {
-		t.Fatalf("starting the OTLP receiver: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := r.Shutdown(context.Background()); err != nil {
-			t.Errorf("stopping the OTLP receiver: %v", err)
-		}
-	})
+	_, sink := otlptest.Start(t, otlptest.Options{Protocol: o.protocol, Addr: o.addr, TLS: tls})
 	return sink
 }
 
@@ -178,7 +141,7 @@ func TestOTLPEndToEnd(t *testing.T) {
 	} {
 		name := tc.protocol + "/" + strings.NewReplacer("%s", "addr", "/", "_").Replace(tc.endpoint)
 		t.Run(name, func(t *testing.T) {
-			addr := freeAddr(t)
+			addr := otlptest.FreeAddr(t)
 			sink := startReceiver(t, receiverOpts{protocol: tc.protocol, addr: addr})
 			endpoint := strings.Replace(tc.endpoint, "%s", addr, 1)
 
@@ -280,7 +243,7 @@ func checkGPUExport(t *testing.T, sink *consumertest.MetricsSink) {
 // sums whose values are the increments, also across a counter reset, and up-down counters stay
 // cumulative.
 func TestOTLPDeltaTemporality(t *testing.T) {
-	addr := freeAddr(t)
+	addr := otlptest.FreeAddr(t)
 	sink := startReceiver(t, receiverOpts{protocol: "grpc", addr: addr})
 	store := sample.NewStore()
 	f := newFleet(1)
@@ -356,7 +319,7 @@ func TestOTLPDeltaTemporality(t *testing.T) {
 // succeed, failures are logged once, the heap stays bounded, and data flows once a receiver
 // comes up on that port.
 func TestOTLPEndpointDownAtStart(t *testing.T) {
-	addr := freeAddr(t)
+	addr := otlptest.FreeAddr(t)
 	store := sample.NewStore()
 	store.Put("gpu", newFleet(8).batch(5000))
 	cfg := otlpConfig("grpc", addr)
@@ -478,7 +441,7 @@ func TestOTLPHeadersFileAndTLS(t *testing.T) {
 		{"http", "https://%s"},
 	} {
 		t.Run(tc.protocol, func(t *testing.T) {
-			addr := freeAddr(t)
+			addr := otlptest.FreeAddr(t)
 			sink := startReceiver(t, receiverOpts{protocol: tc.protocol, addr: addr, tls: pki})
 			store := sample.NewStore()
 			store.Put("gpu", newFleet(1).batch(5000))
@@ -628,7 +591,7 @@ func TestReadHeadersFile(t *testing.T) {
 // TestOTLPShutdownFlushes checks Shutdown makes one last export: with an interval far beyond the
 // test, that export is the only one.
 func TestOTLPShutdownFlushes(t *testing.T) {
-	addr := freeAddr(t)
+	addr := otlptest.FreeAddr(t)
 	sink := startReceiver(t, receiverOpts{protocol: "http", addr: addr})
 	store := sample.NewStore()
 	store.Put("gpu", newFleet(1).batch(5000))
@@ -657,7 +620,7 @@ func TestOTLPShutdownFlushes(t *testing.T) {
 func TestOTLPShutdownReportsFailedFlush(t *testing.T) {
 	store := sample.NewStore()
 	store.Put("gpu", newFleet(1).batch(5000))
-	cfg := otlpConfig("http", freeAddr(t))
+	cfg := otlpConfig("http", otlptest.FreeAddr(t))
 	cfg.OTLP.Interval = time.Hour
 	cfg.OTLP.Timeout = time.Second
 	e, err := New(context.Background(), Options{Config: cfg, Store: store})

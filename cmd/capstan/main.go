@@ -133,11 +133,11 @@ func newConfigCommand(stdout io.Writer) *cobra.Command {
 			if err := c.Validate(); err != nil {
 				return err
 			}
-			out, err := c.YAML()
+			out, err := c.Redacted().YAML()
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(stdout, "# %s is valid; effective configuration:\n", args[0])
+			fmt.Fprintf(stdout, "# %s is valid; effective configuration (header values redacted):\n", args[0])
 			_, err = stdout.Write(out)
 			return err
 		},

@@ -5,9 +5,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/capstan-power/capstan/internal/metrics"
+	"github.com/capstan-power/capstan/internal/otlptest"
 )
 
 // binary is the capstan binary built once for the end-to-end tests.
@@ -58,7 +59,8 @@ func runCapstan(t *testing.T, args ...string) (stdout, stderr string, code int) 
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
 	code = 0
-	if ee, ok := err.(*exec.ExitError); ok {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
 		code = ee.ExitCode()
 	} else if err != nil {
 		t.Fatalf("running capstan %v: %v", args, err)
@@ -185,17 +187,20 @@ func TestConfigErrorsExitTwoWithoutStackTrace(t *testing.T) {
 
 func TestConfigCheckPrintsEffectiveConfig(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "capstan.yaml")
-	if err := os.WriteFile(path, []byte("gpu:\n  backend: sim\n  sim:\n    count: 4\n"), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte("gpu:\n  backend: sim\n  sim:\n    count: 4\notlp:\n  headers:\n    api-key: s3cret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	out, errOut, code := runCapstan(t, "config", "check", path)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{"backend: sim", "count: 4", "listen-address: 127.0.0.1:9400"} {
+	for _, want := range []string{"backend: sim", "count: 4", "listen-address: 127.0.0.1:9400", "api-key: <redacted>"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("effective config lacks %q:\n%s", want, out)
 		}
+	}
+	if strings.Contains(out, "s3cret") {
+		t.Error("config check printed a header secret")
 	}
 }
 
@@ -294,21 +299,11 @@ func (a *agentProcess) stop(t *testing.T) int {
 		t.Fatal(err)
 	}
 	<-a.done
-	err := a.cmd.Wait()
-	if ee, ok := err.(*exec.ExitError); ok {
+	var ee *exec.ExitError
+	if err := a.cmd.Wait(); errors.As(err, &ee) {
 		return ee.ExitCode()
 	}
 	return 0
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 func get(t *testing.T, url string) (int, string) {
@@ -323,7 +318,7 @@ func get(t *testing.T, url string) (int, string) {
 }
 
 func TestAgentServesPrometheusAndStopsCleanly(t *testing.T) {
-	addr := freeAddr(t)
+	addr := otlptest.FreeAddr(t)
 	a := startAgent(t, "--gpu.backend=sim", "--gpu.sim.count=2", "--web.listen-address="+addr, "--summary.interval=1s")
 	a.waitLog(t, "agent ready")
 	if code, _ := get(t, "http://"+addr+"/readyz"); code != http.StatusOK {
@@ -353,7 +348,7 @@ func TestSIGHUPReloadsAndKeepsRunningOnABadFile(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	addr := freeAddr(t)
+	addr := otlptest.FreeAddr(t)
 	write("gpu:\n  backend: sim\n  sim:\n    count: 1\nweb:\n  listen-address: " + addr + "\n")
 	a := startAgent(t, "--config.file", path)
 	a.waitLog(t, "agent ready")

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/capstan-power/capstan/internal/otlptest"
 )
 
 // TestSoak runs the agent binary as a node would (8 simulated GPUs collected every second, OTLP
@@ -23,7 +25,7 @@ func TestSoak(t *testing.T) {
 		t.Fatalf("CAPSTAN_SOAK=%q: %v", spec, err)
 	}
 	endpoint, sink := startReceiver(t, "grpc")
-	addr := freeAddr(t)
+	addr := otlptest.FreeAddr(t)
 	a := startAgent(t, "--gpu.backend=sim", "--gpu.sim.count=8", "--collector.gpu.interval=1s",
 		"--otlp.endpoint="+endpoint, "--otlp.insecure", "--otlp.interval=10s",
 		"--web.listen-address="+addr)

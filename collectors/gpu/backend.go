@@ -58,7 +58,7 @@ func Open(cfg *config.Config, clock sim.Clock, log *slog.Logger) (*Backend, erro
 				return nil, err
 			}
 			if errors.Is(ret, nvml.ERROR_LIBRARY_NOT_FOUND) || errors.Is(ret, nvml.ERROR_DRIVER_NOT_LOADED) {
-				return nil, fmt.Errorf("gpu.backend auto: NVML not available (%v); running without GPU collection: %w", ret, collectors.ErrNoSource)
+				return nil, fmt.Errorf("gpu.backend auto: NVML not available (%w); running without GPU collection: %w", ret, collectors.ErrNoSource)
 			}
 			return nil, err
 		}

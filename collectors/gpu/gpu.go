@@ -268,7 +268,9 @@ func (c *Collector) openEvents() {
 		registered++
 	}
 	if registered == 0 {
-		set.Free()
+		if ret := set.Free(); ret != nvml.SUCCESS {
+			c.log.Debug("freeing the unused NVML event set", "err", ret)
+		}
 		c.log.Info("no GPU supports XID events; XID errors will not be counted")
 		return
 	}

@@ -54,7 +54,7 @@ func attrMap(set *attribute.Set) map[string]string {
 	m := make(map[string]string, set.Len())
 	for it := set.Iter(); it.Next(); {
 		kv := it.Attribute()
-		m[string(kv.Key)] = kv.Value.Emit()
+		m[string(kv.Key)] = kv.Value.String()
 	}
 	return m
 }

@@ -76,3 +76,13 @@ func str(s string) *yaml.Node {
 	}
 	return n
 }
+
+// Redacted returns a copy whose OTLP header values (API keys, tokens) are masked, for printing.
+func (c *Config) Redacted() *Config {
+	out := *c
+	out.OTLP.Headers = make(map[string]string, len(c.OTLP.Headers))
+	for k := range c.OTLP.Headers {
+		out.OTLP.Headers[k] = "<redacted>"
+	}
+	return &out
+}

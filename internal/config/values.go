@@ -131,14 +131,6 @@ func formatLeaf(v reflect.Value) string {
 	return ""
 }
 
-// showLeaf renders v for a message: strings quoted, everything else bare.
-func showLeaf(v reflect.Value) string {
-	if kindOf(v.Type()) == kindString {
-		return quote(v.String())
-	}
-	return formatLeaf(v)
-}
-
 // formatDuration is time.Duration.String without the trailing zero units ("1m", not "1m0s"),
 // which still parses back to the same value.
 func formatDuration(d time.Duration) string {

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/metric"
 
 	"github.com/capstan-power/capstan/internal/metrics"
 )
@@ -18,14 +17,11 @@ import (
 type Series struct {
 	Def   *metrics.Def
 	Attrs attribute.Set
-	// opts is the attribute set as a ready-made measurement option for the OTel SDK.
-	opts []metric.ObserveOption
 }
 
 // NewSeries builds a series of def with the given attributes.
 func NewSeries(def *metrics.Def, attrs ...attribute.KeyValue) *Series {
-	set := attribute.NewSet(attrs...)
-	return &Series{Def: def, Attrs: set, opts: []metric.ObserveOption{metric.WithAttributeSet(set)}}
+	return &Series{Def: def, Attrs: attribute.NewSet(attrs...)}
 }
 
 // With returns a new series of def carrying s's attributes plus extra ones.
@@ -33,10 +29,6 @@ func (s *Series) With(def *metrics.Def, extra ...attribute.KeyValue) *Series {
 	kvs := append(s.Attrs.ToSlice(), extra...)
 	return NewSeries(def, kvs...)
 }
-
-// ObserveOptions returns the series' attributes as OTel observe options; callers must not modify
-// the slice.
-func (s *Series) ObserveOptions() []metric.ObserveOption { return s.opts }
 
 // Point is one measured value of a series.
 type Point struct {

@@ -1,0 +1,97 @@
+package gpu
+
+import (
+	"testing"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/capstan-power/capstan/collectors/gpu/sim"
+	"github.com/capstan-power/capstan/internal/metrics"
+	"github.com/capstan-power/capstan/internal/sample"
+)
+
+// The collector walks every query it knows over every simulated model: the simulator must
+// answer each one (an unmodelled call would panic), and the values must be the model's.
+func TestCollectorOverEverySimModel(t *testing.T) {
+	for _, model := range sim.Models() {
+		t.Run(model, func(t *testing.T) {
+			clock := sim.NewManualClock(time.Unix(1_700_000_000, 0))
+			fleet, err := sim.New(sim.Options{Model: model, Count: 4, Trace: "steady", Seed: 7, Clock: clock})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ret := fleet.Init(); ret != nvml.SUCCESS {
+				t.Fatal(ret)
+			}
+			m := fleet.Model()
+			c, err := New(fleet, nil, clock.Now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fleet.InjectXID(2, 79)
+			var b *sample.Batch
+			for range 3 {
+				clock.Advance(time.Second)
+				b = collect(t, c)
+			}
+			got := map[*metrics.Def]bool{}
+			for _, p := range b.Points {
+				got[p.Series.Def] = true
+			}
+			for _, d := range metrics.Table {
+				if d.Source != Name {
+					continue
+				}
+				if want := d != metrics.GPUFanSpeed || m.HasFan; got[d] != want {
+					t.Errorf("%s present=%v, want %v", d.Name, got[d], want)
+				}
+			}
+			for i := range 4 {
+				gpu := attribute.Int(metrics.AttrGPUIndex, i)
+				power, _ := value(b, metrics.GPUPower, gpu)
+				if power < m.IdleW*0.5 || power > m.MaxLimitW {
+					t.Errorf("GPU %d power %v W outside %v–%v", i, power, m.IdleW, m.MaxLimitW)
+				}
+				lo, _ := value(b, metrics.GPUPowerLimit, gpu, attribute.String(metrics.AttrLimitKind, "min"))
+				hi, _ := value(b, metrics.GPUPowerLimit, gpu, attribute.String(metrics.AttrLimitKind, "max"))
+				if lo != m.MinLimitW || hi != m.MaxLimitW {
+					t.Errorf("GPU %d limits %v–%v W, model says %v–%v", i, lo, hi, m.MinLimitW, m.MaxLimitW)
+				}
+			}
+			xid, _ := value(b, metrics.GPUErrors, attribute.Int(metrics.AttrGPUIndex, 2), attribute.Int64(metrics.AttrXID, 79))
+			if xid != 1 {
+				t.Errorf("injected XID 79 counted %v times, want 1", xid)
+			}
+		})
+	}
+}
+
+// A simulated GPU lost mid-run is reported failed, the others carry on.
+func TestSimGPULost(t *testing.T) {
+	clock := sim.NewManualClock(time.Unix(1_700_000_000, 0))
+	fleet, err := sim.New(sim.Options{Model: "H100", Count: 2, Trace: "training", Seed: 1, Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ret := fleet.Init(); ret != nvml.SUCCESS {
+		t.Fatal(ret)
+	}
+	c, err := New(fleet, nil, clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	collect(t, c)
+	fleet.SetLost(1, true)
+	clock.Advance(time.Second)
+	collect(t, c)
+	b := collect(t, c)
+	failed, _ := value(b, metrics.GPUStatus, attribute.Int(metrics.AttrGPUIndex, 1), attribute.String(metrics.AttrHWState, "failed"))
+	if failed != 1 {
+		t.Errorf("lost simulated GPU: status failed=%v, want 1", failed)
+	}
+	if _, ok := value(b, metrics.GPUPower, attribute.Int(metrics.AttrGPUIndex, 0)); !ok {
+		t.Error("GPU 0 stopped reporting when GPU 1 was lost")
+	}
+}
