@@ -111,7 +111,7 @@ func TestCollectJSONHasEveryGPUMetric(t *testing.T) {
 		}
 	}
 	for _, d := range metrics.Table {
-		if (d.Source == "gpu" || d.Source == "agent") && !seen[d.Name] && !gpuMetricsNotOnSXM[d.Name] {
+		if (d.From("gpu") || d.From("agent")) && !seen[d.Name] && !gpuMetricsNotOnSXM[d.Name] {
 			t.Errorf("%s missing from capstan collect", d.Name)
 		}
 	}

@@ -44,7 +44,7 @@ func names(pts []otlptest.Point) map[string]bool {
 func expected() []*metrics.Def {
 	var out []*metrics.Def
 	for _, d := range metrics.Table {
-		if (d.Source == "gpu" || d.Source == "agent") && !gpuMetricsNotOnSXM[d.Name] {
+		if (d.From("gpu") || d.From("agent")) && !gpuMetricsNotOnSXM[d.Name] {
 			out = append(out, d)
 		}
 	}

@@ -41,7 +41,7 @@ func TestCollectorOverEverySimModel(t *testing.T) {
 				got[p.Series.Def] = true
 			}
 			for _, d := range metrics.Table {
-				if d.Source != Name {
+				if !d.From(Name) {
 					continue
 				}
 				if want := d != metrics.GPUFanSpeed || m.HasFan; got[d] != want {

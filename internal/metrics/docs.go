@@ -19,18 +19,18 @@ func Markdown() string {
 	sb.WriteString("`host.id` (where /etc/machine-id is readable), `k8s.node.name` (when `$NODE_NAME` is set).\n\n")
 	source := ""
 	for _, d := range Table {
-		if d.Source != source {
-			source = d.Source
+		if d.Sources[0] != source {
+			source = d.Sources[0]
 			fmt.Fprintf(&sb, "## %s\n\n", sourceTitle(source))
-			sb.WriteString("| name | instrument | unit | attributes | description |\n")
-			sb.WriteString("| --- | --- | --- | --- | --- |\n")
+			sb.WriteString("| name | instrument | unit | attributes | collectors | description |\n")
+			sb.WriteString("| --- | --- | --- | --- | --- | --- |\n")
 		}
 		attrs := make([]string, len(d.Attributes))
 		for i, a := range d.Attributes {
 			attrs[i] = "`" + a + "`"
 		}
-		fmt.Fprintf(&sb, "| `%s` | %s | `%s` | %s | %s |\n", d.Name, d.Kind, d.Unit, strings.Join(attrs, ", "), d.Description)
-		if next := d.ID + 1; next == len(Table) || Table[next].Source != source {
+		fmt.Fprintf(&sb, "| `%s` | %s | `%s` | %s | %s | %s |\n", d.Name, d.Kind, d.Unit, strings.Join(attrs, ", "), strings.Join(d.Sources, ", "), d.Description)
+		if next := d.ID + 1; next == len(Table) || Table[next].Sources[0] != source {
 			sb.WriteString("\n")
 		}
 	}

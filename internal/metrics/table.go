@@ -2,6 +2,8 @@
 // description and attributes. Collectors, exporters and docs/metrics.md all derive from Table.
 package metrics
 
+import "strings"
+
 // Kind is the OpenTelemetry instrument a metric is exported through.
 type Kind int
 
@@ -36,8 +38,19 @@ type Def struct {
 	Description string
 	// Attributes lists every attribute key a data point of this metric may carry.
 	Attributes []string
-	// Source is the collector that produces the metric ("agent" for the agent's own).
-	Source string
+	// Sources are the collectors that produce the metric ("agent" for the agent's own); a
+	// metric such as hw.temperature has one definition whatever measures it.
+	Sources []string
+}
+
+// From reports whether collector source produces the metric.
+func (d *Def) From(source string) bool {
+	for _, s := range d.Sources {
+		if s == source {
+			return true
+		}
+	}
+	return false
 }
 
 // Attribute keys shared by several metrics.
@@ -144,8 +157,9 @@ var (
 // Table holds every metric Capstan exports, indexed by Def.ID.
 var Table []*Def
 
-func def(name, unit string, kind Kind, source, desc string, attrs ...string) *Def {
-	d := &Def{ID: len(Table), Name: name, Unit: unit, Kind: kind, Source: source, Description: desc, Attributes: attrs}
+// def adds a metric to Table. sources is one collector name, or several separated by commas.
+func def(name, unit string, kind Kind, sources, desc string, attrs ...string) *Def {
+	d := &Def{ID: len(Table), Name: name, Unit: unit, Kind: kind, Sources: strings.Split(sources, ","), Description: desc, Attributes: attrs}
 	Table = append(Table, d)
 	return d
 }

@@ -36,7 +36,7 @@ func TestTableIsWellFormed(t *testing.T) {
 		if !units[d.Unit] && !annotation.MatchString(d.Unit) {
 			t.Errorf("%s: unit %q is not a UCUM unit this table knows", d.Name, d.Unit)
 		}
-		if d.Description == "" || d.Source == "" || len(d.Attributes) == 0 {
+		if d.Description == "" || len(d.Sources) == 0 || len(d.Attributes) == 0 {
 			t.Errorf("%s: description, source and attributes are required", d.Name)
 		}
 		if d.Kind == Counter && d.Unit == "Cel" {
