@@ -1,0 +1,87 @@
+package sample
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/capstan-power/capstan/internal/metrics"
+)
+
+func TestStoreKeepsLatestBatchPerKeyInFirstPutOrder(t *testing.T) {
+	s := NewStore()
+	gpu := NewSeries(metrics.GPUPower, attribute.Int(metrics.AttrGPUIndex, 0))
+	put := func(key string, v float64) {
+		b := &Batch{}
+		b.Reset(key, time.Unix(0, 0))
+		b.Add(gpu, v)
+		s.Put(key, b)
+	}
+	put("gpu", 1)
+	put("thermal", 2)
+	put("gpu", 3) // replaces, keeps its place
+	var keys []string
+	var values []float64
+	s.Each(func(b *Batch) {
+		keys = append(keys, b.Collector)
+		values = append(values, b.Points[0].Value)
+	})
+	if len(keys) != 2 || keys[0] != "gpu" || keys[1] != "thermal" || values[0] != 3 || values[1] != 2 {
+		t.Fatalf("Each saw %v %v, want [gpu thermal] [3 2]", keys, values)
+	}
+	s.Delete("gpu")
+	s.Delete("absent")
+	var n int
+	s.Each(func(*Batch) { n++ })
+	s.View("gpu", func(b *Batch) {
+		if b != nil {
+			t.Error("deleted batch still visible")
+		}
+	})
+	if n != 1 {
+		t.Errorf("%d batches after delete, want 1", n)
+	}
+}
+
+func TestSeriesWithKeepsBaseAttributes(t *testing.T) {
+	base := NewSeries(nil, attribute.String(metrics.AttrHWID, "GPU-1"))
+	s := base.With(metrics.GPUTemperature, attribute.String(metrics.AttrSensorLocation, "memory"))
+	if s.Def != metrics.GPUTemperature || s.Attrs.Len() != 2 {
+		t.Fatalf("With built %v with %d attributes", s.Def, s.Attrs.Len())
+	}
+	if v, ok := s.Attrs.Value(metrics.AttrHWID); !ok || v.AsString() != "GPU-1" {
+		t.Error("base attribute lost")
+	}
+	if base.Attrs.Len() != 1 {
+		t.Error("With modified the base series")
+	}
+}
+
+func TestResetKeepsCapacityAndNotifyDoesNotBlock(t *testing.T) {
+	b := &Batch{}
+	for range 100 {
+		b.Add(NewSeries(metrics.GPUPower), 1)
+	}
+	c := cap(b.Points)
+	b.Reset("gpu", time.Now())
+	if len(b.Points) != 0 || cap(b.Points) != c {
+		t.Errorf("Reset: len %d cap %d, want 0 and %d", len(b.Points), cap(b.Points), c)
+	}
+
+	s := NewStore()
+	ch := make(chan struct{}, 1)
+	s.Notify(ch)
+	var wg sync.WaitGroup
+	for range 10 { // more puts than the channel holds: Put must not block
+		wg.Add(1)
+		go func() { defer wg.Done(); s.Put("gpu", &Batch{}) }()
+	}
+	wg.Wait()
+	select {
+	case <-ch:
+	default:
+		t.Error("no notification after Put")
+	}
+}
