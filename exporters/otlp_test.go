@@ -58,29 +58,9 @@ type received struct {
 // findPoints returns every received data point of metric name whose attributes include want.
 func findPoints(sink *consumertest.MetricsSink, name string, want map[string]any) []received {
 	var out []received
-	for _, md := range sink.AllMetrics() {
-		for _, rm := range md.ResourceMetrics().All() {
-			for _, sm := range rm.ScopeMetrics().All() {
-				for _, m := range sm.Metrics().All() {
-					if m.Name() != name {
-						continue
-					}
-					var dps pmetric.NumberDataPointSlice
-					switch m.Type() {
-					case pmetric.MetricTypeGauge:
-						dps = m.Gauge().DataPoints()
-					case pmetric.MetricTypeSum:
-						dps = m.Sum().DataPoints()
-					default:
-						continue
-					}
-					for _, dp := range dps.All() {
-						if hasAttrs(dp.Attributes(), want) {
-							out = append(out, received{metric: m, dp: dp, resource: rm.Resource().Attributes()})
-						}
-					}
-				}
-			}
+	for _, p := range otlptest.Points(sink) {
+		if p.Metric.Name() == name && hasAttrs(p.DP.Attributes(), want) {
+			out = append(out, received{metric: p.Metric, dp: p.DP, resource: p.Resource})
 		}
 	}
 	return out
