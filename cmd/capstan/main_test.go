@@ -398,3 +398,30 @@ func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
 	}
 	return families
 }
+
+// Without an NVIDIA driver, auto runs without GPU collection and says so in one line; it never
+// falls back to the simulator.
+func TestAutoWithoutNVMLRunsWithoutGPUs(t *testing.T) {
+	if _, err := os.Stat("/dev/nvidia0"); err == nil {
+		t.Skip("this host has an NVIDIA GPU; the test is about hosts without one")
+	}
+	out, errOut, code := runCapstan(t, "collect", "--json", "--gpu.backend=auto", "--web.listen-address=")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if n := strings.Count(errOut, "NVML not available"); n != 1 {
+		t.Errorf("NVML absence logged %d times, want once:\n%s", n, errOut)
+	}
+	var points []jsonPoint
+	if err := json.Unmarshal([]byte(out), &points); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range points {
+		if p.Name == metrics.GPUPower.Name {
+			t.Fatal("auto produced GPU data without NVML: it must never fall back to the simulator")
+		}
+		if p.Name == metrics.CollectorUp.Name && p.Attributes["collector"] == "gpu" && p.Value != 0 {
+			t.Error("gpu collector reported up without NVML")
+		}
+	}
+}
