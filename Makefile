@@ -18,8 +18,11 @@ GOLANGCI_LINT := $(TOOLS_BIN)/golangci-lint
 
 # The embedded demo: 8 simulated H100s on the training trace, every collector, Prometheus on
 # 127.0.0.1:9400 and a per-GPU table on the terminal every 5 s.
+# Capping is on with a static budget of 70 % of the fleet's maximum (8 × 700 W = 5600 W), so the
+# limits move on the terminal; the state file stays in bin/ so no root is needed.
 RUN_FLAGS ?= --gpu.backend=sim --gpu.sim.model=H100 --gpu.sim.count=8 --gpu.sim.trace=training \
-             --web.listen-address=127.0.0.1:9400 --summary.interval=5s
+             --web.listen-address=127.0.0.1:9400 --summary.interval=5s \
+             --capping.enabled --budget.watts=3920 --capping.state-file=bin/capping-state.json
 
 .PHONY: all build run test test-short bench lint fmt generate clean tools
 

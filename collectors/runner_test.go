@@ -18,7 +18,7 @@ type funcCollector func(context.Context, *sample.Batch) error
 
 func (f funcCollector) Collect(ctx context.Context, b *sample.Batch) error { return f(ctx, b) }
 
-var testSeries = sample.NewSeries(metrics.GPUPower)
+var testSeries = sample.NewSeries(metrics.HWPower)
 
 func self(store *sample.Store, name string) (up, duration float64, ok bool) {
 	store.View(SelfKey(name), func(b *sample.Batch) {

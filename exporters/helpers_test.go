@@ -35,7 +35,7 @@ type gpuSeries struct {
 func gpuUUID(i int) string { return fmt.Sprintf("GPU-%08d-0000-0000-0000-000000000000", i) }
 
 func newGPUSeries(i int) *gpuSeries {
-	base := sample.NewSeries(metrics.GPUPower,
+	base := sample.NewSeries(metrics.HWPower,
 		attribute.String(metrics.AttrHWType, "gpu"),
 		attribute.String(metrics.AttrHWID, gpuUUID(i)),
 		attribute.String(metrics.AttrHWName, "NVIDIA H100 80GB HBM3"),
@@ -47,7 +47,7 @@ func newGPUSeries(i int) *gpuSeries {
 			kv(metrics.AttrPCIBusID, fmt.Sprintf("00000000:%02X:00.0", 0x18+i)), kv(metrics.AttrDriverVersion, "570.86.15")),
 		power:        base,
 		powerInstant: base.With(metrics.GPUPowerInstant),
-		energy:       base.With(metrics.GPUEnergy),
+		energy:       base.With(metrics.HWEnergy),
 		memActivity:  base.With(metrics.GPUMemoryActivity),
 		memUsage:     base.With(metrics.GPUMemoryUsage),
 		memLimit:     base.With(metrics.GPUMemoryLimit),
@@ -60,7 +60,7 @@ func newGPUSeries(i int) *gpuSeries {
 		g.status[j] = base.With(metrics.GPUStatus, kv(metrics.AttrHWState, s))
 	}
 	for j, s := range []string{"gpu", "memory"} {
-		g.temp[j] = base.With(metrics.GPUTemperature, kv(metrics.AttrSensorLocation, s))
+		g.temp[j] = base.With(metrics.HWTemperature, kv(metrics.AttrSensorLocation, s))
 	}
 	for j, s := range []string{"general", "encoder", "decoder"} {
 		g.util[j] = base.With(metrics.GPUUtilization, kv(metrics.AttrGPUTask, s))
@@ -128,6 +128,9 @@ type fleet struct {
 	gpus              []*gpuSeries
 	collectorUp       *sample.Series
 	collectorDuration *sample.Series
+	// others holds one series of every table metric neither the GPU collector nor the agent
+	// produces (host collectors), so a batch covers the whole table.
+	others []*sample.Series
 }
 
 func newFleet(n int) *fleet {
@@ -137,6 +140,16 @@ func newFleet(n int) *fleet {
 	}
 	for i := range n {
 		f.gpus = append(f.gpus, newGPUSeries(i))
+	}
+	for _, d := range metrics.Table {
+		if d.From("gpu") || d.From("agent") {
+			continue
+		}
+		kvs := make([]attribute.KeyValue, len(d.Attributes))
+		for i, k := range d.Attributes {
+			kvs[i] = attribute.String(k, "host-0")
+		}
+		f.others = append(f.others, sample.NewSeries(d, kvs...))
 	}
 	return f
 }
@@ -151,6 +164,9 @@ func (f *fleet) batch(energy float64) *sample.Batch {
 	}
 	b.Add(f.collectorUp, 1)
 	b.Add(f.collectorDuration, 0.0042)
+	for _, s := range f.others {
+		b.Add(s, 1)
+	}
 	return b
 }
 

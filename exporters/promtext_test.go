@@ -79,8 +79,8 @@ func TestPrometheusText(t *testing.T) {
 
 	// Names pinned here as dashboards and alerts use them; the rest follow the translator.
 	for def, want := range map[*metrics.Def]string{
-		metrics.GPUPower:       "hw_power_watts",
-		metrics.GPUEnergy:      "hw_energy_joules_total",
+		metrics.HWPower:        "hw_power_watts",
+		metrics.HWEnergy:       "hw_energy_joules_total",
 		metrics.GPUUtilization: "hw_gpu_utilization_ratio",
 		metrics.GPUMemoryUsage: "hw_gpu_memory_usage_bytes",
 		metrics.GPUStatus:      "hw_status",
@@ -202,7 +202,7 @@ func TestPrometheusOtherInstruments(t *testing.T) {
 	e := startWeb(t, store, "")
 	meter := e.MeterProvider().Meter("github.com/capstan-power/capstan/capping")
 	ctx := context.Background()
-	act, err := meter.Int64Counter("capstan.capping.actuations", metric.WithUnit("{actuation}"), metric.WithDescription("Limit writes."))
+	act, err := meter.Int64Counter("capstan.example.actuations", metric.WithUnit("{actuation}"), metric.WithDescription("Limit writes."))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,8 +221,8 @@ func TestPrometheusOtherInstruments(t *testing.T) {
 	queue.Add(ctx, 2)
 
 	fams := scrape(t, e)
-	if got := series(t, fams, "capstan_capping_actuations_total", dto.MetricType_COUNTER, map[string]string{"result": "ok"}); got != 3 {
-		t.Errorf("capstan_capping_actuations_total = %v, want 3", got)
+	if got := series(t, fams, "capstan_example_actuations_total", dto.MetricType_COUNTER, map[string]string{"result": "ok"}); got != 3 {
+		t.Errorf("capstan_example_actuations_total = %v, want 3", got)
 	}
 	if got := series(t, fams, "capstan_capping_pending", dto.MetricType_GAUGE, nil); got != 2 {
 		t.Errorf("capstan_capping_pending = %v, want 2", got)

@@ -12,7 +12,10 @@ import (
 	"github.com/spf13/cobra"
 
 	// Collectors register themselves.
+	_ "github.com/capstan-power/capstan/collectors/cpufreq"
 	_ "github.com/capstan-power/capstan/collectors/gpu"
+	_ "github.com/capstan-power/capstan/collectors/nic"
+	_ "github.com/capstan-power/capstan/collectors/thermal"
 
 	"github.com/capstan-power/capstan/internal/agent"
 	"github.com/capstan-power/capstan/internal/config"
@@ -88,6 +91,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	}
 
 	root.AddCommand(newCollectCommand(resolve, stdout, stderr), newConfigCommand(stdout), newVersionCommand(stdout))
+	root.AddCommand(newSimulateCommand(resolve, stdout, stderr))
 	return root
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/capstan-power/capstan/internal/hostfixtures"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/otlptest"
 )
@@ -82,7 +83,10 @@ type jsonPoint struct {
 var gpuMetricsNotOnSXM = map[string]bool{metrics.GPUFanSpeed.Name: true}
 
 func TestCollectJSONHasEveryGPUMetric(t *testing.T) {
-	out, errOut, code := runCapstan(t, append([]string{"collect", "--json", "--node.name=node-a"}, simFlags...)...)
+	// The host collectors read a fixture server's sysfs: this VM has no cpufreq, hwmon, thermal
+	// zones or powercap, and every collector must be up here.
+	out, errOut, code := runCapstan(t, append([]string{"collect", "--json", "--node.name=node-a",
+		"--path.sysfs=" + hostfixtures.Sysfs(hostfixtures.Intel)}, simFlags...)...)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
@@ -117,7 +121,7 @@ func TestCollectJSONHasEveryGPUMetric(t *testing.T) {
 	}
 	// Power of an H100 (200–700 W limits) must sit inside the model's range.
 	for _, p := range points {
-		if p.Name == metrics.GPUPower.Name && (p.Value < 50 || p.Value > 700) {
+		if p.Name == metrics.HWPower.Name && (p.Value < 50 || p.Value > 700) {
 			t.Errorf("hw.power %v W is outside an H100's range", p.Value)
 		}
 		if p.Name == metrics.CollectorUp.Name && p.Value != 1 {
@@ -417,7 +421,7 @@ func TestAutoWithoutNVMLRunsWithoutGPUs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, p := range points {
-		if p.Name == metrics.GPUPower.Name {
+		if p.Name == metrics.HWPower.Name {
 			t.Fatal("auto produced GPU data without NVML: it must never fall back to the simulator")
 		}
 		if p.Name == metrics.CollectorUp.Name && p.Attributes["collector"] == "gpu" && p.Value != 0 {

@@ -104,11 +104,11 @@ func TestOTLPEndToEnd(t *testing.T) {
 				}
 				value := p.DP.DoubleValue()
 				switch d {
-				case metrics.GPUPower, metrics.GPUPowerInstant:
+				case metrics.HWPower, metrics.GPUPowerInstant:
 					if value < 50 || value > 700 {
 						t.Errorf("%s = %v W, outside an H100's range", d.Name, value)
 					}
-				case metrics.GPUTemperature:
+				case metrics.HWTemperature:
 					if value < 20 || value > 100 {
 						t.Errorf("%s = %v °C, implausible", d.Name, value)
 					}
@@ -121,7 +121,7 @@ func TestOTLPEndToEnd(t *testing.T) {
 			// Energy increases between exports of the same GPU.
 			var first, last float64 = -1, -1
 			for _, p := range pts {
-				if p.Metric.Name() != metrics.GPUEnergy.Name {
+				if p.Metric.Name() != metrics.HWEnergy.Name {
 					continue
 				}
 				if idx, _ := p.DP.Attributes().Get(metrics.AttrGPUIndex); idx.Int() != 0 {
@@ -154,7 +154,7 @@ func TestOTLPEndpointComesUpLater(t *testing.T) {
 	rssDown := statusKiB(t, a.cmd.Process.Pid, "VmRSS")
 	_, sink := otlptest.Start(t, otlptest.Options{Protocol: "grpc", Addr: endpoint})
 	waitPoints(t, sink, "data after the endpoint came up", func(pts []otlptest.Point) bool {
-		return names(pts)[metrics.GPUPower.Name]
+		return names(pts)[metrics.HWPower.Name]
 	})
 	peak := statusKiB(t, a.cmd.Process.Pid, "VmHWM")
 	if peak > 150*1024 {

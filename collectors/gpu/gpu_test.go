@@ -214,11 +214,11 @@ func TestCollectConvertsUnits(t *testing.T) {
 		attrs []attribute.KeyValue
 		want  float64
 	}{
-		{metrics.GPUPower, nil, 512},
+		{metrics.HWPower, nil, 512},
 		{metrics.GPUPowerInstant, nil, 530},
-		{metrics.GPUEnergy, nil, 1_234_567},
-		{metrics.GPUTemperature, []attribute.KeyValue{str(metrics.AttrSensorLocation, "gpu")}, 67},
-		{metrics.GPUTemperature, []attribute.KeyValue{str(metrics.AttrSensorLocation, "memory")}, 61},
+		{metrics.HWEnergy, nil, 1_234_567},
+		{metrics.HWTemperature, []attribute.KeyValue{str(metrics.AttrSensorLocation, "gpu")}, 67},
+		{metrics.HWTemperature, []attribute.KeyValue{str(metrics.AttrSensorLocation, "memory")}, 61},
 		{metrics.GPUUtilization, []attribute.KeyValue{str(metrics.AttrGPUTask, "general")}, 0.93},
 		{metrics.GPUUtilization, []attribute.KeyValue{str(metrics.AttrGPUTask, "encoder")}, 0},
 		{metrics.GPUUtilization, []attribute.KeyValue{str(metrics.AttrGPUTask, "decoder")}, 0.12},
@@ -296,7 +296,7 @@ func TestNotSupportedIsSkippedAndLoggedOnce(t *testing.T) {
 		if _, ok := value(b, metrics.GPUFanSpeed); ok {
 			t.Fatal("fan speed exported for a GPU that does not support it")
 		}
-		if _, ok := value(b, metrics.GPUPower); !ok {
+		if _, ok := value(b, metrics.HWPower); !ok {
 			t.Fatal("an unsupported query took other metrics with it")
 		}
 	}
@@ -335,10 +335,10 @@ func TestLostGPUIsReportedFailedAndLeftAlone(t *testing.T) {
 	if failed != 1 || okv != 0 {
 		t.Errorf("lost GPU status failed=%v ok=%v, want 1 and 0", failed, okv)
 	}
-	if _, ok := value(b, metrics.GPUPower, gpu(1)); ok {
+	if _, ok := value(b, metrics.HWPower, gpu(1)); ok {
 		t.Error("a lost GPU still reports power")
 	}
-	if _, ok := value(b, metrics.GPUPower, gpu(0)); !ok {
+	if _, ok := value(b, metrics.HWPower, gpu(0)); !ok {
 		t.Error("the healthy GPU stopped reporting when its neighbour was lost")
 	}
 	if n := lib.gpus[1].calls.Load(); n != callsAfterLoss {

@@ -50,7 +50,7 @@ func TestCollectorOverEverySimModel(t *testing.T) {
 			}
 			for i := range 4 {
 				gpu := attribute.Int(metrics.AttrGPUIndex, i)
-				power, _ := value(b, metrics.GPUPower, gpu)
+				power, _ := value(b, metrics.HWPower, gpu)
 				if power < m.IdleW*0.5 || power > m.MaxLimitW {
 					t.Errorf("GPU %d power %v W outside %v–%v", i, power, m.IdleW, m.MaxLimitW)
 				}
@@ -91,7 +91,7 @@ func TestSimGPULost(t *testing.T) {
 	if failed != 1 {
 		t.Errorf("lost simulated GPU: status failed=%v, want 1", failed)
 	}
-	if _, ok := value(b, metrics.GPUPower, attribute.Int(metrics.AttrGPUIndex, 0)); !ok {
+	if _, ok := value(b, metrics.HWPower, attribute.Int(metrics.AttrGPUIndex, 0)); !ok {
 		t.Error("GPU 0 stopped reporting when GPU 1 was lost")
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/capstan-power/capstan/capping"
 	"github.com/capstan-power/capstan/collectors"
 	"github.com/capstan-power/capstan/collectors/gpu"
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
@@ -139,6 +140,13 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options) (*config.Config
 	// Stop collecting before the exporters flush their last export (deferred above).
 	defer func() { cancel(); <-done }()
 
+	// The controller stops first, while the GPU backend is still open.
+	capRun, err := startCapping(ctx, cfg, p, o.Clock, log)
+	if err != nil {
+		return nil, fmt.Errorf("starting capping: %w", err)
+	}
+	defer capRun.stop()
+
 	go func() {
 		select {
 		case <-p.Runner.Ready():
@@ -164,6 +172,9 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options) (*config.Config
 			if err != nil {
 				log.Error("configuration not reloaded; keeping the running one", "err", err)
 				continue
+			}
+			if capRun != nil {
+				capRun.exit = capping.ExitHold // a reload holds the limits; it does not restore
 			}
 			return next, nil
 		}

@@ -164,7 +164,7 @@ func writeSummary(w io.Writer, store *sample.Store, now time.Time) {
 				row(s).power = p.Value
 			case s.Def == metrics.GPUPowerLimit && is(s, metrics.AttrLimitKind, "enforced"):
 				row(s).limit = p.Value
-			case s.Def == metrics.GPUTemperature && is(s, metrics.AttrSensorLocation, "gpu"):
+			case s.Def == metrics.HWTemperature && is(s, metrics.AttrSensorLocation, "gpu"):
 				row(s).temp = p.Value
 			case s.Def == metrics.GPUClock && is(s, metrics.AttrClockDomain, "sm"):
 				row(s).clock = p.Value

@@ -23,7 +23,7 @@ func gpuBatch(n int) *sample.Batch {
 		b.Add(base.With(metrics.GPUPowerInstant), float64(100+i))
 		b.Add(base.With(metrics.GPUPowerLimit, attribute.String(metrics.AttrLimitKind, "enforced")), 700)
 		b.Add(base.With(metrics.GPUPowerLimit, attribute.String(metrics.AttrLimitKind, "max")), 999)
-		b.Add(base.With(metrics.GPUTemperature, attribute.String(metrics.AttrSensorLocation, "gpu")), 70)
+		b.Add(base.With(metrics.HWTemperature, attribute.String(metrics.AttrSensorLocation, "gpu")), 70)
 		b.Add(base.With(metrics.GPUClock, attribute.String(metrics.AttrClockDomain, "sm")), 1980e6)
 		b.Add(base.With(metrics.GPUUtilization, attribute.String(metrics.AttrGPUTask, "general")), 0.5)
 	}

@@ -20,10 +20,13 @@ type Config struct {
 	Path       Path                 `yaml:"path"`
 	GPU        GPU                  `yaml:"gpu"`
 	Collectors map[string]Collector `yaml:"collector"`
+	NIC        NIC                  `yaml:"nic"`
 	OTLP       OTLP                 `yaml:"otlp"`
 	Web        Web                  `yaml:"web"`
 	Stdout     Stdout               `yaml:"stdout"`
 	Summary    Summary              `yaml:"summary"`
+	Capping    Capping              `yaml:"capping"`
+	Budget     Budget               `yaml:"budget"`
 
 	// src remembers where values came from, so that Validate can point at the line or flag.
 	src sources
@@ -69,6 +72,17 @@ type Collector struct {
 	// Timeout bounds one collection; zero means the interval.
 	Timeout time.Duration `yaml:"timeout"`
 }
+
+// NIC selects the network interfaces the nic collector reports, by name: an interface is
+// reported when Include is empty or matches, and Exclude is empty or does not match.
+type NIC struct {
+	Include string `yaml:"include"` // Go regular expression (RE2)
+	Exclude string `yaml:"exclude"`
+}
+
+// DefaultNICExclude leaves out loopback and the per-container links of container runtimes and
+// CNI plugins, whose number follows the pods and would swamp a node's series.
+const DefaultNICExclude = `^(lo|veth.*|cali.*|lxc.*|docker.*)$`
 
 // OTLP configures the OTLP push exporter; it is off while Endpoint is empty.
 type OTLP struct {
@@ -116,6 +130,40 @@ type Summary struct {
 	Interval time.Duration `yaml:"interval"`
 }
 
+// Capping configures the GPU power-capping controller (package capping). It is off unless
+// Enabled: telemetry only is the safe default.
+type Capping struct {
+	Enabled bool `yaml:"enabled"`
+	// DryRun computes and exports limits but writes none.
+	DryRun bool          `yaml:"dry-run"`
+	Period time.Duration `yaml:"period"`
+	// Scope is gpu (measured power is the GPUs' sum) or node (plus RAPL package power).
+	Scope                   string `yaml:"scope"`
+	GuardBandPercent        int    `yaml:"guard-band-percent"`
+	OversubscriptionPercent int    `yaml:"oversubscription-percent"`
+	HeadroomWatts           int    `yaml:"headroom-watts"`
+	DeadbandWatts           int    `yaml:"deadband-watts"`
+	// RampPercent is the most the total cap rises per period, in % of the GPUs' Σ max.
+	RampPercent int `yaml:"ramp-percent"`
+	// LostPeriods of missing power readings switch to failsafe caps (budget / GPUs).
+	LostPeriods int    `yaml:"lost-periods"`
+	StateFile   string `yaml:"state-file"`
+	OnExit      string `yaml:"on-exit"`     // restore, keep
+	AfterCrash  string `yaml:"after-crash"` // restore, adopt
+	// Weights maps a GPU index or UUID to its priority weight, an integer 1 to 1000.
+	Weights map[string]string `yaml:"weights"`
+}
+
+// Budget configures where the node's power budget comes from (package capping/budget).
+type Budget struct {
+	Source string `yaml:"source"` // static, file
+	Watts  int    `yaml:"watts"`  // the static budget
+	// File is a YAML or JSON file {watts: N, ttl: DURATION}, re-read when it changes.
+	File string `yaml:"file"`
+	// FallbackWatts applies once a budget's TTL ran out; 0 means the GPUs' Σ min.
+	FallbackWatts int `yaml:"fallback-watts"`
+}
+
 // sources maps dotted keys to where their values were set: a line of file, or a flag.
 type sources struct {
 	file  string
@@ -132,6 +180,7 @@ func Default() *Config {
 		Path:       Path{Sysfs: "/sys", Procfs: "/proc"},
 		GPU:        GPU{Backend: "auto", Sim: GPUSim{Model: "H100", Count: 8, Trace: "training", Seed: 1}},
 		Collectors: map[string]Collector{},
+		NIC:        NIC{Exclude: DefaultNICExclude},
 		OTLP: OTLP{
 			Protocol:    "grpc",
 			Interval:    10 * time.Second,
@@ -141,6 +190,13 @@ func Default() *Config {
 		},
 		Web:    Web{ListenAddress: "127.0.0.1:9400"},
 		Stdout: Stdout{Interval: 10 * time.Second},
+		Capping: Capping{
+			Period: time.Second, Scope: "gpu", GuardBandPercent: 3, OversubscriptionPercent: 5,
+			HeadroomWatts: 15, DeadbandWatts: 5, RampPercent: 5, LostPeriods: 3,
+			StateFile: "/var/lib/capstan/state.json", OnExit: "restore", AfterCrash: "restore",
+			Weights: map[string]string{},
+		},
+		Budget: Budget{Source: "static"},
 	}
 	for _, r := range registrations() {
 		c.Collectors[r.name] = Collector{Enabled: r.enabled, Interval: r.interval}

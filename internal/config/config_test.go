@@ -48,10 +48,18 @@ func TestDefault(t *testing.T) {
 			"gpu":     {Enabled: true, Interval: time.Second},
 			"cpufreq": {Enabled: false, Interval: 10 * time.Second},
 		},
+		NIC: NIC{Exclude: DefaultNICExclude},
 		OTLP: OTLP{Protocol: "grpc", Interval: 10 * time.Second, Timeout: 10 * time.Second,
 			Compression: "gzip", Temporality: "cumulative"},
 		Web:    Web{ListenAddress: "127.0.0.1:9400"},
 		Stdout: Stdout{Interval: 10 * time.Second},
+		Capping: Capping{
+			Period: time.Second, Scope: "gpu", GuardBandPercent: 3, OversubscriptionPercent: 5,
+			HeadroomWatts: 15, DeadbandWatts: 5, RampPercent: 5, LostPeriods: 3,
+			StateFile: "/var/lib/capstan/state.json", OnExit: "restore", AfterCrash: "restore",
+			Weights: map[string]string{},
+		},
+		Budget: Budget{Source: "static"},
 	}
 	if !sameConfig(c, want) {
 		t.Errorf("Default() =\n%+v\nwant\n%+v", c, want)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,10 +30,21 @@ var (
 	protocols    = []string{"grpc", "http"}
 	compressions = []string{"gzip", "none"}
 	temporality  = []string{"cumulative", "delta"}
+	capScopes    = []string{"gpu", "node"}
+	onExits      = []string{"restore", "keep"}
+	afterCrashes = []string{"restore", "adopt"}
+	budgetKinds  = []string{"static", "file"}
+)
+
+// Capping bounds.
+const (
+	minCappingPeriod = 100 * time.Millisecond
+	maxCappingPeriod = 10 * time.Second
+	maxBudgetWatts   = 1_000_000
 )
 
 // Validate checks ranges, allowed values and keys that go together. It returns the first
-// problem in file order (node, log, path, gpu, collector, otlp, web, stdout, summary) as an
+// problem in file order (node, log, path, gpu, collector, nic, otlp, web, stdout, summary) as an
 // *Error that points at the line of the file, or the flag, that set the value.
 func (c *Config) Validate() error {
 	if e := c.validate(); e != nil {
@@ -53,6 +65,8 @@ func (c *Config) validate() *Error {
 	v.intRange("gpu.sim.count", c.GPU.Sim.Count, minSimCount, maxSimCount)
 	v.trace("gpu.sim.trace", c.GPU.Sim.Trace)
 	v.collectors()
+	v.regexp("nic.include", c.NIC.Include)
+	v.regexp("nic.exclude", c.NIC.Exclude)
 	v.oneOf("otlp.protocol", c.OTLP.Protocol, protocols, false)
 	v.durRange("otlp.interval", c.OTLP.Interval, time.Second, time.Hour, "")
 	v.durRange("otlp.timeout", c.OTLP.Timeout, time.Second, 5*time.Minute, "")
@@ -68,7 +82,47 @@ func (c *Config) validate() *Error {
 	if c.Summary.Interval != 0 {
 		v.durRange("summary.interval", c.Summary.Interval, time.Second, time.Hour, "0 to turn it off, or ")
 	}
+	v.capping()
 	return v.err
+}
+
+// capping checks the capping and budget sections; the budget must be usable only when capping
+// is on.
+func (v *validator) capping() {
+	cp, b := &v.c.Capping, &v.c.Budget
+	v.durRange("capping.period", cp.Period, minCappingPeriod, maxCappingPeriod, "")
+	v.oneOf("capping.scope", cp.Scope, capScopes, false)
+	v.intRange("capping.guard-band-percent", cp.GuardBandPercent, 0, 50)
+	v.intRange("capping.oversubscription-percent", cp.OversubscriptionPercent, 0, 100)
+	v.intRange("capping.headroom-watts", cp.HeadroomWatts, 0, 200)
+	v.intRange("capping.deadband-watts", cp.DeadbandWatts, 0, 100)
+	v.intRange("capping.ramp-percent", cp.RampPercent, 1, 100)
+	v.intRange("capping.lost-periods", cp.LostPeriods, 1, 100)
+	v.oneOf("capping.on-exit", cp.OnExit, onExits, false)
+	v.oneOf("capping.after-crash", cp.AfterCrash, afterCrashes, false)
+	for _, k := range sortedKeys(cp.Weights) {
+		w, err := strconv.Atoi(strings.TrimSpace(cp.Weights[k]))
+		if err != nil || w < 1 || w > 1000 {
+			v.fail("capping.weights."+k, quote(cp.Weights[k]), "is not a weight (allowed: an integer 1 to 1000)")
+		}
+	}
+	v.oneOf("budget.source", b.Source, budgetKinds, false)
+	v.intRange("budget.fallback-watts", b.FallbackWatts, 0, maxBudgetWatts)
+	if !cp.Enabled {
+		return
+	}
+	if !cp.DryRun {
+		v.nonEmpty("capping.state-file", cp.StateFile, "the default is /var/lib/capstan/state.json")
+	}
+	switch b.Source {
+	case "static":
+		if b.Watts == 0 {
+			v.fail("budget.watts", "0", fmt.Sprintf("must be set when capping is on with budget.source static (allowed: 1 to %d)", maxBudgetWatts))
+		}
+		v.intRange("budget.watts", b.Watts, 1, maxBudgetWatts)
+	case "file":
+		v.nonEmpty("budget.file", b.File, "budget.source file needs the file's path")
+	}
 }
 
 // validator keeps the first problem; later checks do nothing once one failed.
@@ -155,6 +209,13 @@ func (v *validator) collectors() {
 				"is out of range (allowed: 0, meaning the interval, or %s to the interval %s)",
 				formatDuration(minCollectorTimeout), formatDuration(cc.Interval)))
 		}
+	}
+}
+
+// regexp requires s to compile as a Go (RE2) regular expression; empty is allowed.
+func (v *validator) regexp(key, s string) {
+	if _, err := regexp.Compile(s); err != nil {
+		v.fail(key, quote(s), "is not a regular expression ("+err.Error()+"; syntax: RE2, as Go's regexp)")
 	}
 }
 

@@ -91,17 +91,17 @@ var (
 	GPUStatus = def("hw.status", "1", UpDownCounter, "gpu",
 		"1 for the GPU's current state, 0 for the others. A GPU that fell off the bus is failed and no longer queried.",
 		with(gpuAttrs, AttrHWState)...)
-	GPUPower = def("hw.power", "W", Gauge, "gpu",
-		"GPU power draw averaged over the last second (NVML GetPowerUsage).",
-		gpuAttrs...)
+	HWPower = def("hw.power", "W", Gauge, "gpu,thermal",
+		"Power draw: GPU averaged over the last second (NVML GetPowerUsage); RAPL domains (hw.type cpu for package and core, memory for dram) derived from two consecutive energy readings; hwmon power sensors.",
+		with(gpuAttrs, AttrSensorLocation)...)
 	GPUPowerInstant = def("capstan.gpu.power.instant", "W", Gauge, "gpu",
 		"GPU instantaneous power draw (NVML field FI_DEV_POWER_INSTANT); what the capping loop closes on.",
 		gpuAttrs...)
-	GPUEnergy = def("hw.energy", "J", Counter, "gpu",
-		"Energy the GPU consumed since the driver was loaded.",
-		gpuAttrs...)
-	GPUTemperature = def("hw.temperature", "Cel", Gauge, "gpu",
-		"GPU die (gpu) and HBM (memory) temperature.",
+	HWEnergy = def("hw.energy", "J", Counter, "gpu,thermal",
+		"Energy consumed: by a GPU since the driver was loaded; by a RAPL domain (its counter, wrap-arounds added since the agent started); by an hwmon energy sensor.",
+		with(gpuAttrs, AttrSensorLocation)...)
+	HWTemperature = def("hw.temperature", "Cel", Gauge, "gpu,thermal",
+		"Temperature: GPU die (gpu) and HBM (memory); thermal zones (hw.id thermal_zone<N>, hw.sensor_location the zone type) and hwmon temp sensors (hw.id <chip>/temp<N>, hw.sensor_location the sensor label).",
 		with(gpuAttrs, AttrSensorLocation)...)
 	GPUUtilization = def("hw.gpu.utilization", "1", Gauge, "gpu",
 		"Fraction of the last sample period the GPU was busy: kernels (general), video encoder, video decoder.",

@@ -20,7 +20,7 @@ func TestDocsMatchTable(t *testing.T) {
 func TestTableIsWellFormed(t *testing.T) {
 	name := regexp.MustCompile(`^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$`)
 	annotation := regexp.MustCompile(`^\{[a-z_]+\}$`)
-	units := map[string]bool{"W": true, "J": true, "Cel": true, "1": true, "By": true, "Hz": true, "s": true, "{error}": true}
+	units := map[string]bool{"W": true, "J": true, "Cel": true, "1": true, "By": true, "Hz": true, "s": true, "V": true, "A": true, "{error}": true, "By/s": true}
 	seen := map[string]bool{}
 	for i, d := range Table {
 		if d.ID != i {
@@ -43,7 +43,7 @@ func TestTableIsWellFormed(t *testing.T) {
 			t.Errorf("%s: a temperature cannot be a counter", d.Name)
 		}
 	}
-	if ByName("hw.power") != GPUPower || ByName("no.such") != nil {
+	if ByName("hw.power") != HWPower || ByName("no.such") != nil {
 		t.Error("ByName does not find table entries")
 	}
 }

@@ -12,7 +12,7 @@ import (
 
 func TestStoreKeepsLatestBatchPerKeyInFirstPutOrder(t *testing.T) {
 	s := NewStore()
-	gpu := NewSeries(metrics.GPUPower, attribute.Int(metrics.AttrGPUIndex, 0))
+	gpu := NewSeries(metrics.HWPower, attribute.Int(metrics.AttrGPUIndex, 0))
 	put := func(key string, v float64) {
 		b := &Batch{}
 		b.Reset(key, time.Unix(0, 0))
@@ -47,8 +47,8 @@ func TestStoreKeepsLatestBatchPerKeyInFirstPutOrder(t *testing.T) {
 
 func TestSeriesWithKeepsBaseAttributes(t *testing.T) {
 	base := NewSeries(nil, attribute.String(metrics.AttrHWID, "GPU-1"))
-	s := base.With(metrics.GPUTemperature, attribute.String(metrics.AttrSensorLocation, "memory"))
-	if s.Def != metrics.GPUTemperature || s.Attrs.Len() != 2 {
+	s := base.With(metrics.HWTemperature, attribute.String(metrics.AttrSensorLocation, "memory"))
+	if s.Def != metrics.HWTemperature || s.Attrs.Len() != 2 {
 		t.Fatalf("With built %v with %d attributes", s.Def, s.Attrs.Len())
 	}
 	if v, ok := s.Attrs.Value(metrics.AttrHWID); !ok || v.AsString() != "GPU-1" {
@@ -62,7 +62,7 @@ func TestSeriesWithKeepsBaseAttributes(t *testing.T) {
 func TestResetKeepsCapacityAndNotifyDoesNotBlock(t *testing.T) {
 	b := &Batch{}
 	for range 100 {
-		b.Add(NewSeries(metrics.GPUPower), 1)
+		b.Add(NewSeries(metrics.HWPower), 1)
 	}
 	c := cap(b.Points)
 	b.Reset("gpu", time.Now())

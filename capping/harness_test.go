@@ -1,0 +1,137 @@
+package capping
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
+	"github.com/capstan-power/capstan/capping/budget"
+	"github.com/capstan-power/capstan/collectors/gpu/sim"
+	"github.com/capstan-power/capstan/internal/sample"
+)
+
+// varBudget is a budget source a test moves by hand.
+type varBudget struct {
+	mu sync.Mutex
+	b  budget.Budget
+	ok bool
+}
+
+func (v *varBudget) Name() string { return "static" }
+func (v *varBudget) Current() (budget.Budget, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.b, v.ok
+}
+func (v *varBudget) Run(context.Context) {}
+func (v *varBudget) set(w float64) {
+	v.mu.Lock()
+	v.b.Watts, v.b.Source, v.ok = w, "static", true
+	v.mu.Unlock()
+}
+
+// rig is a controller driving a simulated fleet on a manual clock.
+type rig struct {
+	t     *testing.T
+	clock *sim.ManualClock
+	fleet *sim.Fleet
+	src   *staticSource
+	store *sample.Store
+	c     *Controller
+	logs  *syncBuffer
+	set   Settings
+}
+
+// staticSource is a movable budget satisfying budget.Source.
+type staticSource struct{ varBudget }
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func newRig(t *testing.T, trace string, count int, budgetW float64, edit func(*Settings)) *rig {
+	t.Helper()
+	clock := sim.NewManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	fleet, err := sim.New(sim.Options{Model: "H100", Count: count, Trace: trace, Seed: 7, Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ret := fleet.Init(); ret != nvml.SUCCESS {
+		t.Fatal(ret)
+	}
+	set := Defaults()
+	set.StateFile = filepath.Join(t.TempDir(), "state.json")
+	if edit != nil {
+		edit(&set)
+	}
+	r := &rig{t: t, clock: clock, fleet: fleet, src: &staticSource{}, store: sample.NewStore(), logs: &syncBuffer{}, set: set}
+	r.src.set(budgetW)
+	r.c = r.newController()
+	if err := r.c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func (r *rig) newController() *Controller { return r.newControllerWith(r.src) }
+
+// newControllerWith builds (and does not start) a controller on the rig's fleet with the given
+// budget source.
+func (r *rig) newControllerWith(src budget.Source) *Controller {
+	r.t.Helper()
+	c, err := New(Options{Settings: r.set, Lib: r.fleet, Budget: src, Store: r.store,
+		Log: slog.New(slog.NewTextHandler(r.logs, nil)), Now: r.clock.Now})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return c
+}
+
+// step advances the clock one period and ticks.
+func (r *rig) step() {
+	r.clock.Advance(r.set.Period)
+	r.c.Tick(r.clock.Now())
+}
+
+// run ticks for d of simulated time.
+func (r *rig) run(d time.Duration) {
+	for range int(d / r.set.Period) {
+		r.step()
+	}
+}
+
+// drawn is the fleet's true drawn power now.
+func (r *rig) drawn() float64 {
+	sum := 0.0
+	for i := range r.fleet.Count() {
+		sum += r.fleet.GPU(i).State().DrawnW
+	}
+	return sum
+}
+
+func (r *rig) requested() []float64 {
+	out := make([]float64, r.fleet.Count())
+	for i := range out {
+		out[i] = r.fleet.GPU(i).State().RequestedLimitW
+	}
+	return out
+}

@@ -1,0 +1,44 @@
+package metrics
+
+// Attribute keys of the capping controller.
+const (
+	AttrCappingScope  = "capstan.capping.scope"
+	AttrCappingMode   = "capstan.capping.mode"
+	AttrBudgetSource  = "capstan.budget.source"
+	AttrCappingResult = "capstan.capping.result"
+)
+
+// Capping controller metrics (source "capping": the controller publishes them to the store
+// itself every control period).
+var (
+	CappingBudget = def("capstan.capping.budget", "W", Gauge, "capping",
+		"The node power budget B the controller steers under, and where it came from (static, file, fallback when the budget's TTL ran out).",
+		AttrBudgetSource)
+	CappingSetpoint = def("capstan.capping.setpoint", "W", Gauge, "capping",
+		"The setpoint S = B × (1 − guard band) the controller holds measured power to.",
+		AttrCappingScope)
+	CappingMeasured = def("capstan.capping.measured", "W", Gauge, "capping",
+		"Measured power P the loop closes on: the sum of GPU instantaneous power (plus RAPL package power with scope node).",
+		AttrCappingScope)
+	CappingError = def("capstan.capping.error", "W", Gauge, "capping",
+		"Control error S − P: positive when the node draws less than the setpoint.",
+		AttrCappingScope)
+	CappingCapTotal = def("capstan.capping.cap.total", "W", Gauge, "capping",
+		"Total GPU cap C the control law set, clamped to [Σ min, min(Σ max, B × (1 + oversubscription))].",
+		AttrCappingScope)
+	CappingGPULimit = def("capstan.capping.gpu.limit", "W", Gauge, "capping",
+		"Power limit the controller applied to the GPU (computed only, under dry_run).",
+		gpuAttrs...)
+	CappingMode = def("capstan.capping.mode", "{mode}", Gauge, "capping",
+		"1 for the controller's current mode, 0 for the others: active, dry_run, failsafe (power readings lost: static caps B / n).",
+		AttrCappingMode)
+	CappingActuations = def("capstan.capping.actuations", "{write}", Counter, "capping",
+		"Power limit writes to the GPU, by result: ok, or refused (NVML returned an error; the limit stays as it was).",
+		with(gpuAttrs, AttrCappingResult)...)
+	CappingOverrides = def("capstan.capping.overrides", "{override}", Counter, "capping",
+		"Times the GPU's limit was found changed behind the controller's back (another agent, nvidia-smi, an out-of-band limit); a changed requested limit is re-applied.",
+		gpuAttrs...)
+	CappingOverBudgetTime = def("capstan.capping.over_budget.time", "s", Counter, "capping",
+		"Time measured power spent above the budget B.",
+		AttrCappingScope)
+)
