@@ -32,37 +32,6 @@ func collect(t *testing.T, c *Collector) *sample.Batch {
 	return b
 }
 
-// value finds the point of def whose attributes include every kv.
-func value(b *sample.Batch, def *metrics.Def, kv ...attribute.KeyValue) (float64, bool) {
-	for _, p := range b.Points {
-		if p.Series.Def != def {
-			continue
-		}
-		match := true
-		for _, want := range kv {
-			got, ok := p.Series.Attrs.Value(want.Key)
-			if !ok || got != want.Value {
-				match = false
-				break
-			}
-		}
-		if match {
-			return p.Value, true
-		}
-	}
-	return 0, false
-}
-
-func count(b *sample.Batch, def *metrics.Def) int {
-	n := 0
-	for _, p := range b.Points {
-		if p.Series.Def == def {
-			n++
-		}
-	}
-	return n
-}
-
 var (
 	cpuN  = func(n int) attribute.KeyValue { return attribute.Int(metrics.AttrCPULogicalNumber, n) }
 	kind  = func(k string) attribute.KeyValue { return attribute.String(metrics.AttrLimitKind, k) }
@@ -113,14 +82,14 @@ func TestFixtureHosts(t *testing.T) {
 				t.Fatal(err)
 			}
 			b := collect(t, c)
-			if n := count(b, metrics.CPUFrequency); n != tc.cpus {
+			if n := b.Count(metrics.CPUFrequency); n != tc.cpus {
 				t.Errorf("%d frequency points, want one per CPU (%d)", n, tc.cpus)
 			}
-			if n := count(b, metrics.CPUGovernor); n != tc.cpus {
+			if n := b.Count(metrics.CPUGovernor); n != tc.cpus {
 				t.Errorf("%d governor points, want %d", n, tc.cpus)
 			}
 			for _, w := range tc.wants {
-				got, ok := value(b, w.def, w.attrs...)
+				got, ok := b.Find(w.def, w.attrs...)
 				if !ok {
 					t.Errorf("%s %v missing", w.def.Name, w.attrs)
 				} else if got != w.value {
@@ -137,7 +106,7 @@ func TestAMDHasNoEPPOrThrottleCounters(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := collect(t, c)
-	if n := count(b, metrics.CPUThrottleEvents); n != 0 {
+	if n := b.Count(metrics.CPUThrottleEvents); n != 0 {
 		t.Errorf("%d throttle points on a host without thermal_throttle", n)
 	}
 	for _, p := range b.Points {
@@ -171,13 +140,13 @@ func TestGovernorChangeIsSeen(t *testing.T) {
 		}
 	}
 	b := collect(t, c)
-	if _, ok := value(b, metrics.CPUGovernor, cpuN(1), str(metrics.AttrCPUGovernor, "performance"), str(metrics.AttrCPUEPP, "performance")); !ok {
+	if _, ok := b.Find(metrics.CPUGovernor, cpuN(1), str(metrics.AttrCPUGovernor, "performance"), str(metrics.AttrCPUEPP, "performance")); !ok {
 		t.Error("the new governor and EPP are not reported")
 	}
-	if _, ok := value(b, metrics.CPUGovernor, cpuN(1), str(metrics.AttrCPUGovernor, "powersave")); ok {
+	if _, ok := b.Find(metrics.CPUGovernor, cpuN(1), str(metrics.AttrCPUGovernor, "powersave")); ok {
 		t.Error("the old governor is still reported")
 	}
-	if v, _ := value(b, metrics.CPUFrequencyLimit, cpuN(1), kind("scaling_max")); v != 2e9 {
+	if v, _ := b.Find(metrics.CPUFrequencyLimit, cpuN(1), kind("scaling_max")); v != 2e9 {
 		t.Errorf("scaling_max %v after the write, want 2e9", v)
 	}
 }
@@ -211,13 +180,13 @@ func TestReadErrorsSkipTheFileAndAreLoggedOnce(t *testing.T) {
 			for range 3 {
 				b = collect(t, c)
 			}
-			if _, ok := value(b, metrics.CPUFrequency, cpuN(2)); ok {
+			if _, ok := b.Find(metrics.CPUFrequency, cpuN(2)); ok {
 				t.Error("CPU 2's frequency reported although its read failed")
 			}
-			if _, ok := value(b, metrics.CPUFrequency, cpuN(3)); !ok {
+			if _, ok := b.Find(metrics.CPUFrequency, cpuN(3)); !ok {
 				t.Error("CPU 3's frequency missing: one bad file must not hide the others")
 			}
-			if _, ok := value(b, metrics.CPUThrottleEvents, scope("core"), cpuN(3)); ok {
+			if _, ok := b.Find(metrics.CPUThrottleEvents, scope("core"), cpuN(3)); ok {
 				t.Error("CPU 3's throttle count reported although its read failed")
 			}
 			if n := strings.Count(logs.String(), "skipping a sysfs file"); n != 2 {
@@ -225,7 +194,7 @@ func TestReadErrorsSkipTheFileAndAreLoggedOnce(t *testing.T) {
 			}
 			f.suffixes = nil
 			b = collect(t, c)
-			if _, ok := value(b, metrics.CPUFrequency, cpuN(2)); !ok {
+			if _, ok := b.Find(metrics.CPUFrequency, cpuN(2)); !ok {
 				t.Error("CPU 2's frequency not reported after its file recovered")
 			}
 			if !strings.Contains(logs.String(), "readable again") {
@@ -259,7 +228,7 @@ func TestMissingFilesAfterStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := collect(t, c)
-	if n := count(b, metrics.CPUFrequency); n != 3 {
+	if n := b.Count(metrics.CPUFrequency); n != 3 {
 		t.Errorf("%d frequency points with one CPU gone, want 3", n)
 	}
 }

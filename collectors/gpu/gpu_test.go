@@ -171,25 +171,6 @@ func newTestLogger() (*slog.Logger, *logBuffer) {
 	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
 }
 
-// value finds the point of def whose attributes include want; ok is false when there is none.
-func value(b *sample.Batch, def *metrics.Def, want ...attribute.KeyValue) (float64, bool) {
-	for _, p := range b.Points {
-		if p.Series.Def != def {
-			continue
-		}
-		match := true
-		for _, kv := range want {
-			if v, ok := p.Series.Attrs.Value(kv.Key); !ok || v != kv.Value {
-				match = false
-			}
-		}
-		if match {
-			return p.Value, true
-		}
-	}
-	return 0, false
-}
-
 func collect(t *testing.T, c *Collector) *sample.Batch {
 	t.Helper()
 	b := &sample.Batch{}
@@ -248,7 +229,7 @@ func TestCollectConvertsUnits(t *testing.T) {
 		{metrics.GPUInfo, []attribute.KeyValue{str(metrics.AttrPCIBusID, "00000000:18:00.0"), str(metrics.AttrDriverVersion, "580.95.05")}, 1},
 	}
 	for _, tc := range cases {
-		got, ok := value(b, tc.def, append(tc.attrs, gpu1)...)
+		got, ok := b.Find(tc.def, append(tc.attrs, gpu1)...)
 		if !ok {
 			t.Errorf("%s %v: no point", tc.def.Name, tc.attrs)
 			continue
@@ -272,8 +253,8 @@ func TestPCIeCountersIntegrateThroughput(t *testing.T) {
 	collect(t, c)
 	now = now.Add(2 * time.Second)
 	b := collect(t, c)
-	tx, _ := value(b, metrics.GPUIO, attribute.String(metrics.AttrIODirection, "transmit"))
-	rx, _ := value(b, metrics.GPUIO, attribute.String(metrics.AttrIODirection, "receive"))
+	tx, _ := b.Find(metrics.GPUIO, attribute.String(metrics.AttrIODirection, "transmit"))
+	rx, _ := b.Find(metrics.GPUIO, attribute.String(metrics.AttrIODirection, "receive"))
 	if tx != 1000*1024*2 || rx != 2000*1024*2 {
 		t.Errorf("after 2 s at 1000/2000 KB/s: tx=%v rx=%v bytes, want %v and %v", tx, rx, 1000*1024*2, 2000*1024*2)
 	}
@@ -293,10 +274,10 @@ func TestNotSupportedIsSkippedAndLoggedOnce(t *testing.T) {
 	}
 	for range 3 {
 		b := collect(t, c)
-		if _, ok := value(b, metrics.GPUFanSpeed); ok {
+		if _, ok := b.Find(metrics.GPUFanSpeed); ok {
 			t.Fatal("fan speed exported for a GPU that does not support it")
 		}
-		if _, ok := value(b, metrics.HWPower); !ok {
+		if _, ok := b.Find(metrics.HWPower); !ok {
 			t.Fatal("an unsupported query took other metrics with it")
 		}
 	}
@@ -330,15 +311,15 @@ func TestLostGPUIsReportedFailedAndLeftAlone(t *testing.T) {
 	b := collect(t, c)
 
 	gpu := func(i int) attribute.KeyValue { return attribute.Int(metrics.AttrGPUIndex, i) }
-	failed, _ := value(b, metrics.GPUStatus, gpu(1), attribute.String(metrics.AttrHWState, "failed"))
-	okv, _ := value(b, metrics.GPUStatus, gpu(1), attribute.String(metrics.AttrHWState, "ok"))
+	failed, _ := b.Find(metrics.GPUStatus, gpu(1), attribute.String(metrics.AttrHWState, "failed"))
+	okv, _ := b.Find(metrics.GPUStatus, gpu(1), attribute.String(metrics.AttrHWState, "ok"))
 	if failed != 1 || okv != 0 {
 		t.Errorf("lost GPU status failed=%v ok=%v, want 1 and 0", failed, okv)
 	}
-	if _, ok := value(b, metrics.HWPower, gpu(1)); ok {
+	if _, ok := b.Find(metrics.HWPower, gpu(1)); ok {
 		t.Error("a lost GPU still reports power")
 	}
-	if _, ok := value(b, metrics.HWPower, gpu(0)); !ok {
+	if _, ok := b.Find(metrics.HWPower, gpu(0)); !ok {
 		t.Error("the healthy GPU stopped reporting when its neighbour was lost")
 	}
 	if n := lib.gpus[1].calls.Load(); n != callsAfterLoss {
@@ -362,18 +343,18 @@ func TestXIDEventsAreCountedByCode(t *testing.T) {
 	xid := func(code int64) []attribute.KeyValue {
 		return []attribute.KeyValue{attribute.Int(metrics.AttrGPUIndex, 1), attribute.String(metrics.AttrErrorType, "xid"), attribute.Int64(metrics.AttrXID, code)}
 	}
-	if n, _ := value(b, metrics.GPUErrors, xid(79)...); n != 2 {
+	if n, _ := b.Find(metrics.GPUErrors, xid(79)...); n != 2 {
 		t.Errorf("xid 79 count = %v, want 2", n)
 	}
-	if n, _ := value(b, metrics.GPUErrors, xid(48)...); n != 1 {
+	if n, _ := b.Find(metrics.GPUErrors, xid(48)...); n != 1 {
 		t.Errorf("xid 48 count = %v, want 1", n)
 	}
-	if _, ok := value(b, metrics.GPUErrors, attribute.Int(metrics.AttrGPUIndex, 0), attribute.String(metrics.AttrErrorType, "xid")); ok {
+	if _, ok := b.Find(metrics.GPUErrors, attribute.Int(metrics.AttrGPUIndex, 0), attribute.String(metrics.AttrErrorType, "xid")); ok {
 		t.Error("GPU 0 got another GPU's XID")
 	}
 	// Counters are cumulative: they stay when no new event arrives.
 	b = collect(t, c)
-	if n, _ := value(b, metrics.GPUErrors, xid(79)...); n != 2 {
+	if n, _ := b.Find(metrics.GPUErrors, xid(79)...); n != 2 {
 		t.Errorf("xid 79 count after a quiet collection = %v, want 2", n)
 	}
 }

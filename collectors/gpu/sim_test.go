@@ -50,17 +50,17 @@ func TestCollectorOverEverySimModel(t *testing.T) {
 			}
 			for i := range 4 {
 				gpu := attribute.Int(metrics.AttrGPUIndex, i)
-				power, _ := value(b, metrics.HWPower, gpu)
+				power, _ := b.Find(metrics.HWPower, gpu)
 				if power < m.IdleW*0.5 || power > m.MaxLimitW {
 					t.Errorf("GPU %d power %v W outside %v–%v", i, power, m.IdleW, m.MaxLimitW)
 				}
-				lo, _ := value(b, metrics.GPUPowerLimit, gpu, attribute.String(metrics.AttrLimitKind, "min"))
-				hi, _ := value(b, metrics.GPUPowerLimit, gpu, attribute.String(metrics.AttrLimitKind, "max"))
+				lo, _ := b.Find(metrics.GPUPowerLimit, gpu, attribute.String(metrics.AttrLimitKind, "min"))
+				hi, _ := b.Find(metrics.GPUPowerLimit, gpu, attribute.String(metrics.AttrLimitKind, "max"))
 				if lo != m.MinLimitW || hi != m.MaxLimitW {
 					t.Errorf("GPU %d limits %v–%v W, model says %v–%v", i, lo, hi, m.MinLimitW, m.MaxLimitW)
 				}
 			}
-			xid, _ := value(b, metrics.GPUErrors, attribute.Int(metrics.AttrGPUIndex, 2), attribute.Int64(metrics.AttrXID, 79))
+			xid, _ := b.Find(metrics.GPUErrors, attribute.Int(metrics.AttrGPUIndex, 2), attribute.Int64(metrics.AttrXID, 79))
 			if xid != 1 {
 				t.Errorf("injected XID 79 counted %v times, want 1", xid)
 			}
@@ -87,11 +87,11 @@ func TestSimGPULost(t *testing.T) {
 	clock.Advance(time.Second)
 	collect(t, c)
 	b := collect(t, c)
-	failed, _ := value(b, metrics.GPUStatus, attribute.Int(metrics.AttrGPUIndex, 1), attribute.String(metrics.AttrHWState, "failed"))
+	failed, _ := b.Find(metrics.GPUStatus, attribute.Int(metrics.AttrGPUIndex, 1), attribute.String(metrics.AttrHWState, "failed"))
 	if failed != 1 {
 		t.Errorf("lost simulated GPU: status failed=%v, want 1", failed)
 	}
-	if _, ok := value(b, metrics.HWPower, attribute.Int(metrics.AttrGPUIndex, 0)); !ok {
+	if _, ok := b.Find(metrics.HWPower, attribute.Int(metrics.AttrGPUIndex, 0)); !ok {
 		t.Error("GPU 0 stopped reporting when GPU 1 was lost")
 	}
 }

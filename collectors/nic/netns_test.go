@@ -162,9 +162,9 @@ func value(tb testing.TB, b *sample.Batch, def *metrics.Def, name, dir string) f
 	var v float64
 	var ok bool
 	if dir == "" {
-		v, ok = point(b, def, ifname(name))
+		v, ok = b.Find(def, ifname(name))
 	} else {
-		v, ok = point(b, def, ifname(name), direction(dir))
+		v, ok = b.Find(def, ifname(name), direction(dir))
 	}
 	if !ok {
 		tb.Fatalf("no %s for %s %s", def.Name, name, dir)
@@ -262,7 +262,7 @@ func TestCountersOverVeth(t *testing.T) {
 			t.Errorf("cap0 %s = %v, want %v", def.Name, v, want)
 		}
 	}
-	if _, ok := point(after, metrics.NetworkInfo, ifname("cap0"),
+	if _, ok := after.Find(metrics.NetworkInfo, ifname("cap0"),
 		stringAttr(metrics.AttrLinkKind, "veth"), stringAttr(metrics.AttrLinkDriver, "")); !ok {
 		t.Error("cap0 is not reported as a veth without driver")
 	}
@@ -270,7 +270,7 @@ func TestCountersOverVeth(t *testing.T) {
 	if v := value(t, after, metrics.NetworkBandwidthLimit, "cap0", ""); v != 10000e6/8 {
 		t.Errorf("cap0 hw.network.bandwidth.limit = %v By/s, want 10 Gb/s", v)
 	}
-	if _, ok := point(after, metrics.NetworkIO, ifname("cap1")); ok {
+	if _, ok := after.Find(metrics.NetworkIO, ifname("cap1")); ok {
 		t.Error("cap1 lives in the other namespace and is reported")
 	}
 
@@ -291,7 +291,7 @@ func TestCountersOverVeth(t *testing.T) {
 	var flapped *sample.Batch
 	waitFor(t, "two carrier transitions of cap0", func() bool {
 		flapped = collect(t, c)
-		v, ok := point(flapped, metrics.NetworkCarrierTransitions, ifname("cap0"))
+		v, ok := flapped.Find(metrics.NetworkCarrierTransitions, ifname("cap0"))
 		return ok && v >= float64(transitions0)+2
 	})
 	if v := value(t, flapped, metrics.NetworkCarrierTransitions, "cap0", ""); v != float64(transitions0)+2 {
@@ -322,7 +322,7 @@ func TestCountersOverVeth(t *testing.T) {
 	}
 	waitFor(t, "two more carrier transitions of cap0", func() bool {
 		flapped = collect(t, c)
-		v, ok := point(flapped, metrics.NetworkCarrierTransitions, ifname("cap0"))
+		v, ok := flapped.Find(metrics.NetworkCarrierTransitions, ifname("cap0"))
 		return ok && v >= float64(transitions0)+4
 	})
 	if v := value(t, flapped, metrics.NetworkCarrierTransitions, "cap0", ""); v != float64(transitions0)+4 {
@@ -349,14 +349,14 @@ func TestVanishedInterfaceIsSkipped(t *testing.T) {
 		c.afterDump = nil
 	}
 	b := collect(t, c)
-	if _, ok := point(b, metrics.NetworkIO, ifname("gone0"), direction("transmit")); !ok {
+	if _, ok := b.Find(metrics.NetworkIO, ifname("gone0"), direction("transmit")); !ok {
 		t.Error("gone0 was in the dump and is not reported")
 	}
-	if _, ok := point(b, metrics.NetworkInfo, ifname("gone0"), stringAttr(metrics.AttrLinkDriver, "")); !ok {
+	if _, ok := b.Find(metrics.NetworkInfo, ifname("gone0"), stringAttr(metrics.AttrLinkDriver, "")); !ok {
 		t.Error("gone0 has no info point")
 	}
 	b = collect(t, c)
-	if _, ok := point(b, metrics.NetworkIO, ifname("gone0"), direction("transmit")); ok {
+	if _, ok := b.Find(metrics.NetworkIO, ifname("gone0"), direction("transmit")); ok {
 		t.Error("gone0 is still reported after it was deleted")
 	}
 	if _, ok := c.links[int32(gone.Attrs().Index)]; ok {

@@ -25,26 +25,6 @@ import (
 
 const fixtureSysfs = "testdata/sys"
 
-// point finds the value of def's point whose attributes include every key=value of attrs.
-func point(b *sample.Batch, def *metrics.Def, attrs ...attribute.KeyValue) (float64, bool) {
-	for _, p := range b.Points {
-		if p.Series.Def != def {
-			continue
-		}
-		match := true
-		for _, kv := range attrs {
-			if v, ok := p.Series.Attrs.Value(kv.Key); !ok || v != kv.Value {
-				match = false
-				break
-			}
-		}
-		if match {
-			return p.Value, true
-		}
-	}
-	return 0, false
-}
-
 func ifname(name string) attribute.KeyValue {
 	return attribute.String(metrics.AttrInterfaceName, name)
 }
@@ -158,15 +138,15 @@ func TestSysfsAttributesOfPhysicalNICs(t *testing.T) {
 		{"eno1", "physical", "igb", 0, 1},
 		{"ens2f0np0", "physical", "", 0, 0}, // not in the fixture: vanished, or another namespace
 	} {
-		if _, ok := point(&b, metrics.NetworkInfo, ifname(tc.name),
+		if _, ok := b.Find(metrics.NetworkInfo, ifname(tc.name),
 			attribute.String(metrics.AttrLinkKind, tc.kind), attribute.String(metrics.AttrLinkDriver, tc.driver)); !ok {
 			t.Errorf("%s: no capstan.network.info with kind %s driver %q", tc.name, tc.kind, tc.driver)
 		}
-		bw, ok := point(&b, metrics.NetworkBandwidthLimit, ifname(tc.name))
+		bw, ok := b.Find(metrics.NetworkBandwidthLimit, ifname(tc.name))
 		if tc.bandwidth == 0 && ok || tc.bandwidth != 0 && bw != tc.bandwidth {
 			t.Errorf("%s: hw.network.bandwidth.limit %v (present %v), want %v", tc.name, bw, ok, tc.bandwidth)
 		}
-		if up, _ := point(&b, metrics.NetworkUp, ifname(tc.name)); up != tc.up {
+		if up, _ := b.Find(metrics.NetworkUp, ifname(tc.name)); up != tc.up {
 			t.Errorf("%s: hw.network.up %v, want %v", tc.name, up, tc.up)
 		}
 	}
@@ -210,19 +190,19 @@ func TestInfiniBandPorts(t *testing.T) {
 		{metrics.IBHWCounters, append(port("mlx5_1"), attribute.String(metrics.AttrIBHWCounter, "np_cnp_sent")), 40},
 		{metrics.IBHWCounters, append(port("mlx5_1"), attribute.String(metrics.AttrIBHWCounter, "rp_cnp_handled")), 38},
 	} {
-		got, ok := point(&b, tc.def, tc.attrs...)
+		got, ok := b.Find(tc.def, tc.attrs...)
 		if !ok || got != tc.want {
 			t.Errorf("%s %v = %v (present %v), want %v", tc.def.Name, tc.attrs, got, ok, tc.want)
 		}
 	}
-	if _, ok := point(&b, metrics.IBPortState, port("mlx5_2")...); ok {
+	if _, ok := b.Find(metrics.IBPortState, port("mlx5_2")...); ok {
 		t.Error("mlx5_2 lacks its rate file and should be skipped")
 	}
-	if _, ok := point(&b, metrics.IBHWCounters, port("mlx5_0")...); ok {
+	if _, ok := b.Find(metrics.IBHWCounters, port("mlx5_0")...); ok {
 		t.Error("mlx5_0 has no hw_counters and reports some")
 	}
 	// port_rcv_discards is not in the fixture: left out, not reported as 0.
-	if _, ok := point(&b, metrics.IBErrors, append(port("mlx5_0"), attribute.String(metrics.AttrErrorType, "port_rcv_discards"))...); ok {
+	if _, ok := b.Find(metrics.IBErrors, append(port("mlx5_0"), attribute.String(metrics.AttrErrorType, "port_rcv_discards"))...); ok {
 		t.Error("a counter the adapter lacks is reported")
 	}
 	for _, p := range b.Points {
@@ -273,7 +253,7 @@ func TestDumpErrorFailsTheCollection(t *testing.T) {
 	if err := c.Collect(context.Background(), &b); err != nil {
 		t.Fatalf("collection in the test's own namespace: %v", err)
 	}
-	if _, ok := point(&b, metrics.NetworkIO, direction("receive")); !ok {
+	if _, ok := b.Find(metrics.NetworkIO, direction("receive")); !ok {
 		t.Fatal("no system.network.io in the test's own namespace")
 	}
 

@@ -33,26 +33,6 @@ func collect(t *testing.T, c *Collector) *sample.Batch {
 	return b
 }
 
-func value(b *sample.Batch, def *metrics.Def, kv ...attribute.KeyValue) (float64, bool) {
-	for _, p := range b.Points {
-		if p.Series.Def != def {
-			continue
-		}
-		match := true
-		for _, want := range kv {
-			got, ok := p.Series.Attrs.Value(want.Key)
-			if !ok || got != want.Value {
-				match = false
-				break
-			}
-		}
-		if match {
-			return p.Value, true
-		}
-	}
-	return 0, false
-}
-
 var (
 	id    = func(s string) attribute.KeyValue { return attribute.String(metrics.AttrHWID, s) }
 	limit = func(s string) attribute.KeyValue { return attribute.String(metrics.AttrLimitType, s) }
@@ -118,14 +98,14 @@ func TestFixtureHosts(t *testing.T) {
 			}
 			b := collect(t, c)
 			for _, w := range tc.wants {
-				got, ok := value(b, w.def, w.attrs...)
+				got, ok := b.Find(w.def, w.attrs...)
 				if !ok {
 					t.Errorf("%s %v missing", w.def.Name, w.attrs)
 				} else if math.Abs(got-w.value) > 1e-9*math.Max(1, math.Abs(w.value)) {
 					t.Errorf("%s %v = %v, want %v", w.def.Name, w.attrs, got, w.value)
 				}
 			}
-			if _, ok := value(b, metrics.HWPower, str(metrics.AttrHWType, "cpu")); ok {
+			if _, ok := b.Find(metrics.HWPower, str(metrics.AttrHWType, "cpu")); ok {
 				t.Error("RAPL power reported on the first collection: it needs two readings")
 			}
 		})
@@ -144,10 +124,10 @@ func TestUnreadableFixtureSensorIsSkipped(t *testing.T) {
 	for range 3 {
 		b = collect(t, c)
 	}
-	if _, ok := value(b, metrics.HWTemperature, id("dps460-i2c-7-58/temp3")); ok {
+	if _, ok := b.Find(metrics.HWTemperature, id("dps460-i2c-7-58/temp3")); ok {
 		t.Error("the unreadable sensor was reported")
 	}
-	if _, ok := value(b, metrics.HWTemperature, id("dps460-i2c-7-58/temp2")); !ok {
+	if _, ok := b.Find(metrics.HWTemperature, id("dps460-i2c-7-58/temp2")); !ok {
 		t.Error("the chip's other sensors are missing")
 	}
 	if n := strings.Count(logs.String(), "skipping a sensor"); n != 1 {
@@ -180,19 +160,19 @@ func TestSensorErrorsAreSkippedForTheCycle(t *testing.T) {
 			}
 			collect(t, c)
 			b := collect(t, c)
-			if _, ok := value(b, metrics.HWTemperature, id("coretemp-isa-0000/temp2")); ok {
+			if _, ok := b.Find(metrics.HWTemperature, id("coretemp-isa-0000/temp2")); ok {
 				t.Error("failing hwmon sensor reported")
 			}
-			if _, ok := value(b, metrics.HWTemperatureLimit, id("coretemp-isa-0000/temp2")); ok {
+			if _, ok := b.Find(metrics.HWTemperatureLimit, id("coretemp-isa-0000/temp2")); ok {
 				t.Error("limits of a failing sensor reported: the sensor is skipped whole for the cycle")
 			}
-			if _, ok := value(b, metrics.HWTemperature, id("thermal_zone1")); ok {
+			if _, ok := b.Find(metrics.HWTemperature, id("thermal_zone1")); ok {
 				t.Error("failing zone reported")
 			}
-			if _, ok := value(b, metrics.ThermalCoolingState, id("cooling_device0")); ok {
+			if _, ok := b.Find(metrics.ThermalCoolingState, id("cooling_device0")); ok {
 				t.Error("failing cooling device reported")
 			}
-			if _, ok := value(b, metrics.HWTemperature, id("coretemp-isa-0000/temp3")); !ok {
+			if _, ok := b.Find(metrics.HWTemperature, id("coretemp-isa-0000/temp3")); !ok {
 				t.Error("a healthy sensor of the same chip is missing")
 			}
 			if n := strings.Count(logs.String(), "skipping a sensor"); n != 4 { // 3 injected + the fixture's directory
@@ -200,7 +180,7 @@ func TestSensorErrorsAreSkippedForTheCycle(t *testing.T) {
 			}
 			f.suffixes = nil
 			b = collect(t, c)
-			if v, ok := value(b, metrics.HWTemperature, id("coretemp-isa-0000/temp2")); !ok || v != 49 {
+			if v, ok := b.Find(metrics.HWTemperature, id("coretemp-isa-0000/temp2")); !ok || v != 49 {
 				t.Errorf("recovered sensor = %v, %v; want 49", v, ok)
 			}
 		})
@@ -231,13 +211,13 @@ func TestRAPLPermissionDeniedSaysSoOnceAndReportsLimits(t *testing.T) {
 	for range 3 {
 		b = collect(t, c)
 	}
-	if _, ok := value(b, metrics.HWEnergy, id("intel-rapl:0")); ok {
+	if _, ok := b.Find(metrics.HWEnergy, id("intel-rapl:0")); ok {
 		t.Error("energy reported without permission")
 	}
-	if v, ok := value(b, metrics.RAPLPowerLimit, id("intel-rapl:0"), str(metrics.AttrRAPLConstraint, "long_term")); !ok || v != 205 {
+	if v, ok := b.Find(metrics.RAPLPowerLimit, id("intel-rapl:0"), str(metrics.AttrRAPLConstraint, "long_term")); !ok || v != 205 {
 		t.Errorf("power limit %v, %v; want 205 W while energy is denied", v, ok)
 	}
-	if _, ok := value(b, metrics.HWTemperature, id("thermal_zone0")); !ok {
+	if _, ok := b.Find(metrics.HWTemperature, id("thermal_zone0")); !ok {
 		t.Error("temperatures missing while RAPL energy is denied")
 	}
 	if n := strings.Count(logs.String(), "readable by root only"); n != 1 {
@@ -271,7 +251,7 @@ func TestRAPLCounterWrapAcrossTwoCollections(t *testing.T) {
 		t.Fatal(err)
 	}
 	first := collect(t, c)
-	e0, _ := value(first, metrics.HWEnergy, id("intel-rapl:1"))
+	e0, _ := first.Find(metrics.HWEnergy, id("intel-rapl:1"))
 
 	// 5 s later: 1000 J spent, so the counter wrapped and reads 700 J.
 	now = now.Add(5 * time.Second)
@@ -280,17 +260,17 @@ func TestRAPLCounterWrapAcrossTwoCollections(t *testing.T) {
 	// package-0 moved by 1025 J without wrapping.
 	writeFile(t, filepath.Join(root, "class/powercap/intel-rapl:0/energy_uj"), "124481789012")
 	second := collect(t, c)
-	e1, _ := value(second, metrics.HWEnergy, id("intel-rapl:1"))
+	e1, _ := second.Find(metrics.HWEnergy, id("intel-rapl:1"))
 	if got := e1 - e0; math.Abs(got-1000) > 1e-6 {
 		t.Errorf("energy across the wrap grew by %v J, want 1000", got)
 	}
-	if p, ok := value(second, metrics.HWPower, id("intel-rapl:1")); !ok || math.Abs(p-200) > 1e-9 {
+	if p, ok := second.Find(metrics.HWPower, id("intel-rapl:1")); !ok || math.Abs(p-200) > 1e-9 {
 		t.Errorf("power across the wrap %v W (reported %v), want 200", p, ok)
 	}
-	if p, ok := value(second, metrics.HWPower, id("intel-rapl:0")); !ok || math.Abs(p-205) > 1e-9 {
+	if p, ok := second.Find(metrics.HWPower, id("intel-rapl:0")); !ok || math.Abs(p-205) > 1e-9 {
 		t.Errorf("package-0 power %v W (reported %v), want 205", p, ok)
 	}
-	if p, ok := value(second, metrics.HWPower, id("intel-rapl:0:0")); !ok || p != 0 {
+	if p, ok := second.Find(metrics.HWPower, id("intel-rapl:0:0")); !ok || p != 0 {
 		t.Errorf("idle dram power %v W (reported %v), want 0", p, ok)
 	}
 
@@ -298,7 +278,7 @@ func TestRAPLCounterWrapAcrossTwoCollections(t *testing.T) {
 	now = now.Add(5 * time.Second)
 	writeFile(t, energy, "1700000000")
 	third := collect(t, c)
-	if e2, _ := value(third, metrics.HWEnergy, id("intel-rapl:1")); math.Abs(e2-e1-1000) > 1e-6 {
+	if e2, _ := third.Find(metrics.HWEnergy, id("intel-rapl:1")); math.Abs(e2-e1-1000) > 1e-6 {
 		t.Errorf("energy after the wrap grew by %v J, want 1000", e2-e1)
 	}
 }
@@ -336,16 +316,16 @@ func TestMissingFilesAfterStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := collect(t, c)
-	if _, ok := value(b, metrics.HWTemperature, id("nvme-pci-00b8/temp1")); ok {
+	if _, ok := b.Find(metrics.HWTemperature, id("nvme-pci-00b8/temp1")); ok {
 		t.Error("removed drive still reported")
 	}
-	if _, ok := value(b, metrics.RAPLPowerLimit, id("intel-rapl:0"), str(metrics.AttrRAPLConstraint, "short_term")); ok {
+	if _, ok := b.Find(metrics.RAPLPowerLimit, id("intel-rapl:0"), str(metrics.AttrRAPLConstraint, "short_term")); ok {
 		t.Error("removed constraint still reported")
 	}
-	if _, ok := value(b, metrics.RAPLTimeWindow, id("intel-rapl:0"), str(metrics.AttrRAPLConstraint, "short_term")); !ok {
+	if _, ok := b.Find(metrics.RAPLTimeWindow, id("intel-rapl:0"), str(metrics.AttrRAPLConstraint, "short_term")); !ok {
 		t.Error("the constraint's remaining window is missing")
 	}
-	if _, ok := value(b, metrics.HWTemperature, id("coretemp-isa-0000/temp1")); !ok {
+	if _, ok := b.Find(metrics.HWTemperature, id("coretemp-isa-0000/temp1")); !ok {
 		t.Error("other chips are missing")
 	}
 	if !strings.Contains(logs.String(), "level=INFO msg=\"skipping a sensor") {

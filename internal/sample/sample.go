@@ -55,6 +55,37 @@ func (b *Batch) Reset(collector string, now time.Time) {
 	b.Points = b.Points[:0]
 }
 
+// Find returns the value of the first point of def whose attributes include every key and value
+// of match; ok is false when there is none. It is for tests and tools, not the collection path.
+func (b *Batch) Find(def *metrics.Def, match ...attribute.KeyValue) (v float64, ok bool) {
+	for _, p := range b.Points {
+		if p.Series.Def == def && hasAll(p.Series.Attrs, match) {
+			return p.Value, true
+		}
+	}
+	return 0, false
+}
+
+// Count returns how many points of def the batch holds.
+func (b *Batch) Count(def *metrics.Def) int {
+	n := 0
+	for _, p := range b.Points {
+		if p.Series.Def == def {
+			n++
+		}
+	}
+	return n
+}
+
+func hasAll(set attribute.Set, match []attribute.KeyValue) bool {
+	for _, kv := range match {
+		if v, ok := set.Value(kv.Key); !ok || v != kv.Value {
+			return false
+		}
+	}
+	return true
+}
+
 // Store keeps the latest batch of every collector. Readers visit batches under a read lock; a
 // writer replaces a batch whole, so readers never see half a collection.
 type Store struct {

@@ -85,3 +85,30 @@ func TestResetKeepsCapacityAndNotifyDoesNotBlock(t *testing.T) {
 		t.Error("no notification after Put")
 	}
 }
+
+func TestFindMatchesEveryGivenAttributeAndCountCountsOneMetric(t *testing.T) {
+	b := &Batch{}
+	gpu := func(i int, kind string) *Series {
+		return NewSeries(metrics.HWPower, attribute.Int(metrics.AttrGPUIndex, i), attribute.String("kind", kind))
+	}
+	b.Add(gpu(0, "instant"), 100)
+	b.Add(gpu(1, "instant"), 110)
+	b.Add(gpu(1, "average"), 105)
+	b.Add(NewSeries(metrics.HWEnergy, attribute.Int(metrics.AttrGPUIndex, 1)), 9)
+
+	if v, ok := b.Find(metrics.HWPower, attribute.Int(metrics.AttrGPUIndex, 1), attribute.String("kind", "average")); !ok || v != 105 {
+		t.Errorf("Find(gpu 1, average) = %v, %v; want 105, true", v, ok)
+	}
+	if v, ok := b.Find(metrics.HWPower); !ok || v != 100 {
+		t.Errorf("Find without attributes = %v, %v; want the first point, 100", v, ok)
+	}
+	if _, ok := b.Find(metrics.HWPower, attribute.Int(metrics.AttrGPUIndex, 2)); ok {
+		t.Error("Find(gpu 2) found a point that does not exist")
+	}
+	if _, ok := b.Find(metrics.HWEnergy, attribute.String("kind", "instant")); ok {
+		t.Error("Find matched a point missing one of the attributes")
+	}
+	if n := b.Count(metrics.HWPower); n != 3 {
+		t.Errorf("Count(hw.power) = %d, want 3", n)
+	}
+}
