@@ -19,17 +19,21 @@ GOLANGCI_LINT := $(TOOLS_BIN)/golangci-lint
 # The embedded demo: 8 simulated H100s on the training trace, every collector, Prometheus on
 # 127.0.0.1:9400 and a per-GPU table on the terminal every 5 s.
 # Capping is on with a static budget of 70 % of the fleet's maximum (8 × 700 W = 5600 W), so the
-# limits move on the terminal; the state file stays in bin/ so no root is needed.
+# limits move on the terminal; the state file stays in bin/ so no root is needed. The workload
+# collector loads its eBPF programs as root and reads cgroup cpu.stat otherwise.
 RUN_FLAGS ?= --gpu.backend=sim --gpu.sim.model=H100 --gpu.sim.count=8 --gpu.sim.trace=training \
-             --web.listen-address=127.0.0.1:9400 --summary.interval=5s \
+             --web.listen-address=127.0.0.1:9400 --summary.interval=5s --collector.workload \
              --capping.enabled --budget.watts=3920 --capping.state-file=bin/capping-state.json
 
-.PHONY: all build run test test-short bench lint fmt generate clean tools
+.PHONY: all build run test test-short bench bench-cluster lint fmt generate vmlinux clean tools packages
 
 all: build
 
+# Every command under cmd/ that has Go files: capstan and capstanctl.
+CMDS := $(sort $(notdir $(patsubst %/,%,$(dir $(wildcard cmd/*/*.go)))))
+
 build:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/capstan ./cmd/capstan
+	$(foreach c,$(CMDS),$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/$(c) ./cmd/$(c) &&) true
 
 run: build
 	./bin/capstan $(RUN_FLAGS)
@@ -46,8 +50,19 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./...
 	CAPSTAN_SOAK=60s $(GO) test -run '^TestSoak$$' -count=1 -v -timeout 5m ./cmd/capstan
 
+# The cluster budget at 10,000 members of one group against an embedded etcd (minutes; outside
+# CI). The default `make bench` runs 1,000 agents with simulated GPUs and controllers; 10,000 of
+# those do not fit on a small machine, so this runs members whose grants one loop applies.
+bench-cluster:
+	CAPSTAN_BENCH_NODES=10000 CAPSTAN_BENCH_MEMBERS_ONLY=1 $(GO) test -run '^$$' -bench 'GroupConvergence|WaterFill|AllocatorRound' -benchtime 1x -count=1 -timeout 30m ./capping/cluster
+
 generate:
 	$(GO) generate ./...
+
+# bpf/vmlinux.h comes from a kernel's BTF and is committed; `make generate` (clang, llvm and
+# libbpf-dev) compiles bpf/ from it. CO-RE relocates the programs to the running kernel.
+vmlinux:
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > bpf/vmlinux.h
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
@@ -62,6 +77,29 @@ lint: $(GOLANGCI_LINT)
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed on:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	$(GOLANGCI_LINT) run ./...
+
+# RPM and DEB packages for each of PKG_ARCHS into $(DIST), built by nfpm (a tool in go.mod)
+# from packaging/nfpm.yaml. cgo (go-nvml) needs a C compiler per target: the host's gcc for its
+# own architecture, Debian's gcc-aarch64-linux-gnu or gcc-x86-64-linux-gnu for the other.
+HOST_ARCH   := $(shell $(GO) env GOHOSTARCH)
+PKG_ARCHS   ?= amd64 arm64
+PKG_VERSION ?= $(patsubst v%,%,$(shell git describe --tags --match 'v[0-9]*' 2>/dev/null || echo v0.1.0-dev+$(COMMIT)))
+CC_amd64    ?= $(if $(filter amd64,$(HOST_ARCH)),gcc,x86_64-linux-gnu-gcc)
+CC_arm64    ?= $(if $(filter arm64,$(HOST_ARCH)),gcc,aarch64-linux-gnu-gcc)
+
+DIST        ?= dist
+
+packages:
+	rm -rf $(DIST)
+	$(MAKE) $(addprefix package-,$(PKG_ARCHS))
+	@ls -l $(DIST)
+
+package-%:
+	@command -v $(CC_$*) >/dev/null || { echo "$(CC_$*) is missing: apt-get install gcc-$(if $(filter arm64,$*),aarch64,x86-64)-linux-gnu" >&2; exit 1; }
+	rm -rf bin/linux-$*
+	$(foreach c,$(CMDS),GOOS=linux GOARCH=$* CC=$(CC_$*) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/linux-$*/$(c) ./cmd/$(c) &&) true
+	mkdir -p $(DIST)
+	for p in deb rpm; do PKG_ARCH=$* PKG_VERSION=$(PKG_VERSION) $(GO) tool nfpm package --config packaging/nfpm.yaml --packager $$p --target $(DIST)/ || exit 1; done
 
 clean:
 	rm -rf bin dist

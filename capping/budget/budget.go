@@ -1,6 +1,6 @@
 // Package budget says how much power a node may draw: the Budget the capping controller steers
 // under, and the Sources it comes from (a static value, a watched file; etcd group allocation
-// comes later behind the same interface).
+// is Etcd, a node's grant from its group through package capping/cluster).
 package budget
 
 import (

@@ -16,6 +16,7 @@ import (
 	_ "github.com/capstan-power/capstan/collectors/gpu"
 	_ "github.com/capstan-power/capstan/collectors/nic"
 	_ "github.com/capstan-power/capstan/collectors/thermal"
+	_ "github.com/capstan-power/capstan/collectors/workload"
 
 	"github.com/capstan-power/capstan/internal/agent"
 	"github.com/capstan-power/capstan/internal/config"

@@ -11,6 +11,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
+
 	"github.com/capstan-power/capstan/capping"
 	"github.com/capstan-power/capstan/collectors"
 	"github.com/capstan-power/capstan/collectors/gpu"
@@ -152,6 +154,7 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options) (*config.Config
 		case <-p.Runner.Ready():
 			exp.SetReady(true)
 			log.Info("agent ready", "collectors", p.Runner.Names(), "web", cfg.Web.ListenAddress, "otlp", cfg.OTLP.Endpoint)
+			notifySystemd(log, daemon.SdNotifyReady)
 		case <-runCtx.Done():
 		}
 	}()
@@ -163,6 +166,7 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options) (*config.Config
 		select {
 		case <-ctx.Done():
 			log.Info("stopping")
+			notifySystemd(log, daemon.SdNotifyStopping)
 			return nil, nil
 		case <-o.Hangup:
 			if o.Reload == nil {
@@ -176,6 +180,7 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options) (*config.Config
 			if capRun != nil {
 				capRun.exit = capping.ExitHold // a reload holds the limits; it does not restore
 			}
+			notifySystemd(log, daemon.SdNotifyReloading)
 			return next, nil
 		}
 	}

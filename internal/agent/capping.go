@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"time"
 
 	"github.com/capstan-power/capstan/capping"
+	"github.com/capstan-power/capstan/capping/budget"
+	"github.com/capstan-power/capstan/capping/cluster"
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
 	"github.com/capstan-power/capstan/internal/config"
 )
@@ -19,6 +22,8 @@ type cappingRun struct {
 	// exit is what stop does with the limits: the configured on_exit on SIGTERM, hold on a
 	// reload (the next configuration's controller takes the limits over as they are).
 	exit capping.Exit
+	// closeEtcd closes the etcd client of budget.source etcd, after the controller stopped.
+	closeEtcd func() error
 }
 
 // startCapping starts the power controller when capping is enabled; it returns nil when not.
@@ -33,19 +38,41 @@ func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clock si
 	if clock == nil {
 		clock = sim.RealClock()
 	}
-	src, err := capping.SourceFrom(cfg, clock.Now, log)
-	if err != nil {
+	var (
+		src       budget.Source
+		closeEtcd func() error
+		abandon   = func() {} // closes the etcd client when capping fails to start
+		err       error
+	)
+	if cfg.Budget.Source == "etcd" {
+		m, cli, err := cluster.FromConfig(cfg, p.GPU.Lib, p.Store, capping.StoreKey, log, clock.Now)
+		if err != nil {
+			return nil, err
+		}
+		src = budget.NewEtcd(m, clock.Now)
+		abandon = func() { _ = cli.Close() }
+		closeEtcd = func() error {
+			// Let the member revoke its lease first, so the group sees the node leave at once.
+			select {
+			case <-m.Stopped():
+			case <-time.After(5 * time.Second):
+			}
+			return cli.Close()
+		}
+	} else if src, err = capping.SourceFrom(cfg, clock.Now, log); err != nil {
 		return nil, err
 	}
 	ctl, err := capping.New(capping.Options{Settings: capping.SettingsFrom(cfg), Lib: p.GPU.Lib, Budget: src, Store: p.Store, Log: log, Now: clock.Now})
 	if err != nil {
+		abandon()
 		return nil, err
 	}
 	if err := ctl.Start(); err != nil {
+		abandon()
 		return nil, err
 	}
 	runCtx, cancel := context.WithCancel(ctx)
-	r := &cappingRun{ctl: ctl, cancel: cancel, done: make(chan struct{}), log: log}
+	r := &cappingRun{ctl: ctl, cancel: cancel, done: make(chan struct{}), log: log, closeEtcd: closeEtcd}
 	go func() {
 		defer close(r.done)
 		ctl.Run(runCtx)
@@ -62,5 +89,8 @@ func (r *cappingRun) stop() {
 	<-r.done
 	if err := r.ctl.Stop(r.exit); err != nil {
 		r.log.Error("stopping capping", "err", err)
+	}
+	if r.closeEtcd != nil {
+		_ = r.closeEtcd()
 	}
 }

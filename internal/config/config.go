@@ -27,6 +27,7 @@ type Config struct {
 	Summary    Summary              `yaml:"summary"`
 	Capping    Capping              `yaml:"capping"`
 	Budget     Budget               `yaml:"budget"`
+	Etcd       Etcd                 `yaml:"etcd"`
 
 	// src remembers where values came from, so that Validate can point at the line or flag.
 	src sources
@@ -164,6 +165,21 @@ type Budget struct {
 	FallbackWatts int `yaml:"fallback-watts"`
 }
 
+// Etcd locates the etcd cluster and the group of budget.source etcd (package capping/cluster).
+type Etcd struct {
+	// Endpoints is a comma-separated list of etcd client URLs.
+	Endpoints    string `yaml:"endpoints"`
+	Group        string `yaml:"group"`
+	TLS          TLS    `yaml:"tls"`
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"password-file"`
+	// LeaseTTL bounds how long a node cut off from etcd holds its grant; whole seconds.
+	LeaseTTL time.Duration `yaml:"lease-ttl"`
+	Prefix   string        `yaml:"prefix"`
+	// Priority is the node's weight in the group's water-filling, 1 to 1000.
+	Priority int `yaml:"priority"`
+}
+
 // sources maps dotted keys to where their values were set: a line of file, or a flag.
 type sources struct {
 	file  string
@@ -197,6 +213,7 @@ func Default() *Config {
 			Weights: map[string]string{},
 		},
 		Budget: Budget{Source: "static"},
+		Etcd:   Etcd{LeaseTTL: 10 * time.Second, Prefix: "/capstan/v1", Priority: 1},
 	}
 	for _, r := range registrations() {
 		c.Collectors[r.name] = Collector{Enabled: r.enabled, Interval: r.interval}

@@ -60,6 +60,7 @@ func TestDefault(t *testing.T) {
 			Weights: map[string]string{},
 		},
 		Budget: Budget{Source: "static"},
+		Etcd:   Etcd{LeaseTTL: 10 * time.Second, Prefix: "/capstan/v1", Priority: 1},
 	}
 	if !sameConfig(c, want) {
 		t.Errorf("Default() =\n%+v\nwant\n%+v", c, want)

@@ -60,10 +60,20 @@ var flagHelp = map[string]string{
 	"capping.on-exit":                  "on SIGTERM: restore the original limits, or keep the current ones",
 	"capping.after-crash":              "at start, with a state file left by a crash: restore the original limits, or adopt the current ones",
 	"capping.weights":                  "priority weight of a GPU, as INDEX=WEIGHT or UUID=WEIGHT (1 to 1000; default 1); repeat the flag for more",
-	"budget.source":                    "where the node budget comes from: static (--budget.watts) or file (--budget.file)",
+	"budget.source":                    "where the node budget comes from: static (--budget.watts), file (--budget.file) or etcd (the group's allocation, --etcd.*)",
 	"budget.watts":                     "static node budget in watts",
 	"budget.file":                      "YAML or JSON file {watts: N, ttl: DURATION}, re-read within one period of a change",
 	"budget.fallback-watts":            "budget once the budget's TTL ran out; 0 means the GPUs' Σ min",
+	"etcd.endpoints":                   "comma-separated etcd client URLs of the cluster budget (budget.source etcd)",
+	"etcd.group":                       "group whose power budget this node shares (a row, a PDU, a job)",
+	"etcd.tls.ca-file":                 "PEM CA bundle that verifies the etcd servers",
+	"etcd.tls.cert-file":               "PEM client certificate for etcd; needs --etcd.tls.key-file",
+	"etcd.tls.key-file":                "PEM private key of --etcd.tls.cert-file",
+	"etcd.username":                    "etcd user of this node; needs --etcd.password-file",
+	"etcd.password-file":               "file holding the etcd user's password",
+	"etcd.lease-ttl":                   "TTL of the node's lease, whole seconds, 1s to 10m: a node cut off from etcd holds its grant this long, then drops to its floor",
+	"etcd.prefix":                      "etcd key prefix of Capstan's records",
+	"etcd.priority":                    "this node's weight when the group budget is shared, 1 to 1000",
 }
 
 // boundValue is a flag bound to one key of the Config given to BindFlags.

@@ -33,7 +33,7 @@ var (
 	capScopes    = []string{"gpu", "node"}
 	onExits      = []string{"restore", "keep"}
 	afterCrashes = []string{"restore", "adopt"}
-	budgetKinds  = []string{"static", "file"}
+	budgetKinds  = []string{"static", "file", "etcd"}
 )
 
 // Capping bounds.
@@ -122,6 +122,37 @@ func (v *validator) capping() {
 		v.intRange("budget.watts", b.Watts, 1, maxBudgetWatts)
 	case "file":
 		v.nonEmpty("budget.file", b.File, "budget.source file needs the file's path")
+	case "etcd":
+		v.etcd()
+	}
+}
+
+// etcd checks the etcd section, which only budget.source etcd uses.
+func (v *validator) etcd() {
+	e := &v.c.Etcd
+	v.nonEmpty("etcd.endpoints", e.Endpoints, "budget.source etcd needs the etcd client URLs, e.g. https://etcd-0:2379,https://etcd-1:2379")
+	v.name("etcd.group", e.Group)
+	v.name("node.name", v.c.Node.Name)
+	v.pair("etcd.tls.cert-file", e.TLS.CertFile, "etcd.tls.key-file", e.TLS.KeyFile)
+	v.pair("etcd.tls.key-file", e.TLS.KeyFile, "etcd.tls.cert-file", e.TLS.CertFile)
+	v.pair("etcd.username", e.Username, "etcd.password-file", e.PasswordFile)
+	v.durRange("etcd.lease-ttl", e.LeaseTTL, time.Second, 10*time.Minute, "")
+	if e.LeaseTTL%time.Second != 0 {
+		v.fail("etcd.lease-ttl", formatDuration(e.LeaseTTL), "is not whole seconds (etcd leases count seconds; examples: 5s, 10s)")
+	}
+	if v.c.Capping.Period > e.LeaseTTL {
+		v.fail("etcd.lease-ttl", formatDuration(e.LeaseTTL), "is shorter than capping.period "+formatDuration(v.c.Capping.Period)+" (allowed: at least the period)")
+	}
+	if !strings.HasPrefix(e.Prefix, "/") || strings.HasSuffix(e.Prefix, "/") && e.Prefix != "/" {
+		v.fail("etcd.prefix", quote(e.Prefix), "must start with / and not end with one (default /capstan/v1)")
+	}
+	v.intRange("etcd.priority", e.Priority, 1, 1000)
+}
+
+// name checks a group or node name that becomes one segment of an etcd key.
+func (v *validator) name(key, s string) {
+	if s == "" || len(s) > 253 || strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:") != "" {
+		v.fail(key, quote(s), "is not a name (allowed: 1 to 253 letters, digits, - _ . :)")
 	}
 }
 

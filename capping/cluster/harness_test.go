@@ -1,0 +1,331 @@
+package cluster_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+
+	"github.com/capstan-power/capstan/capping"
+	"github.com/capstan-power/capstan/capping/budget"
+	"github.com/capstan-power/capstan/capping/cluster"
+	"github.com/capstan-power/capstan/collectors/gpu/sim"
+	"github.com/capstan-power/capstan/internal/metrics"
+	"github.com/capstan-power/capstan/internal/sample"
+)
+
+// Short timings keep the suite fast: etcd ticks of 10 ms allow a 1 s lease.
+const (
+	leaseTTL = time.Second
+	period   = 200 * time.Millisecond
+)
+
+var testKeys = cluster.Keys{Prefix: "/capstan/v1", Group: "row-a"}
+
+// freePort asks the kernel for an unused port; a three-member cluster must know its peers' URLs
+// before it starts.
+func freePort(t testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func mustURL(t testing.TB, s string) url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return *u
+}
+
+// startEtcd starts an embedded cluster of n members and returns them and their client URLs.
+func startEtcd(t testing.TB, n int, edit func(*embed.Config)) ([]*embed.Etcd, []string) {
+	t.Helper()
+	var cfgs []*embed.Config
+	var initial []string
+	for i := range n {
+		cfg := embed.NewConfig()
+		cfg.Name = fmt.Sprintf("m%d", i)
+		cfg.Dir = filepath.Join(t.TempDir(), cfg.Name)
+		cfg.LogLevel = "fatal"
+		cfg.TickMs, cfg.ElectionMs = 10, 100
+		client, peer := mustURL(t, "http://"+freePort(t)), mustURL(t, "http://"+freePort(t))
+		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
+		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
+		cfg.InitialClusterToken = "capstan-test"
+		initial = append(initial, cfg.Name+"="+peer.String())
+		if edit != nil {
+			edit(cfg)
+		}
+		cfgs = append(cfgs, cfg)
+	}
+	var members []*embed.Etcd
+	var eps []string
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, cfg := range cfgs {
+		cfg.InitialCluster = strings.Join(initial, ",")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e, err := embed.StartEtcd(cfg)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			members = append(members, e)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	for _, e := range members {
+		select {
+		case <-e.Server.ReadyNotify():
+		case <-time.After(20 * time.Second):
+			t.Fatal("etcd did not start")
+		}
+		eps = append(eps, e.Clients[0].Addr().String())
+		t.Cleanup(func() { closeEtcd(e) })
+	}
+	return members, eps
+}
+
+func newClient(t testing.TB, eps []string, user, pass string) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 2 * time.Second, Username: user, Password: pass, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cli.Close() })
+	return cli
+}
+
+// agent is one node: its own simulated GPUs, the real capping controller, and a cluster member
+// with its own etcd client as the controller's budget source.
+type agent struct {
+	name   string
+	fleet  *sim.Fleet
+	ctl    *capping.Controller
+	member *cluster.Member
+	store  *sample.Store
+	cli    *clientv3.Client
+	cancel context.CancelFunc
+	done   chan struct{}
+	active atomic.Bool
+}
+
+// startAgent starts a node of gpus simulated H100s (200–700 W each) on a steady full-power trace.
+func startAgent(t testing.TB, name string, cli *clientv3.Client, gpus int, priority float64) *agent {
+	t.Helper()
+	return startAgentWith(t, name, cli, gpus, priority, leaseTTL, period, true)
+}
+
+// startAgentWith is startAgent with a lease TTL, an allocation period (the controller runs at
+// half of it) and whether the node stands for allocator.
+func startAgentWith(t testing.TB, name string, cli *clientv3.Client, gpus int, priority float64, ttl, per time.Duration, campaign bool) *agent {
+	t.Helper()
+	fleet, err := sim.New(sim.Options{Model: "H100", Count: gpus, Trace: "steady", Seed: int64(len(name)), Clock: sim.RealClock()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ret := fleet.Init(); ret != nvml.SUCCESS {
+		t.Fatal(ret)
+	}
+	a := &agent{name: name, fleet: fleet, store: sample.NewStore(), cli: cli, done: make(chan struct{})}
+	draw := func() (w float64, ok bool) {
+		a.store.View(capping.StoreKey, func(b *sample.Batch) {
+			if b != nil {
+				w, ok = b.Find(metrics.CappingMeasured)
+			}
+		})
+		return w, ok
+	}
+	m, err := cluster.NewMember(cluster.Options{Client: cli, Keys: testKeys, Node: name, LeaseTTL: ttl, Period: per,
+		MinW: float64(gpus) * 200, MaxW: float64(gpus) * 700, Priority: priority, Draw: draw, Campaign: campaign,
+		Store: a.store, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.member = m
+	set := capping.Defaults()
+	set.Period = per / 2
+	set.StateFile = filepath.Join(t.TempDir(), name+".json")
+	ctl, err := capping.New(capping.Options{Settings: set, Lib: fleet, Budget: budget.NewEtcd(m, time.Now), Store: a.store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ctl.Start(); err != nil {
+		t.Fatal(err)
+	}
+	a.ctl = ctl
+	ctx, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	a.active.Store(true)
+	go func() {
+		defer close(a.done)
+		ctl.Run(ctx)
+	}()
+	t.Cleanup(a.stop)
+	return a
+}
+
+// stop ends the agent; the member revokes its lease unless the client is already closed.
+func (a *agent) stop() {
+	if !a.active.Swap(false) {
+		return
+	}
+	a.cancel()
+	<-a.done
+}
+
+// checker samples Σ applied over the agents continuously and records every instant it
+// exceeded the limit in force.
+type checker struct {
+	mu         sync.Mutex
+	agents     []*agent
+	limit      float64
+	violations []string
+	samples    int
+	maxSeen    float64
+	stopc      chan struct{}
+	done       chan struct{}
+}
+
+func newChecker(limit float64) *checker {
+	c := &checker{limit: limit, stopc: make(chan struct{}), done: make(chan struct{})}
+	go c.loop()
+	return c
+}
+
+func (c *checker) add(a ...*agent) {
+	c.mu.Lock()
+	c.agents = append(c.agents, a...)
+	c.mu.Unlock()
+}
+
+func (c *checker) setLimit(w float64) {
+	c.mu.Lock()
+	c.limit = w
+	c.mu.Unlock()
+}
+
+func (c *checker) sum() float64 {
+	s := 0.0
+	for _, a := range c.agents {
+		if a.active.Load() {
+			s += a.member.Applied()
+		}
+	}
+	return s
+}
+
+func (c *checker) loop() {
+	defer close(c.done)
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stopc:
+			return
+		case <-t.C:
+		}
+		c.mu.Lock()
+		s := c.sum()
+		c.samples++
+		c.maxSeen = max(c.maxSeen, s)
+		if s > c.limit+1e-6 && len(c.violations) < 20 {
+			c.violations = append(c.violations, fmt.Sprintf("%s: Σ applied %.1f W > %.1f W", time.Now().Format("15:04:05.000"), s, c.limit))
+		}
+		c.mu.Unlock()
+	}
+}
+
+// finish stops sampling and fails the test on any violation.
+func (c *checker) finish(t testing.TB) {
+	t.Helper()
+	close(c.stopc)
+	<-c.done
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.samples < 100 {
+		t.Errorf("invariant checker took only %d samples", c.samples)
+	}
+	for _, v := range c.violations {
+		t.Error(v)
+	}
+}
+
+// eventually polls cond until it holds or d passes.
+func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func setBudget(t testing.TB, cli *clientv3.Client, w, floor float64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := cluster.SetBudget(ctx, cli, testKeys, cluster.BudgetRecord{Watts: w, FloorPerNodeW: floor, SetBy: "test", Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// converged reports whether Σ applied is within margin below target and every agent has a grant.
+func converged(c *checker, target, margin float64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.sum()
+	return s <= target && s >= target-margin
+}
+
+func allocators(agents ...*agent) int {
+	n := 0
+	for _, a := range agents {
+		if a.active.Load() && a.member.IsAllocator() {
+			n++
+		}
+	}
+	return n
+}
+
+const (
+	permRead      = clientv3.PermissionType(clientv3.PermRead)
+	permReadWrite = clientv3.PermissionType(clientv3.PermReadWrite)
+)
+
+// clientEnd is the range end that covers every key with prefix p.
+func clientEnd(p string) string { return clientv3.GetPrefixRangeEnd(p) }
+
+// closeEtcd stops a member once; a test may stop one early and the cleanup must not again.
+var closed sync.Map
+
+func closeEtcd(e *embed.Etcd) {
+	if _, done := closed.LoadOrStore(e, true); !done {
+		e.Close()
+	}
+}

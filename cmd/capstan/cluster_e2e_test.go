@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"net/url"
+	"path/filepath"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+
+	"github.com/capstan-power/capstan/capping/cluster"
+	"github.com/capstan-power/capstan/internal/otlptest"
+)
+
+// Two agent processes with budget.source etcd share a group budget set in an embedded etcd: one
+// is elected allocator, both steer under their grants, and Σ grants stays within the budget.
+func TestClusterBudgetAgents(t *testing.T) {
+	cfg := embed.NewConfig()
+	cfg.Dir = filepath.Join(t.TempDir(), "etcd")
+	cfg.LogLevel = "fatal"
+	u, _ := url.Parse("http://127.0.0.1:0")
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*u}, []url.URL{*u}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*u}, []url.URL{*u}
+	cfg.InitialCluster = cfg.Name + "=" + u.String()
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	<-e.Server.ReadyNotify()
+	ep := "http://" + e.Clients[0].Addr().String()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	keys := cluster.Keys{Prefix: "/capstan/v1", Group: "row-a"}
+	if err := cluster.SetBudget(ctx, cli, keys, cluster.BudgetRecord{Watts: 2400, SetBy: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	var addrs []string
+	var agents []*agentProcess
+	for _, node := range []string{"gpu-1", "gpu-2"} {
+		addr := otlptest.FreeAddr(t)
+		addrs = append(addrs, addr)
+		agents = append(agents, startAgent(t, "--gpu.backend=sim", "--gpu.sim.count=2", "--gpu.sim.trace=steady",
+			"--web.listen-address="+addr, "--capping.enabled", "--capping.period=200ms",
+			"--capping.state-file="+filepath.Join(t.TempDir(), "state.json"), "--node.name="+node,
+			"--budget.source=etcd", "--etcd.endpoints="+ep, "--etcd.group=row-a", "--etcd.lease-ttl=2s"))
+	}
+	for _, a := range agents {
+		a.waitLog(t, "agent ready")
+	}
+	gauge := func(addr, name string) float64 {
+		f, ok := scrape(t, "http://"+addr+"/metrics")[name]
+		if !ok || len(f.GetMetric()) == 0 {
+			return -1
+		}
+		return f.GetMetric()[0].GetGauge().GetValue()
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		g1, g2 := gauge(addrs[0], "capstan_cluster_grant_watts"), gauge(addrs[1], "capstan_cluster_grant_watts")
+		a1, a2 := gauge(addrs[0], "capstan_cluster_allocator"), gauge(addrs[1], "capstan_cluster_allocator")
+		if g1 > 400 && g2 > 400 && g1+g2 <= 2400 && a1+a2 == 1 {
+			b := gauge(addrs[0], "capstan_capping_budget_watts")
+			if b != g1 {
+				t.Errorf("controller budget %v W, grant %v W: the controller does not steer under the grant", b, g1)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("grants %v W and %v W, allocators %v+%v; logs:\n%s\n%s", g1, g2, a1, a2, agents[0].Logs(), agents[1].Logs())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for _, a := range agents {
+		if code := a.stop(t); code != 0 {
+			t.Errorf("exit %d after SIGTERM; logs:\n%s", code, a.Logs())
+		}
+	}
+	// A clean stop revokes the lease: the nodes are gone from etcd at once.
+	resp, err := cli.Get(ctx, keys.Nodes(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || resp.Count != 0 {
+		t.Errorf("%d node records left after SIGTERM (%v)", resp.Count, err)
+	}
+}

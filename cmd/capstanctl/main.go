@@ -1,0 +1,357 @@
+// Command capstanctl is the SRE's command line for Capstan's cluster power budgets: set and read
+// a group's budget, see every node's demand, grant and applied power, release a dead node's
+// reservation, and watch the group live.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/user"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/capstan-power/capstan/capping/cluster"
+)
+
+func main() {
+	if err := newRoot(os.Stdout, os.Stderr).Execute(); err != nil {
+		os.Exit(1)
+	}
+}
+
+// globals are the etcd flags, the same as the agent's --etcd.* flags.
+type globals struct {
+	endpoints, prefix      string
+	ca, cert, key          string
+	username, passwordFile string
+	timeout                time.Duration
+}
+
+func (g *globals) dial() (*clientv3.Client, error) {
+	return cluster.Dial(cluster.Conn{Endpoints: cluster.SplitEndpoints(g.endpoints), CAFile: g.ca, CertFile: g.cert,
+		KeyFile: g.key, Username: g.username, PasswordFile: g.passwordFile, DialTimeout: g.timeout})
+}
+
+func (g *globals) keys(group string) (cluster.Keys, error) {
+	if err := cluster.ValidName(group); err != nil {
+		return cluster.Keys{}, fmt.Errorf("group: %w", err)
+	}
+	return cluster.Keys{Prefix: g.prefix, Group: group}, nil
+}
+
+// with runs f with a client and a deadline.
+func (g *globals) with(group string, f func(ctx context.Context, c *clientv3.Client, k cluster.Keys) error) error {
+	k, err := g.keys(group)
+	if err != nil {
+		return err
+	}
+	c, err := g.dial()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), g.timeout)
+	defer cancel()
+	return f(ctx, c, k)
+}
+
+func newRoot(out, errOut io.Writer) *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:           "capstanctl",
+		Short:         "Set and watch Capstan's cluster power budgets in etcd",
+		SilenceUsage:  true,
+		SilenceErrors: false,
+	}
+	root.SetOut(out)
+	root.SetErr(errOut)
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.endpoints, "etcd.endpoints", "http://127.0.0.1:2379", "comma-separated etcd client URLs")
+	pf.StringVar(&g.prefix, "etcd.prefix", "/capstan/v1", "etcd key prefix of Capstan's records")
+	pf.StringVar(&g.ca, "etcd.tls.ca-file", "", "PEM CA bundle that verifies the etcd servers")
+	pf.StringVar(&g.cert, "etcd.tls.cert-file", "", "PEM client certificate; needs --etcd.tls.key-file")
+	pf.StringVar(&g.key, "etcd.tls.key-file", "", "PEM private key of --etcd.tls.cert-file")
+	pf.StringVar(&g.username, "etcd.username", "", "etcd user; needs --etcd.password-file")
+	pf.StringVar(&g.passwordFile, "etcd.password-file", "", "file holding the etcd user's password")
+	pf.DurationVar(&g.timeout, "timeout", 10*time.Second, "deadline of each etcd request")
+	root.AddCommand(budgetCmd(g, out), statusCmd(g, out), drainCmd(g, out), topCmd(g, out))
+	return root
+}
+
+func budgetCmd(g *globals, out io.Writer) *cobra.Command {
+	b := &cobra.Command{Use: "budget", Short: "Set, read and list a group's power budget"}
+	var floor float64
+	var reason string
+	set := &cobra.Command{
+		Use:   "set GROUP WATTS",
+		Short: "Set a group's budget (refused below what its nodes need at least)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(_ *cobra.Command, args []string) error {
+			w, err := strconv.ParseFloat(args[1], 64)
+			if err != nil || math.IsNaN(w) || math.IsInf(w, 0) || w <= 0 {
+				return fmt.Errorf("WATTS %q: not a positive finite number of watts", args[1])
+			}
+			return g.with(args[0], func(ctx context.Context, c *clientv3.Client, k cluster.Keys) error {
+				rec := cluster.BudgetRecord{Watts: w, FloorPerNodeW: floor, SetBy: who(g), SetAt: time.Now().UTC(), Reason: reason}
+				if err := cluster.SetBudget(ctx, c, k, rec); err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "group %s: budget %.0f W (floor per node %.0f W), set by %s\n", k.Group, w, floor, rec.SetBy)
+				return nil
+			})
+		},
+	}
+	set.Flags().Float64Var(&floor, "floor-per-node", 0, "least watts every node is granted, and what a node cut off from etcd drops to")
+	set.Flags().StringVar(&reason, "reason", "", "why the budget changes; recorded in the history")
+	get := &cobra.Command{
+		Use:   "get GROUP",
+		Short: "Print a group's budget",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			return g.with(args[0], func(ctx context.Context, c *clientv3.Client, k cluster.Keys) error {
+				r, err := cluster.GetBudget(ctx, c, k)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "group %s: %.0f W, floor per node %.0f W, set by %s at %s: %s\n",
+					k.Group, r.Watts, r.FloorPerNodeW, r.SetBy, r.SetAt.Format(time.RFC3339), reasonText(r.Reason))
+				return nil
+			})
+		},
+	}
+	history := &cobra.Command{
+		Use:   "history GROUP",
+		Short: "List a group's budget changes, oldest first",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			return g.with(args[0], func(ctx context.Context, c *clientv3.Client, k cluster.Keys) error {
+				recs, bad, err := cluster.History(ctx, c, k)
+				if err != nil {
+					return err
+				}
+				tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "SET AT\tWATTS\tFLOOR/NODE\tSET BY\tREASON")
+				for _, r := range recs {
+					fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%s\t%s\n", r.SetAt.Format(time.RFC3339), r.Watts, r.FloorPerNodeW, r.SetBy, reasonText(r.Reason))
+				}
+				if err := tw.Flush(); err != nil {
+					return err
+				}
+				for _, e := range bad {
+					fmt.Fprintf(out, "skipped malformed entry: %v\n", e)
+				}
+				return nil
+			})
+		},
+	}
+	b.AddCommand(set, get, history)
+	return b
+}
+
+func reasonText(r string) string {
+	if r == "" {
+		return "(no reason given)"
+	}
+	return r
+}
+
+// who names the person behind a change: the etcd user if any, and the local user and host.
+func who(g *globals) string {
+	name := "unknown"
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	if h, err := os.Hostname(); err == nil {
+		name += "@" + h
+	}
+	if g.username != "" {
+		name = g.username + " (" + name + ")"
+	}
+	return name
+}
+
+func statusCmd(g *globals, out io.Writer) *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "status GROUP",
+		Short: "One row per node: demand, grant, applied, limits, priority, last seen, allocator",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			return g.with(args[0], func(ctx context.Context, c *clientv3.Client, k cluster.Keys) error {
+				s, bad, err := loadStatus(ctx, c, k)
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					enc := json.NewEncoder(out)
+					enc.SetIndent("", "  ")
+					return enc.Encode(s)
+				}
+				if err := printStatus(out, s, time.Now()); err != nil {
+					return err
+				}
+				for _, e := range bad {
+					fmt.Fprintf(out, "skipped malformed record: %v\n", e)
+				}
+				return nil
+			})
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, `print {"group","budget_w","generation","nodes":[...]} for scripts`)
+	return c
+}
+
+func loadStatus(ctx context.Context, c *clientv3.Client, k cluster.Keys) (cluster.Status, []error, error) {
+	v := cluster.NewView(k)
+	bad, err := v.Load(ctx, c)
+	if err != nil {
+		return cluster.Status{}, nil, err
+	}
+	alloc, err := cluster.Allocator(ctx, c, k)
+	if err != nil {
+		return cluster.Status{}, nil, err
+	}
+	return cluster.StatusOf(v, alloc), bad, nil
+}
+
+func printStatus(out io.Writer, s cluster.Status, now time.Time) error {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "NODE\tDEMAND W\tGRANT W\tAPPLIED W\tMIN W\tMAX W\tPRIORITY\tLAST SEEN\tALLOCATOR\t")
+	var demand, grant, applied float64
+	for _, n := range s.Nodes {
+		alloc := ""
+		if n.Allocator {
+			alloc = "*"
+		}
+		seen := "gone"
+		if n.MaxW > 0 {
+			seen = now.Sub(n.LastSeen).Round(time.Second).String() + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\t\n", n.Node, n.DemandW, n.GrantW, n.AppliedW, n.MinW, n.MaxW, n.Priority, seen, alloc)
+		demand += n.DemandW
+		grant += n.GrantW
+		applied += n.AppliedW
+	}
+	fmt.Fprintf(tw, "TOTAL\t%.0f\t%.0f\t%.0f\t\t\t\t\t\t\n", demand, grant, applied)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(out, "group %s: budget %.0f W, granted %.0f W (%.0f W free), applied %.0f W, generation %d\n",
+		s.Group, s.BudgetW, grant, s.BudgetW-grant, applied, s.Generation)
+	return err
+}
+
+func drainCmd(g *globals, out io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "drain GROUP NODE",
+		Short: "Release the reservation of a node that is gone",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(_ *cobra.Command, args []string) error {
+			return g.with(args[0], func(ctx context.Context, c *clientv3.Client, k cluster.Keys) error {
+				if err := cluster.Drain(ctx, c, k, args[1]); err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "group %s: released the reservation of node %s\n", k.Group, args[1])
+				return nil
+			})
+		},
+	}
+}
+
+func topCmd(g *globals, out io.Writer) *cobra.Command {
+	var every time.Duration
+	c := &cobra.Command{
+		Use:   "top GROUP",
+		Short: "A live view of the status table, refreshed from etcd watches",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			k, err := g.keys(args[0])
+			if err != nil {
+				return err
+			}
+			c, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return top(cmd.Context(), c, k, out, every, g.timeout)
+		},
+	}
+	c.Flags().DurationVar(&every, "refresh", time.Second, "least time between two redraws")
+	return c
+}
+
+// top draws the table, then redraws it after changes the watch brings, at most every refresh.
+func top(ctx context.Context, c *clientv3.Client, k cluster.Keys, out io.Writer, refresh, timeout time.Duration) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	for ctx.Err() == nil {
+		v := cluster.NewView(k)
+		lctx, cancel := context.WithTimeout(ctx, timeout)
+		_, err := v.Load(lctx, c)
+		alloc, aerr := "", error(nil)
+		if err == nil {
+			alloc, aerr = cluster.Allocator(lctx, c, k)
+		}
+		cancel()
+		if err = errors.Join(err, aerr); err != nil {
+			return err
+		}
+		wch := c.Watch(clientv3.WithRequireLeader(ctx), k.Root(), clientv3.WithPrefix(), clientv3.WithRev(v.Revision+1))
+		draw := func() error {
+			fmt.Fprint(out, "\x1b[H\x1b[2J")
+			fmt.Fprintf(out, "capstanctl top %s    %s\n\n", k.Group, time.Now().Format("15:04:05"))
+			return printStatus(out, cluster.StatusOf(v, alloc), time.Now())
+		}
+		if err := draw(); err != nil {
+			return err
+		}
+		tick := time.NewTicker(refresh)
+		dirty := false
+	watch:
+		for {
+			select {
+			case <-ctx.Done():
+				tick.Stop()
+				return nil
+			case wr, ok := <-wch:
+				if !ok || wr.Err() != nil {
+					break watch
+				}
+				for _, ev := range wr.Events {
+					var val []byte
+					if ev.Type == clientv3.EventTypePut {
+						val = ev.Kv.Value
+					}
+					_ = v.Apply(string(ev.Kv.Key), val) // a malformed record keeps the last good row
+					if len(ev.Kv.Key) > len(k.Election()) && string(ev.Kv.Key[:len(k.Election())]) == k.Election() {
+						actx, acancel := context.WithTimeout(ctx, timeout)
+						alloc, _ = cluster.Allocator(actx, c, k)
+						acancel()
+					}
+				}
+				dirty = true
+			case <-tick.C:
+				if dirty {
+					dirty = false
+					if err := draw(); err != nil {
+						tick.Stop()
+						return err
+					}
+				}
+			}
+		}
+		tick.Stop()
+	}
+	return nil
+}

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+
+	"github.com/capstan-power/capstan/capping/cluster"
+)
+
+func startEtcd(t *testing.T) string {
+	t.Helper()
+	cfg := embed.NewConfig()
+	cfg.Dir = filepath.Join(t.TempDir(), "etcd")
+	cfg.LogLevel = "fatal"
+	u, _ := url.Parse("http://127.0.0.1:0")
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*u}, []url.URL{*u}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*u}, []url.URL{*u}
+	cfg.InitialCluster = cfg.Name + "=" + u.String()
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	<-e.Server.ReadyNotify()
+	return e.Clients[0].Addr().String()
+}
+
+// run executes capstanctl with args and returns its output and error.
+func run(t *testing.T, ep string, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	root := newRoot(&out, &errOut)
+	root.SetArgs(append([]string{"--etcd.endpoints", ep}, args...))
+	err := root.Execute()
+	return out.String() + errOut.String(), err
+}
+
+func TestCommands(t *testing.T) {
+	ep := startEtcd(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx := context.Background()
+	k := cluster.Keys{Prefix: "/capstan/v1", Group: "row-a"}
+	lease, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []struct {
+		name string
+		rec  cluster.NodeRecord
+	}{
+		{"gpu-1", cluster.NodeRecord{DemandW: 3000, MinW: 1600, MaxW: 5600, Priority: 1, AppliedW: 2500, AckedGen: 1, Lease: int64(lease.ID)}},
+		{"gpu-2", cluster.NodeRecord{DemandW: 5000, MinW: 1600, MaxW: 5600, Priority: 2, AppliedW: 2500, AckedGen: 1, Lease: int64(lease.ID)}},
+	} {
+		b, _ := json.Marshal(n.rec)
+		if _, err := cli.Put(ctx, k.Node(n.name), string(b), clientv3.WithLease(lease.ID)); err != nil {
+			t.Fatal(err)
+		}
+		g, _ := json.Marshal(cluster.GrantRecord{Watts: 2500, Generation: 1, Lease: int64(lease.ID), MinW: 1600})
+		if _, err := cli.Put(ctx, k.Grant(n.name), string(g)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g, _ := json.Marshal(cluster.GrantRecord{Watts: 2000, Generation: 1, Lease: 1, MinW: 1600})
+	if _, err := cli.Put(ctx, k.Grant("gone-1"), string(g)); err != nil {
+		t.Fatal(err)
+	}
+
+	refusals := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"budget", "set", "row-a", "--", "-5"}, `WATTS "-5": not a positive finite number of watts`},
+		{[]string{"budget", "set", "row-a", "NaN"}, `WATTS "NaN": not a positive finite number of watts`},
+		{[]string{"budget", "set", "row-a", "abc"}, `WATTS "abc": not a positive finite number of watts`},
+		{[]string{"budget", "set", "row-a", "3000"}, "budget 3000 W for group row-a is below the 3200 W its 2 nodes need at least (Σ of each node's max(min, floor 0 W)); set at least 3200 W"},
+		{[]string{"budget", "set", "row-a", "4000", "--floor-per-node", "2500"}, "below the 5000 W its 2 nodes need at least"},
+		{[]string{"budget", "set", "row/a", "4000"}, `group: name "row/a": character '/' not allowed`},
+		{[]string{"budget", "get", "row-a"}, "group row-a has no budget (capstanctl budget set row-a WATTS)"},
+		{[]string{"drain", "row-a", "gpu-1"}, "node gpu-1 of group row-a is alive (registered under its lease); only a node that is gone can be drained"},
+		{[]string{"drain", "row-a", "nobody"}, "node nobody of group row-a holds no reservation"},
+	}
+	for _, r := range refusals {
+		out, err := run(t, ep, r.args...)
+		if err == nil || !strings.Contains(out, r.want) {
+			t.Errorf("capstanctl %s: err %v, output %q; want a refusal containing %q", strings.Join(r.args, " "), err, out, r.want)
+		}
+	}
+
+	if out, err := run(t, ep, "budget", "set", "row-a", "9000", "--reason", "row A commissioned"); err != nil || !strings.Contains(out, "group row-a: budget 9000 W") {
+		t.Fatalf("budget set: %v %q", err, out)
+	}
+	if _, err := run(t, ep, "budget", "set", "row-a", "8000", "--floor-per-node", "1700", "--reason", "PDU maintenance"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, ep, "budget", "get", "row-a")
+	if err != nil || !strings.Contains(out, "group row-a: 8000 W, floor per node 1700 W") || !strings.Contains(out, "PDU maintenance") {
+		t.Errorf("budget get: %v %q", err, out)
+	}
+	out, err = run(t, ep, "budget", "history", "row-a")
+	if err != nil || strings.Index(out, "row A commissioned") > strings.Index(out, "PDU maintenance") || !strings.Contains(out, "9000") {
+		t.Errorf("budget history: %v %q", err, out)
+	}
+
+	out, err = run(t, ep, "status", "row-a", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw map[string]any
+	if err := json.Unmarshal([]byte(out), &raw); err != nil {
+		t.Fatalf("status --json is not JSON: %v\n%s", err, out)
+	}
+	for _, key := range []string{"group", "budget_w", "generation", "nodes"} {
+		if _, ok := raw[key]; !ok {
+			t.Errorf("status --json lacks %q", key)
+		}
+	}
+	node := raw["nodes"].([]any)[0].(map[string]any)
+	for _, key := range []string{"node", "demand_w", "grant_w", "applied_w", "min_w", "max_w", "priority", "last_seen", "allocator"} {
+		if _, ok := node[key]; !ok {
+			t.Errorf("status --json node lacks %q", key)
+		}
+	}
+	if len(raw) != 4 || len(node) != 9 {
+		t.Errorf("status --json has extra keys: %v", out)
+	}
+	var st cluster.Status
+	_ = json.Unmarshal([]byte(out), &st)
+	if st.BudgetW != 8000 || len(st.Nodes) != 3 || st.Nodes[0].Node != "gone-1" || st.Nodes[2].DemandW != 5000 {
+		t.Errorf("status --json = %+v", st)
+	}
+	out, err = run(t, ep, "status", "row-a")
+	if err != nil || !strings.Contains(out, "gpu-2") || !strings.Contains(out, "budget 8000 W, granted 7000 W (1000 W free), applied 5000 W") {
+		t.Errorf("status: %v\n%s", err, out)
+	}
+	if out, err := run(t, ep, "drain", "row-a", "gone-1"); err != nil || !strings.Contains(out, "released the reservation of node gone-1") {
+		t.Errorf("drain: %v %q", err, out)
+	}
+
+	// top redraws from the watch: a node's new demand shows up.
+	var buf syncBuf
+	tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	done := make(chan error)
+	go func() { done <- top(tctx, cli, k, &buf, 100*time.Millisecond, time.Second) }()
+	time.Sleep(300 * time.Millisecond)
+	b, _ := json.Marshal(cluster.NodeRecord{DemandW: 4321, MinW: 1600, MaxW: 5600, Priority: 1, Lease: int64(lease.ID)})
+	if _, err := cli.Put(ctx, k.Node("gpu-1"), string(b), clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), "4321") {
+		t.Errorf("top did not show the watched change:\n%s", buf.String())
+	}
+}
+
+type syncBuf struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}

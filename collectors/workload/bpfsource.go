@@ -1,0 +1,187 @@
+package workload
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+
+	cbpf "github.com/capstan-power/capstan/bpf"
+)
+
+// bpfSource holds the loaded programs and their links.
+type bpfSource struct {
+	objs  cbpf.WorkloadObjects
+	links []link.Link
+	// batch read buffers, reused every collection.
+	ncpu    int
+	keys    []uint64
+	cpuVals []cbpf.WorkloadCpuUsage
+	netVals []cbpf.WorkloadNetUsage
+	gone    []uint64
+}
+
+// cpuCounters and netCounters are a cgroup's kernel totals summed over CPUs.
+type cpuCounters struct{ ns, cycles uint64 }
+type netCounters struct{ rxBytes, rxPackets, txBytes, txPackets uint64 }
+
+// loadBPF loads and attaches the programs: sched_switch and cpu_frequency as BTF tracepoints,
+// cgroup_skb on the v2 root. It needs CAP_BPF + CAP_PERFMON (or root) and kernel BTF.
+func loadBPF(cgroupRoot, sysfs string) (*bpfSource, error) {
+	if _, err := os.Stat(filepath.Join(sysfs, "kernel", "btf", "vmlinux")); err != nil {
+		return nil, fmt.Errorf("kernel BTF: %w", err)
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("removing the memlock limit: %w", err)
+	}
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("counting possible CPUs: %w", err)
+	}
+	s := &bpfSource{ncpu: ncpu, keys: make([]uint64, batchSize),
+		cpuVals: make([]cbpf.WorkloadCpuUsage, batchSize*ncpu), netVals: make([]cbpf.WorkloadNetUsage, batchSize*ncpu)}
+	if err := cbpf.LoadWorkloadObjects(&s.objs, nil); err != nil {
+		return nil, fmt.Errorf("loading BPF objects: %w", err)
+	}
+	seedFrequencies(s.objs.CpuKhz, sysfs)
+	attach := func(what string, l link.Link, err error) error {
+		if err != nil {
+			return fmt.Errorf("attaching %s: %w", what, err)
+		}
+		s.links = append(s.links, l)
+		return nil
+	}
+	l, err := link.AttachTracing(link.TracingOptions{Program: s.objs.SchedSwitch})
+	if err = attach("sched_switch", l, err); err == nil {
+		l, err = link.AttachTracing(link.TracingOptions{Program: s.objs.CpuFrequency})
+		err = attach("cpu_frequency", l, err)
+	}
+	if err == nil {
+		l, err = link.AttachCgroup(link.CgroupOptions{Path: cgroupRoot, Attach: ebpf.AttachCGroupInetIngress, Program: s.objs.SkbIngress})
+		err = attach("cgroup_skb ingress on "+cgroupRoot, l, err)
+	}
+	if err == nil {
+		l, err = link.AttachCgroup(link.CgroupOptions{Path: cgroupRoot, Attach: ebpf.AttachCGroupInetEgress, Program: s.objs.SkbEgress})
+		err = attach("cgroup_skb egress on "+cgroupRoot, l, err)
+	}
+	if err != nil {
+		_ = s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// seedFrequencies writes each CPU's cpufreq reading into cpu_khz, so cycles are estimated before
+// the first power:cpu_frequency event (which only fires on a change). Without cpufreq the map
+// stays zero and attribution uses on-CPU time.
+func seedFrequencies(m *ebpf.Map, sysfs string) {
+	for cpu := 0; cpu < runtime.NumCPU(); cpu++ {
+		dir := filepath.Join(sysfs, "devices", "system", "cpu", "cpu"+strconv.Itoa(cpu), "cpufreq")
+		for _, f := range []string{"scaling_cur_freq", "cpuinfo_cur_freq"} {
+			raw, err := os.ReadFile(filepath.Join(dir, f))
+			if err != nil {
+				continue
+			}
+			khz, err := strconv.ParseUint(strings.TrimSpace(string(raw)), 10, 32)
+			if err != nil {
+				continue
+			}
+			_ = m.Put(uint32(cpu), uint32(khz))
+			break
+		}
+	}
+}
+
+// batchSize is how many cgroups one BPF_MAP_LOOKUP_BATCH call reads.
+const batchSize = 1024
+
+// readPerCPU reads every entry of a per-CPU hash keyed by cgroup id, a batch of keys per
+// syscall (a syscall per key costs ~10 ms for 1,000 cgroups); kernels without batch lookups
+// are iterated instead.
+func readPerCPU[V any](m *ebpf.Map, ncpu int, keys []uint64, vals []V, fn func(id uint64, perCPU []V)) error {
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := 0; i < n; i++ {
+			fn(keys[i], vals[i*ncpu:(i+1)*ncpu])
+		}
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			return nil
+		case errors.Is(err, ebpf.ErrNotSupported):
+			var key uint64
+			perCPU := make([]V, ncpu)
+			it := m.Iterate()
+			for it.Next(&key, &perCPU) {
+				fn(key, perCPU)
+			}
+			return it.Err()
+		case err != nil:
+			return err
+		}
+	}
+}
+
+// readCPU sums each cgroup's per-CPU counters.
+func (s *bpfSource) readCPU(fn func(id uint64, c cpuCounters)) error {
+	return readPerCPU(s.objs.CpuUsage, s.ncpu, s.keys, s.cpuVals, func(id uint64, vals []cbpf.WorkloadCpuUsage) {
+		var c cpuCounters
+		for _, v := range vals {
+			c.ns += v.Ns
+			c.cycles += v.Cycles
+		}
+		fn(id, c)
+	})
+}
+
+func (s *bpfSource) readNet(fn func(id uint64, c netCounters)) error {
+	return readPerCPU(s.objs.NetUsage, s.ncpu, s.keys, s.netVals, func(id uint64, vals []cbpf.WorkloadNetUsage) {
+		var c netCounters
+		for _, v := range vals {
+			c.rxBytes += v.RxBytes
+			c.rxPackets += v.RxPackets
+			c.txBytes += v.TxBytes
+			c.txPackets += v.TxPackets
+		}
+		fn(id, c)
+	})
+}
+
+// forget queues a cgroup that no longer exists for removal from the maps; deleting while a map
+// is iterated would restart the iteration.
+func (s *bpfSource) forget(id uint64) { s.gone = append(s.gone, id) }
+
+// flush deletes the forgotten cgroups.
+func (s *bpfSource) flush() {
+	for _, id := range s.gone {
+		_ = s.objs.CpuUsage.Delete(id)
+		_ = s.objs.NetUsage.Delete(id)
+	}
+	s.gone = s.gone[:0]
+}
+
+// programStats returns the sched_switch program's kernel run count and run time (needs
+// kernel.bpf_stats_enabled).
+func (s *bpfSource) programStats() (runCount uint64, runTimeNs uint64, err error) {
+	st, err := s.objs.SchedSwitch.Stats()
+	if err != nil {
+		return 0, 0, err
+	}
+	return st.RunCount, uint64(st.Runtime), nil
+}
+
+func (s *bpfSource) Close() error {
+	var errs []error
+	for i := len(s.links) - 1; i >= 0; i-- {
+		errs = append(errs, s.links[i].Close())
+	}
+	errs = append(errs, s.objs.Close())
+	return errors.Join(errs...)
+}

@@ -1,0 +1,435 @@
+package workload
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/capstan-power/capstan/internal/metrics"
+	"github.com/capstan-power/capstan/internal/sample"
+)
+
+// helperEnv makes the test binary act as a helper process (sender, receiver, unprivileged
+// loader) so the helpers run in the cgroups and namespaces the tests create.
+const helperEnv = "CAPSTAN_WORKLOAD_HELPER"
+
+func TestMain(m *testing.M) {
+	switch os.Getenv(helperEnv) {
+	case "":
+		os.Exit(m.Run())
+	case "send":
+		os.Exit(helperSend(os.Args[len(os.Args)-3:]))
+	case "recv":
+		os.Exit(helperRecv(os.Args[len(os.Args)-2:]))
+	case "fallback":
+		os.Exit(helperFallback())
+	}
+	os.Exit(2)
+}
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func TestParseIdentity(t *testing.T) {
+	const cid = "4f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c"
+	for _, tc := range []struct {
+		path string
+		want Identity
+	}{
+		{"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1a2b3c4d_5e6f_7a8b_9c0d_1e2f3a4b5c6d.slice/cri-containerd-" + cid + ".scope",
+			Identity{ContainerID: cid, PodUID: "1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d"}},
+		{"/kubepods.slice/kubepods-pod1a2b3c4d_5e6f_7a8b_9c0d_1e2f3a4b5c6d.slice/crio-" + cid + ".scope",
+			Identity{ContainerID: cid, PodUID: "1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d"}},
+		{"/kubepods/besteffort/pod1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d/" + cid,
+			Identity{ContainerID: cid, PodUID: "1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d"}},
+		{"/system.slice/docker-" + cid + ".scope", Identity{ContainerID: cid}},
+		{"/docker/" + cid, Identity{ContainerID: cid}},
+		{"/system.slice/slurmstepd.scope/job_4242/step_0/user/task_0", Identity{SlurmJobID: "4242"}},
+		{"/slurm/uid_1000/job_17", Identity{SlurmJobID: "17"}},
+		{"/user.slice/user-1000.slice/session-3.scope", Identity{}},
+		{"/", Identity{}},
+	} {
+		if got := ParseIdentity(tc.path); got != tc.want {
+			t.Errorf("ParseIdentity(%q) = %+v, want %+v", tc.path, got, tc.want)
+		}
+	}
+}
+
+func TestV2Mount(t *testing.T) {
+	for _, tc := range []struct{ name, mounts, want string }{
+		{"pure v2", "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\n", "/sys/fs/cgroup"},
+		{"hybrid", "cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n", "/sys/fs/cgroup/unified"},
+		{"v1 only", "cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "mounts"), []byte(tc.mounts), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			// An empty sysfs has no cgroup mount, so the mounts table decides.
+			got, err := V2Mount(dir, t.TempDir())
+			if tc.want == "" {
+				if err == nil || !strings.Contains(err.Error(), "no cgroup2 mount") {
+					t.Fatalf("V2Mount = %q, %v; want a no-cgroup2 error", got, err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("V2Mount = %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// The host's hierarchy under --path.sysfs wins over the mounts table, which in a container lists
+// the container's own cgroup namespace.
+func TestV2MountPrefersSysfs(t *testing.T) {
+	want := ""
+	for _, dir := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
+		var st syscall.Statfs_t
+		if syscall.Statfs(dir, &st) == nil && st.Type == cgroup2Magic {
+			want = dir
+			break
+		}
+	}
+	if want == "" {
+		t.Skip("no cgroup v2 mount under /sys/fs/cgroup on this machine")
+	}
+	procfs := t.TempDir()
+	if err := os.WriteFile(filepath.Join(procfs, "mounts"), []byte("cgroup2 /container/cgroup cgroup2 rw 0 0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := V2Mount(procfs, "/sys"); err != nil || got != want {
+		t.Fatalf("V2Mount = %q, %v; want %s", got, err, want)
+	}
+}
+
+func requireRoot(t testing.TB) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: loads eBPF programs and creates cgroups (CI runs as root)")
+	}
+	root, err := V2Mount("/proc", "/sys")
+	if err != nil {
+		t.Skipf("no cgroup v2 hierarchy: %v", err)
+	}
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		t.Skipf("kernel has no BTF: %v", err)
+	}
+	return root
+}
+
+// testCgroup creates a v2 child cgroup, removed (after its processes exit) when the test ends.
+func testCgroup(t testing.TB, root, name string) (rel string, fd int) {
+	t.Helper()
+	rel = fmt.Sprintf("/capstan-test-%d-%s", os.Getpid(), name)
+	dir := filepath.Join(root, rel)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = f.Close()
+		for i := 0; i < 50; i++ {
+			if err := os.Remove(dir); err == nil || os.IsNotExist(err) {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Errorf("cgroup %s not removed", dir)
+	})
+	return rel, int(f.Fd())
+}
+
+// startIn starts cmd directly inside the cgroup (clone3 CLONE_INTO_CGROUP), so none of its
+// time is charged elsewhere.
+func startIn(t testing.TB, cmd *exec.Cmd, cgroupFD int) {
+	t.Helper()
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgroupFD}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %v: %v", cmd.Args, err)
+	}
+}
+
+func value(b *sample.Batch, def *metrics.Def, match ...attribute.KeyValue) (float64, bool) {
+	return b.Find(def, match...)
+}
+
+func collect(t testing.TB, c *Collector) *sample.Batch {
+	t.Helper()
+	b := &sample.Batch{}
+	b.Reset(Name, time.Now())
+	if err := c.Collect(context.Background(), b); err != nil {
+		t.Fatalf("Collect: %v", err)
+	}
+	return b
+}
+
+func TestBusyLoopMatchesCPUStat(t *testing.T) {
+	root := requireRoot(t)
+	c, err := New(Options{Procfs: "/proc", Sysfs: "/sys", Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	if c.Source() != SourceEBPF {
+		t.Fatalf("source = %s as root, want ebpf", c.Source())
+	}
+	busy, busyFD := testCgroup(t, root, "busy")
+	idle, idleFD := testCgroup(t, root, "idle")
+	collect(t, c)
+
+	loop := exec.Command("sh", "-c", "while :; do :; done")
+	sleeper := exec.Command("sleep", "30")
+	startIn(t, loop, busyFD)
+	startIn(t, sleeper, idleFD)
+	time.Sleep(3 * time.Second)
+	_ = loop.Process.Kill()
+	_ = sleeper.Process.Kill()
+	_ = loop.Wait()
+	_ = sleeper.Wait()
+
+	usec, err := readUsageUsec(filepath.Join(root, busy, "cpu.stat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := float64(usec) / 1e6
+	b := collect(t, c)
+	got, ok := value(b, metrics.WorkloadCPUTime, attribute.String(metrics.AttrCgroupPath, busy))
+	if !ok {
+		t.Fatalf("no %s for %s", metrics.WorkloadCPUTime.Name, busy)
+	}
+	if want < 1 {
+		t.Fatalf("busy loop ran only %.3f s by cpu.stat; the machine is too loaded to judge", want)
+	}
+	if math.Abs(got-want)/want > 0.05 {
+		t.Errorf("busy cgroup: eBPF %.4f s, cpu.stat %.4f s: more than 5 %% apart", got, want)
+	}
+	if src, _ := value(b, metrics.WorkloadCPUTime, attribute.String(metrics.AttrCgroupPath, busy), attribute.String(metrics.AttrWorkloadSource, SourceEBPF)); src != got {
+		t.Errorf("busy cgroup's series does not say source=ebpf")
+	}
+	idleGot, _ := value(b, metrics.WorkloadCPUTime, attribute.String(metrics.AttrCgroupPath, idle))
+	if idleGot > 0.01*want {
+		t.Errorf("idle sibling got %.4f s of CPU time, want ~0 (busy: %.4f s)", idleGot, want)
+	}
+	t.Logf("busy: eBPF %.4f s, cpu.stat %.4f s; idle: %.6f s", got, want, idleGot)
+}
+
+func TestNetworkCountersOverVeth(t *testing.T) {
+	root := requireRoot(t)
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs iproute2's ip to create the network namespace")
+	}
+	c, err := New(Options{Procfs: "/proc", Sysfs: "/sys", Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	if c.Source() != SourceEBPF {
+		t.Fatalf("source = %s as root, want ebpf", c.Source())
+	}
+	ns := fmt.Sprintf("capstan-wl-%d", os.Getpid())
+	hostIf, nsIf := fmt.Sprintf("cwl%dh", os.Getpid()%100000), fmt.Sprintf("cwl%dn", os.Getpid()%100000)
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	run("netns", "add", ns)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	run("link", "add", hostIf, "type", "veth", "peer", "name", nsIf, "netns", ns)
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", hostIf).Run() })
+	run("addr", "add", "10.213.7.1/30", "dev", hostIf)
+	run("link", "set", hostIf, "up")
+	run("-n", ns, "addr", "add", "10.213.7.2/30", "dev", nsIf)
+	run("-n", ns, "link", "set", nsIf, "up")
+	run("-n", ns, "link", "set", "lo", "up")
+
+	sendRel, sendFD := testCgroup(t, root, "send")
+	recvRel, recvFD := testCgroup(t, root, "recv")
+	collect(t, c)
+
+	const count, size = 200, 1000
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recvOut bytes.Buffer
+	recv := exec.Command("ip", "netns", "exec", ns, self, "10.213.7.2:9999", strconv.Itoa(count))
+	recv.Env = append(os.Environ(), helperEnv+"=recv")
+	recv.Stdout, recv.Stderr = &recvOut, &recvOut
+	startIn(t, recv, recvFD)
+	time.Sleep(500 * time.Millisecond) // let it bind
+	send := exec.Command(self, "10.213.7.2:9999", strconv.Itoa(count), strconv.Itoa(size))
+	send.Env = append(os.Environ(), helperEnv+"=send")
+	var sendOut bytes.Buffer
+	send.Stdout, send.Stderr = &sendOut, &sendOut
+	startIn(t, send, sendFD)
+	if err := send.Wait(); err != nil {
+		t.Fatalf("sender: %v: %s", err, sendOut.String())
+	}
+	if err := recv.Wait(); err != nil {
+		t.Fatalf("receiver: %v: %s", err, recvOut.String())
+	}
+	b := collect(t, c)
+	// cgroup_skb sees the IP packet: 20 bytes of IPv4 and 8 of UDP header on each datagram.
+	wantBytes := float64(count * (size + 28))
+	check := func(rel, dir string, def *metrics.Def, want float64) {
+		t.Helper()
+		got, ok := value(b, def, attribute.String(metrics.AttrCgroupPath, rel), attribute.String(metrics.AttrIODirection, dir))
+		if !ok || got != want {
+			t.Errorf("%s %s %s = %v (found %v), want %v", rel, def.Name, dir, got, ok, want)
+		}
+	}
+	check(sendRel, "transmit", metrics.WorkloadNetworkIO, wantBytes)
+	check(sendRel, "transmit", metrics.WorkloadNetworkPackets, count)
+	check(recvRel, "receive", metrics.WorkloadNetworkIO, wantBytes)
+	check(recvRel, "receive", metrics.WorkloadNetworkPackets, count)
+	check(sendRel, "receive", metrics.WorkloadNetworkIO, 0)
+}
+
+func helperSend(args []string) int {
+	n, _ := strconv.Atoi(args[1])
+	size, _ := strconv.Atoi(args[2])
+	conn, err := net.Dial("udp4", args[0])
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	buf := make([]byte, size)
+	for i := 0; i < n; i++ {
+		if _, err := conn.Write(buf); err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		time.Sleep(time.Millisecond) // stay under the receiver's buffer
+	}
+	return 0
+}
+
+func helperRecv(args []string) int {
+	n, _ := strconv.Atoi(args[1])
+	conn, err := net.ListenPacket("udp4", args[0])
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	buf := make([]byte, 65536)
+	for got := 0; got < n; got++ {
+		if _, _, err := conn.ReadFrom(buf); err != nil {
+			fmt.Printf("after %d datagrams: %v\n", got, err)
+			return 1
+		}
+	}
+	return 0
+}
+
+// helperFallback runs as an unprivileged user: BPF is refused, cpu.stat must be the source.
+func helperFallback() int {
+	c, err := New(Options{Procfs: "/proc", Sysfs: "/sys", Logger: quietLog()})
+	if err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+	defer func() { _ = c.Close() }()
+	b := &sample.Batch{}
+	b.Reset(Name, time.Now())
+	if err := c.Collect(context.Background(), b); err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+	rootCPU, ok := b.Find(metrics.WorkloadCPUTime, attribute.String(metrics.AttrCgroupPath, "/"), attribute.String(metrics.AttrWorkloadSource, SourceCPUStat))
+	fmt.Printf("source=%s series=%d root_found=%v root_cpu=%g\n", c.Source(), b.Count(metrics.WorkloadCPUTime), ok, rootCPU)
+	return 0
+}
+
+func TestFallbackWithoutPrivilege(t *testing.T) {
+	requireRoot(t)
+	// The test binary may sit in a directory only root can read: copy it where nobody can run it.
+	dir, err := os.MkdirTemp("", "capstan-workload-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "workload.test")
+	if err := os.WriteFile(bin, raw, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), helperEnv+"=fallback")
+	// nobody: no capabilities at all, so the BPF load is refused by the kernel.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("unprivileged helper: %v: %s", err, out)
+	}
+	s := string(out)
+	if !strings.Contains(s, "source=cpu.stat ") || !strings.Contains(s, "root_found=true") || strings.Contains(s, "series=0 ") {
+		t.Fatalf("unprivileged collector: %s; want source cpu.stat with the root cgroup's CPU time", s)
+	}
+	t.Log(strings.TrimSpace(s))
+}
+
+func TestSeriesLimitCountsDropped(t *testing.T) {
+	root, err := V2Mount("/proc", "/sys")
+	if err != nil {
+		t.Skipf("no cgroup v2 hierarchy: %v", err)
+	}
+	if os.Geteuid() == 0 {
+		testCgroup(t, root, "limit-a")
+		testCgroup(t, root, "limit-b")
+	}
+	total := 0
+	if err := walkCgroups(root, func(uint64, string) { total++ }); err != nil {
+		t.Fatal(err)
+	}
+	if total < 2 {
+		t.Skipf("only %d cgroup in %s and not root to create more; the limit needs two", total, root)
+	}
+	c, err := New(Options{Procfs: "/proc", Sysfs: "/sys", Logger: quietLog(), NoBPF: true, MaxSeries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	b := collect(t, c)
+	src := attribute.String(metrics.AttrWorkloadSource, SourceCPUStat)
+	if got := b.Count(metrics.WorkloadCPUTime); got != 1 {
+		t.Errorf("%d cpu.time series with a limit of 1", got)
+	}
+	if got, _ := b.Find(metrics.WorkloadCgroups, src); got != 1 {
+		t.Errorf("cgroups gauge = %v, want 1", got)
+	}
+	// Every cgroup is active in the first collection; all but one are dropped.
+	if got, _ := b.Find(metrics.WorkloadSeriesDropped, src); got < float64(total-1) {
+		t.Errorf("dropped = %v, want at least %d of %d cgroups", got, total-1, total)
+	}
+}
