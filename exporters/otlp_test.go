@@ -2,15 +2,7 @@ package exporters
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"log/slog"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -26,6 +18,7 @@ import (
 	"github.com/capstan-power/capstan/internal/config"
 	"github.com/capstan-power/capstan/internal/otlptest"
 	"github.com/capstan-power/capstan/internal/sample"
+	"github.com/capstan-power/capstan/internal/testpki"
 )
 
 // receiverOpts configures the Collector's OTLP receiver a test starts.
@@ -33,7 +26,7 @@ type receiverOpts struct {
 	protocol string // grpc or http
 	addr     string
 	// tls, when set, makes the receiver serve TLS and require a client certificate.
-	tls *testPKI
+	tls *testpki.PKI
 }
 
 // startReceiver starts the OpenTelemetry Collector's own OTLP receiver with request metadata
@@ -42,7 +35,7 @@ func startReceiver(t *testing.T, o receiverOpts) *consumertest.MetricsSink {
 	t.Helper()
 	var tls *otlptest.ServerTLS
 	if o.tls != nil {
-		tls = &otlptest.ServerTLS{CertFile: o.tls.serverCert, KeyFile: o.tls.serverKey, ClientCAFile: o.tls.caFile}
+		tls = &otlptest.ServerTLS{CertFile: o.tls.ServerCert, KeyFile: o.tls.ServerKey, ClientCAFile: o.tls.CAFile}
 	}
 	_, sink := otlptest.Start(t, otlptest.Options{Protocol: o.protocol, Addr: o.addr, TLS: tls})
 	return sink
@@ -340,77 +333,11 @@ func TestOTLPEndpointDownAtStart(t *testing.T) {
 	checkHeap()
 }
 
-// testPKI is a CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
-type testPKI struct {
-	caFile, serverCert, serverKey, clientCert, clientKey string
-}
-
-func newTestPKI(t *testing.T) *testPKI {
-	t.Helper()
-	dir := t.TempDir()
-	caKey := newKey(t)
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "capstan test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &testPKI{caFile: filepath.Join(dir, "ca.pem")}
-	writePEM(t, p.caFile, "CERTIFICATE", caDER)
-	leaf := func(name string, serial int64, usage x509.ExtKeyUsage) (certFile, keyFile string) {
-		key := newKey(t)
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-			IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
-		writePEM(t, certFile, "CERTIFICATE", der)
-		writePEM(t, keyFile, "PRIVATE KEY", keyDER)
-		return certFile, keyFile
-	}
-	p.serverCert, p.serverKey = leaf("server", 2, x509.ExtKeyUsageServerAuth)
-	p.clientCert, p.clientKey = leaf("client", 3, x509.ExtKeyUsageClientAuth)
-	return p
-}
-
-func newKey(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestOTLPHeadersFileAndTLS exports over mutual TLS to a receiver that requires a client
 // certificate, with headers from the config and from a headers file, and checks the receiver saw
 // the headers (file winning per key).
 func TestOTLPHeadersFileAndTLS(t *testing.T) {
-	pki := newTestPKI(t)
+	pki := testpki.New(t)
 	headersFile := filepath.Join(t.TempDir(), "otlp-headers")
 	if err := os.WriteFile(headersFile, []byte(
 		"# mounted from a Secret\n\nx-tenant = from-file\nauthorization: Bearer s3cr=t:42\n"), 0o600); err != nil {
@@ -422,14 +349,14 @@ func TestOTLPHeadersFileAndTLS(t *testing.T) {
 	} {
 		t.Run(tc.protocol, func(t *testing.T) {
 			addr := otlptest.FreeAddr(t)
-			sink := startReceiver(t, receiverOpts{protocol: tc.protocol, addr: addr, tls: pki})
+			sink := startReceiver(t, receiverOpts{protocol: tc.protocol, addr: addr, tls: &pki})
 			store := sample.NewStore()
 			store.Put("gpu", newFleet(1).batch(5000))
 			cfg := otlpConfig(tc.protocol, strings.Replace(tc.endpoint, "%s", addr, 1))
 			cfg.OTLP.Insecure = false
 			cfg.OTLP.Headers = map[string]string{"x-tenant": "inline", "x-team": "gpu-infra"}
 			cfg.OTLP.HeadersFile = headersFile
-			cfg.OTLP.TLS = config.TLS{CAFile: pki.caFile, CertFile: pki.clientCert, KeyFile: pki.clientKey}
+			cfg.OTLP.TLS = config.TLS{CAFile: pki.CAFile, CertFile: pki.ClientCert, KeyFile: pki.ClientKey}
 			logs := &logRecorder{}
 			e, err := New(context.Background(), Options{Config: cfg, Store: store, Logger: slog.New(logs)})
 			if err != nil {
@@ -457,15 +384,15 @@ func TestOTLPHeadersFileAndTLS(t *testing.T) {
 
 // TestOTLPBadTLSFiles checks that a file that is not PEM fails New with an error naming it.
 func TestOTLPBadTLSFiles(t *testing.T) {
-	pki := newTestPKI(t)
+	pki := testpki.New(t)
 	bad := filepath.Join(t.TempDir(), "not-a-pem.crt")
 	if err := os.WriteFile(bad, []byte("this is not PEM\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for name, tlsCfg := range map[string]config.TLS{
 		"ca":   {CAFile: bad},
-		"cert": {CAFile: pki.caFile, CertFile: bad, KeyFile: pki.clientKey},
-		"key":  {CAFile: pki.caFile, CertFile: pki.clientCert, KeyFile: bad},
+		"cert": {CAFile: pki.CAFile, CertFile: bad, KeyFile: pki.ClientKey},
+		"key":  {CAFile: pki.CAFile, CertFile: pki.ClientCert, KeyFile: bad},
 	} {
 		t.Run(name, func(t *testing.T) {
 			cfg := otlpConfig("grpc", "127.0.0.1:4317")
@@ -483,10 +410,10 @@ func TestOTLPBadTLSFiles(t *testing.T) {
 	}
 	t.Run("mismatched pair", func(t *testing.T) {
 		cfg := otlpConfig("http", "https://127.0.0.1:4318")
-		cfg.OTLP.TLS = config.TLS{CertFile: pki.clientCert, KeyFile: pki.serverKey}
+		cfg.OTLP.TLS = config.TLS{CertFile: pki.ClientCert, KeyFile: pki.ServerKey}
 		_, err := New(context.Background(), Options{Config: cfg, Store: sample.NewStore()})
-		if err == nil || !strings.Contains(err.Error(), pki.clientCert) {
-			t.Errorf("mismatched certificate and key: error %v, want one naming %s", err, pki.clientCert)
+		if err == nil || !strings.Contains(err.Error(), pki.ClientCert) {
+			t.Errorf("mismatched certificate and key: error %v, want one naming %s", err, pki.ClientCert)
 		}
 	})
 }

@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/capstan-power/capstan/capping/cluster"
+	"github.com/capstan-power/capstan/internal/etcdtest"
 )
 
 // BenchmarkWaterFill10k is the allocator's computation for a group of 10,000 nodes.
@@ -40,7 +41,7 @@ func BenchmarkGroupConvergence(b *testing.B) {
 		nodes, _ = strconv.Atoi(s)
 	}
 	const per = 500 * time.Millisecond
-	_, eps := startEtcd(b, 1, nil)
+	_, eps := etcdtest.Start(b, 1, nil)
 	admin := newClient(b, eps, "", "")
 	setBudget(b, admin, float64(nodes)*500, 0)
 	ctx := context.Background()

@@ -16,13 +16,15 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/capstan-power/capstan/capping/cluster"
+	"github.com/capstan-power/capstan/internal/etcdtest"
+	"github.com/capstan-power/capstan/internal/testpki"
 )
 
 // Many agents against one etcd: Σ applied stays within the budget at every sampled instant
 // through raises, cuts, joins, a graceful leave and malformed records; after a cut it never
 // exceeds the old budget and is under the new one within 2 allocation periods.
 func TestGroupInvariant(t *testing.T) {
-	_, eps := startEtcd(t, 1, nil)
+	_, eps := etcdtest.Start(t, 1, nil)
 	admin := newClient(t, eps, "", "")
 	setBudget(t, admin, 6000, 0)
 	chk := newChecker(6000)
@@ -95,7 +97,7 @@ func TestGroupInvariant(t *testing.T) {
 // The allocator's agent is killed (its client closed: no lease revoked): another agent is
 // elected and allocates within the lease TTL plus one period.
 func TestAllocatorKilled(t *testing.T) {
-	_, eps := startEtcd(t, 1, nil)
+	_, eps := etcdtest.Start(t, 1, nil)
 	admin := newClient(t, eps, "", "")
 	setBudget(t, admin, 4000, 0)
 	chk := newChecker(4000)
@@ -155,7 +157,7 @@ func TestAllocatorKilled(t *testing.T) {
 // A three-member etcd cluster loses its leader member; the group keeps its invariant and still
 // follows a budget change.
 func TestEtcdLeaderLost(t *testing.T) {
-	members, eps := startEtcd(t, 3, nil)
+	members, eps := etcdtest.Start(t, 3, nil)
 	admin := newClient(t, eps, "", "")
 	setBudget(t, admin, 5000, 0)
 	chk := newChecker(5000)
@@ -165,7 +167,7 @@ func TestEtcdLeaderLost(t *testing.T) {
 	eventually(t, 10*time.Second, "convergence", func() bool { return converged(chk, 5000, 700) })
 	for _, m := range members {
 		if m.Server.Leader() == m.Server.MemberID() {
-			closeEtcd(m)
+			etcdtest.Close(m)
 			t.Logf("stopped the etcd leader %s", m.Config().Name)
 			break
 		}
@@ -182,10 +184,10 @@ func TestEtcdLeaderLost(t *testing.T) {
 // grant for the lease TTL after etcd last answered, then drops to its floor; the allocator keeps
 // its grant reserved meanwhile, so the others never take its watts while it may still use them.
 func TestAgentCutOff(t *testing.T) {
-	_, eps := startEtcd(t, 1, nil)
+	_, eps := etcdtest.Start(t, 1, nil)
 	admin := newClient(t, eps, "", "")
 	setBudget(t, admin, 4000, 500)
-	px := proxy.NewServer(proxy.ServerConfig{Logger: zap.NewNop(), From: mustURL(t, "tcp://"+freePort(t)), To: mustURL(t, "tcp://"+eps[0])})
+	px := proxy.NewServer(proxy.ServerConfig{Logger: zap.NewNop(), From: mustURL(t, "tcp://"+etcdtest.FreeAddr(t)), To: mustURL(t, "tcp://"+eps[0])})
 	t.Cleanup(func() { _ = px.Close() })
 	<-px.Ready()
 	chk := newChecker(4000)
@@ -231,17 +233,17 @@ func TestAgentCutOff(t *testing.T) {
 // registers, is elected and follows its grant, and an SRE's credentials set the budget. Clients
 // are built by cluster.Dial from the same settings as the agent's --etcd.* flags.
 func TestAuthRoles(t *testing.T) {
-	p := newPKI(t)
-	_, hosts := startEtcd(t, 1, func(c *embed.Config) {
+	p := testpki.New(t)
+	_, hosts := etcdtest.Start(t, 1, func(c *embed.Config) {
 		c.BcryptCost = 4 // the lowest cost keeps password checks fast under the race detector
 		for _, u := range []*[]url.URL{&c.ListenClientUrls, &c.AdvertiseClientUrls} {
 			(*u)[0].Scheme = "https"
 		}
-		c.ClientTLSInfo = transport.TLSInfo{CertFile: p.serverCert, KeyFile: p.serverKey, TrustedCAFile: p.ca, ClientCertAuth: true}
+		c.ClientTLSInfo = transport.TLSInfo{CertFile: p.ServerCert, KeyFile: p.ServerKey, TrustedCAFile: p.CAFile, ClientCertAuth: true}
 	})
 	eps := []string{"https://" + hosts[0]}
 	dial := func(user, pass string) *clientv3.Client {
-		c := cluster.Conn{Endpoints: eps, CAFile: p.ca, CertFile: p.clientCert, KeyFile: p.clientKey}
+		c := cluster.Conn{Endpoints: eps, CAFile: p.CAFile, CertFile: p.ClientCert, KeyFile: p.ClientKey}
 		if user != "" {
 			c.Username, c.PasswordFile = user, writeFile(t, pass)
 		}
@@ -253,7 +255,7 @@ func TestAuthRoles(t *testing.T) {
 		return cli
 	}
 	// Without a client certificate the server refuses.
-	noCert, err := cluster.Dial(cluster.Conn{Endpoints: eps, CAFile: p.ca, DialTimeout: time.Second})
+	noCert, err := cluster.Dial(cluster.Conn{Endpoints: eps, CAFile: p.CAFile, DialTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

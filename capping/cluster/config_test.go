@@ -11,12 +11,13 @@ import (
 	"github.com/capstan-power/capstan/capping/cluster"
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
 	"github.com/capstan-power/capstan/internal/config"
+	"github.com/capstan-power/capstan/internal/etcdtest"
 	"github.com/capstan-power/capstan/internal/sample"
 )
 
 // The agent's settings make a member whose limits are its GPUs' constraints.
 func TestFromConfig(t *testing.T) {
-	_, eps := startEtcd(t, 1, nil)
+	_, eps := etcdtest.Start(t, 1, nil)
 	cfg := config.Default()
 	cfg.Node.Name = "gpu-7"
 	cfg.Etcd.Endpoints = " " + eps[0] + " ,"

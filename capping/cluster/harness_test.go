@@ -4,10 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/url"
+	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
 	"github.com/capstan-power/capstan/capping"
@@ -34,79 +32,12 @@ const (
 
 var testKeys = cluster.Keys{Prefix: "/capstan/v1", Group: "row-a"}
 
-// freePort asks the kernel for an unused port; a three-member cluster must know its peers' URLs
-// before it starts.
-func freePort(t testing.TB) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func mustURL(t testing.TB, s string) url.URL {
 	u, err := url.Parse(s)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return *u
-}
-
-// startEtcd starts an embedded cluster of n members and returns them and their client URLs.
-func startEtcd(t testing.TB, n int, edit func(*embed.Config)) ([]*embed.Etcd, []string) {
-	t.Helper()
-	var cfgs []*embed.Config
-	var initial []string
-	for i := range n {
-		cfg := embed.NewConfig()
-		cfg.Name = fmt.Sprintf("m%d", i)
-		cfg.Dir = filepath.Join(t.TempDir(), cfg.Name)
-		cfg.LogLevel = "fatal"
-		cfg.TickMs, cfg.ElectionMs = 10, 100
-		client, peer := mustURL(t, "http://"+freePort(t)), mustURL(t, "http://"+freePort(t))
-		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
-		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
-		cfg.InitialClusterToken = "capstan-test"
-		initial = append(initial, cfg.Name+"="+peer.String())
-		if edit != nil {
-			edit(cfg)
-		}
-		cfgs = append(cfgs, cfg)
-	}
-	var members []*embed.Etcd
-	var eps []string
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, cfg := range cfgs {
-		cfg.InitialCluster = strings.Join(initial, ",")
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			e, err := embed.StartEtcd(cfg)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			mu.Lock()
-			members = append(members, e)
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	if t.Failed() {
-		t.FailNow()
-	}
-	for _, e := range members {
-		select {
-		case <-e.Server.ReadyNotify():
-		case <-time.After(20 * time.Second):
-			t.Fatal("etcd did not start")
-		}
-		eps = append(eps, e.Clients[0].Addr().String())
-		t.Cleanup(func() { closeEtcd(e) })
-	}
-	return members, eps
 }
 
 func newClient(t testing.TB, eps []string, user, pass string) *clientv3.Client {
@@ -321,11 +252,12 @@ const (
 // clientEnd is the range end that covers every key with prefix p.
 func clientEnd(p string) string { return clientv3.GetPrefixRangeEnd(p) }
 
-// closeEtcd stops a member once; a test may stop one early and the cleanup must not again.
-var closed sync.Map
-
-func closeEtcd(e *embed.Etcd) {
-	if _, done := closed.LoadOrStore(e, true); !done {
-		e.Close()
+// writeFile writes content to a fresh file (a password file) and returns its path.
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(p, []byte(content+"\n"), 0o600); err != nil {
+		t.Fatal(err)
 	}
+	return p
 }

@@ -2,36 +2,23 @@ package main
 
 import (
 	"context"
-	"net/url"
 	"path/filepath"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
 	"github.com/capstan-power/capstan/capping/cluster"
+	"github.com/capstan-power/capstan/internal/etcdtest"
 	"github.com/capstan-power/capstan/internal/otlptest"
 )
 
 // Two agent processes with budget.source etcd share a group budget set in an embedded etcd: one
 // is elected allocator, both steer under their grants, and Σ grants stays within the budget.
 func TestClusterBudgetAgents(t *testing.T) {
-	cfg := embed.NewConfig()
-	cfg.Dir = filepath.Join(t.TempDir(), "etcd")
-	cfg.LogLevel = "fatal"
-	u, _ := url.Parse("http://127.0.0.1:0")
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*u}, []url.URL{*u}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*u}, []url.URL{*u}
-	cfg.InitialCluster = cfg.Name + "=" + u.String()
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	<-e.Server.ReadyNotify()
-	ep := "http://" + e.Clients[0].Addr().String()
+	_, eps := etcdtest.Start(t, 1, nil)
+	ep := "http://" + eps[0]
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)

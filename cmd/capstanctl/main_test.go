@@ -4,37 +4,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"net/url"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
 	"github.com/capstan-power/capstan/capping/cluster"
+	"github.com/capstan-power/capstan/internal/etcdtest"
 )
-
-func startEtcd(t *testing.T) string {
-	t.Helper()
-	cfg := embed.NewConfig()
-	cfg.Dir = filepath.Join(t.TempDir(), "etcd")
-	cfg.LogLevel = "fatal"
-	u, _ := url.Parse("http://127.0.0.1:0")
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*u}, []url.URL{*u}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*u}, []url.URL{*u}
-	cfg.InitialCluster = cfg.Name + "=" + u.String()
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	<-e.Server.ReadyNotify()
-	return e.Clients[0].Addr().String()
-}
 
 // run executes capstanctl with args and returns its output and error.
 func run(t *testing.T, ep string, args ...string) (string, error) {
@@ -47,7 +27,8 @@ func run(t *testing.T, ep string, args ...string) (string, error) {
 }
 
 func TestCommands(t *testing.T) {
-	ep := startEtcd(t)
+	_, eps := etcdtest.Start(t, 1, nil)
+	ep := eps[0]
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
