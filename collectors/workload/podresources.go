@@ -11,9 +11,6 @@ import (
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 )
 
-// DefaultPodResourcesSocket is where the kubelet serves its pod-resources API.
-const DefaultPodResourcesSocket = "/var/lib/kubelet/pod-resources/kubelet.sock"
-
 // PodRef names the pod (and container) a device is assigned to.
 type PodRef struct {
 	Namespace, Name, Container string

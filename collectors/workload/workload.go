@@ -21,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/capstan-power/capstan/collectors"
+	"github.com/capstan-power/capstan/internal/config"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
 )
@@ -34,21 +35,16 @@ const (
 	SourceCPUStat = "cpu.stat"
 )
 
-// Cardinality bounds: a cgroup is exported while it had activity in the last ActiveIntervals
-// collections, and at most MaxSeries cgroups are exported (the busiest first).
-const (
-	ActiveIntervals = 5
-	MaxSeries       = 2000
-)
-
 func init() {
 	collectors.Register(collectors.Factory{
 		Name:             Name,
 		EnabledByDefault: false,
 		Interval:         10 * time.Second,
 		New: func(o collectors.Options) (collectors.Collector, error) {
+			w := o.Config.Workload
 			return New(Options{Procfs: o.Config.Path.Procfs, Sysfs: o.Config.Path.Sysfs, Logger: o.Logger,
-				NVML: o.NVML, PodResourcesSocket: DefaultPodResourcesSocket, Now: o.Now})
+				NVML: o.NVML, MaxSeries: w.MaxSeries, ActiveIntervals: w.ActiveIntervals,
+				PodResourcesSocket: w.PodResourcesSocket, Now: o.Now})
 		},
 	})
 }
@@ -59,8 +55,12 @@ type Options struct {
 	Logger        *slog.Logger
 	// NoBPF forces the cpu.stat source.
 	NoBPF bool
-	// MaxSeries overrides MaxSeries when > 0.
+	// MaxSeries bounds the cgroups exported per collection, the busiest first (0: the default,
+	// config.DefaultWorkloadMaxSeries).
 	MaxSeries int
+	// ActiveIntervals: a cgroup is exported while it was active in this many last collections
+	// (0: config.DefaultWorkloadActiveIntervals).
+	ActiveIntervals int
 	// NVML, when set, splits GPU energy across workloads.
 	NVML nvml.Interface
 	// PodResourcesSocket is the kubelet's pod-resources socket; used when it exists.
@@ -77,6 +77,7 @@ type Collector struct {
 	bpf       *bpfSource // nil on the cpu.stat source
 	source    string
 	maxSeries int
+	active    uint64 // ActiveIntervals
 	cgroups   map[uint64]*cgroup
 	round     uint64
 	rapl      *raplReader
@@ -116,10 +117,13 @@ func New(o Options) (*Collector, error) {
 	}
 	c := &Collector{
 		log: o.Logger.With("collector", Name), root: root, sysfs: o.Sysfs,
-		maxSeries: MaxSeries, cgroups: map[uint64]*cgroup{}, unknown: map[uint64]uint64{}, rapl: newRAPL(o.Sysfs),
+		maxSeries: config.DefaultWorkloadMaxSeries, active: config.DefaultWorkloadActiveIntervals, cgroups: map[uint64]*cgroup{}, unknown: map[uint64]uint64{}, rapl: newRAPL(o.Sysfs),
 	}
 	if o.MaxSeries > 0 {
 		c.maxSeries = o.MaxSeries
+	}
+	if o.ActiveIntervals > 0 {
+		c.active = uint64(o.ActiveIntervals)
 	}
 	c.source = SourceCPUStat
 	if !o.NoBPF {
@@ -268,7 +272,7 @@ func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 
 	active := make([]*cgroup, 0, len(c.cgroups))
 	for _, g := range c.cgroups {
-		if g.seen && c.round-g.lastActive < ActiveIntervals {
+		if g.seen && c.round-g.lastActive < c.active {
 			active = append(active, g)
 		}
 	}

@@ -433,3 +433,28 @@ func TestSeriesLimitCountsDropped(t *testing.T) {
 		t.Errorf("dropped = %v, want at least %d of %d cgroups", got, total-1, total)
 	}
 }
+
+// A cgroup with no activity stays exported for ActiveIntervals collections after its last
+// activity (its first sight counts as activity), then leaves the export.
+func TestActivityWindow(t *testing.T) {
+	root, err := V2Mount("/proc", "/sys")
+	if err != nil {
+		t.Skipf("no cgroup v2 hierarchy: %v", err)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a cgroup (CI runs as root)")
+	}
+	rel, _ := testCgroup(t, root, "idle")
+	c, err := New(Options{Procfs: "/proc", Sysfs: "/sys", Logger: quietLog(), NoBPF: true, ActiveIntervals: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	path := attribute.String(metrics.AttrCgroupPath, rel)
+	for round, want := range []bool{true, true, false, false} {
+		b := collect(t, c)
+		if _, got := b.Find(metrics.WorkloadCPUTime, path); got != want {
+			t.Errorf("collection %d: idle cgroup exported = %v, want %v (active-intervals 2)", round+1, got, want)
+		}
+	}
+}

@@ -21,6 +21,7 @@ type Config struct {
 	GPU        GPU                  `yaml:"gpu"`
 	Collectors map[string]Collector `yaml:"collector"`
 	NIC        NIC                  `yaml:"nic"`
+	Workload   Workload             `yaml:"workload"`
 	OTLP       OTLP                 `yaml:"otlp"`
 	Web        Web                  `yaml:"web"`
 	Stdout     Stdout               `yaml:"stdout"`
@@ -84,6 +85,24 @@ type NIC struct {
 // DefaultNICExclude leaves out loopback and the per-container links of container runtimes and
 // CNI plugins, whose number follows the pods and would swamp a node's series.
 const DefaultNICExclude = `^(lo|veth.*|cali.*|lxc.*|docker.*)$`
+
+// Workload bounds what the workload collector exports and says where the kubelet is.
+type Workload struct {
+	// MaxSeries is the most cgroups exported per collection, the busiest first; the rest are
+	// counted in capstan.workload.series.dropped.
+	MaxSeries int `yaml:"max-series"`
+	// ActiveIntervals: a cgroup is exported while it was active in this many last collections.
+	ActiveIntervals int `yaml:"active-intervals"`
+	// PodResourcesSocket is the kubelet's pod-resources API, used when it exists; empty: not used.
+	PodResourcesSocket string `yaml:"pod-resources-socket"`
+}
+
+// Workload defaults.
+const (
+	DefaultWorkloadMaxSeries       = 2000
+	DefaultWorkloadActiveIntervals = 5
+	DefaultPodResourcesSocket      = "/var/lib/kubelet/pod-resources/kubelet.sock"
+)
 
 // OTLP configures the OTLP push exporter; it is off while Endpoint is empty.
 type OTLP struct {
@@ -197,6 +216,10 @@ func Default() *Config {
 		GPU:        GPU{Backend: "auto", Sim: GPUSim{Model: "H100", Count: 8, Trace: "training", Seed: 1}},
 		Collectors: map[string]Collector{},
 		NIC:        NIC{Exclude: DefaultNICExclude},
+		Workload: Workload{
+			MaxSeries: DefaultWorkloadMaxSeries, ActiveIntervals: DefaultWorkloadActiveIntervals,
+			PodResourcesSocket: DefaultPodResourcesSocket,
+		},
 		OTLP: OTLP{
 			Protocol:    "grpc",
 			Interval:    10 * time.Second,

@@ -44,7 +44,7 @@ const (
 )
 
 // Validate checks ranges, allowed values and keys that go together. It returns the first
-// problem in file order (node, log, path, gpu, collector, nic, otlp, web, stdout, summary) as an
+// problem in file order (node, log, path, gpu, collector, nic, workload, otlp, web, stdout, summary) as an
 // *Error that points at the line of the file, or the flag, that set the value.
 func (c *Config) Validate() error {
 	if e := c.validate(); e != nil {
@@ -67,6 +67,8 @@ func (c *Config) validate() *Error {
 	v.collectors()
 	v.regexp("nic.include", c.NIC.Include)
 	v.regexp("nic.exclude", c.NIC.Exclude)
+	v.intRange("workload.max-series", c.Workload.MaxSeries, 1, 100_000)
+	v.intRange("workload.active-intervals", c.Workload.ActiveIntervals, 1, 100)
 	v.oneOf("otlp.protocol", c.OTLP.Protocol, protocols, false)
 	v.durRange("otlp.interval", c.OTLP.Interval, time.Second, time.Hour, "")
 	v.durRange("otlp.timeout", c.OTLP.Timeout, time.Second, 5*time.Minute, "")
