@@ -5,4 +5,4 @@
 // recompiles the programs from it, and CI checks the committed objects match their sources.
 package bpf
 
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang -target bpfel -go-package bpf -output-stem workload Workload workload.bpf.c -- -I. -I/usr/include/x86_64-linux-gnu -O2 -g -Wall -Werror
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang -target bpfel -go-package bpf -output-stem workload Workload workload.bpf.c -- -I. -O2 -g -Wall -Werror
