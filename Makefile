@@ -25,7 +25,7 @@ RUN_FLAGS ?= --gpu.backend=sim --gpu.sim.model=H100 --gpu.sim.count=8 --gpu.sim.
              --web.listen-address=127.0.0.1:9400 --summary.interval=5s --collector.workload \
              --capping.enabled --budget.watts=3920 --capping.state-file=bin/capping-state.json
 
-.PHONY: all build run test test-short bench bench-cluster lint fmt generate vmlinux clean tools packages
+.PHONY: all build run test test-short bench bench-cluster lint fmt generate vmlinux clean tools packages image
 
 all: build
 
@@ -100,6 +100,15 @@ package-%:
 	$(foreach c,$(CMDS),GOOS=linux GOARCH=$* CC=$(CC_$*) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/linux-$*/$(c) ./cmd/$(c) &&) true
 	mkdir -p $(DIST)
 	for p in deb rpm; do PKG_ARCH=$* PKG_VERSION=$(PKG_VERSION) $(GO) tool nfpm package --config packaging/nfpm.yaml --packager $$p --target $(DIST)/ || exit 1; done
+
+# The DaemonSet's container image (packaging/Dockerfile), with docker or podman.
+IMAGE       ?= ghcr.io/capstan-power/capstan
+IMAGE_TAG   ?= $(PKG_VERSION)
+IMAGE_TOOL  ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null || echo docker)
+
+image:
+	$(IMAGE_TOOL) build -f packaging/Dockerfile --build-arg VERSION=$(PKG_VERSION) --build-arg COMMIT=$(COMMIT) \
+		-t $(IMAGE):$(IMAGE_TAG) .
 
 clean:
 	rm -rf bin dist
