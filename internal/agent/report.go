@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/resource"
 
+	"github.com/capstan-power/capstan/capping"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
 )
@@ -193,4 +194,38 @@ func writeSummary(w io.Writer, store *sample.Store, now time.Time) {
 	}
 	fmt.Fprintf(tw, "all\t%.0f\t%.0f\t\t\t\t\n", power, limit)
 	_ = tw.Flush()
+	writeCappingLine(w, store)
+}
+
+// writeCappingLine says what the capping loop steers to, when it runs: the budget and where it
+// comes from, the setpoint under the guard band, the power it measured and its mode.
+func writeCappingLine(w io.Writer, store *sample.Store) {
+	var budget, setpoint, measured float64
+	var source, mode string
+	found := false
+	store.View(capping.StoreKey, func(b *sample.Batch) {
+		if b == nil {
+			return
+		}
+		for _, p := range b.Points {
+			switch s := p.Series; s.Def {
+			case metrics.CappingBudget:
+				found, budget = true, p.Value
+				if v, ok := s.Attrs.Value(metrics.AttrBudgetSource); ok {
+					source = v.AsString()
+				}
+			case metrics.CappingSetpoint:
+				setpoint = p.Value
+			case metrics.CappingMeasured:
+				measured = p.Value
+			case metrics.CappingMode:
+				if v, ok := s.Attrs.Value(metrics.AttrCappingMode); ok && p.Value == 1 {
+					mode = v.AsString()
+				}
+			}
+		}
+	})
+	if found {
+		fmt.Fprintf(w, "capping: budget %.0f W (%s), setpoint %.0f W, measured %.0f W, mode %s\n", budget, source, setpoint, measured, mode)
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/resource"
 
+	"github.com/capstan-power/capstan/capping"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
 )
@@ -53,6 +54,31 @@ func TestSummaryTable(t *testing.T) {
 	}
 	if f := strings.Fields(lines[13]); f[0] != "all" || f[1] != "1155" || f[2] != "7700" {
 		t.Errorf("total row %q, want all 1155 7700", lines[13])
+	}
+}
+
+// With capping on, the summary ends with what the loop steers to.
+func TestSummaryCappingLine(t *testing.T) {
+	store := sample.NewStore()
+	store.Put("gpu", gpuBatch(2))
+	var out bytes.Buffer
+	writeSummary(&out, store, time.Unix(0, 0).UTC())
+	if strings.Contains(out.String(), "capping:") {
+		t.Fatalf("capping line without a capping loop:\n%s", out.String())
+	}
+	b := &sample.Batch{}
+	b.Reset(capping.StoreKey, time.Unix(0, 0))
+	b.Add(sample.NewSeries(metrics.CappingBudget, attribute.String(metrics.AttrBudgetSource, "etcd")), 3920)
+	b.Add(sample.NewSeries(metrics.CappingSetpoint), 3802.4)
+	b.Add(sample.NewSeries(metrics.CappingMeasured), 3700.6)
+	b.Add(sample.NewSeries(metrics.CappingMode, attribute.String(metrics.AttrCappingMode, "failsafe")), 0)
+	b.Add(sample.NewSeries(metrics.CappingMode, attribute.String(metrics.AttrCappingMode, "active")), 1)
+	store.Put(capping.StoreKey, b)
+	out.Reset()
+	writeSummary(&out, store, time.Unix(0, 0).UTC())
+	want := "capping: budget 3920 W (etcd), setpoint 3802 W, measured 3701 W, mode active\n"
+	if !strings.HasSuffix(out.String(), want) {
+		t.Errorf("summary ends\n%q\nwant it to end\n%q", out.String(), want)
 	}
 }
 
