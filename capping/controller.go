@@ -145,6 +145,7 @@ type Controller struct {
 	lost     int
 	mode     Mode
 	budgetW  float64
+	budget   budget.Budget // the source's budget this period, when it was usable
 	setW     float64
 	measW    float64
 	errW     float64
@@ -334,7 +335,7 @@ func (c *Controller) Start() error {
 		c.log.Warn("capping: state file left by an agent that did not stop cleanly; adopting the limits in force", "state_file", c.set.StateFile, "pid", st.PID)
 	default:
 		c.log.Warn("capping: state file left by an agent that did not stop cleanly; restoring the original limits", "state_file", c.set.StateFile, "pid", st.PID)
-		if err := c.restore(); err != nil {
+		if _, err := c.restoreWithin(c.leaveWatts()); err != nil {
 			// The GPUs that took their original back are safe; capping goes on for all.
 			c.log.Error("capping: restoring limits after a crash failed on some GPUs", "err", err)
 		}
@@ -367,18 +368,42 @@ func (c *Controller) saveState(clean bool) error {
 	return WriteState(c.set.StateFile, st)
 }
 
-// restore writes every GPU's original limit back, within its constraints.
-func (c *Controller) restore() error {
+// leaveWatts is the most the limits may sum to while no agent steers them: the source's (a
+// cluster node's floor), else no bound.
+func (c *Controller) leaveWatts() float64 {
+	if l, ok := c.src.(budget.Leaver); ok {
+		return l.LeaveWatts()
+	}
+	return math.Inf(1)
+}
+
+// restoreWithin writes the original limits back as far as their sum stays within w: all of
+// them when it fits, else each GPU gets its minimum plus the same fraction of the way to its
+// original (whole watts, rounded down). It reports whether every original was restored.
+func (c *Controller) restoreWithin(w float64) (complete bool, err error) {
+	var sumMin, sumOrig float64
+	for _, g := range c.gpus {
+		sumMin += float64(g.minMW)
+		sumOrig += float64(min(max(g.originalMW, g.minMW), g.maxMW))
+	}
+	frac := 1.0
+	if sumOrig > w*1000 && sumOrig > sumMin {
+		frac = max(0, (w*1000-sumMin)/(sumOrig-sumMin))
+	}
 	var errs []error
 	for _, g := range c.gpus {
-		mw := min(max(g.originalMW, g.minMW), g.maxMW)
+		orig := min(max(g.originalMW, g.minMW), g.maxMW)
+		mw := orig
+		if frac < 1 {
+			mw = max(g.minMW, (g.minMW+uint32(float64(orig-g.minMW)*frac))/1000*1000)
+		}
 		if ret := g.dev.SetPowerManagementLimit(mw); ret != nvml.SUCCESS {
 			errs = append(errs, fmt.Errorf("GPU %d (%s) to %d mW: %w", g.index, g.uuid, mw, ret))
 			continue
 		}
 		g.ourMW, g.requestedMW = mw, mw
 	}
-	return errors.Join(errs...)
+	return frac >= 1, errors.Join(errs...)
 }
 
 // Stop ends capping. ExitConfigured applies OnExit: restore writes the original limits back
@@ -390,8 +415,20 @@ func (c *Controller) Stop(how Exit) error {
 	}
 	c.started = false
 	if how == ExitConfigured && c.set.OnExit == "restore" {
-		if err := c.restore(); err != nil {
+		// A cluster node's group keeps only its floor once it left: originals beyond it wait
+		// in the state file for the next start.
+		leave := c.leaveWatts()
+		complete, err := c.restoreWithin(leave)
+		if err != nil {
 			return fmt.Errorf("capping: restoring the original limits (state file %s kept for the next start): %w", c.set.StateFile, err)
+		}
+		if !complete {
+			if err := c.saveState(true); err != nil {
+				return fmt.Errorf("capping: marking the state file clean: %w", err)
+			}
+			c.log.Info("capping stopped: GPU limits restored as far as the node's share of its group allows",
+				"watts", leave, "state_file", c.set.StateFile)
+			return nil
 		}
 		if err := os.Remove(c.set.StateFile); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("capping: removing state file: %w", err)
@@ -470,11 +507,13 @@ func (c *Controller) Tick(now time.Time) {
 	c.errW = c.setW - c.measW
 	hi := c.budgetW * (1 + c.set.Oversubscription)
 
+	acted := false
 	switch {
 	case missing > 0:
 		c.lost++
 		if c.lost >= c.set.LostPeriods {
 			c.failsafe(hi)
+			acted = true
 		}
 	default:
 		if c.mode == ModeFailsafe {
@@ -490,8 +529,36 @@ func (c *Controller) Tick(now time.Time) {
 		c.control(hi)
 		c.allocate()
 		c.actuate()
+		acted = true
+	}
+	if acted && !useFallback {
+		c.acknowledge(hi)
 	}
 	c.publish(now, useFallback)
+}
+
+// acknowledge tells a source that wants to know (a cluster grant) that the limits are within its
+// budget: the limits the GPUs report (after this period's writes, refused ones included) sum to
+// no more than the cap allowed under this budget (the oversubscription ceiling, or Σ min when
+// that is higher). Under dry-run the computed limits count: nothing is enforced, and the
+// allocator is not kept waiting.
+func (c *Controller) acknowledge(hi float64) {
+	ack, ok := c.src.(budget.Acknowledger)
+	if !ok {
+		return
+	}
+	sumMW := 0.0
+	for _, g := range c.gpus {
+		if c.set.DryRun {
+			sumMW += float64(g.ourMW)
+		} else {
+			sumMW += float64(g.requestedMW)
+		}
+	}
+	if sumMW/1000 > max(hi, c.sumMin)+0.001 {
+		return
+	}
+	ack.Applied(c.budget)
 }
 
 // readBudget sets budgetW from the source, or the fallback when its budget expired or never
@@ -503,7 +570,7 @@ func (c *Controller) readBudget(now time.Time) bool {
 			c.log.Info("capping: budget back from its source", "watts", b.Watts, "source", b.Source)
 			c.fallbackLogged = false
 		}
-		c.budgetW = b.Watts
+		c.budgetW, c.budget = b.Watts, b
 		return false
 	}
 	c.budgetW = c.set.FallbackW

@@ -22,6 +22,8 @@ type Budget struct {
 	TTL time.Duration
 	// Received is when the source last got or confirmed this budget.
 	Received time.Time
+	// Generation identifies a cluster grant (etcd); zero for sources without one.
+	Generation int64
 }
 
 // Expired reports whether the budget's TTL has run out at now.
@@ -54,6 +56,21 @@ type Source interface {
 	Current() (b Budget, ok bool)
 	// Run refreshes the budget until ctx is done; sources without an upstream return at once.
 	Run(ctx context.Context)
+}
+
+// Acknowledger is a Source that must learn when the node's limits are within a budget it
+// handed out. The etcd source acknowledges a grant to its group's allocator only then, so the
+// allocator never gives a decrease's watts to other nodes before this node stopped using them.
+type Acknowledger interface {
+	// Applied says that the node's power limits are now within b.
+	Applied(b Budget)
+}
+
+// Leaver is a Source whose budget still binds the node once the agent stops: a cluster group
+// keeps only the node's floor for it after it left, so its limits must not be raised past it.
+type Leaver interface {
+	// LeaveWatts is the most the node's limits may sum to while no agent steers them.
+	LeaveWatts() float64
 }
 
 // Static is a fixed budget from the configuration; it never expires.

@@ -5,10 +5,16 @@ import (
 	"time"
 )
 
-// Granter is a node's membership of a cluster group (package capping/cluster): Grant returns the
-// watts the node may apply now, without blocking on etcd, and records that they are applied.
+// Granter is a node's membership of a cluster group (package capping/cluster).
 type Granter interface {
-	Grant() float64
+	// Grant returns the watts the node may apply now and the grant's generation (0 for the
+	// node's minimum before a first grant, or its floor once cut off), without blocking on etcd.
+	Grant() (watts float64, generation int64)
+	// Applied records that the node's limits are within watts of that generation, and
+	// acknowledges the generation to the allocator.
+	Applied(watts float64, generation int64)
+	// Floor is what the group keeps for the node once it is gone.
+	Floor() float64
 	Run(ctx context.Context)
 }
 
@@ -27,11 +33,17 @@ func NewEtcd(m Granter, now func() time.Time) *Etcd { return &Etcd{m: m, now: no
 // Name is "etcd".
 func (e *Etcd) Name() string { return "etcd" }
 
-// Current returns the grant the node applies from now on; the member acknowledges it to the
-// allocator.
+// Current returns the grant the node should apply from now on.
 func (e *Etcd) Current() (Budget, bool) {
-	return Budget{Watts: e.m.Grant(), Source: "etcd", Received: e.now()}, true
+	w, gen := e.m.Grant()
+	return Budget{Watts: w, Source: "etcd", Received: e.now(), Generation: gen}, true
 }
+
+// Applied acknowledges the grant once the controller's limits are within it.
+func (e *Etcd) Applied(b Budget) { e.m.Applied(b.Watts, b.Generation) }
+
+// LeaveWatts is the node's floor: the group reserves no more for a node whose agent stopped.
+func (e *Etcd) LeaveWatts() float64 { return e.m.Floor() }
 
 // Run keeps the node in its group until ctx is done.
 func (e *Etcd) Run(ctx context.Context) { e.m.Run(ctx) }

@@ -61,7 +61,7 @@ func BenchmarkGroupConvergence(b *testing.B) {
 	sum := func() float64 {
 		s := 0.0
 		for _, m := range members {
-			s += m.Applied()
+			s += m.AppliedW()
 		}
 		return s
 	}
@@ -123,7 +123,7 @@ func startMembersOnly(b *testing.B, ctx context.Context, clients []*clientv3.Cli
 				return
 			case <-t.C:
 				for _, m := range members {
-					m.Grant()
+					m.Applied(m.Grant())
 				}
 			}
 		}

@@ -41,7 +41,7 @@ func TestGroupInvariant(t *testing.T) {
 	}
 	// Priority 2 nodes get more than priority 1 nodes.
 	eventually(t, 5*time.Second, "priority to show in the grants", func() bool {
-		return agents[1].member.Applied() > agents[0].member.Applied()+50
+		return agents[1].member.AppliedW() > agents[0].member.AppliedW()+50
 	})
 
 	chk.setLimit(7000)
@@ -61,7 +61,7 @@ func TestGroupInvariant(t *testing.T) {
 		a := startAgent(t, fmt.Sprintf("node-%d", i), newClient(t, eps, "", ""), 2, 1)
 		agents = append(agents, a)
 		chk.add(a)
-		eventually(t, 10*time.Second, a.name+" to get a grant", func() bool { return a.member.Applied() > 400 })
+		eventually(t, 10*time.Second, a.name+" to get a grant", func() bool { return a.member.AppliedW() > 400 })
 	}
 	agents[2].stop()
 	setBudget(t, admin, 5000, 0)
@@ -84,7 +84,7 @@ func TestGroupInvariant(t *testing.T) {
 		return agents[0].member.Errors("malformed") >= 2
 	})
 	time.Sleep(4 * period)
-	if w := agents[0].member.Applied(); w > 1400 || w <= 0 {
+	if w := agents[0].member.AppliedW(); w > 1400 || w <= 0 {
 		t.Errorf("node-0 applies %v W after a malformed grant", w)
 	}
 	// The malformed budget left the last good one: a raise still works once a good one comes.
@@ -134,7 +134,7 @@ func TestAllocatorKilled(t *testing.T) {
 	survivors := func() float64 {
 		s := 0.0
 		for _, a := range rest {
-			s += a.member.Applied()
+			s += a.member.AppliedW()
 		}
 		return s
 	}
@@ -202,15 +202,15 @@ func TestAgentCutOff(t *testing.T) {
 		chk.add(a)
 	}
 	cut := agents[3]
-	eventually(t, 10*time.Second, "convergence", func() bool { return converged(chk, 4000, 700) && cut.member.Applied() > 500 })
+	eventually(t, 10*time.Second, "convergence", func() bool { return converged(chk, 4000, 700) && cut.member.AppliedW() > 500 })
 	eventually(t, 10*time.Second, "the allocator on a connected node", func() bool {
 		return allocators(agents[:3]...) == 1 && !cut.member.IsAllocator()
 	})
-	before := cut.member.Applied()
+	before := cut.member.AppliedW()
 	px.PauseTx()
 	px.PauseRx()
 	blackholed := time.Now()
-	eventually(t, 3*leaseTTL, "the cut-off node to drop to its floor", func() bool { return cut.member.Applied() <= 500 })
+	eventually(t, 3*leaseTTL, "the cut-off node to drop to its floor", func() bool { return cut.member.AppliedW() <= 500 })
 	t.Logf("cut-off node held %.0f W for %s, then dropped to its floor", before, time.Since(blackholed).Round(time.Millisecond))
 	// The TTL counts from etcd's last keep-alive answer, which came at most a keep-alive
 	// interval (TTL/3) before the cut.
@@ -224,7 +224,7 @@ func TestAgentCutOff(t *testing.T) {
 	px.UnpauseTx()
 	px.UnpauseRx()
 	eventually(t, 10*time.Second, "the node to come back with a grant", func() bool {
-		return cut.member.Applied() > 500 && cut.member.Errors("lost_lease") >= 1
+		return cut.member.AppliedW() > 500 && cut.member.Errors("lost_lease") >= 1
 	})
 	chk.finish(t)
 }
@@ -319,6 +319,6 @@ func TestAuthRoles(t *testing.T) {
 	}
 	a := startAgent(t, "node-0", agentCli, 2, 1)
 	eventually(t, 10*time.Second, "the agent to be elected and granted under auth", func() bool {
-		return a.member.IsAllocator() && a.member.Applied() > 400
+		return a.member.IsAllocator() && a.member.AppliedW() > 400
 	})
 }

@@ -163,7 +163,7 @@ func (c *checker) sum() float64 {
 	s := 0.0
 	for _, a := range c.agents {
 		if a.active.Load() {
-			s += a.member.Applied()
+			s += a.member.AppliedW()
 		}
 	}
 	return s

@@ -129,12 +129,13 @@ func NewMember(o Options) (*Member, error) {
 	return m, nil
 }
 
-// Grant returns the watts the node may apply now and reports that it applies them: the grant
-// while etcd answered within the lease TTL, else the floor; the node's minimum before a first
-// grant. It never blocks on etcd.
-func (m *Member) Grant() float64 {
+// Grant returns the watts the node may apply now and the grant's generation: the grant while
+// etcd answered within the lease TTL, else the floor (generation 0); the node's minimum before
+// a first grant. It never blocks on etcd. The node's limits follow; Applied then records them.
+func (m *Member) Grant() (watts float64, generation int64) {
 	now := m.o.Now()
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	w, gen := m.o.MinW, int64(0)
 	if m.haveGrant {
 		w, gen = m.grant.Watts, m.grant.Generation
@@ -142,9 +143,17 @@ func (m *Member) Grant() float64 {
 			w, gen = math.Min(w, m.floorLocked()), 0
 		}
 	}
-	m.applied = w
+	return w, gen
+}
+
+// Applied records that the node's limits are within watts, of grant generation gen (0: not a
+// grant), and acknowledges gen to the allocator: only an acknowledged decrease lets the
+// allocator give its watts to other nodes, so it must come after the limits were written.
+func (m *Member) Applied(watts float64, gen int64) {
+	m.mu.Lock()
+	m.applied = watts
 	ackNeeded := gen > m.appliedGen
-	if gen != 0 {
+	if ackNeeded {
 		m.appliedGen = gen
 	}
 	m.mu.Unlock()
@@ -154,8 +163,14 @@ func (m *Member) Grant() float64 {
 		default:
 		}
 	}
-	m.publish(now)
-	return w
+	m.publish(m.o.Now())
+}
+
+// Floor is what the group keeps for the node once it is gone or cut off.
+func (m *Member) Floor() float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.floorLocked()
 }
 
 // floorLocked is what a node cut off from etcd drops to: the budget's floor per node, never below
@@ -171,8 +186,8 @@ func (m *Member) floorLocked() float64 {
 // Stopped is closed once Run has returned (and revoked the lease): close the client after it.
 func (m *Member) Stopped() <-chan struct{} { return m.stopped }
 
-// Applied returns what the node last applied (what Grant last returned).
-func (m *Member) Applied() float64 {
+// AppliedW returns what the node's limits were last reported within (see Applied).
+func (m *Member) AppliedW() float64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.applied
@@ -458,12 +473,27 @@ func (m *Member) report(ctx context.Context) {
 
 // campaign stands for allocator on the node's lease and allocates while elected.
 func (m *Member) campaign(ctx context.Context, lease clientv3.LeaseID) {
+	// One session per lease: each session keeps its lease alive with a goroutine of its own.
+	var sess *concurrency.Session
+	for {
+		s, err := concurrency.NewSession(m.o.Client, concurrency.WithLease(lease), concurrency.WithContext(ctx))
+		if err == nil {
+			sess = s
+			break
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		m.countErr("request", err)
+		sleep(ctx, m.o.Period)
+	}
+	// The lease is the node's: Run revokes it, the session only stops renewing it.
+	defer sess.Orphan()
 	for ctx.Err() == nil {
-		sess, err := concurrency.NewSession(m.o.Client, concurrency.WithLease(lease), concurrency.WithContext(ctx))
-		if err != nil {
-			m.countErr("request", err)
-			sleep(ctx, m.o.Period)
-			continue
+		select {
+		case <-sess.Done():
+			return // the lease is gone; serve starts over with a new one
+		default:
 		}
 		el := concurrency.NewElection(sess, m.o.Keys.Election())
 		if err := el.Campaign(ctx, m.o.Node); err != nil {
