@@ -95,13 +95,20 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 		cycles = (delta * (__u64)*khz) >> 20;
 
 	struct cpu_usage *u = bpf_map_lookup_elem(&cpu_usage, &cgid);
-	if (u) {
-		u->ns += delta;
-		u->cycles += cycles;
-		return 0;
+	if (!u) {
+		struct cpu_usage fresh = { .ns = delta, .cycles = cycles };
+		if (!bpf_map_update_elem(&cpu_usage, &cgid, &fresh, BPF_NOEXIST))
+			return 0;
+		// Another CPU inserted this cgroup between our lookup and insert: add to the entry
+		// it made (our slot of it is zero) rather than drop this slice.
+		u = bpf_map_lookup_elem(&cpu_usage, &cgid);
+		if (!u)
+			return 0;
 	}
-	struct cpu_usage fresh = { .ns = delta, .cycles = cycles };
-	bpf_map_update_elem(&cpu_usage, &cgid, &fresh, BPF_NOEXIST);
+	// Plain adds: this CPU's slot, and sched_switch runs with interrupts off under the
+	// runqueue lock, so nothing else on this CPU updates it meanwhile.
+	u->ns += delta;
+	u->cycles += cycles;
 	return 0;
 }
 
@@ -125,12 +132,16 @@ static __always_inline void count_skb(struct __sk_buff *skb, bool ingress)
 		if (!u)
 			return;
 	}
+	// Atomic adds, though the slot is this CPU's: cgroup_skb programs run with only migration
+	// disabled, so a program on this CPU can be preempted (egress, in process context) or
+	// interrupted by a softirq (ingress) between the read and the write of a plain +=, and one
+	// of the two updates would be lost.
 	if (ingress) {
-		u->rx_bytes += skb->len;
-		u->rx_packets++;
+		__sync_fetch_and_add(&u->rx_bytes, skb->len);
+		__sync_fetch_and_add(&u->rx_packets, 1);
 	} else {
-		u->tx_bytes += skb->len;
-		u->tx_packets++;
+		__sync_fetch_and_add(&u->tx_bytes, skb->len);
+		__sync_fetch_and_add(&u->tx_packets, 1);
 	}
 }
 

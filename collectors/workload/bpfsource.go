@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 
@@ -78,24 +77,45 @@ func loadBPF(cgroupRoot, sysfs string) (*bpfSource, error) {
 	return s, nil
 }
 
+// nominalKHz seeds every CPU when none has a cpufreq reading: with one frequency on every CPU,
+// cycle shares are on-CPU time shares.
+const nominalKHz = 1_000_000
+
 // seedFrequencies writes each CPU's cpufreq reading into cpu_khz, so cycles are estimated before
-// the first power:cpu_frequency event (which only fires on a change). Without cpufreq the map
-// stays zero and attribution uses on-CPU time.
+// the first power:cpu_frequency event (which only fires on a change). Every possible CPU id is
+// seeded, not just runtime.NumCPU() of them (the CPUs this process may run on): a CPU left at 0
+// kHz would count no cycles, and its time would get no energy. An id without a reading gets the
+// highest reading of the others, or nominalKHz when there is none.
 func seedFrequencies(m *ebpf.Map, sysfs string) {
-	for cpu := 0; cpu < runtime.NumCPU(); cpu++ {
+	ncpu, err := ebpf.PossibleCPU() // loadBPF has read it already
+	if err != nil {
+		return
+	}
+	khz := make([]uint32, min(ncpu, int(m.MaxEntries())))
+	var highest uint32
+	for cpu := range khz {
 		dir := filepath.Join(sysfs, "devices", "system", "cpu", "cpu"+strconv.Itoa(cpu), "cpufreq")
 		for _, f := range []string{"scaling_cur_freq", "cpuinfo_cur_freq"} {
 			raw, err := os.ReadFile(filepath.Join(dir, f))
 			if err != nil {
 				continue
 			}
-			khz, err := strconv.ParseUint(strings.TrimSpace(string(raw)), 10, 32)
-			if err != nil {
+			v, err := strconv.ParseUint(strings.TrimSpace(string(raw)), 10, 32)
+			if err != nil || v == 0 {
 				continue
 			}
-			_ = m.Put(uint32(cpu), uint32(khz))
+			khz[cpu], highest = uint32(v), max(highest, uint32(v))
 			break
 		}
+	}
+	if highest == 0 {
+		highest = nominalKHz
+	}
+	for cpu, v := range khz {
+		if v == 0 {
+			v = highest
+		}
+		_ = m.Put(uint32(cpu), v) // an array map with an id in range takes every write
 	}
 }
 

@@ -32,6 +32,9 @@ type gpuEnergy struct {
 	now    func() time.Time
 	devs   []*gpuDevice
 	series map[gpuKey]*gpuSeries
+	// round counts collections; a series is kept while it had energy attributed in one of the
+	// last window collections (the collector's active intervals).
+	round, window uint64
 }
 
 type gpuDevice struct {
@@ -52,10 +55,11 @@ type gpuKey struct {
 type gpuSeries struct {
 	s      *sample.Series
 	joules float64
+	last   uint64 // the round energy was last attributed to it
 }
 
-func newGPUEnergy(lib nvml.Interface, procfs string, pods *PodResources, now func() time.Time) *gpuEnergy {
-	g := &gpuEnergy{lib: lib, procfs: procfs, pods: pods, now: now, series: map[gpuKey]*gpuSeries{}}
+func newGPUEnergy(lib nvml.Interface, procfs string, pods *PodResources, now func() time.Time, window uint64) *gpuEnergy {
+	g := &gpuEnergy{lib: lib, procfs: procfs, pods: pods, now: now, series: map[gpuKey]*gpuSeries{}, window: max(window, 1)}
 	n, ret := lib.DeviceGetCount()
 	if ret != nvml.SUCCESS {
 		return g
@@ -75,8 +79,10 @@ func newGPUEnergy(lib nvml.Interface, procfs string, pods *PodResources, now fun
 	return g
 }
 
-// collect attributes the interval's GPU energy and writes every GPU workload series.
+// collect attributes the interval's GPU energy and writes the GPU workload series active in the
+// window.
 func (g *gpuEnergy) collect(ctx context.Context, b *sample.Batch, log func(msg string, args ...any)) {
+	g.round++
 	now := g.now()
 	if g.pods != nil && now.Sub(g.podsAt) >= podRefresh {
 		m, err := g.pods.GPUPods(ctx)
@@ -111,7 +117,14 @@ func (g *gpuEnergy) collect(ctx context.Context, b *sample.Batch, log func(msg s
 		}
 		b.Add(d.idle, d.idleJ)
 	}
-	for _, s := range g.series {
+	for k, s := range g.series {
+		// Like a cgroup's CPU series, a GPU series leaves the export when it had no process (or
+		// pod) on a GPU for the window; it is also forgotten, since every job on the node,
+		// ever, would otherwise keep one. A cgroup back on a GPU later starts from zero.
+		if g.round-s.last >= g.window {
+			delete(g.series, k)
+			continue
+		}
 		b.Add(s.s, s.joules)
 	}
 }
@@ -141,6 +154,7 @@ func (g *gpuEnergy) add(k gpuKey, joules float64) {
 		g.series[k] = s
 	}
 	s.joules += joules
+	s.last = g.round
 }
 
 // processShares maps the GPU's compute processes to cgroups with each one's share of SM

@@ -103,7 +103,7 @@ func TestGPUEnergySplitByProcessAndPod(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = pods.Close() }()
-	g := newGPUEnergy(lib, procfs, pods, clock.Now)
+	g := newGPUEnergy(lib, procfs, pods, clock.Now, 5)
 
 	run := func() *sample.Batch {
 		b := &sample.Batch{}
@@ -148,4 +148,54 @@ func TestGPUEnergySplitByProcessAndPod(t *testing.T) {
 		t.Fatal("no idle energy for GPU 2")
 	}
 	near("idle GPU 2", idleJ, delta(2))
+}
+
+// A GPU energy series leaves the export, and the collector's memory, once its cgroup had no
+// process on a GPU for the active-intervals window, like a cgroup's CPU series: every job a node
+// ever ran would otherwise keep one.
+func TestGPUSeriesLeaveAfterWindow(t *testing.T) {
+	if _, err := V2Mount("/proc", "/sys"); err != nil {
+		t.Skipf("no cgroup v2 hierarchy: %v", err)
+	}
+	clock := sim.NewManualClock(time.Unix(1_700_000_000, 0))
+	fleet, err := sim.New(sim.Options{Model: "H100", Count: 2, Trace: "steady", Seed: 7, Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ret := fleet.Init(); ret != nvml.SUCCESS {
+		t.Fatal(ret)
+	}
+	procfs := t.TempDir()
+	for pid, cg := range map[string]string{"4242": "/slurm/job_1", "4343": "/slurm/job_2"} {
+		if err := os.MkdirAll(filepath.Join(procfs, pid), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(procfs, pid, "cgroup"), []byte("0::"+cg+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lib := &withProcesses{Fleet: fleet, pids: []uint32{4242, 4343}, util: []uint32{50, 50}}
+	c, err := New(Options{Procfs: procfs, Sysfs: "/sys", Logger: quietLog(), NoBPF: true, NVML: lib,
+		ActiveIntervals: 2, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	job1 := []attribute.KeyValue{attribute.String(metrics.AttrHWType, "gpu"), attribute.String(metrics.AttrCgroupPath, "/slurm/job_1")}
+	job2 := []attribute.KeyValue{attribute.String(metrics.AttrHWType, "gpu"), attribute.String(metrics.AttrCgroupPath, "/slurm/job_2")}
+	collect(t, c)
+	lib.pids, lib.util = []uint32{4343}, []uint32{50} // job 1 ends
+	for round, want := range []bool{true, false, false} {
+		clock.Advance(10 * time.Second)
+		b := collect(t, c)
+		if _, got := b.Find(metrics.WorkloadEnergy, job1...); got != want {
+			t.Errorf("collection %d after job 1 left the GPU: its series exported = %v, want %v (active-intervals 2)", round+1, got, want)
+		}
+		if _, ok := b.Find(metrics.WorkloadEnergy, job2...); !ok {
+			t.Errorf("collection %d: job 2, still on the GPU, not exported", round+1)
+		}
+	}
+	if n := len(c.gpu.series); n != 1 {
+		t.Errorf("%d GPU series kept, want 1 (job 2)", n)
+	}
 }

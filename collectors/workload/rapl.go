@@ -15,7 +15,7 @@ type raplReader struct {
 
 type raplZone struct {
 	energy   string
-	maxUJ    uint64
+	maxUJ    uint64 // max_energy_range_uj; 0 when it could not be read
 	last     uint64
 	haveLast bool
 }
@@ -41,8 +41,8 @@ func newRAPL(sysfs string) *raplReader {
 
 func (r *raplReader) ok() bool { return len(r.zones) > 0 }
 
-// delta returns the package energy since the last call in joules; false on the first call or
-// without RAPL.
+// delta returns the package energy since the last call in joules; false on the first call,
+// without RAPL, or when a zone's counter went back and its range is unknown.
 func (r *raplReader) delta() (float64, bool) {
 	if !r.ok() {
 		return 0, false
@@ -55,13 +55,18 @@ func (r *raplReader) delta() (float64, bool) {
 			complete = false
 			continue
 		}
-		if z.haveLast {
-			d := v - z.last
-			if v < z.last { // the counter wrapped
-				d = z.maxUJ - z.last + v
-			}
-			uj += float64(d)
-		} else {
+		switch {
+		case !z.haveLast:
+			complete = false
+		case v >= z.last:
+			uj += float64(v - z.last)
+		case z.maxUJ > 0:
+			// The counter wrapped: it counts 0..max_energy_range_uj, so from last to max, one
+			// step to 0, then v.
+			uj += float64(z.maxUJ - z.last + 1 + v)
+		default:
+			// Without the range a decrease cannot be told from a reset: the interval is
+			// skipped rather than given a wrap of ~2^64 µJ.
 			complete = false
 		}
 		z.last, z.haveLast = v, true

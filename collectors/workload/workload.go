@@ -84,27 +84,71 @@ type Collector struct {
 	cgroupsS  *sample.Series
 	droppedS  *sample.Series
 	dropped   float64
-	known     bool // the id→path map is current
 	gpu       *gpuEnergy
 	unknown   map[uint64]uint64 // ids in the maps with no cgroup, and the round first seen
 	pods      *PodResources
+	// Cgroups the last walk found removed (reaped at the end of the collection) or new (given
+	// the totals of a cgroup removed at the same path), and the totals of removed cgroups by
+	// path with the round they were removed in.
+	dead, fresh []*cgroup
+	retired     map[string]retiredTotals
+	// ids the eBPF maps hold that no known cgroup has, read before the walk that finds them.
+	pendCPU []pendingCPU
+	pendNet []pendingNet
+}
+
+type pendingCPU struct {
+	id uint64
+	k  cpuCounters
+}
+
+type pendingNet struct {
+	id uint64
+	k  netCounters
+}
+
+// totals are a cgroup's exported cumulative values: CPU seconds, joules, bytes and packets.
+type totals struct{ cpuSeconds, joules, rxB, txB, rxP, txP float64 }
+
+func (t totals) plus(o totals) totals {
+	return totals{t.cpuSeconds + o.cpuSeconds, t.joules + o.joules, t.rxB + o.rxB, t.txB + o.txB, t.rxP + o.rxP, t.txP + o.txP}
+}
+
+type retiredTotals struct {
+	totals
+	round uint64
 }
 
 type cgroup struct {
+	cid   uint64 // the kernel's id, its key in Collector.cgroups
 	path  string
 	id    Identity
-	alive bool
+	alive bool // found by the last walk
+	// gone: the last walk did not find it. It stays in Collector.cgroups until the end of that
+	// collection, so its last eBPF counters are read and take their energy share.
+	gone bool
 	// kernel totals at the last collection (ns, cycles, bytes, packets) and what was exported.
-	cpu                    cpuCounters
-	net                    netCounters
-	seen                   bool
-	lastActive             uint64
-	cpuSeconds, joules     float64
-	rxB, txB, rxP, txP     float64
-	deltaNs, deltaCyc      uint64
+	cpu        cpuCounters
+	net        netCounters
+	seen       bool
+	lastActive uint64
+	// own counts since this cgroup was made; carried is what cgroups removed at the same path
+	// counted (a restarted systemd service gets a new cgroup at the old path, and its series
+	// must not go back).
+	own, carried      totals
+	deltaNs, deltaCyc uint64
+	// cpu.stat source: usage (ns) at the last successful read (read: there was one), the
+	// parent it is subtracted from, and the last readings of this cgroup's removed children,
+	// whose usage the kernel keeps in this cgroup's usage.
+	usage, goneChildren    uint64
+	read                   bool
+	parent                 *cgroup
 	cpuS, energyS          *sample.Series
 	rxBS, txBS, rxPS, txPS *sample.Series
 }
+
+// total is what the cgroup's series say.
+func (g *cgroup) total() totals { return g.own.plus(g.carried) }
 
 // New builds the collector: BPF when it loads, else cpu.stat.
 func New(o Options) (*Collector, error) {
@@ -117,7 +161,7 @@ func New(o Options) (*Collector, error) {
 	}
 	c := &Collector{
 		log: o.Logger.With("collector", Name), root: root, sysfs: o.Sysfs,
-		maxSeries: config.DefaultWorkloadMaxSeries, active: config.DefaultWorkloadActiveIntervals, cgroups: map[uint64]*cgroup{}, unknown: map[uint64]uint64{}, rapl: newRAPL(o.Sysfs),
+		maxSeries: config.DefaultWorkloadMaxSeries, active: config.DefaultWorkloadActiveIntervals, cgroups: map[uint64]*cgroup{}, unknown: map[uint64]uint64{}, retired: map[string]retiredTotals{}, rapl: newRAPL(o.Sysfs),
 	}
 	if o.MaxSeries > 0 {
 		c.maxSeries = o.MaxSeries
@@ -148,7 +192,7 @@ func New(o Options) (*Collector, error) {
 		}
 	}
 	if o.NVML != nil {
-		c.gpu = newGPUEnergy(o.NVML, o.Procfs, c.pods, o.Now)
+		c.gpu = newGPUEnergy(o.NVML, o.Procfs, c.pods, o.Now, c.active)
 	}
 	c.log.Info("workload collector started", "cgroup2", root, "source", c.source, "rapl_packages", len(c.rapl.zones))
 	return c, nil
@@ -169,36 +213,84 @@ func (c *Collector) Close() error {
 	return errors.Join(errs...)
 }
 
-// rescan rebuilds the id→path map; cgroups that are gone are forgotten, in the maps too.
+// rescan walks the hierarchy: cgroups it finds are made, cgroups it does not find are marked gone
+// (reap retires them at the end of the collection) and dropped from the maps.
 func (c *Collector) rescan() error {
 	for _, g := range c.cgroups {
 		g.alive = false
 	}
 	err := walkCgroups(c.root, func(id uint64, rel string) {
-		g := c.cgroups[id]
-		if g == nil || g.path != rel {
-			g = c.newCgroup(rel)
-			c.cgroups[id] = g
+		old := c.cgroups[id]
+		if old != nil && old.path == rel && !old.gone {
+			old.alive = true
+			return
 		}
+		if old != nil {
+			c.bury(old) // its id (an inode number) was reused
+		}
+		g := c.newCgroup(id, rel)
 		g.alive = true
+		c.cgroups[id] = g
+		c.fresh = append(c.fresh, g)
 	})
 	if err != nil {
 		return fmt.Errorf("walking cgroups under %s: %w", c.root, err)
 	}
 	for id, g := range c.cgroups {
-		if !g.alive {
-			delete(c.cgroups, id)
+		if !g.alive && !g.gone {
+			c.bury(g)
 			if c.bpf != nil {
 				c.bpf.forget(id)
 			}
 		}
 	}
-	c.known = true
 	return nil
 }
 
-func (c *Collector) newCgroup(rel string) *cgroup {
-	g := &cgroup{path: rel, id: ParseIdentity(rel)}
+// bury marks a cgroup removed; reap retires it.
+func (c *Collector) bury(g *cgroup) {
+	if !g.gone {
+		g.gone = true
+		c.dead = append(c.dead, g)
+	}
+}
+
+// reap retires the cgroups this collection found removed, after their last counters were read
+// and the interval's energy split, and gives cgroups made at the same path their totals, so
+// a series never goes back when a cgroup is replaced (a systemd service restart makes a new
+// cgroup, with a new id and zeroed counters, at the old path). Totals wait for a new cgroup at
+// their path for the activity window, then are dropped: memory stays bounded under churn.
+func (c *Collector) reap() {
+	for _, g := range c.dead {
+		if c.cgroups[g.cid] == g {
+			delete(c.cgroups, g.cid)
+		}
+		// The kernel keeps a removed child's usage in its parent's: from now on the parent's
+		// own time subtracts the child's last reading (cpu.stat source; zero on eBPF).
+		if g.parent != nil {
+			g.parent.goneChildren += g.usage
+		}
+		c.retired[g.path] = retiredTotals{totals: g.total(), round: c.round}
+	}
+	clear(c.dead)
+	c.dead = c.dead[:0]
+	for p, r := range c.retired {
+		if c.round-r.round >= c.active {
+			delete(c.retired, p)
+		}
+	}
+	for _, g := range c.fresh {
+		if r, ok := c.retired[g.path]; ok && !g.gone {
+			g.carried = r.totals
+			delete(c.retired, g.path)
+		}
+	}
+	clear(c.fresh)
+	c.fresh = c.fresh[:0]
+}
+
+func (c *Collector) newCgroup(id uint64, rel string) *cgroup {
+	g := &cgroup{cid: id, path: rel, id: ParseIdentity(rel)}
 	attrs := []attribute.KeyValue{
 		attribute.String(metrics.AttrCgroupPath, rel),
 		attribute.String(metrics.AttrWorkloadSource, c.source),
@@ -223,25 +315,17 @@ func (c *Collector) newCgroup(rel string) *cgroup {
 	return g
 }
 
-// lookup finds a cgroup by id, rescanning once per collection when an id is unknown. An id that
-// two rescans in a row did not find belongs to a removed cgroup: it is deleted from the maps, so
-// it cannot cause a rescan every collection.
+// lookup finds the cgroup of an id the maps hold, after a walk. An id that two walks in a row
+// did not find belongs to a removed cgroup: it is deleted from the maps, so it cannot cause a
+// walk every collection.
 func (c *Collector) lookup(id uint64) *cgroup {
-	if g := c.cgroups[id]; g != nil {
-		return g
-	}
-	if !c.known {
-		if err := c.rescan(); err != nil {
-			c.log.Debug("rescanning cgroups", "err", err)
-		}
-	}
 	if g := c.cgroups[id]; g != nil {
 		delete(c.unknown, id)
 		return g
 	}
 	if first, ok := c.unknown[id]; !ok {
 		c.unknown[id] = c.round
-	} else if first < c.round && c.bpf != nil {
+	} else if first < c.round {
 		c.bpf.forget(id)
 		delete(c.unknown, id)
 	}
@@ -252,7 +336,6 @@ func (c *Collector) lookup(id uint64) *cgroup {
 // active cgroups' series, at most maxSeries of them.
 func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 	c.round++
-	c.known = false
 	if len(c.cgroups) == 0 {
 		if err := c.rescan(); err != nil {
 			return err
@@ -269,6 +352,7 @@ func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 		return err
 	}
 	c.attributeEnergy()
+	c.reap()
 
 	active := make([]*cgroup, 0, len(c.cgroups))
 	for _, g := range c.cgroups {
@@ -277,20 +361,21 @@ func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 		}
 	}
 	if len(active) > c.maxSeries {
-		sort.Slice(active, func(i, j int) bool { return active[i].cpuSeconds > active[j].cpuSeconds })
+		sort.Slice(active, func(i, j int) bool { return active[i].total().cpuSeconds > active[j].total().cpuSeconds })
 		c.dropped += float64(len(active) - c.maxSeries)
 		active = active[:c.maxSeries]
 	}
 	for _, g := range active {
-		b.Add(g.cpuS, g.cpuSeconds)
+		t := g.total()
+		b.Add(g.cpuS, t.cpuSeconds)
 		if c.rapl.ok() {
-			b.Add(g.energyS, g.joules)
+			b.Add(g.energyS, t.joules)
 		}
 		if c.bpf != nil {
-			b.Add(g.rxBS, g.rxB)
-			b.Add(g.txBS, g.txB)
-			b.Add(g.rxPS, g.rxP)
-			b.Add(g.txPS, g.txP)
+			b.Add(g.rxBS, t.rxB)
+			b.Add(g.txBS, t.txB)
+			b.Add(g.rxPS, t.rxP)
+			b.Add(g.txPS, t.txP)
 		}
 	}
 	if c.gpu != nil {
@@ -301,80 +386,123 @@ func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 	return nil
 }
 
+// collectBPF reads the maps. Ids no known cgroup has are kept aside and looked up after one walk
+// of the hierarchy, made once every known cgroup's counters were read: a cgroup that walk finds
+// removed (say, replaced by a new cgroup at its path, whose id is the unknown one) has had its
+// last counters read.
 func (c *Collector) collectBPF() error {
 	defer c.bpf.flush()
+	c.pendCPU, c.pendNet = c.pendCPU[:0], c.pendNet[:0]
 	err := c.bpf.readCPU(func(id uint64, k cpuCounters) {
-		g := c.lookup(id)
-		if g == nil {
-			return
-		}
-		if g.seen || g.cpu != (cpuCounters{}) {
-			g.deltaNs, g.deltaCyc = k.ns-g.cpu.ns, k.cycles-g.cpu.cycles
+		if g := c.cgroups[id]; g != nil {
+			c.addCPU(g, k)
 		} else {
-			g.deltaNs, g.deltaCyc = k.ns, k.cycles
+			c.pendCPU = append(c.pendCPU, pendingCPU{id, k})
 		}
-		if g.deltaNs > 0 {
-			g.lastActive = c.round
-		}
-		g.cpu = k
-		g.seen = true
-		g.cpuSeconds = float64(k.ns) / 1e9
 	})
 	if err != nil {
 		return fmt.Errorf("reading cpu_usage map: %w", err)
 	}
 	err = c.bpf.readNet(func(id uint64, k netCounters) {
-		g := c.lookup(id)
-		if g == nil {
-			return
+		if g := c.cgroups[id]; g != nil {
+			c.addNet(g, k)
+		} else {
+			c.pendNet = append(c.pendNet, pendingNet{id, k})
 		}
-		if k != g.net {
-			g.lastActive = c.round
-		}
-		g.net = k
-		g.seen = true
-		g.rxB, g.txB = float64(k.rxBytes), float64(k.txBytes)
-		g.rxP, g.txP = float64(k.rxPackets), float64(k.txPackets)
 	})
 	if err != nil {
 		return fmt.Errorf("reading net_usage map: %w", err)
 	}
+	if len(c.pendCPU)+len(c.pendNet) == 0 {
+		return nil
+	}
+	if err := c.rescan(); err != nil {
+		c.log.Debug("rescanning cgroups", "err", err)
+	}
+	for _, p := range c.pendCPU {
+		if g := c.lookup(p.id); g != nil {
+			c.addCPU(g, p.k)
+		}
+	}
+	for _, p := range c.pendNet {
+		if g := c.lookup(p.id); g != nil {
+			c.addNet(g, p.k)
+		}
+	}
 	return nil
 }
 
+func (c *Collector) addCPU(g *cgroup, k cpuCounters) {
+	g.deltaNs, g.deltaCyc = k.ns-g.cpu.ns, k.cycles-g.cpu.cycles
+	if g.deltaNs > 0 {
+		g.lastActive = c.round
+	}
+	g.cpu = k
+	g.seen = true
+	g.own.cpuSeconds = float64(k.ns) / 1e9
+}
+
+func (c *Collector) addNet(g *cgroup, k netCounters) {
+	if k != g.net {
+		g.lastActive = c.round
+	}
+	g.net = k
+	g.seen = true
+	g.own.rxB, g.own.txB = float64(k.rxBytes), float64(k.txBytes)
+	g.own.rxP, g.own.txP = float64(k.rxPackets), float64(k.txPackets)
+}
+
 // collectCPUStat reads usage_usec of every cgroup. cpu.stat is hierarchical (a parent's usage
-// includes its children's), so each cgroup is given its own tasks' time: its usage minus its
-// children's, which is what the eBPF source measures.
+// includes its children's, removed children's too), so each cgroup is given its own tasks'
+// time: its usage minus its children's and its removed children's last readings, which is
+// what the eBPF source measures.
 func (c *Collector) collectCPUStat(ctx context.Context) error {
 	if err := c.rescan(); err != nil {
 		return err
 	}
-	usage := make(map[string]uint64, len(c.cgroups))
+	byPath := make(map[string]*cgroup, len(c.cgroups))
+	for _, g := range c.cgroups {
+		if !g.gone {
+			byPath[g.path] = g
+		}
+	}
 	for _, g := range c.cgroups {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		usec, err := readUsageUsec(filepath.Join(c.root, g.path, "cpu.stat"))
-		if err != nil {
-			continue // removed meanwhile
-		}
-		usage[g.path] = usec * 1000
-	}
-	own := make(map[string]int64, len(usage))
-	for p, ns := range usage {
-		own[p] += int64(ns)
-		if p != "/" {
-			own[filepath.Dir(p)] -= int64(ns)
-		}
-	}
-	for _, g := range c.cgroups {
-		if _, read := usage[g.path]; !read {
+		// A removed cgroup keeps its last reading and parent: until reap moves the reading to
+		// the parent's goneChildren, it is still subtracted from the parent as a child.
+		if g.gone {
 			continue
 		}
-		// A child that exited (or was read after its parent) takes its usage away from the
-		// parent's own time: a counter never goes back.
+		g.parent = nil
+		if g.path != "/" {
+			g.parent = byPath[filepath.Dir(g.path)]
+		}
+		usec, err := readUsageUsec(filepath.Join(c.root, g.path, "cpu.stat"))
+		if err != nil {
+			continue // removed meanwhile: its last reading stands
+		}
+		g.usage, g.read = usec*1000, true
+	}
+	own := make(map[*cgroup]int64, len(c.cgroups))
+	for _, g := range c.cgroups {
+		if !g.read {
+			continue
+		}
+		own[g] += int64(g.usage) - int64(g.goneChildren)
+		if g.parent != nil {
+			own[g.parent] -= int64(g.usage)
+		}
+	}
+	for g, v := range own {
+		if !g.read || g.gone {
+			continue
+		}
+		// A child read after its parent (or a removed child's reading above the parent's
+		// share) takes its usage away from the parent's own time: a counter never goes back.
 		ns := g.cpu.ns
-		if v := own[g.path]; v > 0 && uint64(v) > ns {
+		if v > 0 && uint64(v) > ns {
 			ns = uint64(v)
 		}
 		if g.seen {
@@ -385,7 +513,7 @@ func (c *Collector) collectCPUStat(ctx context.Context) error {
 		}
 		g.cpu.ns = ns
 		g.seen = true
-		g.cpuSeconds = float64(ns) / 1e9
+		g.own.cpuSeconds = float64(ns) / 1e9
 	}
 	return nil
 }
@@ -421,9 +549,9 @@ func (c *Collector) attributeEnergy() {
 	for _, g := range c.cgroups {
 		switch {
 		case totCyc > 0:
-			g.joules += joules * float64(g.deltaCyc) / float64(totCyc)
+			g.own.joules += joules * float64(g.deltaCyc) / float64(totCyc)
 		case totNs > 0:
-			g.joules += joules * float64(g.deltaNs) / float64(totNs)
+			g.own.joules += joules * float64(g.deltaNs) / float64(totNs)
 		}
 	}
 }

@@ -458,3 +458,143 @@ func TestActivityWindow(t *testing.T) {
 		}
 	}
 }
+
+// burn runs a busy loop in the cgroup for d and returns when it has exited.
+func burn(t testing.TB, cgroupFD int, d time.Duration) {
+	t.Helper()
+	loop := exec.Command("sh", "-c", "while :; do :; done")
+	startIn(t, loop, cgroupFD)
+	time.Sleep(d)
+	_ = loop.Process.Kill()
+	_ = loop.Wait()
+}
+
+func usageSeconds(t testing.TB, dir string) float64 {
+	t.Helper()
+	usec, err := readUsageUsec(filepath.Join(dir, "cpu.stat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return float64(usec) / 1e6
+}
+
+// A cgroup removed and made again at the same path (a restarted systemd service: new id, zeroed
+// kernel counters) continues its predecessor's totals: the series it shares never goes back.
+// On eBPF the removed cgroup's last interval, read before the walk that finds it gone, counts
+// too; cpu.stat cannot read a removed cgroup, so there its unread interval is lost.
+func TestRecreatedCgroupContinuesTotals(t *testing.T) {
+	root := requireRoot(t)
+	for _, noBPF := range []bool{false, true} {
+		name := map[bool]string{false: SourceEBPF, true: SourceCPUStat}[noBPF]
+		t.Run(name, func(t *testing.T) {
+			c, err := New(Options{Procfs: "/proc", Sysfs: "/sys", Logger: quietLog(), NoBPF: noBPF})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = c.Close() }()
+			if c.Source() != name {
+				t.Fatalf("source = %s, want %s", c.Source(), name)
+			}
+			rel, fd := testCgroup(t, root, "restart-"+strings.ReplaceAll(name, ".", ""))
+			dir := filepath.Join(root, rel)
+			path := attribute.String(metrics.AttrCgroupPath, rel)
+			collect(t, c)
+			burn(t, fd, 300*time.Millisecond)
+			before, _ := value(collect(t, c), metrics.WorkloadCPUTime, path)
+
+			burn(t, fd, 300*time.Millisecond) // not collected before the cgroup goes
+			oldUsage := usageSeconds(t, dir)
+			if err := os.Remove(dir); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			f, err := os.Open(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = f.Close() }()
+			burn(t, int(f.Fd()), 200*time.Millisecond)
+			newUsage := usageSeconds(t, dir)
+			after, ok := value(collect(t, c), metrics.WorkloadCPUTime, path)
+			if !ok {
+				t.Fatalf("recreated cgroup %s not exported", rel)
+			}
+			t.Logf("before %.4f s, after %.4f s; cpu.stat: removed %.4f s, new %.4f s", before, after, oldUsage, newUsage)
+			if before < 0.1 || after < before {
+				t.Fatalf("cpu.time went from %.4f s to %.4f s across the cgroup's restart", before, after)
+			}
+			want := before + newUsage
+			if !noBPF {
+				want = oldUsage + newUsage
+			}
+			if math.Abs(after-want) > 0.05*want {
+				t.Errorf("cpu.time after the restart = %.4f s, want %.4f s", after, want)
+			}
+		})
+	}
+}
+
+// Removed cgroups' totals wait for a successor only for the activity window: churn does not grow
+// the collector's memory.
+func TestRetiredTotalsArePruned(t *testing.T) {
+	root := requireRoot(t)
+	c, err := New(Options{Procfs: "/proc", Sysfs: "/sys", Logger: quietLog(), NoBPF: true, ActiveIntervals: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	for i := 0; i < 6; i++ {
+		rel, _ := testCgroup(t, root, fmt.Sprintf("churn-%d", i))
+		collect(t, c)
+		if err := os.Remove(filepath.Join(root, rel)); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(c.retired); n > 2 {
+			t.Fatalf("after %d removals, %d retired paths kept with a window of 2", i, n)
+		}
+	}
+	// The collection that finds the last one gone retires it; it is kept for that one and the
+	// next (the window of 2) and gone in the third.
+	for i := 0; i < 3; i++ {
+		collect(t, c)
+	}
+	if n := len(c.retired); n != 0 {
+		t.Errorf("%d retired paths kept past the window, want 0", n)
+	}
+}
+
+// cpu.stat source: the kernel keeps a removed child's usage in its parent's usage_usec. The
+// parent's own time must not take the child's lifetime when the child goes.
+func TestRemovedChildNotChargedToParent(t *testing.T) {
+	root := requireRoot(t)
+	c, err := New(Options{Procfs: "/proc", Sysfs: "/sys", Logger: quietLog(), NoBPF: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	parent, _ := testCgroup(t, root, "parent")
+	child := filepath.Join(root, parent, "child")
+	if err := os.Mkdir(child, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Remove(child) }) // runs before the parent's removal
+	f, err := os.Open(child)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = f.Close() }()
+	burn(t, int(f.Fd()), 500*time.Millisecond)
+	path := attribute.String(metrics.AttrCgroupPath, parent)
+	first, _ := value(collect(t, c), metrics.WorkloadCPUTime, path)
+	if err := os.Remove(child); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ { // the collection that finds the child gone, and the next
+		got, _ := value(collect(t, c), metrics.WorkloadCPUTime, path)
+		if got-first > 0.02 {
+			t.Fatalf("collection %d after the child's removal: parent's own time %.4f s → %.4f s; nothing ran in it", i+1, first, got)
+		}
+	}
+}
