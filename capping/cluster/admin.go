@@ -16,7 +16,8 @@ var ErrRefused = errors.New("refused")
 
 // SetBudget checks and writes a group budget with its history entry, in one transaction. It is
 // refused, with the numbers, when watts is not a positive finite number or is below what the
-// group's live nodes need at least (Σ max(min, floor)).
+// group needs at least: Σ max(min, floor) of its live nodes plus what nodes that are gone keep
+// reserved.
 func SetBudget(ctx context.Context, c *clientv3.Client, k Keys, rec BudgetRecord) error {
 	if math.IsNaN(rec.Watts) || math.IsInf(rec.Watts, 0) || rec.Watts <= 0 || rec.Watts >= MaxWatts {
 		return fmt.Errorf("%w: budget %v W for group %s: must be a positive finite number of watts below %g", ErrRefused, rec.Watts, k.Group, MaxWatts)
@@ -28,14 +29,33 @@ func SetBudget(ctx context.Context, c *clientv3.Client, k Keys, rec BudgetRecord
 	if _, err := v.Load(ctx, c); err != nil {
 		return err
 	}
-	need, n := 0.0, 0
+	live, n := 0.0, 0
 	for _, node := range v.Nodes {
-		need += math.Min(math.Max(node.MinW, rec.FloorPerNodeW), node.MaxW)
+		live += math.Min(math.Max(node.MinW, rec.FloorPerNodeW), node.MaxW)
 		n++
 	}
-	if rec.Watts < need {
-		return fmt.Errorf("%w: budget %.0f W for group %s is below the %.0f W its %d nodes need at least (Σ of each node's max(min, floor %.0f W)); set at least %.0f W",
-			ErrRefused, rec.Watts, k.Group, need, n, rec.FloorPerNodeW, math.Ceil(need))
+	// A node that is gone keeps at least its floor reserved (its last grant during the
+	// allocator's grace period), never below its minimum, until drained: a budget below that
+	// would leave the allocator nothing to grant.
+	reserved, gone := 0.0, 0
+	for name, g := range v.Grants {
+		if _, ok := v.Nodes[name]; !ok {
+			reserved += math.Max(math.Min(math.Max(g.Watts, g.PrevW), math.Max(rec.FloorPerNodeW, g.MinW)), g.MinW)
+			gone++
+		}
+	}
+	need := live + reserved
+	switch {
+	case rec.Watts < live:
+		msg := fmt.Sprintf("budget %.0f W for group %s is below the %.0f W its %d nodes need at least (Σ of each node's max(min, floor %.0f W)); set at least %.0f W",
+			rec.Watts, k.Group, live, n, rec.FloorPerNodeW, math.Ceil(live))
+		if gone > 0 {
+			msg += fmt.Sprintf(", plus the %.0f W reserved for nodes that are gone (%d; capstanctl drain releases them): %.0f W in all", reserved, gone, math.Ceil(need))
+		}
+		return fmt.Errorf("%w: %s", ErrRefused, msg)
+	case rec.Watts < need:
+		return fmt.Errorf("%w: budget %.0f W for group %s is below the %.0f W it needs at least: %.0f W for its %d live nodes (Σ of each node's max(min, floor %.0f W)) plus %.0f W reserved for nodes that are gone (%d; capstanctl drain releases them); set at least %.0f W",
+			ErrRefused, rec.Watts, k.Group, need, live, n, rec.FloorPerNodeW, reserved, gone, math.Ceil(need))
 	}
 	if rec.SetAt.IsZero() {
 		rec.SetAt = time.Now().UTC()

@@ -33,7 +33,7 @@ func planRig(n int) *allocator {
 		v.Grants[name] = GrantRecord{Watts: 1000, MinW: 400, Generation: 1, Lease: int64(i + 1)}
 	}
 	m := &Member{o: Options{Grace: time.Second, Now: time.Now}, log: slog.New(slog.DiscardHandler)}
-	return &allocator{m: m, view: v, lostAt: map[string]time.Time{}}
+	return &allocator{m: m, view: v, lostAt: map[string]time.Time{}, lostFloor: map[string]float64{}}
 }
 
 // The two phases: a cut publishes only decreases; increases wait until every decreased node
@@ -99,7 +99,7 @@ func TestWaterFill(t *testing.T) {
 		{"demand first, then the rest up to max", []Claim{{400, 500, 1400, 1}, {400, 1400, 1400, 1}}, 2000, []float64{600, 1400}, true},
 		{"a small demand is met, the rest goes to the hungry", []Claim{{400, 450, 1400, 1}, {400, 1400, 1400, 1}}, 1800, []float64{450, 1350}, true},
 		{"everyone capped at max", []Claim{{400, 1400, 1400, 1}, {400, 1400, 1400, 1}}, 5000, []float64{1400, 1400}, true},
-		{"below the floors: scaled, reported", []Claim{{400, 1400, 1400, 1}, {600, 1400, 1400, 1}}, 500, []float64{200, 300}, false},
+		{"below the floors: floors kept, reported", []Claim{{400, 1400, 1400, 1}, {600, 1400, 1400, 1}}, 500, []float64{400, 600}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := make([]float64, len(tc.claims))
@@ -114,7 +114,7 @@ func TestWaterFill(t *testing.T) {
 					t.Errorf("share %d = %v, want %v (all %v)", i, out[i], tc.want[i], out)
 				}
 			}
-			if sum > tc.avail+1e-6 {
+			if tc.fits && sum > tc.avail+1e-6 {
 				t.Errorf("Σ shares %v above available %v", sum, tc.avail)
 			}
 		})

@@ -14,7 +14,8 @@ type Claim struct {
 // WaterFill shares available watts among claims and writes each share into out (same length).
 // Every claim first gets Lo; the rest rises like water, each claim at a rate proportional to its
 // weight, first up to Want, then (when watts are left) up to Hi. When available is below Σ Lo
-// the floors are scaled down alike and the function reports false: the group is oversubscribed.
+// every claim gets its Lo all the same and the function reports false: the group is
+// oversubscribed. Lo is what a node runs at anyway, so a share below it would only hide watts.
 func WaterFill(claims []Claim, available float64, out []float64, scratch []int) (fits bool, scratchOut []int) {
 	sumLo := 0.0
 	for i, c := range claims {
@@ -22,13 +23,6 @@ func WaterFill(claims []Claim, available float64, out []float64, scratch []int) 
 		sumLo += c.Lo
 	}
 	if available < sumLo {
-		f := 0.0
-		if sumLo > 0 {
-			f = max(available, 0) / sumLo
-		}
-		for i := range out {
-			out[i] *= f
-		}
 		return false, scratch
 	}
 	left := available - sumLo
