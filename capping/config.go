@@ -44,7 +44,7 @@ func SourceFrom(cfg *config.Config, now func() time.Time, log *slog.Logger) (bud
 	case "static":
 		return budget.NewStatic(float64(cfg.Budget.Watts), now())
 	case "file":
-		return budget.NewFile(cfg.Budget.File, cfg.Capping.Period, now, log)
+		return budget.NewFile(cfg.Budget.File, cfg.Capping.Period, now, log), nil
 	}
 	return nil, fmt.Errorf("budget.source %q is not one of static, file", cfg.Budget.Source)
 }

@@ -134,6 +134,12 @@ type Controller struct {
 
 	gpus   []*gpu
 	shares []gpuShare
+	// targets are this period's limits in mW, kept as integers: a round trip through watts
+	// can land a milliwatt below a GPU's minimum, which NVML refuses.
+	targets []uint32
+	// others are state-file entries of GPUs this controller does not manage (lost at start):
+	// their originals are kept for a later agent.
+	others []GPUState
 	sumMin float64
 	sumMax float64
 
@@ -206,16 +212,24 @@ func New(o Options) (*Controller, error) {
 	if n == 0 {
 		return nil, errors.New("capping: no GPU to cap")
 	}
+	var skipped []error
 	for i := range n {
 		g, err := c.openGPU(i)
 		if err != nil {
-			return nil, err
+			// A lost or broken GPU is left as it is; the others are still capped.
+			log.Error("capping: a GPU cannot be capped and is left as it is", "gpu", i, "err", err)
+			skipped = append(skipped, err)
+			continue
 		}
 		c.gpus = append(c.gpus, g)
 		c.sumMin += watts(g.minMW)
 		c.sumMax += watts(g.maxMW)
 	}
-	c.shares = make([]gpuShare, n)
+	if len(c.gpus) == 0 {
+		return nil, fmt.Errorf("capping: no GPU can be capped: %w", errors.Join(skipped...))
+	}
+	c.shares = make([]gpuShare, len(c.gpus))
+	c.targets = make([]uint32, len(c.gpus))
 	c.buildSeries()
 	for key := range s.Weights {
 		if !c.namesGPU(key) {
@@ -256,7 +270,7 @@ func (c *Controller) openGPU(i int) (*gpu, error) {
 	if g.enforcedMW, ret = dev.GetEnforcedPowerLimit(); ret != nvml.SUCCESS {
 		g.enforcedMW = g.requestedMW
 	}
-	for _, key := range []string{strconv.Itoa(i), g.uuid} {
+	for _, key := range []string{strconv.Itoa(i), g.uuid} { // index or UUID
 		if w, ok := c.set.Weights[key]; ok && w > 0 {
 			g.weight = w
 		}
@@ -326,6 +340,13 @@ func (c *Controller) Start() error {
 			}
 		}
 	}
+	if st != nil {
+		for _, o := range st.GPUs {
+			if !c.namesGPU(o.UUID) {
+				c.others = append(c.others, o)
+			}
+		}
+	}
 	switch {
 	case st == nil:
 		c.log.Info("capping: original GPU limits saved", "state_file", c.set.StateFile)
@@ -365,6 +386,7 @@ func (c *Controller) saveState(clean bool) error {
 	for _, g := range c.gpus {
 		st.GPUs = append(st.GPUs, GPUState{UUID: g.uuid, Index: g.index, OriginalMilliwatts: g.originalMW})
 	}
+	st.GPUs = append(st.GPUs, c.others...)
 	return WriteState(c.set.StateFile, st)
 }
 
@@ -428,6 +450,14 @@ func (c *Controller) Stop(how Exit) error {
 			}
 			c.log.Info("capping stopped: GPU limits restored as far as the node's share of its group allows",
 				"watts", leave, "state_file", c.set.StateFile)
+			return nil
+		}
+		if len(c.others) > 0 {
+			// GPUs this agent could not cap still have their originals only in the file.
+			if err := c.saveState(true); err != nil {
+				return fmt.Errorf("capping: marking the state file clean: %w", err)
+			}
+			c.log.Info("capping stopped: original GPU limits restored; the state file keeps those of GPUs that were not capped", "state_file", c.set.StateFile)
 			return nil
 		}
 		if err := os.Remove(c.set.StateFile); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -750,6 +780,7 @@ func (c *Controller) actuate() {
 	sumMW := 0.0
 	for i, g := range c.gpus {
 		target := c.targetMW(g, c.shares[i].allocW)
+		c.targets[i] = target
 		c.shares[i].allocW = watts(target)
 		if g.ok && absDiff(target, g.requestedMW) < deadMW && g.requestedMW == g.ourMW {
 			sumMW += float64(g.requestedMW)
@@ -759,7 +790,7 @@ func (c *Controller) actuate() {
 	}
 	capMW := math.Max(c.capW, c.sumMin) * 1000
 	for i, g := range c.gpus {
-		target := uint32(c.shares[i].allocW * 1000)
+		target := c.targets[i]
 		skip := g.ok && absDiff(target, g.requestedMW) < deadMW && g.requestedMW == g.ourMW
 		if skip && target < g.requestedMW && sumMW > capMW {
 			skip = false
@@ -784,8 +815,10 @@ func (c *Controller) targetMW(g *gpu, w float64) uint32 {
 	return min(max(mw, g.minMW), g.maxMW)
 }
 
-// write sets one GPU's limit and reads it back; under dry-run it only records it.
+// write sets one GPU's limit and reads it back; under dry-run it only records it. The limit is
+// clamped to the GPU's constraints here too, so no path can ask NVML for one outside them.
 func (c *Controller) write(g *gpu, mw uint32) {
+	mw = min(max(mw, g.minMW), g.maxMW)
 	if c.set.DryRun {
 		g.ourMW = mw
 		return

@@ -308,10 +308,7 @@ func TestBudgetFileThroughTheLoop(t *testing.T) {
 		}
 	}
 	write("watts: 2000\n", r.clock.Now())
-	src, err := budget.NewFile(path, r.set.Period, r.clock.Now, r.c.log)
-	if err != nil {
-		t.Fatal(err)
-	}
+	src := budget.NewFile(path, r.set.Period, r.clock.Now, r.c.log)
 	if err := r.c.Stop(ExitHold); err != nil {
 		t.Fatal(err)
 	}

@@ -91,10 +91,7 @@ func TestFileKeepsLastGoodBudget(t *testing.T) {
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	now := base
-	f, err := NewFile(p, time.Second, func() time.Time { return now }, log)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := NewFile(p, time.Second, func() time.Time { return now }, log)
 	if b, ok := f.Current(); !ok || b.Watts != 4000 || b.TTL != time.Minute || !b.Received.Equal(base) {
 		t.Fatalf("first budget %+v, %v", b, ok)
 	}
@@ -136,15 +133,32 @@ func TestFileKeepsLastGoodBudget(t *testing.T) {
 	}
 }
 
-func TestNewFileRejectsBadFileAtStart(t *testing.T) {
+// A bad or missing file at start gives no budget, says so once naming the file, and the first
+// good version is taken up by the next poll.
+func TestNewFileWithBadFileAtStart(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "budget.json")
 	if err := os.WriteFile(p, []byte(`{"watts": "many"}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := NewFile(p, time.Second, time.Now, nil); err == nil || !strings.Contains(err.Error(), p) {
-		t.Errorf("NewFile error = %v, want one naming the file", err)
+	var logs bytes.Buffer
+	f := NewFile(p, time.Second, time.Now, slog.New(slog.NewTextHandler(&logs, nil)))
+	if b, ok := f.Current(); ok {
+		t.Errorf("a malformed file at start gave the budget %+v", b)
 	}
-	if _, err := NewFile(p+".missing", time.Second, time.Now, nil); err == nil {
-		t.Error("a missing file was accepted at start")
+	if !strings.Contains(logs.String(), "budget file rejected; no budget yet") || !strings.Contains(logs.String(), p) {
+		t.Errorf("the malformed file at start is not reported with its path:\n%s", logs.String())
+	}
+	if err := os.WriteFile(p, []byte(`{"watts": 3000}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Poll(); err != nil {
+		t.Fatal(err)
+	}
+	if b, ok := f.Current(); !ok || b.Watts != 3000 {
+		t.Errorf("after the file was fixed: %+v, %v; want 3000 W", b, ok)
+	}
+	missing := NewFile(p+".missing", time.Second, time.Now, nil)
+	if _, ok := missing.Current(); ok {
+		t.Error("a missing file gave a budget")
 	}
 }

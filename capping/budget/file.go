@@ -47,13 +47,13 @@ type fileBudget struct {
 }
 
 // NewFile reads path once and returns a source that re-reads it every period when it changed.
-// A missing or malformed file at start is an error, so a typo in --budget.file is seen at once.
-func NewFile(path string, period time.Duration, now func() time.Time, log *slog.Logger) (*File, error) {
+// A missing or malformed file at start is logged as an error and gives no budget until a good
+// one appears (the controller steers to its fallback meanwhile): a budget pushed by another
+// system that is briefly bad at boot, or on a reload, must not stop the agent.
+func NewFile(path string, period time.Duration, now func() time.Time, log *slog.Logger) *File {
 	f := &File{path: path, period: period, now: now, log: log}
-	if err := f.Poll(); err != nil {
-		return nil, err
-	}
-	return f, nil
+	_ = f.Poll() // Poll logs what it rejects.
+	return f
 }
 
 // Name is "file".

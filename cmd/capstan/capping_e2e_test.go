@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -170,6 +171,64 @@ func TestCappingReloadHoldsLimits(t *testing.T) {
 	}
 	if !strings.Contains(a.Logs(), "original GPU limits restored") {
 		t.Errorf("SIGTERM after a reload did not restore; logs:\n%s", a.Logs())
+	}
+}
+
+// Reloads that would lose limits or stop the agent: a moved state file is refused, a budget
+// file gone bad is reported and steered around (the agent keeps running), and turning capping
+// off applies capping.on-exit instead of leaving the limits held by nobody.
+func TestCappingReloadEdgeCases(t *testing.T) {
+	addr := otlptest.FreeAddr(t)
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state.json")
+	budgetFile := filepath.Join(dir, "budget.yaml")
+	cfg := filepath.Join(dir, "capstan.yaml")
+	writeFile := func(path, body string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	config := func(enabled bool, stateFile string) string {
+		return fmt.Sprintf("capping:\n  enabled: %v\n  period: 100ms\n  state-file: %s\nbudget:\n  source: file\n  file: %s\n", enabled, stateFile, budgetFile)
+	}
+	writeFile(budgetFile, "watts: 1600\n")
+	writeFile(cfg, config(true, state))
+	a := startAgent(t, "--config.file", cfg, "--gpu.backend=sim", "--gpu.sim.count=4", "--gpu.sim.trace=steady", "--web.listen-address="+addr)
+	waitCapped(t, a, addr)
+
+	writeFile(cfg, config(true, filepath.Join(dir, "elsewhere.json")))
+	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	a.waitLog(t, "cannot change to")
+	if strings.Contains(a.Logs(), "configuration reloaded") {
+		t.Fatalf("a reload moving the state file was taken; logs:\n%s", a.Logs())
+	}
+
+	writeFile(cfg, config(true, state))
+	writeFile(budgetFile, "watts: [\n")
+	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	a.waitLog(t, "configuration reloaded")
+	a.waitLog(t, "budget file rejected; no budget yet")
+	a.waitLog(t, "using the fallback budget")
+	if st := readState(t, state); st.GPUs[0].OriginalMilliwatts != 700_000 {
+		t.Errorf("state file holds %d mW after the reloads, want the original 700000", st.GPUs[0].OriginalMilliwatts)
+	}
+
+	writeFile(cfg, config(false, state))
+	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	a.waitLogCount(t, "configuration reloaded", 2)
+	a.waitLog(t, "original GPU limits restored")
+	if _, err := os.Stat(state); !os.IsNotExist(err) {
+		t.Errorf("state file still there after capping was turned off with on-exit restore: %v", err)
+	}
+	if code := a.stop(t); code != 0 {
+		t.Errorf("exit %d; logs:\n%s", code, a.Logs())
 	}
 }
 

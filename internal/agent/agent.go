@@ -100,16 +100,23 @@ type Options struct {
 }
 
 // Run runs the agent until ctx is done. On SIGHUP it re-reads the configuration; an invalid
-// one is reported and the running configuration stays.
+// one is reported and the running configuration stays, and one that is valid but does not
+// start (a budget file gone bad, no GPU left to cap) gives way to the previous one again.
 func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	log := o.Log
+	var prev *config.Config
 	for {
 		next, err := runOnce(ctx, cfg, o)
+		if err != nil && prev != nil {
+			log.Error("the reloaded configuration did not start; going back to the previous one", "err", err)
+			cfg, prev = prev, nil
+			continue
+		}
 		if err != nil || next == nil {
 			return err
 		}
 		log.Info("configuration reloaded")
-		cfg = next
+		prev, cfg = cfg, next
 	}
 }
 
@@ -173,17 +180,41 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options) (*config.Config
 				continue
 			}
 			next, err := o.Reload()
+			if err == nil {
+				err = reloadable(cfg, next)
+			}
 			if err != nil {
 				log.Error("configuration not reloaded; keeping the running one", "err", err)
 				continue
 			}
 			if capRun != nil {
-				capRun.exit = capping.ExitHold // a reload holds the limits; it does not restore
+				capRun.exit = reloadExit(next)
 			}
 			notifySystemd(log, daemon.SdNotifyReloading)
 			return next, nil
 		}
 	}
+}
+
+// reloadable refuses a reload that would lose the GPUs' original limits: the state file that
+// holds them cannot move while capping runs.
+func reloadable(cur, next *config.Config) error {
+	if cur.Capping.Enabled && !cur.Capping.DryRun && next.Capping.Enabled && !next.Capping.DryRun &&
+		next.Capping.StateFile != cur.Capping.StateFile {
+		return fmt.Errorf("capping.state-file: %q cannot change to %q on a reload: it holds the GPUs' original limits (restart the agent to move it)",
+			cur.Capping.StateFile, next.Capping.StateFile)
+	}
+	return nil
+}
+
+// reloadExit is what the running controller does with the limits on a reload: hold them for the
+// next controller to take over, or, when the next configuration writes no limits (capping off or
+// dry-run), what capping.on-exit says, as on a stop.
+func reloadExit(next *config.Config) capping.Exit {
+	if next.Capping.Enabled && !next.Capping.DryRun {
+		return capping.ExitHold
+	}
+	return capping.ExitConfigured
 }
 
 func shutdown(exp *exporters.Exporters, log *slog.Logger) {
