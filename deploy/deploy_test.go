@@ -207,10 +207,11 @@ func helmTemplate(t *testing.T, valuesFiles ...string) []string {
 // renderings are every manifest set a user can apply.
 func renderings(t *testing.T) map[string][]string {
 	r := map[string][]string{
-		"kustomize base":           kustomizeBuild(t, "kustomize/base"),
-		"kustomize telemetry-only": kustomizeBuild(t, "kustomize/overlays/telemetry-only"),
-		"kustomize capping-etcd":   kustomizeBuild(t, "kustomize/overlays/capping-etcd"),
-		"helm defaults":            helmTemplate(t),
+		"kustomize base":                 kustomizeBuild(t, "kustomize/base"),
+		"kustomize telemetry-only":       kustomizeBuild(t, "kustomize/overlays/telemetry-only"),
+		"kustomize telemetry-prometheus": kustomizeBuild(t, "kustomize/overlays/telemetry-prometheus"),
+		"kustomize capping-etcd":         kustomizeBuild(t, "kustomize/overlays/capping-etcd"),
+		"helm defaults":                  helmTemplate(t),
 	}
 	ci, _ := filepath.Glob(filepath.Join(chartDir, "ci", "*.yaml"))
 	if len(ci) == 0 {
@@ -489,5 +490,38 @@ func checkRBAC(t *testing.T, o *objects, ds *appsv1.DaemonSet) {
 	if b.RoleRef.Name != o.clusterRoles[0].Name || len(b.Subjects) != 1 || b.Subjects[0].Name != sa.Name ||
 		b.Subjects[0].Namespace != sa.Namespace {
 		t.Errorf("ClusterRoleBinding %+v does not bind %s to %s/%s", b, o.clusterRoles[0].Name, sa.Namespace, sa.Name)
+	}
+}
+
+// The chart's schema refuses values the agent would reject at start (a crash-looping
+// DaemonSet): capping on a static budget of 0 W, capping on etcd without a group or endpoints,
+// and a budget file the chart cannot mount.
+func TestChartSchemaRefusesUnstartableValues(t *testing.T) {
+	chart, err := loader.Load(chartDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, values := range map[string]string{
+		"static capping without watts":   "capping:\n  enabled: true\n",
+		"etcd capping without a group":   "capping:\n  enabled: true\nbudget:\n  source: etcd\netcd:\n  endpoints: [https://etcd-0:2379]\n",
+		"etcd capping without endpoints": "capping:\n  enabled: true\nbudget:\n  source: etcd\netcd:\n  group: row-a\n",
+		"a budget file":                  "capping:\n  enabled: true\nbudget:\n  source: file\n",
+	} {
+		vals, err := chartutil.ReadValues([]byte(values))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = chartutil.ToRenderValues(chart, vals.AsMap(), chartutil.ReleaseOptions{Name: "capstan", Namespace: "gpu-telemetry", IsInstall: true}, nil)
+		if err == nil {
+			t.Errorf("%s: the chart's schema accepted\n%s", name, values)
+		}
+	}
+	// And the same with what makes them startable is accepted.
+	vals, err := chartutil.ReadValues([]byte("capping:\n  enabled: true\nbudget:\n  watts: 4000\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chartutil.ToRenderValues(chart, vals.AsMap(), chartutil.ReleaseOptions{Name: "capstan", Namespace: "gpu-telemetry", IsInstall: true}, nil); err != nil {
+		t.Errorf("static capping at 4000 W refused: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -60,6 +61,13 @@ func TestUnitHardening(t *testing.T) {
 	} {
 		if got := u.Value("Service", want[0]); got != want[1] {
 			t.Errorf("%s=%q, want %q", want[0], got, want[1])
+		}
+	}
+	// NVML opens /dev/nvidia*: nothing may put the unit on a device allow-list (ProtectClock
+	// does, before systemd 253).
+	for _, k := range []string{"PrivateDevices", "DevicePolicy", "DeviceAllow", "ProtectClock"} {
+		if v := u.Values("Service", k); len(v) > 0 {
+			t.Errorf("%s=%q would hide the GPUs' device nodes from NVML", k, v)
 		}
 	}
 	// A root service gets its bounding set as effective capabilities; ambient ones would only
@@ -291,6 +299,7 @@ func checkBinaryArch(t *testing.T, pkg, arch string) {
 		if f.Machine != want {
 			t.Errorf("/usr/bin/capstan is built for %v, want %v", f.Machine, want)
 		}
+		checkGlibcDepends(t, f, run(t, "dpkg-deb", "-f", pkg, "Depends"))
 		return
 	}
 }
@@ -429,6 +438,13 @@ func installDeb(t *testing.T, pkg string) {
 		}
 	}
 
+	// Remove, then install again from the config-files state: the admin's enablement is kept.
+	run(t, "dpkg", "-r", "capstan")
+	run(t, "dpkg", "-i", pkg)
+	if target, err := os.Readlink(wants); err != nil || !strings.HasSuffix(target, "/capstan.service") {
+		t.Errorf("the unit is not enabled after remove and reinstall: %s -> %q (%v)", wants, target, err)
+	}
+
 	run(t, "dpkg", "-P", "capstan")
 	purged = true
 	for _, p := range []string{"/usr/bin/capstan", "/etc/capstan", "/var/lib/capstan", wants, "/lib/systemd/system/capstan.service"} {
@@ -473,4 +489,42 @@ func workloadSources(points []point) []string {
 	}
 	slices.Sort(src)
 	return src
+}
+
+// checkGlibcDepends checks that the package's libc6 dependency asks for at least the newest
+// glibc symbol version the binary imports: otherwise it installs where it cannot run.
+func checkGlibcDepends(t *testing.T, f *elf.File, depends string) {
+	t.Helper()
+	syms, err := f.ImportedSymbols()
+	if err != nil {
+		t.Fatal(err)
+	}
+	newest := "2.0"
+	for _, s := range syms {
+		if v, ok := strings.CutPrefix(s.Version, "GLIBC_"); ok && versionLess(newest, v) {
+			newest = v
+		}
+	}
+	m := regexp.MustCompile(`libc6 \(>= ([0-9.]+)\)`).FindStringSubmatch(depends)
+	if m == nil || versionLess(m[1], newest) {
+		t.Errorf("Depends %q: the binary needs glibc %s", depends, newest)
+	}
+}
+
+// versionLess compares dotted numeric versions (2.9 < 2.34).
+func versionLess(a, b string) bool {
+	as, bs := strings.Split(a, "."), strings.Split(b, ".")
+	for i := range max(len(as), len(bs)) {
+		var x, y int
+		if i < len(as) {
+			x, _ = strconv.Atoi(as[i])
+		}
+		if i < len(bs) {
+			y, _ = strconv.Atoi(bs[i])
+		}
+		if x != y {
+			return x < y
+		}
+	}
+	return false
 }

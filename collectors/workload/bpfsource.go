@@ -21,6 +21,7 @@ type bpfSource struct {
 	links []link.Link
 	// batch read buffers, reused every collection.
 	ncpu    int
+	entries int // cgroups the per-CPU maps hold
 	keys    []uint64
 	cpuVals []cbpf.WorkloadCpuUsage
 	netVals []cbpf.WorkloadNetUsage
@@ -46,7 +47,15 @@ func loadBPF(cgroupRoot, sysfs string) (*bpfSource, error) {
 	}
 	s := &bpfSource{ncpu: ncpu, keys: make([]uint64, batchSize),
 		cpuVals: make([]cbpf.WorkloadCpuUsage, batchSize*ncpu), netVals: make([]cbpf.WorkloadNetUsage, batchSize*ncpu)}
-	if err := cbpf.LoadWorkloadObjects(&s.objs, nil); err != nil {
+	spec, err := cbpf.LoadWorkload()
+	if err != nil {
+		return nil, fmt.Errorf("reading BPF objects: %w", err)
+	}
+	s.entries = mapEntries(ncpu)
+	for _, name := range []string{"cpu_usage", "net_usage"} {
+		spec.Maps[name].MaxEntries = uint32(s.entries)
+	}
+	if err := spec.LoadAndAssign(&s.objs, nil); err != nil {
 		return nil, fmt.Errorf("loading BPF objects: %w", err)
 	}
 	seedFrequencies(s.objs.CpuKhz, sysfs)
@@ -75,6 +84,22 @@ func loadBPF(cgroupRoot, sysfs string) (*bpfSource, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// The per-CPU hash maps are preallocated: each cgroup slot costs its values (48 bytes for both
+// maps) on every possible CPU, charged to the agent's memory cgroup. mapBudget bounds that, so a
+// 384-thread host does not need 288 MiB for maps; the slot count stays within
+// [minMapEntries, maxMapEntries].
+const (
+	mapBudget     = 48 << 20
+	mapSlotBytes  = 48
+	minMapEntries = 1024
+	maxMapEntries = 16384
+)
+
+// mapEntries is how many cgroups the per-CPU maps hold on a host of ncpu possible CPUs.
+func mapEntries(ncpu int) int {
+	return min(max(mapBudget/(mapSlotBytes*max(ncpu, 1)), minMapEntries), maxMapEntries)
 }
 
 // nominalKHz seeds every CPU when none has a cpufreq reading: with one frequency on every CPU,

@@ -105,3 +105,19 @@ func TestProgramsKeepEveryCount(t *testing.T) {
 		}
 	}
 }
+
+// The preallocated per-CPU maps stay within their memory budget on many-core hosts and keep
+// their full size on small ones.
+func TestMapEntriesBoundMapMemory(t *testing.T) {
+	for _, tc := range []struct{ ncpu, want int }{
+		{2, maxMapEntries}, {64, maxMapEntries}, {224, 4681}, {384, 2730}, {4096, minMapEntries},
+	} {
+		got := mapEntries(tc.ncpu)
+		if got != tc.want {
+			t.Errorf("mapEntries(%d) = %d, want %d", tc.ncpu, got, tc.want)
+		}
+		if got > minMapEntries && got*mapSlotBytes*tc.ncpu > mapBudget {
+			t.Errorf("%d CPUs: %d entries take %d bytes, over the %d-byte budget", tc.ncpu, got, got*mapSlotBytes*tc.ncpu, mapBudget)
+		}
+	}
+}

@@ -77,16 +77,18 @@ type Collector struct {
 	bpf       *bpfSource // nil on the cpu.stat source
 	source    string
 	maxSeries int
-	active    uint64 // ActiveIntervals
-	cgroups   map[uint64]*cgroup
-	round     uint64
-	rapl      *raplReader
-	cgroupsS  *sample.Series
-	droppedS  *sample.Series
-	dropped   float64
-	gpu       *gpuEnergy
-	unknown   map[uint64]uint64 // ids in the maps with no cgroup, and the round first seen
-	pods      *PodResources
+	// mapFullLogged: more cgroups than the eBPF maps hold was said once.
+	mapFullLogged bool
+	active        uint64 // ActiveIntervals
+	cgroups       map[uint64]*cgroup
+	round         uint64
+	rapl          *raplReader
+	cgroupsS      *sample.Series
+	droppedS      *sample.Series
+	dropped       float64
+	gpu           *gpuEnergy
+	unknown       map[uint64]uint64 // ids in the maps with no cgroup, and the round first seen
+	pods          *PodResources
 	// Cgroups the last walk found removed (reaped at the end of the collection) or new (given
 	// the totals of a cgroup removed at the same path), and the totals of removed cgroups by
 	// path with the round they were removed in.
@@ -194,7 +196,11 @@ func New(o Options) (*Collector, error) {
 	if o.NVML != nil {
 		c.gpu = newGPUEnergy(o.NVML, o.Procfs, c.pods, o.Now, c.active)
 	}
-	c.log.Info("workload collector started", "cgroup2", root, "source", c.source, "rapl_packages", len(c.rapl.zones))
+	args := []any{"cgroup2", root, "source", c.source, "rapl_packages", len(c.rapl.zones)}
+	if c.bpf != nil {
+		args = append(args, "map_entries", c.bpf.entries)
+	}
+	c.log.Info("workload collector started", args...)
 	return c, nil
 }
 
@@ -347,6 +353,11 @@ func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 	if c.bpf != nil {
 		if err := c.collectBPF(); err != nil {
 			return err
+		}
+		if !c.mapFullLogged && len(c.cgroups) > c.bpf.entries {
+			c.log.Warn("more cgroups than the eBPF maps hold: those the maps have no room for are not attributed",
+				"cgroups", len(c.cgroups), "map_entries", c.bpf.entries)
+			c.mapFullLogged = true
 		}
 	} else if err := c.collectCPUStat(ctx); err != nil {
 		return err

@@ -13,6 +13,11 @@ case "$1" in
     ;;
 esac
 
+if [ "$1" = purge ]; then
+  # The enablement links "remove" kept for a reinstall.
+  rm -f /etc/systemd/system/*.wants/capstan.service
+fi
+
 if [ "$1" = purge ] && [ -d /var/lib/capstan ]; then
   if [ -e /var/lib/capstan/state.json ]; then
     # Left by an agent that stopped without restoring: it holds the GPUs' original limits.

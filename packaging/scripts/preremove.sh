@@ -1,7 +1,9 @@
 #!/bin/sh
 # Capstan pre-remove: stop the service on removal, which restores the GPUs' original power
-# limits (capping.on-exit: restore), and disable it. An upgrade leaves it running; the new
-# package restarts it.
+# limits (capping.on-exit: restore). RPM also disables it on erase. Debian keeps the enablement
+# link through "remove" (the unit file goes, the link dangles) so that reinstalling the package
+# from its config-files state finds the admin's choice again; "purge" removes the link. An
+# upgrade leaves the service running; the new package restarts it.
 set -e
 unit=capstan.service
 
@@ -12,9 +14,9 @@ case "$1" in
     if [ -d /run/systemd/system ]; then
       systemctl stop "$unit" || echo "capstan: stopping $unit failed; check the GPUs' power limits" >&2
     fi
-    if command -v systemctl >/dev/null 2>&1; then
-      systemctl disable "$unit" >/dev/null 2>&1 || true
-    fi
     ;;
 esac
+if [ "$1" = 0 ] && command -v systemctl >/dev/null 2>&1; then
+  systemctl disable "$unit" >/dev/null 2>&1 || true
+fi
 exit 0
