@@ -158,22 +158,31 @@ func (r *Runner) Run(ctx context.Context) {
 	wg.Wait()
 }
 
-// Close closes every collector that holds resources. A collector whose collection is still
-// hung is left open: closing a library under a running call is worse than leaking it at exit.
-func (r *Runner) Close() {
+// Close closes every collector that holds resources, and reports whether a collection is
+// still hung. A busy collector is left open, and so must be what it calls into (the NVML
+// library): closing a library under a running call is worse than leaking it at exit.
+func (r *Runner) Close() (busy bool) {
 	for _, e := range r.entries {
+		if e.pending != nil {
+			select {
+			case err := <-e.pending: // the hung collection has returned since
+				e.pending = nil
+				r.log.Debug("hung collection returned before shutdown", "collector", e.name, "its_result", err)
+			default:
+				r.log.Warn("collector still busy at shutdown; not closing it", "collector", e.name)
+				busy = true
+				continue
+			}
+		}
 		c, ok := e.collector.(Closer)
 		if !ok {
-			continue
-		}
-		if e.pending != nil {
-			r.log.Warn("collector still busy at shutdown; not closing it", "collector", e.name)
 			continue
 		}
 		if err := c.Close(); err != nil {
 			r.log.Warn("closing collector", "collector", e.name, "err", err)
 		}
 	}
+	return busy
 }
 
 func (r *Runner) collect(ctx context.Context, e *entry) {
@@ -201,7 +210,10 @@ func (r *Runner) collect(ctx context.Context, e *entry) {
 		defer func() {
 			// A bug in one collector must not take the agent down.
 			if p := recover(); p != nil {
-				done <- fmt.Errorf("collector panicked: %v\n%s", p, debug.Stack())
+				// The stack goes to the debug log: it differs on every panic (goroutine
+				// ids), and the error must not, so a panic repeating is logged once.
+				r.log.Debug("collector panic stack", "collector", e.name, "stack", string(debug.Stack()))
+				done <- fmt.Errorf("collector panicked: %v", p)
 			}
 		}()
 		done <- e.collector.Collect(cctx, b)

@@ -131,6 +131,55 @@ func TestRunnerSurvivesAPanickingCollector(t *testing.T) {
 	}
 }
 
+// A collector that panics the same way every time is logged once at error level.
+func TestRunnerLogsARepeatedPanicOnce(t *testing.T) {
+	r, _, logs := newRunner()
+	r.Add("buggy", funcCollector(func(context.Context, *sample.Batch) error { panic("index out of range") }), time.Second, 0)
+	for range 5 {
+		r.CollectOnce(context.Background())
+	}
+	if n := strings.Count(logs.String(), "level=ERROR"); n != 1 {
+		t.Errorf("5 identical panics logged %d errors, want 1:\n%s", n, logs.String())
+	}
+}
+
+// A collection hung past its deadline at shutdown makes Close report the runner busy (so the
+// library under it stays open), and leaves that collector unclosed; once it returns, not busy.
+func TestRunnerCloseReportsAHungCollection(t *testing.T) {
+	r, _, _ := newRunner()
+	release := make(chan struct{})
+	closed := 0
+	r.Add("hung", closerCollector{collect: func(context.Context, *sample.Batch) error { <-release; return nil }, closed: &closed}, time.Second, 20*time.Millisecond)
+	r.CollectOnce(context.Background())
+	if !r.Close() {
+		t.Fatal("Close reported no busy collector while a collection is hung")
+	}
+	if closed != 0 {
+		t.Error("a hung collector was closed under its running collection")
+	}
+	close(release)
+	deadline := time.Now().Add(10 * time.Second)
+	for r.Close() {
+		if time.Now().After(deadline) {
+			t.Fatal("Close still reports busy 10 s after the hung collection was released")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if closed != 1 {
+		t.Errorf("collector closed %d times once idle, want 1", closed)
+	}
+}
+
+type closerCollector struct {
+	collect func(context.Context, *sample.Batch) error
+	closed  *int
+}
+
+func (c closerCollector) Collect(ctx context.Context, b *sample.Batch) error {
+	return c.collect(ctx, b)
+}
+func (c closerCollector) Close() error { *c.closed++; return nil }
+
 func TestRunnerFailedStartReportsDown(t *testing.T) {
 	r, store, logs := newRunner()
 	r.AddFailed("gpu", errors.Join(errors.New("NVML not found"), ErrNoSource))

@@ -225,8 +225,8 @@ func (p *storeProducer) addBatch(b *sample.Batch) {
 		dp := metricdata.DataPoint[float64]{Attributes: s.Attrs, Value: pt.Value}
 		if kind := s.Def.Kind; kind == metrics.Gauge {
 			dp.Time = b.Time
-		} else {
-			sumPoint(st, &dp, kind == metrics.Counter, p.temporality[kind] == metricdata.DeltaTemporality, now)
+		} else if !sumPoint(st, &dp, kind == metrics.Counter, p.temporality[kind] == metricdata.DeltaTemporality, now) {
+			continue
 		}
 		d := &p.defs[id]
 		d.points = append(d.points, dp)
@@ -235,24 +235,29 @@ func (p *storeProducer) addBatch(b *sample.Batch) {
 }
 
 // sumPoint fills dp, which holds the series' current value, as a point of a cumulative or delta
-// sum stamped now, and moves the series' state on. A monotonic sum that went down was reset: its
-// cumulative start moves to the previous collection, and its delta is the new value.
-func sumPoint(st *seriesState, dp *metricdata.DataPoint[float64], monotonic, delta bool, now time.Time) {
+// sum stamped now, moves the series' state on, and reports whether the point is exported. A
+// monotonic sum that went down was reset: its cumulative start moves to the previous collection,
+// and its delta is the new value. The first sighting of a series is only a baseline under delta
+// temporality: its value (NVML energy, NIC bytes) counts from long before this agent, or this
+// exporter after a reload, and is no increase of the last interval.
+func sumPoint(st *seriesState, dp *metricdata.DataPoint[float64], monotonic, delta bool, now time.Time) bool {
 	v := dp.Value
-	reset := monotonic && st.hasPrev && v < st.prev
+	first := !st.hasPrev
+	reset := monotonic && !first && v < st.prev
 	if reset {
 		st.start = st.prevAt
 	}
 	dp.Time = now
 	if delta {
 		dp.StartTime = st.prevAt
-		if st.hasPrev && !reset {
+		if !reset {
 			dp.Value = v - st.prev
 		}
 	} else {
 		dp.StartTime = st.start
 	}
 	st.prev, st.prevAt, st.hasPrev = v, now, true
+	return !delta || !first
 }
 
 // newState returns the state for a series the producer does not know by pointer: that of a

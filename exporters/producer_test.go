@@ -62,6 +62,22 @@ func sumPointOf(t *testing.T, sms []metricdata.ScopeMetrics, s *sample.Series) (
 	return metricdata.DataPoint[float64]{}, metricdata.Sum[float64]{}
 }
 
+// hasSumPoint reports whether the collection holds a point of series s.
+func hasSumPoint(sms []metricdata.ScopeMetrics, s *sample.Series) bool {
+	for _, sm := range sms {
+		for _, m := range sm.Metrics {
+			if sum, ok := m.Data.(metricdata.Sum[float64]); ok && m.Name == s.Def.Name {
+				for _, dp := range sum.DataPoints {
+					if dp.Attributes.Equals(&s.Attrs) {
+						return true
+					}
+				}
+			}
+		}
+	}
+	return false
+}
+
 // TestProducerShape checks one collection: one scope, metrics in table order with their kinds,
 // units and descriptions, and gauges stamped with the batch's time.
 func TestProducerShape(t *testing.T) {
@@ -116,9 +132,10 @@ func TestProducerShape(t *testing.T) {
 }
 
 // TestProducerDeltaWithReset checks delta sums (otlp.temporality=delta): the first collection
-// exports everything since the start, later ones the increase since the previous collection
-// over [previous collection, now]; a counter that goes down was reset and exports its new
-// value; up-down counters stay cumulative.
+// is only a baseline (the counter's value counts from before this exporter: exporting it as one
+// interval's increase would add a device's lifetime on every start and reload), later ones
+// export the increase since the previous collection over [previous collection, now]; a counter
+// that goes down was reset and exports its new value; up-down counters stay cumulative.
 func TestProducerDeltaWithReset(t *testing.T) {
 	sel, err := temporalitySelector("delta")
 	if err != nil {
@@ -128,13 +145,16 @@ func TestProducerDeltaWithReset(t *testing.T) {
 	f := newFleet(1)
 	energy := f.gpus[0].energy
 	p, clock := testProducer(store, sel)
-	created := clock.t
 
-	prev := created
+	// The baseline: no energy point.
+	store.Put("gpu", f.batch(1000))
+	prev := clock.advance(10 * time.Second)
+	if hasSumPoint(produce(t, p), energy) {
+		t.Error("the first collection exported a delta for hw.energy; want only a baseline")
+	}
 	for i, step := range []struct {
 		counter, wantDelta float64
 	}{
-		{1000, 1000}, // everything since the start
 		{1250, 250},
 		{1250, 0},  // a collection with no new sample
 		{100, 100}, // reset (driver reloaded): the new value is the delta

@@ -68,15 +68,19 @@ const (
 	probeEncoder
 	probeDecoder
 	probeMemory
-	probeClocks
-	probeMaxClocks
+	probeClockSM
+	probeClockMem
+	probeMaxClockSM
+	probeMaxClockMem
 	probeEnforcedLimit
 	probeRequestedLimit
 	probeDefaultLimit
 	probeLimitConstraints
 	probeThrottle
-	probePCIe
-	probeECC
+	probePCIeTx
+	probePCIeRx
+	probeECCCorrected
+	probeECCUncorrected
 	probeFan
 	probePerformanceState
 	probeCount
@@ -84,9 +88,10 @@ const (
 
 var probeNames = [probeCount]string{
 	"power usage", "field values (instant power, memory temperature)", "total energy", "temperature",
-	"utilization", "encoder utilization", "decoder utilization", "memory info", "clocks", "max clocks",
+	"utilization", "encoder utilization", "decoder utilization", "memory info", "SM clock", "memory clock", "max SM clock", "max memory clock",
 	"enforced power limit", "power management limit", "default power limit", "power limit constraints",
-	"clock-event reasons", "PCIe throughput", "ECC errors", "fan speed", "performance state",
+	"clock-event reasons", "PCIe transmit throughput", "PCIe receive throughput",
+	"corrected ECC errors", "uncorrected ECC errors", "fan speed", "performance state",
 }
 
 // Limit kinds and throttle reasons in the order of their series.
@@ -131,10 +136,8 @@ type device struct {
 
 	xids map[uint64]*xidCount
 
-	fields   []nvml.FieldValue
-	pcieTxB  float64 // bytes, integrated from sampled throughput
-	pcieRxB  float64
-	lastPCIe time.Time
+	fields         []nvml.FieldValue
+	pcieTx, pcieRx pcieCounter
 }
 
 type xidCount struct {
@@ -464,14 +467,14 @@ func (c *Collector) collectDevice(d *device, b *sample.Batch) {
 		}
 	}
 	c.collectPCIe(d, b)
-	if d.want(probeECC) {
-		corrected, ret := dev.GetTotalEccErrors(nvml.MEMORY_ERROR_TYPE_CORRECTED, nvml.VOLATILE_ECC)
-		if c.ok(d, probeECC, ret) {
-			uncorrected, ret := dev.GetTotalEccErrors(nvml.MEMORY_ERROR_TYPE_UNCORRECTED, nvml.VOLATILE_ECC)
-			if c.ok(d, probeECC, ret) {
-				b.Add(d.eccCorrected, float64(corrected))
-				b.Add(d.eccUncorrected, float64(uncorrected))
-			}
+	if d.want(probeECCCorrected) {
+		if n, ret := dev.GetTotalEccErrors(nvml.MEMORY_ERROR_TYPE_CORRECTED, nvml.VOLATILE_ECC); c.ok(d, probeECCCorrected, ret) {
+			b.Add(d.eccCorrected, float64(n))
+		}
+	}
+	if d.want(probeECCUncorrected) {
+		if n, ret := dev.GetTotalEccErrors(nvml.MEMORY_ERROR_TYPE_UNCORRECTED, nvml.VOLATILE_ECC); c.ok(d, probeECCUncorrected, ret) {
+			b.Add(d.eccUncorrected, float64(n))
 		}
 	}
 	if d.want(probeFan) {
@@ -486,26 +489,33 @@ func (c *Collector) collectDevice(d *device, b *sample.Batch) {
 	}
 }
 
+// clockQueries are the clock reads, in the order of collectClocks' series.
+var clockQueries = [...]struct {
+	p      probe
+	max    bool
+	domain nvml.ClockType
+}{
+	{probeClockSM, false, nvml.CLOCK_SM}, {probeClockMem, false, nvml.CLOCK_MEM},
+	{probeMaxClockSM, true, nvml.CLOCK_SM}, {probeMaxClockMem, true, nvml.CLOCK_MEM},
+}
+
 func (c *Collector) collectClocks(d *device, b *sample.Batch) {
 	const hzPerMHz = 1e6
-	if d.want(probeClocks) {
-		sm, ret := d.dev.GetClockInfo(nvml.CLOCK_SM)
-		if c.ok(d, probeClocks, ret) {
-			mem, ret := d.dev.GetClockInfo(nvml.CLOCK_MEM)
-			if c.ok(d, probeClocks, ret) {
-				b.Add(d.clockSM, float64(sm)*hzPerMHz)
-				b.Add(d.clockMemory, float64(mem)*hzPerMHz)
-			}
+	// One probe per NVML call: a board that lacks one clock still reports the others.
+	series := [...]*sample.Series{d.clockSM, d.clockMemory, d.clockMaxSM, d.clockMaxMem}
+	for i, q := range clockQueries {
+		if !d.want(q.p) {
+			continue
 		}
-	}
-	if d.want(probeMaxClocks) {
-		sm, ret := d.dev.GetMaxClockInfo(nvml.CLOCK_SM)
-		if c.ok(d, probeMaxClocks, ret) {
-			mem, ret := d.dev.GetMaxClockInfo(nvml.CLOCK_MEM)
-			if c.ok(d, probeMaxClocks, ret) {
-				b.Add(d.clockMaxSM, float64(sm)*hzPerMHz)
-				b.Add(d.clockMaxMem, float64(mem)*hzPerMHz)
-			}
+		var mhz uint32
+		var ret nvml.Return
+		if q.max {
+			mhz, ret = d.dev.GetMaxClockInfo(q.domain)
+		} else {
+			mhz, ret = d.dev.GetClockInfo(q.domain)
+		}
+		if c.ok(d, q.p, ret) {
+			b.Add(series[i], float64(mhz)*hzPerMHz)
 		}
 	}
 }
@@ -539,27 +549,34 @@ func (c *Collector) collectLimits(d *device, b *sample.Batch) {
 // integrating over the time since the last collection: an estimate, but a monotonic one that
 // rate() in any backend turns back into throughput.
 func (c *Collector) collectPCIe(d *device, b *sample.Batch) {
-	if !d.want(probePCIe) {
-		return
-	}
-	tx, ret := d.dev.GetPcieThroughput(nvml.PCIE_UTIL_TX_BYTES)
-	if !c.ok(d, probePCIe, ret) {
-		return
-	}
-	rx, ret := d.dev.GetPcieThroughput(nvml.PCIE_UTIL_RX_BYTES)
-	if !c.ok(d, probePCIe, ret) {
-		return
-	}
 	now := c.now()
-	if !d.lastPCIe.IsZero() {
-		if dt := now.Sub(d.lastPCIe).Seconds(); dt > 0 {
-			d.pcieTxB += float64(tx) * 1024 * dt
-			d.pcieRxB += float64(rx) * 1024 * dt
+	c.integratePCIe(d, b, probePCIeTx, nvml.PCIE_UTIL_TX_BYTES, &d.pcieTx, d.ioTransmit, now)
+	c.integratePCIe(d, b, probePCIeRx, nvml.PCIE_UTIL_RX_BYTES, &d.pcieRx, d.ioReceive, now)
+}
+
+// pcieCounter is one direction's byte counter, integrated from sampled KB/s.
+type pcieCounter struct {
+	bytes float64
+	last  time.Time
+}
+
+// integratePCIe reads one direction (its own probe: a board may report one and not the other)
+// and adds the sampled rate over the time since its last reading.
+func (c *Collector) integratePCIe(d *device, b *sample.Batch, p probe, counter nvml.PcieUtilCounter, pc *pcieCounter, s *sample.Series, now time.Time) {
+	if !d.want(p) {
+		return
+	}
+	kbps, ret := d.dev.GetPcieThroughput(counter)
+	if !c.ok(d, p, ret) {
+		return
+	}
+	if !pc.last.IsZero() {
+		if dt := now.Sub(pc.last).Seconds(); dt > 0 {
+			pc.bytes += float64(kbps) * 1024 * dt
 		}
 	}
-	d.lastPCIe = now
-	b.Add(d.ioTransmit, d.pcieTxB)
-	b.Add(d.ioReceive, d.pcieRxB)
+	pc.last = now
+	b.Add(s, pc.bytes)
 }
 
 // fieldValue decodes an NVML field value; ok is false when the field failed.

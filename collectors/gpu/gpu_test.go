@@ -289,6 +289,46 @@ func TestNotSupportedIsSkippedAndLoggedOnce(t *testing.T) {
 	}
 }
 
+// Each NVML call has its own probe: a board without a memory clock or uncorrected ECC counts
+// still reports its SM clock and corrected counts, and a call that keeps failing is logged once.
+func TestOneFailingCallKeepsItsNeighbours(t *testing.T) {
+	lib := newFakeLib(1)
+	clock := lib.gpus[0].GetClockInfoFunc
+	lib.gpus[0].GetClockInfoFunc = func(t nvml.ClockType) (uint32, nvml.Return) {
+		if t == nvml.CLOCK_MEM {
+			return 0, nvml.ERROR_NOT_SUPPORTED
+		}
+		return clock(t)
+	}
+	ecc := lib.gpus[0].GetTotalEccErrorsFunc
+	lib.gpus[0].GetTotalEccErrorsFunc = func(t nvml.MemoryErrorType, c nvml.EccCounterType) (uint64, nvml.Return) {
+		if t == nvml.MEMORY_ERROR_TYPE_UNCORRECTED {
+			return 0, nvml.ERROR_UNKNOWN
+		}
+		return ecc(t, c)
+	}
+	log, logs := newTestLogger()
+	c, err := New(lib, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		b := collect(t, c)
+		if _, ok := b.Find(metrics.GPUClock, attribute.String(metrics.AttrClockDomain, "sm")); !ok {
+			t.Fatal("the SM clock went missing with the memory clock")
+		}
+		if _, ok := b.Find(metrics.GPUClock, attribute.String(metrics.AttrClockDomain, "memory")); ok {
+			t.Fatal("an unsupported memory clock was exported")
+		}
+	}
+	if n := logs.count("works again"); n != 0 {
+		t.Errorf("a steadily failing call was logged as working again %d times:\n%s", n, logs.String())
+	}
+	if n := logs.count("query=\"uncorrected ECC errors\""); n != 1 {
+		t.Errorf("the failing uncorrected-ECC query was logged %d times, want once:\n%s", n, logs.String())
+	}
+}
+
 func TestLostGPUIsReportedFailedAndLeftAlone(t *testing.T) {
 	lib := newFakeLib(2)
 	var lost atomic.Bool

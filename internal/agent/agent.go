@@ -76,9 +76,15 @@ func NewPipeline(cfg *config.Config, log *slog.Logger, clock sim.Clock) (*Pipeli
 	return p, nil
 }
 
-// Close releases collectors and the GPU backend.
+// Close releases collectors and the GPU backend. While a collection is hung (an NVML call that
+// never returned) the backend stays open: unloading NVML under a running call can crash.
 func (p *Pipeline) Close() {
-	p.Runner.Close()
+	if p.Runner.Close() {
+		if p.GPU != nil {
+			p.Log.Warn("a collection is still hung; leaving the GPU backend open")
+		}
+		return
+	}
 	if p.GPU != nil {
 		if err := p.GPU.Shutdown(); err != nil {
 			p.Log.Warn("shutting down the GPU backend", "err", err)
@@ -135,10 +141,13 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options) (*config.Config
 		return nil, fmt.Errorf("starting exporters: %w", err)
 	}
 	if err := exp.Start(ctx); err != nil {
-		shutdown(exp, log)
+		shutdown(exp, log, stopFlush)
 		return nil, fmt.Errorf("starting exporters: %w", err)
 	}
-	defer shutdown(exp, log)
+	// The last export waits for the receiver on a stop; on a reload only briefly, so that an
+	// OTLP endpoint that is down does not hold collection and /metrics off for its timeout.
+	flush := stopFlush
+	defer func() { shutdown(exp, log, flush) }()
 
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -190,6 +199,7 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options) (*config.Config
 			if capRun != nil {
 				capRun.exit = reloadExit(next)
 			}
+			flush = reloadFlush
 			notifySystemd(log, daemon.SdNotifyReloading)
 			return next, nil
 		}
@@ -217,8 +227,14 @@ func reloadExit(next *config.Config) capping.Exit {
 	return capping.ExitConfigured
 }
 
-func shutdown(exp *exporters.Exporters, log *slog.Logger) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+// How long the exporters' last export may take when the agent stops, and on a reload.
+const (
+	stopFlush   = 10 * time.Second
+	reloadFlush = time.Second
+)
+
+func shutdown(exp *exporters.Exporters, log *slog.Logger, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if err := exp.Shutdown(ctx); err != nil {
 		log.Warn("shutting down exporters", "err", err)
