@@ -224,26 +224,31 @@ func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 }
 
 // readInfo reads the governor and EPP, rebuilding the info series only when one changed, so a
-// steady collection allocates nothing here.
+// steady collection allocates nothing here. The names are saved only together with the series
+// they label: a read that fails half way leaves both as they were, so the change is seen again
+// on the next collection.
 func (c *Collector) readInfo(p *cpu) bool {
 	gov, err := c.r.Bytes(p.governor)
 	if !c.ok(p.governor, err) {
 		return false
 	}
+	// gov is the reader's buffer, which the EPP read overwrites: copy it, only when it changed.
+	governorName, epp := p.governorName, p.epp
 	changed := p.info == nil || string(gov) != p.governorName
 	if changed {
-		p.governorName = string(gov)
+		governorName = string(gov)
 	}
 	if p.eppFile != nil {
-		epp, err := c.r.Bytes(p.eppFile)
+		b, err := c.r.Bytes(p.eppFile)
 		if !c.ok(p.eppFile, err) {
 			return false
 		}
-		if string(epp) != p.epp {
-			p.epp, changed = string(epp), true
+		if string(b) != p.epp {
+			epp, changed = string(b), true
 		}
 	}
 	if changed {
+		p.governorName, p.epp = governorName, epp
 		attrs := []attribute.KeyValue{
 			attribute.Int(metrics.AttrCPULogicalNumber, p.num),
 			attribute.String(metrics.AttrCPUGovernor, p.governorName),

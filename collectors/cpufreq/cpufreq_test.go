@@ -273,3 +273,34 @@ func TestCollectStopsAtItsDeadline(t *testing.T) {
 		t.Fatalf("collect with a done context: %v, want context.Canceled", err)
 	}
 }
+
+// A governor change seen while the EPP read fails must still be reported once the EPP reads
+// again: the governor name is saved only with the series it labels.
+func TestGovernorChangeSurvivesAFailedEPPRead(t *testing.T) {
+	root := copyTree(t, hostfixtures.Intel)
+	f := &failing{err: syscall.EIO}
+	c, err := New(root, slog.New(slog.DiscardHandler), f.read)
+	if err != nil {
+		t.Fatal(err)
+	}
+	collect(t, c)
+	policy := filepath.Join(root, "devices/system/cpu/cpufreq/policy1")
+	if err := os.WriteFile(filepath.Join(policy, "scaling_governor"), []byte("performance\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f.suffixes = []string{"cpu1/cpufreq/energy_performance_preference"}
+	b := collect(t, c)
+	if _, ok := b.Find(metrics.CPUGovernor, cpuN(1)); ok {
+		t.Error("CPU 1's info reported although its EPP read failed")
+	}
+	f.suffixes = nil
+	for i := range 2 {
+		b = collect(t, c)
+		if _, ok := b.Find(metrics.CPUGovernor, cpuN(1), str(metrics.AttrCPUGovernor, "performance")); !ok {
+			t.Errorf("collection %d after the EPP recovered: the new governor is not reported", i+1)
+		}
+		if _, ok := b.Find(metrics.CPUGovernor, cpuN(1), str(metrics.AttrCPUGovernor, "powersave")); ok {
+			t.Errorf("collection %d after the EPP recovered: the old governor is still reported", i+1)
+		}
+	}
+}

@@ -147,7 +147,7 @@ func (c *Collector) addChip(dir, name, id string) error {
 			attribute.String(metrics.AttrHWName, name),
 			attribute.String(metrics.AttrSensorLocation, location),
 		}
-		s := &sensor{file: sysattr.NewFile(input), scale: kind.scale, value: sample.NewSeries(kind.value, kv...)}
+		s := &sensor{file: sysattr.NewDeviceFile(input), scale: kind.scale, value: sample.NewSeries(kind.value, kv...)}
 		items := make([]string, 0, len(files))
 		for item := range files {
 			items = append(items, item)
@@ -157,14 +157,14 @@ func (c *Collector) addChip(dir, name, id string) error {
 			path := files[item]
 			switch {
 			case kind.limit != nil && limitItems[item]:
-				s.limits = append(s.limits, reading{sysattr.NewFile(path), sample.NewSeries(kind.limit,
+				s.limits = append(s.limits, reading{sysattr.NewDeviceFile(path), sample.NewSeries(kind.limit,
 					append(kv, attribute.String(metrics.AttrLimitType, item))...)})
 			case item == "alarm" || strings.HasSuffix(item, "_alarm"):
 				which := strings.TrimSuffix(item, "_alarm")
 				if item == "alarm" {
 					which = "any"
 				}
-				s.alarms = append(s.alarms, reading{sysattr.NewFile(path), sample.NewSeries(metrics.HWAlarm,
+				s.alarms = append(s.alarms, reading{sysattr.NewDeviceFile(path), sample.NewSeries(metrics.HWAlarm,
 					append(kv, attribute.String(metrics.AttrLimitType, which))...)})
 			}
 		}

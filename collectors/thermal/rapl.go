@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
-	"github.com/prometheus/procfs/sysfs"
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/capstan-power/capstan/internal/metrics"
@@ -49,9 +50,12 @@ func raplType(domain string) string {
 	return "cpu" // package, core
 }
 
-// findRAPL lists powercap zones through procfs, which also reads each zone's counter range.
-func (c *Collector) findRAPL(sfs sysfs.FS) error {
-	zones, err := sysfs.GetRaplZones(sfs)
+// findRAPL lists the powercap zones of the RAPL control types. A zone whose name does not read
+// is skipped and logged; one whose max_energy_range_uj does not read is kept, its counter's range
+// unknown (a wrap then costs one power reading), and logged. The other zones are kept either way.
+func (c *Collector) findRAPL(root string) error {
+	class := filepath.Join(root, "class", "powercap")
+	entries, err := os.ReadDir(class)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -59,32 +63,53 @@ func (c *Collector) findRAPL(sfs sysfs.FS) error {
 		c.log.Warn("not reading RAPL: listing powercap zones failed", "err", err)
 		return nil
 	}
-	sort.Slice(zones, func(i, j int) bool { return zones[i].Path < zones[j].Path })
-	for _, z := range zones {
-		id := filepath.Base(z.Path)
+	for _, e := range entries {
+		id := e.Name()
 		if !strings.Contains(id, "rapl") {
 			continue // other powercap control types (dtpm) have no energy counter
 		}
+		dir := filepath.Join(class, id)
+		nameFile := filepath.Join(dir, "name")
+		if _, err := os.Stat(nameFile); err != nil {
+			continue // the control type itself (intel-rapl), not a zone
+		}
+		name, err := c.r.String(nameFile)
+		if err != nil || name == "" {
+			c.log.Warn("skipping a RAPL zone whose name does not read", "zone", id, "err", err)
+			continue
+		}
+		// hw.name is the domain without its package number ("package-1" is "package"), as
+		// procfs named it; hw.id tells the packages apart.
+		if i := strings.LastIndexByte(name, '-'); i > 0 {
+			if _, err := strconv.Atoi(name[i+1:]); err == nil {
+				name = name[:i]
+			}
+		}
+		maxMicrojoules, err := c.r.UintOnce(filepath.Join(dir, "max_energy_range_uj"))
+		if err != nil {
+			c.log.Warn("RAPL zone's counter range does not read; reading it with the range unknown", "zone", id, "err", err)
+			maxMicrojoules = 0
+		}
 		kv := []attribute.KeyValue{
-			attribute.String(metrics.AttrHWType, raplType(z.Name)),
+			attribute.String(metrics.AttrHWType, raplType(name)),
 			attribute.String(metrics.AttrHWID, id),
-			attribute.String(metrics.AttrHWName, z.Name),
+			attribute.String(metrics.AttrHWName, name),
 		}
 		rz := &raplZone{
-			energyFile:     sysattr.NewFile(filepath.Join(z.Path, "energy_uj")),
-			maxMicrojoules: z.MaxMicrojoules,
+			energyFile:     sysattr.NewFile(filepath.Join(dir, "energy_uj")),
+			maxMicrojoules: maxMicrojoules,
 			energy:         sample.NewSeries(metrics.HWEnergy, kv...),
 			power:          sample.NewSeries(metrics.HWPower, kv...),
 		}
-		names, _ := filepath.Glob(filepath.Join(z.Path, "constraint_*_name"))
+		names, _ := filepath.Glob(filepath.Join(dir, "constraint_*_name"))
 		sort.Strings(names)
 		for _, n := range names {
-			name, err := c.r.String(n)
+			constraintName, err := c.r.String(n)
 			if err != nil {
 				continue
 			}
 			prefix := strings.TrimSuffix(n, "name")
-			ckv := append(kv, attribute.String(metrics.AttrRAPLConstraint, name))
+			ckv := append(kv, attribute.String(metrics.AttrRAPLConstraint, constraintName))
 			rz.constraints = append(rz.constraints, constraint{
 				limitFile:  sysattr.NewFile(prefix + "power_limit_uw"),
 				windowFile: sysattr.NewFile(prefix + "time_window_us"),

@@ -80,13 +80,13 @@ func New(o Options) (*Collector, error) {
 	if err := c.findZones(sfs, o.Sysfs); err != nil {
 		return nil, err
 	}
-	if err := c.findCooling(sfs, o.Sysfs); err != nil {
+	if err := c.findCooling(o.Sysfs); err != nil {
 		return nil, err
 	}
 	if err := c.findHwmon(o.Sysfs); err != nil {
 		return nil, err
 	}
-	if err := c.findRAPL(sfs); err != nil {
+	if err := c.findRAPL(o.Sysfs); err != nil {
 		return nil, err
 	}
 	if len(c.zones)+len(c.cooling)+len(c.sensors)+len(c.rapl) == 0 {

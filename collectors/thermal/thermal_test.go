@@ -188,11 +188,13 @@ func TestSensorErrorsAreSkippedForTheCycle(t *testing.T) {
 }
 
 func TestEverySensorFailingFailsTheCollection(t *testing.T) {
-	f := &failing{err: syscall.EIO, suffixes: []string{""}}
+	f := &failing{err: syscall.EIO}
 	c, err := New(Options{Sysfs: hostfixtures.Sysfs(hostfixtures.AMD), Logger: slog.New(slog.DiscardHandler), Read: f.read})
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Discovery reads names and ranges through the same seam: fail every read after it.
+	f.suffixes = []string{""}
 	if err := c.Collect(context.Background(), &sample.Batch{}); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("collect with every read failing: %v, want an error wrapping EIO", err)
 	}
@@ -371,5 +373,65 @@ func TestChipID(t *testing.T) {
 		if got := chipID(tc.name, mk(tc.hw, tc.dev), tc.hw); got != tc.want {
 			t.Errorf("chipID(%s at %s) = %q, want %q", tc.name, tc.dev, got, tc.want)
 		}
+	}
+}
+
+// One cooling device or RAPL zone whose attributes do not read at start must not drop the
+// others (procfs's listings failed as a whole).
+func TestOneBadDeviceAtStartKeepsTheOthers(t *testing.T) {
+	garbage := func(path string) func(*testing.T, string) {
+		return func(t *testing.T, root string) { writeFile(t, filepath.Join(root, path), "garbage") }
+	}
+	empty := func(path string) func(*testing.T, string) {
+		return func(t *testing.T, root string) { writeFile(t, filepath.Join(root, path), "") }
+	}
+	none := func(*testing.T, string) {}
+	cases := []struct {
+		name    string
+		spoil   func(*testing.T, string)
+		fail    string // a path suffix whose reads fail with EIO
+		gone    []attribute.KeyValue
+		kept    []attribute.KeyValue
+		def     *metrics.Def
+		wantLen int
+	}{
+		{"cooling cur_state garbage", garbage("class/thermal/cooling_device2/cur_state"), "", nil,
+			[]attribute.KeyValue{id("cooling_device4")}, metrics.ThermalCoolingStateMax, 5},
+		{"cooling max_state garbage", garbage("class/thermal/cooling_device2/max_state"), "", []attribute.KeyValue{id("cooling_device2")},
+			[]attribute.KeyValue{id("cooling_device4")}, metrics.ThermalCoolingStateMax, 4},
+		{"cooling type EIO", none, "cooling_device1/type", []attribute.KeyValue{id("cooling_device1")},
+			[]attribute.KeyValue{id("cooling_device0")}, metrics.ThermalCoolingStateMax, 4},
+		{"rapl dram range empty", empty("class/powercap/intel-rapl:0:0/max_energy_range_uj"), "", nil,
+			[]attribute.KeyValue{id("intel-rapl:1")}, metrics.HWEnergy, 4},
+		{"rapl name EIO", none, "intel-rapl:1:0/name", []attribute.KeyValue{id("intel-rapl:1:0")},
+			[]attribute.KeyValue{id("intel-rapl:0:0")}, metrics.HWEnergy, 3},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			root := copyTree(t, hostfixtures.Intel)
+			tc.spoil(t, root)
+			f := &failing{err: syscall.EIO}
+			if tc.fail != "" {
+				f.suffixes = []string{tc.fail}
+			}
+			var logs bytes.Buffer
+			c, err := New(Options{Sysfs: root, Logger: slog.New(slog.NewTextHandler(&logs, nil)), Read: f.read})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.suffixes = nil
+			b := collect(t, c)
+			if n := b.Count(tc.def); n != tc.wantLen {
+				t.Errorf("%d %s points, want %d\n%s", n, tc.def.Name, tc.wantLen, logs.String())
+			}
+			if _, ok := b.Find(tc.def, tc.kept...); !ok {
+				t.Errorf("%s %v missing", tc.def.Name, tc.kept)
+			}
+			if tc.gone != nil {
+				if _, ok := b.Find(tc.def, tc.gone...); ok {
+					t.Errorf("%s %v reported although it does not read", tc.def.Name, tc.gone)
+				}
+			}
+		})
 	}
 }

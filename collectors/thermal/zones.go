@@ -2,9 +2,7 @@ package thermal
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -55,7 +53,7 @@ func (c *Collector) findZones(sfs sysfs.FS, root string) error {
 			attribute.String(metrics.AttrHWName, z.Type),
 			attribute.String(metrics.AttrSensorLocation, z.Type),
 		}
-		zn := &zone{tempFile: sysattr.NewFile(filepath.Join(dir, "temp")), temp: sample.NewSeries(metrics.HWTemperature, kv...)}
+		zn := &zone{tempFile: sysattr.NewDeviceFile(filepath.Join(dir, "temp")), temp: sample.NewSeries(metrics.HWTemperature, kv...)}
 		types, _ := filepath.Glob(filepath.Join(dir, "trip_point_*_type"))
 		sort.Slice(types, func(i, j int) bool { return tripIndex(types[i]) < tripIndex(types[j]) })
 		for _, tp := range types {
@@ -65,7 +63,7 @@ func (c *Collector) findZones(sfs sysfs.FS, root string) error {
 			}
 			i := tripIndex(tp)
 			zn.trips = append(zn.trips, trip{
-				file: sysattr.NewFile(filepath.Join(dir, fmt.Sprintf("trip_point_%d_temp", i))),
+				file: sysattr.NewDeviceFile(filepath.Join(dir, fmt.Sprintf("trip_point_%d_temp", i))),
 				series: sample.NewSeries(metrics.HWTemperatureLimit, append(kv,
 					attribute.String(metrics.AttrLimitType, kind), attribute.Int(metrics.AttrTripPoint, i))...),
 			})
@@ -82,26 +80,48 @@ func tripIndex(path string) int {
 	return i
 }
 
-// findCooling lists cooling devices through procfs; their current state is read on each
-// collection, the maximum is fixed by the driver.
-func (c *Collector) findCooling(sfs sysfs.FS, root string) error {
-	found, err := sfs.ClassCoolingDeviceStats()
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		// One malformed device fails procfs's whole listing: say so and run without them.
-		c.log.Warn("not reading cooling devices", "err", err)
-		return nil
+// findCooling lists cooling devices; their current state is read on each collection, the
+// maximum is fixed by the driver. A device whose type or maximum does not read (garbage, EIO,
+// ENODATA) is skipped and logged; the others are kept.
+func (c *Collector) findCooling(root string) error {
+	dirs, err := filepath.Glob(filepath.Join(root, "class", "thermal", "cooling_device[0-9]*"))
+	if err != nil {
+		return fmt.Errorf("listing cooling devices under %s: %w", root, err)
 	}
-	for _, d := range found {
-		id := "cooling_device" + d.Name
-		kv := []attribute.KeyValue{attribute.String(metrics.AttrHWID, id), attribute.String(metrics.AttrHWName, d.Type)}
+	for _, dir := range dirs {
+		id := filepath.Base(dir)
+		typ, err := c.r.String(filepath.Join(dir, "type"))
+		if err != nil {
+			c.log.Warn("skipping a cooling device whose type does not read", "device", id, "err", err)
+			continue
+		}
+		maxState, err := c.readInt(filepath.Join(dir, "max_state"))
+		if err != nil {
+			c.log.Warn("skipping a cooling device whose max_state does not read", "device", id, "err", err)
+			continue
+		}
+		kv := []attribute.KeyValue{attribute.String(metrics.AttrHWID, id), attribute.String(metrics.AttrHWName, typ)}
 		c.cooling = append(c.cooling, &coolingDevice{
-			curFile:  sysattr.NewFile(filepath.Join(root, "class", "thermal", id, "cur_state")),
-			maxState: float64(d.MaxState),
+			curFile:  sysattr.NewDeviceFile(filepath.Join(dir, "cur_state")),
+			maxState: float64(maxState),
 			cur:      sample.NewSeries(metrics.ThermalCoolingState, kv...),
 			max:      sample.NewSeries(metrics.ThermalCoolingStateMax, kv...),
 		})
 	}
 	return nil
+}
+
+// readInt reads a decimal integer attribute once, at discovery.
+func (c *Collector) readInt(path string) (int64, error) {
+	s, err := c.r.String(path)
+	if err != nil {
+		return 0, err
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("parsing %s: %w", path, err)
+	}
+	return v, nil
 }
 
 func (c *Collector) collectZones(ctx context.Context, b *sample.Batch, s *stats) {

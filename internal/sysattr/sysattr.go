@@ -30,13 +30,38 @@ const DefaultMaxHeld = 4096
 // successful read and rereads it with pread at offset 0: sysfs regenerates an attribute on every
 // read from offset 0, and a pread costs a fraction of open, read and close (the path walk and
 // file setup), which is what lets a 192-CPU host be read in about a millisecond. A descriptor
-// whose read fails is closed, so a removed device (ENODEV) or a replaced file is reopened by
-// path next time.
+// whose read fails is closed, so a replaced file is reopened by path next time; but a held
+// device file (NewDeviceFile) whose device went away (ENODEV on read, or ENOENT/ENODEV on reopening it) is gone for good:
+// the kernel reuses freed hwmonN, thermal_zoneN and cooling_deviceN numbers, so reopening the
+// path could read another device under this one's series. Gone files fail with ErrGone until
+// the collector rediscovers its devices (restart, SIGHUP), which makes new Files.
 type File struct {
 	Path   string
 	fd     int  // -1 while not held
 	listed bool // in the reader's held list
+	device bool // under a class directory whose numbers the kernel reuses (NewDeviceFile)
+	gone   bool // the device went away: never reopened by path
 }
+
+// NewDeviceFile returns the attribute file at path of a device whose class number the kernel
+// reuses after removal (hwmonN, thermal_zoneN, cooling_deviceN): once the device goes away the
+// file is gone, not reopened by path. Files of stable objects (a CPU's cpufreq policy, which
+// comes back under the same number when the CPU is onlined again) use NewFile.
+func NewDeviceFile(path string) *File { return &File{Path: path, fd: -1, device: true} }
+
+// ErrGone says a held file's device went away; the path is not reopened, as its number may now
+// name another device.
+var ErrGone = errors.New("device went away; not reopened until rediscovery")
+
+// goneErr is ErrGone, still matching the errno that revealed it.
+type goneErr struct{ errno syscall.Errno }
+
+func (e goneErr) Error() string { return ErrGone.Error() + " (" + e.errno.Error() + ")" }
+
+func (e goneErr) Unwrap() []error { return []error{ErrGone, e.errno} }
+
+// Gone reports whether f's device went away.
+func (f *File) Gone() bool { return f.gone }
 
 // NewFile returns the attribute file at path, not yet opened.
 func NewFile(path string) *File { return &File{Path: path, fd: -1} }
@@ -81,6 +106,9 @@ func (r *Reader) Held() int {
 
 // readFile reads f through its held descriptor, opening (and holding) it when needed.
 func (r *Reader) readFile(f *File, buf []byte) (int, error) {
+	if f.gone {
+		return 0, &fs.PathError{Op: "read", Path: f.Path, Err: goneErr{syscall.ENODEV}}
+	}
 	if f.fd >= 0 {
 		n, err := pread(f.fd, buf)
 		if err == nil {
@@ -88,10 +116,21 @@ func (r *Reader) readFile(f *File, buf []byte) (int, error) {
 		}
 		_ = syscall.Close(f.fd)
 		f.fd = -1
+		if f.device && errors.Is(err, syscall.ENODEV) {
+			f.gone = true
+			err = goneErr{syscall.ENODEV}
+		}
 		return 0, &fs.PathError{Op: "read", Path: f.Path, Err: err}
 	}
 	fd, err := r.open(f.Path)
 	if err != nil {
+		// A file held before whose path no longer opens: its device was removed, and the
+		// path may later name another device.
+		var errno syscall.Errno
+		if errors.As(err, &errno) && f.device && f.listed && (errno == syscall.ENOENT || errno == syscall.ENODEV) {
+			f.gone = true
+			err = goneErr{errno}
+		}
 		return 0, &fs.PathError{Op: "open", Path: f.Path, Err: err}
 	}
 	n, err := pread(fd, buf)

@@ -149,3 +149,49 @@ func TestErrors(t *testing.T) {
 		t.Error("a failed open left a descriptor held")
 	}
 }
+
+// A device file whose device went away is not reopened by path: the kernel reuses the class
+// number (hwmonN), and the path would then read another device.
+func TestGoneDeviceFileIsNotReopened(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "temp1_input")
+	write(t, path, "41000\n")
+	r := NewReader(nil)
+	defer r.Close()
+	f := NewDeviceFile(path)
+	if v, err := r.Uint(f); err != nil || v != 41000 {
+		t.Fatalf("first read %d, %v", v, err)
+	}
+	// The chip is unbound: its held descriptor fails (EISDIR stands in for ENODEV, which a
+	// temporary tree cannot produce) and its directory disappears.
+	d, err := syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Dup2(d, f.fd); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Close(d)
+	if _, err := r.Uint(f); err == nil {
+		t.Fatal("read on the broken descriptor succeeded")
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Uint(f); !errors.Is(err, ErrGone) || !errors.Is(err, syscall.ENOENT) {
+		t.Fatalf("reopening a removed device file: %v, want ErrGone wrapping ENOENT", err)
+	}
+	// Another chip takes the freed number.
+	write(t, path, "71000\n")
+	if v, err := r.Uint(f); !errors.Is(err, ErrGone) {
+		t.Fatalf("read after another device took the path: %d, %v; want ErrGone", v, err)
+	}
+	if !f.Gone() || r.Held() != 0 {
+		t.Fatalf("gone %v, held %d; want gone and nothing held", f.Gone(), r.Held())
+	}
+	// A plain file (a CPU's policy, renumbered never) is reopened by path.
+	p := NewFile(path)
+	if v, err := r.Uint(p); err != nil || v != 71000 {
+		t.Fatalf("plain file read %d, %v", v, err)
+	}
+}
