@@ -27,11 +27,15 @@ type carrierWatcher struct {
 	finished chan struct{} // closed when the goroutine reading it returned
 	stopping bool
 	lastErr  string
+	// epoch counts the link dumps begun (mark); a link first notified after a dump began may be
+	// missing from it without being gone.
+	epoch uint64
 }
 
 type carrierState struct {
 	lowerUp     bool
 	transitions uint64
+	born        uint64 // the epoch in which it was first notified
 }
 
 // receiveBuffer is large enough for a burst of notifications (every link of a host flapping at
@@ -98,12 +102,33 @@ func (w *carrierWatcher) apply(u netlink.LinkUpdate) {
 	lowerUp := u.Flags&unix.IFF_LOWER_UP != 0
 	st, ok := w.links[index]
 	if !ok {
-		w.links[index] = &carrierState{lowerUp: lowerUp}
+		w.links[index] = &carrierState{lowerUp: lowerUp, born: w.epoch}
 		return
 	}
 	if st.lowerUp != lowerUp {
 		st.transitions++
 		st.lowerUp = lowerUp
+	}
+}
+
+// mark is called as a link dump begins; it returns the epoch to pass to prune after it.
+func (w *carrierWatcher) mark() uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.epoch++
+	return w.epoch
+}
+
+// prune forgets the links that a complete dump, begun at epoch, did not list (keep false).
+// Deletions are notified, but those made while no subscription was live (after it overflowed)
+// are not, and a new subscription's listing of existing links only adds.
+func (w *carrierWatcher) prune(epoch uint64, keep func(index int32) bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for index, st := range w.links {
+		if st.born < epoch && !keep(index) {
+			delete(w.links, index)
+		}
 	}
 }
 

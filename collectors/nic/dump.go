@@ -29,10 +29,18 @@ const defaultDumpTimeout = 5 * time.Second
 // are each consistent, only the list may miss or repeat a link.
 var errDumpInterrupted = errors.New("link dump interrupted by a change of the link list")
 
+// maxDrainMessages bounds the messages read to finish an abandoned dump: far more than the
+// largest link list in any chunking, so it only stops a socket that never says NLMSG_DONE.
+const maxDrainMessages = 1 << 20
+
 // dumpLinks sends one RTM_GETLINK dump request and calls fn with each RTM_NEWLINK answer (the
 // ifinfomsg and its attributes). One request per collection, whatever the number of links,
 // is what keeps a host with hundreds of links cheap.
-func dumpLinks(ctx context.Context, c conn, pid uint32, fn func(data []byte)) error {
+//
+// *pending is true while a dump this socket started has not been read to its end: the kernel
+// answers every dump request on that socket with EBUSY until then, so a dump abandoned at its
+// deadline (or a receive error) is drained up to its NLMSG_DONE before the next request.
+func dumpLinks(ctx context.Context, c conn, pid uint32, pending *bool, fn func(data []byte)) error {
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		deadline = time.Now().Add(defaultDumpTimeout)
@@ -42,6 +50,18 @@ func dumpLinks(ctx context.Context, c conn, pid uint32, fn func(data []byte)) er
 	if err := c.SetReceiveTimeout(&tv); err != nil {
 		return fmt.Errorf("setting the netlink receive timeout: %w", err)
 	}
+	if *pending {
+		if err := drainDump(ctx, c, pid); err != nil {
+			if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EINTR) && ctx.Err() == nil {
+				// The socket itself failed: draining it cannot help, the request says why.
+				*pending = false
+			}
+			if *pending {
+				return fmt.Errorf("draining an abandoned link dump: %w", err)
+			}
+		}
+		*pending = false
+	}
 	// No IFLA_EXT_MASK: without RTEXT_FILTER_VF the kernel leaves out the per-VF data of SR-IOV
 	// NICs, which would multiply the size of the dump.
 	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_DUMP)
@@ -49,6 +69,8 @@ func dumpLinks(ctx context.Context, c conn, pid uint32, fn func(data []byte)) er
 	if err := c.Send(req); err != nil {
 		return fmt.Errorf("sending the RTM_GETLINK dump request: %w", err)
 	}
+	// Until its NLMSG_DONE is read, whatever ends this function leaves the dump on the socket.
+	*pending = true
 	interrupted := false
 	for {
 		if err := ctx.Err(); err != nil {
@@ -63,7 +85,6 @@ func dumpLinks(ctx context.Context, c conn, pid uint32, fn func(data []byte)) er
 		}
 		for i := range msgs {
 			m := &msgs[i]
-			// Answers to an earlier dump abandoned at its deadline carry another sequence number.
 			if m.Header.Seq != req.Seq || m.Header.Pid != pid {
 				continue
 			}
@@ -72,10 +93,11 @@ func dumpLinks(ctx context.Context, c conn, pid uint32, fn func(data []byte)) er
 			}
 			switch m.Header.Type {
 			case unix.NLMSG_DONE, unix.NLMSG_ERROR:
-				if len(m.Data) >= 4 {
-					if errno := int32(binary.NativeEndian.Uint32(m.Data[:4])); errno != 0 {
-						return fmt.Errorf("kernel answered the link dump with: %w", syscall.Errno(-errno))
-					}
+				*pending = false
+				if errno := doneErrno(m); errno != 0 {
+					// EBUSY: another dump (not ours to know of) still runs on the socket.
+					*pending = errno == syscall.EBUSY
+					return fmt.Errorf("kernel answered the link dump with: %w", errno)
 				}
 				if interrupted {
 					return errDumpInterrupted
@@ -86,6 +108,49 @@ func dumpLinks(ctx context.Context, c conn, pid uint32, fn func(data []byte)) er
 			}
 		}
 	}
+}
+
+// drainDump reads and discards what an abandoned dump left on the socket, up to its end.
+func drainDump(ctx context.Context, c conn, pid uint32) error {
+	for n := 0; n < maxDrainMessages; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		msgs, from, err := c.Receive()
+		if err != nil {
+			return err
+		}
+		if from.Pid != nl.PidKernel {
+			continue
+		}
+		for i := range msgs {
+			n++
+			m := &msgs[i]
+			if m.Header.Pid != pid {
+				continue
+			}
+			if endsDump(m) {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("no end after %d messages", maxDrainMessages)
+}
+
+// endsDump reports whether m is the end of a dump: its NLMSG_DONE, or an NLMSG_ERROR other than
+// the EBUSY that refused a later request while the dump ran.
+func endsDump(m *syscall.NetlinkMessage) bool {
+	return m.Header.Type == unix.NLMSG_DONE || m.Header.Type == unix.NLMSG_ERROR && doneErrno(m) != syscall.EBUSY
+}
+
+// doneErrno is the error an NLMSG_DONE or NLMSG_ERROR message carries, 0 for none.
+func doneErrno(m *syscall.NetlinkMessage) syscall.Errno {
+	if len(m.Data) >= 4 {
+		if errno := int32(binary.NativeEndian.Uint32(m.Data[:4])); errno != 0 {
+			return syscall.Errno(-errno)
+		}
+	}
+	return 0
 }
 
 // linkMsg is what one RTM_NEWLINK message says about a link. Byte slices point into the message.

@@ -85,16 +85,20 @@ type Collector struct {
 	include, exclude *regexp.Regexp
 	conn             conn
 	pid              uint32 // the socket's netlink port id, which answers carry
+	dumpPending      bool   // a dump on conn was abandoned before its end; drained first
 	watcher          *carrierWatcher
 	ib               *infiniband
 
-	mu        sync.Mutex // one collection at a time: link state is not shared
-	links     map[int32]*link
-	msgs      []linkMsg // this collection's dump, reused
-	gen       uint64    // collections so far; a link not seen in the latest is gone
-	parseErr  string    // last malformed-message error logged
-	watchErr  string    // last subscription start error logged
-	afterDump func()    // test seam: runs between the dump and the sysfs reads
+	mu    sync.Mutex // one collection at a time: link state is not shared
+	links map[int32]*link
+	msgs  []linkMsg // this collection's dump, reused
+	gen   uint64    // collections so far; a link not seen in the latest is gone
+	// retired holds, by name, the last cumulative values of links gone since: a link created
+	// again under the same name (a pod's veth, a driver reset) continues from them.
+	retired   map[string]*retired
+	parseErr  string // last malformed-message error logged
+	watchErr  string // last subscription start error logged
+	afterDump func() // test seam: runs between the dump and the sysfs reads
 }
 
 // link is one interface, identified by its index; a rename builds it anew.
@@ -115,12 +119,42 @@ type link struct {
 	readSpeed  bool    // whether the kind has a speed worth reading every collection
 	speedFails bool    // the last read failed for another reason than "unknown"; logged once
 
+	// offset is what earlier incarnations of the name had counted (see retired), added to each
+	// cumulative value; last holds the cumulative values last exported, offset included.
+	offset, last [numCumulative]float64
+
 	info                                   *sample.Series
 	rxBytes, txBytes, rxPackets, txPackets *sample.Series
 	rxErrors, txErrors, rxDropped, txDrops *sample.Series
 	up, operState, carrier, mtu            *sample.Series
 	carrierChanges, transitions, bandwidth *sample.Series
 }
+
+// The cumulative values of a link, as indexes of link.offset and link.last.
+const (
+	cumRxBytes = iota
+	cumTxBytes
+	cumRxPackets
+	cumTxPackets
+	cumRxErrors
+	cumTxErrors
+	cumRxDropped
+	cumTxDropped
+	cumCarrierChanges
+	cumTransitions
+	numCumulative
+)
+
+// retired is what a gone link had counted, kept for a new incarnation of its name.
+type retired struct {
+	last  [numCumulative]float64
+	gen   uint64 // the collection that found it gone
+	index int32  // the same index again is the same link, missed by an interrupted dump
+}
+
+// retiredKeep is how many collections a gone link's values wait for a new link of its name
+// (an hour at the default interval); the map holds only names that recently went away.
+const retiredKeep = 720
 
 // New opens an rtnetlink socket in o.Netns and subscribes to its link changes.
 func New(o Options) (*Collector, error) {
@@ -148,6 +182,7 @@ func New(o Options) (*Collector, error) {
 		watcher: newCarrierWatcher(o.Netns, log),
 		ib:      newInfiniband(sfs, log),
 		links:   map[int32]*link{},
+		retired: map[string]*retired{},
 	}
 	if err := c.watcher.start(); err != nil {
 		// Counters and the kernel's carrier-change count still work; the next collection retries.
@@ -182,8 +217,9 @@ func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 	}
 
 	c.msgs = c.msgs[:0]
+	epoch := c.watcher.mark()
 	var parseErr error
-	err := dumpLinks(ctx, c.conn, c.pid, func(data []byte) {
+	err := dumpLinks(ctx, c.conn, c.pid, &c.dumpPending, func(data []byte) {
 		c.msgs = append(c.msgs, linkMsg{})
 		if err := parseLink(data, &c.msgs[len(c.msgs)-1]); err != nil {
 			c.msgs = c.msgs[:len(c.msgs)-1]
@@ -205,22 +241,45 @@ func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 	}
 
 	c.gen++
+	// Links gone (or renamed) are retired before new ones are built, so that a name deleted and
+	// created again between two collections continues from what it had counted.
 	for i := range c.msgs {
 		m := &c.msgs[i]
-		l := c.links[m.index]
-		if l == nil || string(m.name) != l.name {
-			l = c.newLink(m)
-			c.links[m.index] = l
-		}
-		l.seen = c.gen
-		if !l.excluded {
-			c.add(b, l, m)
+		if l := c.links[m.index]; l != nil && string(m.name) == l.name {
+			l.seen = c.gen
 		}
 	}
 	for index, l := range c.links {
 		if l.seen != c.gen {
+			if !l.excluded {
+				c.retired[l.name] = &retired{last: l.last, gen: c.gen, index: l.index}
+			}
 			delete(c.links, index)
 		}
+	}
+	for i := range c.msgs {
+		m := &c.msgs[i]
+		l := c.links[m.index]
+		if l == nil {
+			l = c.newLink(m)
+			c.links[m.index] = l
+			l.seen = c.gen
+		}
+		if !l.excluded {
+			c.add(b, l, m)
+		}
+	}
+	if c.gen%64 == 0 {
+		for name, r := range c.retired {
+			if c.gen-r.gen > retiredKeep {
+				delete(c.retired, name)
+			}
+		}
+	}
+	// An interrupted dump, or one with a malformed message, may miss links: only a complete one
+	// tells the watcher which are gone.
+	if err == nil && parseErr == nil {
+		c.watcher.prune(epoch, func(index int32) bool { return c.links[index] != nil })
 	}
 	c.ib.collect(b)
 	return nil
@@ -233,6 +292,12 @@ func (c *Collector) newLink(m *linkMsg) *link {
 	if c.include != nil && !c.include.MatchString(name) || c.exclude != nil && c.exclude.MatchString(name) {
 		l.excluded = true
 		return l
+	}
+	if r := c.retired[name]; r != nil {
+		if r.index != m.index { // a new incarnation; the same index kept its own counts
+			l.offset, l.last = r.last, r.last
+		}
+		delete(c.retired, name)
 	}
 	dir := filepath.Join(c.sysfs, "class", "net", name)
 	l.speedPath = filepath.Join(dir, "speed")
@@ -284,14 +349,14 @@ func (c *Collector) add(b *sample.Batch, l *link, m *linkMsg) {
 	b.Add(l.info, 1)
 	if m.hasStats {
 		s := &m.stats
-		b.Add(l.rxBytes, float64(s.rxBytes))
-		b.Add(l.txBytes, float64(s.txBytes))
-		b.Add(l.rxPackets, float64(s.rxPackets))
-		b.Add(l.txPackets, float64(s.txPackets))
-		b.Add(l.rxErrors, float64(s.rxErrors))
-		b.Add(l.txErrors, float64(s.txErrors))
-		b.Add(l.rxDropped, float64(s.rxDropped))
-		b.Add(l.txDrops, float64(s.txDropped))
+		l.addCum(b, l.rxBytes, cumRxBytes, s.rxBytes)
+		l.addCum(b, l.txBytes, cumTxBytes, s.txBytes)
+		l.addCum(b, l.rxPackets, cumRxPackets, s.rxPackets)
+		l.addCum(b, l.txPackets, cumTxPackets, s.txPackets)
+		l.addCum(b, l.rxErrors, cumRxErrors, s.rxErrors)
+		l.addCum(b, l.txErrors, cumTxErrors, s.txErrors)
+		l.addCum(b, l.rxDropped, cumRxDropped, s.rxDropped)
+		l.addCum(b, l.txDrops, cumTxDropped, s.txDropped)
 	}
 	hasCarrier := m.carrier == 1 || m.carrier < 0 && m.flags&unix.IFF_LOWER_UP != 0
 	up := m.flags&unix.IFF_UP != 0 && hasCarrier &&
@@ -300,11 +365,11 @@ func (c *Collector) add(b *sample.Batch, l *link, m *linkMsg) {
 	b.Add(l.operState, float64(m.operState))
 	b.Add(l.carrier, boolValue(hasCarrier))
 	if m.carrierChanges >= 0 {
-		b.Add(l.carrierChanges, float64(m.carrierChanges))
+		l.addCum(b, l.carrierChanges, cumCarrierChanges, uint64(m.carrierChanges))
 	}
 	// A link the live subscription has not listed yet has had no transition it could see.
 	if n, ok := c.watcher.transitions(m.index); ok || c.watcher.isLive() {
-		b.Add(l.transitions, float64(n))
+		l.addCum(b, l.transitions, cumTransitions, n)
 	}
 	b.Add(l.mtu, float64(m.mtu))
 	if hasCarrier {
@@ -322,11 +387,15 @@ func (c *Collector) updateSpeed(l *link, carrierChanges int64) {
 	if l.speedRead && !l.readSpeed && carrierChanges >= 0 && carrierChanges == l.speedAt {
 		return
 	}
-	l.speedRead, l.speedAt, l.speedBps = true, carrierChanges, 0
+	// The markers are set only by an answer that holds until the next carrier change: a speed, or
+	// a link that has none. A transient failure (EIO, EBUSY while the driver resets) or a speed
+	// not negotiated yet (-1 right after carrier up) is read again at the next collection.
+	l.speedBps = 0
 	var buf [32]byte
 	n, err := sysattr.ReadFile(l.speedPath, buf[:])
 	if err != nil {
 		if errors.Is(err, syscall.EINVAL) || errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENODEV) {
+			l.speedRead, l.speedAt = true, carrierChanges
 			return
 		}
 		if !l.speedFails {
@@ -340,6 +409,7 @@ func (c *Collector) updateSpeed(l *link, carrierChanges int64) {
 	if err != nil || mbps <= 0 || mbps == 1<<32-1 { // -1 or (old kernels) SPEED_UNKNOWN as u32
 		return
 	}
+	l.speedRead, l.speedAt = true, carrierChanges
 	l.speedBps = float64(mbps) * 1e6 / 8
 }
 
@@ -348,6 +418,12 @@ func trimSpace(b []byte) []byte {
 		b = b[:len(b)-1]
 	}
 	return b
+}
+
+// addCum adds a cumulative value, continuing from earlier incarnations of the link's name.
+func (l *link) addCum(b *sample.Batch, s *sample.Series, i int, v uint64) {
+	l.last[i] = l.offset[i] + float64(v)
+	b.Add(s, l.last[i])
 }
 
 func boolValue(v bool) float64 {
