@@ -59,14 +59,7 @@ func rigWithGrants(t *testing.T, src *grantSource, lib *refusingLib, edit func(*
 	if lib != nil {
 		lib.Fleet, nv = r.fleet, lib
 	}
-	c, err := New(Options{Settings: r.set, Lib: nv, Budget: src, Store: r.store, Log: r.c.log, Now: r.clock.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	r.c = c
+	r.startOn(nv, src)
 	return r
 }
 

@@ -311,6 +311,9 @@ func (c *Controller) buildSeries() {
 
 func watts(mw uint32) float64 { return float64(mw) / 1000 }
 
+// clamp bounds a limit to the GPU's constraints.
+func (g *gpu) clamp(mw uint32) uint32 { return min(max(mw, g.minMW), g.maxMW) }
+
 // Start saves the original limits to the state file before anything is written, or, when a
 // state file is already there, takes the originals from it: after a crash it restores them or
 // adopts the limits in force (AfterCrash); after a clean hand-over it adopts them silently.
@@ -376,7 +379,7 @@ func (c *Controller) Start() error {
 func (c *Controller) sumEnforced() float64 {
 	sum := 0.0
 	for _, g := range c.gpus {
-		sum += watts(min(max(g.enforcedMW, g.minMW), g.maxMW))
+		sum += watts(g.clamp(g.enforcedMW))
 	}
 	return sum
 }
@@ -403,10 +406,10 @@ func (c *Controller) leaveWatts() float64 {
 // them when it fits, else each GPU gets its minimum plus the same fraction of the way to its
 // original (whole watts, rounded down). It reports whether every original was restored.
 func (c *Controller) restoreWithin(w float64) (complete bool, err error) {
-	var sumMin, sumOrig float64
+	var sumMin, sumOrig float64 // mW, exact
 	for _, g := range c.gpus {
 		sumMin += float64(g.minMW)
-		sumOrig += float64(min(max(g.originalMW, g.minMW), g.maxMW))
+		sumOrig += float64(g.clamp(g.originalMW))
 	}
 	frac := 1.0
 	if sumOrig > w*1000 && sumOrig > sumMin {
@@ -414,7 +417,7 @@ func (c *Controller) restoreWithin(w float64) (complete bool, err error) {
 	}
 	var errs []error
 	for _, g := range c.gpus {
-		orig := min(max(g.originalMW, g.minMW), g.maxMW)
+		orig := g.clamp(g.originalMW)
 		mw := orig
 		if frac < 1 {
 			mw = max(g.minMW, (g.minMW+uint32(float64(orig-g.minMW)*frac))/1000*1000)
@@ -444,20 +447,18 @@ func (c *Controller) Stop(how Exit) error {
 		if err != nil {
 			return fmt.Errorf("capping: restoring the original limits (state file %s kept for the next start): %w", c.set.StateFile, err)
 		}
-		if !complete {
+		// Originals not all written back (the group floor), or those of GPUs this agent could
+		// not cap, live on only in the state file: keep it, marked clean.
+		if !complete || len(c.others) > 0 {
 			if err := c.saveState(true); err != nil {
 				return fmt.Errorf("capping: marking the state file clean: %w", err)
 			}
-			c.log.Info("capping stopped: GPU limits restored as far as the node's share of its group allows",
-				"watts", leave, "state_file", c.set.StateFile)
-			return nil
-		}
-		if len(c.others) > 0 {
-			// GPUs this agent could not cap still have their originals only in the file.
-			if err := c.saveState(true); err != nil {
-				return fmt.Errorf("capping: marking the state file clean: %w", err)
+			if !complete {
+				c.log.Info("capping stopped: GPU limits restored as far as the node's share of its group allows",
+					"watts", leave, "state_file", c.set.StateFile)
+			} else {
+				c.log.Info("capping stopped: original GPU limits restored; the state file keeps those of GPUs that were not capped", "state_file", c.set.StateFile)
 			}
-			c.log.Info("capping stopped: original GPU limits restored; the state file keeps those of GPUs that were not capped", "state_file", c.set.StateFile)
 			return nil
 		}
 		if err := os.Remove(c.set.StateFile); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -812,13 +813,13 @@ func absDiff(a, b uint32) uint32 {
 // targetMW turns a share in watts into a limit NVML accepts.
 func (c *Controller) targetMW(g *gpu, w float64) uint32 {
 	mw := uint32(math.Floor(max(0, w))) * 1000
-	return min(max(mw, g.minMW), g.maxMW)
+	return g.clamp(mw)
 }
 
 // write sets one GPU's limit and reads it back; under dry-run it only records it. The limit is
 // clamped to the GPU's constraints here too, so no path can ask NVML for one outside them.
 func (c *Controller) write(g *gpu, mw uint32) {
-	mw = min(max(mw, g.minMW), g.maxMW)
+	mw = g.clamp(mw)
 	if c.set.DryRun {
 		g.ourMW = mw
 		return

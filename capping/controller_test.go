@@ -245,14 +245,7 @@ func TestWriteRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	lib := &refusingLib{Fleet: r.fleet, refuse: 0, ret: nvml.ERROR_NO_PERMISSION}
-	c, err := New(Options{Settings: r.set, Lib: lib, Budget: r.src, Store: r.store, Log: r.c.log, Now: r.clock.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	r.c = c
+	r.startOn(lib, r.src)
 	r.run(30 * time.Second)
 	if l := r.requested()[0]; l != 700 {
 		t.Errorf("refusing GPU 0 has limit %v, want its untouched 700", l)

@@ -97,13 +97,29 @@ func (r *rig) newController() *Controller { return r.newControllerWith(r.src) }
 // newControllerWith builds (and does not start) a controller on the rig's fleet with the given
 // budget source.
 func (r *rig) newControllerWith(src budget.Source) *Controller {
+	return r.newControllerOn(r.fleet, src)
+}
+
+// newControllerOn builds (and does not start) a controller that reaches the fleet through lib
+// (a wrapper injecting NVML behaviour) and takes its budget from src.
+func (r *rig) newControllerOn(lib nvml.Interface, src budget.Source) *Controller {
 	r.t.Helper()
-	c, err := New(Options{Settings: r.set, Lib: r.fleet, Budget: src, Store: r.store,
+	c, err := New(Options{Settings: r.set, Lib: lib, Budget: src, Store: r.store,
 		Log: slog.New(slog.NewTextHandler(r.logs, nil)), Now: r.clock.Now})
 	if err != nil {
 		r.t.Fatal(err)
 	}
 	return c
+}
+
+// startOn replaces the rig's controller, already stopped, with a started one on lib and src.
+func (r *rig) startOn(lib nvml.Interface, src budget.Source) {
+	r.t.Helper()
+	c := r.newControllerOn(lib, src)
+	if err := c.Start(); err != nil {
+		r.t.Fatal(err)
+	}
+	r.c = c
 }
 
 // step advances the clock one period and ticks.

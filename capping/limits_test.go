@@ -59,14 +59,7 @@ func TestOddMilliwattMinimumIsWrittenExactly(t *testing.T) {
 	}
 	lib := &oddMinLib{Fleet: r.fleet}
 	r.src.set(900) // below 4 × 256.001 W: every GPU at its minimum
-	c, err := New(Options{Settings: r.set, Lib: lib, Budget: r.src, Store: r.store, Log: r.c.log, Now: r.clock.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	r.c = c
+	r.startOn(lib, r.src)
 	r.run(10 * time.Second)
 	if lib.refused != 0 {
 		t.Errorf("%d writes below the %d mW minimum were refused", lib.refused, oddMinMW)
@@ -118,17 +111,10 @@ func TestRefusedRestoreKeepsTheStateFile(t *testing.T) {
 	r := newRig(t, "steady", 4, 1600, nil)
 	r.run(10 * time.Second)
 	lib := &refusingLib{Fleet: r.fleet, refuse: -1, ret: nvml.ERROR_NO_PERMISSION}
-	c, err := New(Options{Settings: r.set, Lib: lib, Budget: r.src, Store: r.store, Log: r.c.log, Now: r.clock.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if err := r.c.Stop(ExitHold); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	r.c = c
+	r.startOn(lib, r.src)
 	r.run(5 * time.Second)
 	lib.refuse = 2
 	if err := r.c.Stop(ExitConfigured); err == nil {
