@@ -38,11 +38,7 @@ func (d *deadlineConn) Receive() ([]syscall.NetlinkMessage, *unix.SockaddrNetlin
 func TestAbandonedDumpDoesNotFailTheNext(t *testing.T) {
 	requireRoot(t)
 	ns := manyLinks(t, 400) // many chunks: the first read leaves most of the dump queued
-	c, err := New(Options{Sysfs: mountSysfs(t, ns), Netns: ns, Logger: testLogger(&bytes.Buffer{})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newNetnsCollector(t, ns, &bytes.Buffer{})
 	ctx, cancel := context.WithCancel(context.Background())
 	c.conn = &deadlineConn{conn: c.conn, cancel: cancel}
 	if err := c.Collect(ctx, &sample.Batch{}); err == nil {
@@ -67,11 +63,7 @@ func TestAbandonedDumpDoesNotFailTheNext(t *testing.T) {
 func TestWatcherForgetsLinksDeletedWhileResubscribing(t *testing.T) {
 	requireRoot(t)
 	ns, h := newNetns(t)
-	c, err := New(Options{Sysfs: mountSysfs(t, ns), Netns: ns, Logger: testLogger(&bytes.Buffer{})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newNetnsCollector(t, ns, &bytes.Buffer{})
 	w := c.watcher
 	entries := func() int { w.mu.Lock(); defer w.mu.Unlock(); return len(w.links) }
 	for round := range 3 {
@@ -107,11 +99,7 @@ func TestWatcherForgetsLinksDeletedWhileResubscribing(t *testing.T) {
 func TestRecreatedLinkStaysMonotonic(t *testing.T) {
 	requireRoot(t)
 	ns, h := newNetns(t)
-	c, err := New(Options{Sysfs: mountSysfs(t, ns), Netns: ns, Logger: testLogger(&bytes.Buffer{})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newNetnsCollector(t, ns, &bytes.Buffer{})
 	known := func(l netlink.Link) func() bool {
 		return func() bool { _, ok := c.watcher.transitions(int32(l.Attrs().Index)); return ok }
 	}

@@ -92,6 +92,18 @@ func newNetns(tb testing.TB) (netns.NsHandle, *netlink.Handle) {
 	return ns, h
 }
 
+// newNetnsCollector is the collector of namespace ns, reading the namespace's own sysfs and
+// logging to logs; it is closed when the test ends.
+func newNetnsCollector(tb testing.TB, ns netns.NsHandle, logs *bytes.Buffer) *Collector {
+	tb.Helper()
+	c, err := New(Options{Sysfs: mountSysfs(tb, ns), Netns: ns, Logger: testLogger(logs)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
 // mountSysfs mounts a sysfs that shows ns's links (sysfs takes the network namespace of the
 // thread that mounts it), as the agent's container sees its host's.
 func mountSysfs(tb testing.TB, ns netns.NsHandle) string {
@@ -201,12 +213,9 @@ func TestCountersOverVeth(t *testing.T) {
 		return err == nil && l.Attrs().OperState == netlink.OperUp
 	})
 
-	c, err := New(Options{Sysfs: mountSysfs(t, ns1), Netns: ns1, Logger: testLogger(&bytes.Buffer{})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newNetnsCollector(t, ns1, &bytes.Buffer{})
 
+	var err error
 	var recv *net.UDPConn
 	inNetns(t, ns2, func() error {
 		recv, err = net.ListenUDP("udp4", &net.UDPAddr{IP: ipB, Port: 7777})
@@ -337,11 +346,7 @@ func TestVanishedInterfaceIsSkipped(t *testing.T) {
 	ns, h := newNetns(t)
 	gone, _ := veth(t, h, "gone0", "gone1", netns.None(), nil)
 	var logs bytes.Buffer
-	c, err := New(Options{Sysfs: mountSysfs(t, ns), Netns: ns, Logger: testLogger(&logs)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newNetnsCollector(t, ns, &logs)
 	c.afterDump = func() {
 		if err := h.LinkDel(gone); err != nil {
 			t.Error(err)
@@ -397,11 +402,7 @@ func TestOneDumpPerCollection(t *testing.T) {
 		c.Close()
 		t.Fatal("New accepted a sysfs path that does not exist")
 	}
-	c, err = New(Options{Sysfs: mountSysfs(t, ns), Netns: ns, Logger: testLogger(&bytes.Buffer{})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c = newNetnsCollector(t, ns, &bytes.Buffer{})
 	cc := &countingConn{conn: c.conn}
 	c.conn = cc
 	b := collect(t, c)
@@ -430,11 +431,7 @@ func TestOneDumpPerCollection(t *testing.T) {
 func BenchmarkNICCollection64Links(b *testing.B) {
 	requireRoot(b)
 	ns := manyLinks(b, 64)
-	c, err := New(Options{Sysfs: mountSysfs(b, ns), Netns: ns, Logger: testLogger(&bytes.Buffer{})})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	c := newNetnsCollector(b, ns, &bytes.Buffer{})
 	batch := &sample.Batch{}
 	ctx := context.Background()
 	b.ReportAllocs()
