@@ -13,6 +13,7 @@ import (
 
 	"github.com/capstan-power/capstan/capping/budget"
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
+	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/sample"
 )
 
@@ -39,7 +40,7 @@ func (v *varBudget) set(w float64) {
 // rig is a controller driving a simulated fleet on a manual clock.
 type rig struct {
 	t     *testing.T
-	clock *sim.ManualClock
+	clock *clock.Manual
 	fleet *sim.Fleet
 	src   *staticSource
 	store *sample.Store
@@ -70,7 +71,7 @@ func (s *syncBuffer) String() string {
 
 func newRig(t *testing.T, trace string, count int, budgetW float64, edit func(*Settings)) *rig {
 	t.Helper()
-	clock := sim.NewManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	clock := clock.NewManual(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	fleet, err := sim.New(sim.Options{Model: "H100", Count: count, Trace: trace, Seed: 7, Clock: clock})
 	if err != nil {
 		t.Fatal(err)

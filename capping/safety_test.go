@@ -10,6 +10,7 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
+	"github.com/capstan-power/capstan/internal/clock"
 )
 
 // The original limits are in the state file before the first write, and SIGTERM's restore
@@ -109,7 +110,7 @@ func TestUnwritableStateFileRefusesToCap(t *testing.T) {
 	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	clock := sim.NewManualClock(time.Unix(0, 0))
+	clock := clock.NewManual(time.Unix(0, 0))
 	fleet, _ := sim.New(sim.Options{Model: "H100", Count: 2, Trace: "steady", Clock: clock})
 	if ret := fleet.Init(); ret != nvml.SUCCESS {
 		t.Fatal(ret)
@@ -149,7 +150,7 @@ func FuzzLimitsRespectConstraints(f *testing.F) {
 		models := sim.Models()
 		traces := sim.TraceNames()
 		n := 1 + int(count)%16
-		clock := sim.NewManualClock(time.Unix(0, 0))
+		clock := clock.NewManual(time.Unix(0, 0))
 		fleet, err := sim.New(sim.Options{Model: models[int(model)%len(models)], Count: n, Trace: traces[int(trace)%len(traces)], Seed: int64(seed), Clock: clock})
 		if err != nil {
 			t.Fatal(err)
@@ -271,7 +272,7 @@ func TestDistributeByWeight(t *testing.T) {
 // BenchmarkTick measures one control period for 8 GPUs. The simulated NVML calls are
 // included; BenchmarkTickNoNVML below subtracts them.
 func BenchmarkTick(b *testing.B) {
-	clock := sim.NewManualClock(time.Unix(0, 0))
+	clock := clock.NewManual(time.Unix(0, 0))
 	fleet, _ := sim.New(sim.Options{Model: "H100", Count: 8, Trace: "bursty", Clock: clock})
 	if ret := fleet.Init(); ret != nvml.SUCCESS {
 		b.Fatal(ret)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/capstan-power/capstan/collectors/gpu"
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
+	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/sample"
 )
 
@@ -21,7 +22,7 @@ import (
 // reader's collect and the Prometheus exposition of the result. Targets: ≤ 0.5 ms per iteration
 // and ≤ 2 allocations per data point. The simulator's own physics step is part of the figure.
 func BenchmarkGPUCollectionAndBothReaders(b *testing.B) {
-	clock := sim.NewManualClock(time.Unix(1_700_000_000, 0))
+	clock := clock.NewManual(time.Unix(1_700_000_000, 0))
 	fleet, err := sim.New(sim.Options{Model: "H100", Count: 8, Trace: "training", Seed: 1, Clock: clock})
 	if err != nil {
 		b.Fatal(err)

@@ -20,6 +20,7 @@ import (
 	"github.com/capstan-power/capstan/capping/budget"
 	"github.com/capstan-power/capstan/capping/cluster"
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
+	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
 )
@@ -74,7 +75,7 @@ func startAgent(t testing.TB, name string, cli *clientv3.Client, gpus int, prior
 // half of it) and whether the node stands for allocator.
 func startAgentWith(t testing.TB, name string, cli *clientv3.Client, gpus int, priority float64, ttl, per time.Duration, campaign bool) *agent {
 	t.Helper()
-	fleet, err := sim.New(sim.Options{Model: "H100", Count: gpus, Trace: "steady", Seed: int64(len(name)), Clock: sim.RealClock()})
+	fleet, err := sim.New(sim.Options{Model: "H100", Count: gpus, Trace: "steady", Seed: int64(len(name)), Clock: clock.Real()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/capstan-power/capstan/capping"
 	"github.com/capstan-power/capstan/capping/budget"
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
+	"github.com/capstan-power/capstan/internal/clock"
 )
 
 // Step changes the budget At a time from the start.
@@ -88,7 +89,7 @@ const (
 )
 
 // fleetOf builds one of the three identical fleets.
-func fleetOf(o *Options, clock sim.Clock) (*sim.Fleet, error) {
+func fleetOf(o *Options, clock clock.Clock) (*sim.Fleet, error) {
 	f, err := sim.New(sim.Options{Model: o.Model, Count: o.Count, Trace: o.Trace, Seed: o.Seed, Clock: clock})
 	if err != nil {
 		return nil, err
@@ -110,7 +111,7 @@ func Run(o Options) (*Report, error) {
 	steps := append([]Step(nil), o.Steps...)
 	sort.SliceStable(steps, func(i, j int) bool { return steps[i].At < steps[j].At })
 	wallStart := time.Now()
-	clock := sim.NewManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	clock := clock.NewManual(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	ours, err := fleetOf(&o, clock)
 	if err != nil {
 		return nil, err

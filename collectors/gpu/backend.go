@@ -10,6 +10,7 @@ import (
 
 	"github.com/capstan-power/capstan/collectors"
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
+	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/config"
 )
 
@@ -34,7 +35,7 @@ func (b *Backend) Shutdown() error {
 // Open initialises the backend cfg.GPU.Backend names. It returns collectors.ErrNoSource (wrapped,
 // with the reason) when the host has no GPU backend: with "none", and with "auto" when NVML does
 // not load. "auto" never falls back to the simulator.
-func Open(cfg *config.Config, clock sim.Clock, log *slog.Logger) (*Backend, error) {
+func Open(cfg *config.Config, clock clock.Clock, log *slog.Logger) (*Backend, error) {
 	switch strings.ToLower(cfg.GPU.Backend) {
 	case "none":
 		return nil, fmt.Errorf("gpu.backend is none: %w", collectors.ErrNoSource)

@@ -8,6 +8,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
+	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
 )
@@ -17,7 +18,7 @@ import (
 func TestCollectorOverEverySimModel(t *testing.T) {
 	for _, model := range sim.Models() {
 		t.Run(model, func(t *testing.T) {
-			clock := sim.NewManualClock(time.Unix(1_700_000_000, 0))
+			clock := clock.NewManual(time.Unix(1_700_000_000, 0))
 			fleet, err := sim.New(sim.Options{Model: model, Count: 4, Trace: "steady", Seed: 7, Clock: clock})
 			if err != nil {
 				t.Fatal(err)
@@ -70,7 +71,7 @@ func TestCollectorOverEverySimModel(t *testing.T) {
 
 // A simulated GPU lost mid-run is reported failed, the others carry on.
 func TestSimGPULost(t *testing.T) {
-	clock := sim.NewManualClock(time.Unix(1_700_000_000, 0))
+	clock := clock.NewManual(time.Unix(1_700_000_000, 0))
 	fleet, err := sim.New(sim.Options{Model: "H100", Count: 2, Trace: "training", Seed: 1, Clock: clock})
 	if err != nil {
 		t.Fatal(err)

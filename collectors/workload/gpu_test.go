@@ -13,6 +13,7 @@ import (
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
+	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
 )
@@ -66,7 +67,7 @@ func energyMJ(t *testing.T, lib nvml.Interface, i int) uint64 {
 }
 
 func TestGPUEnergySplitByProcessAndPod(t *testing.T) {
-	clock := sim.NewManualClock(time.Unix(1_700_000_000, 0))
+	clock := clock.NewManual(time.Unix(1_700_000_000, 0))
 	fleet, err := sim.New(sim.Options{Model: "H100", Count: 3, Trace: "steady", Seed: 7, Clock: clock})
 	if err != nil {
 		t.Fatal(err)
@@ -157,7 +158,7 @@ func TestGPUSeriesLeaveAfterWindow(t *testing.T) {
 	if _, err := V2Mount("/proc", "/sys"); err != nil {
 		t.Skipf("no cgroup v2 hierarchy: %v", err)
 	}
-	clock := sim.NewManualClock(time.Unix(1_700_000_000, 0))
+	clock := clock.NewManual(time.Unix(1_700_000_000, 0))
 	fleet, err := sim.New(sim.Options{Model: "H100", Count: 2, Trace: "steady", Seed: 7, Clock: clock})
 	if err != nil {
 		t.Fatal(err)

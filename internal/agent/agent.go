@@ -16,8 +16,8 @@ import (
 	"github.com/capstan-power/capstan/capping"
 	"github.com/capstan-power/capstan/collectors"
 	"github.com/capstan-power/capstan/collectors/gpu"
-	"github.com/capstan-power/capstan/collectors/gpu/sim"
 	"github.com/capstan-power/capstan/exporters"
+	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/config"
 	"github.com/capstan-power/capstan/internal/sample"
 	"github.com/capstan-power/capstan/internal/version"
@@ -35,17 +35,17 @@ type Pipeline struct {
 
 // NewPipeline opens the GPU backend and builds every enabled collector. A collector that cannot
 // start is registered as failed (up=0) and the pipeline runs without it.
-func NewPipeline(cfg *config.Config, log *slog.Logger, clock sim.Clock) (*Pipeline, error) {
-	if clock == nil {
-		clock = sim.RealClock()
+func NewPipeline(cfg *config.Config, log *slog.Logger, clk clock.Clock) (*Pipeline, error) {
+	if clk == nil {
+		clk = clock.Real()
 	}
 	p := &Pipeline{Config: cfg, Log: log, Store: sample.NewStore()}
-	p.Runner = collectors.NewRunner(p.Store, log, clock.Now)
+	p.Runner = collectors.NewRunner(p.Store, log, clk.Now)
 
-	opts := collectors.Options{Config: cfg, Logger: log, Now: clock.Now}
+	opts := collectors.Options{Config: cfg, Logger: log, Now: clk.Now}
 	gpuWanted := cfg.Collector(gpu.Name).Enabled
 	if gpuWanted {
-		backend, err := gpu.Open(cfg, clock, log)
+		backend, err := gpu.Open(cfg, clk, log)
 		switch {
 		case err == nil:
 			p.GPU = backend
@@ -102,7 +102,7 @@ type Options struct {
 	// Terminal receives the summary table.
 	Terminal io.Writer
 	// Clock drives the sim backend; nil means real time.
-	Clock sim.Clock
+	Clock clock.Clock
 }
 
 // Run runs the agent until ctx is done. On SIGHUP it re-reads the configuration; an invalid

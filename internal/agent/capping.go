@@ -9,7 +9,7 @@ import (
 	"github.com/capstan-power/capstan/capping"
 	"github.com/capstan-power/capstan/capping/budget"
 	"github.com/capstan-power/capstan/capping/cluster"
-	"github.com/capstan-power/capstan/collectors/gpu/sim"
+	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/config"
 )
 
@@ -28,15 +28,15 @@ type cappingRun struct {
 
 // startCapping starts the power controller when capping is enabled; it returns nil when not.
 // It needs the pipeline's GPU backend, and publishes into the pipeline's store.
-func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clock sim.Clock, log *slog.Logger) (*cappingRun, error) {
+func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clk clock.Clock, log *slog.Logger) (*cappingRun, error) {
 	if !cfg.Capping.Enabled {
 		return nil, nil
 	}
 	if p.GPU == nil {
 		return nil, errors.New("capping.enabled needs a GPU backend, and none is available (see gpu.backend)")
 	}
-	if clock == nil {
-		clock = sim.RealClock()
+	if clk == nil {
+		clk = clock.Real()
 	}
 	var (
 		src       budget.Source
@@ -45,11 +45,11 @@ func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clock si
 		err       error
 	)
 	if cfg.Budget.Source == "etcd" {
-		m, cli, err := cluster.FromConfig(cfg, p.GPU.Lib, p.Store, capping.StoreKey, log, clock.Now)
+		m, cli, err := cluster.FromConfig(cfg, p.GPU.Lib, p.Store, capping.StoreKey, log, clk.Now)
 		if err != nil {
 			return nil, err
 		}
-		src = budget.NewEtcd(m, clock.Now)
+		src = budget.NewEtcd(m, clk.Now)
 		abandon = func() { _ = cli.Close() }
 		closeEtcd = func() error {
 			// Let the member revoke its lease first, so the group sees the node leave at once.
@@ -59,10 +59,10 @@ func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clock si
 			}
 			return cli.Close()
 		}
-	} else if src, err = capping.SourceFrom(cfg, clock.Now, log); err != nil {
+	} else if src, err = capping.SourceFrom(cfg, clk.Now, log); err != nil {
 		return nil, err
 	}
-	ctl, err := capping.New(capping.Options{Settings: capping.SettingsFrom(cfg), Lib: p.GPU.Lib, Budget: src, Store: p.Store, Log: log, Now: clock.Now})
+	ctl, err := capping.New(capping.Options{Settings: capping.SettingsFrom(cfg), Lib: p.GPU.Lib, Budget: src, Store: p.Store, Log: log, Now: clk.Now})
 	if err != nil {
 		abandon()
 		return nil, err

@@ -16,6 +16,8 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+
+	"github.com/capstan-power/capstan/internal/clock"
 )
 
 // MaxGPUs is the largest fleet New builds.
@@ -37,7 +39,7 @@ type Options struct {
 	// Seed makes UUIDs, serials, traces and noise reproducible.
 	Seed int64
 	// Clock drives the simulation; nil means the wall clock.
-	Clock Clock
+	Clock clock.Clock
 	// DriverVersion is reported by SystemGetDriverVersion; empty means DefaultDriverVersion.
 	DriverVersion string
 }
@@ -49,7 +51,7 @@ type Fleet struct {
 
 	model  Model
 	trace  Trace
-	clock  Clock
+	clock  clock.Clock
 	start  time.Time
 	seed   int64
 	driver string
@@ -84,9 +86,9 @@ func New(o Options) (*Fleet, error) {
 	if err != nil {
 		return nil, fmt.Errorf("choosing the simulated workload: %w", err)
 	}
-	clock := o.Clock
-	if clock == nil {
-		clock = RealClock()
+	clk := o.Clock
+	if clk == nil {
+		clk = clock.Real()
 	}
 	driver := o.DriverVersion
 	if driver == "" {
@@ -96,8 +98,8 @@ func New(o Options) (*Fleet, error) {
 		Interface: &mock.Interface{},
 		model:     m,
 		trace:     tr,
-		clock:     clock,
-		start:     clock.Now(),
+		clock:     clk,
+		start:     clk.Now(),
 		seed:      o.Seed,
 		driver:    driver,
 		sets:      map[*EventSet]struct{}{},

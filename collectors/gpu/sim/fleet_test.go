@@ -10,14 +10,16 @@ import (
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
+	"github.com/capstan-power/capstan/internal/clock"
 )
 
 var epoch = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
 // newFleet builds an initialised fleet on a manual clock.
-func newFleet(t testing.TB, model, trace string, count int) (*Fleet, *ManualClock) {
+func newFleet(t testing.TB, model, trace string, count int) (*Fleet, *clock.Manual) {
 	t.Helper()
-	clock := NewManualClock(epoch)
+	clock := clock.NewManual(epoch)
 	f, err := New(Options{Model: model, Count: count, Trace: trace, Seed: 7, Clock: clock})
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -368,7 +370,7 @@ func TestLostGPUFailsEveryCall(t *testing.T) {
 // TestCallsBeforeInitFail checks the library refuses work until Init, and counts Init and
 // Shutdown as NVML does.
 func TestCallsBeforeInitFail(t *testing.T) {
-	f, err := New(Options{Model: "A100", Count: 1, Trace: "steady", Clock: NewManualClock(epoch)})
+	f, err := New(Options{Model: "A100", Count: 1, Trace: "steady", Clock: clock.NewManual(epoch)})
 	if err != nil {
 		t.Fatal(err)
 	}
