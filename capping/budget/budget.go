@@ -66,6 +66,27 @@ type Acknowledger interface {
 	Applied(b Budget)
 }
 
+// Reporter is a Source that must learn, every control period, what the node draws and the range
+// the capped GPUs' limits can take. The etcd source tells its group's allocator, which shares
+// the group budget by these demands and bounds. The controller is the one place that decides
+// which GPUs are capped, so the bounds come from it, never from a second walk of the GPUs.
+type Reporter interface {
+	// Report gives the controller's latest view of the node.
+	Report(r NodeReport)
+}
+
+// NodeReport is what the controller knows of the node after a control period.
+type NodeReport struct {
+	// DrawW is the node's measured power, as the controller steers it (GPUs, plus RAPL package
+	// power with capping.scope node); DrawOK is false until a first measurement.
+	DrawW  float64
+	DrawOK bool
+	// MinW and MaxW are the sums of the capped GPUs' limit constraints.
+	MinW, MaxW float64
+	// At is when the measurement was taken.
+	At time.Time
+}
+
 // Leaver is a Source whose budget still binds the node once the agent stops: a cluster group
 // keeps only the node's floor for it after it left, so its limits must not be raised past it.
 type Leaver interface {
