@@ -1,0 +1,104 @@
+// Package testkit holds what Capstan's tests share: a log buffer that many goroutines write to,
+// and waiting on a condition instead of sleeping for a guessed time.
+package testkit
+
+import (
+	"bytes"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// LogBuffer collects log output from several goroutines; it is safe for concurrent use.
+type LogBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Write appends p.
+func (b *LogBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String returns everything written so far.
+func (b *LogBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// Contains reports whether the output so far contains s.
+func (b *LogBuffer) Contains(s string) bool { return strings.Contains(b.String(), s) }
+
+// Count returns how many times s occurs in the output so far.
+func (b *LogBuffer) Count(s string) int { return strings.Count(b.String(), s) }
+
+// NewLogger returns a debug-level logfmt logger writing to a new LogBuffer.
+func NewLogger() (*slog.Logger, *LogBuffer) {
+	buf := &LogBuffer{}
+	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
+}
+
+// DefaultWait bounds a wait that should end quickly; it only keeps a broken build from hanging,
+// so it is generous for a loaded machine.
+const DefaultWait = 30 * time.Second
+
+// pollEvery is how often a wait checks its condition.
+const pollEvery = 5 * time.Millisecond
+
+// Eventually checks cond until it holds and fails tb when timeout passes first; what names
+// the condition in the failure.
+func Eventually(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
+	tb.Helper()
+	if !Poll(timeout, cond) {
+		tb.Fatalf("gave up after %s waiting for %s", timeout, what)
+	}
+}
+
+// WaitFor is Eventually with DefaultWait.
+func WaitFor(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	Eventually(tb, DefaultWait, what, cond)
+}
+
+// Poll checks cond until it holds (true) or timeout passes (false), for callers that report
+// the failure themselves.
+func Poll(timeout time.Duration, cond func() bool) bool {
+	if cond() {
+		return true
+	}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(pollEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			if cond() {
+				return true
+			}
+		case <-deadline.C:
+			return cond()
+		}
+	}
+}
+
+// Receive waits for a value from ch and fails tb when timeout passes first or ch is closed.
+func Receive[T any](tb testing.TB, ch <-chan T, timeout time.Duration, what string) T {
+	tb.Helper()
+	select {
+	case v, ok := <-ch:
+		if !ok {
+			tb.Fatalf("%s: channel closed", what)
+		}
+		return v
+	case <-time.After(timeout):
+		tb.Fatalf("gave up after %s waiting for %s", timeout, what)
+	}
+	var zero T
+	return zero
+}
