@@ -11,13 +11,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	// Collectors register themselves.
-	_ "github.com/capstan-power/capstan/collectors/cpufreq"
-	_ "github.com/capstan-power/capstan/collectors/gpu"
-	_ "github.com/capstan-power/capstan/collectors/nic"
-	_ "github.com/capstan-power/capstan/collectors/thermal"
-	_ "github.com/capstan-power/capstan/collectors/workload"
-
+	// Every collector Capstan ships registers itself, with its flags.
+	_ "github.com/capstan-power/capstan/collectors/all"
 	"github.com/capstan-power/capstan/internal/agent"
 	"github.com/capstan-power/capstan/internal/config"
 	"github.com/capstan-power/capstan/internal/version"

@@ -31,8 +31,8 @@ func init() {
 		Name:             Name,
 		EnabledByDefault: true,
 		Interval:         5 * time.Second,
-		New: func(o collectors.Options) (collectors.Collector, error) {
-			return New(o.Config.Path.Sysfs, o.Logger, nil)
+		New: func(set collectors.Settings, _ collectors.Config) (collectors.Collector, error) {
+			return New(set.Sysfs, set.Logger, nil)
 		},
 	})
 }

@@ -3,19 +3,17 @@ package gpu
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
 	"github.com/capstan-power/capstan/collectors"
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
-	"github.com/capstan-power/capstan/internal/clock"
-	"github.com/capstan-power/capstan/internal/config"
 )
 
 // Backend is an initialised GPU library: real NVML or the simulated fleet behind the same
-// nvml.Interface. The GPU collector and the capping controller share one.
+// nvml.Interface. The agent opens one for whoever needs it: the GPU collector, the workload
+// collector and the capping controller.
 type Backend struct {
 	// Kind is "nvml" or "sim".
 	Kind string
@@ -32,16 +30,16 @@ func (b *Backend) Shutdown() error {
 	return nil
 }
 
-// Open initialises the backend cfg.GPU.Backend names. It returns collectors.ErrNoSource (wrapped,
-// with the reason) when the host has no GPU backend: with "none", and with "auto" when NVML does
-// not load. "auto" never falls back to the simulator.
-func Open(cfg *config.Config, clock clock.Clock, log *slog.Logger) (*Backend, error) {
-	switch strings.ToLower(cfg.GPU.Backend) {
+// Open initialises the backend kind names (gpu.backend: auto, nvml, sim or none); simulated
+// configures the fleet of "sim". It returns collectors.ErrNoSource (wrapped, with the reason)
+// when the host has no GPU backend: with "none", and with "auto" when NVML does not load. "auto"
+// never falls back to the simulator.
+func Open(kind string, simulated sim.Options) (*Backend, error) {
+	switch strings.ToLower(kind) {
 	case "none":
 		return nil, fmt.Errorf("gpu.backend is none: %w", collectors.ErrNoSource)
 	case "sim":
-		s := cfg.GPU.Sim
-		fleet, err := sim.New(sim.Options{Model: s.Model, Count: s.Count, Trace: s.Trace, Seed: s.Seed, Clock: clock})
+		fleet, err := sim.New(simulated)
 		if err != nil {
 			return nil, fmt.Errorf("starting the simulated GPU fleet: %w", err)
 		}
@@ -55,7 +53,7 @@ func Open(cfg *config.Config, clock clock.Clock, log *slog.Logger) (*Backend, er
 		// call but Init kills the process.
 		if ret := lib.Init(); ret != nvml.SUCCESS {
 			err := fmt.Errorf("initialising NVML: %w", ret)
-			if cfg.GPU.Backend == "nvml" {
+			if kind == "nvml" {
 				return nil, err
 			}
 			if errors.Is(ret, nvml.ERROR_LIBRARY_NOT_FOUND) || errors.Is(ret, nvml.ERROR_DRIVER_NOT_LOADED) {
@@ -65,5 +63,5 @@ func Open(cfg *config.Config, clock clock.Clock, log *slog.Logger) (*Backend, er
 		}
 		return &Backend{Kind: "nvml", Lib: lib}, nil
 	}
-	return nil, fmt.Errorf("gpu.backend %q is not one of auto, nvml, sim, none", cfg.GPU.Backend)
+	return nil, fmt.Errorf("gpu.backend %q is not one of auto, nvml, sim, none", kind)
 }

@@ -28,14 +28,12 @@ func init() {
 		Name:             Name,
 		EnabledByDefault: true,
 		Interval:         time.Second,
-		New: func(o collectors.Options) (collectors.Collector, error) {
-			if o.NVML == nil {
-				if o.NVMLErr != nil {
-					return nil, o.NVMLErr
-				}
-				return nil, fmt.Errorf("no GPU backend: %w", collectors.ErrNoSource)
+		New: func(set collectors.Settings, _ collectors.Config) (collectors.Collector, error) {
+			lib, err := collectors.Lookup[nvml.Interface](set)
+			if err != nil {
+				return nil, err
 			}
-			return New(o.NVML, o.Logger, o.Now)
+			return New(lib, set.Logger, set.Now)
 		},
 	})
 }

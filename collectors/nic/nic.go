@@ -34,23 +34,37 @@ const Name = "nic"
 
 func init() {
 	collectors.Register(collectors.Factory{
-		Name:             Name,
-		EnabledByDefault: true,
-		Interval:         5 * time.Second,
-		New: func(o collectors.Options) (collectors.Collector, error) {
-			include, err := compileFilter("nic.include", o.Config.NIC.Include)
+		Name:                Name,
+		EnabledByDefault:    true,
+		Interval:            5 * time.Second,
+		CreateDefaultConfig: func() collectors.Config { return &Config{Exclude: DefaultExclude} },
+		New: func(set collectors.Settings, cfg collectors.Config) (collectors.Collector, error) {
+			c := cfg.(*Config)
+			include, err := compileFilter("nic.include", c.Include)
 			if err != nil {
 				return nil, err
 			}
-			exclude, err := compileFilter("nic.exclude", o.Config.NIC.Exclude)
+			exclude, err := compileFilter("nic.exclude", c.Exclude)
 			if err != nil {
 				return nil, err
 			}
-			return New(Options{Sysfs: o.Config.Path.Sysfs, Include: include, Exclude: exclude,
-				Netns: netns.None(), Logger: o.Logger})
+			return New(Options{Sysfs: set.Sysfs, Include: include, Exclude: exclude,
+				Netns: netns.None(), Logger: set.Logger})
 		},
 	})
 }
+
+// Config selects the network interfaces the collector reports, by name (keys nic.include and
+// nic.exclude): an interface is reported when Include is empty or matches, and Exclude is empty
+// or does not match.
+type Config struct {
+	Include string `yaml:"include" format:"regexp" help:"regular expression of the network interface names the nic collector reports; empty means all"`
+	Exclude string `yaml:"exclude" format:"regexp" help:"regular expression of the network interface names the nic collector leaves out; empty leaves out none"`
+}
+
+// DefaultExclude leaves out loopback and the per-container links of container runtimes and
+// CNI plugins, whose number follows the pods and would swamp a node's series.
+const DefaultExclude = `^(lo|veth.*|cali.*|lxc.*|docker.*)$`
 
 // compileFilter compiles a name filter; config validation has already checked it.
 func compileFilter(key, expr string) (*regexp.Regexp, error) {

@@ -18,7 +18,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/capstan-power/capstan/collectors"
-	"github.com/capstan-power/capstan/internal/config"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
 )
@@ -273,12 +272,12 @@ func TestDumpErrorFailsTheCollection(t *testing.T) {
 }
 
 func TestFilters(t *testing.T) {
-	cfg := config.Default()
+	cfg := newConfig(t)
 	include, err := compileFilter("nic.include", "^(eth|ens|ib).*")
 	if err != nil {
 		t.Fatal(err)
 	}
-	exclude, err := compileFilter("nic.exclude", cfg.NIC.Exclude)
+	exclude, err := compileFilter("nic.exclude", cfg.Exclude)
 	if err != nil {
 		t.Fatal(err)
 	}

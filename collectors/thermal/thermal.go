@@ -25,8 +25,8 @@ func init() {
 		Name:             Name,
 		EnabledByDefault: true,
 		Interval:         5 * time.Second,
-		New: func(o collectors.Options) (collectors.Collector, error) {
-			return New(Options{Sysfs: o.Config.Path.Sysfs, Logger: o.Logger, Now: o.Now})
+		New: func(set collectors.Settings, _ collectors.Config) (collectors.Collector, error) {
+			return New(Options{Sysfs: set.Sysfs, Logger: set.Logger, Now: set.Now})
 		},
 	})
 }

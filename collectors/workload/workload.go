@@ -21,7 +21,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/capstan-power/capstan/collectors"
-	"github.com/capstan-power/capstan/internal/config"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
 )
@@ -40,14 +39,41 @@ func init() {
 		Name:             Name,
 		EnabledByDefault: false,
 		Interval:         10 * time.Second,
-		New: func(o collectors.Options) (collectors.Collector, error) {
-			w := o.Config.Workload
-			return New(Options{Procfs: o.Config.Path.Procfs, Sysfs: o.Config.Path.Sysfs, Logger: o.Logger,
-				NVML: o.NVML, MaxSeries: w.MaxSeries, ActiveIntervals: w.ActiveIntervals,
-				PodResourcesSocket: w.PodResourcesSocket, Now: o.Now})
+		CreateDefaultConfig: func() collectors.Config {
+			return &Config{MaxSeries: DefaultMaxSeries, ActiveIntervals: DefaultActiveIntervals,
+				PodResourcesSocket: DefaultPodResourcesSocket}
+		},
+		New: func(set collectors.Settings, cfg collectors.Config) (collectors.Collector, error) {
+			w := cfg.(*Config)
+			// Without a GPU backend the collector attributes CPU and network only.
+			lib, err := collectors.Lookup[nvml.Interface](set)
+			if err != nil && set.Logger != nil {
+				set.Logger.Debug("workload collector without GPU energy", "reason", err)
+			}
+			return New(Options{Procfs: set.Procfs, Sysfs: set.Sysfs, Logger: set.Logger,
+				NVML: lib, MaxSeries: w.MaxSeries, ActiveIntervals: w.ActiveIntervals,
+				PodResourcesSocket: w.PodResourcesSocket, Now: set.Now})
 		},
 	})
 }
+
+// Config bounds what the collector exports and says where the kubelet is (keys workload.*).
+type Config struct {
+	// MaxSeries is the most cgroups exported per collection, the busiest first; the rest are
+	// counted in capstan.workload.series.dropped.
+	MaxSeries int `yaml:"max-series" range:"1,100000" help:"most cgroups the workload collector exports per collection, the busiest first"`
+	// ActiveIntervals: a cgroup is exported while it was active in this many last collections.
+	ActiveIntervals int `yaml:"active-intervals" range:"1,100" help:"the workload collector exports a cgroup while it was active in this many last collections"`
+	// PodResourcesSocket is the kubelet's pod-resources API, used when it exists; empty: not used.
+	PodResourcesSocket string `yaml:"pod-resources-socket" help:"kubelet pod-resources socket naming the pods that hold GPUs; empty or absent: not used"`
+}
+
+// Defaults of Config.
+const (
+	DefaultMaxSeries          = 2000
+	DefaultActiveIntervals    = 5
+	DefaultPodResourcesSocket = "/var/lib/kubelet/pod-resources/kubelet.sock"
+)
 
 // Options configure the collector.
 type Options struct {
@@ -56,10 +82,10 @@ type Options struct {
 	// NoBPF forces the cpu.stat source.
 	NoBPF bool
 	// MaxSeries bounds the cgroups exported per collection, the busiest first (0: the default,
-	// config.DefaultWorkloadMaxSeries).
+	// DefaultMaxSeries).
 	MaxSeries int
 	// ActiveIntervals: a cgroup is exported while it was active in this many last collections
-	// (0: config.DefaultWorkloadActiveIntervals).
+	// (0: DefaultActiveIntervals).
 	ActiveIntervals int
 	// NVML, when set, splits GPU energy across workloads.
 	NVML nvml.Interface
@@ -163,7 +189,7 @@ func New(o Options) (*Collector, error) {
 	}
 	c := &Collector{
 		log: o.Logger.With("collector", Name), root: root, sysfs: o.Sysfs,
-		maxSeries: config.DefaultWorkloadMaxSeries, active: config.DefaultWorkloadActiveIntervals, cgroups: map[uint64]*cgroup{}, unknown: map[uint64]uint64{}, retired: map[string]retiredTotals{}, rapl: newRAPL(o.Sysfs),
+		maxSeries: DefaultMaxSeries, active: DefaultActiveIntervals, cgroups: map[uint64]*cgroup{}, unknown: map[uint64]uint64{}, retired: map[string]retiredTotals{}, rapl: newRAPL(o.Sysfs),
 	}
 	if o.MaxSeries > 0 {
 		c.maxSeries = o.MaxSeries

@@ -11,11 +11,13 @@ import (
 	"os"
 	"time"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/capstan-power/capstan/capping"
 	"github.com/capstan-power/capstan/collectors"
 	"github.com/capstan-power/capstan/collectors/gpu"
+	"github.com/capstan-power/capstan/collectors/gpu/sim"
 	"github.com/capstan-power/capstan/exporters"
 	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/config"
@@ -33,8 +35,10 @@ type Pipeline struct {
 	Runner *collectors.Runner
 }
 
-// NewPipeline opens the GPU backend and builds every enabled collector. A collector that cannot
-// start is registered as failed (up=0) and the pipeline runs without it.
+// NewPipeline builds every enabled collector, with the GPU backend opened once for whoever
+// needs it: the GPU collector, the workload collector, and the capping controller when capping
+// is enabled. A collector that cannot start is registered as failed (up=0) and the pipeline runs
+// without it.
 func NewPipeline(cfg *config.Config, log *slog.Logger, clk clock.Clock) (*Pipeline, error) {
 	if clk == nil {
 		clk = clock.Real()
@@ -42,36 +46,42 @@ func NewPipeline(cfg *config.Config, log *slog.Logger, clk clock.Clock) (*Pipeli
 	p := &Pipeline{Config: cfg, Log: log, Store: sample.NewStore()}
 	p.Runner = collectors.NewRunner(p.Store, log, clk.Now)
 
-	opts := collectors.Options{Config: cfg, Logger: log, Now: clk.Now}
-	gpuWanted := cfg.Collector(gpu.Name).Enabled
-	if gpuWanted {
-		backend, err := gpu.Open(cfg, clk, log)
-		switch {
-		case err == nil:
-			p.GPU = backend
-			opts.NVML = backend.Lib
-			log.Info("GPU backend ready", "backend", backend.Kind)
-		case errors.Is(err, collectors.ErrNoSource):
-			opts.NVMLErr = err
-		case cfg.GPU.Backend == "sim":
-			// A bad simulator setting is a configuration error, not a host condition.
+	var gpuErr error
+	res := &collectors.Resources{}
+	collectors.Provide(res, func() (nvml.Interface, error) {
+		backend, err := gpu.Open(cfg.GPU.Backend, sim.Options{Model: cfg.GPU.Sim.Model, Count: cfg.GPU.Sim.Count,
+			Trace: cfg.GPU.Sim.Trace, Seed: cfg.GPU.Sim.Seed, Clock: clk})
+		if err != nil {
+			gpuErr = err
 			return nil, err
-		default:
-			opts.NVMLErr = err
 		}
-	}
+		p.GPU = backend
+		log.Info("GPU backend ready", "backend", backend.Kind)
+		return backend.Lib, nil
+	})
+	set := collectors.Settings{Logger: log, Now: clk.Now, Sysfs: cfg.Path.Sysfs, Procfs: cfg.Path.Procfs,
+		NodeName: cfg.Node.Name, Resources: res}
 
 	for _, f := range collectors.Factories() {
 		cc := cfg.Collector(f.Name)
 		if !cc.Enabled {
 			continue
 		}
-		c, err := f.New(opts)
+		c, err := f.New(set, cfg.CollectorConfig(f.Name))
 		if err != nil {
 			p.Runner.AddFailed(f.Name, err)
 			continue
 		}
 		p.Runner.Add(f.Name, c, cc.Interval, cc.Timeout)
+	}
+	if cfg.Capping.Enabled {
+		// The controller needs the backend also when no collector asked for it.
+		_, _ = collectors.Lookup[nvml.Interface](set)
+	}
+	if gpuErr != nil && !errors.Is(gpuErr, collectors.ErrNoSource) && cfg.GPU.Backend == "sim" {
+		// A bad simulator setting is a configuration error, not a host condition.
+		p.Close()
+		return nil, gpuErr
 	}
 	return p, nil
 }

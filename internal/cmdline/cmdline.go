@@ -9,14 +9,9 @@ import (
 
 	"github.com/spf13/pflag"
 
-	// The collectors cmd/capstan registers, so that their --collector.* flags exist here too;
-	// a test keeps this list equal to cmd/capstan's.
-	_ "github.com/capstan-power/capstan/collectors/cpufreq"
-	_ "github.com/capstan-power/capstan/collectors/gpu"
-	_ "github.com/capstan-power/capstan/collectors/nic"
-	_ "github.com/capstan-power/capstan/collectors/thermal"
-	_ "github.com/capstan-power/capstan/collectors/workload"
-
+	// The collectors cmd/capstan links in, so that their flags exist here too; a test keeps
+	// this import equal to cmd/capstan's.
+	_ "github.com/capstan-power/capstan/collectors/all"
 	"github.com/capstan-power/capstan/internal/config"
 )
 

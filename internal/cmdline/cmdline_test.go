@@ -9,7 +9,8 @@ import (
 	"testing"
 )
 
-// collectorImports returns the collector packages a Go file imports.
+// collectorImports returns the collector packages a Go file imports: collectors/all, or single
+// collectors imported past it.
 func collectorImports(t *testing.T, path string) []string {
 	t.Helper()
 	f, err := parser.ParseFile(token.NewFileSet(), path, nil, parser.ImportsOnly)
@@ -27,13 +28,17 @@ func collectorImports(t *testing.T, path string) []string {
 	return pkgs
 }
 
-// The flags of a collector exist only when its package is linked in: the list here must be the
-// agent's, or a manifest could pass a flag the agent lacks (or the reverse) unnoticed.
+// The flags of a collector exist only when its package is linked in: the collectors here must be
+// the agent's, or a manifest could pass a flag the agent lacks (or the reverse) unnoticed. Both
+// import collectors/all and no collector past it.
 func TestSameCollectorsAsTheAgent(t *testing.T) {
 	agent := collectorImports(t, "../../cmd/capstan/main.go")
 	here := collectorImports(t, "cmdline.go")
 	if !slices.Equal(agent, here) {
 		t.Fatalf("cmd/capstan imports collectors %v, internal/cmdline imports %v: make them equal", agent, here)
+	}
+	if want := []string{"github.com/capstan-power/capstan/collectors/all"}; !slices.Equal(here, want) {
+		t.Fatalf("internal/cmdline imports collectors %v, want only %v, which the agent imports too", here, want)
 	}
 }
 

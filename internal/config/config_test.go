@@ -11,6 +11,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/capstan-power/capstan/collectors"
+	"github.com/capstan-power/capstan/collectors/nic"
+	"github.com/capstan-power/capstan/collectors/workload"
 )
 
 // sameConfig compares two configs, ignoring where their values came from.
@@ -20,19 +24,12 @@ func sameConfig(a, b *Config) bool {
 	return reflect.DeepEqual(x, y)
 }
 
-// leafKeys lists every dotted key that is not under collector, in file order.
-func leafKeys(t reflect.Type, prefix string) []string {
+// leafKeys lists every dotted key that is not under collector, in file order, the collectors'
+// sections included.
+func leafKeys() []string {
 	var keys []string
-	for i := range t.NumField() {
-		f := t.Field(i)
-		name := yamlName(f)
-		switch {
-		case name == "" || f.Type == reflect.TypeFor[map[string]Collector]():
-		case f.Type.Kind() == reflect.Struct:
-			keys = append(keys, leafKeys(f.Type, join(prefix, name))...)
-		default:
-			keys = append(keys, join(prefix, name))
-		}
+	for _, l := range leaves(reflect.ValueOf(Default()).Elem()) {
+		keys = append(keys, l.key)
 	}
 	return keys
 }
@@ -45,11 +42,15 @@ func TestDefault(t *testing.T) {
 		Path: Path{Sysfs: "/sys", Procfs: "/proc"},
 		GPU:  GPU{Backend: "auto", Sim: GPUSim{Model: "H100", Count: 8, Trace: "training", Seed: 1}},
 		Collectors: map[string]Collector{
-			"gpu":     {Enabled: true, Interval: time.Second},
-			"cpufreq": {Enabled: false, Interval: 10 * time.Second},
+			"gpu":      {Enabled: true, Interval: time.Second},
+			"cpufreq":  {Enabled: false, Interval: 10 * time.Second},
+			"nic":      {Enabled: true, Interval: 5 * time.Second},
+			"workload": {Enabled: false, Interval: 10 * time.Second},
 		},
-		NIC:      NIC{Exclude: DefaultNICExclude},
-		Workload: Workload{MaxSeries: 2000, ActiveIntervals: 5, PodResourcesSocket: "/var/lib/kubelet/pod-resources/kubelet.sock"},
+		Sections: Sections{
+			"nic":      &nic.Config{Exclude: `^(lo|veth.*|cali.*|lxc.*|docker.*)$`},
+			"workload": &workload.Config{MaxSeries: 2000, ActiveIntervals: 5, PodResourcesSocket: "/var/lib/kubelet/pod-resources/kubelet.sock"},
+		},
 		OTLP: OTLP{Protocol: "grpc", Interval: 10 * time.Second, Timeout: 10 * time.Second,
 			Compression: "gzip", Temporality: "cumulative"},
 		Web:    Web{ListenAddress: "127.0.0.1:9400"},
@@ -88,39 +89,8 @@ func TestDefaultNodeNameFallsBackToHostname(t *testing.T) {
 }
 
 func TestRegisteredCollectorsSorted(t *testing.T) {
-	if got, want := RegisteredCollectors(), []string{"cpufreq", "gpu"}; !reflect.DeepEqual(got, want) {
+	if got, want := RegisteredCollectors(), []string{"cpufreq", "gpu", "nic", "workload"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("RegisteredCollectors() = %v, want %v", got, want)
-	}
-}
-
-// unregister removes test collectors so that later tests see only gpu and cpufreq.
-func unregister(names ...string) {
-	registryMu.Lock()
-	defer registryMu.Unlock()
-	for _, n := range names {
-		delete(registry, n)
-	}
-}
-
-func TestRegisterCollectorPanics(t *testing.T) {
-	for name, register := range map[string]func(){
-		"duplicate":      func() { RegisterCollector("gpu", true, time.Second) },
-		"empty name":     func() { RegisterCollector("", true, time.Second) },
-		"dotted name":    func() { RegisterCollector("gpu.power", true, time.Second) },
-		"short interval": func() { RegisterCollector("fast", true, time.Millisecond) },
-		"zero interval":  func() { RegisterCollector("zero", true, 0) },
-	} {
-		t.Run(name, func(t *testing.T) {
-			defer func() {
-				if recover() == nil {
-					t.Error("no panic")
-				}
-			}()
-			register()
-		})
-	}
-	if got := len(RegisteredCollectors()); got != 2 {
-		t.Errorf("a rejected registration stayed: %v", RegisteredCollectors())
 	}
 }
 
@@ -129,19 +99,20 @@ func TestRegisterCollectorConcurrently(t *testing.T) {
 	for i := range 16 {
 		names = append(names, fmt.Sprintf("race%02d", i))
 	}
-	defer unregister(names...)
+	defer collectors.Unregister(names...)
+	before := len(RegisteredCollectors())
 	var wg sync.WaitGroup
 	for _, n := range names {
 		wg.Go(func() {
-			RegisterCollector(n, false, time.Minute)
+			registerStandIn(n, false, time.Minute)
 			_ = RegisteredCollectors()
 			_ = Default()
 		})
 	}
 	wg.Wait()
 	got := RegisteredCollectors()
-	if len(got) != 18 {
-		t.Errorf("registered %d collectors, want 18: %v", len(got), got)
+	if len(got) != before+16 {
+		t.Errorf("registered %d collectors, want %d: %v", len(got), before+16, got)
 	}
 	if c := Default().Collectors["race07"]; c.Enabled || c.Interval != time.Minute {
 		t.Errorf("collector.race07 = %+v, want its registered defaults", c)
@@ -310,7 +281,7 @@ func TestValidateAccepts(t *testing.T) {
 func TestValidateUnknownCollectorEntry(t *testing.T) {
 	c := Default()
 	c.Collectors["gpux"] = Collector{Enabled: true, Interval: time.Second}
-	if got, want := fmt.Sprint(c.Validate()), "collector.gpux: unknown collector (known: cpufreq, gpu)"; got != want {
+	if got, want := fmt.Sprint(c.Validate()), "collector.gpux: unknown collector (known: cpufreq, gpu, nic, workload)"; got != want {
 		t.Errorf("Validate() = %q, want %q", got, want)
 	}
 }
@@ -358,7 +329,7 @@ func TestYAMLShowsEveryKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, key := range append(leafKeys(reflect.TypeFor[Config](), ""), "collector.gpu.enabled",
+	for _, key := range append(leafKeys(), "collector.gpu.enabled",
 		"collector.gpu.interval", "collector.gpu.timeout", "collector.cpufreq.enabled") {
 		if _, ok := c.src.lines[key]; !ok {
 			t.Errorf("YAML() lacks %s:\n%s", key, out)
@@ -404,7 +375,7 @@ func TestSampleFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, key := range append(leafKeys(reflect.TypeFor[Config](), ""),
+	for _, key := range append(leafKeys(),
 		"collector.gpu.enabled", "collector.gpu.interval", "collector.gpu.timeout") {
 		if _, set := c.src.lines[key]; set {
 			continue

@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/capstan-power/capstan/collectors"
 )
 
 // Load reads the configuration file at path and parses it with Parse. A file that cannot be
@@ -216,7 +218,7 @@ func (d *decoder) value(n *yaml.Node, key string, v reflect.Value) *Error {
 
 // structure decodes a mapping into a struct by its yaml tags.
 func (d *decoder) structure(n *yaml.Node, key string, v reflect.Value) *Error {
-	known := strings.Join(fieldNames(v.Type()), ", ")
+	known := strings.Join(fieldNames(v), ", ")
 	if n.Kind != yaml.MappingNode {
 		return d.notMapping(n, key, fmt.Sprintf("keys under %q: %s", key, known))
 	}
@@ -226,7 +228,7 @@ func (d *decoder) structure(n *yaml.Node, key string, v reflect.Value) *Error {
 	}
 	for _, en := range entries {
 		name := en.key.Value
-		i, ok := fieldIndex(v.Type(), name)
+		f, ok := fieldIndex(v, name)
 		if !ok {
 			full := join(key, name)
 			where := "known top-level keys"
@@ -236,7 +238,7 @@ func (d *decoder) structure(n *yaml.Node, key string, v reflect.Value) *Error {
 			return &Error{File: d.file, Line: en.key.Line, Key: full, keyInProblem: true,
 				Problem: fmt.Sprintf("unknown key %s (%s: %s)", strconv.Quote(full), where, known)}
 		}
-		if e := d.value(en.val, join(key, name), v.Field(i)); e != nil {
+		if e := d.value(en.val, join(key, name), f.v); e != nil {
 			return e
 		}
 	}
@@ -263,7 +265,7 @@ func (d *decoder) collectors(n *yaml.Node, key string) *Error {
 	}
 	for _, en := range entries {
 		name, full := en.key.Value, join(key, en.key.Value)
-		if _, ok := lookupRegistration(name); !ok {
+		if _, ok := collectors.FactoryOf(name); !ok {
 			return &Error{File: d.file, Line: en.key.Line, Key: full,
 				Problem: "unknown collector (known: " + known + ")"}
 		}
@@ -420,37 +422,4 @@ func (d *decoder) mergeSources(n *yaml.Node, key string) ([]*yaml.Node, *Error) 
 		return out, nil
 	}
 	return nil, d.fail(n, key, "", want+kindName(n))
-}
-
-// fieldNames lists a struct's yaml keys in declaration order.
-func fieldNames(t reflect.Type) []string {
-	var names []string
-	for i := range t.NumField() {
-		if name := yamlName(t.Field(i)); name != "" {
-			names = append(names, name)
-		}
-	}
-	return names
-}
-
-// fieldIndex finds the field whose yaml key is name.
-func fieldIndex(t reflect.Type, name string) (int, bool) {
-	for i := range t.NumField() {
-		if n := yamlName(t.Field(i)); n != "" && n == name {
-			return i, true
-		}
-	}
-	return 0, false
-}
-
-// yamlName is the key of an exported field with a yaml tag, else "".
-func yamlName(f reflect.StructField) string {
-	if !f.IsExported() {
-		return ""
-	}
-	name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-	if name == "-" {
-		return ""
-	}
-	return name
 }

@@ -30,12 +30,8 @@ func (c *Config) YAML() ([]byte, error) {
 // encodeStruct builds a mapping node of v's keyed fields in declaration order.
 func encodeStruct(v reflect.Value) *yaml.Node {
 	n := &yaml.Node{Kind: yaml.MappingNode}
-	for i := range v.NumField() {
-		name := yamlName(v.Type().Field(i))
-		if name == "" {
-			continue
-		}
-		n.Content = append(n.Content, str(name), encodeValue(v.Field(i)))
+	for _, f := range fields(v) {
+		n.Content = append(n.Content, str(f.name), encodeValue(f.v))
 	}
 	return n
 }

@@ -1,50 +1,23 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"net"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/capstan-power/capstan/collectors"
 )
 
-// Bounds that Validate enforces; RegisterCollector holds defaults to the collector ones too.
-const (
-	minCollectorInterval = 100 * time.Millisecond
-	maxCollectorInterval = time.Hour
-	minCollectorTimeout  = 10 * time.Millisecond
-	minSimCount          = 1
-	maxSimCount          = 64
-)
-
-// Allowed values, in the order messages list them.
-var (
-	logLevels    = []string{"debug", "info", "warn", "error"}
-	logFormats   = []string{"logfmt", "json"}
-	gpuBackends  = []string{"auto", "nvml", "sim", "none"}
-	simModels    = []string{"A100", "H100", "H200", "B200"}
-	simTraces    = []string{"steady", "bursty", "training", "inference", "imbalanced"}
-	protocols    = []string{"grpc", "http"}
-	compressions = []string{"gzip", "none"}
-	temporality  = []string{"cumulative", "delta"}
-	capScopes    = []string{"gpu", "node"}
-	onExits      = []string{"restore", "keep"}
-	afterCrashes = []string{"restore", "adopt"}
-	budgetKinds  = []string{"static", "file", "etcd"}
-)
-
-// Capping bounds.
-const (
-	minCappingPeriod = 100 * time.Millisecond
-	maxCappingPeriod = 10 * time.Second
-	maxBudgetWatts   = 1_000_000
-)
-
-// Validate checks ranges, allowed values and keys that go together. It returns the first
-// problem in file order (node, log, path, gpu, collector, nic, workload, otlp, web, stdout, summary) as an
+// Validate checks what each key's declaration allows (its tags), each collector's own rules, and
+// the keys that go together. It returns the first problem in file order (node, log, path, gpu,
+// collector, the collectors' sections, otlp, web, stdout, summary, capping, budget, etcd) as an
 // *Error that points at the line of the file, or the flag, that set the value.
 func (c *Config) Validate() error {
 	if e := c.validate(); e != nil {
@@ -55,90 +28,179 @@ func (c *Config) Validate() error {
 
 func (c *Config) validate() *Error {
 	v := &validator{c: c}
-	v.nonEmpty("node.name", c.Node.Name, "set it, or $NODE_NAME")
-	v.oneOf("log.level", c.Log.Level, logLevels, false)
-	v.oneOf("log.format", c.Log.Format, logFormats, false)
-	v.nonEmpty("path.sysfs", c.Path.Sysfs, "the default is /sys")
-	v.nonEmpty("path.procfs", c.Path.Procfs, "the default is /proc")
-	v.oneOf("gpu.backend", c.GPU.Backend, gpuBackends, false)
-	v.oneOf("gpu.sim.model", c.GPU.Sim.Model, simModels, true)
-	v.intRange("gpu.sim.count", c.GPU.Sim.Count, minSimCount, maxSimCount)
-	v.trace("gpu.sim.trace", c.GPU.Sim.Trace)
-	v.collectors()
-	v.regexp("nic.include", c.NIC.Include)
-	v.regexp("nic.exclude", c.NIC.Exclude)
-	v.intRange("workload.max-series", c.Workload.MaxSeries, 1, 100_000)
-	v.intRange("workload.active-intervals", c.Workload.ActiveIntervals, 1, 100)
-	v.oneOf("otlp.protocol", c.OTLP.Protocol, protocols, false)
-	v.durRange("otlp.interval", c.OTLP.Interval, time.Second, time.Hour, "")
-	v.durRange("otlp.timeout", c.OTLP.Timeout, time.Second, 5*time.Minute, "")
-	v.headers("otlp.headers", c.OTLP.Headers)
-	v.oneOf("otlp.compression", c.OTLP.Compression, compressions, false)
-	v.oneOf("otlp.temporality", c.OTLP.Temporality, temporality, false)
-	v.pair("otlp.tls.cert-file", c.OTLP.TLS.CertFile, "otlp.tls.key-file", c.OTLP.TLS.KeyFile)
-	v.pair("otlp.tls.key-file", c.OTLP.TLS.KeyFile, "otlp.tls.cert-file", c.OTLP.TLS.CertFile)
-	v.hostPort("web.listen-address", c.Web.ListenAddress)
-	if c.Stdout.Enabled {
-		v.durRange("stdout.interval", c.Stdout.Interval, time.Second, time.Hour, "")
+	for _, f := range fields(reflect.ValueOf(c).Elem()) {
+		switch {
+		case f.name == "collector":
+			v.collectors()
+			continue
+		case f.name == "etcd" && !(c.Capping.Enabled && c.Budget.Source == "etcd"):
+			// Only budget.source etcd uses the etcd section.
+			continue
+		}
+		v.declared(f.v, []string{f.name})
+		if f.tag == "" { // a collector's section
+			v.section(f.name, f.v)
+		}
+		if rule := v.rules()[f.name]; rule != nil {
+			rule()
+		}
 	}
-	if c.Summary.Interval != 0 {
-		v.durRange("summary.interval", c.Summary.Interval, time.Second, time.Hour, "0 to turn it off, or ")
-	}
-	v.capping()
 	return v.err
 }
 
-// capping checks the capping and budget sections; the budget must be usable only when capping
-// is on.
-func (v *validator) capping() {
-	cp, b := &v.c.Capping, &v.c.Budget
-	v.durRange("capping.period", cp.Period, minCappingPeriod, maxCappingPeriod, "")
-	v.oneOf("capping.scope", cp.Scope, capScopes, false)
-	v.intRange("capping.guard-band-percent", cp.GuardBandPercent, 0, 50)
-	v.intRange("capping.oversubscription-percent", cp.OversubscriptionPercent, 0, 100)
-	v.intRange("capping.headroom-watts", cp.HeadroomWatts, 0, 200)
-	v.intRange("capping.deadband-watts", cp.DeadbandWatts, 0, 100)
-	v.intRange("capping.ramp-percent", cp.RampPercent, 1, 100)
-	v.intRange("capping.lost-periods", cp.LostPeriods, 1, 100)
-	v.oneOf("capping.on-exit", cp.OnExit, onExits, false)
-	v.oneOf("capping.after-crash", cp.AfterCrash, afterCrashes, false)
-	for _, k := range sortedKeys(cp.Weights) {
-		w, err := strconv.Atoi(strings.TrimSpace(cp.Weights[k]))
-		if err != nil || w < 1 || w > 1000 {
-			v.fail("capping.weights."+k, quote(cp.Weights[k]), "is not a weight (allowed: an integer 1 to 1000)")
+// rules are the hand-written checks of a top-level section, run after its declared ones: the
+// checks that depend on other keys or on more than a declaration says.
+func (v *validator) rules() map[string]func() {
+	c := v.c
+	return map[string]func(){
+		"gpu": func() { v.trace([]string{"gpu", "sim", "trace"}, c.GPU.Sim.Trace) },
+		"otlp": func() {
+			v.headers("otlp.headers", c.OTLP.Headers)
+			v.pair("otlp.tls.cert-file", c.OTLP.TLS.CertFile, "otlp.tls.key-file", c.OTLP.TLS.KeyFile)
+			v.pair("otlp.tls.key-file", c.OTLP.TLS.KeyFile, "otlp.tls.cert-file", c.OTLP.TLS.CertFile)
+		},
+		"capping": v.weights,
+		"budget":  v.budget,
+		"etcd":    v.etcd,
+	}
+}
+
+// declared checks every key under v (at path) against its tags, in file order.
+func (v *validator) declared(val reflect.Value, path []string) {
+	if val.Kind() != reflect.Struct {
+		return
+	}
+	for _, l := range leaves(val) {
+		full := append(slices.Clone(path), l.path...)
+		if l.spec.manual {
+			continue
+		}
+		if l.spec.cond != "" {
+			sib := append(slices.Clone(full[:len(full)-1]), l.spec.cond)
+			if on := v.c.lookup(sib); !on.IsValid() || !on.Bool() {
+				continue
+			}
+		}
+		v.check(dotted(full), l.spec, l.v)
+	}
+}
+
+// check applies one key's declaration to its value.
+func (v *validator) check(key string, s spec, val reflect.Value) {
+	switch {
+	case s.required != "":
+		v.nonEmpty(key, val.String(), s.required)
+		if v.err != nil {
+			return
 		}
 	}
-	v.oneOf("budget.source", b.Source, budgetKinds, false)
-	v.intRange("budget.fallback-watts", b.FallbackWatts, 0, maxBudgetWatts)
+	switch {
+	case s.lo != "" && kindOf(val.Type()) == kindDuration:
+		d := time.Duration(val.Int())
+		if s.zero != "" && d == 0 {
+			return
+		}
+		lo, hi := s.durRange()
+		also := ""
+		if s.zero != "" {
+			also = "0 " + s.zero + ", or "
+		}
+		v.durRange(key, d, lo, hi, also)
+	case s.lo != "":
+		lo, hi := s.intRange()
+		v.intRange(key, int(val.Int()), lo, hi)
+	case len(s.oneof) > 0:
+		v.oneOf(key, val.String(), s.oneof, s.fold)
+	case s.format == "regexp":
+		v.regexp(key, val.String())
+	case s.format == "hostport":
+		v.hostPort(key, val.String())
+	case s.format == "name":
+		v.name(key, val.String())
+	}
+}
+
+// section runs a collector's own Validate on its options; a *collectors.FieldError points at
+// its key.
+func (v *validator) section(name string, val reflect.Value) {
+	if v.err != nil {
+		return
+	}
+	check, ok := val.Addr().Interface().(collectors.Validator)
+	if !ok {
+		return
+	}
+	err := check.Validate()
+	if err == nil {
+		return
+	}
+	var fe *collectors.FieldError
+	if !errors.As(err, &fe) {
+		v.fail(name, "", err.Error())
+		return
+	}
+	key, shown := join(name, fe.Key), ""
+	if f, ok := fieldIndex(val, fe.Key); ok && f.v.Kind() != reflect.Struct && f.v.Kind() != reflect.Map {
+		shown = formatLeaf(f.v)
+		if kindOf(f.v.Type()) == kindString {
+			shown = quote(shown)
+		}
+	}
+	v.fail(key, shown, fe.Problem)
+}
+
+// weights checks capping.weights' values against the range declared at the field.
+func (v *validator) weights() {
+	cp := &v.c.Capping
+	lo, hi := v.specAt("capping", "weights").intRange()
+	for _, k := range sortedKeys(cp.Weights) {
+		w, err := strconv.Atoi(strings.TrimSpace(cp.Weights[k]))
+		if err != nil || w < lo || w > hi {
+			v.fail("capping.weights."+k, quote(cp.Weights[k]), fmt.Sprintf("is not a weight (allowed: an integer %d to %d)", lo, hi))
+		}
+	}
+}
+
+// budget checks what capping needs of the state file and the budget, only when capping is on.
+func (v *validator) budget() {
+	cp, b := &v.c.Capping, &v.c.Budget
 	if !cp.Enabled {
 		return
 	}
 	if !cp.DryRun {
-		v.nonEmpty("capping.state-file", cp.StateFile, "the default is /var/lib/capstan/state.json")
+		v.check("capping.state-file", v.specAt("capping", "state-file"), reflect.ValueOf(cp.StateFile))
 	}
 	switch b.Source {
 	case "static":
+		watts := v.specAt("budget", "watts")
 		if b.Watts == 0 {
-			v.fail("budget.watts", "0", fmt.Sprintf("must be set when capping is on with budget.source static (allowed: 1 to %d)", maxBudgetWatts))
+			lo, hi := watts.intRange()
+			v.fail("budget.watts", "0", fmt.Sprintf("must be set when capping is on with budget.source static (allowed: %d to %d)", lo, hi))
 		}
-		v.intRange("budget.watts", b.Watts, 1, maxBudgetWatts)
+		v.check("budget.watts", watts, reflect.ValueOf(b.Watts))
 	case "file":
-		v.nonEmpty("budget.file", b.File, "budget.source file needs the file's path")
-	case "etcd":
-		v.etcd()
+		v.check("budget.file", v.specAt("budget", "file"), reflect.ValueOf(b.File))
 	}
 }
 
-// etcd checks the etcd section, which only budget.source etcd uses.
+// specAt returns the declaration of the key at path.
+func (v *validator) specAt(path ...string) spec {
+	parent := v.c.lookup(path[:len(path)-1])
+	f, ok := fieldIndex(parent, path[len(path)-1])
+	if !ok {
+		panic("config: no key " + dotted(path))
+	}
+	return specOf(f.tag)
+}
+
+// etcd checks what the etcd section's declarations cannot say; it runs only with capping on and
+// budget.source etcd.
 func (v *validator) etcd() {
 	e := &v.c.Etcd
-	v.nonEmpty("etcd.endpoints", e.Endpoints, "budget.source etcd needs the etcd client URLs, e.g. https://etcd-0:2379,https://etcd-1:2379")
-	v.name("etcd.group", e.Group)
 	v.name("node.name", v.c.Node.Name)
 	v.pair("etcd.tls.cert-file", e.TLS.CertFile, "etcd.tls.key-file", e.TLS.KeyFile)
 	v.pair("etcd.tls.key-file", e.TLS.KeyFile, "etcd.tls.cert-file", e.TLS.CertFile)
 	v.pair("etcd.username", e.Username, "etcd.password-file", e.PasswordFile)
-	v.durRange("etcd.lease-ttl", e.LeaseTTL, time.Second, 10*time.Minute, "")
 	if e.LeaseTTL%time.Second != 0 {
 		v.fail("etcd.lease-ttl", formatDuration(e.LeaseTTL), "is not whole seconds (etcd leases count seconds; examples: 5s, 10s)")
 	}
@@ -148,13 +210,23 @@ func (v *validator) etcd() {
 	if !strings.HasPrefix(e.Prefix, "/") || strings.HasSuffix(e.Prefix, "/") && e.Prefix != "/" {
 		v.fail("etcd.prefix", quote(e.Prefix), "must start with / and not end with one (default /capstan/v1)")
 	}
-	v.intRange("etcd.priority", e.Priority, 1, 1000)
 }
 
-// name checks a group or node name that becomes one segment of an etcd key.
-func (v *validator) name(key, s string) {
+// nameRule says what ValidName accepts.
+const nameRule = "1 to 253 letters, digits, - _ . :"
+
+// ValidName checks a group or node name that becomes one segment of an etcd key.
+func ValidName(s string) error {
 	if s == "" || len(s) > 253 || strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:") != "" {
-		v.fail(key, quote(s), "is not a name (allowed: 1 to 253 letters, digits, - _ . :)")
+		return fmt.Errorf("%s is not a name (allowed: %s)", quote(s), nameRule)
+	}
+	return nil
+}
+
+// name checks a group or node name with ValidName.
+func (v *validator) name(key, s string) {
+	if ValidName(s) != nil {
+		v.fail(key, quote(s), "is not a name (allowed: "+nameRule+")")
 	}
 }
 
@@ -213,10 +285,11 @@ func (v *validator) durRange(key string, d, lo, hi time.Duration, also string) {
 	}
 }
 
-// trace accepts the built-in traces, case-insensitively as the simulator does, or a CSV file.
-func (v *validator) trace(key, s string) {
+// trace accepts the declared traces, case-insensitively as the simulator does, or a CSV file.
+func (v *validator) trace(path []string, s string) {
+	decl := v.specAt(path...)
 	name := strings.ToLower(strings.TrimSpace(s))
-	for _, t := range simTraces {
+	for _, t := range decl.oneof {
 		if name == t {
 			return
 		}
@@ -224,23 +297,23 @@ func (v *validator) trace(key, s string) {
 	if strings.HasSuffix(name, ".csv") {
 		return
 	}
-	v.fail(key, quote(s), "is not allowed (allowed: "+strings.Join(simTraces, ", ")+", or a path ending in .csv)")
+	v.fail(dotted(path), quote(s), "is not allowed (allowed: "+decl.allowedList()+")")
 }
 
 // collectors checks every collector.<name> entry, sorted by name.
 func (v *validator) collectors() {
 	for _, name := range sortedKeys(v.c.Collectors) {
 		key := join("collector", name)
-		if _, ok := lookupRegistration(name); !ok {
+		if _, ok := collectors.FactoryOf(name); !ok {
 			v.fail(key, "", "unknown collector (known: "+knownCollectors()+")")
 			return
 		}
 		cc := v.c.Collectors[name]
-		v.durRange(key+".interval", cc.Interval, minCollectorInterval, maxCollectorInterval, "")
-		if cc.Timeout != 0 && (cc.Timeout < minCollectorTimeout || cc.Timeout > cc.Interval) {
+		v.durRange(key+".interval", cc.Interval, collectors.MinInterval, collectors.MaxInterval, "")
+		if cc.Timeout != 0 && (cc.Timeout < collectors.MinTimeout || cc.Timeout > cc.Interval) {
 			v.fail(key+".timeout", formatDuration(cc.Timeout), fmt.Sprintf(
 				"is out of range (allowed: 0, meaning the interval, or %s to the interval %s)",
-				formatDuration(minCollectorTimeout), formatDuration(cc.Interval)))
+				formatDuration(collectors.MinTimeout), formatDuration(cc.Interval)))
 		}
 	}
 }
