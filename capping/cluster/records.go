@@ -12,6 +12,8 @@ import (
 	"path"
 	"strings"
 	"time"
+
+	"github.com/capstan-power/capstan/internal/config"
 )
 
 // MaxWatts bounds every wattage a record may hold; above it a value is taken as garbage.
@@ -56,18 +58,7 @@ func (k Keys) State() string { return k.Root() + "state" }
 func (k Keys) Election() string { return k.Root() + "election" }
 
 // ValidName reports whether s may be a group or node name: it becomes one path segment.
-func ValidName(s string) error {
-	if s == "" || len(s) > 253 {
-		return fmt.Errorf("name %q: must be 1 to 253 characters", s)
-	}
-	for _, r := range s {
-		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_.:", r)
-		if !ok {
-			return fmt.Errorf("name %q: character %q not allowed (allowed: letters, digits, - _ . :)", s, r)
-		}
-	}
-	return nil
-}
+func ValidName(s string) error { return config.ValidName(s) }
 
 // BudgetRecord is the group budget an SRE set, with who, when and why.
 type BudgetRecord struct {

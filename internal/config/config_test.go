@@ -387,3 +387,15 @@ func TestSampleFile(t *testing.T) {
 		}
 	}
 }
+
+// ValidName is the one rule for group and node names, which etcd keys hold as one segment.
+func TestValidName(t *testing.T) {
+	for s, ok := range map[string]bool{
+		"row3": true, "node-1.example:a_b": true, strings.Repeat("n", 253): true,
+		"": false, "a/b": false, "a b": false, strings.Repeat("n", 254): false, "ünï": false,
+	} {
+		if err := ValidName(s); (err == nil) != ok {
+			t.Errorf("ValidName(%q) = %v, want ok=%v", s, err, ok)
+		}
+	}
+}
