@@ -227,7 +227,10 @@ func (s spec) allowedText(t reflect.Type) string {
 // helpText is the flag's help: the declared help, with {allowed} replaced by what the key
 // allows (or that appended), {peer} by the help of the struct holding the key, and
 // {sibling:name} by the flag of the sibling key.
-func (l leaf) helpText() string {
+func (l leaf) helpText() string { return l.describe(true) }
+
+// describe is the help; without appended, what the key allows is only where {allowed} says.
+func (l leaf) describe(appended bool) string {
 	h := l.spec.help
 	h = strings.ReplaceAll(h, "{peer}", l.parentHelp)
 	for {
@@ -246,7 +249,7 @@ func (l leaf) helpText() string {
 	switch {
 	case strings.Contains(h, "{allowed}"):
 		h = strings.ReplaceAll(h, "{allowed}", allowed)
-	case allowed == "" || l.spec.format != "":
+	case !appended || allowed == "" || l.spec.format != "":
 	case l.spec.lo != "":
 		h += ", " + allowed
 	default:
