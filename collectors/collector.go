@@ -52,7 +52,7 @@ type Validator interface {
 
 // FieldError is a problem with one key of a collector's Config.
 type FieldError struct {
-	// Key is the field's yaml key inside the collector's section (include for nic.include).
+	// Key is the field's yaml key inside the collector's section (key for <section>.key).
 	Key string
 	// Problem says what is wrong and what is allowed, after the value: "is not a regular
 	// expression (…)".

@@ -28,7 +28,7 @@ type boundValue interface {
 // and showing cfg's values as defaults, with the help and bounds declared at the key's field;
 // for each registered collector --collector.<name>, --no-collector.<name>,
 // --collector.<name>.interval and --collector.<name>.timeout, and its own options under its
-// section (--nic.include); and --config.file. Pass cfg = Default() and later hand the same cfg
+// section (--<section>.<key>); and --config.file. Pass cfg = Default() and later hand the same cfg
 // to Resolve.
 func BindFlags(fs *pflag.FlagSet, cfg *Config) {
 	fs.String(configFileFlag, "", "YAML configuration file; flags given on the command line override its values")
