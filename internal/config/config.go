@@ -40,7 +40,7 @@ type Config struct {
 	Collectors map[string]Collector `yaml:"collector"`
 	// Sections holds the options of the collectors that declare their own (nic, workload), by
 	// top-level key; the file and the flags show them here, between collector and otlp.
-	Sections Sections `yaml:",sections"`
+	Sections Sections `yaml:"-"`
 	OTLP     OTLP     `yaml:"otlp"`
 	Web      Web      `yaml:"web"`
 	Stdout   Stdout   `yaml:"stdout"`
