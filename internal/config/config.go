@@ -18,10 +18,13 @@ import (
 
 // Config is the whole agent configuration. The yaml tags are the keys of the file; nested
 // structs make dotted keys (gpu.sim.model). Each key's help and what it allows are declared once,
-// at its field, in tags that the flags, Validate and docs/configuration.md all read:
+// at its field, in tags that the flags, Validate and docs/configuration.md all read; the
+// collectors' own options (Sections) are declared the same way in their packages:
 //
 //	help:"…"          the flag's help; {allowed} stands for what the tags below allow, else it
-//	                  is appended (", 1 to 64" for a range, ": a, b or c" for a list)
+//	                  is appended (", 1 to 64" for a range, ": a, b or c" for a list); in a
+//	                  struct used twice (TLS), {peer} is the help of the field holding it and
+//	                  {sibling:key} the flag of a sibling key
 //	range:"lo,hi"     integer or duration bounds, inclusive
 //	zero:"…"          0 is also allowed, and means what the tag says ("to turn it off")
 //	oneof:"a,b"       allowed values; fold:"true" compares them case-insensitively, or:"…"

@@ -215,10 +215,17 @@ func (v *validator) etcd() {
 // nameRule says what ValidName accepts.
 const nameRule = "1 to 253 letters, digits, - _ . :"
 
-// ValidName checks a group or node name that becomes one segment of an etcd key.
+// ValidName checks a group or node name that becomes one segment of an etcd key; its error says
+// which character or length is wrong.
 func ValidName(s string) error {
-	if s == "" || len(s) > 253 || strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:") != "" {
-		return fmt.Errorf("%s is not a name (allowed: %s)", quote(s), nameRule)
+	if s == "" || len(s) > 253 {
+		return fmt.Errorf("name %q: must be 1 to 253 characters", s)
+	}
+	for _, r := range s {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_.:", r)
+		if !ok {
+			return fmt.Errorf("name %q: character %q not allowed (allowed: letters, digits, - _ . :)", s, r)
+		}
 	}
 	return nil
 }
