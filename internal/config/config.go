@@ -240,7 +240,11 @@ func Default() *Config {
 			if _, clash := fieldIndex(reflect.ValueOf(c).Elem(), key); clash {
 				panic(fmt.Sprintf("config: collector %q declares section %q, which is a key of its own", f.Name, key))
 			}
-			c.Sections[key] = f.CreateDefaultConfig()
+			opts := f.CreateDefaultConfig()
+			if t := reflect.TypeOf(opts); t == nil || t.Kind() != reflect.Pointer || t.Elem().Kind() != reflect.Struct {
+				panic(fmt.Sprintf("config: collector %q: CreateDefaultConfig returns %T, want a pointer to a struct", f.Name, opts))
+			}
+			c.Sections[key] = opts
 		}
 	}
 	return c

@@ -32,7 +32,7 @@ func Markdown() string {
 			sb.WriteString("disabled with one log line and reports `capstan.collector.up` 0.\n\n")
 			collectorRows(&sb)
 			continue
-		case top.tag == "":
+		case top.section:
 			fmt.Fprintf(&sb, "Options of the `%s` collector, declared in its package.\n\n", sectionOwner(top.name))
 		case top.name == "etcd":
 			sb.WriteString("Used, and checked, only with `capping.enabled` and `budget.source` etcd.\n\n")

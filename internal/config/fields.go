@@ -16,6 +16,8 @@ type field struct {
 	name string
 	tag  reflect.StructTag
 	v    reflect.Value
+	// section: the options of a collector, from Config.Sections.
+	section bool
 }
 
 // fields lists the keyed values of the struct v in file order, with Config's Sections expanded
@@ -31,7 +33,7 @@ func fields(v reflect.Value) []field {
 				if m[key] == nil {
 					continue
 				}
-				out = append(out, field{name: key, v: reflect.ValueOf(m[key]).Elem()})
+				out = append(out, field{name: key, v: reflect.ValueOf(m[key]).Elem(), section: true})
 			}
 			continue
 		}

@@ -28,6 +28,7 @@ func (c *Config) Validate() error {
 
 func (c *Config) validate() *Error {
 	v := &validator{c: c}
+	rules := v.rules()
 	for _, f := range fields(reflect.ValueOf(c).Elem()) {
 		switch {
 		case f.name == "collector":
@@ -38,10 +39,10 @@ func (c *Config) validate() *Error {
 			continue
 		}
 		v.declared(f.v, []string{f.name})
-		if f.tag == "" { // a collector's section
+		if f.section {
 			v.section(f.name, f.v)
 		}
-		if rule := v.rules()[f.name]; rule != nil {
+		if rule := rules[f.name]; rule != nil {
 			rule()
 		}
 	}
