@@ -19,51 +19,6 @@ import (
 	"github.com/capstan-power/capstan/internal/sample"
 )
 
-// Settings tune the controller; Defaults returns the documented defaults.
-type Settings struct {
-	Period time.Duration
-	// Scope is gpu (measured power is the GPUs' sum) or node (plus RAPL package power).
-	Scope string
-	// GuardBand is the share of the budget kept free: S = B × (1 − GuardBand).
-	GuardBand float64
-	// Oversubscription lets the total cap exceed the budget by this share when the GPUs draw
-	// less than their caps.
-	Oversubscription float64
-	// HeadroomW is what a GPU that is not power-bound gets above its draw.
-	HeadroomW float64
-	// DeadbandW suppresses limit changes smaller than this.
-	DeadbandW float64
-	// Ramp is the most the total cap rises in one period, as a share of Σ max.
-	Ramp float64
-	// LostPeriods is how many periods of missing power readings trigger failsafe caps.
-	LostPeriods int
-	// FallbackW is the budget once the source's budget is past its TTL or never came; zero
-	// means Σ min.
-	FallbackW float64
-	DryRun    bool
-	StateFile string
-	// OnExit is restore or keep: what Stop(ExitConfigured) does with the limits.
-	OnExit string
-	// AfterCrash is restore or adopt: what Start does with limits left by an agent that did
-	// not stop cleanly.
-	AfterCrash string
-	// Weights maps a GPU index ("0") or UUID to its priority weight; absent means 1.
-	Weights map[string]float64
-	// Kp, Ki and Kd are the gains per control period: a watt of error moves the cap by Kp W at
-	// once and by Ki W per period; Kd W per watt of change in measured power per period.
-	Kp, Ki, Kd float64
-}
-
-// Defaults returns the default settings.
-func Defaults() Settings {
-	return Settings{
-		Period: time.Second, Scope: "gpu", GuardBand: 0.03, Oversubscription: 0.05,
-		HeadroomW: 15, DeadbandW: 5, Ramp: 0.05, LostPeriods: 3,
-		StateFile: "/var/lib/capstan/state.json", OnExit: "restore", AfterCrash: "restore",
-		Kp: 0.3, Ki: 0.6, Kd: 0.1,
-	}
-}
-
 // Mode is what the controller is doing.
 type Mode int
 
