@@ -93,6 +93,11 @@ type Controller struct {
 	sumMin float64
 	sumMax float64
 
+	// acker and reporter are the budget source's optional contracts: the controller
+	// acknowledges grants and reports the node's draw and bounds back through them.
+	acker    budget.Acknowledger
+	reporter budget.Reporter
+
 	started bool
 	law     law
 	periodState
@@ -148,6 +153,8 @@ func New(o Options) (*Controller, error) {
 	}
 	c := &Controller{set: s, lib: o.Lib, src: o.Budget, store: o.Store, log: log, now: now, law: newLaw(s)}
 	c.host.init(c)
+	c.acker, _ = o.Budget.(budget.Acknowledger)
+	c.reporter, _ = o.Budget.(budget.Reporter)
 	n, ret := o.Lib.DeviceGetCount()
 	if ret != nvml.SUCCESS {
 		return nil, fmt.Errorf("capping: counting GPUs: %w", ret)

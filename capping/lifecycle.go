@@ -29,6 +29,7 @@ func (c *Controller) Start() error {
 		}
 		c.law.reset(c.bounds(math.Inf(1)).clamp(c.sumEnforced()))
 		c.log.Info("capping in dry run: computing limits, writing none", "gpus", len(c.gpus), "budget_source", c.src.Name())
+		c.report(c.now(), false)
 		return nil
 	}
 	st, err := ReadState(c.set.StateFile)
@@ -72,6 +73,8 @@ func (c *Controller) Start() error {
 	}
 	c.law.reset(c.bounds(math.Inf(1)).clamp(c.sumEnforced()))
 	c.log.Info("capping active", "gpus", len(c.gpus), "budget_source", c.src.Name(), "period", c.set.Period, "scope", c.set.Scope)
+	// The bounds are known before the first period: a source can register the node now.
+	c.report(c.now(), false)
 	return nil
 }
 

@@ -76,6 +76,7 @@ func (c *Controller) Tick(now time.Time) {
 	if acted && !useFallback {
 		c.acknowledge(hi)
 	}
+	c.report(now, missing == 0)
 	c.pub.publish(now, useFallback, &c.periodState, c.law.capW, c.gpus)
 }
 
@@ -85,8 +86,7 @@ func (c *Controller) Tick(now time.Time) {
 // that is higher). Under dry-run the computed limits count: nothing is enforced, and the
 // allocator is not kept waiting.
 func (c *Controller) acknowledge(hi float64) {
-	ack, ok := c.src.(budget.Acknowledger)
-	if !ok {
+	if c.acker == nil {
 		return
 	}
 	sumMW := 0.0
@@ -100,7 +100,17 @@ func (c *Controller) acknowledge(hi float64) {
 	if sumMW/1000 > max(hi, c.sumMin)+0.001 {
 		return
 	}
-	ack.Applied(c.budget)
+	c.acker.Applied(c.budget)
+}
+
+// report tells a source that wants to know (a cluster group) what the node draws and the range
+// the capped GPUs' limits can take. The bounds are those of the GPUs this controller caps, the
+// draw what it measured this period; drawOK is false when a power reading was missing.
+func (c *Controller) report(at time.Time, drawOK bool) {
+	if c.reporter == nil {
+		return
+	}
+	c.reporter.Report(budget.NodeReport{DrawW: c.measW, DrawOK: drawOK, MinW: c.sumMin, MaxW: c.sumMax, At: at})
 }
 
 // readBudget sets budgetW from the source, or the fallback when its budget expired or never
