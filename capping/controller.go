@@ -130,8 +130,11 @@ type Options struct {
 	Lib      nvml.Interface // initialised
 	Budget   budget.Source
 	Store    *sample.Store // where the controller publishes; may be nil
-	Log      *slog.Logger
-	Now      func() time.Time
+	// Host measures the CPU packages' power for capping.scope node; nil when the host has
+	// none (then P is the GPUs' power alone).
+	Host HostPower
+	Log  *slog.Logger
+	Now  func() time.Time
 }
 
 // New finds the GPUs and their constraints. It writes nothing; Start does.
@@ -152,7 +155,7 @@ func New(o Options) (*Controller, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := &Controller{set: s, lib: o.Lib, src: o.Budget, store: o.Store, log: log, now: now, law: newLaw(s)}
-	c.host.init(c)
+	c.host.src = o.Host
 	c.acker, _ = o.Budget.(budget.Acknowledger)
 	c.reporter, _ = o.Budget.(budget.Reporter)
 	n, ret := o.Lib.DeviceGetCount()

@@ -1,58 +1,50 @@
 package capping
 
-import (
-	"strings"
+import "time"
 
-	"github.com/capstan-power/capstan/internal/metrics"
-	"github.com/capstan-power/capstan/internal/sample"
-)
+// HostPower measures the node's power outside the GPUs that capping.scope node adds to the
+// measured power P: the CPU packages' RAPL power (package internal/rapl implements it).
+type HostPower interface {
+	// PackageWatts returns the CPU packages' power over the interval ending at at; ok is false
+	// while it is unknown (no RAPL, a first reading, a counter that did not read).
+	PackageWatts() (watts float64, at time.Time, ok bool)
+}
 
-// hostReading finds RAPL package power for capping.scope node.
+// hostReading is the controller's use of its HostPower.
 type hostReading struct {
-	logged bool
-	w      float64
-	found  bool
-	series map[*sample.Series]bool
-	view   func(*sample.Batch)
+	src HostPower // nil: none on this host
+	// missing is set while no usable reading comes, so the change is logged once each way.
+	missing bool
 }
 
-func (h *hostReading) init(c *Controller) {
-	h.series = map[*sample.Series]bool{}
-	h.view = c.sumRAPL
-}
-
-// rapl returns RAPL package power from the thermal collector's latest batch.
-func (c *Controller) rapl() float64 {
-	c.host.w, c.host.found = 0, false
-	if c.store != nil {
-		c.store.View("thermal", c.host.view)
+// hostWatts returns the packages' power for this period at now. A reading older than one
+// period is not used: P is then the GPUs' power alone, as on a host without RAPL, and the
+// controller says so once (and again once readings come back). Under capping.scope node the
+// budget then leaves the CPUs' share unaccounted, so the GPUs may be given up to that much more.
+func (c *Controller) hostWatts(now time.Time) float64 {
+	h := &c.host
+	w, at, ok := 0.0, time.Time{}, false
+	if h.src != nil {
+		w, at, ok = h.src.PackageWatts()
 	}
-	if !c.host.found && !c.host.logged {
-		c.log.Warn("capping: scope node, but no RAPL package power is in the store (thermal collector off, or no powercap on this host); measuring GPU power only")
-		c.host.logged = true
-	}
-	return c.host.w
-}
-
-func (c *Controller) sumRAPL(b *sample.Batch) {
-	if b == nil {
-		return
-	}
-	for _, p := range b.Points {
-		if p.Series.Def != metrics.HWPower {
-			continue
+	if ok && now.Sub(at) <= c.set.Period {
+		if h.missing {
+			c.log.Info("capping: RAPL package power back; measuring GPU and package power")
+			h.missing = false
 		}
-		pkg, seen := c.host.series[p.Series]
-		if !seen {
-			typ, _ := p.Series.Attrs.Value(metrics.AttrHWType)
-			name, _ := p.Series.Attrs.Value(metrics.AttrHWName)
-			id, _ := p.Series.Attrs.Value(metrics.AttrHWID)
-			pkg = typ.AsString() == "cpu" && strings.HasPrefix(name.AsString(), "package") && strings.Contains(id.AsString(), "rapl")
-			c.host.series[p.Series] = pkg
-		}
-		if pkg {
-			c.host.w += p.Value
-			c.host.found = true
-		}
+		return w
 	}
+	if !h.missing {
+		switch {
+		case h.src == nil:
+			c.log.Warn("capping: scope node, but no RAPL package power on this host (no powercap, or its counters are not readable); measuring GPU power only")
+		case ok:
+			c.log.Warn("capping: scope node, but no RAPL package power: the last reading is older than a control period; measuring GPU power only",
+				"age", now.Sub(at), "period", c.set.Period)
+		default:
+			c.log.Warn("capping: scope node, but no RAPL package power this period (a first reading, or a counter that did not read); measuring GPU power only")
+		}
+		h.missing = true
+	}
+	return 0
 }

@@ -43,7 +43,7 @@ func (c *Controller) Tick(now time.Time) {
 	useFallback := c.readBudget(now)
 	c.setW = c.budgetW * (1 - c.set.GuardBand)
 
-	missing := c.measure()
+	missing := c.measure(now)
 	if c.measW > c.budgetW && missing == 0 {
 		c.overS += dt
 	}
@@ -138,7 +138,7 @@ func (c *Controller) readBudget(now time.Time) bool {
 
 // measure reads every GPU's instant power and limits, counts limits changed behind our back
 // and returns how many GPUs gave no power reading.
-func (c *Controller) measure() int {
+func (c *Controller) measure(now time.Time) int {
 	missing := 0
 	c.measW, c.slackW = 0, 0
 	for _, g := range c.gpus {
@@ -172,7 +172,7 @@ func (c *Controller) measure() int {
 		}
 	}
 	if c.set.Scope == "node" {
-		c.measW += c.rapl()
+		c.measW += c.hostWatts(now)
 	}
 	return missing
 }

@@ -13,12 +13,14 @@ import (
 	"github.com/capstan-power/capstan/capping/cluster"
 	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/config"
+	"github.com/capstan-power/capstan/internal/rapl"
 )
 
 // cappingRun is a running controller and how to stop it.
 type cappingRun struct {
 	ctl    *capping.Controller
 	src    *budgetSource
+	host   *rapl.Packages // nil unless capping.scope is node and the host has RAPL
 	cancel context.CancelFunc
 	done   chan struct{}
 	log    *slog.Logger
@@ -75,6 +77,22 @@ func newBudgetSource(cfg *config.Config, p *Pipeline, now func() time.Time, log 
 	return nil, fmt.Errorf("budget.source %q is not one of static, file, etcd", cfg.Budget.Source)
 }
 
+// hostPower is the CPU packages' RAPL power that capping.scope node adds to the measured power,
+// read by the controller itself every period; nil with scope gpu or on a host without RAPL
+// (the controller then says it measures GPU power only).
+func hostPower(cfg *config.Config, now func() time.Time, log *slog.Logger) *rapl.Packages {
+	if cfg.Capping.Scope != "node" {
+		return nil
+	}
+	pk := rapl.OpenPackages(cfg.Path.Sysfs, now, log)
+	if pk.Len() == 0 {
+		_ = pk.Close()
+		return nil
+	}
+	pk.PackageWatts() // the first reading starts the interval the first period measures
+	return pk
+}
+
 // startCapping starts the power controller when capping is enabled; it returns nil when not.
 // It needs the pipeline's GPU backend, and publishes into the pipeline's store.
 func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clk clock.Clock, log *slog.Logger) (*cappingRun, error) {
@@ -91,16 +109,22 @@ func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clk cloc
 	if err != nil {
 		return nil, err
 	}
-	ctl, err := capping.New(capping.Options{Settings: capping.SettingsFrom(cfg), Lib: p.GPU.Lib, Budget: src.Source, Store: p.Store, Log: log, Now: clk.Now})
+	host := hostPower(cfg, clk.Now, log)
+	opts := capping.Options{Settings: capping.SettingsFrom(cfg), Lib: p.GPU.Lib, Budget: src.Source, Store: p.Store, Log: log, Now: clk.Now}
+	if host != nil {
+		opts.Host = host
+	}
+	ctl, err := capping.New(opts)
 	if err == nil {
 		err = ctl.Start()
 	}
 	if err != nil {
 		_ = src.close(false) // the source never ran
+		_ = host.Close()
 		return nil, err
 	}
 	runCtx, cancel := context.WithCancel(ctx)
-	r := &cappingRun{ctl: ctl, src: src, cancel: cancel, done: make(chan struct{}), log: log}
+	r := &cappingRun{ctl: ctl, src: src, host: host, cancel: cancel, done: make(chan struct{}), log: log}
 	go func() {
 		defer close(r.done)
 		ctl.Run(runCtx)
@@ -109,7 +133,7 @@ func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clk cloc
 }
 
 // stop ends the control loop, then applies r.exit to the limits and lets go of the budget
-// source.
+// source and the RAPL counters.
 func (r *cappingRun) stop() {
 	if r == nil {
 		return
@@ -122,4 +146,5 @@ func (r *cappingRun) stop() {
 	if err := r.src.close(true); err != nil {
 		r.log.Warn("closing the budget source", "err", err)
 	}
+	_ = r.host.Close()
 }
