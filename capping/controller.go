@@ -72,15 +72,15 @@ type gpu struct {
 // Controller is the node power controller. Tick runs one control period; Run ticks on a timer.
 // Its methods are not safe for concurrent use: one goroutine drives it.
 //
-// Its work is in rooms: lifecycle.go (Start, Stop, the state file), loop.go (one period: read →
-// law → split → write), law.go (the control law's state), publish.go (its metrics).
+// Its parts live in files of their own: lifecycle.go (Start, Stop, the state file), loop.go
+// (one period: read → law → split → write → report), law.go (the control law's state),
+// host.go (RAPL package power), publish.go (its metrics).
 type Controller struct {
-	set   Settings
-	lib   nvml.Interface
-	src   budget.Source
-	store *sample.Store
-	log   *slog.Logger
-	now   func() time.Time
+	set Settings
+	lib nvml.Interface
+	src budget.Source
+	log *slog.Logger
+	now func() time.Time
 
 	gpus   []*gpu
 	shares []gpuShare
@@ -154,7 +154,7 @@ func New(o Options) (*Controller, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Controller{set: s, lib: o.Lib, src: o.Budget, store: o.Store, log: log, now: now, law: newLaw(s)}
+	c := &Controller{set: s, lib: o.Lib, src: o.Budget, log: log, now: now, law: newLaw(s)}
 	c.host.src = o.Host
 	c.acker, _ = o.Budget.(budget.Acknowledger)
 	c.reporter, _ = o.Budget.(budget.Reporter)
@@ -183,7 +183,7 @@ func New(o Options) (*Controller, error) {
 	}
 	c.shares = make([]gpuShare, len(c.gpus))
 	c.targets = make([]uint32, len(c.gpus))
-	c.pub.init(c)
+	c.pub.init(c, o.Store)
 	for key := range s.Weights {
 		if !c.namesGPU(key) {
 			log.Warn("capping: a weight names no GPU on this host; it is ignored", "gpu", key, "gpus", n)

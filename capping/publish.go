@@ -25,8 +25,8 @@ type publisher struct {
 }
 
 // init builds the series once, so a period allocates nothing.
-func (p *publisher) init(c *Controller) {
-	p.store = c.store
+func (p *publisher) init(c *Controller, store *sample.Store) {
+	p.store = store
 	scope := attribute.String(metrics.AttrCappingScope, c.set.Scope)
 	p.budget = sample.NewSeries(metrics.CappingBudget, attribute.String(metrics.AttrBudgetSource, c.src.Name()))
 	p.fallback = sample.NewSeries(metrics.CappingBudget, attribute.String(metrics.AttrBudgetSource, "fallback"))
