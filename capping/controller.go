@@ -5,15 +5,10 @@
 package capping
 
 import (
-	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
-	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -23,54 +18,6 @@ import (
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
 )
-
-// StoreKey is the key of the controller's batch in the sample store.
-const StoreKey = "capping"
-
-// Settings tune the controller; Defaults returns the documented defaults.
-type Settings struct {
-	Period time.Duration
-	// Scope is gpu (measured power is the GPUs' sum) or node (plus RAPL package power).
-	Scope string
-	// GuardBand is the share of the budget kept free: S = B × (1 − GuardBand).
-	GuardBand float64
-	// Oversubscription lets the total cap exceed the budget by this share when the GPUs draw
-	// less than their caps.
-	Oversubscription float64
-	// HeadroomW is what a GPU that is not power-bound gets above its draw.
-	HeadroomW float64
-	// DeadbandW suppresses limit changes smaller than this.
-	DeadbandW float64
-	// Ramp is the most the total cap rises in one period, as a share of Σ max.
-	Ramp float64
-	// LostPeriods is how many periods of missing power readings trigger failsafe caps.
-	LostPeriods int
-	// FallbackW is the budget once the source's budget is past its TTL or never came; zero
-	// means Σ min.
-	FallbackW float64
-	DryRun    bool
-	StateFile string
-	// OnExit is restore or keep: what Stop(ExitConfigured) does with the limits.
-	OnExit string
-	// AfterCrash is restore or adopt: what Start does with limits left by an agent that did
-	// not stop cleanly.
-	AfterCrash string
-	// Weights maps a GPU index ("0") or UUID to its priority weight; absent means 1.
-	Weights map[string]float64
-	// Kp, Ki and Kd are the gains per control period: a watt of error moves the cap by Kp W at
-	// once and by Ki W per period; Kd W per watt of change in measured power per period.
-	Kp, Ki, Kd float64
-}
-
-// Defaults returns the default settings.
-func Defaults() Settings {
-	return Settings{
-		Period: time.Second, Scope: "gpu", GuardBand: 0.03, Oversubscription: 0.05,
-		HeadroomW: 15, DeadbandW: 5, Ramp: 0.05, LostPeriods: 3,
-		StateFile: "/var/lib/capstan/state.json", OnExit: "restore", AfterCrash: "restore",
-		Kp: 0.3, Ki: 0.6, Kd: 0.1,
-	}
-}
 
 // Mode is what the controller is doing.
 type Mode int
@@ -124,13 +71,16 @@ type gpu struct {
 
 // Controller is the node power controller. Tick runs one control period; Run ticks on a timer.
 // Its methods are not safe for concurrent use: one goroutine drives it.
+//
+// Its parts live in files of their own: lifecycle.go (Start, Stop, the state file), loop.go
+// (one period: read → law → split → write → report), law.go (the control law's state),
+// host.go (RAPL package power), publish.go (its metrics).
 type Controller struct {
-	set   Settings
-	lib   nvml.Interface
-	src   budget.Source
-	store *sample.Store
-	log   *slog.Logger
-	now   func() time.Time
+	set Settings
+	lib nvml.Interface
+	src budget.Source
+	log *slog.Logger
+	now func() time.Time
 
 	gpus   []*gpu
 	shares []gpuShare
@@ -143,37 +93,35 @@ type Controller struct {
 	sumMin float64
 	sumMax float64
 
-	started  bool
-	capW     float64
-	integral float64
-	prevP    float64
-	havePrev bool
-	lost     int
-	mode     Mode
-	budgetW  float64
-	budget   budget.Budget // the source's budget this period, when it was usable
-	setW     float64
-	measW    float64
-	errW     float64
+	// acker and reporter are the budget source's optional contracts: the controller
+	// acknowledges grants and reports the node's draw and bounds back through them.
+	acker    budget.Acknowledger
+	reporter budget.Reporter
+
+	started bool
+	law     law
+	periodState
+	host hostReading
+	pub  publisher
+}
+
+// periodState is what the control periods found and decided; the metrics publish it.
+type periodState struct {
+	lost    int // consecutive periods with missing power readings
+	mode    Mode
+	budgetW float64
+	budget  budget.Budget // the source's budget this period, when it was usable
+	setW    float64
+	measW   float64
+	errW    float64
 	// slackW is the headroom the GPUs that are not power-bound hold: what they could surge
 	// into before the next period.
 	slackW   float64
-	lastDP   float64
 	overS    float64
 	lastTick time.Time
 	ticks    uint64
 
-	fallbackLogged, raplLogged bool
-	raplW                      float64
-	raplFound                  bool
-	raplSeries                 map[*sample.Series]bool
-	raplView                   func(*sample.Batch)
-
-	batches                                    [2]sample.Batch
-	cur                                        int
-	sBudget, sFallback                         *sample.Series
-	sSetpoint, sMeasured, sError, sCap, sOverS *sample.Series
-	sMode                                      [numModes]*sample.Series
+	fallbackLogged bool
 }
 
 // Options are what New needs.
@@ -182,8 +130,11 @@ type Options struct {
 	Lib      nvml.Interface // initialised
 	Budget   budget.Source
 	Store    *sample.Store // where the controller publishes; may be nil
-	Log      *slog.Logger
-	Now      func() time.Time
+	// Host measures the CPU packages' power for capping.scope node; nil when the host has
+	// none (then P is the GPUs' power alone).
+	Host HostPower
+	Log  *slog.Logger
+	Now  func() time.Time
 }
 
 // New finds the GPUs and their constraints. It writes nothing; Start does.
@@ -203,8 +154,10 @@ func New(o Options) (*Controller, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Controller{set: s, lib: o.Lib, src: o.Budget, store: o.Store, log: log, now: now, raplSeries: map[*sample.Series]bool{}}
-	c.raplView = c.sumRAPL
+	c := &Controller{set: s, lib: o.Lib, src: o.Budget, log: log, now: now, law: newLaw(s)}
+	c.host.src = o.Host
+	c.acker, _ = o.Budget.(budget.Acknowledger)
+	c.reporter, _ = o.Budget.(budget.Reporter)
 	n, ret := o.Lib.DeviceGetCount()
 	if ret != nvml.SUCCESS {
 		return nil, fmt.Errorf("capping: counting GPUs: %w", ret)
@@ -230,7 +183,7 @@ func New(o Options) (*Controller, error) {
 	}
 	c.shares = make([]gpuShare, len(c.gpus))
 	c.targets = make([]uint32, len(c.gpus))
-	c.buildSeries()
+	c.pub.init(c, o.Store)
 	for key := range s.Weights {
 		if !c.namesGPU(key) {
 			log.Warn("capping: a weight names no GPU on this host; it is ignored", "gpu", key, "gpus", n)
@@ -291,210 +244,11 @@ func (c *Controller) openGPU(i int) (*gpu, error) {
 	return g, nil
 }
 
-func (c *Controller) buildSeries() {
-	scope := attribute.String(metrics.AttrCappingScope, c.set.Scope)
-	c.sBudget = sample.NewSeries(metrics.CappingBudget, attribute.String(metrics.AttrBudgetSource, c.src.Name()))
-	c.sFallback = sample.NewSeries(metrics.CappingBudget, attribute.String(metrics.AttrBudgetSource, "fallback"))
-	c.sSetpoint = sample.NewSeries(metrics.CappingSetpoint, scope)
-	c.sMeasured = sample.NewSeries(metrics.CappingMeasured, scope)
-	c.sError = sample.NewSeries(metrics.CappingError, scope)
-	c.sCap = sample.NewSeries(metrics.CappingCapTotal, scope)
-	c.sOverS = sample.NewSeries(metrics.CappingOverBudgetTime, scope)
-	for m := range numModes {
-		c.sMode[m] = sample.NewSeries(metrics.CappingMode, attribute.String(metrics.AttrCappingMode, m.String()))
-	}
-	points := 7 + int(numModes) + 4*len(c.gpus)
-	for i := range c.batches {
-		c.batches[i].Points = make([]sample.Point, 0, points)
-	}
-}
-
-func watts(mw uint32) float64 { return float64(mw) / 1000 }
-
-// clamp bounds a limit to the GPU's constraints.
-func (g *gpu) clamp(mw uint32) uint32 { return min(max(mw, g.minMW), g.maxMW) }
-
-// Start saves the original limits to the state file before anything is written, or, when a
-// state file is already there, takes the originals from it: after a crash it restores them or
-// adopts the limits in force (AfterCrash); after a clean hand-over it adopts them silently.
-// Under dry-run it neither reads nor writes the state file.
-func (c *Controller) Start() error {
-	c.started = true
-	c.mode = ModeActive
-	if c.set.DryRun {
-		c.mode = ModeDryRun
-		for _, g := range c.gpus {
-			g.originalMW = g.requestedMW
-		}
-		c.capW = c.clampCap(c.sumEnforced(), math.Inf(1))
-		c.integral = c.capW
-		c.log.Info("capping in dry run: computing limits, writing none", "gpus", len(c.gpus), "budget_source", c.src.Name())
-		return nil
-	}
-	st, err := ReadState(c.set.StateFile)
-	if err != nil {
-		return err
-	}
-	for _, g := range c.gpus {
-		g.originalMW = g.requestedMW
-		if st != nil {
-			if mw, ok := st.original(g.uuid); ok {
-				g.originalMW = mw
-			}
-		}
-	}
-	if st != nil {
-		for _, o := range st.GPUs {
-			if !c.namesGPU(o.UUID) {
-				c.others = append(c.others, o)
-			}
-		}
-	}
-	switch {
-	case st == nil:
-		c.log.Info("capping: original GPU limits saved", "state_file", c.set.StateFile)
-	case st.Clean:
-		c.log.Info("capping: resuming with the original limits from the state file", "state_file", c.set.StateFile)
-	case c.set.AfterCrash == "adopt":
-		c.log.Warn("capping: state file left by an agent that did not stop cleanly; adopting the limits in force", "state_file", c.set.StateFile, "pid", st.PID)
-	default:
-		c.log.Warn("capping: state file left by an agent that did not stop cleanly; restoring the original limits", "state_file", c.set.StateFile, "pid", st.PID)
-		if _, err := c.restoreWithin(c.leaveWatts()); err != nil {
-			// The GPUs that took their original back are safe; capping goes on for all.
-			c.log.Error("capping: restoring limits after a crash failed on some GPUs", "err", err)
-		}
-	}
-	if err := c.saveState(false); err != nil {
-		return fmt.Errorf("capping: not writing any limit, the original limits could not be saved: %w", err)
-	}
-	for _, g := range c.gpus {
-		g.ourMW = g.requestedMW
-	}
-	c.capW = c.clampCap(c.sumEnforced(), math.Inf(1))
-	c.integral = c.capW
-	c.log.Info("capping active", "gpus", len(c.gpus), "budget_source", c.src.Name(), "period", c.set.Period, "scope", c.set.Scope)
-	return nil
-}
-
-func (c *Controller) sumEnforced() float64 {
-	sum := 0.0
-	for _, g := range c.gpus {
-		sum += watts(g.clamp(g.enforcedMW))
-	}
-	return sum
-}
-
-func (c *Controller) saveState(clean bool) error {
-	st := &State{Clean: clean, PID: os.Getpid(), Saved: time.Now().UTC()}
-	for _, g := range c.gpus {
-		st.GPUs = append(st.GPUs, GPUState{UUID: g.uuid, Index: g.index, OriginalMilliwatts: g.originalMW})
-	}
-	st.GPUs = append(st.GPUs, c.others...)
-	return WriteState(c.set.StateFile, st)
-}
-
-// leaveWatts is the most the limits may sum to while no agent steers them: the source's (a
-// cluster node's floor), else no bound.
-func (c *Controller) leaveWatts() float64 {
-	if l, ok := c.src.(budget.Leaver); ok {
-		return l.LeaveWatts()
-	}
-	return math.Inf(1)
-}
-
-// restoreWithin writes the original limits back as far as their sum stays within w: all of
-// them when it fits, else each GPU gets its minimum plus the same fraction of the way to its
-// original (whole watts, rounded down). It reports whether every original was restored.
-func (c *Controller) restoreWithin(w float64) (complete bool, err error) {
-	var sumMin, sumOrig float64 // mW, exact
-	for _, g := range c.gpus {
-		sumMin += float64(g.minMW)
-		sumOrig += float64(g.clamp(g.originalMW))
-	}
-	frac := 1.0
-	if sumOrig > w*1000 && sumOrig > sumMin {
-		frac = max(0, (w*1000-sumMin)/(sumOrig-sumMin))
-	}
-	var errs []error
-	for _, g := range c.gpus {
-		orig := g.clamp(g.originalMW)
-		mw := orig
-		if frac < 1 {
-			mw = max(g.minMW, (g.minMW+uint32(float64(orig-g.minMW)*frac))/1000*1000)
-		}
-		if ret := g.dev.SetPowerManagementLimit(mw); ret != nvml.SUCCESS {
-			errs = append(errs, fmt.Errorf("GPU %d (%s) to %d mW: %w", g.index, g.uuid, mw, ret))
-			continue
-		}
-		g.ourMW, g.requestedMW = mw, mw
-	}
-	return frac >= 1, errors.Join(errs...)
-}
-
-// Stop ends capping. ExitConfigured applies OnExit: restore writes the original limits back
-// and removes the state file (kept, for the next start to retry, when a write fails); keep
-// leaves the limits and marks the state file clean. ExitHold is keep regardless of OnExit.
-func (c *Controller) Stop(how Exit) error {
-	if !c.started || c.set.DryRun {
-		return nil
-	}
-	c.started = false
-	if how == ExitConfigured && c.set.OnExit == "restore" {
-		// A cluster node's group keeps only its floor once it left: originals beyond it wait
-		// in the state file for the next start.
-		leave := c.leaveWatts()
-		complete, err := c.restoreWithin(leave)
-		if err != nil {
-			return fmt.Errorf("capping: restoring the original limits (state file %s kept for the next start): %w", c.set.StateFile, err)
-		}
-		// Originals not all written back (the group floor), or those of GPUs this agent could
-		// not cap, live on only in the state file: keep it, marked clean.
-		if !complete || len(c.others) > 0 {
-			if err := c.saveState(true); err != nil {
-				return fmt.Errorf("capping: marking the state file clean: %w", err)
-			}
-			if !complete {
-				c.log.Info("capping stopped: GPU limits restored as far as the node's share of its group allows",
-					"watts", leave, "state_file", c.set.StateFile)
-			} else {
-				c.log.Info("capping stopped: original GPU limits restored; the state file keeps those of GPUs that were not capped", "state_file", c.set.StateFile)
-			}
-			return nil
-		}
-		if err := os.Remove(c.set.StateFile); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("capping: removing state file: %w", err)
-		}
-		c.log.Info("capping stopped: original GPU limits restored")
-		return nil
-	}
-	if err := c.saveState(true); err != nil {
-		return fmt.Errorf("capping: marking the state file clean: %w", err)
-	}
-	c.log.Info("capping stopped: GPU limits left in place", "state_file", c.set.StateFile)
-	return nil
-}
-
-// Run drives the controller every period until ctx is done, and the budget source beside it.
-func (c *Controller) Run(ctx context.Context) {
-	go c.src.Run(ctx)
-	t := time.NewTicker(c.set.Period)
-	defer t.Stop()
-	c.Tick(c.now())
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			c.Tick(c.now())
-		}
-	}
-}
-
 // Mode returns the current mode.
 func (c *Controller) Mode() Mode { return c.mode }
 
 // CapW returns the total cap C the last period set.
-func (c *Controller) CapW() float64 { return c.capW }
+func (c *Controller) CapW() float64 { return c.law.capW }
 
 // MeasuredW returns the power P the last period measured.
 func (c *Controller) MeasuredW() float64 { return c.measW }
@@ -519,385 +273,12 @@ func (c *Controller) Overrides() float64 {
 	return n
 }
 
-// Tick runs one control period at now. It allocates nothing unless it logs.
-func (c *Controller) Tick(now time.Time) {
-	dt := c.set.Period.Seconds()
-	if !c.lastTick.IsZero() {
-		dt = now.Sub(c.lastTick).Seconds()
-	}
-	c.lastTick = now
-	c.ticks++
+func watts(mw uint32) float64 { return float64(mw) / 1000 }
 
-	useFallback := c.readBudget(now)
-	c.setW = c.budgetW * (1 - c.set.GuardBand)
-
-	missing := c.measure()
-	if c.measW > c.budgetW && missing == 0 {
-		c.overS += dt
-	}
-	c.errW = c.setW - c.measW
-	hi := c.budgetW * (1 + c.set.Oversubscription)
-
-	acted := false
-	switch {
-	case missing > 0:
-		c.lost++
-		if c.lost >= c.set.LostPeriods {
-			c.failsafe(hi)
-			acted = true
-		}
-	default:
-		if c.mode == ModeFailsafe {
-			c.log.Info("capping: power readings back; leaving failsafe caps")
-			c.havePrev = false
-			c.integral = c.capW
-		}
-		c.lost = 0
-		c.mode = ModeActive
-		if c.set.DryRun {
-			c.mode = ModeDryRun
-		}
-		c.control(hi)
-		c.allocate()
-		c.actuate()
-		acted = true
-	}
-	if acted && !useFallback {
-		c.acknowledge(hi)
-	}
-	c.publish(now, useFallback)
+// bounds are the total cap's bounds under the ceiling ceilW.
+func (c *Controller) bounds(ceilW float64) capBounds {
+	return capBounds{MinW: c.sumMin, MaxW: c.sumMax, CeilW: ceilW}
 }
 
-// acknowledge tells a source that wants to know (a cluster grant) that the limits are within its
-// budget: the limits the GPUs report (after this period's writes, refused ones included) sum to
-// no more than the cap allowed under this budget (the oversubscription ceiling, or Σ min when
-// that is higher). Under dry-run the computed limits count: nothing is enforced, and the
-// allocator is not kept waiting.
-func (c *Controller) acknowledge(hi float64) {
-	ack, ok := c.src.(budget.Acknowledger)
-	if !ok {
-		return
-	}
-	sumMW := 0.0
-	for _, g := range c.gpus {
-		if c.set.DryRun {
-			sumMW += float64(g.ourMW)
-		} else {
-			sumMW += float64(g.requestedMW)
-		}
-	}
-	if sumMW/1000 > max(hi, c.sumMin)+0.001 {
-		return
-	}
-	ack.Applied(c.budget)
-}
-
-// readBudget sets budgetW from the source, or the fallback when its budget expired or never
-// came; it reports whether the fallback is in use.
-func (c *Controller) readBudget(now time.Time) bool {
-	b, ok := c.src.Current()
-	if ok && !b.Expired(now) && b.Valid() {
-		if c.fallbackLogged {
-			c.log.Info("capping: budget back from its source", "watts", b.Watts, "source", b.Source)
-			c.fallbackLogged = false
-		}
-		c.budgetW, c.budget = b.Watts, b
-		return false
-	}
-	c.budgetW = c.set.FallbackW
-	if c.budgetW <= 0 {
-		c.budgetW = c.sumMin
-	}
-	if !c.fallbackLogged {
-		c.log.Warn("capping: no current budget (expired or never received); using the fallback budget", "fallback_watts", c.budgetW, "last_watts", b.Watts, "ttl", b.TTL)
-		c.fallbackLogged = true
-	}
-	return true
-}
-
-// measure reads every GPU's instant power and limits, counts limits changed behind our back
-// and returns how many GPUs gave no power reading.
-func (c *Controller) measure() int {
-	missing := 0
-	c.measW, c.slackW = 0, 0
-	for _, g := range c.gpus {
-		g.ok = false
-		ret := g.dev.GetFieldValues(g.fields[:])
-		if ret != nvml.SUCCESS || nvml.Return(g.fields[0].NvmlReturn) != nvml.SUCCESS {
-			missing++
-			continue
-		}
-		g.drawW = float64(binary.LittleEndian.Uint32(g.fields[0].Value[:4])) / 1000
-		c.measW += g.drawW
-		req, ret := g.dev.GetPowerManagementLimit()
-		if ret != nvml.SUCCESS {
-			missing++
-			continue
-		}
-		enf, ret := g.dev.GetEnforcedPowerLimit()
-		if ret != nvml.SUCCESS {
-			enf = req
-		}
-		g.requestedMW, g.enforcedMW, g.ok = req, enf, true
-		if !c.set.DryRun && c.mode != ModeFailsafe && g.ourMW != 0 && req != g.ourMW {
-			g.overrides++
-			c.log.Warn("capping: GPU power limit changed behind our back; re-applying ours",
-				"gpu", g.index, "found_watts", watts(req), "ours_watts", watts(g.ourMW))
-		}
-		c.checkOutOfBand(g)
-		limitW := watts(enf)
-		if g.drawW < limitW-c.bindMargin(limitW) {
-			c.slackW += c.set.HeadroomW
-		}
-	}
-	if c.set.Scope == "node" {
-		c.measW += c.rapl()
-	}
-	return missing
-}
-
-// oobTrust is how many periods an out-of-band limit is taken as the GPU's maximum before the
-// controller asks for more again, to notice that it was lifted.
-const oobTrust = 60
-
-// checkOutOfBand counts an enforced limit below the requested one (a BMC, the driver) once per
-// distinct value; the controller then treats it as the GPU's maximum for oobTrust periods.
-func (c *Controller) checkOutOfBand(g *gpu) {
-	if g.enforcedMW >= g.requestedMW {
-		return
-	}
-	if g.enforcedMW != g.oobMW {
-		g.overrides++
-		c.log.Warn("capping: an out-of-band limit below ours is in force on a GPU", "gpu", g.index,
-			"enforced_watts", watts(g.enforcedMW), "requested_watts", watts(g.requestedMW))
-	}
-	g.oobMW, g.oobUntil = g.enforcedMW, c.ticks+oobTrust
-}
-
-// rapl returns RAPL package power from the thermal collector's latest batch.
-func (c *Controller) rapl() float64 {
-	c.raplW, c.raplFound = 0, false
-	if c.store != nil {
-		c.store.View("thermal", c.raplView)
-	}
-	if !c.raplFound && !c.raplLogged {
-		c.log.Warn("capping: scope node, but no RAPL package power is in the store (thermal collector off, or no powercap on this host); measuring GPU power only")
-		c.raplLogged = true
-	}
-	return c.raplW
-}
-
-func (c *Controller) sumRAPL(b *sample.Batch) {
-	if b == nil {
-		return
-	}
-	for _, p := range b.Points {
-		if p.Series.Def != metrics.HWPower {
-			continue
-		}
-		pkg, seen := c.raplSeries[p.Series]
-		if !seen {
-			typ, _ := p.Series.Attrs.Value(metrics.AttrHWType)
-			name, _ := p.Series.Attrs.Value(metrics.AttrHWName)
-			id, _ := p.Series.Attrs.Value(metrics.AttrHWID)
-			pkg = typ.AsString() == "cpu" && strings.HasPrefix(name.AsString(), "package") && strings.Contains(id.AsString(), "rapl")
-			c.raplSeries[p.Series] = pkg
-		}
-		if pkg {
-			c.raplW += p.Value
-			c.raplFound = true
-		}
-	}
-}
-
-// clampCap bounds the total cap to [Σ min, min(Σ max, hi)]; Σ min wins when the two cross,
-// since no GPU can be set below its minimum.
-func (c *Controller) clampCap(capW, hi float64) float64 {
-	return max(c.sumMin, min(capW, c.sumMax, hi))
-}
-
-// control moves the total cap with a positional PI(D) law: C = I + Kp·e − Kd·ΔP, with I
-// integrating Ki·e. A decrease is applied at once (at least the whole error), an increase is
-// limited to Ramp × Σ max per period, and after clamping I is recomputed from C
-// (back-calculation), so a saturated or rate-limited cap never winds the integral up.
-func (c *Controller) control(hi float64) {
-	e := c.errW
-	dP := 0.0
-	if c.havePrev {
-		dP = c.measW - c.prevP
-	}
-	c.prevP, c.havePrev, c.lastDP = c.measW, true, dP
-	prev := c.capW
-	c.integral += c.set.Ki * e
-	next := c.integral + c.set.Kp*e - c.set.Kd*dP
-	if e < 0 {
-		next = min(next, prev+e)
-	}
-	// Oversubscription only as far as the headroom of GPUs below their limits: caps above the
-	// setpoint are watts a surge could take before the next period.
-	hi = min(hi, max(c.setW+c.slackW, c.sumMin))
-	if next > prev {
-		next = min(next, prev+c.set.Ramp*c.sumMax)
-	}
-	next = c.clampCap(next, hi)
-	c.integral = next - c.set.Kp*e + c.set.Kd*dP
-	c.capW = next
-}
-
-// bindMargin is how close to its limit a GPU draws to count as power-bound: it would use more.
-func (c *Controller) bindMargin(limitW float64) float64 {
-	return max(0.5*c.set.HeadroomW, 0.02*limitW)
-}
-
-// allocate splits the cap across GPUs into their shares.
-func (c *Controller) allocate() {
-	for i, g := range c.gpus {
-		s := &c.shares[i]
-		s.minW, s.maxW = watts(g.minMW), watts(g.maxMW)
-		if g.oobMW > 0 && c.ticks < g.oobUntil {
-			s.maxW = max(s.minW, min(s.maxW, watts(g.oobMW)))
-		}
-		s.limitW = watts(g.enforcedMW)
-		s.drawW = g.drawW
-		s.weight = g.weight
-		s.bound = g.drawW >= s.limitW-c.bindMargin(s.limitW)
-		step := max(2*c.set.HeadroomW, c.set.Ramp*2*s.maxW)
-		s.upW = max(s.minW, min(s.maxW, max(s.limitW, watts(g.ourMW))+step))
-	}
-	given := distribute(c.shares, c.capW, c.set.HeadroomW)
-	// What the GPUs could not take this period is not kept as cap: C is what is applied, so
-	// it cannot float up on slack the GPUs would surge into.
-	if given < c.capW && given >= c.sumMin {
-		c.capW = given
-		c.integral = given - c.set.Kp*c.errW + c.set.Kd*c.lastDP
-	}
-}
-
-// actuate writes the shares as limits. Each limit is rounded down to a whole watt and clamped
-// to the GPU's constraints. Changes smaller than the deadband are skipped, except decreases
-// needed to keep Σ limits within the total cap.
-func (c *Controller) actuate() {
-	deadMW := uint32(c.set.DeadbandW * 1000)
-	sumMW := 0.0
-	for i, g := range c.gpus {
-		target := c.targetMW(g, c.shares[i].allocW)
-		c.targets[i] = target
-		c.shares[i].allocW = watts(target)
-		if g.ok && absDiff(target, g.requestedMW) < deadMW && g.requestedMW == g.ourMW {
-			sumMW += float64(g.requestedMW)
-			continue
-		}
-		sumMW += float64(target)
-	}
-	capMW := math.Max(c.capW, c.sumMin) * 1000
-	for i, g := range c.gpus {
-		target := c.targets[i]
-		skip := g.ok && absDiff(target, g.requestedMW) < deadMW && g.requestedMW == g.ourMW
-		if skip && target < g.requestedMW && sumMW > capMW {
-			skip = false
-			sumMW -= float64(g.requestedMW - target)
-		}
-		if !skip {
-			c.write(g, target)
-		}
-	}
-}
-
-func absDiff(a, b uint32) uint32 {
-	if a > b {
-		return a - b
-	}
-	return b - a
-}
-
-// targetMW turns a share in watts into a limit NVML accepts.
-func (c *Controller) targetMW(g *gpu, w float64) uint32 {
-	mw := uint32(math.Floor(max(0, w))) * 1000
-	return g.clamp(mw)
-}
-
-// write sets one GPU's limit and reads it back; under dry-run it only records it. The limit is
-// clamped to the GPU's constraints here too, so no path can ask NVML for one outside them.
-func (c *Controller) write(g *gpu, mw uint32) {
-	mw = g.clamp(mw)
-	if c.set.DryRun {
-		g.ourMW = mw
-		return
-	}
-	if !g.ok && g.ourMW == mw {
-		return // unreadable GPU already at the value: do not hammer it
-	}
-	if ret := g.dev.SetPowerManagementLimit(mw); ret != nvml.SUCCESS {
-		g.actRefused++
-		if g.refusedRet != ret {
-			c.log.Error("capping: GPU refused a power limit; leaving its limit as it was",
-				"gpu", g.index, "watts", watts(mw), "constraints_watts", fmt.Sprintf("%g..%g", watts(g.minMW), watts(g.maxMW)), "err", ret)
-			g.refusedRet = ret
-		}
-		return
-	}
-	g.refusedRet = nvml.SUCCESS
-	g.actOK++
-	g.ourMW, g.requestedMW = mw, mw
-	enf, ret := g.dev.GetEnforcedPowerLimit()
-	if ret == nvml.SUCCESS {
-		g.enforcedMW = enf
-		c.checkOutOfBand(g)
-	}
-}
-
-// failsafe applies static caps B / n when power readings are lost: safe whatever the GPUs draw.
-func (c *Controller) failsafe(hi float64) {
-	if c.mode != ModeFailsafe {
-		c.log.Error("capping: power readings lost; applying static failsafe caps of budget / GPUs",
-			"periods", c.lost, "per_gpu_watts", c.budgetW/float64(len(c.gpus)))
-	}
-	c.mode = ModeFailsafe
-	c.havePrev = false
-	per := c.budgetW / float64(len(c.gpus))
-	sum := 0.0
-	for _, g := range c.gpus {
-		mw := c.targetMW(g, per)
-		sum += watts(mw)
-		if mw != g.ourMW || g.requestedMW != mw {
-			c.write(g, mw)
-		}
-	}
-	c.capW = c.clampCap(sum, hi)
-	c.integral = c.capW
-}
-
-// publish puts the period's batch in the store; two batches alternate, so the one readers may
-// hold is never the one being filled.
-func (c *Controller) publish(now time.Time, fallback bool) {
-	if c.store == nil {
-		return
-	}
-	b := &c.batches[c.cur]
-	c.cur ^= 1
-	b.Reset(StoreKey, now)
-	sb := c.sBudget
-	if fallback {
-		sb = c.sFallback
-	}
-	b.Add(sb, c.budgetW)
-	b.Add(c.sSetpoint, c.setW)
-	b.Add(c.sMeasured, c.measW)
-	b.Add(c.sError, c.errW)
-	b.Add(c.sCap, c.capW)
-	b.Add(c.sOverS, c.overS)
-	for m := range numModes {
-		v := 0.0
-		if m == c.mode {
-			v = 1
-		}
-		b.Add(c.sMode[m], v)
-	}
-	for _, g := range c.gpus {
-		b.Add(g.sLimit, watts(g.ourMW))
-		b.Add(g.sOK, g.actOK)
-		b.Add(g.sRefused, g.actRefused)
-		b.Add(g.sOver, g.overrides)
-	}
-	c.store.Put(StoreKey, b)
-}
+// clamp bounds a limit to the GPU's constraints.
+func (g *gpu) clamp(mw uint32) uint32 { return min(max(mw, g.minMW), g.maxMW) }

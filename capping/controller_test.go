@@ -3,6 +3,7 @@ package capping
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/capstan-power/capstan/capping/budget"
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
 	"github.com/capstan-power/capstan/internal/metrics"
+	"github.com/capstan-power/capstan/internal/rapl"
 	"github.com/capstan-power/capstan/internal/sample"
 )
 
@@ -338,8 +340,39 @@ func TestBudgetFileThroughTheLoop(t *testing.T) {
 	}
 }
 
-// With scope node, RAPL package power from the thermal collector's batch is part of P; without
-// it the controller says once that it measures GPUs only.
+// raplHost makes a powercap tree whose zones draw the given watts from start on, and returns it
+// with a function that sets every counter to its energy at now.
+func raplHost(t *testing.T, start time.Time, zones map[string]float64) (sysfs string, at func(now time.Time)) {
+	t.Helper()
+	sysfs = t.TempDir()
+	names := map[string]string{}
+	for id := range zones {
+		dir := filepath.Join(sysfs, "class", "powercap", id)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		names[id] = "core"
+		if strings.Count(id, ":") == 1 {
+			names[id] = "package-" + id[strings.IndexByte(id, ':')+1:]
+		}
+		for file, v := range map[string]string{"name": names[id], "max_energy_range_uj": "262143328850", "energy_uj": "0"} {
+			if err := os.WriteFile(filepath.Join(dir, file), []byte(v+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return sysfs, func(now time.Time) {
+		for id, w := range zones {
+			uj := strconv.FormatUint(uint64(w*now.Sub(start).Seconds()*1e6), 10)
+			if err := os.WriteFile(filepath.Join(sysfs, "class", "powercap", id, "energy_uj"), []byte(uj+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// With scope node, RAPL package power is part of P; without it the controller says once that
+// it measures GPUs only.
 func TestNodeScopeAddsRAPL(t *testing.T) {
 	r := newRig(t, "steady", 4, 2000, func(s *Settings) { s.Scope = "node" })
 	r.run(30 * time.Second)
@@ -347,15 +380,18 @@ func TestNodeScopeAddsRAPL(t *testing.T) {
 		t.Errorf("missing RAPL not reported:\n%s", r.logs.String())
 	}
 	gpuOnly := r.c.MeasuredW()
-	attrs := func(id, name string) []attribute.KeyValue {
-		return []attribute.KeyValue{attribute.String(metrics.AttrHWType, "cpu"), attribute.String(metrics.AttrHWID, id), attribute.String(metrics.AttrHWName, name)}
+
+	// The same node with RAPL: two packages, and a core zone inside package-0.
+	sysfs, setCounters := raplHost(t, r.clock.Now(), map[string]float64{"intel-rapl:0": 180, "intel-rapl:1": 170, "intel-rapl:0:0": 120})
+	host := rapl.OpenPackages(sysfs, r.clock.Now, nil)
+	t.Cleanup(func() { host.Close() })
+	host.PackageWatts() // the first reading starts the interval
+	r.host = host
+	r.beforeTick = func() { setCounters(r.clock.Now()) }
+	if err := r.c.Stop(ExitHold); err != nil {
+		t.Fatal(err)
 	}
-	b := &sample.Batch{}
-	b.Reset("thermal", r.clock.Now())
-	b.Add(sample.NewSeries(metrics.HWPower, attrs("intel-rapl:0", "package-0")...), 180)
-	b.Add(sample.NewSeries(metrics.HWPower, attrs("intel-rapl:1", "package-1")...), 170)
-	b.Add(sample.NewSeries(metrics.HWPower, attrs("intel-rapl:0:0", "core")...), 120) // inside package-0
-	r.store.Put("thermal", b)
+	r.startOn(r.fleet, r.src)
 	r.step()
 	if got := r.c.MeasuredW() - gpuOnly; got < 350-30 || got > 350+30 {
 		t.Errorf("RAPL added %.0f W to P, want the two packages' 350 W (cores are inside them)", got)
@@ -365,6 +401,59 @@ func TestNodeScopeAddsRAPL(t *testing.T) {
 		t.Errorf("GPUs plus packages draw %.0f W over the 2000 W node budget", p)
 	}
 }
+
+// A host power reading older than a period is not used: P falls back to the GPUs' power, and the
+// controller says so once, and once again when fresh readings return.
+func TestNodeScopeIgnoresAStaleHostReading(t *testing.T) {
+	r := newRig(t, "steady", 4, 2000, func(s *Settings) { s.Scope = "node" })
+	host := &fixedHost{w: 300, at: r.clock.Now()}
+	host.fresh = func() { host.at = r.clock.Now() }
+	r.host = host
+	if err := r.c.Stop(ExitHold); err != nil {
+		t.Fatal(err)
+	}
+	r.startOn(r.fleet, r.src)
+	r.beforeTick = host.fresh
+	// hostPart is what P holds beyond the GPUs' true draw (their instant readings are noisy).
+	hostPart := func() float64 { return r.c.MeasuredW() - r.drawn() }
+	r.run(10 * time.Second)
+	if got := hostPart(); got < 300-30 || got > 300+30 {
+		t.Fatalf("fresh host readings add %.0f W to P, want 300", got)
+	}
+	if strings.Contains(r.logs.String(), "no RAPL package power") {
+		t.Fatalf("fresh readings reported missing:\n%s", r.logs.String())
+	}
+	r.beforeTick = nil // the reading stops moving: one period old at the next tick, then older
+	r.step()
+	if got := hostPart(); got < 300-30 || got > 300+30 {
+		t.Errorf("a reading one period old adds %.0f W to P, want the 300 W still counted", got)
+	}
+	r.step()
+	if got := hostPart(); got < -30 || got > 30 {
+		t.Errorf("a reading two periods old adds %.0f W to P, want it left out", got)
+	}
+	r.run(5 * time.Second)
+	if n := strings.Count(r.logs.String(), "older than a control period"); n != 1 {
+		t.Errorf("stale reading logged %d times over 6 periods, want once:\n%s", n, r.logs.String())
+	}
+	r.beforeTick = host.fresh
+	r.step()
+	if got := hostPart(); got < 300-30 || got > 300+30 {
+		t.Errorf("fresh reading back: it adds %.0f W to P, want 300", got)
+	}
+	if !strings.Contains(r.logs.String(), "RAPL package power back") {
+		t.Errorf("return of the reading not reported:\n%s", r.logs.String())
+	}
+}
+
+// fixedHost reads a constant package power, taken at at.
+type fixedHost struct {
+	w     float64
+	at    time.Time
+	fresh func()
+}
+
+func (h *fixedHost) PackageWatts() (float64, time.Time, bool) { return h.w, h.at, true }
 
 // Priority weights from the settings steer more power to a favoured GPU when all are bound.
 func TestWeightsFromSettings(t *testing.T) {

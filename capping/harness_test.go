@@ -47,6 +47,10 @@ type rig struct {
 	c     *Controller
 	logs  *syncBuffer
 	set   Settings
+	// host is the HostPower of the controllers the rig builds; beforeTick, when set, runs
+	// after the clock advanced and before each tick (to move a RAPL fixture's counters).
+	host       HostPower
+	beforeTick func()
 }
 
 // staticSource is a movable budget satisfying budget.Source.
@@ -105,7 +109,7 @@ func (r *rig) newControllerWith(src budget.Source) *Controller {
 // (a wrapper injecting NVML behaviour) and takes its budget from src.
 func (r *rig) newControllerOn(lib nvml.Interface, src budget.Source) *Controller {
 	r.t.Helper()
-	c, err := New(Options{Settings: r.set, Lib: lib, Budget: src, Store: r.store,
+	c, err := New(Options{Settings: r.set, Lib: lib, Budget: src, Store: r.store, Host: r.host,
 		Log: slog.New(slog.NewTextHandler(r.logs, nil)), Now: r.clock.Now})
 	if err != nil {
 		r.t.Fatal(err)
@@ -126,6 +130,9 @@ func (r *rig) startOn(lib nvml.Interface, src budget.Source) {
 // step advances the clock one period and ticks.
 func (r *rig) step() {
 	r.clock.Advance(r.set.Period)
+	if r.beforeTick != nil {
+		r.beforeTick()
+	}
 	r.c.Tick(r.clock.Now())
 }
 

@@ -100,151 +100,206 @@ func fleetOf(o *Options, clock clock.Clock) (*sim.Fleet, error) {
 	return f, nil
 }
 
-// Run simulates o.Duration and returns the report.
+// Run simulates o.Duration and returns the report. Each period has four phases: budget steps
+// that fall in it apply, the oracle sets its caps for the demand ahead, the clock advances and
+// the controller ticks, and the three fleets are scored.
 func Run(o Options) (*Report, error) {
+	wallStart := time.Now()
+	r, err := newRun(o)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = r.ctl.Stop(capping.ExitConfigured) }()
+	periods := int(o.Duration / r.period)
+	for k := 1; k <= periods; k++ {
+		elapsed := time.Duration(k) * r.period
+		if err := r.applySteps(k, elapsed); err != nil {
+			return nil, err
+		}
+		if err := r.setOracle(elapsed); err != nil {
+			return nil, err
+		}
+		r.clock.Advance(r.period)
+		r.ctl.Tick(r.clock.Now())
+		drawn := [3]float64{drawnW(r.fleets[0]), drawnW(r.fleets[1]), drawnW(r.fleets[2])}
+		r.score(k, drawn)
+		if o.Sample != nil {
+			r.limits = r.ctl.Limits(r.limits[:0])
+			o.Sample(Sample{Elapsed: elapsed, BudgetW: r.budgetW, MeasuredW: r.ctl.MeasuredW(), DrawnW: drawn[0],
+				CapW: r.ctl.CapW(), StaticW: drawn[1], OracleW: drawn[2], Limits: r.limits})
+		}
+	}
+	r.rep.Periods = periods
+	r.figures(periods)
+	r.rep.Wall = time.Since(wallStart)
+	return &r.rep, nil
+}
+
+// Policies, in the order of a run's fleets.
+const (
+	ours = iota
+	static
+	oracle
+)
+
+// runState is one simulation in progress: three identical fleets on one clock (ours steered by the
+// controller, static caps, the oracle), the budget steps and the scores so far.
+type runState struct {
+	clock  *clock.Manual
+	period time.Duration
+	fleets [3]*sim.Fleet
+	model  sim.Model
+	trace  sim.Trace
+	ctl    *capping.Controller
+	src    *sourceAdapter
+
+	staticDevs, oracleDevs []nvml.Device
+	demand, shares, limits []float64
+
+	steps   []Step
+	next    int // the next budget step
+	budgetW float64
+
+	base [3]start
+	over [3]int     // periods above budget
+	peak [3]float64 // largest overshoot once settled, as a share of the budget
+	// stepAt is the period of the last budget step; settle the periods it took to settle
+	// (-1: not yet), holdLeft the periods left to confirm it.
+	stepAt, settle, holdLeft int
+	rep                      Report
+}
+
+// newRun checks the options, builds the three fleets and starts the controller on ours.
+func newRun(o Options) (*runState, error) {
 	if o.Duration <= 0 || o.Settings.Period <= 0 {
 		return nil, errors.New("simulation: duration and period must be positive")
 	}
 	if !(o.BudgetW > 0) {
 		return nil, errors.New("simulation: the budget must be a positive number of watts")
 	}
-	steps := append([]Step(nil), o.Steps...)
-	sort.SliceStable(steps, func(i, j int) bool { return steps[i].At < steps[j].At })
-	wallStart := time.Now()
-	clock := clock.NewManual(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	ours, err := fleetOf(&o, clock)
+	r := &runState{period: o.Settings.Period, budgetW: o.BudgetW, settle: -1}
+	r.steps = append([]Step(nil), o.Steps...)
+	sort.SliceStable(r.steps, func(i, j int) bool { return r.steps[i].At < r.steps[j].At })
+	r.clock = clock.NewManual(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	for p := range r.fleets {
+		f, err := fleetOf(&o, r.clock)
+		if err != nil {
+			return nil, err
+		}
+		r.fleets[p] = f
+	}
+	r.model = r.fleets[ours].Model()
+	trace, err := sim.NewTrace(o.Trace, r.model, o.Count, o.Seed)
 	if err != nil {
 		return nil, err
 	}
-	static, err := fleetOf(&o, clock)
-	if err != nil {
-		return nil, err
-	}
-	oracle, err := fleetOf(&o, clock)
-	if err != nil {
-		return nil, err
-	}
-	trace, err := sim.NewTrace(o.Trace, ours.Model(), o.Count, o.Seed)
-	if err != nil {
-		return nil, err
-	}
+	r.trace = trace
 	set := o.Settings
 	set.StateFile = filepath.Join(o.StateDir, "simulate-state.json")
-	src := &sourceAdapter{b: budget.Budget{Watts: o.BudgetW, Source: "static", Received: clock.Now()}}
+	r.src = &sourceAdapter{b: budget.Budget{Watts: o.BudgetW, Source: "static", Received: r.clock.Now()}}
 	log := o.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	ctl, err := capping.New(capping.Options{Settings: set, Lib: ours, Budget: src, Log: log, Now: clock.Now})
+	ctl, err := capping.New(capping.Options{Settings: set, Lib: r.fleets[ours], Budget: r.src, Log: log, Now: r.clock.Now})
 	if err != nil {
 		return nil, err
 	}
 	if err := ctl.Start(); err != nil {
 		return nil, err
 	}
-	defer func() { _ = ctl.Stop(capping.ExitConfigured) }()
-
-	r := &Report{}
-	n := o.Count
-	model := ours.Model()
-	staticDevs := devices(static)
-	oracleDevs := devices(oracle)
-	if err := applyStatic(staticDevs, model, o.BudgetW); err != nil {
+	r.ctl = ctl
+	r.staticDevs, r.oracleDevs = devices(r.fleets[static]), devices(r.fleets[oracle])
+	if err := applyStatic(r.staticDevs, r.model, o.BudgetW); err != nil {
+		_ = ctl.Stop(capping.ExitConfigured)
 		return nil, err
 	}
-	demand := make([]float64, n)
-	shares := make([]float64, n)
-	limits := make([]float64, 0, n)
-	base := [3]start{snapshot(ours), snapshot(static), snapshot(oracle)}
-	var over [3]int
-	var peak [3]float64
-	budgetW := o.BudgetW
-	next := 0
-	stepAt := 0 // period of the last budget step
-	settle := -1
-	holdLeft := 0
-	periods := int(o.Duration / set.Period)
-	for k := 1; k <= periods; k++ {
-		elapsed := time.Duration(k) * set.Period
-		// Budget steps that fall in this period apply at its start.
-		for next < len(steps) && steps[next].At < elapsed {
-			if settle >= 0 && len(r.SettlePeriods) > 0 {
-				r.SettlePeriods[len(r.SettlePeriods)-1] = settle // the next step came before the hold ended
-			}
-			budgetW = steps[next].Watts
-			src.b.Watts = budgetW
-			if err := applyStatic(staticDevs, model, budgetW); err != nil {
-				return nil, err
-			}
-			r.SettlePeriods = append(r.SettlePeriods, -1)
-			stepAt, settle, holdLeft = k-1, -1, 0
-			next++
-		}
-		// The oracle sees the demand of the period ahead and sets its caps before it starts.
-		from := elapsed - set.Period
-		for i := range n {
-			d := 0.0
-			for t := from; t < elapsed; t += 10 * time.Millisecond {
-				d = max(d, trace.Demand(i, t))
-			}
-			demand[i] = min(max(d, model.IdleW), 1.05*model.MaxLimitW)
-		}
-		waterFill(demand, shares, budgetW, model)
-		for i, d := range oracleDevs {
-			if ret := d.SetPowerManagementLimit(uint32(math.Floor(shares[i])) * 1000); ret != nvml.SUCCESS {
-				return nil, fmt.Errorf("simulation: setting the oracle's limit of GPU %d: %w", i, ret)
-			}
-		}
-
-		clock.Advance(set.Period)
-		ctl.Tick(clock.Now())
-
-		drawn := [3]float64{drawnW(ours), drawnW(static), drawnW(oracle)}
-		for p := range drawn {
-			if drawn[p] > budgetW {
-				over[p]++
-			}
-		}
-		// Settling after the latest step, and overshoot once settled.
-		sinceStep := k - stepAt
-		settled := len(r.SettlePeriods) == 0 && k > warmup
-		if len(r.SettlePeriods) > 0 {
-			switch {
-			case settle < 0 && drawn[0] <= budgetW:
-				settle, holdLeft = sinceStep, settleHold
-			case settle >= 0 && holdLeft > 0 && drawn[0] > budgetW*(1+settleBand):
-				settle = -1
-			}
-			if settle >= 0 && holdLeft > 0 {
-				holdLeft--
-				if holdLeft == 0 {
-					r.SettlePeriods[len(r.SettlePeriods)-1] = settle
-				}
-			}
-			settled = settle >= 0 && holdLeft == 0
-		}
-		if settled {
-			for p := range drawn {
-				peak[p] = max(peak[p], (drawn[p]-budgetW)/budgetW)
-			}
-		}
-		if o.Sample != nil {
-			limits = ctl.Limits(limits[:0])
-			o.Sample(Sample{Elapsed: elapsed, BudgetW: budgetW, MeasuredW: ctl.MeasuredW(), DrawnW: drawn[0],
-				CapW: ctl.CapW(), StaticW: drawn[1], OracleW: drawn[2], Limits: limits})
-		}
+	r.demand, r.shares, r.limits = make([]float64, o.Count), make([]float64, o.Count), make([]float64, 0, o.Count)
+	for p, f := range r.fleets {
+		r.base[p] = snapshot(f)
 	}
-	r.Periods = periods
-	figs := [3]*Figures{&r.Ours, &r.Static, &r.Oracle}
-	for p, f := range []*sim.Fleet{ours, static, oracle} {
-		end := snapshot(f)
-		figs[p].EnergyJ = end.energyJ - base[p].energyJ
-		figs[p].Work = end.work - base[p].work
-		figs[p].TimeOverBudgetPct = 100 * float64(over[p]) / float64(max(1, periods))
-		figs[p].MaxOvershootPct = 100 * max(0, peak[p])
-	}
-	r.Wall = time.Since(wallStart)
 	return r, nil
+}
+
+// applySteps applies the budget steps that fall in period k (ending at elapsed) at its start.
+func (r *runState) applySteps(k int, elapsed time.Duration) error {
+	for r.next < len(r.steps) && r.steps[r.next].At < elapsed {
+		if r.settle >= 0 && len(r.rep.SettlePeriods) > 0 {
+			r.rep.SettlePeriods[len(r.rep.SettlePeriods)-1] = r.settle // the next step came before the hold ended
+		}
+		r.budgetW = r.steps[r.next].Watts
+		r.src.b.Watts = r.budgetW
+		if err := applyStatic(r.staticDevs, r.model, r.budgetW); err != nil {
+			return err
+		}
+		r.rep.SettlePeriods = append(r.rep.SettlePeriods, -1)
+		r.stepAt, r.settle, r.holdLeft = k-1, -1, 0
+		r.next++
+	}
+	return nil
+}
+
+// setOracle gives the oracle the demand of the period ending at elapsed, before it starts.
+func (r *runState) setOracle(elapsed time.Duration) error {
+	from := elapsed - r.period
+	for i := range r.demand {
+		d := 0.0
+		for t := from; t < elapsed; t += 10 * time.Millisecond {
+			d = max(d, r.trace.Demand(i, t))
+		}
+		r.demand[i] = min(max(d, r.model.IdleW), 1.05*r.model.MaxLimitW)
+	}
+	waterFill(r.demand, r.shares, r.budgetW, r.model)
+	for i, d := range r.oracleDevs {
+		if ret := d.SetPowerManagementLimit(uint32(math.Floor(r.shares[i])) * 1000); ret != nvml.SUCCESS {
+			return fmt.Errorf("simulation: setting the oracle's limit of GPU %d: %w", i, ret)
+		}
+	}
+	return nil
+}
+
+// score counts period k's time over budget, follows settling after the latest step, and once
+// settled (or past the warmup without a step) the overshoot.
+func (r *runState) score(k int, drawn [3]float64) {
+	for p := range drawn {
+		if drawn[p] > r.budgetW {
+			r.over[p]++
+		}
+	}
+	sinceStep := k - r.stepAt
+	settled := len(r.rep.SettlePeriods) == 0 && k > warmup
+	if len(r.rep.SettlePeriods) > 0 {
+		switch {
+		case r.settle < 0 && drawn[ours] <= r.budgetW:
+			r.settle, r.holdLeft = sinceStep, settleHold
+		case r.settle >= 0 && r.holdLeft > 0 && drawn[ours] > r.budgetW*(1+settleBand):
+			r.settle = -1
+		}
+		if r.settle >= 0 && r.holdLeft > 0 {
+			r.holdLeft--
+			if r.holdLeft == 0 {
+				r.rep.SettlePeriods[len(r.rep.SettlePeriods)-1] = r.settle
+			}
+		}
+		settled = r.settle >= 0 && r.holdLeft == 0
+	}
+	if settled {
+		for p := range drawn {
+			r.peak[p] = max(r.peak[p], (drawn[p]-r.budgetW)/r.budgetW)
+		}
+	}
+}
+
+// figures sums up each policy over the run's periods.
+func (r *runState) figures(periods int) {
+	figs := [3]*Figures{&r.rep.Ours, &r.rep.Static, &r.rep.Oracle}
+	for p, f := range r.fleets {
+		end := snapshot(f)
+		figs[p].EnergyJ = end.energyJ - r.base[p].energyJ
+		figs[p].Work = end.work - r.base[p].work
+		figs[p].TimeOverBudgetPct = 100 * float64(r.over[p]) / float64(max(1, periods))
+		figs[p].MaxOvershootPct = 100 * max(0, r.peak[p])
+	}
 }
 
 // sourceAdapter is the run's budget source: static, moved by the budget steps.

@@ -4,32 +4,25 @@ import (
 	"context"
 	"errors"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/capstan-power/capstan/internal/metrics"
+	"github.com/capstan-power/capstan/internal/rapl"
 	"github.com/capstan-power/capstan/internal/sample"
 	"github.com/capstan-power/capstan/internal/sysattr"
 )
 
-// raplZone is one powercap zone of the intel-rapl control type (AMD's RAPL shows there too).
+// raplZone is one powercap zone of a RAPL control type with its series.
 type raplZone struct {
-	energyFile *sysattr.File
-	// maxMicrojoules is max_energy_range_uj: the counter wraps to 0 after it.
-	maxMicrojoules uint64
-	energy, power  *sample.Series
-	constraints    []constraint
-
-	have        bool
-	last        uint64
-	lastTime    time.Time
-	microjoules float64 // accumulated since the agent started, wrap-arounds included
+	zone          *rapl.Zone
+	counter       rapl.Counter
+	energy, power *sample.Series
+	constraints   []constraint
 }
 
 type constraint struct {
@@ -50,58 +43,25 @@ func raplType(domain string) string {
 	return "cpu" // package, core
 }
 
-// findRAPL lists the powercap zones of the RAPL control types. A zone whose name does not read
-// is skipped and logged; one whose max_energy_range_uj does not read is kept, its counter's range
-// unknown (a wrap then costs one power reading), and logged. The other zones are kept either way.
+// findRAPL lists the zones of the RAPL control types (package rapl) and their constraints.
 func (c *Collector) findRAPL(root string) error {
-	class := filepath.Join(root, "class", "powercap")
-	entries, err := os.ReadDir(class)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
+	zones, err := rapl.Find(root, c.r, c.log)
 	if err != nil {
 		c.log.Warn("not reading RAPL: listing powercap zones failed", "err", err)
 		return nil
 	}
-	for _, e := range entries {
-		id := e.Name()
-		if !strings.Contains(id, "rapl") {
-			continue // other powercap control types (dtpm) have no energy counter
-		}
-		dir := filepath.Join(class, id)
-		nameFile := filepath.Join(dir, "name")
-		if _, err := os.Stat(nameFile); err != nil {
-			continue // the control type itself (intel-rapl), not a zone
-		}
-		name, err := c.r.String(nameFile)
-		if err != nil || name == "" {
-			c.log.Warn("skipping a RAPL zone whose name does not read", "zone", id, "err", err)
-			continue
-		}
-		// hw.name is the domain without its package number ("package-1" is "package"), as
-		// procfs named it; hw.id tells the packages apart.
-		if i := strings.LastIndexByte(name, '-'); i > 0 {
-			if _, err := strconv.Atoi(name[i+1:]); err == nil {
-				name = name[:i]
-			}
-		}
-		maxMicrojoules, err := c.r.UintOnce(filepath.Join(dir, "max_energy_range_uj"))
-		if err != nil {
-			c.log.Warn("RAPL zone's counter range does not read; reading it with the range unknown", "zone", id, "err", err)
-			maxMicrojoules = 0
-		}
+	for _, z := range zones {
 		kv := []attribute.KeyValue{
-			attribute.String(metrics.AttrHWType, raplType(name)),
-			attribute.String(metrics.AttrHWID, id),
-			attribute.String(metrics.AttrHWName, name),
+			attribute.String(metrics.AttrHWType, raplType(z.Name)),
+			attribute.String(metrics.AttrHWID, z.ID),
+			attribute.String(metrics.AttrHWName, z.Name),
 		}
 		rz := &raplZone{
-			energyFile:     sysattr.NewFile(filepath.Join(dir, "energy_uj")),
-			maxMicrojoules: maxMicrojoules,
-			energy:         sample.NewSeries(metrics.HWEnergy, kv...),
-			power:          sample.NewSeries(metrics.HWPower, kv...),
+			zone:   z,
+			energy: sample.NewSeries(metrics.HWEnergy, kv...),
+			power:  sample.NewSeries(metrics.HWPower, kv...),
 		}
-		names, _ := filepath.Glob(filepath.Join(dir, "constraint_*_name"))
+		names, _ := filepath.Glob(filepath.Join(z.Dir, "constraint_*_name"))
 		sort.Strings(names)
 		for _, n := range names {
 			constraintName, err := c.r.String(n)
@@ -142,48 +102,27 @@ func (c *Collector) collectRAPL(ctx context.Context, b *sample.Batch, s *stats) 
 
 // readEnergy adds the zone's energy, and from the second reading on its power over the interval.
 func (c *Collector) readEnergy(z *raplZone, now time.Time, b *sample.Batch, s *stats) {
-	uj, err := c.r.Uint(z.energyFile)
+	uj, err := c.r.Uint(z.zone.Energy)
 	if errors.Is(err, fs.ErrPermission) {
 		// energy_uj is root-only since kernel 5.10 (a power side channel): not a sensor fault.
 		if !c.raplDenied {
 			c.raplDenied = true
 			c.log.Warn("RAPL energy counters are readable by root only; reporting RAPL power limits without energy and power",
-				"file", z.energyFile.Path, "err", err)
+				"file", z.zone.Energy.Path, "err", err)
 		}
 		return
 	}
-	if !c.ok(s, z.energyFile, err) {
+	if !c.ok(s, z.zone.Energy, err) {
 		return
 	}
-	if !z.have {
-		z.have, z.last, z.lastTime, z.microjoules = true, uj, now, float64(uj)
-		b.Add(z.energy, z.microjoules/1e6)
-		return
-	}
-	delta, ok := energyDelta(z.last, uj, z.maxMicrojoules)
-	if !ok {
+	step := z.counter.Update(z.zone, uj, now)
+	if step.Reset {
 		// A counter that went backwards without a known range: restart the power baseline.
 		c.log.Warn("RAPL counter went backwards and its range is unknown; skipping one power reading",
-			"file", z.energyFile.Path, "previous_uj", z.last, "now_uj", uj)
-		z.last, z.lastTime = uj, now
-		b.Add(z.energy, z.microjoules/1e6)
-		return
+			"file", z.zone.Energy.Path, "now_uj", uj)
 	}
-	z.microjoules += float64(delta)
-	b.Add(z.energy, z.microjoules/1e6)
-	if dt := now.Sub(z.lastTime).Seconds(); dt > 0 {
-		b.Add(z.power, float64(delta)/1e6/dt)
+	b.Add(z.energy, step.Joules)
+	if w, ok := step.Watts(); ok {
+		b.Add(z.power, w)
 	}
-	z.last, z.lastTime = uj, now
-}
-
-// energyDelta is the energy between two readings of a counter that wraps to 0 after max.
-func energyDelta(prev, cur, maxMicrojoules uint64) (uint64, bool) {
-	if cur >= prev {
-		return cur - prev, true
-	}
-	if maxMicrojoules == 0 || prev > maxMicrojoules {
-		return 0, false
-	}
-	return maxMicrojoules - prev + cur, true
 }

@@ -285,24 +285,6 @@ func TestRAPLCounterWrapAcrossTwoCollections(t *testing.T) {
 	}
 }
 
-func TestEnergyDelta(t *testing.T) {
-	cases := []struct {
-		prev, cur, max, want uint64
-		ok                   bool
-	}{
-		{100, 300, 1000, 200, true},
-		{900, 100, 1000, 200, true}, // wrapped
-		{900, 100, 0, 0, false},     // went back, range unknown
-		{5, 5, 1000, 0, true},
-	}
-	for _, tc := range cases {
-		got, ok := energyDelta(tc.prev, tc.cur, tc.max)
-		if got != tc.want || ok != tc.ok {
-			t.Errorf("energyDelta(%d, %d, %d) = %d, %v; want %d, %v", tc.prev, tc.cur, tc.max, got, ok, tc.want, tc.ok)
-		}
-	}
-}
-
 func TestMissingFilesAfterStart(t *testing.T) {
 	root := copyTree(t, hostfixtures.Intel)
 	var logs bytes.Buffer

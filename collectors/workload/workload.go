@@ -22,6 +22,7 @@ import (
 
 	"github.com/capstan-power/capstan/collectors"
 	"github.com/capstan-power/capstan/internal/metrics"
+	"github.com/capstan-power/capstan/internal/rapl"
 	"github.com/capstan-power/capstan/internal/sample"
 )
 
@@ -108,7 +109,7 @@ type Collector struct {
 	active        uint64 // ActiveIntervals
 	cgroups       map[uint64]*cgroup
 	round         uint64
-	rapl          *raplReader
+	rapl          *rapl.Packages
 	cgroupsS      *sample.Series
 	droppedS      *sample.Series
 	dropped       float64
@@ -189,7 +190,7 @@ func New(o Options) (*Collector, error) {
 	}
 	c := &Collector{
 		log: o.Logger.With("collector", Name), root: root, sysfs: o.Sysfs,
-		maxSeries: DefaultMaxSeries, active: DefaultActiveIntervals, cgroups: map[uint64]*cgroup{}, unknown: map[uint64]uint64{}, retired: map[string]retiredTotals{}, rapl: newRAPL(o.Sysfs),
+		maxSeries: DefaultMaxSeries, active: DefaultActiveIntervals, cgroups: map[uint64]*cgroup{}, unknown: map[uint64]uint64{}, retired: map[string]retiredTotals{}, rapl: rapl.OpenPackages(o.Sysfs, nil, nil),
 	}
 	if o.MaxSeries > 0 {
 		c.maxSeries = o.MaxSeries
@@ -222,7 +223,7 @@ func New(o Options) (*Collector, error) {
 	if o.NVML != nil {
 		c.gpu = newGPUEnergy(o.NVML, o.Procfs, c.pods, o.Now, c.active)
 	}
-	args := []any{"cgroup2", root, "source", c.source, "rapl_packages", len(c.rapl.zones)}
+	args := []any{"cgroup2", root, "source", c.source, "rapl_packages", c.rapl.Len()}
 	if c.bpf != nil {
 		args = append(args, "map_entries", c.bpf.entries)
 	}
@@ -242,6 +243,7 @@ func (c *Collector) Close() error {
 	if c.bpf != nil {
 		errs = append(errs, c.bpf.Close())
 	}
+	errs = append(errs, c.rapl.Close())
 	return errors.Join(errs...)
 }
 
@@ -405,7 +407,7 @@ func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 	for _, g := range active {
 		t := g.total()
 		b.Add(g.cpuS, t.cpuSeconds)
-		if c.rapl.ok() {
+		if c.rapl.Len() > 0 {
 			b.Add(g.energyS, t.joules)
 		}
 		if c.bpf != nil {
@@ -574,7 +576,7 @@ func readUsageUsec(path string) (uint64, error) {
 // attributeEnergy splits this interval's RAPL package energy by each cgroup's share of cycles
 // (of on-CPU time when no frequency is known).
 func (c *Collector) attributeEnergy() {
-	joules, ok := c.rapl.delta()
+	joules, ok := c.rapl.Delta()
 	if !ok {
 		return
 	}

@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"time"
 
@@ -11,19 +13,84 @@ import (
 	"github.com/capstan-power/capstan/capping/cluster"
 	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/config"
+	"github.com/capstan-power/capstan/internal/rapl"
 )
 
 // cappingRun is a running controller and how to stop it.
 type cappingRun struct {
 	ctl    *capping.Controller
+	src    *budgetSource
+	host   *rapl.Packages // nil unless capping.scope is node and the host has RAPL
 	cancel context.CancelFunc
 	done   chan struct{}
 	log    *slog.Logger
 	// exit is what stop does with the limits: the configured on_exit on SIGTERM, hold on a
 	// reload (the next configuration's controller takes the limits over as they are).
 	exit capping.Exit
-	// closeEtcd closes the etcd client of budget.source etcd, after the controller stopped.
-	closeEtcd func() error
+}
+
+// budgetSource is the node's budget source and the connection it holds open.
+type budgetSource struct {
+	budget.Source
+	// conn is the etcd client of budget.source etcd; nil for the others.
+	conn io.Closer
+	// left is closed once the source has left its upstream (the etcd member revoked its
+	// lease); nil when there is nothing to wait for.
+	left <-chan struct{}
+}
+
+// close lets go of the source's connection. After the source ran, it first waits (a bounded
+// time) for the source to leave, so the group sees the node go at once.
+func (s *budgetSource) close(ran bool) error {
+	if s == nil || s.conn == nil {
+		return nil
+	}
+	if ran && s.left != nil {
+		select {
+		case <-s.left:
+		case <-time.After(5 * time.Second):
+		}
+	}
+	return s.conn.Close()
+}
+
+// newBudgetSource builds the budget source the configuration names: the one place that
+// chooses between static, file and etcd. A file source is polled once per control period, so a
+// change applies within one period.
+func newBudgetSource(cfg *config.Config, p *Pipeline, now func() time.Time, log *slog.Logger) (*budgetSource, error) {
+	switch cfg.Budget.Source {
+	case "static":
+		s, err := budget.NewStatic(float64(cfg.Budget.Watts), now())
+		if err != nil {
+			return nil, err
+		}
+		return &budgetSource{Source: s}, nil
+	case "file":
+		return &budgetSource{Source: budget.NewFile(cfg.Budget.File, cfg.Capping.Period, now, log)}, nil
+	case "etcd":
+		m, cli, err := cluster.FromConfig(cfg, p.GPU.Lib, p.Store, capping.StoreKey, log, now)
+		if err != nil {
+			return nil, err
+		}
+		return &budgetSource{Source: budget.NewEtcd(m, now), conn: cli, left: m.Stopped()}, nil
+	}
+	return nil, fmt.Errorf("budget.source %q is not one of static, file, etcd", cfg.Budget.Source)
+}
+
+// hostPower is the CPU packages' RAPL power that capping.scope node adds to the measured power,
+// read by the controller itself every period; nil with scope gpu or on a host without RAPL
+// (the controller then says it measures GPU power only).
+func hostPower(cfg *config.Config, now func() time.Time, log *slog.Logger) *rapl.Packages {
+	if cfg.Capping.Scope != "node" {
+		return nil
+	}
+	pk := rapl.OpenPackages(cfg.Path.Sysfs, now, log)
+	if pk.Len() == 0 {
+		_ = pk.Close()
+		return nil
+	}
+	pk.PackageWatts() // the first reading starts the interval the first period measures
+	return pk
 }
 
 // startCapping starts the power controller when capping is enabled; it returns nil when not.
@@ -38,41 +105,26 @@ func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clk cloc
 	if clk == nil {
 		clk = clock.Real()
 	}
-	var (
-		src       budget.Source
-		closeEtcd func() error
-		abandon   = func() {} // closes the etcd client when capping fails to start
-		err       error
-	)
-	if cfg.Budget.Source == "etcd" {
-		m, cli, err := cluster.FromConfig(cfg, p.GPU.Lib, p.Store, capping.StoreKey, log, clk.Now)
-		if err != nil {
-			return nil, err
-		}
-		src = budget.NewEtcd(m, clk.Now)
-		abandon = func() { _ = cli.Close() }
-		closeEtcd = func() error {
-			// Let the member revoke its lease first, so the group sees the node leave at once.
-			select {
-			case <-m.Stopped():
-			case <-time.After(5 * time.Second):
-			}
-			return cli.Close()
-		}
-	} else if src, err = capping.SourceFrom(cfg, clk.Now, log); err != nil {
-		return nil, err
-	}
-	ctl, err := capping.New(capping.Options{Settings: capping.SettingsFrom(cfg), Lib: p.GPU.Lib, Budget: src, Store: p.Store, Log: log, Now: clk.Now})
+	src, err := newBudgetSource(cfg, p, clk.Now, log)
 	if err != nil {
-		abandon()
 		return nil, err
 	}
-	if err := ctl.Start(); err != nil {
-		abandon()
+	host := hostPower(cfg, clk.Now, log)
+	opts := capping.Options{Settings: capping.SettingsFrom(cfg), Lib: p.GPU.Lib, Budget: src.Source, Store: p.Store, Log: log, Now: clk.Now}
+	if host != nil {
+		opts.Host = host
+	}
+	ctl, err := capping.New(opts)
+	if err == nil {
+		err = ctl.Start()
+	}
+	if err != nil {
+		_ = src.close(false) // the source never ran
+		_ = host.Close()
 		return nil, err
 	}
 	runCtx, cancel := context.WithCancel(ctx)
-	r := &cappingRun{ctl: ctl, cancel: cancel, done: make(chan struct{}), log: log, closeEtcd: closeEtcd}
+	r := &cappingRun{ctl: ctl, src: src, host: host, cancel: cancel, done: make(chan struct{}), log: log}
 	go func() {
 		defer close(r.done)
 		ctl.Run(runCtx)
@@ -80,7 +132,8 @@ func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clk cloc
 	return r, nil
 }
 
-// stop ends the control loop, then applies r.exit to the limits.
+// stop ends the control loop, then applies r.exit to the limits and lets go of the budget
+// source and the RAPL counters.
 func (r *cappingRun) stop() {
 	if r == nil {
 		return
@@ -90,7 +143,8 @@ func (r *cappingRun) stop() {
 	if err := r.ctl.Stop(r.exit); err != nil {
 		r.log.Error("stopping capping", "err", err)
 	}
-	if r.closeEtcd != nil {
-		_ = r.closeEtcd()
+	if err := r.src.close(true); err != nil {
+		r.log.Warn("closing the budget source", "err", err)
 	}
+	_ = r.host.Close()
 }

@@ -1,0 +1,177 @@
+package capping
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
+	"github.com/capstan-power/capstan/capping/budget"
+)
+
+// The controller's lifecycle: Start saves or recovers the original limits, Stop restores or
+// keeps them, both through the state file.
+
+// Start saves the original limits to the state file before anything is written, or, when a
+// state file is already there, takes the originals from it: after a crash it restores them or
+// adopts the limits in force (AfterCrash); after a clean hand-over it adopts them silently.
+// Under dry-run it neither reads nor writes the state file.
+func (c *Controller) Start() error {
+	c.started = true
+	c.mode = ModeActive
+	if c.set.DryRun {
+		c.mode = ModeDryRun
+		for _, g := range c.gpus {
+			g.originalMW = g.requestedMW
+		}
+		c.law.reset(c.bounds(math.Inf(1)).clamp(c.sumEnforced()))
+		c.log.Info("capping in dry run: computing limits, writing none", "gpus", len(c.gpus), "budget_source", c.src.Name())
+		c.report(c.now(), false)
+		return nil
+	}
+	st, err := ReadState(c.set.StateFile)
+	if err != nil {
+		return err
+	}
+	for _, g := range c.gpus {
+		g.originalMW = g.requestedMW
+		if st != nil {
+			if mw, ok := st.original(g.uuid); ok {
+				g.originalMW = mw
+			}
+		}
+	}
+	if st != nil {
+		for _, o := range st.GPUs {
+			if !c.namesGPU(o.UUID) {
+				c.others = append(c.others, o)
+			}
+		}
+	}
+	switch {
+	case st == nil:
+		c.log.Info("capping: original GPU limits saved", "state_file", c.set.StateFile)
+	case st.Clean:
+		c.log.Info("capping: resuming with the original limits from the state file", "state_file", c.set.StateFile)
+	case c.set.AfterCrash == "adopt":
+		c.log.Warn("capping: state file left by an agent that did not stop cleanly; adopting the limits in force", "state_file", c.set.StateFile, "pid", st.PID)
+	default:
+		c.log.Warn("capping: state file left by an agent that did not stop cleanly; restoring the original limits", "state_file", c.set.StateFile, "pid", st.PID)
+		if _, err := c.restoreWithin(c.leaveWatts()); err != nil {
+			// The GPUs that took their original back are safe; capping goes on for all.
+			c.log.Error("capping: restoring limits after a crash failed on some GPUs", "err", err)
+		}
+	}
+	if err := c.saveState(false); err != nil {
+		return fmt.Errorf("capping: not writing any limit, the original limits could not be saved: %w", err)
+	}
+	for _, g := range c.gpus {
+		g.ourMW = g.requestedMW
+	}
+	c.law.reset(c.bounds(math.Inf(1)).clamp(c.sumEnforced()))
+	c.log.Info("capping active", "gpus", len(c.gpus), "budget_source", c.src.Name(), "period", c.set.Period, "scope", c.set.Scope)
+	// The bounds are known before the first period: a source can register the node now.
+	c.report(c.now(), false)
+	return nil
+}
+
+func (c *Controller) sumEnforced() float64 {
+	sum := 0.0
+	for _, g := range c.gpus {
+		sum += watts(g.clamp(g.enforcedMW))
+	}
+	return sum
+}
+
+func (c *Controller) saveState(clean bool) error {
+	st := &State{Clean: clean, PID: os.Getpid(), Saved: time.Now().UTC()}
+	for _, g := range c.gpus {
+		st.GPUs = append(st.GPUs, GPUState{UUID: g.uuid, Index: g.index, OriginalMilliwatts: g.originalMW})
+	}
+	st.GPUs = append(st.GPUs, c.others...)
+	return WriteState(c.set.StateFile, st)
+}
+
+// leaveWatts is the most the limits may sum to while no agent steers them: the source's (a
+// cluster node's floor), else no bound.
+func (c *Controller) leaveWatts() float64 {
+	if l, ok := c.src.(budget.Leaver); ok {
+		return l.LeaveWatts()
+	}
+	return math.Inf(1)
+}
+
+// restoreWithin writes the original limits back as far as their sum stays within w: all of
+// them when it fits, else each GPU gets its minimum plus the same fraction of the way to its
+// original (whole watts, rounded down). It reports whether every original was restored.
+func (c *Controller) restoreWithin(w float64) (complete bool, err error) {
+	var sumMin, sumOrig float64 // mW, exact
+	for _, g := range c.gpus {
+		sumMin += float64(g.minMW)
+		sumOrig += float64(g.clamp(g.originalMW))
+	}
+	frac := 1.0
+	if sumOrig > w*1000 && sumOrig > sumMin {
+		frac = max(0, (w*1000-sumMin)/(sumOrig-sumMin))
+	}
+	var errs []error
+	for _, g := range c.gpus {
+		orig := g.clamp(g.originalMW)
+		mw := orig
+		if frac < 1 {
+			mw = max(g.minMW, (g.minMW+uint32(float64(orig-g.minMW)*frac))/1000*1000)
+		}
+		if ret := g.dev.SetPowerManagementLimit(mw); ret != nvml.SUCCESS {
+			errs = append(errs, fmt.Errorf("GPU %d (%s) to %d mW: %w", g.index, g.uuid, mw, ret))
+			continue
+		}
+		g.ourMW, g.requestedMW = mw, mw
+	}
+	return frac >= 1, errors.Join(errs...)
+}
+
+// Stop ends capping. ExitConfigured applies OnExit: restore writes the original limits back
+// and removes the state file (kept, for the next start to retry, when a write fails); keep
+// leaves the limits and marks the state file clean. ExitHold is keep regardless of OnExit.
+func (c *Controller) Stop(how Exit) error {
+	if !c.started || c.set.DryRun {
+		return nil
+	}
+	c.started = false
+	if how == ExitConfigured && c.set.OnExit == "restore" {
+		// A cluster node's group keeps only its floor once it left: originals beyond it wait
+		// in the state file for the next start.
+		leave := c.leaveWatts()
+		complete, err := c.restoreWithin(leave)
+		if err != nil {
+			return fmt.Errorf("capping: restoring the original limits (state file %s kept for the next start): %w", c.set.StateFile, err)
+		}
+		// Originals not all written back (the group floor), or those of GPUs this agent could
+		// not cap, live on only in the state file: keep it, marked clean.
+		if !complete || len(c.others) > 0 {
+			if err := c.saveState(true); err != nil {
+				return fmt.Errorf("capping: marking the state file clean: %w", err)
+			}
+			if !complete {
+				c.log.Info("capping stopped: GPU limits restored as far as the node's share of its group allows",
+					"watts", leave, "state_file", c.set.StateFile)
+			} else {
+				c.log.Info("capping stopped: original GPU limits restored; the state file keeps those of GPUs that were not capped", "state_file", c.set.StateFile)
+			}
+			return nil
+		}
+		if err := os.Remove(c.set.StateFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("capping: removing state file: %w", err)
+		}
+		c.log.Info("capping stopped: original GPU limits restored")
+		return nil
+	}
+	if err := c.saveState(true); err != nil {
+		return fmt.Errorf("capping: marking the state file clean: %w", err)
+	}
+	c.log.Info("capping stopped: GPU limits left in place", "state_file", c.set.StateFile)
+	return nil
+}

@@ -1,0 +1,323 @@
+package capping
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
+	"github.com/capstan-power/capstan/capping/budget"
+)
+
+// One control period: read the budget and the power, move the total cap with the law, split it
+// across the GPUs, write the limits, tell the budget source.
+
+// Run drives the controller every period until ctx is done, and the budget source beside it.
+func (c *Controller) Run(ctx context.Context) {
+	go c.src.Run(ctx)
+	t := time.NewTicker(c.set.Period)
+	defer t.Stop()
+	c.Tick(c.now())
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			c.Tick(c.now())
+		}
+	}
+}
+
+// Tick runs one control period at now. It allocates nothing unless it logs.
+func (c *Controller) Tick(now time.Time) {
+	dt := c.set.Period.Seconds()
+	if !c.lastTick.IsZero() {
+		dt = now.Sub(c.lastTick).Seconds()
+	}
+	c.lastTick = now
+	c.ticks++
+
+	useFallback := c.readBudget(now)
+	c.setW = c.budgetW * (1 - c.set.GuardBand)
+
+	missing := c.measure(now)
+	if c.measW > c.budgetW && missing == 0 {
+		c.overS += dt
+	}
+	c.errW = c.setW - c.measW
+	hi := c.budgetW * (1 + c.set.Oversubscription)
+
+	acted := false
+	switch {
+	case missing > 0:
+		c.lost++
+		if c.lost >= c.set.LostPeriods {
+			c.failsafe(hi)
+			acted = true
+		}
+	default:
+		if c.mode == ModeFailsafe {
+			c.log.Info("capping: power readings back; leaving failsafe caps")
+			c.law.reset(c.law.capW)
+		}
+		c.lost = 0
+		c.mode = ModeActive
+		if c.set.DryRun {
+			c.mode = ModeDryRun
+		}
+		c.control(hi)
+		c.allocate()
+		c.actuate()
+		acted = true
+	}
+	if acted && !useFallback {
+		c.acknowledge(hi)
+	}
+	c.report(now, missing == 0)
+	c.pub.publish(now, useFallback, &c.periodState, c.law.capW, c.gpus)
+}
+
+// acknowledge tells a source that wants to know (a cluster grant) that the limits are within its
+// budget: the limits the GPUs report (after this period's writes, refused ones included) sum to
+// no more than the cap allowed under this budget (the oversubscription ceiling, or Σ min when
+// that is higher). Under dry-run the computed limits count: nothing is enforced, and the
+// allocator is not kept waiting.
+func (c *Controller) acknowledge(hi float64) {
+	if c.acker == nil {
+		return
+	}
+	sumMW := 0.0
+	for _, g := range c.gpus {
+		if c.set.DryRun {
+			sumMW += float64(g.ourMW)
+		} else {
+			sumMW += float64(g.requestedMW)
+		}
+	}
+	if sumMW/1000 > max(hi, c.sumMin)+0.001 {
+		return
+	}
+	c.acker.Applied(c.budget)
+}
+
+// report tells a source that wants to know (a cluster group) what the node draws and the range
+// the capped GPUs' limits can take. The bounds are those of the GPUs this controller caps, the
+// draw what it measured this period; drawOK is false when a power reading was missing.
+func (c *Controller) report(at time.Time, drawOK bool) {
+	if c.reporter == nil {
+		return
+	}
+	c.reporter.Report(budget.NodeReport{DrawW: c.measW, DrawOK: drawOK, MinW: c.sumMin, MaxW: c.sumMax, At: at})
+}
+
+// readBudget sets budgetW from the source, or the fallback when its budget expired or never
+// came; it reports whether the fallback is in use.
+func (c *Controller) readBudget(now time.Time) bool {
+	b, ok := c.src.Current()
+	if ok && !b.Expired(now) && b.Valid() {
+		if c.fallbackLogged {
+			c.log.Info("capping: budget back from its source", "watts", b.Watts, "source", b.Source)
+			c.fallbackLogged = false
+		}
+		c.budgetW, c.budget = b.Watts, b
+		return false
+	}
+	c.budgetW = c.set.FallbackW
+	if c.budgetW <= 0 {
+		c.budgetW = c.sumMin
+	}
+	if !c.fallbackLogged {
+		c.log.Warn("capping: no current budget (expired or never received); using the fallback budget", "fallback_watts", c.budgetW, "last_watts", b.Watts, "ttl", b.TTL)
+		c.fallbackLogged = true
+	}
+	return true
+}
+
+// measure reads every GPU's instant power and limits, counts limits changed behind our back
+// and returns how many GPUs gave no power reading.
+func (c *Controller) measure(now time.Time) int {
+	missing := 0
+	c.measW, c.slackW = 0, 0
+	for _, g := range c.gpus {
+		g.ok = false
+		ret := g.dev.GetFieldValues(g.fields[:])
+		if ret != nvml.SUCCESS || nvml.Return(g.fields[0].NvmlReturn) != nvml.SUCCESS {
+			missing++
+			continue
+		}
+		g.drawW = float64(binary.LittleEndian.Uint32(g.fields[0].Value[:4])) / 1000
+		c.measW += g.drawW
+		req, ret := g.dev.GetPowerManagementLimit()
+		if ret != nvml.SUCCESS {
+			missing++
+			continue
+		}
+		enf, ret := g.dev.GetEnforcedPowerLimit()
+		if ret != nvml.SUCCESS {
+			enf = req
+		}
+		g.requestedMW, g.enforcedMW, g.ok = req, enf, true
+		if !c.set.DryRun && c.mode != ModeFailsafe && g.ourMW != 0 && req != g.ourMW {
+			g.overrides++
+			c.log.Warn("capping: GPU power limit changed behind our back; re-applying ours",
+				"gpu", g.index, "found_watts", watts(req), "ours_watts", watts(g.ourMW))
+		}
+		c.checkOutOfBand(g)
+		limitW := watts(enf)
+		if g.drawW < limitW-c.bindMargin(limitW) {
+			c.slackW += c.set.HeadroomW
+		}
+	}
+	if c.set.Scope == "node" {
+		c.measW += c.hostWatts(now)
+	}
+	return missing
+}
+
+// oobTrust is how many periods an out-of-band limit is taken as the GPU's maximum before the
+// controller asks for more again, to notice that it was lifted.
+const oobTrust = 60
+
+// checkOutOfBand counts an enforced limit below the requested one (a BMC, the driver) once per
+// distinct value; the controller then treats it as the GPU's maximum for oobTrust periods.
+func (c *Controller) checkOutOfBand(g *gpu) {
+	if g.enforcedMW >= g.requestedMW {
+		return
+	}
+	if g.enforcedMW != g.oobMW {
+		g.overrides++
+		c.log.Warn("capping: an out-of-band limit below ours is in force on a GPU", "gpu", g.index,
+			"enforced_watts", watts(g.enforcedMW), "requested_watts", watts(g.requestedMW))
+	}
+	g.oobMW, g.oobUntil = g.enforcedMW, c.ticks+oobTrust
+}
+
+// control moves the total cap with the law. Oversubscription goes only as far as the headroom
+// of GPUs below their limits: caps above the setpoint are watts a surge could take before the
+// next period.
+func (c *Controller) control(hi float64) {
+	c.law.step(c.setW, c.measW, c.bounds(min(hi, max(c.setW+c.slackW, c.sumMin))))
+}
+
+// bindMargin is how close to its limit a GPU draws to count as power-bound: it would use more.
+func (c *Controller) bindMargin(limitW float64) float64 {
+	return max(0.5*c.set.HeadroomW, 0.02*limitW)
+}
+
+// allocate splits the cap across GPUs into their shares.
+func (c *Controller) allocate() {
+	for i, g := range c.gpus {
+		s := &c.shares[i]
+		s.minW, s.maxW = watts(g.minMW), watts(g.maxMW)
+		if g.oobMW > 0 && c.ticks < g.oobUntil {
+			s.maxW = max(s.minW, min(s.maxW, watts(g.oobMW)))
+		}
+		s.limitW = watts(g.enforcedMW)
+		s.drawW = g.drawW
+		s.weight = g.weight
+		s.bound = g.drawW >= s.limitW-c.bindMargin(s.limitW)
+		step := max(2*c.set.HeadroomW, c.set.Ramp*2*s.maxW)
+		s.upW = max(s.minW, min(s.maxW, max(s.limitW, watts(g.ourMW))+step))
+	}
+	given := distribute(c.shares, c.law.capW, c.set.HeadroomW)
+	// What the GPUs could not take this period is not kept as cap: C is what is applied, so
+	// it cannot float up on slack the GPUs would surge into.
+	if given < c.law.capW && given >= c.sumMin {
+		c.law.settle(given)
+	}
+}
+
+// actuate writes the shares as limits. Each limit is rounded down to a whole watt and clamped
+// to the GPU's constraints. Changes smaller than the deadband are skipped, except decreases
+// needed to keep Σ limits within the total cap.
+func (c *Controller) actuate() {
+	deadMW := uint32(c.set.DeadbandW * 1000)
+	sumMW := 0.0
+	for i, g := range c.gpus {
+		target := c.targetMW(g, c.shares[i].allocW)
+		c.targets[i] = target
+		c.shares[i].allocW = watts(target)
+		if g.ok && absDiff(target, g.requestedMW) < deadMW && g.requestedMW == g.ourMW {
+			sumMW += float64(g.requestedMW)
+			continue
+		}
+		sumMW += float64(target)
+	}
+	capMW := math.Max(c.law.capW, c.sumMin) * 1000
+	for i, g := range c.gpus {
+		target := c.targets[i]
+		skip := g.ok && absDiff(target, g.requestedMW) < deadMW && g.requestedMW == g.ourMW
+		if skip && target < g.requestedMW && sumMW > capMW {
+			skip = false
+			sumMW -= float64(g.requestedMW - target)
+		}
+		if !skip {
+			c.write(g, target)
+		}
+	}
+}
+
+func absDiff(a, b uint32) uint32 {
+	if a > b {
+		return a - b
+	}
+	return b - a
+}
+
+// targetMW turns a share in watts into a limit NVML accepts.
+func (c *Controller) targetMW(g *gpu, w float64) uint32 {
+	mw := uint32(math.Floor(max(0, w))) * 1000
+	return g.clamp(mw)
+}
+
+// write sets one GPU's limit and reads it back; under dry-run it only records it. The limit is
+// clamped to the GPU's constraints here too, so no path can ask NVML for one outside them.
+func (c *Controller) write(g *gpu, mw uint32) {
+	mw = g.clamp(mw)
+	if c.set.DryRun {
+		g.ourMW = mw
+		return
+	}
+	if !g.ok && g.ourMW == mw {
+		return // unreadable GPU already at the value: do not hammer it
+	}
+	if ret := g.dev.SetPowerManagementLimit(mw); ret != nvml.SUCCESS {
+		g.actRefused++
+		if g.refusedRet != ret {
+			c.log.Error("capping: GPU refused a power limit; leaving its limit as it was",
+				"gpu", g.index, "watts", watts(mw), "constraints_watts", fmt.Sprintf("%g..%g", watts(g.minMW), watts(g.maxMW)), "err", ret)
+			g.refusedRet = ret
+		}
+		return
+	}
+	g.refusedRet = nvml.SUCCESS
+	g.actOK++
+	g.ourMW, g.requestedMW = mw, mw
+	enf, ret := g.dev.GetEnforcedPowerLimit()
+	if ret == nvml.SUCCESS {
+		g.enforcedMW = enf
+		c.checkOutOfBand(g)
+	}
+}
+
+// failsafe applies static caps B / n when power readings are lost: safe whatever the GPUs draw.
+func (c *Controller) failsafe(hi float64) {
+	if c.mode != ModeFailsafe {
+		c.log.Error("capping: power readings lost; applying static failsafe caps of budget / GPUs",
+			"periods", c.lost, "per_gpu_watts", c.budgetW/float64(len(c.gpus)))
+	}
+	c.mode = ModeFailsafe
+	per := c.budgetW / float64(len(c.gpus))
+	sum := 0.0
+	for _, g := range c.gpus {
+		mw := c.targetMW(g, per)
+		sum += watts(mw)
+		if mw != g.ourMW || g.requestedMW != mw {
+			c.write(g, mw)
+		}
+	}
+	c.law.reset(c.bounds(hi).clamp(sum))
+}
