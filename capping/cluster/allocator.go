@@ -10,6 +10,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/capstan-power/capstan/capping/waterfill"
 )
 
 // maxTxnOps keeps each publication transaction under etcd's default --max-txn-ops (128).
@@ -183,9 +185,9 @@ type allocator struct {
 	gen       int64
 
 	names   []string
-	claims  []Claim
+	claims  []waterfill.Claim
 	targets []float64
-	scratch []int
+	scratch []waterfill.Slot
 	decs    []int
 	incs    []int
 	fit     fit // the last round's, logged when it changes
@@ -340,7 +342,7 @@ func (a *allocator) plan(now time.Time) []int {
 	for _, name := range a.names {
 		n := v.Nodes[name]
 		lo := math.Min(math.Max(floor, n.MinW), n.MaxW)
-		a.claims = append(a.claims, Claim{Lo: lo, Want: math.Min(math.Max(n.DemandW, lo), n.MaxW), Hi: n.MaxW, Weight: n.Priority})
+		a.claims = append(a.claims, waterfill.Claim{Lo: lo, Want: math.Min(math.Max(n.DemandW, lo), n.MaxW), Hi: n.MaxW, Weight: n.Priority})
 		sumLo += lo
 		joiner = math.Max(joiner, n.MinW)
 	}
@@ -348,7 +350,7 @@ func (a *allocator) plan(now time.Time) []int {
 	// the allocator has seen it (it applies its minimum until granted).
 	free := v.Budget.Watts - reserved
 	a.targets = slices.Grow(a.targets[:0], len(a.claims))[:len(a.claims)]
-	ok, scratch := WaterFill(a.claims, free-joiner, a.targets, a.scratch)
+	ok, scratch := waterfill.Share(a.claims, free-joiner, a.targets, a.scratch)
 	a.scratch = scratch
 	state := fits
 	switch {

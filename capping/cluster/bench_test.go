@@ -11,20 +11,21 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/capstan-power/capstan/capping/cluster"
+	"github.com/capstan-power/capstan/capping/waterfill"
 	"github.com/capstan-power/capstan/internal/etcdtest"
 )
 
 // BenchmarkWaterFill10k is the allocator's computation for a group of 10,000 nodes.
 func BenchmarkWaterFill10k(b *testing.B) {
-	claims := make([]cluster.Claim, 10000)
+	claims := make([]waterfill.Claim, 10000)
 	for i := range claims {
-		claims[i] = cluster.Claim{Lo: 1600, Want: 2000 + float64(i%3000), Hi: 5600, Weight: float64(1 + i%4)}
+		claims[i] = waterfill.Claim{Lo: 1600, Want: 2000 + float64(i%3000), Hi: 5600, Weight: float64(1 + i%4)}
 	}
 	out := make([]float64, len(claims))
-	var scratch []int
+	var scratch []waterfill.Slot
 	b.ReportAllocs()
 	for b.Loop() {
-		_, scratch = cluster.WaterFill(claims, 30e6, out, scratch)
+		_, scratch = waterfill.Share(claims, 30e6, out, scratch)
 	}
 }
 

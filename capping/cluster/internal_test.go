@@ -3,7 +3,6 @@ package cluster
 import (
 	"fmt"
 	"log/slog"
-	"math"
 	"strings"
 	"testing"
 	"time"
@@ -83,41 +82,6 @@ func TestPlanPhases(t *testing.T) {
 	a.plan(now.Add(2 * time.Second))
 	if got := a.targets[0] + a.targets[1]; got <= sumLive || got > 3000-400-400+1e-9 {
 		t.Errorf("after the grace period live targets %v W, want more than %v W and at most 2200 W (floor 400 W kept)", got, sumLive)
-	}
-}
-
-func TestWaterFill(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		claims []Claim
-		avail  float64
-		want   []float64
-		fits   bool
-	}{
-		{"equal weights share equally", []Claim{{400, 1400, 1400, 1}, {400, 1400, 1400, 1}}, 2000, []float64{1000, 1000}, true},
-		{"weights share in proportion above the floors", []Claim{{400, 1400, 1400, 1}, {400, 1400, 1400, 3}}, 1200, []float64{500, 700}, true},
-		{"demand first, then the rest up to max", []Claim{{400, 500, 1400, 1}, {400, 1400, 1400, 1}}, 2000, []float64{600, 1400}, true},
-		{"a small demand is met, the rest goes to the hungry", []Claim{{400, 450, 1400, 1}, {400, 1400, 1400, 1}}, 1800, []float64{450, 1350}, true},
-		{"everyone capped at max", []Claim{{400, 1400, 1400, 1}, {400, 1400, 1400, 1}}, 5000, []float64{1400, 1400}, true},
-		{"below the floors: floors kept, reported", []Claim{{400, 1400, 1400, 1}, {600, 1400, 1400, 1}}, 500, []float64{400, 600}, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			out := make([]float64, len(tc.claims))
-			fits, _ := WaterFill(tc.claims, tc.avail, out, nil)
-			if fits != tc.fits {
-				t.Errorf("fits %v, want %v", fits, tc.fits)
-			}
-			sum := 0.0
-			for i := range out {
-				sum += out[i]
-				if math.Abs(out[i]-tc.want[i]) > 1e-6 {
-					t.Errorf("share %d = %v, want %v (all %v)", i, out[i], tc.want[i], out)
-				}
-			}
-			if tc.fits && sum > tc.avail+1e-6 {
-				t.Errorf("Σ shares %v above available %v", sum, tc.avail)
-			}
-		})
 	}
 }
 
