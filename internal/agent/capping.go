@@ -45,7 +45,7 @@ func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clk cloc
 		err       error
 	)
 	if cfg.Budget.Source == "etcd" {
-		m, cli, err := cluster.FromConfig(cfg, p.GPU.Lib, p.Store, capping.StoreKey, log, clk.Now)
+		m, cli, err := cluster.FromConfig(cfg, p.Store, log, clk.Now)
 		if err != nil {
 			return nil, err
 		}
