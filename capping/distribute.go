@@ -1,5 +1,7 @@
 package capping
 
+import "github.com/capstan-power/capstan/capping/waterfill"
+
 // Distribution of the total cap C across GPUs, in watts. It runs every period and must not
 // allocate: every slice it touches is sized once in New.
 
@@ -52,9 +54,12 @@ func distribute(shares []gpuShare, capW, headroomW float64) float64 {
 			}
 		}
 	}
-	rem = waterFill(shares, rem, true)
-	rem = waterFill(shares, rem, false)
-	return capW - rem
+	// Power-bound GPUs first, by weight, up to what this period may give; then every GPU. A
+	// small array keeps the fill's working memory on the stack for any real node's GPU count.
+	var scratch [16]waterfill.Slot
+	rem, idx := waterfill.Raise(boundShares(shares), rem, scratch[:0])
+	rem, _ = waterfill.Raise(allShares(shares), rem, idx)
+	return capW - max(0, rem)
 }
 
 // extra is how much above its allocation a GPU would need to reach target, within its maximum.
@@ -62,33 +67,25 @@ func extra(s *gpuShare, targetW float64) float64 {
 	return max(0, min(targetW, s.upW)-s.allocW)
 }
 
-// waterFill shares rem by weight among GPUs below their maximum (only bound ones when
-// boundOnly), handing a GPU's surplus above its maximum to the others; it returns what is left.
-func waterFill(shares []gpuShare, rem float64, boundOnly bool) float64 {
-	for range len(shares) + 1 { // each pass fills at least one GPU to its maximum or ends
-		if rem <= 1e-9 {
-			return max(0, rem)
-		}
-		totalW := 0.0
-		for i := range shares {
-			s := &shares[i]
-			if (s.bound || !boundOnly) && s.allocW < s.upW {
-				totalW += s.weight
-			}
-		}
-		if totalW == 0 {
-			return rem
-		}
-		given := 0.0
-		for i := range shares {
-			s := &shares[i]
-			if (s.bound || !boundOnly) && s.allocW < s.upW {
-				add := min(rem*s.weight/totalW, s.upW-s.allocW)
-				s.allocW += add
-				given += add
-			}
-		}
-		rem -= given
+// boundShares fills the power-bound GPUs up to upW; allShares fills every GPU.
+type (
+	boundShares []gpuShare
+	allShares   []gpuShare
+)
+
+func (s boundShares) Len() int             { return len(s) }
+func (s boundShares) Level(i int) float64  { return s[i].allocW }
+func (s boundShares) Weight(i int) float64 { return s[i].weight }
+func (s boundShares) Set(i int, w float64) { s[i].allocW = w }
+func (s boundShares) Top(i int) float64 {
+	if !s[i].bound {
+		return s[i].allocW
 	}
-	return max(0, rem)
+	return s[i].upW
 }
+
+func (s allShares) Len() int             { return len(s) }
+func (s allShares) Level(i int) float64  { return s[i].allocW }
+func (s allShares) Top(i int) float64    { return s[i].upW }
+func (s allShares) Weight(i int) float64 { return s[i].weight }
+func (s allShares) Set(i int, w float64) { s[i].allocW = w }

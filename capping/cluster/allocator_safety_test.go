@@ -181,7 +181,7 @@ func startEtcd(t *testing.T, edit func(*embed.Config)) *clientv3.Client {
 func electedAllocator(t *testing.T, cli *clientv3.Client, k Keys) *allocator {
 	t.Helper()
 	m, err := NewMember(Options{Client: cli, Keys: k, Node: "alloc", LeaseTTL: time.Second, Period: 100 * time.Millisecond,
-		MinW: 1, MaxW: 2, Priority: 1, Log: slog.New(slog.DiscardHandler)})
+		Priority: 1, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,17 +5,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/NVIDIA/go-nvml/pkg/nvml"
-
-	"github.com/capstan-power/capstan/capping"
+	"github.com/capstan-power/capstan/capping/budget"
 	"github.com/capstan-power/capstan/capping/cluster"
-	"github.com/capstan-power/capstan/collectors/gpu/sim"
 	"github.com/capstan-power/capstan/internal/config"
 	"github.com/capstan-power/capstan/internal/etcdtest"
 	"github.com/capstan-power/capstan/internal/sample"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
-// The agent's settings make a member whose limits are its GPUs' constraints.
+// The agent's settings make a member; the node's limits are what the controller reports.
 func TestFromConfig(t *testing.T) {
 	_, eps := etcdtest.Start(t, 1, nil)
 	cfg := config.Default()
@@ -24,14 +22,7 @@ func TestFromConfig(t *testing.T) {
 	cfg.Etcd.Group = testKeys.Group
 	cfg.Etcd.LeaseTTL = 2 * time.Second
 	cfg.Capping.Period = period
-	fleet, err := sim.New(sim.Options{Model: "A100", Count: 3, Trace: "steady", Seed: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ret := fleet.Init(); ret != nvml.SUCCESS {
-		t.Fatal(ret)
-	}
-	m, cli, err := cluster.FromConfig(cfg, fleet, sample.NewStore(), capping.StoreKey, nil, time.Now)
+	m, cli, err := cluster.FromConfig(cfg, sample.NewStore(), nil, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,8 +30,10 @@ func TestFromConfig(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); m.Run(ctx) }()
+	// Three A100s (100–400 W each), as the controller reports them at its start.
+	m.Report(budget.NodeReport{MinW: 300, MaxW: 1200, At: time.Now()})
 	var rec cluster.NodeRecord
-	eventually(t, 5*time.Second, "the node record", func() bool {
+	testkit.Eventually(t, 5*time.Second, "the node record", func() bool {
 		resp, err := cli.Get(ctx, testKeys.Node("gpu-7"))
 		if err != nil || len(resp.Kvs) == 0 {
 			return false
@@ -48,9 +41,9 @@ func TestFromConfig(t *testing.T) {
 		rec, err = cluster.ParseNode(resp.Kvs[0].Value)
 		return err == nil
 	})
-	// Three A100s: 100–400 W each.
-	if rec.MinW != 300 || rec.MaxW != 1200 || rec.Priority != 1 {
-		t.Errorf("node record %+v, want min 300 W, max 1200 W, priority 1", rec)
+	// No draw measured yet: the node asks for its maximum.
+	if rec.MinW != 300 || rec.MaxW != 1200 || rec.Priority != 1 || rec.DemandW != 1200 {
+		t.Errorf("node record %+v, want min 300 W, max 1200 W, priority 1, demand 1200 W", rec)
 	}
 	cancel()
 	<-done
@@ -59,11 +52,11 @@ func TestFromConfig(t *testing.T) {
 	if err != nil || len(resp.Kvs) != 0 {
 		t.Errorf("node record after stop: %v, %v", resp, err)
 	}
-	if _, _, err := cluster.FromConfig(cfg, fleet, sample.NewStore(), capping.StoreKey, nil, time.Now); err != nil {
+	if _, _, err := cluster.FromConfig(cfg, sample.NewStore(), nil, time.Now); err != nil {
 		t.Fatal(err)
 	}
 	cfg.Etcd.Endpoints = ""
-	if _, _, err := cluster.FromConfig(cfg, fleet, sample.NewStore(), capping.StoreKey, nil, time.Now); err == nil {
+	if _, _, err := cluster.FromConfig(cfg, sample.NewStore(), nil, time.Now); err == nil {
 		t.Error("no endpoints: no error")
 	}
 }

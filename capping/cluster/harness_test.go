@@ -23,6 +23,7 @@ import (
 	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 // Short timings keep the suite fast: etcd ticks of 10 ms allow a 1 s lease.
@@ -83,25 +84,17 @@ func startAgentWith(t testing.TB, name string, cli *clientv3.Client, gpus int, p
 		t.Fatal(ret)
 	}
 	a := &agent{name: name, fleet: fleet, store: sample.NewStore(), cli: cli, done: make(chan struct{})}
-	draw := func() (w float64, ok bool) {
-		a.store.View(capping.StoreKey, func(b *sample.Batch) {
-			if b != nil {
-				w, ok = b.Find(metrics.CappingMeasured)
-			}
-		})
-		return w, ok
-	}
 	m, err := cluster.NewMember(cluster.Options{Client: cli, Keys: testKeys, Node: name, LeaseTTL: ttl, Period: per,
-		MinW: float64(gpus) * 200, MaxW: float64(gpus) * 700, Priority: priority, Draw: draw, Campaign: campaign,
-		Store: a.store, Log: slog.New(slog.DiscardHandler)})
+		Priority: priority, Campaign: campaign, Store: a.store, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	a.member = m
+	src := &reportedEtcd{Etcd: budget.NewEtcd(m, time.Now), store: a.store, minW: float64(gpus) * 200, maxW: float64(gpus) * 700}
 	set := capping.Defaults()
 	set.Period = per / 2
 	set.StateFile = filepath.Join(t.TempDir(), name+".json")
-	ctl, err := capping.New(capping.Options{Settings: set, Lib: fleet, Budget: budget.NewEtcd(m, time.Now), Store: a.store})
+	ctl, err := capping.New(capping.Options{Settings: set, Lib: fleet, Budget: src, Store: a.store})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,6 +120,68 @@ func (a *agent) stop() {
 	}
 	a.cancel()
 	<-a.done
+}
+
+// reportedEtcd is the agent's etcd budget source. A controller that reports to its source
+// (budget.Reporter) reaches the member through Report; until this one does, the source reports
+// for it at each Current, as the controller would at the start of its period: the simulated
+// GPUs' bounds and the controller's last measured power.
+type reportedEtcd struct {
+	*budget.Etcd
+	store      *sample.Store
+	minW, maxW float64
+	direct     atomic.Bool // the controller reported itself
+}
+
+func (s *reportedEtcd) Report(r budget.NodeReport) {
+	s.direct.Store(true)
+	s.Etcd.Report(r)
+}
+
+func (s *reportedEtcd) Current() (budget.Budget, bool) {
+	if !s.direct.Load() {
+		r := budget.NodeReport{MinW: s.minW, MaxW: s.maxW, At: time.Now()}
+		s.store.View(capping.StoreKey, func(b *sample.Batch) {
+			if b != nil { // nothing measured yet
+				r.DrawW, r.DrawOK = b.Find(metrics.CappingMeasured)
+			}
+		})
+		s.Etcd.Report(r)
+	}
+	return s.Etcd.Current()
+}
+
+// waitPeriods waits until each agent's controller has completed n more control periods: the
+// time it takes to act on what its member knows now.
+func waitPeriods(t testing.TB, n int, agents ...*agent) {
+	t.Helper()
+	for _, a := range agents {
+		if !a.active.Load() {
+			continue
+		}
+		last := a.controlled()
+		for range n {
+			testkit.WaitFor(t, a.name+"'s next control period", func() bool {
+				at := a.controlled()
+				if at.After(last) {
+					last = at
+					return true
+				}
+				return false
+			})
+		}
+	}
+}
+
+// controlled is when the agent's controller last published its period.
+func (a *agent) controlled() time.Time {
+	var at time.Time
+	a.store.View(capping.StoreKey, func(b *sample.Batch) {
+		if b != nil {
+			at = b.Time
+		}
+	})
+	return at
 }
 
 // checker samples Σ applied over the agents continuously and records every instant it
@@ -203,18 +258,6 @@ func (c *checker) finish(t testing.TB) {
 	}
 	for _, v := range c.violations {
 		t.Error(v)
-	}
-}
-
-// eventually polls cond until it holds or d passes.
-func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

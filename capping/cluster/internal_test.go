@@ -7,6 +7,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/capstan-power/capstan/capping/budget"
 )
 
 // BenchmarkAllocatorRound10k is one allocation round's computation (dead-node reservations,
@@ -86,41 +90,6 @@ func TestPlanPhases(t *testing.T) {
 	}
 }
 
-func TestWaterFill(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		claims []Claim
-		avail  float64
-		want   []float64
-		fits   bool
-	}{
-		{"equal weights share equally", []Claim{{400, 1400, 1400, 1}, {400, 1400, 1400, 1}}, 2000, []float64{1000, 1000}, true},
-		{"weights share in proportion above the floors", []Claim{{400, 1400, 1400, 1}, {400, 1400, 1400, 3}}, 1200, []float64{500, 700}, true},
-		{"demand first, then the rest up to max", []Claim{{400, 500, 1400, 1}, {400, 1400, 1400, 1}}, 2000, []float64{600, 1400}, true},
-		{"a small demand is met, the rest goes to the hungry", []Claim{{400, 450, 1400, 1}, {400, 1400, 1400, 1}}, 1800, []float64{450, 1350}, true},
-		{"everyone capped at max", []Claim{{400, 1400, 1400, 1}, {400, 1400, 1400, 1}}, 5000, []float64{1400, 1400}, true},
-		{"below the floors: floors kept, reported", []Claim{{400, 1400, 1400, 1}, {600, 1400, 1400, 1}}, 500, []float64{400, 600}, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			out := make([]float64, len(tc.claims))
-			fits, _ := WaterFill(tc.claims, tc.avail, out, nil)
-			if fits != tc.fits {
-				t.Errorf("fits %v, want %v", fits, tc.fits)
-			}
-			sum := 0.0
-			for i := range out {
-				sum += out[i]
-				if math.Abs(out[i]-tc.want[i]) > 1e-6 {
-					t.Errorf("share %d = %v, want %v (all %v)", i, out[i], tc.want[i], out)
-				}
-			}
-			if tc.fits && sum > tc.avail+1e-6 {
-				t.Errorf("Σ shares %v above available %v", sum, tc.avail)
-			}
-		})
-	}
-}
-
 func TestParseRejects(t *testing.T) {
 	for _, tc := range []struct {
 		name, data, want string
@@ -145,3 +114,123 @@ func TestParseRejects(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// testMember is a member on a fake clock that never reaches etcd: its client is never used.
+func testMember(t *testing.T, now *time.Time) *Member {
+	t.Helper()
+	m, err := NewMember(Options{Client: new(clientv3.Client), Keys: Keys{Prefix: "/capstan/v1", Group: "g"}, Node: "n",
+		LeaseTTL: 10 * time.Second, Period: time.Second, Priority: 1, Now: func() time.Time { return *now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// Before the controller reported the node's bounds the member has nothing to register and no
+// budget to give; a report without valid bounds changes nothing; the first valid one opens
+// registration, and the node's minimum is its budget until a grant.
+func TestMemberWaitsForBounds(t *testing.T) {
+	now := time.Unix(1000, 0)
+	m := testMember(t, &now)
+	src := budget.NewEtcd(m, func() time.Time { return now })
+	bounded := func() bool {
+		select {
+		case <-m.bounded:
+			return true
+		default:
+			return false
+		}
+	}
+	if w, gen := m.Grant(); w != 0 || gen != 0 || bounded() || m.Floor() != 0 || m.AppliedW() != 0 {
+		t.Fatalf("before a report: grant %v W gen %d, floor %v W, applied %v W, registering %v; want nothing", w, gen, m.Floor(), m.AppliedW(), bounded())
+	}
+	if _, ok := src.Current(); ok {
+		t.Error("the etcd source has a budget before the member knows the node's bounds")
+	}
+	src.Report(budget.NodeReport{DrawW: 900, DrawOK: true, At: now}) // no capped GPU: no bounds
+	if bounded() {
+		t.Fatal("a report without bounds opened registration")
+	}
+	src.Report(budget.NodeReport{MinW: 400, MaxW: 1400, At: now})
+	if !bounded() {
+		t.Fatal("the first report with bounds did not open registration")
+	}
+	b, ok := src.Current()
+	if !ok || b.Watts != 400 || b.Generation != 0 || m.AppliedW() != 400 || m.Floor() != 400 {
+		t.Errorf("after the first report: budget %v (ok %v), applied %v W, floor %v W; want the 400 W minimum", b, ok, m.AppliedW(), m.Floor())
+	}
+	// Later reports without bounds keep the last ones.
+	src.Report(budget.NodeReport{MinW: 0, MaxW: 0, At: now})
+	if m.node.minW != 400 || m.node.maxW != 1400 {
+		t.Errorf("bounds %v–%v W after a report without bounds, want the last 400–1400 W", m.node.minW, m.node.maxW)
+	}
+}
+
+// The node's demand follows the controller's reported draw; before a first draw it is the
+// node's maximum, and once the last draw is older than the lease TTL it is what the node applies.
+func TestDemandFromReports(t *testing.T) {
+	now := time.Unix(1000, 0)
+	for _, tc := range []struct {
+		name    string
+		reports []budget.NodeReport // each a second apart
+		applied float64
+		after   time.Duration // from the last report
+		want    float64
+	}{
+		{"no draw yet: its maximum", []budget.NodeReport{{MinW: 400, MaxW: 1400}}, 900, 0, 1400},
+		{"power-bound: a tenth of its maximum more", []budget.NodeReport{{DrawW: 880, DrawOK: true, MinW: 400, MaxW: 1400}}, 900, 0, 1040},
+		{"drawing less: its draw and a margin", []budget.NodeReport{{DrawW: 500, DrawOK: true, MinW: 400, MaxW: 1400}}, 900, 0, 570},
+		{"never below its minimum", []budget.NodeReport{{DrawW: 100, DrawOK: true, MinW: 400, MaxW: 1400}}, 900, 0, 400},
+		{"never above its maximum", []budget.NodeReport{{DrawW: 1400, DrawOK: true, MinW: 400, MaxW: 1400}}, 1400, 0, 1400},
+		{"a period without a reading keeps the last draw", []budget.NodeReport{{DrawW: 500, DrawOK: true, MinW: 400, MaxW: 1400}, {MinW: 400, MaxW: 1400}}, 900, 0, 570},
+		{"the bounds follow the reports", []budget.NodeReport{{DrawW: 500, DrawOK: true, MinW: 400, MaxW: 1400}, {DrawW: 500, DrawOK: true, MinW: 200, MaxW: 700}}, 600, 0, 535},
+		{"reports stopped: what it applies", []budget.NodeReport{{DrawW: 500, DrawOK: true, MinW: 400, MaxW: 1400}}, 900, 11 * time.Second, 900},
+		{"a draw within the lease TTL still counts", []budget.NodeReport{{DrawW: 500, DrawOK: true, MinW: 400, MaxW: 1400}}, 900, 9 * time.Second, 570},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			at := now
+			m := testMember(t, &at)
+			for _, r := range tc.reports {
+				r.At = at
+				m.Report(r)
+				at = at.Add(time.Second)
+			}
+			m.Applied(tc.applied, 0)
+			at = at.Add(tc.after - time.Second)
+			m.mu.Lock()
+			got := m.demandLocked(at)
+			m.mu.Unlock()
+			if math.Abs(got-tc.want) > 1e-9 {
+				t.Errorf("demand %v W, want %v W", got, tc.want)
+			}
+		})
+	}
+}
+
+// A node holds its grant for the lease TTL after etcd last answered a keep-alive, then drops to
+// its floor (the budget's floor per node, never below its minimum), with generation 0.
+func TestGrantHeldForTheLeaseTTL(t *testing.T) {
+	now := time.Unix(1000, 0)
+	m := testMember(t, &now)
+	m.Report(budget.NodeReport{MinW: 400, MaxW: 1400, At: now})
+	m.mu.Lock()
+	m.lastContact = now
+	m.grant, m.haveGrant = GrantRecord{Watts: 1200, Generation: 7}, true
+	m.budget, m.haveBudget = BudgetRecord{Watts: 5000, FloorPerNodeW: 500}, true
+	m.mu.Unlock()
+	for _, tc := range []struct {
+		after time.Duration
+		watts float64
+		gen   int64
+	}{
+		{0, 1200, 7},
+		{10 * time.Second, 1200, 7},
+		{10*time.Second + time.Millisecond, 500, 0},
+		{time.Minute, 500, 0},
+	} {
+		now = time.Unix(1000, 0).Add(tc.after)
+		if w, gen := m.Grant(); w != tc.watts || gen != tc.gen {
+			t.Errorf("%s after the last keep-alive: grant %v W generation %d, want %v W generation %d", tc.after, w, gen, tc.watts, tc.gen)
+		}
+	}
+}

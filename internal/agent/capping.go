@@ -68,7 +68,7 @@ func newBudgetSource(cfg *config.Config, p *Pipeline, now func() time.Time, log 
 	case "file":
 		return &budgetSource{Source: budget.NewFile(cfg.Budget.File, cfg.Capping.Period, now, log)}, nil
 	case "etcd":
-		m, cli, err := cluster.FromConfig(cfg, p.GPU.Lib, p.Store, capping.StoreKey, log, now)
+		m, cli, err := cluster.FromConfig(cfg, p.Store, log, now)
 		if err != nil {
 			return nil, err
 		}

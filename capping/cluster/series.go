@@ -1,0 +1,64 @@
+package cluster
+
+import (
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/capstan-power/capstan/internal/metrics"
+	"github.com/capstan-power/capstan/internal/sample"
+)
+
+// StoreKey is the key of the cluster batch in the sample store.
+const StoreKey = "cluster"
+
+// errKinds are the values of capstan.cluster.error.
+var errKinds = []string{"request", "malformed", "lost_lease"}
+
+// memberSeries are the member's metrics, made once.
+type memberSeries struct {
+	grant, budget, gen, alloc *sample.Series
+	errs                      map[string]*sample.Series
+}
+
+func newMemberSeries(group string) memberSeries {
+	g := attribute.String(metrics.AttrClusterGroup, group)
+	s := memberSeries{
+		grant:  sample.NewSeries(metrics.ClusterGrant, g),
+		budget: sample.NewSeries(metrics.ClusterBudget, g),
+		gen:    sample.NewSeries(metrics.ClusterGeneration, g),
+		alloc:  sample.NewSeries(metrics.ClusterAllocator, g),
+		errs:   map[string]*sample.Series{},
+	}
+	for _, k := range errKinds {
+		s.errs[k] = sample.NewSeries(metrics.ClusterEtcdErrors, g, attribute.String(metrics.AttrClusterError, k))
+	}
+	return s
+}
+
+// publish puts the member's state into the store, alternating between two batches so a reader
+// of the last one is never written under.
+func (m *Member) publish(now time.Time) {
+	if m.o.Store == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b := &m.batches[m.cur]
+	m.cur ^= 1
+	b.Reset(StoreKey, now)
+	b.Add(m.series.grant, m.applied)
+	if m.haveBudget {
+		b.Add(m.series.budget, m.budget.Watts)
+	}
+	b.Add(m.series.gen, float64(m.appliedGen))
+	alloc := 0.0
+	if m.allocator {
+		alloc = 1
+	}
+	b.Add(m.series.alloc, alloc)
+	for _, k := range errKinds {
+		b.Add(m.series.errs[k], m.errs[k])
+	}
+	m.o.Store.Put(StoreKey, b)
+}
