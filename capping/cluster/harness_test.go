@@ -21,7 +21,6 @@ import (
 	"github.com/capstan-power/capstan/capping/cluster"
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
 	"github.com/capstan-power/capstan/internal/clock"
-	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
 	"github.com/capstan-power/capstan/internal/testkit"
 )
@@ -90,7 +89,7 @@ func startAgentWith(t testing.TB, name string, cli *clientv3.Client, gpus int, p
 		t.Fatal(err)
 	}
 	a.member = m
-	src := &reportedEtcd{Etcd: budget.NewEtcd(m, time.Now), store: a.store, minW: float64(gpus) * 200, maxW: float64(gpus) * 700}
+	src := budget.NewEtcd(m, time.Now)
 	set := capping.Defaults()
 	set.Period = per / 2
 	set.StateFile = filepath.Join(t.TempDir(), name+".json")
@@ -120,35 +119,6 @@ func (a *agent) stop() {
 	}
 	a.cancel()
 	<-a.done
-}
-
-// reportedEtcd is the agent's etcd budget source. A controller that reports to its source
-// (budget.Reporter) reaches the member through Report; until this one does, the source reports
-// for it at each Current, as the controller would at the start of its period: the simulated
-// GPUs' bounds and the controller's last measured power.
-type reportedEtcd struct {
-	*budget.Etcd
-	store      *sample.Store
-	minW, maxW float64
-	direct     atomic.Bool // the controller reported itself
-}
-
-func (s *reportedEtcd) Report(r budget.NodeReport) {
-	s.direct.Store(true)
-	s.Etcd.Report(r)
-}
-
-func (s *reportedEtcd) Current() (budget.Budget, bool) {
-	if !s.direct.Load() {
-		r := budget.NodeReport{MinW: s.minW, MaxW: s.maxW, At: time.Now()}
-		s.store.View(capping.StoreKey, func(b *sample.Batch) {
-			if b != nil { // nothing measured yet
-				r.DrawW, r.DrawOK = b.Find(metrics.CappingMeasured)
-			}
-		})
-		s.Etcd.Report(r)
-	}
-	return s.Etcd.Current()
 }
 
 // waitPeriods waits until each agent's controller has completed n more control periods: the
