@@ -55,7 +55,7 @@ func TestCollectorSection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if i, j, k := strings.Index(string(out), "\ncollector:"), strings.Index(string(out), "\nprobing:"), strings.Index(string(out), "\notlp:"); i < 0 || !(i < j && j < k) {
+	if i, j, k := strings.Index(string(out), "\ncollector:"), strings.Index(string(out), "\nprobing:"), strings.Index(string(out), "\notlp:"); i < 0 || i >= j || j >= k {
 		t.Errorf("probing is not between collector and otlp:\n%s", out)
 	}
 

@@ -34,7 +34,7 @@ func (c *Config) validate() *Error {
 		case f.name == "collector":
 			v.collectors()
 			continue
-		case f.name == "etcd" && !(c.Capping.Enabled && c.Budget.Source == "etcd"):
+		case f.name == "etcd" && (!c.Capping.Enabled || c.Budget.Source != "etcd"):
 			// Only budget.source etcd uses the etcd section.
 			continue
 		}
