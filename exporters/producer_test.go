@@ -22,15 +22,15 @@ func (c *fakeClock) now() time.Time                    { return c.t }
 func (c *fakeClock) advance(d time.Duration) time.Time { c.t = c.t.Add(d); return c.t }
 
 // testProducer returns a producer over store with temporality sel on a fake clock.
-func testProducer(store *sample.Store, sel sdkmetric.TemporalitySelector) (*storeProducer, *fakeClock) {
+func testProducer(store *sample.Store, sel sdkmetric.TemporalitySelector) (*storeProducer[struct{}], *fakeClock) {
 	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
-	p := newStoreProducer(store, instrumentation.Scope{Name: ScopeName, Version: "test"}, sel)
+	p := newStoreProducer[struct{}](store, instrumentation.Scope{Name: ScopeName, Version: "test"}, sel)
 	p.now = clock.now
 	p.last, p.lastSweep = clock.t, clock.t
 	return p, clock
 }
 
-func produce(t *testing.T, p *storeProducer) []metricdata.ScopeMetrics {
+func produce(t *testing.T, p *storeProducer[struct{}]) []metricdata.ScopeMetrics {
 	t.Helper()
 	sms, err := p.Produce(context.Background())
 	if err != nil {
@@ -322,7 +322,7 @@ func TestCollectAllocations(t *testing.T) {
 	b := newFleet(8).batch(5000)
 	store.Put("gpu", b)
 	scope := instrumentation.Scope{Name: ScopeName}
-	otlp := sdkmetric.NewManualReader(sdkmetric.WithProducer(newStoreProducer(store, scope, nil)))
+	otlp := sdkmetric.NewManualReader(sdkmetric.WithProducer(newStoreProducer[struct{}](store, scope, nil)))
 	prom, err := newPromExposition(store, scope, discardLogger())
 	if err != nil {
 		t.Fatal(err)

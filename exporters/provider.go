@@ -136,7 +136,7 @@ func New(ctx context.Context, o Options) (*Exporters, error) {
 		// The producer follows the exporter's temporality (otlp.temporality).
 		readers = append(readers, sdkmetric.NewPeriodicReader(x,
 			sdkmetric.WithInterval(interval), sdkmetric.WithTimeout(timeout),
-			sdkmetric.WithProducer(newStoreProducer(o.Store, scope, x.Temporality))))
+			sdkmetric.WithProducer(newStoreProducer[struct{}](o.Store, scope, x.Temporality))))
 	}
 
 	if cfg.Web.ListenAddress != "" {
