@@ -41,9 +41,9 @@ const targetInfoHelp = "Target metadata"
 // The text of the store's metrics is written directly: families in metrics.Table order, HELP
 // from the table's description, names translated once per metric, and each series'
 // `name{labels} ` prefix rendered once and kept (a promSeries, which the producer carries with
-// its state of the series), so a scrape appends bytes and formats floats. Scope labels (otel_scope_*) are not written:
-// Capstan has one scope, so they would be the same on every series, and otel_scope_version
-// would change every series' identity on each upgrade.
+// its state of the series), so a scrape appends bytes and formats floats. Scope labels
+// (otel_scope_*) are not written: Capstan has one scope, so they would be the same on every
+// series, and otel_scope_version would change every series' identity on each upgrade.
 //
 // Metrics from other scopes (instruments someone registers on the MeterProvider) take a slower,
 // general path (promscope.go).
