@@ -56,7 +56,6 @@ func goldenFlags() []string {
 		// nic reads this machine's real links over netlink (and no fixture can stand in for
 		// netlink), workload this machine's cgroups and BPF: both would differ between hosts.
 		"--no-collector.nic", "--no-collector.workload",
-		"--log.level=debug",
 	}
 }
 
