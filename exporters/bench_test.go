@@ -38,7 +38,7 @@ func BenchmarkCollectBothReaders(b *testing.B) {
 
 	run := func(b *testing.B, withOTLP, withProm bool) {
 		var readers []sdkmetric.Reader
-		otlp := sdkmetric.NewManualReader(sdkmetric.WithProducer(newStoreProducer(store, scope, nil)))
+		otlp := sdkmetric.NewManualReader(sdkmetric.WithProducer(newStoreProducer[struct{}](store, scope, nil)))
 		if withOTLP {
 			readers = append(readers, otlp)
 		}

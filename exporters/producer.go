@@ -43,6 +43,8 @@ const (
 // State is kept per series, keyed by *sample.Series (collectors build their series once); a
 // series rebuilt with the same metric and attributes (a reloaded collector) takes over its
 // predecessor's state, and the state of series gone from the store is dropped after stateTTL.
+// X is what the producer's reader keeps per series of its own (struct{} for a reader that keeps
+// nothing): the producer only carries it, so that it lives and dies with the series' state.
 //
 // Reuse: Produce reuses its slices (metrics, data points, the boxed aggregations) from one call
 // to the next, so a steady-state collection allocates nearly nothing. What it returns is
@@ -57,7 +59,7 @@ const (
 //
 // Produce itself is safe to call concurrently (a mutex guards the state); only the returned data
 // has the lifetime above.
-type storeProducer struct {
+type storeProducer[X any] struct {
 	store *sample.Store
 	scope instrumentation.Scope
 	// temporality is the reader's temporality for each metrics.Kind.
@@ -74,13 +76,13 @@ type storeProducer struct {
 	// collectTime is the time of the collection in progress.
 	collectTime time.Time
 
-	states map[*sample.Series]*seriesState
+	states map[*sample.Series]*seriesState[X]
 	// byIdentity finds the state of a series by metric and attributes, so a collector that is
 	// rebuilt (new *sample.Series with the same identity) continues its predecessor's counters.
-	byIdentity map[seriesIdentity]*seriesState
+	byIdentity map[seriesIdentity]*seriesState[X]
 
 	// defs is indexed by metrics.Def.ID.
-	defs []defData
+	defs []defData[X]
 	// out and outIDs (the Def.ID of each out entry) are the last collection's metrics.
 	out    []metricdata.Metrics
 	outIDs []int
@@ -88,8 +90,10 @@ type storeProducer struct {
 }
 
 // seriesState is what a producer keeps per series between collections.
-type seriesState struct {
+type seriesState[X any] struct {
 	series *sample.Series
+	// reader is what the producer's reader keeps for the series.
+	reader X
 	// gen is the last collection that saw the series, seenAt its time.
 	gen    uint64
 	seenAt time.Time
@@ -100,11 +104,6 @@ type seriesState struct {
 	prev    float64
 	prevAt  time.Time
 	hasPrev bool
-	// prom is the series' rendered Prometheus "name{labels} " prefix, filled and read only by
-	// the promExposition that owns this producer; promBad marks a series whose labels cannot
-	// be translated.
-	prom    []byte
-	promBad bool
 }
 
 type seriesIdentity struct {
@@ -113,11 +112,11 @@ type seriesIdentity struct {
 }
 
 // defData is one metric's part of a collection.
-type defData struct {
+type defData[X any] struct {
 	def    *metrics.Def
 	points []metricdata.DataPoint[float64]
 	// series holds the state of each point's series, in the order of points.
-	series []*seriesState
+	series []*seriesState[X]
 	// agg is points boxed as the metric's aggregation. Boxing allocates, so the box is kept
 	// while the slice header it holds is unchanged (same backing array and length).
 	agg     metricdata.Aggregation
@@ -130,17 +129,17 @@ type defData struct {
 
 // newStoreProducer returns a producer over store whose sums follow temporality (the reader's or
 // its exporter's selector; nil means cumulative).
-func newStoreProducer(store *sample.Store, scope instrumentation.Scope, temporality sdkmetric.TemporalitySelector) *storeProducer {
+func newStoreProducer[X any](store *sample.Store, scope instrumentation.Scope, temporality sdkmetric.TemporalitySelector) *storeProducer[X] {
 	if temporality == nil {
 		temporality = sdkmetric.DefaultTemporalitySelector
 	}
-	p := &storeProducer{
+	p := &storeProducer[X]{
 		store:      store,
 		scope:      scope,
 		now:        time.Now,
-		states:     make(map[*sample.Series]*seriesState),
-		byIdentity: make(map[seriesIdentity]*seriesState),
-		defs:       make([]defData, len(metrics.Table)),
+		states:     make(map[*sample.Series]*seriesState[X]),
+		byIdentity: make(map[seriesIdentity]*seriesState[X]),
+		defs:       make([]defData[X], len(metrics.Table)),
 	}
 	p.temporality[metrics.Gauge] = temporality(sdkmetric.InstrumentKindObservableGauge)
 	p.temporality[metrics.Counter] = temporality(sdkmetric.InstrumentKindObservableCounter)
@@ -154,7 +153,7 @@ func newStoreProducer(store *sample.Store, scope instrumentation.Scope, temporal
 }
 
 // Produce implements sdkmetric.Producer; see storeProducer for how long the result is valid.
-func (p *storeProducer) Produce(context.Context) ([]metricdata.ScopeMetrics, error) {
+func (p *storeProducer[X]) Produce(context.Context) ([]metricdata.ScopeMetrics, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.now()
@@ -200,7 +199,7 @@ func (p *storeProducer) Produce(context.Context) ([]metricdata.ScopeMetrics, err
 }
 
 // addBatch adds b's points to the collection in progress.
-func (p *storeProducer) addBatch(b *sample.Batch) {
+func (p *storeProducer[X]) addBatch(b *sample.Batch) {
 	now := p.collectTime
 	for i := range b.Points {
 		pt := &b.Points[i]
@@ -240,7 +239,7 @@ func (p *storeProducer) addBatch(b *sample.Batch) {
 // and its delta is the new value. The first sighting of a series is only a baseline under delta
 // temporality: its value (NVML energy, NIC bytes) counts from long before this agent, or this
 // exporter after a reload, and is no increase of the last interval.
-func sumPoint(st *seriesState, dp *metricdata.DataPoint[float64], monotonic, delta bool, now time.Time) bool {
+func sumPoint[X any](st *seriesState[X], dp *metricdata.DataPoint[float64], monotonic, delta bool, now time.Time) bool {
 	v := dp.Value
 	first := !st.hasPrev
 	reset := monotonic && !first && v < st.prev
@@ -263,7 +262,7 @@ func sumPoint(st *seriesState, dp *metricdata.DataPoint[float64], monotonic, del
 // newState returns the state for a series the producer does not know by pointer: that of a
 // series with the same metric and attributes which this collection has not seen (a rebuilt
 // collector's predecessor), or a new one that starts at the previous collection.
-func (p *storeProducer) newState(s *sample.Series) *seriesState {
+func (p *storeProducer[X]) newState(s *sample.Series) *seriesState[X] {
 	key := seriesIdentity{def: s.Def.ID, attrs: s.Attrs.Equivalent()}
 	if st := p.byIdentity[key]; st != nil && st.gen != p.gen && st.series.Attrs.Equals(&s.Attrs) {
 		delete(p.states, st.series)
@@ -271,7 +270,7 @@ func (p *storeProducer) newState(s *sample.Series) *seriesState {
 		p.states[s] = st
 		return st
 	}
-	st := &seriesState{series: s, start: p.last, prevAt: p.last}
+	st := &seriesState[X]{series: s, start: p.last, prevAt: p.last}
 	p.states[s] = st
 	p.byIdentity[key] = st
 	return st
@@ -279,7 +278,7 @@ func (p *storeProducer) newState(s *sample.Series) *seriesState {
 
 // sweep drops the state of series that have not been seen for stateTTL and stateMinMissed
 // collections.
-func (p *storeProducer) sweep(now time.Time) {
+func (p *storeProducer[X]) sweep(now time.Time) {
 	p.lastSweep = now
 	for s, st := range p.states {
 		if p.gen-st.gen < stateMinMissed || now.Sub(st.seenAt) <= stateTTL {
@@ -295,7 +294,7 @@ func (p *storeProducer) sweep(now time.Time) {
 
 // aggregation returns d's points as its metric's aggregation, reusing the previous box when it
 // holds the same slice.
-func (p *storeProducer) aggregation(d *defData) metricdata.Aggregation {
+func (p *storeProducer[X]) aggregation(d *defData[X]) metricdata.Aggregation {
 	head := &d.points[0]
 	if d.agg != nil && d.aggHead == head && d.aggLen == len(d.points) {
 		return d.agg
@@ -316,12 +315,19 @@ func (p *storeProducer) aggregation(d *defData) metricdata.Aggregation {
 
 // owns reports whether sm is this producer's latest output, which the caller must have
 // collected and still hold its lock on (see storeProducer).
-func (p *storeProducer) owns(sm *metricdata.ScopeMetrics) bool {
+func (p *storeProducer[X]) owns(sm *metricdata.ScopeMetrics) bool {
 	return len(sm.Metrics) > 0 && len(sm.Metrics) == len(p.out) && &sm.Metrics[0] == &p.out[0]
 }
 
+// collected returns, for the j-th metric of the latest output, its metrics.Def.ID and the state
+// of each point's series in point order. Like the output, it is valid until the next Produce.
+func (p *storeProducer[X]) collected(j int) (id int, series []*seriesState[X]) {
+	id = p.outIDs[j]
+	return id, p.defs[id].series
+}
+
 // stateCount returns how many series the producer keeps state for.
-func (p *storeProducer) stateCount() (states, identities int) {
+func (p *storeProducer[X]) stateCount() (states, identities int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.states), len(p.byIdentity)

@@ -11,26 +11,21 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
+	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
 )
 
-// fakeClock is a clock a test moves by hand.
-type fakeClock struct{ t time.Time }
-
-func (c *fakeClock) now() time.Time                    { return c.t }
-func (c *fakeClock) advance(d time.Duration) time.Time { c.t = c.t.Add(d); return c.t }
-
-// testProducer returns a producer over store with temporality sel on a fake clock.
-func testProducer(store *sample.Store, sel sdkmetric.TemporalitySelector) (*storeProducer, *fakeClock) {
-	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
-	p := newStoreProducer(store, instrumentation.Scope{Name: ScopeName, Version: "test"}, sel)
-	p.now = clock.now
-	p.last, p.lastSweep = clock.t, clock.t
-	return p, clock
+// testProducer returns a producer over store with temporality sel on a manual clock.
+func testProducer(store *sample.Store, sel sdkmetric.TemporalitySelector) (*storeProducer[struct{}], *clock.Manual) {
+	clk := clock.NewManual(time.Unix(1_800_000_000, 0))
+	p := newStoreProducer[struct{}](store, instrumentation.Scope{Name: ScopeName, Version: "test"}, sel)
+	p.now = clk.Now
+	p.last, p.lastSweep = clk.Now(), clk.Now()
+	return p, clk
 }
 
-func produce(t *testing.T, p *storeProducer) []metricdata.ScopeMetrics {
+func produce(t *testing.T, p *storeProducer[struct{}]) []metricdata.ScopeMetrics {
 	t.Helper()
 	sms, err := p.Produce(context.Background())
 	if err != nil {
@@ -84,8 +79,8 @@ func TestProducerShape(t *testing.T) {
 	store := sample.NewStore()
 	b := newFleet(2).batch(5000)
 	store.Put("gpu", b)
-	p, clock := testProducer(store, nil)
-	clock.advance(10 * time.Second)
+	p, clk := testProducer(store, nil)
+	clk.Advance(10 * time.Second)
 	sms := produce(t, p)
 	if len(sms) != 1 || sms[0].Scope.Name != ScopeName || sms[0].Scope.Version != "test" {
 		t.Fatalf("scopes %+v, want one %s scope", sms, ScopeName)
@@ -117,8 +112,8 @@ func TestProducerShape(t *testing.T) {
 				t.Errorf("%s is a sum (monotonic %v, %v), want a cumulative %v", d.Name, data.IsMonotonic, data.Temporality, d.Kind)
 			}
 			for _, dp := range data.DataPoints {
-				if !dp.Time.Equal(clock.t) || !dp.StartTime.Before(dp.Time) {
-					t.Errorf("%s point [%v, %v], want a start before the collection at %v", d.Name, dp.StartTime, dp.Time, clock.t)
+				if !dp.Time.Equal(clk.Now()) || !dp.StartTime.Before(dp.Time) {
+					t.Errorf("%s point [%v, %v], want a start before the collection at %v", d.Name, dp.StartTime, dp.Time, clk.Now())
 				}
 			}
 			n += len(data.DataPoints)
@@ -144,11 +139,12 @@ func TestProducerDeltaWithReset(t *testing.T) {
 	store := sample.NewStore()
 	f := newFleet(1)
 	energy := f.gpus[0].energy
-	p, clock := testProducer(store, sel)
+	p, clk := testProducer(store, sel)
 
 	// The baseline: no energy point.
 	store.Put("gpu", f.batch(1000))
-	prev := clock.advance(10 * time.Second)
+	clk.Advance(10 * time.Second)
+	prev := clk.Now()
 	if hasSumPoint(produce(t, p), energy) {
 		t.Error("the first collection exported a delta for hw.energy; want only a baseline")
 	}
@@ -161,7 +157,8 @@ func TestProducerDeltaWithReset(t *testing.T) {
 		{150, 50},
 	} {
 		store.Put("gpu", f.batch(step.counter))
-		now := clock.advance(10 * time.Second)
+		clk.Advance(10 * time.Second)
+		now := clk.Now()
 		sms := produce(t, p)
 		dp, sum := sumPointOf(t, sms, energy)
 		if sum.Temporality != metricdata.DeltaTemporality || !sum.IsMonotonic {
@@ -188,17 +185,18 @@ func TestProducerDeltaWithReset(t *testing.T) {
 func TestProducerCumulativeReset(t *testing.T) {
 	store := sample.NewStore()
 	f := newFleet(1)
-	p, clock := testProducer(store, nil)
-	created := clock.t
+	p, clk := testProducer(store, nil)
+	created := clk.Now()
 
 	store.Put("gpu", f.batch(1000))
-	clock.advance(10 * time.Second)
+	clk.Advance(10 * time.Second)
 	dp, _ := sumPointOf(t, produce(t, p), f.gpus[0].energy)
 	if dp.Value != 1000 || !dp.StartTime.Equal(created) {
 		t.Fatalf("first point %v from %v, want 1000 from %v", dp.Value, dp.StartTime, created)
 	}
 	store.Put("gpu", f.batch(2000))
-	beforeReset := clock.advance(10 * time.Second)
+	clk.Advance(10 * time.Second)
+	beforeReset := clk.Now()
 	if dp, _ = sumPointOf(t, produce(t, p), f.gpus[0].energy); dp.Value != 2000 || !dp.StartTime.Equal(created) {
 		t.Errorf("second point %v from %v, want 2000 from %v", dp.Value, dp.StartTime, created)
 	}
@@ -209,7 +207,7 @@ func TestProducerCumulativeReset(t *testing.T) {
 		}
 	}
 	store.Put("gpu", b)
-	clock.advance(10 * time.Second)
+	clk.Advance(10 * time.Second)
 	sms := produce(t, p)
 	if dp, _ = sumPointOf(t, sms, f.gpus[0].energy); dp.Value != 30 || !dp.StartTime.Equal(beforeReset) {
 		t.Errorf("after the reset: %v from %v, want 30 from the previous collection %v", dp.Value, dp.StartTime, beforeReset)
@@ -224,19 +222,19 @@ func TestProducerCumulativeReset(t *testing.T) {
 // stays bounded however many series come and go.
 func TestProducerSeriesChurn(t *testing.T) {
 	store := sample.NewStore()
-	p, clock := testProducer(store, nil)
+	p, clk := testProducer(store, nil)
 	const live = 5
 	interval := 15 * time.Second
 	bound := live * (int(stateTTL/interval) + stateMinMissed + int(sweepEvery/interval) + 2)
 	for i := range 2000 {
 		// Every collection, one workload goes and a new one comes, with new series.
 		b := &sample.Batch{}
-		b.Reset("workload", clock.t)
+		b.Reset("workload", clk.Now())
 		for j := i; j < i+live; j++ {
 			b.Add(sample.NewSeries(metrics.CollectorUp, attribute.String(metrics.AttrCollector, fmt.Sprintf("w%d", j))), 1)
 		}
 		store.Put("workload", b)
-		clock.advance(interval)
+		clk.Advance(interval)
 		sms := produce(t, p)
 		if got := len(sms[0].Metrics[0].Data.(metricdata.Gauge[float64]).DataPoints); got != live {
 			t.Fatalf("collection %d: %d points, want %d: series that left the store must leave the collection", i, got, live)
@@ -246,12 +244,12 @@ func TestProducerSeriesChurn(t *testing.T) {
 		}
 	}
 	store.Delete("workload")
-	clock.advance(interval)
+	clk.Advance(interval)
 	if sms := produce(t, p); len(sms) != 0 {
 		t.Errorf("after the batch was deleted: %+v, want nothing", sms)
 	}
 	for range 3 {
-		clock.advance(stateTTL)
+		clk.Advance(stateTTL)
 		produce(t, p)
 	}
 	if states, ids := p.stateCount(); states != 0 || ids != 0 {
@@ -267,20 +265,20 @@ func TestProducerRebuiltCollector(t *testing.T) {
 		t.Fatal(err)
 	}
 	store := sample.NewStore()
-	cum, clock := testProducer(store, nil)
+	cum, clk := testProducer(store, nil)
 	delta, _ := testProducer(store, sel)
-	delta.now = clock.now
-	created := clock.t
+	delta.now = clk.Now
+	created := clk.Now()
 
 	old := newFleet(1)
 	store.Put("gpu", old.batch(1000))
-	clock.advance(10 * time.Second)
+	clk.Advance(10 * time.Second)
 	produce(t, cum)
 	produce(t, delta)
 
 	rebuilt := newFleet(1)
 	store.Put("gpu", rebuilt.batch(1200))
-	clock.advance(10 * time.Second)
+	clk.Advance(10 * time.Second)
 	if dp, _ := sumPointOf(t, produce(t, cum), rebuilt.gpus[0].energy); dp.Value != 1200 || !dp.StartTime.Equal(created) {
 		t.Errorf("cumulative after the rebuild: %v from %v, want 1200 from %v", dp.Value, dp.StartTime, created)
 	}
@@ -322,7 +320,7 @@ func TestCollectAllocations(t *testing.T) {
 	b := newFleet(8).batch(5000)
 	store.Put("gpu", b)
 	scope := instrumentation.Scope{Name: ScopeName}
-	otlp := sdkmetric.NewManualReader(sdkmetric.WithProducer(newStoreProducer(store, scope, nil)))
+	otlp := sdkmetric.NewManualReader(sdkmetric.WithProducer(newStoreProducer[struct{}](store, scope, nil)))
 	prom, err := newPromExposition(store, scope, discardLogger())
 	if err != nil {
 		t.Fatal(err)

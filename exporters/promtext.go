@@ -31,12 +31,6 @@ import (
 // Prometheus (and every agent that scrapes Prometheus endpoints) accepts.
 const promContentType = "text/plain; version=0.0.4; charset=utf-8"
 
-// translationStrategy is how OTel names become Prometheus names: underscores for dots, unit and
-// type suffixes (hw.power in W becomes hw_power_watts, a counter gets _total). It is also what
-// Prometheus's own OTLP ingestion produces by default, so dashboards work whether the data came
-// by scrape or by OTLP.
-var translationStrategy = otlptranslator.UnderscoreEscapingWithSuffixes
-
 // targetInfoHelp is target_info's HELP, as the OTel Prometheus exporter wrote it.
 const targetInfoHelp = "Target metadata"
 
@@ -46,23 +40,21 @@ const targetInfoHelp = "Target metadata"
 //
 // The text of the store's metrics is written directly: families in metrics.Table order, HELP
 // from the table's description, names translated once per metric, and each series'
-// `name{labels} ` prefix rendered once and kept in the producer's state of the series, so a
-// scrape appends bytes and formats floats. Scope labels (otel_scope_*) are not written:
-// Capstan has one scope, so they would be the same on every series, and otel_scope_version
-// would change every series' identity on each upgrade.
+// `name{labels} ` prefix rendered once and kept (a promSeries, which the producer carries with
+// its state of the series), so a scrape appends bytes and formats floats. Scope labels
+// (otel_scope_*) are not written: Capstan has one scope, so they would be the same on every
+// series, and otel_scope_version would change every series' identity on each upgrade.
 //
 // Metrics from other scopes (instruments someone registers on the MeterProvider) take a slower,
-// general path.
+// general path (promscope.go).
 type promExposition struct {
 	reader   *sdkmetric.ManualReader
-	producer *storeProducer
+	producer *storeProducer[promSeries]
 	// registry holds the Go and process collectors and the handler's own metrics.
 	registry *prometheus.Registry
 	errors   *prometheus.CounterVec
 	log      *slog.Logger
 
-	metricNamer otlptranslator.MetricNamer
-	labelNamer  otlptranslator.LabelNamer
 	// families is indexed by metrics.Def.ID.
 	families []promFamily
 	// tableNames holds the families' names, which no other family may take.
@@ -86,6 +78,13 @@ type promExposition struct {
 	warned map[string]bool
 }
 
+// promSeries is what the exposition keeps per series of the store: its rendered
+// `name{labels} ` prefix, or bad when its attributes have no Prometheus labels.
+type promSeries struct {
+	prefix []byte
+	bad    bool
+}
+
 // promFamily is one metrics.Table entry in Prometheus terms.
 type promFamily struct {
 	name string
@@ -101,22 +100,20 @@ type labelName struct {
 // newPromExposition builds the reader, its producer and the registry of the agent's own metrics.
 func newPromExposition(store *sample.Store, scope instrumentation.Scope, log *slog.Logger) (*promExposition, error) {
 	x := &promExposition{
-		producer:    newStoreProducer(store, scope, sdkmetric.DefaultTemporalitySelector),
-		registry:    prometheus.NewRegistry(),
-		log:         log,
-		metricNamer: otlptranslator.NewMetricNamer("", translationStrategy),
-		labelNamer:  otlptranslator.LabelNamer{UTF8Allowed: !translationStrategy.ShouldEscape()},
-		families:    make([]promFamily, len(metrics.Table)),
-		tableNames:  make(map[string]bool, len(metrics.Table)),
-		sem:         make(chan struct{}, maxScrapesInFlight),
-		labelNames:  make(map[string]labelName),
-		otherNames:  make(map[otlptranslator.Metric]string),
-		written:     make(map[string]bool),
-		warned:      make(map[string]bool),
+		producer:   newStoreProducer[promSeries](store, scope, sdkmetric.DefaultTemporalitySelector),
+		registry:   prometheus.NewRegistry(),
+		log:        log,
+		families:   make([]promFamily, len(metrics.Table)),
+		tableNames: make(map[string]bool, len(metrics.Table)),
+		sem:        make(chan struct{}, maxScrapesInFlight),
+		labelNames: make(map[string]labelName),
+		otherNames: make(map[otlptranslator.Metric]string),
+		written:    make(map[string]bool),
+		warned:     make(map[string]bool),
 	}
 	x.reader = sdkmetric.NewManualReader(sdkmetric.WithProducer(x.producer))
 	for i, d := range metrics.Table {
-		name, err := x.metricNamer.Build(otlptranslator.Metric{Name: d.Name, Unit: d.Unit, Type: namingType(d.Kind)})
+		name, err := PrometheusName(d)
 		if err != nil {
 			return nil, fmt.Errorf("translating %s to a Prometheus name: %w", d.Name, err)
 		}
@@ -150,19 +147,6 @@ func newPromExposition(store *sample.Store, scope instrumentation.Scope, log *sl
 		return nil, fmt.Errorf("registering the scrape error counter: %w", err)
 	}
 	return x, nil
-}
-
-// namingType is the otlptranslator type of a table metric, as the OTel Prometheus exporter
-// derived it from the aggregation: a Counter is a monotonic sum, an UpDownCounter a
-// non-monotonic one.
-func namingType(k metrics.Kind) otlptranslator.MetricType {
-	switch k {
-	case metrics.Counter:
-		return otlptranslator.MetricTypeMonotonicCounter
-	case metrics.UpDownCounter:
-		return otlptranslator.MetricTypeNonMonotonicCounter
-	}
-	return otlptranslator.MetricTypeGauge
 }
 
 // scrapeBuffers holds the rendered text of scrapes, so a scrape reuses the memory of an earlier
@@ -303,7 +287,7 @@ func (x *promExposition) appendStore(b []byte, sm *metricdata.ScopeMetrics, filt
 	p := x.producer
 	for j := range sm.Metrics {
 		m := &sm.Metrics[j]
-		id := p.outIDs[j]
+		id, states := p.collected(j)
 		fam := &x.families[id]
 		if filter != nil && !filter[fam.name] {
 			continue
@@ -315,7 +299,6 @@ func (x *promExposition) appendStore(b []byte, sm *metricdata.ScopeMetrics, filt
 		case metricdata.Sum[float64]:
 			pts = data.DataPoints
 		}
-		states := p.defs[id].series
 		if len(pts) != len(states) {
 			// Not what the producer made; cannot happen while render holds the lock.
 			x.warnOnce("mismatch "+fam.name, "leaving a metric out of /metrics: its points do not match the producer's series",
@@ -324,183 +307,25 @@ func (x *promExposition) appendStore(b []byte, sm *metricdata.ScopeMetrics, filt
 		}
 		b = append(b, fam.header...)
 		for k := range pts {
-			st := states[k]
-			if st.prom == nil && !st.promBad {
+			ps := &states[k].reader
+			if ps.prefix == nil && !ps.bad {
 				prefix, err := x.appendSeriesPrefix(nil, fam.name, pts[k].Attributes)
 				if err != nil {
-					st.promBad = true
+					ps.bad = true
 					x.warnOnce(fam.name, "dropping a series from /metrics: its attributes have no Prometheus labels",
 						"metric", fam.name, "err", err)
 				}
-				st.prom = prefix
+				ps.prefix = prefix
 			}
-			if st.promBad {
+			if ps.bad {
 				continue
 			}
-			b = append(b, st.prom...)
+			b = append(b, ps.prefix...)
 			b = appendFloat(b, pts[k].Value)
 			b = append(b, '\n')
 		}
 	}
 	return b
-}
-
-// appendScope appends the families of a scope other than the store producer's.
-func (x *promExposition) appendScope(b []byte, sm *metricdata.ScopeMetrics, filter map[string]bool) []byte {
-	for j := range sm.Metrics {
-		m := &sm.Metrics[j]
-		if filter != nil {
-			name, _, err := x.otherName(m)
-			if err != nil || !filter[name] {
-				continue
-			}
-		}
-		b = x.appendMetric(b, m)
-	}
-	return b
-}
-
-// appendMetric appends one metric by the general path, which allocates: gauges and cumulative
-// sums of either number type, and explicit-bucket histograms. Other aggregations, delta data and
-// names that clash with a family already written are left out (and logged once).
-func (x *promExposition) appendMetric(b []byte, m *metricdata.Metrics) []byte {
-	name, typ, err := x.otherName(m)
-	if err != nil {
-		x.warnOnce("name "+m.Name, "leaving a metric out of /metrics: no Prometheus name", "metric", m.Name, "err", err)
-		return b
-	}
-	if typ == "" {
-		x.warnOnce("type "+m.Name, "leaving a metric out of /metrics: Prometheus text has no type for its aggregation",
-			"metric", m.Name, "aggregation", fmt.Sprintf("%T", m.Data))
-		return b
-	}
-	if x.tableNames[name] || x.written[name] {
-		x.warnOnce("clash "+name, "leaving a metric out of /metrics: another metric has its Prometheus name",
-			"metric", m.Name, "name", name)
-		return b
-	}
-	x.written[name] = true
-	b = appendHeader(b, name, m.Description, typ)
-	switch data := m.Data.(type) {
-	case metricdata.Gauge[float64]:
-		b = appendNumberPoints(x, b, name, data.DataPoints)
-	case metricdata.Gauge[int64]:
-		b = appendNumberPoints(x, b, name, data.DataPoints)
-	case metricdata.Sum[float64]:
-		b = appendNumberPoints(x, b, name, data.DataPoints)
-	case metricdata.Sum[int64]:
-		b = appendNumberPoints(x, b, name, data.DataPoints)
-	case metricdata.Histogram[float64]:
-		b = appendHistogramPoints(x, b, name, data.DataPoints)
-	case metricdata.Histogram[int64]:
-		b = appendHistogramPoints(x, b, name, data.DataPoints)
-	}
-	return b
-}
-
-// otherName returns the Prometheus name and TYPE of a metric from another scope ("" when the
-// text format cannot carry it), as the OTel Prometheus exporter named them.
-func (x *promExposition) otherName(m *metricdata.Metrics) (name, typ string, err error) {
-	tm := otlptranslator.Metric{Name: m.Name, Unit: m.Unit, Type: otlptranslator.MetricTypeUnknown}
-	switch data := m.Data.(type) {
-	case metricdata.Gauge[float64], metricdata.Gauge[int64]:
-		tm.Type, typ = otlptranslator.MetricTypeGauge, "gauge"
-	case metricdata.Sum[float64]:
-		tm.Type, typ = sumType(data.IsMonotonic, data.Temporality)
-	case metricdata.Sum[int64]:
-		tm.Type, typ = sumType(data.IsMonotonic, data.Temporality)
-	case metricdata.Histogram[float64]:
-		tm.Type = otlptranslator.MetricTypeHistogram
-		if data.Temporality == metricdata.CumulativeTemporality {
-			typ = "histogram"
-		}
-	case metricdata.Histogram[int64]:
-		tm.Type = otlptranslator.MetricTypeHistogram
-		if data.Temporality == metricdata.CumulativeTemporality {
-			typ = "histogram"
-		}
-	}
-	if n, ok := x.otherNames[tm]; ok {
-		return n, typ, nil
-	}
-	name, err = x.metricNamer.Build(tm)
-	if err != nil {
-		return "", "", err
-	}
-	x.otherNames[tm] = name
-	return name, typ, nil
-}
-
-func sumType(monotonic bool, t metricdata.Temporality) (otlptranslator.MetricType, string) {
-	switch {
-	case t != metricdata.CumulativeTemporality:
-		return otlptranslator.MetricTypeNonMonotonicCounter, ""
-	case monotonic:
-		return otlptranslator.MetricTypeMonotonicCounter, "counter"
-	}
-	return otlptranslator.MetricTypeNonMonotonicCounter, "gauge"
-}
-
-func appendNumberPoints[N int64 | float64](x *promExposition, b []byte, name string, pts []metricdata.DataPoint[N]) []byte {
-	for i := range pts {
-		line, err := x.appendSeriesPrefix(b, name, pts[i].Attributes)
-		if err != nil {
-			x.warnOnce(name, "dropping a series from /metrics: its attributes have no Prometheus labels", "metric", name, "err", err)
-			continue
-		}
-		b = appendFloat(line, float64(pts[i].Value))
-		b = append(b, '\n')
-	}
-	return b
-}
-
-func appendHistogramPoints[N int64 | float64](x *promExposition, b []byte, name string, pts []metricdata.HistogramDataPoint[N]) []byte {
-	for i := range pts {
-		dp := &pts[i]
-		labels, err := x.appendLabels(nil, dp.Attributes, "le")
-		if err != nil {
-			x.warnOnce(name, "dropping a series from /metrics: its attributes have no Prometheus labels", "metric", name, "err", err)
-			continue
-		}
-		var cumulative uint64
-		for j, bound := range dp.Bounds {
-			if j < len(dp.BucketCounts) {
-				cumulative += dp.BucketCounts[j]
-			}
-			b = appendBucket(b, name, labels, bound, cumulative)
-		}
-		b = appendBucket(b, name, labels, math.Inf(1), dp.Count)
-		b = appendSample(b, name, "_sum", labels, float64(dp.Sum))
-		b = appendSample(b, name, "_count", labels, float64(dp.Count))
-	}
-	return b
-}
-
-func appendBucket(b []byte, name string, labels []byte, le float64, count uint64) []byte {
-	b = append(b, name...)
-	b = append(b, "_bucket{"...)
-	if len(labels) > 0 {
-		b = append(b, labels...)
-		b = append(b, ',')
-	}
-	b = append(b, `le="`...)
-	b = appendFloat(b, le)
-	b = append(b, `"} `...)
-	b = strconv.AppendUint(b, count, 10)
-	return append(b, '\n')
-}
-
-func appendSample(b []byte, name, suffix string, labels []byte, v float64) []byte {
-	b = append(b, name...)
-	b = append(b, suffix...)
-	if len(labels) > 0 {
-		b = append(b, '{')
-		b = append(b, labels...)
-		b = append(b, '}')
-	}
-	b = append(b, ' ')
-	b = appendFloat(b, v)
-	return append(b, '\n')
 }
 
 // appendRegistry appends the registry's families (Go, process, the handler's own), leaving out
@@ -605,7 +430,7 @@ func (x *promExposition) labelName(key string) (string, error) {
 	if l, ok := x.labelNames[key]; ok {
 		return l.name, l.err
 	}
-	name, err := x.labelNamer.Build(key)
+	name, err := labelNamer.Build(key)
 	if err == nil && strings.HasPrefix(name, "__") {
 		err = fmt.Errorf("attribute %s translates to the reserved label name %s", key, name)
 	}

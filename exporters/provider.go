@@ -65,9 +65,8 @@ type Options struct {
 
 // Exporters owns the MeterProvider, its readers and the web server.
 type Exporters struct {
-	cfg   *config.Config
-	log   *slog.Logger
-	store *sample.Store
+	cfg *config.Config
+	log *slog.Logger
 
 	provider *sdkmetric.MeterProvider
 
@@ -105,7 +104,7 @@ func New(ctx context.Context, o Options) (*Exporters, error) {
 	if stdout == nil {
 		stdout = os.Stdout
 	}
-	e := &Exporters{cfg: cfg, log: log, store: o.Store}
+	e := &Exporters{cfg: cfg, log: log}
 	scope := instrumentation.Scope{Name: ScopeName, Version: o.Version}
 
 	res, err := newResource(ctx, cfg, o.Version)
@@ -136,7 +135,7 @@ func New(ctx context.Context, o Options) (*Exporters, error) {
 		// The producer follows the exporter's temporality (otlp.temporality).
 		readers = append(readers, sdkmetric.NewPeriodicReader(x,
 			sdkmetric.WithInterval(interval), sdkmetric.WithTimeout(timeout),
-			sdkmetric.WithProducer(newStoreProducer(o.Store, scope, x.Temporality))))
+			sdkmetric.WithProducer(newStoreProducer[struct{}](o.Store, scope, x.Temporality))))
 	}
 
 	if cfg.Web.ListenAddress != "" {

@@ -28,5 +28,5 @@ func newStdoutReader(w io.Writer, c config.Stdout, store *sample.Store, scope in
 		interval = defaultStdoutInterval
 	}
 	return exp, sdkmetric.NewPeriodicReader(exp, sdkmetric.WithInterval(interval),
-		sdkmetric.WithProducer(newStoreProducer(store, scope, exp.Temporality))), nil
+		sdkmetric.WithProducer(newStoreProducer[struct{}](store, scope, exp.Temporality))), nil
 }

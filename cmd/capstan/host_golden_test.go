@@ -1,10 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
-	"flag"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -13,8 +10,6 @@ import (
 	"github.com/capstan-power/capstan/internal/hostfixtures"
 	"github.com/capstan-power/capstan/internal/metrics"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files of the host end-to-end test")
 
 // goldenPoint is a point of `capstan collect --json` without its resource (host.id and
 // service.version differ between machines; the test checks the resource separately).
@@ -56,23 +51,7 @@ func TestHostCollectorsGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			data = append(data, '\n')
-			golden := filepath.Join("testdata", "host", host+".golden.json")
-			if *update {
-				if err := os.MkdirAll(filepath.Dir(golden), 0o755); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.WriteFile(golden, data, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("reading %s: %v (run with -update to create it)", golden, err)
-			}
-			if !bytes.Equal(data, want) {
-				t.Errorf("output differs from %s (rerun with -update and review the diff):\n%s", golden, lineDiff(string(want), string(data)))
-			}
+			checkGolden(t, filepath.Join("testdata", "host", host+".golden.json"), append(data, '\n'))
 		})
 	}
 }
@@ -167,29 +146,4 @@ func sampleBigHost(t *testing.T, points []goldenPoint) []goldenPoint {
 		t.Errorf("%d coretemp core temperatures, want 96", cores)
 	}
 	return out
-}
-
-// lineDiff lists the lines only in want (-) or only in got (+), enough to see what moved.
-func lineDiff(want, got string) string {
-	count := map[string]int{}
-	for _, l := range strings.Split(want, "\n") {
-		count[l]++
-	}
-	for _, l := range strings.Split(got, "\n") {
-		count[l]--
-	}
-	var sb strings.Builder
-	for _, l := range strings.Split(want, "\n") {
-		if count[l] > 0 {
-			sb.WriteString("- " + l + "\n")
-			count[l]--
-		}
-	}
-	for _, l := range strings.Split(got, "\n") {
-		if count[l] < 0 {
-			sb.WriteString("+ " + l + "\n")
-			count[l]++
-		}
-	}
-	return sb.String()
 }
