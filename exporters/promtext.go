@@ -70,7 +70,6 @@ type promExposition struct {
 	// targetInfo is the rendered target_info family; the resource does not change.
 	targetInfo []byte
 	labelNames map[string]labelName
-	otherNames map[otlptranslator.Metric]string
 	// written holds the names of the families written in the current scrape other than the
 	// table's.
 	written map[string]bool
@@ -107,7 +106,6 @@ func newPromExposition(store *sample.Store, scope instrumentation.Scope, log *sl
 		tableNames: make(map[string]bool, len(metrics.Table)),
 		sem:        make(chan struct{}, maxScrapesInFlight),
 		labelNames: make(map[string]labelName),
-		otherNames: make(map[otlptranslator.Metric]string),
 		written:    make(map[string]bool),
 		warned:     make(map[string]bool),
 	}
@@ -239,8 +237,8 @@ func acceptsGzip(r *http.Request) bool {
 	return false
 }
 
-// render appends one exposition to b: the collection's families (the store's in table order,
-// then other scopes'), the registry's families when withRegistry, and target_info. filter, when
+// render appends one exposition to b: the collection's families (the store's, in table
+// order), the registry's families when withRegistry, and target_info. filter, when
 // not nil, selects families by name. An error leaves out what failed and reports it; the rest
 // is rendered.
 func (x *promExposition) render(ctx context.Context, b []byte, filter map[string]bool, withRegistry bool) ([]byte, error) {
@@ -253,10 +251,10 @@ func (x *promExposition) render(ctx context.Context, b []byte, filter map[string
 	}
 	for i := range x.rm.ScopeMetrics {
 		sm := &x.rm.ScopeMetrics[i]
+		// The provider holds no instruments but the store's producer, so no other scope has
+		// anything to show.
 		if x.producer.owns(sm) {
 			b = x.appendStore(b, sm, filter)
-		} else {
-			b = x.appendScope(b, sm, filter)
 		}
 	}
 	if x.targetInfo == nil && x.rm.Resource != nil {

@@ -18,7 +18,6 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/otlptranslator"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/sdk/instrumentation"
 
 	"github.com/capstan-power/capstan/internal/metrics"
@@ -191,54 +190,6 @@ func TestPrometheusTextEscaping(t *testing.T) {
 	if !math.IsNaN(got["nan"]) || !math.IsInf(got["inf"], 1) || got["tiny"] != 1.5e-300 || got["neg"] != -0.25 {
 		t.Errorf("special values came back as %v", got)
 	}
-}
-
-// TestPrometheusOtherInstruments checks that instruments registered on the MeterProvider (not
-// the store's) are exposed too, as the OTel Prometheus exporter did: counter, up-down counter,
-// gauge and histogram.
-func TestPrometheusOtherInstruments(t *testing.T) {
-	store := sample.NewStore()
-	store.Put("gpu", newFleet(1).batch(5000))
-	e := startWeb(t, store, "")
-	meter := e.MeterProvider().Meter("github.com/capstan-power/capstan/capping")
-	ctx := context.Background()
-	act, err := meter.Int64Counter("capstan.example.actuations", metric.WithUnit("{actuation}"), metric.WithDescription("Limit writes."))
-	if err != nil {
-		t.Fatal(err)
-	}
-	act.Add(ctx, 3, metric.WithAttributes(attribute.String("result", "ok")))
-	lat, err := meter.Float64Histogram("capstan.capping.write.duration", metric.WithUnit("s"),
-		metric.WithExplicitBucketBoundaries(0.001, 0.01))
-	if err != nil {
-		t.Fatal(err)
-	}
-	lat.Record(ctx, 0.005)
-	lat.Record(ctx, 0.5)
-	queue, err := meter.Float64UpDownCounter("capstan.capping.pending", metric.WithUnit("{write}"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	queue.Add(ctx, 2)
-
-	fams := scrape(t, e)
-	if got := series(t, fams, "capstan_example_actuations_total", dto.MetricType_COUNTER, map[string]string{"result": "ok"}); got != 3 {
-		t.Errorf("capstan_example_actuations_total = %v, want 3", got)
-	}
-	if got := series(t, fams, "capstan_capping_pending", dto.MetricType_GAUGE, nil); got != 2 {
-		t.Errorf("capstan_capping_pending = %v, want 2", got)
-	}
-	h := fams["capstan_capping_write_duration_seconds"]
-	if h == nil || h.GetType() != dto.MetricType_HISTOGRAM {
-		t.Fatalf("capstan_capping_write_duration_seconds: %v, want a histogram", h)
-	}
-	hist := h.GetMetric()[0].GetHistogram()
-	if hist.GetSampleCount() != 2 || hist.GetSampleSum() != 0.505 || len(hist.GetBucket()) != 3 ||
-		hist.GetBucket()[0].GetCumulativeCount() != 0 || hist.GetBucket()[1].GetCumulativeCount() != 1 ||
-		!math.IsInf(hist.GetBucket()[2].GetUpperBound(), 1) || hist.GetBucket()[2].GetCumulativeCount() != 2 {
-		t.Errorf("histogram %v, want 2 samples summing to 0.505, cumulative buckets 0, 1, 2 (+Inf)", hist)
-	}
-	// The store's families are still there.
-	series(t, fams, "hw_power_watts", dto.MetricType_GAUGE, gpu0Labels())
 }
 
 func gpu0Labels() map[string]string {

@@ -179,9 +179,6 @@ func newMeterProvider(res *resource.Resource, readers ...sdkmetric.Reader) *sdkm
 	return sdkmetric.NewMeterProvider(opts...)
 }
 
-// MeterProvider returns the provider every reader is registered with.
-func (e *Exporters) MeterProvider() *sdkmetric.MeterProvider { return e.provider }
-
 // SetReady sets what /readyz answers: 200 when ready, else 503.
 func (e *Exporters) SetReady(ready bool) { e.ready.Store(ready) }
 
