@@ -47,8 +47,13 @@ func NewLogger() (*slog.Logger, *LogBuffer) {
 // so it is generous for a loaded machine.
 const DefaultWait = 30 * time.Second
 
-// pollEvery is how often a wait checks its condition.
-const pollEvery = 5 * time.Millisecond
+// A wait checks its condition first after pollFirst, then at growing intervals up to pollMax:
+// a quick condition is seen at once, and a slow one (a scrape, a child process) is not asked
+// hundreds of times a second.
+const (
+	pollFirst = 5 * time.Millisecond
+	pollMax   = 100 * time.Millisecond
+)
 
 // Eventually checks cond until it holds and fails tb when timeout passes first; what names
 // the condition in the failure.
@@ -73,14 +78,17 @@ func Poll(timeout time.Duration, cond func() bool) bool {
 	}
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
-	tick := time.NewTicker(pollEvery)
-	defer tick.Stop()
+	every := pollFirst
+	next := time.NewTimer(every)
+	defer next.Stop()
 	for {
 		select {
-		case <-tick.C:
+		case <-next.C:
 			if cond() {
 				return true
 			}
+			every = min(2*every, pollMax)
+			next.Reset(every)
 		case <-deadline.C:
 			return cond()
 		}
