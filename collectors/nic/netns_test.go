@@ -19,6 +19,7 @@ import (
 
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 func requireRoot(tb testing.TB) {
@@ -148,18 +149,6 @@ func veth(tb testing.TB, h *netlink.Handle, name, peer string, peerNS netns.NsHa
 	return a, b
 }
 
-// waitFor polls cond until it holds; the bound only keeps a broken kernel from hanging the test.
-func waitFor(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func collect(tb testing.TB, c *Collector) *sample.Batch {
 	tb.Helper()
 	b := &sample.Batch{}
@@ -208,7 +197,7 @@ func TestCountersOverVeth(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "cap0 to come up", func() bool {
+	testkit.WaitFor(t, "cap0 to come up", func() bool {
 		l, err := h1.LinkByName("cap0")
 		return err == nil && l.Attrs().OperState == netlink.OperUp
 	})
@@ -284,7 +273,7 @@ func TestCountersOverVeth(t *testing.T) {
 	}
 
 	// Flap cap0 between two collections.
-	waitFor(t, "the subscription to know cap0", func() bool {
+	testkit.WaitFor(t, "the subscription to know cap0", func() bool {
 		_, ok := c.watcher.transitions(int32(a.Attrs().Index))
 		return ok
 	})
@@ -298,7 +287,7 @@ func TestCountersOverVeth(t *testing.T) {
 	}
 	// Notifications arrive asynchronously; wait until the subscription has seen the link back up.
 	var flapped *sample.Batch
-	waitFor(t, "two carrier transitions of cap0", func() bool {
+	testkit.WaitFor(t, "two carrier transitions of cap0", func() bool {
 		flapped = collect(t, c)
 		v, ok := flapped.Find(metrics.NetworkCarrierTransitions, ifname("cap0"))
 		return ok && v >= float64(transitions0)+2
@@ -318,7 +307,7 @@ func TestCountersOverVeth(t *testing.T) {
 	w.done = make(chan struct{}) // what start closes when it renews
 	w.mu.Unlock()
 	close(done) // closes the socket under the reader, which fails and ends
-	waitFor(t, "the subscription to end", func() bool { return !w.isLive() })
+	testkit.WaitFor(t, "the subscription to end", func() bool { return !w.isLive() })
 	collect(t, c)
 	if !w.isLive() {
 		t.Fatal("the collection did not renew the subscription")
@@ -329,7 +318,7 @@ func TestCountersOverVeth(t *testing.T) {
 	if err := h1.LinkSetUp(a); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "two more carrier transitions of cap0", func() bool {
+	testkit.WaitFor(t, "two more carrier transitions of cap0", func() bool {
 		flapped = collect(t, c)
 		v, ok := flapped.Find(metrics.NetworkCarrierTransitions, ifname("cap0"))
 		return ok && v >= float64(transitions0)+4
