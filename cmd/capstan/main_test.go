@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,6 +24,7 @@ import (
 	"github.com/capstan-power/capstan/internal/hostfixtures"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/otlptest"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 // binary is the capstan binary built once for the end-to-end tests.
@@ -211,28 +211,9 @@ func TestConfigCheckPrintsEffectiveConfig(t *testing.T) {
 // agentProcess is a running agent with its stderr (logs) captured line by line.
 type agentProcess struct {
 	cmd  *exec.Cmd
-	mu   sync.Mutex
-	logs strings.Builder
-	out  syncBuffer
+	logs testkit.LogBuffer
+	out  testkit.LogBuffer
 	done chan struct{}
-}
-
-// syncBuffer is a bytes.Buffer safe to write from the exec package's copying goroutine.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func startAgent(t *testing.T, args ...string) *agentProcess {
@@ -250,9 +231,7 @@ func startAgent(t *testing.T, args ...string) *agentProcess {
 		defer close(a.done)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
-			a.mu.Lock()
-			a.logs.WriteString(sc.Text() + "\n")
-			a.mu.Unlock()
+			_, _ = a.logs.Write(append(sc.Bytes(), '\n'))
 		}
 	}()
 	t.Cleanup(func() {
@@ -262,11 +241,11 @@ func startAgent(t *testing.T, args ...string) *agentProcess {
 	return a
 }
 
-func (a *agentProcess) Logs() string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.logs.String()
-}
+func (a *agentProcess) Logs() string { return a.logs.String() }
+
+// agentWait bounds a wait on the agent binary: generous, it only keeps a broken build from
+// hanging the suite.
+const agentWait = 60 * time.Second
 
 // waitLog waits until the logs contain s.
 func (a *agentProcess) waitLog(t *testing.T, s string) { t.Helper(); a.waitLogCount(t, s, 1) }
@@ -274,25 +253,16 @@ func (a *agentProcess) waitLog(t *testing.T, s string) { t.Helper(); a.waitLogCo
 // waitLogCount waits until the logs contain s at least n times.
 func (a *agentProcess) waitLogCount(t *testing.T, s string, n int) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if strings.Count(a.Logs(), s) >= n {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testkit.Poll(agentWait, func() bool { return a.logs.Count(s) >= n }) {
+		t.Fatalf("agent never logged %q %d times; logs:\n%s", s, n, a.Logs())
 	}
-	t.Fatalf("agent never logged %q %d times; logs:\n%s", s, n, a.Logs())
 }
 
 // waitOutput waits until the agent's stdout contains s.
 func (a *agentProcess) waitOutput(t *testing.T, s string) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(a.out.String(), s) {
-		if time.Now().After(deadline) {
-			t.Fatalf("agent never printed %q; stdout:\n%s", s, a.out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testkit.Poll(agentWait, func() bool { return a.out.Contains(s) }) {
+		t.Fatalf("agent never printed %q; stdout:\n%s", s, a.out.String())
 	}
 }
 
@@ -372,17 +342,10 @@ func TestSIGHUPReloadsAndKeepsRunningOnABadFile(t *testing.T) {
 	}
 	a.waitLog(t, "configuration reloaded")
 	a.waitLogCount(t, "agent ready", 2)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		families := scrape(t, "http://"+addr+"/metrics")
-		if f, ok := families["hw_power_watts"]; ok && len(f.GetMetric()) == 3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after reload to 3 GPUs, /metrics never showed 3 hw_power_watts series")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	testkit.Eventually(t, agentWait, "3 hw_power_watts series on /metrics after the reload to 3 GPUs", func() bool {
+		f, ok := scrape(t, "http://"+addr+"/metrics")["hw_power_watts"]
+		return ok && len(f.GetMetric()) == 3
+	})
 	if code := a.stop(t); code != 0 {
 		t.Errorf("exit %d after SIGTERM", code)
 	}
