@@ -279,19 +279,24 @@ func TestCountersOverVeth(t *testing.T) {
 	})
 	changes0 := value(t, after, metrics.NetworkCarrierChanges, "cap0", "")
 	transitions0, _ := c.watcher.transitions(int32(a.Attrs().Index))
-	if err := h1.LinkSetDown(a); err != nil {
-		t.Fatal(err)
-	}
-	if err := h1.LinkSetUp(a); err != nil {
-		t.Fatal(err)
-	}
-	// Notifications arrive asynchronously; wait until the subscription has seen the link back up.
+	// flap takes cap0 down and up, and waits until a collection counts transitions0+want
+	// transitions: notifications arrive asynchronously.
 	var flapped *sample.Batch
-	testkit.WaitFor(t, "two carrier transitions of cap0", func() bool {
-		flapped = collect(t, c)
-		v, ok := flapped.Find(metrics.NetworkCarrierTransitions, ifname("cap0"))
-		return ok && v >= float64(transitions0)+2
-	})
+	flap := func(what string, want int) {
+		t.Helper()
+		if err := h1.LinkSetDown(a); err != nil {
+			t.Fatal(err)
+		}
+		if err := h1.LinkSetUp(a); err != nil {
+			t.Fatal(err)
+		}
+		testkit.WaitFor(t, what, func() bool {
+			flapped = collect(t, c)
+			v, ok := flapped.Find(metrics.NetworkCarrierTransitions, ifname("cap0"))
+			return ok && v >= float64(transitions0)+float64(want)
+		})
+	}
+	flap("two carrier transitions of cap0", 2)
 	if v := value(t, flapped, metrics.NetworkCarrierTransitions, "cap0", ""); v != float64(transitions0)+2 {
 		t.Errorf("subscription counted %v transitions, want %d (down, up)", v, transitions0+2)
 	}
@@ -312,17 +317,7 @@ func TestCountersOverVeth(t *testing.T) {
 	if !w.isLive() {
 		t.Fatal("the collection did not renew the subscription")
 	}
-	if err := h1.LinkSetDown(a); err != nil {
-		t.Fatal(err)
-	}
-	if err := h1.LinkSetUp(a); err != nil {
-		t.Fatal(err)
-	}
-	testkit.WaitFor(t, "two more carrier transitions of cap0", func() bool {
-		flapped = collect(t, c)
-		v, ok := flapped.Find(metrics.NetworkCarrierTransitions, ifname("cap0"))
-		return ok && v >= float64(transitions0)+4
-	})
+	flap("two more carrier transitions of cap0", 4)
 	if v := value(t, flapped, metrics.NetworkCarrierTransitions, "cap0", ""); v != float64(transitions0)+4 {
 		t.Errorf("after renewal the subscription counted %v transitions, want %d", v, transitions0+4)
 	}

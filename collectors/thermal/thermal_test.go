@@ -19,16 +19,12 @@ import (
 	"github.com/capstan-power/capstan/internal/hostfixtures"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 func collect(t *testing.T, c *Collector) *sample.Batch {
 	t.Helper()
-	b := &sample.Batch{}
-	b.Reset(Name, time.Now())
-	if err := c.Collect(context.Background(), b); err != nil {
-		t.Fatalf("collect: %v", err)
-	}
-	return b
+	return testkit.Collect(t, Name, c)
 }
 
 var (

@@ -156,6 +156,21 @@ func testCgroup(t testing.TB, root, name string) (rel string, fd int) {
 	return rel, int(f.Fd())
 }
 
+// ebpfCollector returns a collector on the eBPF source, closed when the test ends: as root,
+// the source must load.
+func ebpfCollector(tb testing.TB) *Collector {
+	tb.Helper()
+	c, err := New(Options{Procfs: "/proc", Sysfs: "/sys", Logger: quietLog()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = c.Close() })
+	if c.Source() != SourceEBPF || c.bpf == nil {
+		tb.Fatalf("source = %s as root, want ebpf", c.Source())
+	}
+	return c
+}
+
 // startIn starts cmd directly inside the cgroup (clone3 CLONE_INTO_CGROUP), so none of its
 // time is charged elsewhere.
 func startIn(t testing.TB, cmd *exec.Cmd, cgroupFD int) {
@@ -172,24 +187,12 @@ func value(b *sample.Batch, def *metrics.Def, match ...attribute.KeyValue) (floa
 
 func collect(t testing.TB, c *Collector) *sample.Batch {
 	t.Helper()
-	b := &sample.Batch{}
-	b.Reset(Name, time.Now())
-	if err := c.Collect(context.Background(), b); err != nil {
-		t.Fatalf("Collect: %v", err)
-	}
-	return b
+	return testkit.Collect(t, Name, c)
 }
 
 func TestBusyLoopMatchesCPUStat(t *testing.T) {
 	root := requireRoot(t)
-	c, err := New(Options{Procfs: "/proc", Sysfs: "/sys", Logger: quietLog()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Close() }()
-	if c.Source() != SourceEBPF {
-		t.Fatalf("source = %s as root, want ebpf", c.Source())
-	}
+	c := ebpfCollector(t)
 	busy, busyFD := testCgroup(t, root, "busy")
 	idle, idleFD := testCgroup(t, root, "idle")
 	collect(t, c)
@@ -231,14 +234,7 @@ func TestNetworkCountersOverVeth(t *testing.T) {
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("needs iproute2's ip to create the network namespace")
 	}
-	c, err := New(Options{Procfs: "/proc", Sysfs: "/sys", Logger: quietLog()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Close() }()
-	if c.Source() != SourceEBPF {
-		t.Fatalf("source = %s as root, want ebpf", c.Source())
-	}
+	c := ebpfCollector(t)
 	ns := fmt.Sprintf("capstan-wl-%d", os.Getpid())
 	hostIf, nsIf := fmt.Sprintf("cwl%dh", os.Getpid()%100000), fmt.Sprintf("cwl%dn", os.Getpid()%100000)
 	run := func(args ...string) {

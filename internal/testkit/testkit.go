@@ -1,14 +1,18 @@
 // Package testkit holds what Capstan's tests share: a log buffer that many goroutines write to,
-// and waiting on a condition instead of sleeping for a guessed time.
+// waiting on a condition instead of sleeping for a guessed time, and one collection of a
+// collector.
 package testkit
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/capstan-power/capstan/internal/sample"
 )
 
 // LogBuffer collects log output from several goroutines; it is safe for concurrent use.
@@ -109,4 +113,21 @@ func Receive[T any](tb testing.TB, ch <-chan T, timeout time.Duration, what stri
 	}
 	var zero T
 	return zero
+}
+
+// Collector is what a collector offers its tests: one collection into a batch.
+type Collector interface {
+	Collect(ctx context.Context, b *sample.Batch) error
+}
+
+// Collect runs one collection of c into a new batch named name, stamped now, as the runner
+// does, and fails tb if the collection fails.
+func Collect(tb testing.TB, name string, c Collector) *sample.Batch {
+	tb.Helper()
+	b := &sample.Batch{}
+	b.Reset(name, time.Now())
+	if err := c.Collect(context.Background(), b); err != nil {
+		tb.Fatalf("collecting %s: %v", name, err)
+	}
+	return b
 }
