@@ -199,7 +199,7 @@ func TestBusyLoopMatchesCPUStat(t *testing.T) {
 
 	sleeper := exec.Command("sleep", "30")
 	startIn(t, sleeper, idleFD)
-	burn(t, filepath.Join(root, busy), busyFD, 2)
+	burn(t, filepath.Join(root, busy), busyFD, 1.2)
 	_ = sleeper.Process.Kill()
 	_ = sleeper.Wait()
 
@@ -611,7 +611,7 @@ func TestRemovedChildNotChargedToParent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = f.Close() }()
-	burn(t, child, int(f.Fd()), 0.5)
+	burn(t, child, int(f.Fd()), 0.2)
 	path := attribute.String(metrics.AttrCgroupPath, parent)
 	first, _ := value(collect(t, c), metrics.WorkloadCPUTime, path)
 	if err := os.Remove(child); err != nil {
