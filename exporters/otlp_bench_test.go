@@ -22,7 +22,7 @@ func BenchmarkOTLPEndpointDown(b *testing.B) {
 	store.Put("gpu", f.batch(5000))
 	cfg := otlpConfig("grpc", otlptest.FreeAddr(b))
 	cfg.OTLP.Timeout = 100 * time.Millisecond // how long a failing export waits
-	cfg.OTLP.Interval = time.Hour // the exports are the loop's ForceFlush calls
+	cfg.OTLP.Interval = time.Hour             // the exports are the loop's ForceFlush calls
 	e, err := New(context.Background(), Options{Config: cfg, Store: store, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
