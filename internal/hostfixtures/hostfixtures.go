@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"time"
 )
 
 // The fixture hosts.
@@ -89,14 +90,20 @@ func ensure() (string, error) {
 	return final, nil
 }
 
-// removeStale removes trees of earlier declarations; failing to is harmless.
+// removeStale removes trees of earlier declarations, and staging directories an interrupted
+// run left (an hour old: no writer takes that long); failing to is harmless.
 func removeStale(base, keep string) {
 	entries, err := os.ReadDir(base)
 	if err != nil {
 		return
 	}
 	for _, e := range entries {
-		if e.IsDir() && e.Name() != keep && !strings.HasPrefix(e.Name(), ".") {
+		stale := e.Name() != keep && !strings.HasPrefix(e.Name(), ".")
+		if strings.HasPrefix(e.Name(), ".staging-") {
+			info, err := e.Info()
+			stale = err == nil && time.Since(info.ModTime()) > time.Hour
+		}
+		if e.IsDir() && stale {
 			_ = os.RemoveAll(filepath.Join(base, e.Name()))
 		}
 	}
