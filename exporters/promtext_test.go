@@ -24,6 +24,7 @@ import (
 
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
@@ -31,12 +32,7 @@ func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 // parseText parses an exposition as Prometheus does, failing the test on any error.
 func parseText(t *testing.T, text []byte) map[string]*dto.MetricFamily {
 	t.Helper()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(bytes.NewReader(text))
-	if err != nil {
-		t.Fatalf("parsing the exposition: %v\n%s", err, text)
-	}
-	return fams
+	return testkit.ParseExposition(t, string(text))
 }
 
 // promName is the Prometheus name of d, worked out here from the translator as the OTel

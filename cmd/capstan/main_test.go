@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -18,8 +17,6 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/capstan-power/capstan/internal/hostfixtures"
 	"github.com/capstan-power/capstan/internal/metrics"
@@ -30,23 +27,7 @@ import (
 // binary is the capstan binary built once for the end-to-end tests.
 var binary string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "capstan-e2e")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binary = filepath.Join(dir, "capstan")
-	build := exec.Command("go", "build", "-o", binary, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=1", "CGO_CFLAGS=-O2 -Wno-deprecated-declarations")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building capstan: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testkit.MainWithBinary(m, ".", "capstan", &binary) }
 
 // simFlags run the agent on the simulated fleet, with nothing listening unless a test asks.
 var simFlags = []string{"--gpu.backend=sim", "--gpu.sim.count=2", "--web.listen-address="}
@@ -358,12 +339,7 @@ func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
 	if code != http.StatusOK {
 		t.Fatalf("GET %s = %d", url, code)
 	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(strings.NewReader(body))
-	if err != nil {
-		t.Fatalf("parsing %s: %v", url, err)
-	}
-	return families
+	return testkit.ParseExposition(t, body)
 }
 
 // Without an NVIDIA driver, auto runs without GPU collection and says so in one line; it never
