@@ -56,7 +56,7 @@ const DefaultWait = 30 * time.Second
 // hundreds of times a second.
 const (
 	pollFirst = 5 * time.Millisecond
-	pollMax   = 100 * time.Millisecond
+	pollMax   = 50 * time.Millisecond
 )
 
 // Eventually checks cond until it holds and fails tb when timeout passes first; what names
