@@ -1,7 +1,6 @@
 package collectors
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 type funcCollector func(context.Context, *sample.Batch) error
@@ -49,25 +49,8 @@ func points(store *sample.Store, name string) int {
 	return n
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.Buffer.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.Buffer.String()
-}
-
-func newRunner() (*Runner, *sample.Store, *syncBuffer) {
-	logs := &syncBuffer{}
+func newRunner() (*Runner, *sample.Store, *testkit.LogBuffer) {
+	logs := &testkit.LogBuffer{}
 	store := sample.NewStore()
 	return NewRunner(store, slog.New(slog.NewTextHandler(logs, nil)), nil), store, logs
 }
@@ -158,13 +141,7 @@ func TestRunnerCloseReportsAHungCollection(t *testing.T) {
 		t.Error("a hung collector was closed under its running collection")
 	}
 	close(release)
-	deadline := time.Now().Add(10 * time.Second)
-	for r.Close() {
-		if time.Now().After(deadline) {
-			t.Fatal("Close still reports busy 10 s after the hung collection was released")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.WaitFor(t, "Close to report no busy collector once the hung collection was released", func() bool { return !r.Close() })
 	if closed != 1 {
 		t.Errorf("collector closed %d times once idle, want 1", closed)
 	}
@@ -218,16 +195,11 @@ func TestRunnerRunAndReady(t *testing.T) {
 	if points(store, "fast") != 1 || points(store, "slow") != 1 {
 		t.Error("ready before every collector's first batch was stored")
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testkit.Poll(testkit.DefaultWait, func() bool {
 		mu.Lock()
-		fast := counts["fast"]
-		mu.Unlock()
-		if fast >= 3 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		defer mu.Unlock()
+		return counts["fast"] >= 3
+	})
 	cancel()
 	<-done
 	mu.Lock()

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -30,6 +29,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/capstan-power/capstan/internal/config"
+	"github.com/capstan-power/capstan/internal/testkit"
 	"github.com/capstan-power/capstan/packaging"
 )
 
@@ -43,22 +43,7 @@ var measuredPeakRSS = resource.MustParse("32Mi")
 var argcheck string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "capstan-argcheck")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	argcheck = filepath.Join(dir, "argcheck")
-	build := exec.Command("go", "build", "-o", argcheck, "../internal/cmdline/argcheck")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	code := 1
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building argcheck:", err)
-	} else {
-		code = m.Run()
-	}
-	os.RemoveAll(dir)
-	os.Exit(code)
+	testkit.MainWithBinary(m, "../internal/cmdline/argcheck", "argcheck", &argcheck)
 }
 
 // parseArgs returns the agent's effective configuration for a command line, or its error.

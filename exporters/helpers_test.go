@@ -3,9 +3,6 @@ package exporters
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -175,63 +172,7 @@ func testConfig() *config.Config {
 	return &config.Config{Node: config.Node{Name: "node-a"}}
 }
 
-// logRecorder is a slog handler that keeps every message, so a test can wait for what the
-// agent would log instead of sleeping.
-type logRecorder struct {
-	mu   sync.Mutex
-	recs []string
-}
-
-func (r *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
-func (r *logRecorder) WithAttrs([]slog.Attr) slog.Handler       { return r }
-func (r *logRecorder) WithGroup(string) slog.Handler            { return r }
-
-func (r *logRecorder) Handle(_ context.Context, rec slog.Record) error {
-	var sb strings.Builder
-	sb.WriteString(rec.Level.String() + " " + rec.Message)
-	rec.Attrs(func(a slog.Attr) bool {
-		sb.WriteString(" " + a.String())
-		return true
-	})
-	r.mu.Lock()
-	r.recs = append(r.recs, sb.String())
-	r.mu.Unlock()
-	return nil
-}
-
-// count returns how many records contain s.
-func (r *logRecorder) count(s string) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	n := 0
-	for _, m := range r.recs {
-		if strings.Contains(m, s) {
-			n++
-		}
-	}
-	return n
-}
-
-func (r *logRecorder) String() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return strings.Join(r.recs, "\n")
-}
-
-// waitFor polls cond until it holds; the deadline is generous and only guards against a hang.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// freeAddr returns a 127.0.0.1 address nothing listens on (it was free a moment ago).
-// shutdown shuts e down at the end of the test and reports an error.
+// shutdownAtEnd shuts e down at the end of the test and reports an error.
 func shutdownAtEnd(t *testing.T, e *Exporters) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -2,10 +2,8 @@ package exporters
 
 import (
 	"context"
-	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +16,7 @@ import (
 	"github.com/capstan-power/capstan/internal/config"
 	"github.com/capstan-power/capstan/internal/otlptest"
 	"github.com/capstan-power/capstan/internal/sample"
+	"github.com/capstan-power/capstan/internal/testkit"
 	"github.com/capstan-power/capstan/internal/testpki"
 )
 
@@ -123,8 +122,8 @@ func TestOTLPEndToEnd(t *testing.T) {
 			store.Put("gpu", f.batch(5000))
 			cfg := otlpConfig(tc.protocol, endpoint)
 			cfg.OTLP.Insecure = tc.insecure
-			logs := &logRecorder{}
-			e, err := New(context.Background(), Options{Config: cfg, Store: store, Logger: slog.New(logs), Version: "1.2.3-test"})
+			log, logs := testkit.NewLogger()
+			e, err := New(context.Background(), Options{Config: cfg, Store: store, Logger: log, Version: "1.2.3-test"})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -132,9 +131,9 @@ func TestOTLPEndToEnd(t *testing.T) {
 			if err := e.Start(context.Background()); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, "metrics at the receiver", func() bool { return len(findPoints(sink, "hw.power", nil)) > 0 })
+			testkit.WaitFor(t, "metrics at the receiver", func() bool { return len(findPoints(sink, "hw.power", nil)) > 0 })
 			checkGPUExport(t, sink)
-			if n := logs.count("OTLP export failed"); n > 0 {
+			if n := logs.Count("OTLP export failed"); n > 0 {
 				t.Errorf("export failures logged:\n%s", logs)
 			}
 		})
@@ -241,13 +240,13 @@ func TestOTLPDeltaTemporality(t *testing.T) {
 		return sum, n
 	}
 	// The first collection is a baseline: the counter's 1000 J were used before this exporter.
-	waitFor(t, "an export", func() bool { return len(findPoints(sink, "hw.gpu.memory.usage", gpu0())) > 0 })
+	testkit.WaitFor(t, "an export", func() bool { return len(findPoints(sink, "hw.gpu.memory.usage", gpu0())) > 0 })
 	if sum, n := energySum(); n != 0 {
 		t.Errorf("the first collection exported hw.energy deltas adding up to %v; want only a baseline", sum)
 	}
 
 	store.Put("gpu", f.batch(1250))
-	waitFor(t, "the 250 J increment", func() bool {
+	testkit.WaitFor(t, "the 250 J increment", func() bool {
 		for _, p := range findPoints(sink, "hw.energy", gpu0()) {
 			if p.dp.DoubleValue() == 250 {
 				return true
@@ -264,7 +263,7 @@ func TestOTLPDeltaTemporality(t *testing.T) {
 	// The driver reloaded and the counter restarted from 0: a reset, whose delta is the new
 	// value, not a negative one.
 	store.Put("gpu", f.batch(100))
-	waitFor(t, "the delta after the reset", func() bool {
+	testkit.WaitFor(t, "the delta after the reset", func() bool {
 		for _, p := range findPoints(sink, "hw.energy", gpu0()) {
 			if p.dp.DoubleValue() == 100 {
 				return true
@@ -290,39 +289,30 @@ func TestOTLPDeltaTemporality(t *testing.T) {
 }
 
 // TestOTLPEndpointDownAtStart starts exporting to a port nothing listens on: New and Start
-// succeed, failures are logged once, the heap stays bounded, and data flows once a receiver
-// comes up on that port.
+// succeed, failures are logged once, and data flows once a receiver comes up on that port
+// (BenchmarkOTLPEndpointDown measures the heap meanwhile).
 func TestOTLPEndpointDownAtStart(t *testing.T) {
 	addr := otlptest.FreeAddr(t)
 	store := sample.NewStore()
 	store.Put("gpu", newFleet(8).batch(5000))
 	cfg := otlpConfig("grpc", addr)
 	cfg.OTLP.Timeout = time.Second
-	logs := &logRecorder{}
-	e, err := New(context.Background(), Options{Config: cfg, Store: store, Logger: slog.New(logs)})
+	log, logs := testkit.NewLogger()
+	e, err := New(context.Background(), Options{Config: cfg, Store: store, Logger: log})
 	if err != nil {
 		t.Fatalf("New with the endpoint down: %v", err)
 	}
 	if err := e.Start(context.Background()); err != nil {
 		t.Fatalf("Start with the endpoint down: %v", err)
 	}
-
-	const heapLimit = 64 << 20
-	checkHeap := func() {
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		if ms.HeapInuse > heapLimit {
-			t.Fatalf("heap in use %d MiB, want under %d MiB", ms.HeapInuse>>20, heapLimit>>20)
-		}
-	}
-	waitFor(t, "three failed exports", func() bool { checkHeap(); return logs.count("OTLP export failed") >= 3 })
-	if n := logs.count("WARN OTLP export failed"); n != 1 {
+	testkit.WaitFor(t, "three failed exports", func() bool { return logs.Count("OTLP export failed") >= 3 })
+	if n := logs.Count(`level=WARN msg="OTLP export failed`); n != 1 {
 		t.Errorf("%d warnings for a down endpoint, want exactly 1 (then debug):\n%s", n, logs)
 	}
 
 	sink := startReceiver(t, receiverOpts{protocol: "grpc", addr: addr})
-	waitFor(t, "metrics once the receiver is up", func() bool { checkHeap(); return len(findPoints(sink, "hw.power", nil)) > 0 })
-	waitFor(t, "the recovery log line", func() bool { return logs.count("OTLP export recovered") == 1 })
+	testkit.WaitFor(t, "metrics once the receiver is up", func() bool { return len(findPoints(sink, "hw.power", nil)) > 0 })
+	testkit.WaitFor(t, "the recovery log line", func() bool { return logs.Count("OTLP export recovered") == 1 })
 	if got := len(findPoints(sink, "hw.power", nil)); got < 8 {
 		t.Errorf("%d hw.power points, want at least one per GPU (8)", got)
 	}
@@ -331,7 +321,6 @@ func TestOTLPEndpointDownAtStart(t *testing.T) {
 	if err := e.Shutdown(ctx); err != nil {
 		t.Errorf("Shutdown: %v", err)
 	}
-	checkHeap()
 }
 
 // TestOTLPHeadersFileAndTLS exports over mutual TLS to a receiver that requires a client
@@ -358,14 +347,14 @@ func TestOTLPHeadersFileAndTLS(t *testing.T) {
 			cfg.OTLP.Headers = map[string]string{"x-tenant": "inline", "x-team": "gpu-infra"}
 			cfg.OTLP.HeadersFile = headersFile
 			cfg.OTLP.TLS = config.TLS{CAFile: pki.CAFile, CertFile: pki.ClientCert, KeyFile: pki.ClientKey}
-			logs := &logRecorder{}
-			e, err := New(context.Background(), Options{Config: cfg, Store: store, Logger: slog.New(logs)})
+			log, logs := testkit.NewLogger()
+			e, err := New(context.Background(), Options{Config: cfg, Store: store, Logger: log})
 			if err != nil {
 				t.Fatal(err)
 			}
 			shutdownAtEnd(t, e)
-			waitFor(t, "metrics over TLS", func() bool { return len(findPoints(sink, "hw.power", gpu0())) > 0 })
-			if logs.count("OTLP export failed") > 0 {
+			testkit.WaitFor(t, "metrics over TLS", func() bool { return len(findPoints(sink, "hw.power", gpu0())) > 0 })
+			if logs.Count("OTLP export failed") > 0 {
 				t.Errorf("export failures logged:\n%s", logs)
 			}
 			ctxs := sink.Contexts()

@@ -10,11 +10,10 @@ import (
 	"testing"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/capstan-power/capstan/internal/sample"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 // startWeb starts exporters serving the web endpoints on a free port of 127.0.0.1.
@@ -63,12 +62,7 @@ func scrape(t *testing.T, e *Exporters) map[string]*dto.MetricFamily {
 	if code != http.StatusOK {
 		t.Fatalf("GET /metrics: %d %s", code, body)
 	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(strings.NewReader(body))
-	if err != nil {
-		t.Fatalf("parsing /metrics: %v\n%s", err, body)
-	}
-	return fams
+	return testkit.ParseExposition(t, body)
 }
 
 func labels(m *dto.Metric) map[string]string {

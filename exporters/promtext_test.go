@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
@@ -29,12 +31,7 @@ func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 // parseText parses an exposition as Prometheus does, failing the test on any error.
 func parseText(t *testing.T, text []byte) map[string]*dto.MetricFamily {
 	t.Helper()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(bytes.NewReader(text))
-	if err != nil {
-		t.Fatalf("parsing the exposition: %v\n%s", err, text)
-	}
-	return fams
+	return testkit.ParseExposition(t, string(text))
 }
 
 // promName is the Prometheus name of d, worked out here from the translator as the OTel
@@ -295,27 +292,37 @@ func TestPrometheusHTTP(t *testing.T) {
 	}
 
 	// Concurrent scrapes while the collector puts new batches: every scrape parses and has
-	// both GPUs (the race detector checks the sharing).
-	var wg sync.WaitGroup
+	// both GPUs (the race detector checks the sharing). Each scraper starting a request lets the
+	// writer put one more batch, so puts and scrapes interleave.
+	const scrapers, scrapesEach = maxScrapesInFlight, 10
+	started := make(chan struct{}, scrapers)
 	stop := make(chan struct{})
-	wg.Go(func() {
+	var writer sync.WaitGroup
+	writer.Go(func() {
 		for i := 0; ; i++ {
 			select {
 			case <-stop:
 				return
-			default:
+			case <-started:
+				store.Put("gpu", f.batch(5000+float64(i)))
 			}
-			store.Put("gpu", f.batch(5000+float64(i)))
-			time.Sleep(time.Millisecond) // leave the CPU to the scrapes
 		}
 	})
-	var scrapers sync.WaitGroup
-	for range maxScrapesInFlight {
-		scrapers.Go(func() {
-			for range 10 {
+	var ok, refused atomic.Int64
+	var wg sync.WaitGroup
+	for range scrapers {
+		wg.Go(func() {
+			// A 503 says the limit of scrapes in flight was reached: the handler may not have
+			// released this scraper's previous slot yet. It is retried, a bounded number of times.
+			for done, tries := 0, 0; done < scrapesEach && tries < 10*scrapesEach; tries++ {
+				select {
+				case started <- struct{}{}:
+				default:
+				}
 				code, body := get(t, url, "", "")
 				if code == http.StatusServiceUnavailable {
-					continue // over the in-flight limit
+					refused.Add(1)
+					continue
 				}
 				if code != http.StatusOK {
 					t.Errorf("GET /metrics: %d", code)
@@ -330,12 +337,18 @@ func TestPrometheusHTTP(t *testing.T) {
 				if n := len(fams["hw_power_watts"].GetMetric()); n != 2 {
 					t.Errorf("concurrent scrape: %d hw_power_watts series, want 2", n)
 				}
+				done++
+				ok.Add(1)
 			}
 		})
 	}
-	scrapers.Wait()
-	close(stop)
 	wg.Wait()
+	close(stop)
+	writer.Wait()
+	if got := ok.Load(); got != scrapers*scrapesEach {
+		t.Errorf("%d of %d concurrent scrapes succeeded (%d refused as over the in-flight limit of %d, which %d scrapers never exceed)",
+			got, scrapers*scrapesEach, refused.Load(), maxScrapesInFlight, scrapers)
+	}
 }
 
 func TestAcceptsGzip(t *testing.T) {

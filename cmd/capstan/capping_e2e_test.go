@@ -8,9 +8,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/capstan-power/capstan/internal/otlptest"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 // cappingFlags run the agent capping four simulated GPUs (4 × 700 W) under 1600 W.
@@ -42,21 +42,18 @@ func requestedLimits(t *testing.T, addr string) []float64 {
 func waitCapped(t *testing.T, a *agentProcess, addr string) []float64 {
 	t.Helper()
 	a.waitLog(t, "agent ready")
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		l := requestedLimits(t, addr)
+	var l []float64
+	if !testkit.Poll(agentWait, func() bool {
+		l = requestedLimits(t, addr)
 		total := 0.0
 		for _, v := range l {
 			total += v
 		}
-		if len(l) == 4 && total <= 1600*1.05 {
-			return l
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("limits never capped to 1600 W: %v; logs:\n%s", l, a.Logs())
-		}
-		time.Sleep(200 * time.Millisecond)
+		return len(l) == 4 && total <= 1600*1.05
+	}) {
+		t.Fatalf("limits never capped to 1600 W: %v; logs:\n%s", l, a.Logs())
 	}
+	return l
 }
 
 type stateFile struct {

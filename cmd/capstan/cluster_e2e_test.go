@@ -12,6 +12,7 @@ import (
 	"github.com/capstan-power/capstan/capping/cluster"
 	"github.com/capstan-power/capstan/internal/etcdtest"
 	"github.com/capstan-power/capstan/internal/otlptest"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 // Two agent processes with budget.source etcd share a group budget set in an embedded etcd: one
@@ -50,21 +51,16 @@ func TestClusterBudgetAgents(t *testing.T) {
 		}
 		return f.GetMetric()[0].GetGauge().GetValue()
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		g1, g2 := gauge(addrs[0], "capstan_cluster_grant_watts"), gauge(addrs[1], "capstan_cluster_grant_watts")
-		a1, a2 := gauge(addrs[0], "capstan_cluster_allocator"), gauge(addrs[1], "capstan_cluster_allocator")
-		if g1 > 400 && g2 > 400 && g1+g2 <= 2400 && a1+a2 == 1 {
-			b := gauge(addrs[0], "capstan_capping_budget_watts")
-			if b != g1 {
-				t.Errorf("controller budget %v W, grant %v W: the controller does not steer under the grant", b, g1)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("grants %v W and %v W, allocators %v+%v; logs:\n%s\n%s", g1, g2, a1, a2, agents[0].Logs(), agents[1].Logs())
-		}
-		time.Sleep(200 * time.Millisecond)
+	var g1, g2, a1, a2 float64
+	if !testkit.Poll(30*time.Second, func() bool {
+		g1, g2 = gauge(addrs[0], "capstan_cluster_grant_watts"), gauge(addrs[1], "capstan_cluster_grant_watts")
+		a1, a2 = gauge(addrs[0], "capstan_cluster_allocator"), gauge(addrs[1], "capstan_cluster_allocator")
+		return g1 > 400 && g2 > 400 && g1+g2 <= 2400 && a1+a2 == 1
+	}) {
+		t.Fatalf("grants %v W and %v W, allocators %v+%v; logs:\n%s\n%s", g1, g2, a1, a2, agents[0].Logs(), agents[1].Logs())
+	}
+	if b := gauge(addrs[0], "capstan_capping_budget_watts"); b != g1 {
+		t.Errorf("controller budget %v W, grant %v W: the controller does not steer under the grant", b, g1)
 	}
 	for _, a := range agents {
 		if code := a.stop(t); code != 0 {

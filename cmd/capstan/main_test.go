@@ -6,47 +6,28 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/capstan-power/capstan/internal/hostfixtures"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/otlptest"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 // binary is the capstan binary built once for the end-to-end tests.
 var binary string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "capstan-e2e")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binary = filepath.Join(dir, "capstan")
-	build := exec.Command("go", "build", "-o", binary, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=1", "CGO_CFLAGS=-O2 -Wno-deprecated-declarations")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building capstan: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testkit.MainWithBinary(m, ".", "capstan", &binary) }
 
 // simFlags run the agent on the simulated fleet, with nothing listening unless a test asks.
 var simFlags = []string{"--gpu.backend=sim", "--gpu.sim.count=2", "--web.listen-address="}
@@ -211,28 +192,9 @@ func TestConfigCheckPrintsEffectiveConfig(t *testing.T) {
 // agentProcess is a running agent with its stderr (logs) captured line by line.
 type agentProcess struct {
 	cmd  *exec.Cmd
-	mu   sync.Mutex
-	logs strings.Builder
-	out  syncBuffer
+	logs testkit.LogBuffer
+	out  testkit.LogBuffer
 	done chan struct{}
-}
-
-// syncBuffer is a bytes.Buffer safe to write from the exec package's copying goroutine.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func startAgent(t *testing.T, args ...string) *agentProcess {
@@ -250,9 +212,7 @@ func startAgent(t *testing.T, args ...string) *agentProcess {
 		defer close(a.done)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
-			a.mu.Lock()
-			a.logs.WriteString(sc.Text() + "\n")
-			a.mu.Unlock()
+			_, _ = a.logs.Write(append(sc.Bytes(), '\n'))
 		}
 	}()
 	t.Cleanup(func() {
@@ -262,11 +222,11 @@ func startAgent(t *testing.T, args ...string) *agentProcess {
 	return a
 }
 
-func (a *agentProcess) Logs() string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.logs.String()
-}
+func (a *agentProcess) Logs() string { return a.logs.String() }
+
+// agentWait bounds a wait on the agent binary: generous, it only keeps a broken build from
+// hanging the suite.
+const agentWait = 60 * time.Second
 
 // waitLog waits until the logs contain s.
 func (a *agentProcess) waitLog(t *testing.T, s string) { t.Helper(); a.waitLogCount(t, s, 1) }
@@ -274,25 +234,16 @@ func (a *agentProcess) waitLog(t *testing.T, s string) { t.Helper(); a.waitLogCo
 // waitLogCount waits until the logs contain s at least n times.
 func (a *agentProcess) waitLogCount(t *testing.T, s string, n int) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if strings.Count(a.Logs(), s) >= n {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testkit.Poll(agentWait, func() bool { return a.logs.Count(s) >= n }) {
+		t.Fatalf("agent never logged %q %d times; logs:\n%s", s, n, a.Logs())
 	}
-	t.Fatalf("agent never logged %q %d times; logs:\n%s", s, n, a.Logs())
 }
 
 // waitOutput waits until the agent's stdout contains s.
 func (a *agentProcess) waitOutput(t *testing.T, s string) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(a.out.String(), s) {
-		if time.Now().After(deadline) {
-			t.Fatalf("agent never printed %q; stdout:\n%s", s, a.out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testkit.Poll(agentWait, func() bool { return a.out.Contains(s) }) {
+		t.Fatalf("agent never printed %q; stdout:\n%s", s, a.out.String())
 	}
 }
 
@@ -372,17 +323,10 @@ func TestSIGHUPReloadsAndKeepsRunningOnABadFile(t *testing.T) {
 	}
 	a.waitLog(t, "configuration reloaded")
 	a.waitLogCount(t, "agent ready", 2)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		families := scrape(t, "http://"+addr+"/metrics")
-		if f, ok := families["hw_power_watts"]; ok && len(f.GetMetric()) == 3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after reload to 3 GPUs, /metrics never showed 3 hw_power_watts series")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	testkit.Eventually(t, agentWait, "3 hw_power_watts series on /metrics after the reload to 3 GPUs", func() bool {
+		f, ok := scrape(t, "http://"+addr+"/metrics")["hw_power_watts"]
+		return ok && len(f.GetMetric()) == 3
+	})
 	if code := a.stop(t); code != 0 {
 		t.Errorf("exit %d after SIGTERM", code)
 	}
@@ -395,12 +339,7 @@ func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
 	if code != http.StatusOK {
 		t.Fatalf("GET %s = %d", url, code)
 	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(strings.NewReader(body))
-	if err != nil {
-		t.Fatalf("parsing %s: %v", url, err)
-	}
-	return families
+	return testkit.ParseExposition(t, body)
 }
 
 // Without an NVIDIA driver, auto runs without GPU collection and says so in one line; it never

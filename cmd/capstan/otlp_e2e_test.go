@@ -9,6 +9,7 @@ import (
 
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/otlptest"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 func startReceiver(t *testing.T, protocol string) (string, *consumertest.MetricsSink) {
@@ -19,17 +20,11 @@ func startReceiver(t *testing.T, protocol string) (string, *consumertest.Metrics
 // waitPoints waits until cond holds for what the receiver got so far.
 func waitPoints(t *testing.T, sink *consumertest.MetricsSink, what string, cond func([]otlptest.Point) bool) []otlptest.Point {
 	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		pts := otlptest.Points(sink)
-		if cond(pts) {
-			return pts
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s; %d points received", what, len(pts))
-		}
-		time.Sleep(100 * time.Millisecond)
+	var pts []otlptest.Point
+	if !testkit.Poll(90*time.Second, func() bool { pts = otlptest.Points(sink); return cond(pts) }) {
+		t.Fatalf("timed out waiting for %s; %d points received", what, len(pts))
 	}
+	return pts
 }
 
 func names(pts []otlptest.Point) map[string]bool {
@@ -147,10 +142,11 @@ func TestOTLPEndToEnd(t *testing.T) {
 func TestOTLPEndpointComesUpLater(t *testing.T) {
 	endpoint := otlptest.FreeAddr(t)
 	a := startAgent(t, "--gpu.backend=sim", "--gpu.sim.count=8", "--collector.gpu.interval=100ms",
-		"--otlp.endpoint="+endpoint, "--otlp.insecure", "--otlp.interval=1s", "--otlp.timeout=1s", "--web.listen-address=")
+		"--otlp.endpoint="+endpoint, "--otlp.insecure", "--otlp.interval=1s", "--otlp.timeout=1s", "--web.listen-address=",
+		"--log.level=debug")
 	a.waitLog(t, "agent ready")
-	// Several exports fail while nothing listens.
-	time.Sleep(4 * time.Second)
+	// Several exports fail while nothing listens: the first is a warning, the next are debug.
+	a.waitLogCount(t, "OTLP export failed again", 2)
 	rssDown := statusKiB(t, a.cmd.Process.Pid, "VmRSS")
 	_, sink := otlptest.Start(t, otlptest.Options{Protocol: "grpc", Addr: endpoint})
 	waitPoints(t, sink, "data after the endpoint came up", func(pts []otlptest.Point) bool {

@@ -39,6 +39,8 @@ func TestSoak(t *testing.T) {
 	for time.Since(start) < length {
 		scrape(t, "http://"+addr+"/metrics")
 		scrapes++
+		// Behaviour under test: the agent runs unobserved between scrapes, as under a
+		// Prometheus scraping every 15 s; the soak measures what that costs.
 		time.Sleep(min(15*time.Second, length-time.Since(start)))
 	}
 	elapsed := time.Since(start)

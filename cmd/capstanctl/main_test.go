@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 
 	"github.com/capstan-power/capstan/capping/cluster"
 	"github.com/capstan-power/capstan/internal/etcdtest"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 // run executes capstanctl with args and returns its output and error.
@@ -133,37 +133,22 @@ func TestCommands(t *testing.T) {
 	}
 
 	// top redraws from the watch: a node's new demand shows up.
-	var buf syncBuf
-	tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	var buf testkit.LogBuffer
+	tctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	done := make(chan error)
+	done := make(chan error, 1)
 	go func() { done <- top(tctx, cli, k, &buf, 100*time.Millisecond, time.Second) }()
-	time.Sleep(300 * time.Millisecond)
+	// The first table is drawn once its view is loaded; the watch starts after that view.
+	testkit.WaitFor(t, "top's first table", func() bool { return buf.Contains("gpu-2") })
 	b, _ := json.Marshal(cluster.NodeRecord{DemandW: 4321, MinW: 1600, MaxW: 5600, Priority: 1, Lease: int64(lease.ID)})
 	if _, err := cli.Put(ctx, k.Node("gpu-1"), string(b), clientv3.WithLease(lease.ID)); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(buf.String(), "4321") {
+	if !testkit.Poll(testkit.DefaultWait, func() bool { return buf.Contains("4321") }) {
 		t.Errorf("top did not show the watched change:\n%s", buf.String())
 	}
-}
-
-type syncBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
+	cancel()
+	if err := testkit.Receive(t, done, testkit.DefaultWait, "top to return"); err != nil {
+		t.Fatal(err)
+	}
 }

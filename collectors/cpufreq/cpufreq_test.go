@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -19,17 +18,12 @@ import (
 	"github.com/capstan-power/capstan/internal/hostfixtures"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
-	"github.com/capstan-power/capstan/internal/sysattr"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 func collect(t *testing.T, c *Collector) *sample.Batch {
 	t.Helper()
-	b := &sample.Batch{}
-	b.Reset(Name, time.Now())
-	if err := c.Collect(context.Background(), b); err != nil {
-		t.Fatalf("collect: %v", err)
-	}
-	return b
+	return testkit.Collect(t, Name, c)
 }
 
 var (
@@ -116,18 +110,8 @@ func TestAMDHasNoEPPOrThrottleCounters(t *testing.T) {
 	}
 }
 
-// copyTree copies a fixture host into a temporary directory the test may change.
-func copyTree(t *testing.T, host string) string {
-	t.Helper()
-	dst := filepath.Join(t.TempDir(), "sys")
-	if err := os.CopyFS(dst, os.DirFS(hostfixtures.Sysfs(host))); err != nil {
-		t.Fatal(err)
-	}
-	return dst
-}
-
 func TestGovernorChangeIsSeen(t *testing.T) {
-	root := copyTree(t, hostfixtures.Intel)
+	root := hostfixtures.Copy(t, hostfixtures.Intel)
 	c, err := New(root, nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -151,28 +135,13 @@ func TestGovernorChangeIsSeen(t *testing.T) {
 	}
 }
 
-// failing injects err for reads of files whose path ends in one of suffixes.
-type failing struct {
-	err      error
-	suffixes []string
-}
-
-func (f *failing) read(path string, buf []byte) (int, error) {
-	for _, s := range f.suffixes {
-		if strings.HasSuffix(path, s) {
-			return 0, &fs.PathError{Op: "read", Path: path, Err: f.err}
-		}
-	}
-	return sysattr.ReadFile(path, buf)
-}
-
 func TestReadErrorsSkipTheFileAndAreLoggedOnce(t *testing.T) {
 	for _, errno := range []syscall.Errno{syscall.EIO, syscall.ENODATA, syscall.EACCES} {
 		t.Run(errno.Error(), func(t *testing.T) {
 			var logs bytes.Buffer
 			log := slog.New(slog.NewTextHandler(&logs, nil))
-			f := &failing{err: errno, suffixes: []string{"cpu2/cpufreq/scaling_cur_freq", "cpu3/thermal_throttle/core_throttle_count"}}
-			c, err := New(hostfixtures.Sysfs(hostfixtures.Intel), log, f.read)
+			f := &hostfixtures.Faults{Err: errno, Suffixes: []string{"cpu2/cpufreq/scaling_cur_freq", "cpu3/thermal_throttle/core_throttle_count"}}
+			c, err := New(hostfixtures.Sysfs(hostfixtures.Intel), log, f.Read)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -192,7 +161,7 @@ func TestReadErrorsSkipTheFileAndAreLoggedOnce(t *testing.T) {
 			if n := strings.Count(logs.String(), "skipping a sysfs file"); n != 2 {
 				t.Errorf("%d log lines for 2 failing files over 3 collections, want 2:\n%s", n, logs.String())
 			}
-			f.suffixes = nil
+			f.Suffixes = nil
 			b = collect(t, c)
 			if _, ok := b.Find(metrics.CPUFrequency, cpuN(2)); !ok {
 				t.Error("CPU 2's frequency not reported after its file recovered")
@@ -205,8 +174,8 @@ func TestReadErrorsSkipTheFileAndAreLoggedOnce(t *testing.T) {
 }
 
 func TestEveryFrequencyFailingFailsTheCollection(t *testing.T) {
-	f := &failing{err: syscall.EIO, suffixes: []string{"scaling_cur_freq"}}
-	c, err := New(hostfixtures.Sysfs(hostfixtures.Intel), slog.New(slog.DiscardHandler), f.read)
+	f := &hostfixtures.Faults{Err: syscall.EIO, Suffixes: []string{"scaling_cur_freq"}}
+	c, err := New(hostfixtures.Sysfs(hostfixtures.Intel), slog.New(slog.DiscardHandler), f.Read)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +187,7 @@ func TestEveryFrequencyFailingFailsTheCollection(t *testing.T) {
 }
 
 func TestMissingFilesAfterStart(t *testing.T) {
-	root := copyTree(t, hostfixtures.Intel)
+	root := hostfixtures.Copy(t, hostfixtures.Intel)
 	c, err := New(root, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -277,9 +246,9 @@ func TestCollectStopsAtItsDeadline(t *testing.T) {
 // A governor change seen while the EPP read fails must still be reported once the EPP reads
 // again: the governor name is saved only with the series it labels.
 func TestGovernorChangeSurvivesAFailedEPPRead(t *testing.T) {
-	root := copyTree(t, hostfixtures.Intel)
-	f := &failing{err: syscall.EIO}
-	c, err := New(root, slog.New(slog.DiscardHandler), f.read)
+	root := hostfixtures.Copy(t, hostfixtures.Intel)
+	f := &hostfixtures.Faults{Err: syscall.EIO}
+	c, err := New(root, slog.New(slog.DiscardHandler), f.Read)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,12 +257,12 @@ func TestGovernorChangeSurvivesAFailedEPPRead(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(policy, "scaling_governor"), []byte("performance\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	f.suffixes = []string{"cpu1/cpufreq/energy_performance_preference"}
+	f.Suffixes = []string{"cpu1/cpufreq/energy_performance_preference"}
 	b := collect(t, c)
 	if _, ok := b.Find(metrics.CPUGovernor, cpuN(1)); ok {
 		t.Error("CPU 1's info reported although its EPP read failed")
 	}
-	f.suffixes = nil
+	f.Suffixes = nil
 	for i := range 2 {
 		b = collect(t, c)
 		if _, ok := b.Find(metrics.CPUGovernor, cpuN(1), str(metrics.AttrCPUGovernor, "performance")); !ok {

@@ -1,13 +1,10 @@
 package gpu
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
-	"log/slog"
 	"math"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,6 +16,7 @@ import (
 	"github.com/capstan-power/capstan/collectors"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 // fakeGPU is a go-nvml mock device with every query the collector makes answering a known
@@ -149,28 +147,6 @@ func newFakeLib(n int) *fakeLib {
 	return l
 }
 
-type logBuffer struct {
-	mu sync.Mutex
-	bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.Buffer.Write(p)
-}
-
-func (b *logBuffer) count(substr string) int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Count(b.String(), substr)
-}
-
-func newTestLogger() (*slog.Logger, *logBuffer) {
-	buf := &logBuffer{}
-	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
-}
-
 func collect(t *testing.T, c *Collector) *sample.Batch {
 	t.Helper()
 	b := &sample.Batch{}
@@ -182,7 +158,7 @@ func collect(t *testing.T, c *Collector) *sample.Batch {
 
 func TestCollectConvertsUnits(t *testing.T) {
 	lib := newFakeLib(2)
-	log, _ := newTestLogger()
+	log, _ := testkit.NewLogger()
 	c, err := New(lib, log, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -267,7 +243,7 @@ func TestNotSupportedIsSkippedAndLoggedOnce(t *testing.T) {
 		fanCalls.Add(1)
 		return 0, nvml.ERROR_NOT_SUPPORTED
 	}
-	log, logs := newTestLogger()
+	log, logs := testkit.NewLogger()
 	c, err := New(lib, log, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -284,7 +260,7 @@ func TestNotSupportedIsSkippedAndLoggedOnce(t *testing.T) {
 	if n := fanCalls.Load(); n != 1 {
 		t.Errorf("GetFanSpeed called %d times, want once (then skipped)", n)
 	}
-	if n := logs.count("query=\"fan speed\""); n != 1 {
+	if n := logs.Count("query=\"fan speed\""); n != 1 {
 		t.Errorf("not-supported logged %d times, want once:\n%s", n, logs.String())
 	}
 }
@@ -307,7 +283,7 @@ func TestOneFailingCallKeepsItsNeighbours(t *testing.T) {
 		}
 		return ecc(t, c)
 	}
-	log, logs := newTestLogger()
+	log, logs := testkit.NewLogger()
 	c, err := New(lib, log, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -321,10 +297,10 @@ func TestOneFailingCallKeepsItsNeighbours(t *testing.T) {
 			t.Fatal("an unsupported memory clock was exported")
 		}
 	}
-	if n := logs.count("works again"); n != 0 {
+	if n := logs.Count("works again"); n != 0 {
 		t.Errorf("a steadily failing call was logged as working again %d times:\n%s", n, logs.String())
 	}
-	if n := logs.count("query=\"uncorrected ECC errors\""); n != 1 {
+	if n := logs.Count("query=\"uncorrected ECC errors\""); n != 1 {
 		t.Errorf("the failing uncorrected-ECC query was logged %d times, want once:\n%s", n, logs.String())
 	}
 }
@@ -339,7 +315,7 @@ func TestLostGPUIsReportedFailedAndLeftAlone(t *testing.T) {
 		}
 		return 300_000, nvml.SUCCESS
 	}
-	log, logs := newTestLogger()
+	log, logs := testkit.NewLogger()
 	c, err := New(lib, log, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -365,7 +341,7 @@ func TestLostGPUIsReportedFailedAndLeftAlone(t *testing.T) {
 	if n := lib.gpus[1].calls.Load(); n != callsAfterLoss {
 		t.Errorf("lost GPU queried %d more times; it must be left alone", n-callsAfterLoss)
 	}
-	if n := logs.count("GPU fell off the bus"); n != 1 {
+	if n := logs.Count("GPU fell off the bus"); n != 1 {
 		t.Errorf("loss logged %d times, want once", n)
 	}
 }
@@ -411,7 +387,7 @@ func TestHungNVMLCallHitsTheDeadline(t *testing.T) {
 		}
 		return 100_000, nvml.SUCCESS
 	}
-	log, _ := newTestLogger()
+	log, _ := testkit.NewLogger()
 	c, err := New(lib, log, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -458,12 +434,7 @@ func TestHungNVMLCallHitsTheDeadline(t *testing.T) {
 	hang.Store(false)
 	close(release)
 	// The hung call returns; the next collections succeed again.
-	deadline := time.Now().Add(10 * time.Second)
-	for up(Name) != 1 && time.Now().Before(deadline) {
-		r.CollectOnce(context.Background())
-		time.Sleep(10 * time.Millisecond)
-	}
-	if up(Name) != 1 {
+	if !testkit.Poll(testkit.DefaultWait, func() bool { r.CollectOnce(context.Background()); return up(Name) == 1 }) {
 		t.Error("gpu collector did not recover after the hung call returned")
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 // deadlineConn ends the collection's context after the first part of a dump has been read, as a
@@ -72,21 +73,21 @@ func TestWatcherForgetsLinksDeletedWhileResubscribing(t *testing.T) {
 			a, _ := veth(t, h, fmt.Sprintf("r%dp%da", round, i), fmt.Sprintf("r%dp%db", round, i), netns.None(), nil)
 			gone = append(gone, a)
 		}
-		waitFor(t, "the subscription to list the new links", func() bool { return entries() >= 11 })
+		testkit.WaitFor(t, "the subscription to list the new links", func() bool { return entries() >= 11 })
 		// The subscription ends as on a receive error; its reader closes the update channel.
 		w.mu.Lock()
 		done := w.done
 		w.done = make(chan struct{})
 		w.mu.Unlock()
 		close(done)
-		waitFor(t, "the subscription to end", func() bool { return !w.isLive() })
+		testkit.WaitFor(t, "the subscription to end", func() bool { return !w.isLive() })
 		for _, l := range gone { // deleting one end of a veth deletes both
 			if err := h.LinkDel(l); err != nil {
 				t.Fatal(err)
 			}
 		}
 		collect(t, c) // subscribes again
-		waitFor(t, "the subscription to be live", w.isLive)
+		testkit.WaitFor(t, "the subscription to be live", w.isLive)
 	}
 	collect(t, c)
 	if n := entries(); n != 1 { // lo
@@ -127,10 +128,10 @@ func TestRecreatedLinkStaysMonotonic(t *testing.T) {
 	}
 
 	a, _ := veth(t, h, "pod0", "pod0p", netns.None(), nil)
-	waitFor(t, "pod0 to be listed", known(a))
+	testkit.WaitFor(t, "pod0 to be listed", known(a))
 	flap(a)
 	var before []float64
-	waitFor(t, "pod0's transitions", func() bool {
+	testkit.WaitFor(t, "pod0's transitions", func() bool {
 		before = values(collect(t, c))
 		return before[0] >= 2
 	})
@@ -140,7 +141,7 @@ func TestRecreatedLinkStaysMonotonic(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, _ = veth(t, h, "pod0", "pod0p", netns.None(), nil)
-	waitFor(t, "the new pod0 to be listed", known(a))
+	testkit.WaitFor(t, "the new pod0 to be listed", known(a))
 	after := values(collect(t, c))
 	for i, x := range cumulative {
 		if after[i] < before[i] {
@@ -152,9 +153,9 @@ func TestRecreatedLinkStaysMonotonic(t *testing.T) {
 	}
 	collect(t, c)
 	a, _ = veth(t, h, "pod0", "pod0p", netns.None(), nil)
-	waitFor(t, "the third pod0 to be listed", known(a))
+	testkit.WaitFor(t, "the third pod0 to be listed", known(a))
 	flap(a)
-	waitFor(t, "the third pod0's transitions", func() bool {
+	testkit.WaitFor(t, "the third pod0's transitions", func() bool {
 		return values(collect(t, c))[0] >= after[0]+2
 	})
 	final := values(collect(t, c))

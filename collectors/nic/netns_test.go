@@ -19,6 +19,7 @@ import (
 
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 func requireRoot(tb testing.TB) {
@@ -148,18 +149,6 @@ func veth(tb testing.TB, h *netlink.Handle, name, peer string, peerNS netns.NsHa
 	return a, b
 }
 
-// waitFor polls cond until it holds; the bound only keeps a broken kernel from hanging the test.
-func waitFor(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func collect(tb testing.TB, c *Collector) *sample.Batch {
 	tb.Helper()
 	b := &sample.Batch{}
@@ -208,7 +197,7 @@ func TestCountersOverVeth(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "cap0 to come up", func() bool {
+	testkit.WaitFor(t, "cap0 to come up", func() bool {
 		l, err := h1.LinkByName("cap0")
 		return err == nil && l.Attrs().OperState == netlink.OperUp
 	})
@@ -284,25 +273,30 @@ func TestCountersOverVeth(t *testing.T) {
 	}
 
 	// Flap cap0 between two collections.
-	waitFor(t, "the subscription to know cap0", func() bool {
+	testkit.WaitFor(t, "the subscription to know cap0", func() bool {
 		_, ok := c.watcher.transitions(int32(a.Attrs().Index))
 		return ok
 	})
 	changes0 := value(t, after, metrics.NetworkCarrierChanges, "cap0", "")
 	transitions0, _ := c.watcher.transitions(int32(a.Attrs().Index))
-	if err := h1.LinkSetDown(a); err != nil {
-		t.Fatal(err)
-	}
-	if err := h1.LinkSetUp(a); err != nil {
-		t.Fatal(err)
-	}
-	// Notifications arrive asynchronously; wait until the subscription has seen the link back up.
+	// flap takes cap0 down and up, and waits until a collection counts transitions0+want
+	// transitions: notifications arrive asynchronously.
 	var flapped *sample.Batch
-	waitFor(t, "two carrier transitions of cap0", func() bool {
-		flapped = collect(t, c)
-		v, ok := flapped.Find(metrics.NetworkCarrierTransitions, ifname("cap0"))
-		return ok && v >= float64(transitions0)+2
-	})
+	flap := func(what string, want int) {
+		t.Helper()
+		if err := h1.LinkSetDown(a); err != nil {
+			t.Fatal(err)
+		}
+		if err := h1.LinkSetUp(a); err != nil {
+			t.Fatal(err)
+		}
+		testkit.WaitFor(t, what, func() bool {
+			flapped = collect(t, c)
+			v, ok := flapped.Find(metrics.NetworkCarrierTransitions, ifname("cap0"))
+			return ok && v >= float64(transitions0)+float64(want)
+		})
+	}
+	flap("two carrier transitions of cap0", 2)
 	if v := value(t, flapped, metrics.NetworkCarrierTransitions, "cap0", ""); v != float64(transitions0)+2 {
 		t.Errorf("subscription counted %v transitions, want %d (down, up)", v, transitions0+2)
 	}
@@ -318,22 +312,12 @@ func TestCountersOverVeth(t *testing.T) {
 	w.done = make(chan struct{}) // what start closes when it renews
 	w.mu.Unlock()
 	close(done) // closes the socket under the reader, which fails and ends
-	waitFor(t, "the subscription to end", func() bool { return !w.isLive() })
+	testkit.WaitFor(t, "the subscription to end", func() bool { return !w.isLive() })
 	collect(t, c)
 	if !w.isLive() {
 		t.Fatal("the collection did not renew the subscription")
 	}
-	if err := h1.LinkSetDown(a); err != nil {
-		t.Fatal(err)
-	}
-	if err := h1.LinkSetUp(a); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "two more carrier transitions of cap0", func() bool {
-		flapped = collect(t, c)
-		v, ok := flapped.Find(metrics.NetworkCarrierTransitions, ifname("cap0"))
-		return ok && v >= float64(transitions0)+4
-	})
+	flap("two more carrier transitions of cap0", 4)
 	if v := value(t, flapped, metrics.NetworkCarrierTransitions, "cap0", ""); v != float64(transitions0)+4 {
 		t.Errorf("after renewal the subscription counted %v transitions, want %d", v, transitions0+4)
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io/fs"
 	"log/slog"
 	"math"
 	"os"
@@ -20,17 +19,12 @@ import (
 	"github.com/capstan-power/capstan/internal/hostfixtures"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
-	"github.com/capstan-power/capstan/internal/sysattr"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 func collect(t *testing.T, c *Collector) *sample.Batch {
 	t.Helper()
-	b := &sample.Batch{}
-	b.Reset(Name, time.Now())
-	if err := c.Collect(context.Background(), b); err != nil {
-		t.Fatalf("collect: %v", err)
-	}
-	return b
+	return testkit.Collect(t, Name, c)
 }
 
 var (
@@ -135,26 +129,12 @@ func TestUnreadableFixtureSensorIsSkipped(t *testing.T) {
 	}
 }
 
-type failing struct {
-	err      error
-	suffixes []string
-}
-
-func (f *failing) read(path string, buf []byte) (int, error) {
-	for _, s := range f.suffixes {
-		if strings.HasSuffix(path, s) {
-			return 0, &fs.PathError{Op: "read", Path: path, Err: f.err}
-		}
-	}
-	return sysattr.ReadFile(path, buf)
-}
-
 func TestSensorErrorsAreSkippedForTheCycle(t *testing.T) {
 	for _, errno := range []syscall.Errno{syscall.EIO, syscall.ENODATA, syscall.ENXIO, syscall.ENODEV} {
 		t.Run(errno.Error(), func(t *testing.T) {
 			var logs bytes.Buffer
-			f := &failing{err: errno, suffixes: []string{"hwmon1/temp2_input", "thermal_zone1/temp", "cooling_device0/cur_state"}}
-			c, err := New(Options{Sysfs: hostfixtures.Sysfs(hostfixtures.Intel), Logger: slog.New(slog.NewTextHandler(&logs, nil)), Read: f.read})
+			f := &hostfixtures.Faults{Err: errno, Suffixes: []string{"hwmon1/temp2_input", "thermal_zone1/temp", "cooling_device0/cur_state"}}
+			c, err := New(Options{Sysfs: hostfixtures.Sysfs(hostfixtures.Intel), Logger: slog.New(slog.NewTextHandler(&logs, nil)), Read: f.Read})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -178,7 +158,7 @@ func TestSensorErrorsAreSkippedForTheCycle(t *testing.T) {
 			if n := strings.Count(logs.String(), "skipping a sensor"); n != 4 { // 3 injected + the fixture's directory
 				t.Errorf("%d failure log lines over 2 collections, want 4:\n%s", n, logs.String())
 			}
-			f.suffixes = nil
+			f.Suffixes = nil
 			b = collect(t, c)
 			if v, ok := b.Find(metrics.HWTemperature, id("coretemp-isa-0000/temp2")); !ok || v != 49 {
 				t.Errorf("recovered sensor = %v, %v; want 49", v, ok)
@@ -188,13 +168,13 @@ func TestSensorErrorsAreSkippedForTheCycle(t *testing.T) {
 }
 
 func TestEverySensorFailingFailsTheCollection(t *testing.T) {
-	f := &failing{err: syscall.EIO}
-	c, err := New(Options{Sysfs: hostfixtures.Sysfs(hostfixtures.AMD), Logger: slog.New(slog.DiscardHandler), Read: f.read})
+	f := &hostfixtures.Faults{Err: syscall.EIO}
+	c, err := New(Options{Sysfs: hostfixtures.Sysfs(hostfixtures.AMD), Logger: slog.New(slog.DiscardHandler), Read: f.Read})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Discovery reads names and ranges through the same seam: fail every read after it.
-	f.suffixes = []string{""}
+	f.Suffixes = []string{""}
 	if err := c.Collect(context.Background(), &sample.Batch{}); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("collect with every read failing: %v, want an error wrapping EIO", err)
 	}
@@ -204,8 +184,8 @@ func TestEverySensorFailingFailsTheCollection(t *testing.T) {
 // injected through the reader seam.
 func TestRAPLPermissionDeniedSaysSoOnceAndReportsLimits(t *testing.T) {
 	var logs bytes.Buffer
-	f := &failing{err: syscall.EACCES, suffixes: []string{"energy_uj"}}
-	c, err := New(Options{Sysfs: hostfixtures.Sysfs(hostfixtures.Intel), Logger: slog.New(slog.NewTextHandler(&logs, nil)), Read: f.read})
+	f := &hostfixtures.Faults{Err: syscall.EACCES, Suffixes: []string{"energy_uj"}}
+	c, err := New(Options{Sysfs: hostfixtures.Sysfs(hostfixtures.Intel), Logger: slog.New(slog.NewTextHandler(&logs, nil)), Read: f.Read})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,26 +207,9 @@ func TestRAPLPermissionDeniedSaysSoOnceAndReportsLimits(t *testing.T) {
 	}
 }
 
-// copyTree copies a fixture host into a temporary directory the test may change.
-func copyTree(t *testing.T, host string) string {
-	t.Helper()
-	dst := filepath.Join(t.TempDir(), "sys")
-	if err := os.CopyFS(dst, os.DirFS(hostfixtures.Sysfs(host))); err != nil {
-		t.Fatal(err)
-	}
-	return dst
-}
-
-func writeFile(t *testing.T, path, v string) {
-	t.Helper()
-	if err := os.WriteFile(path, []byte(v+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // package-1's counter sits 300 J below its range; the next reading has wrapped.
 func TestRAPLCounterWrapAcrossTwoCollections(t *testing.T) {
-	root := copyTree(t, hostfixtures.Intel)
+	root := hostfixtures.Copy(t, hostfixtures.Intel)
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	c, err := New(Options{Sysfs: root, Now: func() time.Time { return now }, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
@@ -258,9 +221,9 @@ func TestRAPLCounterWrapAcrossTwoCollections(t *testing.T) {
 	// 5 s later: 1000 J spent, so the counter wrapped and reads 700 J.
 	now = now.Add(5 * time.Second)
 	energy := filepath.Join(root, "class/powercap/intel-rapl:1/energy_uj")
-	writeFile(t, energy, "700000000")
+	hostfixtures.WriteAttr(t, energy, "700000000")
 	// package-0 moved by 1025 J without wrapping.
-	writeFile(t, filepath.Join(root, "class/powercap/intel-rapl:0/energy_uj"), "124481789012")
+	hostfixtures.WriteAttr(t, filepath.Join(root, "class/powercap/intel-rapl:0/energy_uj"), "124481789012")
 	second := collect(t, c)
 	e1, _ := second.Find(metrics.HWEnergy, id("intel-rapl:1"))
 	if got := e1 - e0; math.Abs(got-1000) > 1e-6 {
@@ -278,7 +241,7 @@ func TestRAPLCounterWrapAcrossTwoCollections(t *testing.T) {
 
 	// A third reading continues from the wrapped value.
 	now = now.Add(5 * time.Second)
-	writeFile(t, energy, "1700000000")
+	hostfixtures.WriteAttr(t, energy, "1700000000")
 	third := collect(t, c)
 	if e2, _ := third.Find(metrics.HWEnergy, id("intel-rapl:1")); math.Abs(e2-e1-1000) > 1e-6 {
 		t.Errorf("energy after the wrap grew by %v J, want 1000", e2-e1)
@@ -286,7 +249,7 @@ func TestRAPLCounterWrapAcrossTwoCollections(t *testing.T) {
 }
 
 func TestMissingFilesAfterStart(t *testing.T) {
-	root := copyTree(t, hostfixtures.Intel)
+	root := hostfixtures.Copy(t, hostfixtures.Intel)
 	var logs bytes.Buffer
 	c, err := New(Options{Sysfs: root, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
@@ -362,10 +325,10 @@ func TestChipID(t *testing.T) {
 // others (procfs's listings failed as a whole).
 func TestOneBadDeviceAtStartKeepsTheOthers(t *testing.T) {
 	garbage := func(path string) func(*testing.T, string) {
-		return func(t *testing.T, root string) { writeFile(t, filepath.Join(root, path), "garbage") }
+		return func(t *testing.T, root string) { hostfixtures.WriteAttr(t, filepath.Join(root, path), "garbage") }
 	}
 	empty := func(path string) func(*testing.T, string) {
-		return func(t *testing.T, root string) { writeFile(t, filepath.Join(root, path), "") }
+		return func(t *testing.T, root string) { hostfixtures.WriteAttr(t, filepath.Join(root, path), "") }
 	}
 	none := func(*testing.T, string) {}
 	cases := []struct {
@@ -390,18 +353,18 @@ func TestOneBadDeviceAtStartKeepsTheOthers(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			root := copyTree(t, hostfixtures.Intel)
+			root := hostfixtures.Copy(t, hostfixtures.Intel)
 			tc.spoil(t, root)
-			f := &failing{err: syscall.EIO}
+			f := &hostfixtures.Faults{Err: syscall.EIO}
 			if tc.fail != "" {
-				f.suffixes = []string{tc.fail}
+				f.Suffixes = []string{tc.fail}
 			}
 			var logs bytes.Buffer
-			c, err := New(Options{Sysfs: root, Logger: slog.New(slog.NewTextHandler(&logs, nil)), Read: f.read})
+			c, err := New(Options{Sysfs: root, Logger: slog.New(slog.NewTextHandler(&logs, nil)), Read: f.Read})
 			if err != nil {
 				t.Fatal(err)
 			}
-			f.suffixes = nil
+			f.Suffixes = nil
 			b := collect(t, c)
 			if n := b.Count(tc.def); n != tc.wantLen {
 				t.Errorf("%d %s points, want %d\n%s", n, tc.def.Name, tc.wantLen, logs.String())

@@ -18,14 +18,7 @@ import (
 // a byte over pipes: every round trip is two context switches.
 func BenchmarkSchedSwitchProgram(b *testing.B) {
 	requireRoot(b)
-	c, err := New(Options{Procfs: "/proc", Sysfs: "/sys", Logger: quietLog()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = c.Close() }()
-	if c.bpf == nil {
-		b.Fatal("eBPF source did not load as root")
-	}
+	c := ebpfCollector(b)
 	stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
 	if err != nil {
 		b.Skipf("enabling BPF run-time statistics: %v", err)
@@ -109,14 +102,7 @@ func populate(b *testing.B, c *Collector, n int) []uint64 {
 // target is ≤ 2 ms of CPU per collection.
 func BenchmarkCollect1000Cgroups(b *testing.B) {
 	requireRoot(b)
-	c, err := New(Options{Procfs: "/proc", Sysfs: "/sys", Logger: quietLog()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = c.Close() }()
-	if c.bpf == nil {
-		b.Fatal("eBPF source did not load as root")
-	}
+	c := ebpfCollector(b)
 	ids := populate(b, c, 1000)
 	ncpu, err := ebpf.PossibleCPU()
 	if err != nil {

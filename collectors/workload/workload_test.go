@@ -21,6 +21,7 @@ import (
 
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 // helperEnv makes the test binary act as a helper process (sender, receiver, unprivileged
@@ -146,15 +147,28 @@ func testCgroup(t testing.TB, root, name string) (rel string, fd int) {
 	}
 	t.Cleanup(func() {
 		_ = f.Close()
-		for i := 0; i < 50; i++ {
-			if err := os.Remove(dir); err == nil || os.IsNotExist(err) {
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
+		// The cgroup can go once the kernel has reaped its last process.
+		removed := func() bool { err := os.Remove(dir); return err == nil || os.IsNotExist(err) }
+		if !testkit.Poll(5*time.Second, removed) {
+			t.Errorf("cgroup %s not removed", dir)
 		}
-		t.Errorf("cgroup %s not removed", dir)
 	})
 	return rel, int(f.Fd())
+}
+
+// ebpfCollector returns a collector on the eBPF source, closed when the test ends: as root,
+// the source must load.
+func ebpfCollector(tb testing.TB) *Collector {
+	tb.Helper()
+	c, err := New(Options{Procfs: "/proc", Sysfs: "/sys", Logger: quietLog()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = c.Close() })
+	if c.Source() != SourceEBPF || c.bpf == nil {
+		tb.Fatalf("source = %s as root, want ebpf", c.Source())
+	}
+	return c
 }
 
 // startIn starts cmd directly inside the cgroup (clone3 CLONE_INTO_CGROUP), so none of its
@@ -173,36 +187,20 @@ func value(b *sample.Batch, def *metrics.Def, match ...attribute.KeyValue) (floa
 
 func collect(t testing.TB, c *Collector) *sample.Batch {
 	t.Helper()
-	b := &sample.Batch{}
-	b.Reset(Name, time.Now())
-	if err := c.Collect(context.Background(), b); err != nil {
-		t.Fatalf("Collect: %v", err)
-	}
-	return b
+	return testkit.Collect(t, Name, c)
 }
 
 func TestBusyLoopMatchesCPUStat(t *testing.T) {
 	root := requireRoot(t)
-	c, err := New(Options{Procfs: "/proc", Sysfs: "/sys", Logger: quietLog()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Close() }()
-	if c.Source() != SourceEBPF {
-		t.Fatalf("source = %s as root, want ebpf", c.Source())
-	}
+	c := ebpfCollector(t)
 	busy, busyFD := testCgroup(t, root, "busy")
 	idle, idleFD := testCgroup(t, root, "idle")
 	collect(t, c)
 
-	loop := exec.Command("sh", "-c", "while :; do :; done")
 	sleeper := exec.Command("sleep", "30")
-	startIn(t, loop, busyFD)
 	startIn(t, sleeper, idleFD)
-	time.Sleep(3 * time.Second)
-	_ = loop.Process.Kill()
+	burn(t, filepath.Join(root, busy), busyFD, 1.2)
 	_ = sleeper.Process.Kill()
-	_ = loop.Wait()
 	_ = sleeper.Wait()
 
 	usec, err := readUsageUsec(filepath.Join(root, busy, "cpu.stat"))
@@ -236,14 +234,7 @@ func TestNetworkCountersOverVeth(t *testing.T) {
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("needs iproute2's ip to create the network namespace")
 	}
-	c, err := New(Options{Procfs: "/proc", Sysfs: "/sys", Logger: quietLog()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Close() }()
-	if c.Source() != SourceEBPF {
-		t.Fatalf("source = %s as root, want ebpf", c.Source())
-	}
+	c := ebpfCollector(t)
 	ns := fmt.Sprintf("capstan-wl-%d", os.Getpid())
 	hostIf, nsIf := fmt.Sprintf("cwl%dh", os.Getpid()%100000), fmt.Sprintf("cwl%dn", os.Getpid()%100000)
 	run := func(args ...string) {
@@ -271,12 +262,14 @@ func TestNetworkCountersOverVeth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var recvOut bytes.Buffer
+	var recvOut testkit.LogBuffer
 	recv := exec.Command("ip", "netns", "exec", ns, self, "10.213.7.2:9999", strconv.Itoa(count))
 	recv.Env = append(os.Environ(), helperEnv+"=recv")
 	recv.Stdout, recv.Stderr = &recvOut, &recvOut
 	startIn(t, recv, recvFD)
-	time.Sleep(500 * time.Millisecond) // let it bind
+	if !testkit.Poll(testkit.DefaultWait, func() bool { return recvOut.Contains(receiverReady) }) {
+		t.Fatalf("receiver never bound its socket: %s", recvOut.String())
+	}
 	send := exec.Command(self, "10.213.7.2:9999", strconv.Itoa(count), strconv.Itoa(size))
 	send.Env = append(os.Environ(), helperEnv+"=send")
 	var sendOut bytes.Buffer
@@ -319,9 +312,30 @@ func helperSend(args []string) int {
 			fmt.Println(err)
 			return 1
 		}
-		time.Sleep(time.Millisecond) // stay under the receiver's buffer
 	}
 	return 0
+}
+
+// receiverReady is what the receiver prints once its socket is bound.
+const receiverReady = "receiver bound"
+
+// forceRecvBuffer sets the socket's receive buffer to size bytes past net.core.rmem_max
+// (SO_RCVBUFFORCE; the helper runs as root).
+func forceRecvBuffer(conn net.PacketConn, size int) error {
+	raw, err := conn.(*net.UDPConn).SyscallConn()
+	if err != nil {
+		return fmt.Errorf("reaching the receiver's socket: %w", err)
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, size)
+	}); err != nil {
+		return fmt.Errorf("reaching the receiver's socket: %w", err)
+	}
+	if serr != nil {
+		return fmt.Errorf("setting the receive buffer to %d bytes: %w", size, serr)
+	}
+	return nil
 }
 
 func helperRecv(args []string) int {
@@ -331,6 +345,13 @@ func helperRecv(args []string) int {
 		fmt.Println(err)
 		return 1
 	}
+	// Room for every datagram the sender writes, however the two are scheduled: UDP drops
+	// what does not fit, and the test counts each packet.
+	if err := forceRecvBuffer(conn, 8<<20); err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	fmt.Println(receiverReady)
 	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
 	buf := make([]byte, 65536)
 	for got := 0; got < n; got++ {
@@ -459,14 +480,19 @@ func TestActivityWindow(t *testing.T) {
 	}
 }
 
-// burn runs a busy loop in the cgroup for d and returns when it has exited.
-func burn(t testing.TB, cgroupFD int, d time.Duration) {
+// burn runs a busy loop in the cgroup at dir until cpu.stat charges it cpu more seconds, and
+// returns when the loop has exited.
+func burn(t testing.TB, dir string, cgroupFD int, cpu float64) {
 	t.Helper()
+	start := usageSeconds(t, dir)
 	loop := exec.Command("sh", "-c", "while :; do :; done")
 	startIn(t, loop, cgroupFD)
-	time.Sleep(d)
+	burnt := testkit.Poll(testkit.DefaultWait, func() bool { return usageSeconds(t, dir)-start >= cpu })
 	_ = loop.Process.Kill()
 	_ = loop.Wait()
+	if !burnt {
+		t.Fatalf("a busy loop in %s did not get %.1f s of CPU in %s", dir, cpu, testkit.DefaultWait)
+	}
 }
 
 func usageSeconds(t testing.TB, dir string) float64 {
@@ -499,10 +525,10 @@ func TestRecreatedCgroupContinuesTotals(t *testing.T) {
 			dir := filepath.Join(root, rel)
 			path := attribute.String(metrics.AttrCgroupPath, rel)
 			collect(t, c)
-			burn(t, fd, 300*time.Millisecond)
+			burn(t, dir, fd, 0.3)
 			before, _ := value(collect(t, c), metrics.WorkloadCPUTime, path)
 
-			burn(t, fd, 300*time.Millisecond) // not collected before the cgroup goes
+			burn(t, dir, fd, 0.3) // not collected before the cgroup goes
 			oldUsage := usageSeconds(t, dir)
 			if err := os.Remove(dir); err != nil {
 				t.Fatal(err)
@@ -515,7 +541,7 @@ func TestRecreatedCgroupContinuesTotals(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer func() { _ = f.Close() }()
-			burn(t, int(f.Fd()), 200*time.Millisecond)
+			burn(t, dir, int(f.Fd()), 0.2)
 			newUsage := usageSeconds(t, dir)
 			after, ok := value(collect(t, c), metrics.WorkloadCPUTime, path)
 			if !ok {
@@ -585,7 +611,7 @@ func TestRemovedChildNotChargedToParent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = f.Close() }()
-	burn(t, int(f.Fd()), 500*time.Millisecond)
+	burn(t, child, int(f.Fd()), 0.2)
 	path := attribute.String(metrics.AttrCgroupPath, parent)
 	first, _ := value(collect(t, c), metrics.WorkloadCPUTime, path)
 	if err := os.Remove(child); err != nil {

@@ -16,16 +16,7 @@ import (
 // BenchmarkHostCollection is one collection of cpufreq and thermal (zones, cooling devices,
 // hwmon, RAPL) on the 192-CPU host: the target is at most 3 ms of CPU.
 func BenchmarkHostCollection(b *testing.B) {
-	log := slog.New(slog.DiscardHandler)
-	root := hostfixtures.Sysfs(hostfixtures.Big)
-	freq, err := cpufreq.New(root, log, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	therm, err := thermal.New(thermal.Options{Sysfs: root, Logger: log})
-	if err != nil {
-		b.Fatal(err)
-	}
+	freq, therm := bigHost(b)
 	ctx := context.Background()
 	var fb, tb sample.Batch
 	points := 0
@@ -47,6 +38,22 @@ func BenchmarkHostCollection(b *testing.B) {
 	b.ReportMetric(float64(points), "points/op")
 }
 
+// bigHost returns the cpufreq and thermal collectors on the 192-CPU host.
+func bigHost(tb testing.TB) (*cpufreq.Collector, *thermal.Collector) {
+	tb.Helper()
+	log := slog.New(slog.DiscardHandler)
+	root := hostfixtures.Sysfs(hostfixtures.Big)
+	freq, err := cpufreq.New(root, log, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	therm, err := thermal.New(thermal.Options{Sysfs: root, Logger: log})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return freq, therm
+}
+
 // cpuTime is the user and system CPU time the process used, in nanoseconds: the figure the
 // target is about, which wall time on a shared machine is not.
 func cpuTime() int64 {
@@ -57,16 +64,7 @@ func cpuTime() int64 {
 
 // TestBigHostIsComplete checks the benchmark measures what it claims: every CPU and sensor.
 func TestBigHostIsComplete(t *testing.T) {
-	log := slog.New(slog.DiscardHandler)
-	root := hostfixtures.Sysfs(hostfixtures.Big)
-	freq, err := cpufreq.New(root, log, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	therm, err := thermal.New(thermal.Options{Sysfs: root, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
+	freq, therm := bigHost(t)
 	var fb, tb sample.Batch
 	if err := freq.Collect(context.Background(), &fb); err != nil {
 		t.Fatal(err)

@@ -91,14 +91,7 @@ func TestFailedReadReopensByPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Make the held descriptor fail: point it at a directory (pread gives EISDIR).
-	d, err := syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Dup2(d, f.fd); err != nil {
-		t.Fatal(err)
-	}
-	syscall.Close(d)
+	breakHeld(t, f.fd, dir)
 	if _, err := r.Uint(f); !errors.Is(err, syscall.EISDIR) {
 		t.Fatalf("read on the broken descriptor: %v, want EISDIR", err)
 	}
@@ -164,14 +157,7 @@ func TestGoneDeviceFileIsNotReopened(t *testing.T) {
 	}
 	// The chip is unbound: its held descriptor fails (EISDIR stands in for ENODEV, which a
 	// temporary tree cannot produce) and its directory disappears.
-	d, err := syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Dup2(d, f.fd); err != nil {
-		t.Fatal(err)
-	}
-	syscall.Close(d)
+	breakHeld(t, f.fd, dir)
 	if _, err := r.Uint(f); err == nil {
 		t.Fatal("read on the broken descriptor succeeded")
 	}
@@ -194,4 +180,18 @@ func TestGoneDeviceFileIsNotReopened(t *testing.T) {
 	if v, err := r.Uint(p); err != nil || v != 71000 {
 		t.Fatalf("plain file read %d, %v", v, err)
 	}
+}
+
+// breakHeld makes the held descriptor fd fail its next read: it now refers to the directory dir,
+// and pread on a directory gives EISDIR.
+func breakHeld(t *testing.T, fd int, dir string) {
+	t.Helper()
+	d, err := syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Dup2(d, fd); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Close(d)
 }

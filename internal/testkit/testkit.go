@@ -1,14 +1,18 @@
 // Package testkit holds what Capstan's tests share: a log buffer that many goroutines write to,
-// and waiting on a condition instead of sleeping for a guessed time.
+// waiting on a condition instead of sleeping for a guessed time, and one collection of a
+// collector.
 package testkit
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/capstan-power/capstan/internal/sample"
 )
 
 // LogBuffer collects log output from several goroutines; it is safe for concurrent use.
@@ -47,8 +51,13 @@ func NewLogger() (*slog.Logger, *LogBuffer) {
 // so it is generous for a loaded machine.
 const DefaultWait = 30 * time.Second
 
-// pollEvery is how often a wait checks its condition.
-const pollEvery = 5 * time.Millisecond
+// A wait checks its condition first after pollFirst, then at growing intervals up to pollMax:
+// a quick condition is seen at once, and a slow one (a scrape, a child process) is not asked
+// hundreds of times a second.
+const (
+	pollFirst = 5 * time.Millisecond
+	pollMax   = 50 * time.Millisecond
+)
 
 // Eventually checks cond until it holds and fails tb when timeout passes first; what names
 // the condition in the failure.
@@ -73,14 +82,17 @@ func Poll(timeout time.Duration, cond func() bool) bool {
 	}
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
-	tick := time.NewTicker(pollEvery)
-	defer tick.Stop()
+	every := pollFirst
+	next := time.NewTimer(every)
+	defer next.Stop()
 	for {
 		select {
-		case <-tick.C:
+		case <-next.C:
 			if cond() {
 				return true
 			}
+			every = min(2*every, pollMax)
+			next.Reset(every)
 		case <-deadline.C:
 			return cond()
 		}
@@ -101,4 +113,21 @@ func Receive[T any](tb testing.TB, ch <-chan T, timeout time.Duration, what stri
 	}
 	var zero T
 	return zero
+}
+
+// Collector is what a collector offers its tests: one collection into a batch.
+type Collector interface {
+	Collect(ctx context.Context, b *sample.Batch) error
+}
+
+// Collect runs one collection of c into a new batch named name, stamped now, as the runner
+// does, and fails tb if the collection fails.
+func Collect(tb testing.TB, name string, c Collector) *sample.Batch {
+	tb.Helper()
+	b := &sample.Batch{}
+	b.Reset(name, time.Now())
+	if err := c.Collect(context.Background(), b); err != nil {
+		tb.Fatalf("collecting %s: %v", name, err)
+	}
+	return b
 }
