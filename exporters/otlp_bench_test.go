@@ -43,7 +43,7 @@ func BenchmarkOTLPEndpointDown(b *testing.B) {
 	for b.Loop() {
 		i++
 		store.Put("gpu", f.batch(5000+float64(i)))
-		if err := e.MeterProvider().ForceFlush(ctx); err != nil {
+		if err := e.ForceFlush(ctx); err != nil {
 			failed++
 		}
 		runtime.ReadMemStats(&ms)

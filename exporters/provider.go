@@ -179,6 +179,9 @@ func newMeterProvider(res *resource.Resource, readers ...sdkmetric.Reader) *sdkm
 	return sdkmetric.NewMeterProvider(opts...)
 }
 
+// ForceFlush makes every push reader (OTLP, stdout) export what it holds now.
+func (e *Exporters) ForceFlush(ctx context.Context) error { return e.provider.ForceFlush(ctx) }
+
 // SetReady sets what /readyz answers: 200 when ready, else 503.
 func (e *Exporters) SetReady(ready bool) { e.ready.Store(ready) }
 

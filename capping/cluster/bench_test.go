@@ -96,7 +96,7 @@ func BenchmarkGroupConvergence(b *testing.B) {
 	testkit.Eventually(b, 60*time.Second, "the last acknowledgements", func() bool { return settled(ctx, admin) })
 	// The measurement: the steady state is what the group writes in the 5 s that start 4
 	// periods after the last acknowledgement, once the controllers' ramps are over.
-	time.Sleep(4 * per)
+	time.Sleep(4 * per) // part of the measurement: the controllers' ramps end first
 	r0, _ := admin.Get(ctx, "x")
 	time.Sleep(5 * time.Second) // the measurement window
 	r1, _ := admin.Get(ctx, "x")
