@@ -1,7 +1,6 @@
 package capping
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"path/filepath"
@@ -15,6 +14,7 @@ import (
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
 	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/sample"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 // varBudget is a budget source a test moves by hand.
@@ -45,7 +45,7 @@ type rig struct {
 	src   *staticSource
 	store *sample.Store
 	c     *Controller
-	logs  *syncBuffer
+	logs  *testkit.LogBuffer
 	set   Settings
 	// host is the HostPower of the controllers the rig builds; beforeTick, when set, runs
 	// after the clock advanced and before each tick (to move a RAPL fixture's counters).
@@ -55,23 +55,6 @@ type rig struct {
 
 // staticSource is a movable budget satisfying budget.Source.
 type staticSource struct{ varBudget }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func newRig(t *testing.T, trace string, count int, budgetW float64, edit func(*Settings)) *rig {
 	t.Helper()
@@ -88,7 +71,7 @@ func newRig(t *testing.T, trace string, count int, budgetW float64, edit func(*S
 	if edit != nil {
 		edit(&set)
 	}
-	r := &rig{t: t, clock: clock, fleet: fleet, src: &staticSource{}, store: sample.NewStore(), logs: &syncBuffer{}, set: set}
+	r := &rig{t: t, clock: clock, fleet: fleet, src: &staticSource{}, store: sample.NewStore(), logs: &testkit.LogBuffer{}, set: set}
 	r.src.set(budgetW)
 	r.c = r.newController()
 	if err := r.c.Start(); err != nil {
