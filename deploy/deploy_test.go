@@ -37,13 +37,13 @@ import (
 // (docs/architecture.md); a memory request below it would invite eviction.
 var measuredPeakRSS = resource.MustParse("32Mi")
 
-// argcheck is internal/cmdline/argcheck, built by TestMain. This test cannot parse flags
+// argcheck is internal/agent/cmdline/argcheck, built by TestMain. This test cannot parse flags
 // itself: kustomize imports Go's plugin package, which makes the test binary bind every symbol
 // at load, and the collectors' go-nvml leaves NVML's symbols to the driver's library.
 var argcheck string
 
 func TestMain(m *testing.M) {
-	testkit.MainWithBinary(m, "../internal/cmdline/argcheck", "argcheck", &argcheck)
+	testkit.MainWithBinary(m, "../internal/agent/cmdline/argcheck", "argcheck", &argcheck)
 }
 
 // parseArgs returns the agent's effective configuration for a command line, or its error.

@@ -16,7 +16,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/capstan-power/capstan/internal/cmdline"
+	"github.com/capstan-power/capstan/internal/agent/cmdline"
 )
 
 const (

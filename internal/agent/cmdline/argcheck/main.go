@@ -12,7 +12,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/capstan-power/capstan/internal/cmdline"
+	"github.com/capstan-power/capstan/internal/agent/cmdline"
 )
 
 type result struct {

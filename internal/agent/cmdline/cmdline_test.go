@@ -32,13 +32,13 @@ func collectorImports(t *testing.T, path string) []string {
 // the agent's, or a manifest could pass a flag the agent lacks (or the reverse) unnoticed. Both
 // import collectors/all and no collector past it.
 func TestSameCollectorsAsTheAgent(t *testing.T) {
-	agent := collectorImports(t, "../../cmd/capstan/main.go")
+	agent := collectorImports(t, "../../../cmd/capstan/main.go")
 	here := collectorImports(t, "cmdline.go")
 	if !slices.Equal(agent, here) {
-		t.Fatalf("cmd/capstan imports collectors %v, internal/cmdline imports %v: make them equal", agent, here)
+		t.Fatalf("cmd/capstan imports collectors %v, internal/agent/cmdline imports %v: make them equal", agent, here)
 	}
 	if want := []string{"github.com/capstan-power/capstan/collectors/all"}; !slices.Equal(here, want) {
-		t.Fatalf("internal/cmdline imports collectors %v, want only %v, which the agent imports too", here, want)
+		t.Fatalf("internal/agent/cmdline imports collectors %v, want only %v, which the agent imports too", here, want)
 	}
 }
 
