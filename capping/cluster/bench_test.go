@@ -9,8 +9,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/pkg/v3/proxy"
-	"go.uber.org/zap"
 
 	"github.com/capstan-power/capstan/capping/budget"
 	"github.com/capstan-power/capstan/capping/cluster"
@@ -132,9 +130,7 @@ func BenchmarkCutOffHold(b *testing.B) {
 	_, eps := etcdtest.Start(b, 1, nil)
 	admin := newClient(b, eps, "", "")
 	setBudget(b, admin, 2000, 500)
-	px := proxy.NewServer(proxy.ServerConfig{Logger: zap.NewNop(), From: mustURL(b, "tcp://"+etcdtest.FreeAddr(b)), To: mustURL(b, "tcp://"+eps[0])})
-	b.Cleanup(func() { _ = px.Close() })
-	<-px.Ready()
+	px := startProxy(b, eps[0])
 	startAgent(b, "node-0", newClient(b, eps, "", ""), 2, 1)
 	cut := startAgent(b, "node-1", newClient(b, []string{mustURL(b, px.From()).Host}, "", ""), 2, 1)
 	var held time.Duration

@@ -11,9 +11,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/pkg/v3/proxy"
 	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
 
 	"github.com/capstan-power/capstan/capping/cluster"
 	"github.com/capstan-power/capstan/internal/etcdtest"
@@ -208,9 +206,7 @@ func TestAgentCutOff(t *testing.T) {
 	_, eps := etcdtest.Start(t, 1, nil)
 	admin := newClient(t, eps, "", "")
 	setBudget(t, admin, 4000, 500)
-	px := proxy.NewServer(proxy.ServerConfig{Logger: zap.NewNop(), From: mustURL(t, "tcp://"+etcdtest.FreeAddr(t)), To: mustURL(t, "tcp://"+eps[0])})
-	t.Cleanup(func() { _ = px.Close() })
-	<-px.Ready()
+	px := startProxy(t, eps[0])
 	chk := newChecker(4000)
 	var agents []*agent
 	for i := range 4 {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/pkg/v3/proxy"
 	"go.uber.org/zap"
 
 	"github.com/capstan-power/capstan/capping"
@@ -21,6 +22,7 @@ import (
 	"github.com/capstan-power/capstan/capping/cluster"
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
 	"github.com/capstan-power/capstan/internal/clock"
+	"github.com/capstan-power/capstan/internal/etcdtest"
 	"github.com/capstan-power/capstan/internal/sample"
 	"github.com/capstan-power/capstan/internal/testkit"
 )
@@ -119,6 +121,16 @@ func (a *agent) stop() {
 	}
 	a.cancel()
 	<-a.done
+}
+
+// startProxy puts etcd's test proxy in front of the etcd endpoint ep, so a test can blackhole
+// an agent's connection both ways as a partition does.
+func startProxy(tb testing.TB, ep string) proxy.Server {
+	tb.Helper()
+	px := proxy.NewServer(proxy.ServerConfig{Logger: zap.NewNop(), From: mustURL(tb, "tcp://"+etcdtest.FreeAddr(tb)), To: mustURL(tb, "tcp://"+ep)})
+	tb.Cleanup(func() { _ = px.Close() })
+	<-px.Ready()
+	return px
 }
 
 // waitPeriods waits until each agent's controller has completed n more control periods: the

@@ -124,15 +124,7 @@ func (f *fieldFlag) Type() string {
 	if f.cfg == nil {
 		return "string"
 	}
-	switch kindOf(f.field(f.cfg).Type()) {
-	case kindInt:
-		return "int"
-	case kindBool:
-		return "bool"
-	case kindDuration:
-		return "duration"
-	}
-	return "string"
+	return typeOf(f.field(f.cfg).Type())
 }
 
 func (f *fieldFlag) configKey() string { return f.key }
