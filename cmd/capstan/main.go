@@ -105,14 +105,21 @@ func newCollectCommand(resolve func() (*config.Config, error), stdout, stderr io
 				return err
 			}
 			log := agent.NewLogger(stderr, c.Log.Level, c.Log.Format)
-			points, err := agent.CollectOnce(cmd.Context(), c, log)
+			got, err := agent.CollectOnce(cmd.Context(), c, log)
 			if err != nil {
 				return err
 			}
 			if asJSON {
-				return agent.WriteJSON(stdout, points)
+				return agent.WriteJSON(stdout, got.Points)
 			}
-			return agent.WriteTable(stdout, points)
+			if err := agent.WriteTable(stdout, got.Points); err != nil {
+				return err
+			}
+			if got.NoGPU != nil {
+				// A table without GPUs should say why, below it, where the reader ends up.
+				_, err = fmt.Fprintf(stdout, "\nNo GPUs: %v\n", got.NoGPU)
+			}
+			return err
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array of {name, unit, type, value, attributes, resource}")

@@ -368,3 +368,28 @@ func TestAutoWithoutNVMLRunsWithoutGPUs(t *testing.T) {
 		}
 	}
 }
+
+// A plain collect on a host without NVML says, in the table's output and in the agent's one log
+// line, that no GPU library was found and how to get simulated GPUs instead.
+func TestCollectWithoutNVMLSuggestsTheSimulator(t *testing.T) {
+	if _, err := os.Stat("/dev/nvidia0"); err == nil {
+		t.Skip("this host has an NVIDIA GPU; the test is about hosts without one")
+	}
+	out, errOut, code := runCapstan(t, "collect", "--gpu.backend=auto", "--web.listen-address=")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	const hint = "no GPU library found (libnvidia-ml.so.1); for simulated GPUs, use --gpu.backend=sim"
+	footer := out[strings.LastIndex(strings.TrimRight(out, "\n"), "\n")+1:]
+	if !strings.HasPrefix(footer, "No GPUs: ") || !strings.Contains(footer, hint) {
+		t.Errorf("the table's last line does not say why there are no GPUs; want %q in it:\n%s", hint, out)
+	}
+	if n := strings.Count(errOut, hint); n != 1 {
+		t.Errorf("the hint is logged %d times, want once:\n%s", n, errOut)
+	}
+	// With the simulator asked for, there is nothing to explain.
+	out, errOut, code = runCapstan(t, append([]string{"collect"}, simFlags...)...)
+	if code != 0 || strings.Contains(out, "No GPUs") {
+		t.Errorf("collect on the simulator: exit %d, output mentions missing GPUs:\n%s%s", code, out, errOut)
+	}
+}

@@ -56,8 +56,18 @@ func Open(kind string, simulated sim.Options) (*Backend, error) {
 			if kind == "nvml" {
 				return nil, err
 			}
-			if errors.Is(ret, nvml.ERROR_LIBRARY_NOT_FOUND) || errors.Is(ret, nvml.ERROR_DRIVER_NOT_LOADED) {
-				return nil, fmt.Errorf("gpu.backend auto: NVML not available (%w); running without GPU collection: %w", ret, collectors.ErrNoSource)
+			// A host without NVIDIA's library is where people first try Capstan: say what is
+			// missing and how to see GPUs anyway.
+			missing := ""
+			switch {
+			case errors.Is(ret, nvml.ERROR_LIBRARY_NOT_FOUND):
+				missing = "no GPU library found (libnvidia-ml.so.1)"
+			case errors.Is(ret, nvml.ERROR_DRIVER_NOT_LOADED):
+				missing = "the NVIDIA driver is not loaded"
+			}
+			if missing != "" {
+				return nil, fmt.Errorf("gpu.backend auto: NVML not available (%w): %s; for simulated GPUs, use --gpu.backend=sim: %w",
+					ret, missing, collectors.ErrNoSource)
 			}
 			return nil, err
 		}

@@ -32,6 +32,8 @@ type Pipeline struct {
 	Log    *slog.Logger
 	Store  *sample.Store
 	GPU    *gpu.Backend // nil when the host has no GPU backend
+	// NoGPU says why the GPU backend did not open when something asked for it, or is nil.
+	NoGPU  error
 	Runner *collectors.Runner
 }
 
@@ -46,13 +48,12 @@ func NewPipeline(cfg *config.Config, log *slog.Logger, clk clock.Clock) (*Pipeli
 	p := &Pipeline{Config: cfg, Log: log, Store: sample.NewStore()}
 	p.Runner = collectors.NewRunner(p.Store, log, clk.Now)
 
-	var gpuErr error
 	res := &collectors.Resources{}
 	collectors.Provide(res, func() (nvml.Interface, error) {
 		backend, err := gpu.Open(cfg.GPU.Backend, sim.Options{Model: cfg.GPU.Sim.Model, Count: cfg.GPU.Sim.Count,
 			Trace: cfg.GPU.Sim.Trace, Seed: cfg.GPU.Sim.Seed, Clock: clk})
 		if err != nil {
-			gpuErr = err
+			p.NoGPU = err
 			return nil, err
 		}
 		p.GPU = backend
@@ -78,10 +79,11 @@ func NewPipeline(cfg *config.Config, log *slog.Logger, clk clock.Clock) (*Pipeli
 		// The controller needs the backend also when no collector asked for it.
 		_, _ = collectors.Lookup[nvml.Interface](set)
 	}
-	if gpuErr != nil && !errors.Is(gpuErr, collectors.ErrNoSource) && cfg.GPU.Backend == "sim" {
+	if p.NoGPU != nil && !errors.Is(p.NoGPU, collectors.ErrNoSource) && cfg.GPU.Backend == "sim" {
 		// A bad simulator setting is a configuration error, not a host condition.
+		err := p.NoGPU
 		p.Close()
-		return nil, gpuErr
+		return nil, err
 	}
 	return p, nil
 }
@@ -251,13 +253,21 @@ func shutdown(exp *exporters.Exporters, log *slog.Logger, timeout time.Duration)
 	}
 }
 
+// Collection is what one collection measured.
+type Collection struct {
+	Points []DataPoint
+	// NoGPU says why no GPU was collected when the GPU backend did not open (no NVIDIA library
+	// with gpu.backend auto, gpu.backend none), or is nil.
+	NoGPU error
+}
+
 // CollectOnce runs one collection of every enabled collector and returns what they measured.
-func CollectOnce(ctx context.Context, cfg *config.Config, log *slog.Logger) ([]DataPoint, error) {
+func CollectOnce(ctx context.Context, cfg *config.Config, log *slog.Logger) (Collection, error) {
 	p, err := NewPipeline(cfg, log, nil)
 	if err != nil {
-		return nil, err
+		return Collection{}, err
 	}
 	defer p.Close()
 	p.Runner.CollectOnce(ctx)
-	return Snapshot(p.Store, exporters.NewResource(cfg, version.Version)), nil
+	return Collection{Points: Snapshot(p.Store, exporters.NewResource(cfg, version.Version)), NoGPU: p.NoGPU}, nil
 }
