@@ -6,11 +6,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,6 +20,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/capstan-power/capstan/collectors"
 	"github.com/capstan-power/capstan/internal/hostfixtures"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/otlptest"
@@ -391,5 +394,29 @@ func TestCollectWithoutNVMLSuggestsTheSimulator(t *testing.T) {
 	out, errOut, code = runCapstan(t, append([]string{"collect"}, simFlags...)...)
 	if code != 0 || strings.Contains(out, "No GPUs") {
 		t.Errorf("collect on the simulator: exit %d, output mentions missing GPUs:\n%s%s", code, out, errOut)
+	}
+}
+
+// The documented example (docs/capstan.example.yaml, installed by the packages) is valid for
+// the real binary, and its comments list every collector Capstan ships with its true defaults.
+func TestExampleConfig(t *testing.T) {
+	const path = "../../docs/capstan.example.yaml"
+	out, errOut, code := runCapstan(t, "config", "check", path)
+	if code != 0 || !strings.Contains(out, "is valid") {
+		t.Fatalf("capstan config check %s: exit %d\n%s%s", path, code, out, errOut)
+	}
+	text, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range collectors.Factories() {
+		if f.Name == "gpu" { // set, not commented: the config package's test checks it
+			continue
+		}
+		want := regexp.MustCompile(fmt.Sprintf(`(?m)^\s*#\s*%s:\s*\{enabled: %t, interval: %s\}`,
+			regexp.QuoteMeta(f.Name), f.EnabledByDefault, f.Interval))
+		if !want.Match(text) {
+			t.Errorf("%s does not list collector %s with its defaults (enabled %t, every %s)", path, f.Name, f.EnabledByDefault, f.Interval)
+		}
 	}
 }

@@ -10,11 +10,11 @@ import (
 
 // FuzzParse feeds arbitrary bytes to Parse. Whatever the input: no panic; an error is a *Error
 // with a one-line message; a config that parses either validates or fails with a *Error; and a
-// valid config survives YAML() and Parse unchanged. Seeds: testdata/fuzz/FuzzParse, the sample
-// file and every error case.
+// valid config survives YAML() and Parse unchanged. Seeds: testdata/fuzz/FuzzParse, the
+// documented example and every error case.
 func FuzzParse(f *testing.F) {
 	seeds, _ := filepath.Glob(filepath.Join("testdata", "errors", "*.yaml"))
-	for _, path := range append(seeds, filepath.Join("testdata", "capstan.yaml")) {
+	for _, path := range append(seeds, examplePath) {
 		if data, err := os.ReadFile(path); err == nil { // directory.yaml is a directory
 			f.Add(data)
 		}
