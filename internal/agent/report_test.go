@@ -31,6 +31,16 @@ func gpuBatch(n int) *sample.Batch {
 	return b
 }
 
+// withAveragePower adds every GPU's 1 s average power (hw.power), as the GPU collector reports it
+// beside the instant power.
+func withAveragePower(b *sample.Batch, n int, watts func(i int) float64) *sample.Batch {
+	for i := range n {
+		base := sample.NewSeries(nil, attribute.Int(metrics.AttrGPUIndex, i), attribute.String(metrics.AttrHWName, "H100"))
+		b.Add(base.With(metrics.HWPower), watts(i))
+	}
+	return b
+}
+
 func TestSummaryTable(t *testing.T) {
 	store := sample.NewStore()
 	var out bytes.Buffer
@@ -38,7 +48,7 @@ func TestSummaryTable(t *testing.T) {
 	if !strings.Contains(out.String(), "no GPU data yet") {
 		t.Errorf("empty store: %q", out.String())
 	}
-	store.Put("gpu", gpuBatch(11))
+	store.Put("gpu", withAveragePower(gpuBatch(11), 11, func(i int) float64 { return float64(100 + i) }))
 	out.Reset()
 	writeSummary(&out, store, time.Unix(0, 0).UTC())
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
@@ -122,5 +132,75 @@ func TestSnapshotJSONIsStableAndComplete(t *testing.T) {
 	}
 	if !regexp.MustCompile(`capstan\.gpu\.clock\s+1980000000\s+Hz\s`).MatchString(table.String()) {
 		t.Errorf("table does not print whole numbers whole:\n%s", table.String())
+	}
+}
+
+// cappingBatch is what the capping loop publishes: budget, setpoint, measured instant power and
+// mode.
+func cappingBatch(measuredW float64) *sample.Batch {
+	b := &sample.Batch{}
+	b.Reset(capping.StoreKey, time.Unix(0, 0))
+	b.Add(sample.NewSeries(metrics.CappingBudget, attribute.String(metrics.AttrBudgetSource, "static")), 1400)
+	b.Add(sample.NewSeries(metrics.CappingSetpoint), 1358)
+	b.Add(sample.NewSeries(metrics.CappingMeasured), measuredW)
+	b.Add(sample.NewSeries(metrics.CappingMode, attribute.String(metrics.AttrCappingMode, "active")), 1)
+	return b
+}
+
+// The screen says which power is which: the table shows the 1 s average (not the instant power
+// the GPU collector also stores), the capping line the instant power the loop closed on; and a
+// GPU above its limit is marked with a note on why, only when one is.
+func TestSummarySaysWhichPowerAndMarksPowerAboveLimit(t *testing.T) {
+	const legend = "00:00:00  POWER: 1 s average, as nvidia-smi shows; capping measured: instant power, summed at its last period\n"
+	for _, tc := range []struct {
+		name string
+		avgW func(i int) float64
+		want string
+	}{
+		{
+			name: "under the limits",
+			avgW: func(i int) float64 { return 650 - float64(i) },
+			want: "\n" + legend +
+				"  GPU  POWER W   LIMIT W  TEMP °C  SM MHz  UTIL %\n" +
+				"    0      650       700       70    1980      50\n" +
+				"    1      649       700       70    1980      50\n" +
+				"  all     1299      1400                         \n" +
+				"capping: budget 1400 W (static), setpoint 1358 W, measured 203 W, mode active\n",
+		},
+		{
+			// 700.4 W prints as 700: no marker beside two equal numbers.
+			name: "GPU 1 above its limit",
+			avgW: func(i int) float64 { return []float64{700.4, 731}[i] },
+			want: "\n" + legend +
+				"  GPU  POWER W   LIMIT W  TEMP °C  SM MHz  UTIL %\n" +
+				"    0      700       700       70    1980      50\n" +
+				"    1      731*      700       70    1980      50\n" +
+				"  all     1431      1400                         \n" +
+				"* power above limit: the 1 s average lags a limit cut and settles within about 2 s; longer means the limit is not holding\n" +
+				"capping: budget 1400 W (static), setpoint 1358 W, measured 203 W, mode active\n",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			store := sample.NewStore()
+			// Instant power (100 and 101 W) differs from the average on purpose.
+			store.Put("gpu", withAveragePower(gpuBatch(2), 2, tc.avgW))
+			store.Put(capping.StoreKey, cappingBatch(203))
+			var out bytes.Buffer
+			writeSummary(&out, store, time.Unix(0, 0).UTC())
+			if out.String() != tc.want {
+				t.Errorf("summary\n%s\nwant\n%s", out.String(), tc.want)
+			}
+		})
+	}
+}
+
+// Without a capping loop the legend says only what the table's power is.
+func TestSummaryLegendWithoutCapping(t *testing.T) {
+	store := sample.NewStore()
+	store.Put("gpu", withAveragePower(gpuBatch(1), 1, func(int) float64 { return 300 }))
+	var out bytes.Buffer
+	writeSummary(&out, store, time.Unix(0, 0).UTC())
+	if first := strings.Split(strings.TrimSpace(out.String()), "\n")[0]; first != "00:00:00  POWER: 1 s average, as nvidia-smi shows" {
+		t.Errorf("first line %q", first)
 	}
 }
