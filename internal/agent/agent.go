@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -33,6 +34,10 @@ type Pipeline struct {
 	Store  *sample.Store
 	GPU    *gpu.Backend // nil when the host has no GPU backend
 	Runner *collectors.Runner
+	// Started names the collectors that run; Disabled those enabled that did not start, each
+	// with why, so that the ready line says which is which.
+	Started  []string
+	Disabled []string
 }
 
 // NewPipeline builds every enabled collector, with the GPU backend opened once for whoever
@@ -70,9 +75,11 @@ func NewPipeline(cfg *config.Config, log *slog.Logger, clk clock.Clock) (*Pipeli
 		c, err := f.New(set, cfg.CollectorConfig(f.Name))
 		if err != nil {
 			p.Runner.AddFailed(f.Name, err)
+			p.Disabled = append(p.Disabled, fmt.Sprintf("%s (%v)", f.Name, err))
 			continue
 		}
 		p.Runner.Add(f.Name, c, cc.Interval, cc.Timeout)
+		p.Started = append(p.Started, f.Name)
 	}
 	if cfg.Capping.Enabled {
 		// The controller needs the backend also when no collector asked for it.
@@ -84,6 +91,16 @@ func NewPipeline(cfg *config.Config, log *slog.Logger, clk clock.Clock) (*Pipeli
 		return nil, gpuErr
 	}
 	return p, nil
+}
+
+// readyAttrs are the ready line's fields: the collectors that run and, apart, those that did not
+// start with why, then where the agent serves and pushes.
+func (p *Pipeline) readyAttrs(cfg *config.Config) []any {
+	attrs := []any{"collectors", p.Started}
+	if len(p.Disabled) > 0 {
+		attrs = append(attrs, "disabled", strings.Join(p.Disabled, "; "))
+	}
+	return append(attrs, "web", cfg.Web.ListenAddress, "otlp", cfg.OTLP.Endpoint)
 }
 
 // Close releases collectors and the GPU backend. While a collection is hung (an NVML call that
@@ -179,7 +196,7 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options) (*config.Config
 		select {
 		case <-p.Runner.Ready():
 			exp.SetReady(true)
-			log.Info("agent ready", "collectors", p.Runner.Names(), "web", cfg.Web.ListenAddress, "otlp", cfg.OTLP.Endpoint)
+			log.Info("agent ready", p.readyAttrs(cfg)...)
 			notifySystemd(log, daemon.SdNotifyReady)
 		case <-runCtx.Done():
 		}
