@@ -2,16 +2,23 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"io"
+	"log/slog"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/resource"
 
 	"github.com/capstan-power/capstan/capping"
+	"github.com/capstan-power/capstan/collectors/gpu"
+	"github.com/capstan-power/capstan/collectors/gpu/sim"
+	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
 )
@@ -202,5 +209,54 @@ func TestSummaryLegendWithoutCapping(t *testing.T) {
 	writeSummary(&out, store, time.Unix(0, 0).UTC())
 	if first := strings.Split(strings.TrimSpace(out.String()), "\n")[0]; first != "00:00:00  POWER: 1 s average, as nvidia-smi shows" {
 		t.Errorf("first line %q", first)
+	}
+}
+
+// Over the simulated fleet and the real GPU collector: a limit cut leaves the 1 s average above
+// the new limit for a moment, which the screen marks and explains, and within the 2 s the note
+// promises the mark is gone.
+func TestSummaryMarksTheAverageLaggingACut(t *testing.T) {
+	clk := clock.NewManual(time.Unix(1_700_000_000, 0))
+	fleet, err := sim.New(sim.Options{Model: "H100", Count: 2, Trace: "steady", Seed: 7, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ret := fleet.Init(); ret != nvml.SUCCESS {
+		t.Fatal(ret)
+	}
+	c, err := gpu.New(fleet, slog.New(slog.NewTextHandler(io.Discard, nil)), clk.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := sample.NewStore()
+	screen := func() string {
+		b := &sample.Batch{}
+		b.Reset("gpu", clk.Now())
+		if err := c.Collect(context.Background(), b); err != nil {
+			t.Fatal(err)
+		}
+		store.Put("gpu", b)
+		var out bytes.Buffer
+		writeSummary(&out, store, clk.Now())
+		return out.String()
+	}
+	clk.Advance(5 * time.Second)
+	if s := screen(); strings.Contains(s, "*") {
+		t.Fatalf("marked before any cut:\n%s", s)
+	}
+	if ret := fleet.GPU(0).SetPowerManagementLimit(300_000); ret != nvml.SUCCESS {
+		t.Fatal(ret)
+	}
+	clk.Advance(300 * time.Millisecond)
+	s := screen()
+	if !strings.Contains(s, "* power above limit") || !regexp.MustCompile(`(?m)^\s+0\s+\d+\*\s+300\s`).MatchString(s) {
+		t.Errorf("300 ms after cutting GPU 0 to 300 W: want it marked with the note:\n%s", s)
+	}
+	if regexp.MustCompile(`(?m)^\s+1\s+\d+\*`).MatchString(s) {
+		t.Errorf("GPU 1 was not cut but is marked:\n%s", s)
+	}
+	clk.Advance(2 * time.Second)
+	if s := screen(); strings.Contains(s, "*") {
+		t.Errorf("2 s after the cut still marked:\n%s", s)
 	}
 }
