@@ -84,7 +84,10 @@ type Line struct {
 	Name   string
 	Color  color.Color
 	Dashes []vg.Length
-	Y      func(Sample) float64
+	// Width is the line's width; zero is a thin line. A wide, light line drawn under a thin
+	// one shows where two quantities are equal.
+	Width vg.Length
+	Y     func(Sample) float64
 }
 
 // Panel is one plot of a Figure: Lines over the time of the run Rec, in watts.
@@ -234,12 +237,13 @@ func (p Panel) plot(xUnit time.Duration) (*plot.Plot, []legendEntry, error) {
 	}
 	pl.X.Label.Text = "time (" + unit + ")"
 	pl.Y.Label.Text = "power (W)"
-	pl.Y.Tick.Marker = wholeTicks{}
+	pl.X.Tick.Marker, pl.Y.Tick.Marker = roundTicks{}, roundTicks{}
 	for _, a := range []*plot.Axis{&pl.X, &pl.Y} {
 		a.Label.TextStyle.Font.Size = fontSize
 		a.Tick.Label.Font.Size = fontSize - 1
 	}
 	pl.Add(plotter.NewGrid())
+	pl.X.Min = 0
 	samples := p.Rec.Samples
 	stride := max(1, len(samples)/maxPlotPoints)
 	var entries []legendEntry
@@ -256,6 +260,9 @@ func (p Panel) plot(xUnit time.Duration) (*plot.Plot, []legendEntry, error) {
 			return nil, nil, fmt.Errorf("drawing %q: %w", l.Name, err)
 		}
 		ln.Color, ln.Dashes, ln.Width = l.Color, l.Dashes, vg.Points(1.2)
+		if l.Width > 0 {
+			ln.Width = l.Width
+		}
 		pl.Add(ln)
 		entries = append([]legendEntry{{name: l.Name, thumb: ln}}, entries...)
 	}
@@ -282,14 +289,27 @@ func gpuDashes(i int) []vg.Length {
 	return patterns[(i/8)%len(patterns)]
 }
 
-// wholeTicks labels power in whole watts: the default ticker writes "2500.00".
-type wholeTicks struct{}
+// roundTicks marks 1, 2 or 5 times a power of ten, at most eight labels, in whole numbers
+// where the step allows: the default ticker writes "2500.00" and starts a minute at 10 s.
+type roundTicks struct{}
 
-func (wholeTicks) Ticks(lo, hi float64) []plot.Tick {
-	ticks := plot.DefaultTicks{}.Ticks(lo, hi)
-	for i := range ticks {
-		if ticks[i].Label != "" {
-			ticks[i].Label = strconv.FormatFloat(ticks[i].Value, 'f', 0, 64)
+func (roundTicks) Ticks(lo, hi float64) []plot.Tick {
+	if !(hi > lo) {
+		return plot.DefaultTicks{}.Ticks(lo, hi)
+	}
+	step := math.Pow(10, math.Floor(math.Log10((hi-lo)/8)))
+	for _, m := range []float64{1, 2, 5, 10} {
+		if (hi-lo)/(m*step) <= 8 {
+			step *= m
+			break
+		}
+	}
+	decimals := max(0, int(-math.Floor(math.Log10(step))))
+	var ticks []plot.Tick
+	for v := math.Ceil(lo/step) * step; v <= hi; v += step {
+		ticks = append(ticks, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'f', decimals, 64)})
+		if minor := v + step/2; minor < hi {
+			ticks = append(ticks, plot.Tick{Value: minor})
 		}
 	}
 	return ticks

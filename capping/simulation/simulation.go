@@ -55,8 +55,10 @@ type Sample struct {
 	DrawnW    float64 // what our fleet truly drew
 	CapW      float64
 	StaticW   float64 // what the static-caps fleet drew
-	OracleW   float64 // what the oracle fleet drew
-	Limits    []float64
+	// StaticCapW is the static fleet's Σ limits: the budget, within the GPUs' constraints.
+	StaticCapW float64
+	OracleW    float64 // what the oracle fleet drew
+	Limits     []float64
 }
 
 // Figures describe one policy over a run.
@@ -147,7 +149,7 @@ func Run(o Options) (*Report, error) {
 		if o.Sample != nil {
 			r.limits = r.ctl.Limits(r.limits[:0])
 			o.Sample(Sample{Elapsed: elapsed, BudgetW: r.budgetW, MeasuredW: r.ctl.MeasuredW(), DrawnW: drawn[0],
-				CapW: r.ctl.CapW(), StaticW: drawn[1], OracleW: drawn[2], Limits: r.limits})
+				CapW: r.ctl.CapW(), StaticW: drawn[1], StaticCapW: r.staticCapW, OracleW: drawn[2], Limits: r.limits})
 		}
 	}
 	r.rep.Periods = periods
@@ -177,9 +179,10 @@ type runState struct {
 	staticDevs, oracleDevs []nvml.Device
 	demand, shares, limits []float64
 
-	steps   []Step
-	next    int // the next budget step
-	budgetW float64
+	steps      []Step
+	next       int // the next budget step
+	budgetW    float64
+	staticCapW float64 // the static fleet's Σ limits
 
 	base [3]start
 	over [3]int     // periods above budget
@@ -256,7 +259,7 @@ func newRun(o Options) (*runState, error) {
 	}
 	r.ctl = ctl
 	r.staticDevs, r.oracleDevs = devices(r.fleets[static]), devices(r.fleets[oracle])
-	if err := applyStatic(r.staticDevs, r.model, o.BudgetW); err != nil {
+	if r.staticCapW, err = applyStatic(r.staticDevs, r.model, o.BudgetW); err != nil {
 		_ = ctl.Stop(capping.ExitConfigured)
 		return nil, err
 	}
@@ -280,7 +283,8 @@ func (r *runState) applySteps(k int, elapsed time.Duration) error {
 		}
 		r.budgetW = r.steps[r.next].Watts
 		r.src.b.Watts = r.budgetW
-		if err := applyStatic(r.staticDevs, r.model, r.budgetW); err != nil {
+		var err error
+		if r.staticCapW, err = applyStatic(r.staticDevs, r.model, r.budgetW); err != nil {
 			return err
 		}
 		r.rep.SettlePeriods = append(r.rep.SettlePeriods, -1)
@@ -390,15 +394,15 @@ func devices(f *sim.Fleet) []nvml.Device {
 	return out
 }
 
-// applyStatic sets every GPU to B / n within its constraints.
-func applyStatic(devs []nvml.Device, m sim.Model, budgetW float64) error {
-	per := min(max(budgetW/float64(len(devs)), m.MinLimitW), m.MaxLimitW)
+// applyStatic sets every GPU to B / n within its constraints and returns the Σ limits.
+func applyStatic(devs []nvml.Device, m sim.Model, budgetW float64) (float64, error) {
+	per := math.Floor(min(max(budgetW/float64(len(devs)), m.MinLimitW), m.MaxLimitW))
 	for i, d := range devs {
-		if ret := d.SetPowerManagementLimit(uint32(math.Floor(per)) * 1000); ret != nvml.SUCCESS {
-			return fmt.Errorf("simulation: setting the static limit of GPU %d: %w", i, ret)
+		if ret := d.SetPowerManagementLimit(uint32(per) * 1000); ret != nvml.SUCCESS {
+			return 0, fmt.Errorf("simulation: setting the static limit of GPU %d: %w", i, ret)
 		}
 	}
-	return nil
+	return per * float64(len(devs)), nil
 }
 
 // waterFill gives each GPU min(demand, level) within its constraints, with the level chosen so
