@@ -87,14 +87,18 @@ type Line struct {
 	// Width is the line's width; zero is a thin line. A wide, light line drawn under a thin
 	// one shows where two quantities are equal.
 	Width vg.Length
+	// Steps draws the value as held until the next sample, for quantities that jump.
+	Steps bool
 	Y     func(Sample) float64
 }
 
-// Panel is one plot of a Figure: Lines over the time of the run Rec, in watts.
+// Panel is one plot of a Figure: Lines over the time of the run Rec, in watts, from From to To
+// (zero: to the end).
 type Panel struct {
-	Title string
-	Rec   *Recording
-	Lines []Line
+	Title    string
+	Rec      *Recording
+	Lines    []Line
+	From, To time.Duration
 }
 
 // Figure is panels on a grid. Each row shares one legend, drawn to the right of the row, and
@@ -243,8 +247,16 @@ func (p Panel) plot(xUnit time.Duration) (*plot.Plot, []legendEntry, error) {
 		a.Tick.Label.Font.Size = fontSize - 1
 	}
 	pl.Add(plotter.NewGrid())
-	pl.X.Min = 0
 	samples := p.Rec.Samples
+	if p.From > 0 || p.To > 0 {
+		var in []Sample
+		for _, s := range samples {
+			if s.Elapsed >= p.From && (p.To == 0 || s.Elapsed <= p.To) {
+				in = append(in, s)
+			}
+		}
+		samples = in
+	}
 	stride := max(1, len(samples)/maxPlotPoints)
 	var entries []legendEntry
 	// The first line is drawn last, on top: the budget stays visible where a policy draws
@@ -263,9 +275,13 @@ func (p Panel) plot(xUnit time.Duration) (*plot.Plot, []legendEntry, error) {
 		if l.Width > 0 {
 			ln.Width = l.Width
 		}
+		if l.Steps {
+			ln.StepStyle = plotter.PostStep
+		}
 		pl.Add(ln)
 		entries = append([]legendEntry{{name: l.Name, thumb: ln}}, entries...)
 	}
+	pl.X.Min = float64(p.From) / float64(xUnit)
 	return pl, entries, nil
 }
 
