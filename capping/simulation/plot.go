@@ -53,6 +53,10 @@ func (r *Recording) WriteCSV(out io.Writer) error {
 // WritePlot draws the run as a PNG: the node's budget, power and total cap over time above
 // each GPU's limit, every legend beside its plot so that none covers a line.
 func (r *Recording) WritePlot(out io.Writer, title string) error {
+	return WriteFigure(out, r.figure(title))
+}
+
+func (r *Recording) figure(title string) Figure {
 	xUnit := time.Minute
 	if n := len(r.Samples); n > 0 && r.Samples[n-1].Elapsed <= 5*time.Minute {
 		xUnit = time.Second
@@ -68,7 +72,7 @@ func (r *Recording) WritePlot(out io.Writer, title string) error {
 		per.Lines = append(per.Lines, Line{Name: fmt.Sprintf("GPU %d", g), Color: gpuColor(g), Dashes: gpuDashes(g),
 			Y: func(s Sample) float64 { return s.Limits[g] }})
 	}
-	return WriteFigure(out, Figure{Width: 10 * vg.Inch, Height: 7 * vg.Inch, XUnit: xUnit, Rows: [][]Panel{{node}, {per}}})
+	return Figure{Width: 10 * vg.Inch, Height: 7 * vg.Inch, XUnit: xUnit, Rows: [][]Panel{{node}, {per}}}
 }
 
 // Colours shared by every figure: the same quantity has the same colour everywhere.
@@ -120,60 +124,87 @@ const (
 
 // WriteFigure draws f as a PNG to out. The same figure gives the same bytes on every run.
 func WriteFigure(out io.Writer, f Figure) error {
-	if len(f.Rows) == 0 || len(f.Rows[0]) == 0 {
-		return errors.New("drawing a figure: no panel")
-	}
 	img := vgimg.NewWith(vgimg.UseWH(f.Width, f.Height), vgimg.UseDPI(dpi))
 	dc := draw.New(img)
-	cols := len(f.Rows[0])
-	tiles := draw.Tiles{Rows: len(f.Rows), Cols: cols, PadX: vg.Centimeter, PadY: vg.Centimeter / 2,
-		PadTop: vg.Millimeter * 2, PadBottom: vg.Millimeter * 2, PadLeft: vg.Millimeter * 2}
-	plots := make([][]*plot.Plot, len(f.Rows))
-	legends := make([][]plot.Legend, len(f.Rows))
-	legendW := vg.Length(0)
-	for j, row := range f.Rows {
-		if len(row) != cols {
-			return fmt.Errorf("drawing a figure: row %d has %d panels, row 0 has %d", j, len(row), cols)
-		}
-		var entries []legendEntry
-		lo, hi := math.Inf(1), math.Inf(-1)
-		for _, p := range row {
-			pl, es, err := p.plot(f.XUnit)
-			if err != nil {
-				return err
-			}
-			plots[j] = append(plots[j], pl)
-			entries = mergeEntries(entries, es)
-			lo, hi = min(lo, pl.Y.Min), max(hi, pl.Y.Max)
-		}
-		for _, pl := range plots[j] {
-			pl.Y.Min, pl.Y.Max = lo, hi
-		}
-		// The tile's height does not depend on the width left for the plots.
-		tile := tiles.At(dc, 0, j)
-		legends[j] = legendColumns(entries, tile.Max.Y-tile.Min.Y)
-		legendW = max(legendW, columnsWidth(legends[j]))
+	lay, err := layOut(f, dc)
+	if err != nil {
+		return err
 	}
-	plotArea := draw.Crop(dc, 0, -legendW, 0, 0)
-	canvases := plot.Align(plots, tiles, plotArea)
-	for j := range plots {
-		for i, pl := range plots[j] {
-			pl.Draw(canvases[j][i])
+	for j := range lay.plots {
+		for i, pl := range lay.plots[j] {
+			pl.Draw(lay.canvases[j][i])
 		}
-		tile := tiles.At(plotArea, 0, j)
-		x := plotArea.Max.X + vg.Millimeter*3
-		for _, l := range legends[j] {
-			w := columnsWidth([]plot.Legend{l})
-			l.Draw(draw.Canvas{Canvas: dc.Canvas, Rectangle: vg.Rectangle{
-				Min: vg.Point{X: x, Y: tile.Min.Y}, Max: vg.Point{X: x + w, Y: tile.Max.Y - vg.Millimeter*4},
-			}})
-			x += w
+		for _, l := range lay.legends[j] {
+			l.Draw(draw.Canvas{Canvas: dc.Canvas, Rectangle: l.at})
 		}
 	}
 	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(out); err != nil {
 		return fmt.Errorf("writing a figure's PNG: %w", err)
 	}
 	return nil
+}
+
+// layout is where a figure's plots and legend columns go on its canvas.
+type layout struct {
+	plots    [][]*plot.Plot
+	canvases [][]draw.Canvas
+	legends  [][]placedLegend
+}
+
+type placedLegend struct {
+	plot.Legend
+	at vg.Rectangle
+}
+
+// layOut builds f's plots and places them on dc, with each row's legend columns to the right
+// of the row, outside every plot.
+func layOut(f Figure, dc draw.Canvas) (*layout, error) {
+	if len(f.Rows) == 0 || len(f.Rows[0]) == 0 {
+		return nil, errors.New("drawing a figure: no panel")
+	}
+	cols := len(f.Rows[0])
+	tiles := draw.Tiles{Rows: len(f.Rows), Cols: cols, PadX: vg.Centimeter, PadY: vg.Centimeter / 2,
+		PadTop: vg.Millimeter * 2, PadBottom: vg.Millimeter * 2, PadLeft: vg.Millimeter * 2}
+	lay := &layout{plots: make([][]*plot.Plot, len(f.Rows)), legends: make([][]placedLegend, len(f.Rows))}
+	columns := make([][]plot.Legend, len(f.Rows))
+	legendW := vg.Length(0)
+	for j, row := range f.Rows {
+		if len(row) != cols {
+			return nil, fmt.Errorf("drawing a figure: row %d has %d panels, row 0 has %d", j, len(row), cols)
+		}
+		var entries []legendEntry
+		lo, hi := math.Inf(1), math.Inf(-1)
+		for _, p := range row {
+			pl, es, err := p.plot(f.XUnit)
+			if err != nil {
+				return nil, err
+			}
+			lay.plots[j] = append(lay.plots[j], pl)
+			entries = mergeEntries(entries, es)
+			lo, hi = min(lo, pl.Y.Min), max(hi, pl.Y.Max)
+		}
+		for _, pl := range lay.plots[j] {
+			pl.Y.Min, pl.Y.Max = lo, hi
+		}
+		// The tile's height does not depend on the width left for the plots.
+		tile := tiles.At(dc, 0, j)
+		columns[j] = legendColumns(entries, tile.Max.Y-tile.Min.Y)
+		legendW = max(legendW, columnsWidth(columns[j]))
+	}
+	plotArea := draw.Crop(dc, 0, -(legendW + legendGap), 0, 0)
+	lay.canvases = plot.Align(lay.plots, tiles, plotArea)
+	for j := range columns {
+		tile := tiles.At(plotArea, 0, j)
+		x := plotArea.Max.X + legendGap
+		for _, l := range columns[j] {
+			w := columnsWidth([]plot.Legend{l})
+			lay.legends[j] = append(lay.legends[j], placedLegend{Legend: l, at: vg.Rectangle{
+				Min: vg.Point{X: x, Y: tile.Min.Y}, Max: vg.Point{X: x + w - legendGap, Y: tile.Max.Y - legendTop},
+			}})
+			x += w
+		}
+	}
+	return lay, nil
 }
 
 type legendEntry struct {
@@ -200,7 +231,7 @@ func legendColumns(entries []legendEntry, height vg.Length) []plot.Legend {
 	probe := newLegend()
 	probe.Add("GPU 0")
 	rowH := probe.Rectangle(draw.Canvas{}).Size().Y + probe.Padding
-	perCol := max(1, int((height-vg.Millimeter*4)/rowH))
+	perCol := max(1, int((height-legendTop+probe.Padding)/rowH))
 	var out []plot.Legend
 	for i := 0; i < len(entries); i += perCol {
 		l := newLegend()
@@ -221,11 +252,18 @@ func newLegend() plot.Legend {
 	return l
 }
 
+// legendGap separates a plot from its legend and legend columns from each other; legendTop
+// keeps the first entry level with the plot's title.
+const (
+	legendGap = 3 * vg.Millimeter
+	legendTop = 4 * vg.Millimeter
+)
+
 // columnsWidth is the width the legend columns take side by side, with a gap after each.
 func columnsWidth(cols []plot.Legend) vg.Length {
 	w := vg.Length(0)
 	for _, l := range cols {
-		w += l.Rectangle(draw.Canvas{}).Size().X + vg.Millimeter*4
+		w += l.Rectangle(draw.Canvas{}).Size().X + legendGap
 	}
 	return w
 }
