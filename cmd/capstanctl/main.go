@@ -36,9 +36,32 @@ type globals struct {
 	timeout                time.Duration
 }
 
+func (g *globals) endpointList() []string { return cluster.SplitEndpoints(g.endpoints) }
+
+// dial builds the client, then dials the endpoints itself: when every one refuses or does not
+// exist, waiting out the request's deadline would tell the user nothing more, so it says so now.
 func (g *globals) dial() (*clientv3.Client, error) {
-	return cluster.Dial(cluster.Conn{Endpoints: cluster.SplitEndpoints(g.endpoints), CAFile: g.ca, CertFile: g.cert,
+	c, err := cluster.Dial(cluster.Conn{Endpoints: g.endpointList(), CAFile: g.ca, CertFile: g.cert,
 		KeyFile: g.key, Username: g.username, PasswordFile: g.passwordFile, DialTimeout: g.timeout})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), g.timeout)
+	defer cancel()
+	if ok, results := probe(ctx, g.endpointList(), g.tlsConfig()); !ok && allDefinite(results) {
+		_ = c.Close()
+		return nil, &unreachableError{endpoints: g.endpoints, tried: results}
+	}
+	return c, nil
+}
+
+func allDefinite(rs []probeResult) bool {
+	for _, r := range rs {
+		if !r.definite() {
+			return false
+		}
+	}
+	return true
 }
 
 func (g *globals) keys(group string) (cluster.Keys, error) {
@@ -61,7 +84,7 @@ func (g *globals) with(group string, f func(ctx context.Context, c *clientv3.Cli
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), g.timeout)
 	defer cancel()
-	return f(ctx, c, k)
+	return g.explain(f(ctx, c, k), g.timeout)
 }
 
 func newRoot(out, errOut io.Writer) *cobra.Command {
@@ -75,7 +98,7 @@ func newRoot(out, errOut io.Writer) *cobra.Command {
 	root.SetOut(out)
 	root.SetErr(errOut)
 	pf := root.PersistentFlags()
-	pf.StringVar(&g.endpoints, "etcd.endpoints", "http://127.0.0.1:2379", "comma-separated etcd client URLs")
+	pf.StringVar(&g.endpoints, "etcd.endpoints", endpointsDefault(), "comma-separated etcd client URLs; $"+endpointsEnv+" sets the default")
 	pf.StringVar(&g.prefix, "etcd.prefix", "/capstan/v1", "etcd key prefix of Capstan's records")
 	pf.StringVar(&g.ca, "etcd.tls.ca-file", "", "PEM CA bundle that verifies the etcd servers")
 	pf.StringVar(&g.cert, "etcd.tls.cert-file", "", "PEM client certificate; needs --etcd.tls.key-file")
@@ -266,7 +289,6 @@ func drainCmd(g *globals, out io.Writer) *cobra.Command {
 		},
 	}
 }
-
 func topCmd(g *globals, out io.Writer) *cobra.Command {
 	var every time.Duration
 	c := &cobra.Command{
@@ -283,7 +305,7 @@ func topCmd(g *globals, out io.Writer) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			return top(cmd.Context(), c, k, out, every, g.timeout)
+			return g.explain(top(cmd.Context(), c, k, out, every, g.timeout), g.timeout)
 		},
 	}
 	c.Flags().DurationVar(&every, "refresh", time.Second, "least time between two redraws")

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"bytes"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/capstan-power/capstan/internal/etcdtest"
+)
+
+// TestUnreachableEtcd: a command that reaches no etcd names the endpoints it tried, why each did
+// not answer, and the flag and variable that point it elsewhere; a refused dial does not wait
+// for the request's deadline.
+func TestUnreachableEtcd(t *testing.T) {
+	hint := "point capstanctl at etcd with --etcd.endpoints or $CAPSTAN_ETCD_ENDPOINTS"
+
+	t.Run("refused", func(t *testing.T) {
+		ep := "http://" + etcdtest.FreeAddr(t) // nothing listens there
+		other := "127.0.0.1:1"
+		start := time.Now()
+		out, err := run(t, ep+","+other, "status", "row-a")
+		t.Logf("refused endpoints reported after %s (the request deadline is 10s)", time.Since(start).Round(time.Millisecond))
+		for _, want := range []string{
+			"no etcd endpoint answered (endpoints from --etcd.endpoints): ",
+			ep + ": connection refused (nothing listens there); " + other + ": connection refused",
+			hint,
+		} {
+			if err == nil || !strings.Contains(out, want) {
+				t.Errorf("err %v, output:\n%s\nwant it to contain %q", err, out, want)
+			}
+		}
+		if strings.Contains(out, "context deadline exceeded") {
+			t.Errorf("a refused dial waited out the deadline:\n%s", out)
+		}
+	})
+
+	t.Run("from the environment", func(t *testing.T) {
+		ep := "http://" + etcdtest.FreeAddr(t)
+		t.Setenv(endpointsEnv, ep)
+		var out bytes.Buffer
+		root := newRoot(&out, &out)
+		root.SetArgs([]string{"budget", "get", "row-a"})
+		want := "no etcd endpoint answered (endpoints from $CAPSTAN_ETCD_ENDPOINTS): " + ep + ": connection refused"
+		if err := root.Execute(); err == nil || !strings.Contains(out.String(), want) {
+			t.Errorf("err %v, output:\n%s\nwant it to contain %q", err, out.String(), want)
+		}
+		if !strings.Contains(root.PersistentFlags().Lookup("etcd.endpoints").Usage, "$CAPSTAN_ETCD_ENDPOINTS") {
+			t.Error("--help does not name $CAPSTAN_ETCD_ENDPOINTS")
+		}
+	})
+
+	t.Run("silent", func(t *testing.T) {
+		// A listener that accepts and never answers: only the deadline ends the request, and the
+		// error says what was seen.
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = l.Close() }()
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				t.Cleanup(func() { _ = c.Close() })
+			}
+		}()
+		ep := "http://" + l.Addr().String()
+		out, err := run(t, ep, "--timeout", "300ms", "status", "row-a")
+		want := "no etcd endpoint answered within 300ms (endpoints from --etcd.endpoints): " + ep +
+			": accepted a connection but gave no etcd answer"
+		if err == nil || !strings.Contains(out, want) || !strings.Contains(out, hint) {
+			t.Errorf("err %v, output:\n%s\nwant it to contain %q", err, out, want)
+		}
+	})
+
+	t.Run("TLS to a plain server", func(t *testing.T) {
+		_, eps := etcdtest.Start(t, 1, nil)
+		ep := "https://" + eps[0]
+		out, err := run(t, ep, "--timeout", "300ms", "status", "row-a")
+		want := ep + ": TLS handshake failed: the server closed the connection (a plain server? use http://)"
+		if err == nil || !strings.Contains(out, want) {
+			t.Errorf("err %v, output:\n%s\nwant it to contain %q", err, out, want)
+		}
+	})
+}
