@@ -33,6 +33,8 @@ type globals struct {
 	ca, cert, key          string
 	username, passwordFile string
 	timeout                time.Duration
+	// probed is what dialling the endpoints found, kept to explain a request nobody answered.
+	probed []probeResult
 }
 
 func (g *globals) endpointList() []string { return cluster.SplitEndpoints(g.endpoints) }
@@ -45,22 +47,11 @@ func (g *globals) dial() (*clientv3.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), g.timeout)
-	defer cancel()
-	if ok, results := probe(ctx, g.endpointList(), g.tlsConfig()); !ok && allDefinite(results) {
+	if err := g.reachable(); err != nil {
 		_ = c.Close()
-		return nil, &unreachableError{endpoints: g.endpoints, tried: results}
+		return nil, err
 	}
 	return c, nil
-}
-
-func allDefinite(rs []probeResult) bool {
-	for _, r := range rs {
-		if !r.definite() {
-			return false
-		}
-	}
-	return true
 }
 
 func (g *globals) keys(group string) (cluster.Keys, error) {

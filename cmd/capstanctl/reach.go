@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -131,6 +132,9 @@ func dialTarget(ep string) (network, addr string, isTLS bool) {
 	return "tcp", u.Host, u.Scheme == "https"
 }
 
+// errUnprobed marks an endpoint whose probe was not waited for: another one had answered.
+var errUnprobed = errors.New("not probed")
+
 // probe dials every endpoint at once; it returns as soon as one accepts (ok) or when all have
 // failed or ctx ends. A TLS endpoint must also complete its handshake with tc.
 func probe(ctx context.Context, endpoints []string, tc *tls.Config) (ok bool, results []probeResult) {
@@ -143,7 +147,7 @@ func probe(ctx context.Context, endpoints []string, tc *tls.Config) (ok bool, re
 	ch := make(chan indexed, len(endpoints))
 	results = make([]probeResult, len(endpoints))
 	for i, ep := range endpoints {
-		results[i] = probeResult{endpoint: ep, err: context.DeadlineExceeded}
+		results[i] = probeResult{endpoint: ep, err: errUnprobed}
 		go func() { ch <- indexed{i, probeOne(ctx, ep, tc)} }()
 	}
 	for range endpoints {
@@ -154,6 +158,11 @@ func probe(ctx context.Context, endpoints []string, tc *tls.Config) (ok bool, re
 				return true, results
 			}
 		case <-ctx.Done():
+			for i := range results {
+				if errors.Is(results[i].err, errUnprobed) {
+					results[i].err = ctx.Err()
+				}
+			}
 			return false, results
 		}
 	}
@@ -226,11 +235,45 @@ func (g *globals) explain(err error, waited time.Duration) error {
 	if errors.As(err, &ue) {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), diagnoseTimeout)
-	defer cancel()
-	_, results := probe(ctx, g.endpointList(), g.tlsConfig())
+	// What the dial found stands; only endpoints it did not wait for are dialled again.
+	results := slices.Clone(g.probed)
+	var again []string
+	for _, r := range results {
+		if errors.Is(r.err, errUnprobed) {
+			again = append(again, r.endpoint)
+		}
+	}
+	if len(results) == 0 {
+		again = g.endpointList()
+	}
+	if len(again) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), diagnoseTimeout)
+		defer cancel()
+		_, found := probe(ctx, again, g.tlsConfig())
+		results = slices.DeleteFunc(results, func(r probeResult) bool { return errors.Is(r.err, errUnprobed) })
+		results = append(results, found...)
+	}
 	return &unreachableError{endpoints: g.endpoints, tried: results, waited: waited, err: err}
 }
 
-// diagnoseTimeout bounds the probe that explains a request's failure: it only finds the reason.
-const diagnoseTimeout = 2 * time.Second
+// reachable dials every endpoint before the first request: when each one refuses or does not
+// exist, waiting out the request's deadline would tell the user nothing more. An endpoint that
+// does not answer within precheckTimeout is left to the request.
+func (g *globals) reachable() error {
+	ctx, cancel := context.WithTimeout(context.Background(), min(g.timeout, precheckTimeout))
+	defer cancel()
+	ok, results := probe(ctx, g.endpointList(), g.tlsConfig())
+	g.probed = results
+	if ok || slices.ContainsFunc(results, func(r probeResult) bool { return !r.definite() }) {
+		return nil
+	}
+	return &unreachableError{endpoints: g.endpoints, tried: results}
+}
+
+const (
+	// precheckTimeout bounds the dial before the first request: a connection on a working
+	// network is made well within it, and a silent address costs at most this much more.
+	precheckTimeout = time.Second
+	// diagnoseTimeout bounds a probe that only explains a request's failure.
+	diagnoseTimeout = 2 * time.Second
+)

@@ -58,14 +58,21 @@ func TestUnreachableEtcd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer func() { _ = l.Close() }()
+		conns := make(chan net.Conn, 64)
+		defer func() {
+			_ = l.Close()
+			for c := range conns { // until the accepting goroutine has returned
+				_ = c.Close()
+			}
+		}()
 		go func() {
+			defer close(conns)
 			for {
 				c, err := l.Accept()
 				if err != nil {
 					return
 				}
-				t.Cleanup(func() { _ = c.Close() })
+				conns <- c
 			}
 		}()
 		ep := "http://" + l.Addr().String()

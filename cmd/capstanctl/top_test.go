@@ -173,6 +173,25 @@ func TestTopInATerminal(t *testing.T) {
 	if colored := capture("plain", true); strings.Contains(colored, "\x1b[31m") || strings.Contains(colored, "\x1b[33m") {
 		t.Errorf("NO_COLOR=1, yet colours:\n%q", colored)
 	}
+	// Ctrl-C ends it through its context, so it restores the terminal and exits 0 rather than
+	// dying of the signal.
+	if out, err := tmux("set-option", "-t", "plain", "remain-on-exit", "on"); err != nil {
+		t.Fatalf("set-option: %v %s", err, out)
+	}
+	if out, err := tmux("send-keys", "-t", "plain", "C-c"); err != nil {
+		t.Fatalf("send-keys: %v %s", err, out)
+	}
+	var dead string
+	testkit.WaitFor(t, "top to quit on Ctrl-C", func() bool {
+		dead, _ = tmux("display-message", "-p", "-t", "plain", "#{pane_dead} #{pane_dead_status} #{pane_dead_signal}")
+		return strings.HasPrefix(dead, "1 ")
+	})
+	if strings.TrimSpace(dead) != "1 0" {
+		t.Errorf("after Ctrl-C: pane dead, status, signal = %q; want a clean exit (1 0)", dead)
+	}
+	if s := capture("plain", false); strings.Contains(s, "gpu-a") {
+		t.Errorf("the alternate screen was not left after Ctrl-C:\n%s", s)
+	}
 }
 
 // TestTopRedrawsInPlace: on a terminal every frame starts at the cursor's home and clears only
