@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -67,6 +68,9 @@ func (e *unreachableError) Error() string {
 		reasons[i] = r.endpoint + ": " + r.reason()
 	}
 	b.WriteString(strings.Join(reasons, "; "))
+	if e.err != nil && !errors.Is(e.err, context.DeadlineExceeded) {
+		fmt.Fprintf(&b, " (the request: %v)", e.err)
+	}
 	fmt.Fprintf(&b, "\npoint capstanctl at etcd with --etcd.endpoints or $%s (comma-separated URLs, e.g. https://etcd-0:2379,https://etcd-1:2379)", endpointsEnv)
 	return b.String()
 }
@@ -136,7 +140,7 @@ func dialTarget(ep string) (network, addr string, isTLS bool) {
 var errUnprobed = errors.New("not probed")
 
 // probe dials every endpoint at once; it returns as soon as one accepts (ok) or when all have
-// failed or ctx ends. A TLS endpoint must also complete its handshake with tc.
+// failed, which ctx bounds. A TLS endpoint must also complete its handshake with tc.
 func probe(ctx context.Context, endpoints []string, tc *tls.Config) (ok bool, results []probeResult) {
 	type indexed struct {
 		i   int
@@ -150,20 +154,13 @@ func probe(ctx context.Context, endpoints []string, tc *tls.Config) (ok bool, re
 		results[i] = probeResult{endpoint: ep, err: errUnprobed}
 		go func() { ch <- indexed{i, probeOne(ctx, ep, tc)} }()
 	}
+	// Each dial ends with ctx, so waiting for all of them ends with it too, and every endpoint
+	// keeps the reason it gave (a handshake cut short says the connection was made).
 	for range endpoints {
-		select {
-		case r := <-ch:
-			results[r.i].err = r.err
-			if r.err == nil {
-				return true, results
-			}
-		case <-ctx.Done():
-			for i := range results {
-				if errors.Is(results[i].err, errUnprobed) {
-					results[i].err = ctx.Err()
-				}
-			}
-			return false, results
+		r := <-ch
+		results[r.i].err = r.err
+		if r.err == nil {
+			return true, results
 		}
 	}
 	return false, results
@@ -215,6 +212,10 @@ func (g *globals) tlsConfig() *tls.Config {
 // unanswered reports whether a request's error means etcd never answered it (rather than
 // answering with an error of its own).
 func unanswered(err error) bool {
+	var answer rpctypes.EtcdError
+	if errors.As(err, &answer) {
+		return false
+	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return true
 	}
