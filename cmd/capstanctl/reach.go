@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -98,8 +99,12 @@ func (r probeResult) reason() string {
 	var rec tls.RecordHeaderError
 	var ne net.Error
 	var hs *handshakeError
+	var unknownCA x509.UnknownAuthorityError
 	switch {
 	case r.err == nil:
+		if _, _, isTLS := dialTarget(r.endpoint); isTLS {
+			return "accepted a TLS connection but gave no etcd answer (is it etcd's client port?)"
+		}
 		return "accepted a connection but gave no etcd answer (a TLS server reached with http://? use https:// and --etcd.tls.ca-file)"
 	case errors.Is(r.err, syscall.ECONNREFUSED):
 		return "connection refused (nothing listens there)"
@@ -111,6 +116,10 @@ func (r probeResult) reason() string {
 		return "TLS handshake failed: the server closed the connection (a plain server? use http://)"
 	case errors.As(r.err, &hs) && (errors.Is(r.err, context.DeadlineExceeded) || errors.As(r.err, &ne) && ne.Timeout()):
 		return "accepted a connection but did not complete a TLS handshake"
+	case errors.As(r.err, &hs) && errors.As(r.err, &unknownCA):
+		return r.err.Error() + " (give the CA that signed it with --etcd.tls.ca-file)"
+	case errors.As(r.err, &hs) && strings.Contains(r.err.Error(), "certificate required"):
+		return r.err.Error() + " (give a client certificate with --etcd.tls.cert-file and --etcd.tls.key-file)"
 	case errors.As(r.err, &hs):
 		return r.err.Error()
 	case errors.Is(r.err, context.DeadlineExceeded), errors.As(r.err, &ne) && ne.Timeout():
@@ -152,7 +161,7 @@ func probe(ctx context.Context, endpoints []string, tc *tls.Config) (ok bool, re
 	results = make([]probeResult, len(endpoints))
 	for i, ep := range endpoints {
 		results[i] = probeResult{endpoint: ep, err: errUnprobed}
-		go func() { ch <- indexed{i, probeOne(ctx, ep, tc)} }()
+		go func() { ch <- indexed{i, probeOne(ctx, ep, tc, 0)} }()
 	}
 	// Each dial ends with ctx, so waiting for all of them ends with it too, and every endpoint
 	// keeps the reason it gave (a handshake cut short says the connection was made).
@@ -166,7 +175,9 @@ func probe(ctx context.Context, endpoints []string, tc *tls.Config) (ok bool, re
 	return false, results
 }
 
-func probeOne(ctx context.Context, ep string, tc *tls.Config) error {
+// probeOne dials one endpoint. With settle > 0 it then reads for that long: a TLS 1.3 server
+// refuses a client certificate only after the client's side of the handshake is done.
+func probeOne(ctx context.Context, ep string, tc *tls.Config, settle time.Duration) error {
 	network, addr, isTLS := dialTarget(ep)
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, network, addr)
@@ -187,6 +198,13 @@ func probeOne(ctx context.Context, ep string, tc *tls.Config) error {
 	tconn := tls.Client(conn, cfg)
 	if err := tconn.HandshakeContext(ctx); err != nil {
 		return &handshakeError{err}
+	}
+	if settle > 0 {
+		_ = tconn.SetReadDeadline(time.Now().Add(settle))
+		var ne net.Error
+		if _, err := tconn.Read(make([]byte, 1)); err != nil && (!errors.As(err, &ne) || !ne.Timeout()) {
+			return &handshakeError{err}
+		}
 	}
 	return nil
 }
@@ -236,23 +254,30 @@ func (g *globals) explain(err error, waited time.Duration) error {
 	if errors.As(err, &ue) {
 		return err
 	}
-	// What the dial found stands; only endpoints it did not wait for are dialled again.
+	// What the dial found stands where it is a failure; the endpoints that accepted, and those
+	// it did not wait for, are dialled again and watched a little longer.
 	results := slices.Clone(g.probed)
-	var again []string
-	for _, r := range results {
-		if errors.Is(r.err, errUnprobed) {
-			again = append(again, r.endpoint)
+	if len(results) == 0 {
+		for _, ep := range g.endpointList() {
+			results = append(results, probeResult{endpoint: ep, err: errUnprobed})
 		}
 	}
-	if len(results) == 0 {
-		again = g.endpointList()
+	ctx, cancel := context.WithTimeout(context.Background(), diagnoseTimeout)
+	defer cancel()
+	tc := g.tlsConfig()
+	done := make(chan struct{})
+	n := 0
+	for i, r := range results {
+		if r.err == nil || errors.Is(r.err, errUnprobed) {
+			n++
+			go func() {
+				results[i].err = probeOne(ctx, r.endpoint, tc, settle)
+				done <- struct{}{}
+			}()
+		}
 	}
-	if len(again) > 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), diagnoseTimeout)
-		defer cancel()
-		_, found := probe(ctx, again, g.tlsConfig())
-		results = slices.DeleteFunc(results, func(r probeResult) bool { return errors.Is(r.err, errUnprobed) })
-		results = append(results, found...)
+	for range n {
+		<-done
 	}
 	return &unreachableError{endpoints: g.endpoints, tried: results, waited: waited, err: err}
 }
@@ -277,4 +302,6 @@ const (
 	precheckTimeout = time.Second
 	// diagnoseTimeout bounds a probe that only explains a request's failure.
 	diagnoseTimeout = 2 * time.Second
+	// settle is how long that probe waits for a TLS server's late refusal.
+	settle = 300 * time.Millisecond
 )

@@ -3,11 +3,16 @@ package main
 import (
 	"bytes"
 	"net"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	"go.etcd.io/etcd/server/v3/embed"
+
 	"github.com/capstan-power/capstan/internal/etcdtest"
+	"github.com/capstan-power/capstan/internal/testpki"
 )
 
 // TestUnreachableEtcd: a command that reaches no etcd names the endpoints it tried, why each did
@@ -99,6 +104,32 @@ func TestUnreachableEtcd(t *testing.T) {
 		want := ep + ": TLS handshake failed: the server closed the connection (a plain server? use http://)"
 		if err == nil || !strings.Contains(out, want) {
 			t.Errorf("err %v, output:\n%s\nwant it to contain %q", err, out, want)
+		}
+	})
+
+	t.Run("TLS", func(t *testing.T) {
+		p := testpki.New(t)
+		_, hosts := etcdtest.Start(t, 1, func(c *embed.Config) {
+			for _, u := range []*[]url.URL{&c.ListenClientUrls, &c.AdvertiseClientUrls} {
+				(*u)[0].Scheme = "https"
+			}
+			c.ClientTLSInfo = transport.TLSInfo{CertFile: p.ServerCert, KeyFile: p.ServerKey, TrustedCAFile: p.CAFile, ClientCertAuth: true}
+		})
+		ep := "https://" + hosts[0]
+		for _, c := range []struct {
+			args []string
+			want string
+		}{
+			{nil, ep + ": TLS handshake failed: tls: failed to verify certificate: x509: certificate signed by unknown authority (give the CA that signed it with --etcd.tls.ca-file)"},
+			{[]string{"--etcd.tls.ca-file", p.CAFile}, ep + ": TLS handshake failed: remote error: tls: certificate required (give a client certificate with --etcd.tls.cert-file and --etcd.tls.key-file)"},
+		} {
+			out, err := run(t, ep, append(c.args, "--timeout", "500ms", "status", "row-a")...)
+			if err == nil || !strings.Contains(out, c.want) {
+				t.Errorf("%v: err %v, output:\n%s\nwant it to contain %q", c.args, err, out, c.want)
+			}
+			if testing.Verbose() {
+				t.Log(out)
+			}
 		}
 	})
 }
