@@ -25,7 +25,7 @@ RUN_FLAGS ?= --gpu.backend=sim --gpu.sim.model=H100 --gpu.sim.count=8 --gpu.sim.
              --web.listen-address=127.0.0.1:9400 --summary.interval=5s --collector.workload \
              --capping.enabled --budget.watts=3920 --capping.state-file=bin/capping-state.json
 
-.PHONY: all build run test test-short bench bench-cluster lint fmt generate vmlinux clean tools packages image
+.PHONY: all build run test test-short bench bench-cluster lint fmt generate docs vmlinux clean tools packages image
 
 all: build
 
@@ -58,6 +58,14 @@ bench-cluster:
 
 generate:
 	$(GO) generate ./...
+
+# The pictures in docs/, drawn from simulated runs on a simulated clock with fixed seeds: the
+# same code gives the same bytes, so CI regenerates them and checks that they are committed.
+# docs/simulate.png is what `capstan simulate --plot` draws, with the README's example.
+docs:
+	$(GO) run ./capping/simulation/gen -o docs
+	$(GO) run ./cmd/capstan simulate --gpu.sim.trace=imbalanced --budget.watts=3360 --duration=1h \
+		--budget.step=30m:2352 --plot docs/simulate.png >/dev/null
 
 # bpf/vmlinux.h comes from a kernel's BTF and is committed; `make generate` (clang, llvm and
 # libbpf-dev) compiles bpf/ from it. CO-RE relocates the programs to the running kernel.

@@ -55,8 +55,10 @@ type Sample struct {
 	DrawnW    float64 // what our fleet truly drew
 	CapW      float64
 	StaticW   float64 // what the static-caps fleet drew
-	OracleW   float64 // what the oracle fleet drew
-	Limits    []float64
+	// StaticCapW is the static fleet's Σ limits: the budget, within the GPUs' constraints.
+	StaticCapW float64
+	OracleW    float64 // what the oracle fleet drew
+	Limits     []float64
 }
 
 // Figures describe one policy over a run.
@@ -75,9 +77,30 @@ type Report struct {
 	// new budget and stayed within 2 % above it for the following 10 periods; -1 when it never
 	// did.
 	SettlePeriods []int
-	Periods       int
-	Wall          time.Duration
+	// StepOvershootPct is, per budget step, the largest overshoot of our fleet before that
+	// step settled: the transient left out of MaxOvershootPct.
+	StepOvershootPct []float64
+	// Startup is our fleet's first periods, from the GPUs' default limits: its overshoot in
+	// the first StartupPeriods (left out of MaxOvershootPct) and how many periods it took to
+	// come under the budget and stay within 2 % above it (the SettlePeriods rule).
+	Startup Transient
+	Periods int
+	Wall    time.Duration
 }
+
+// Transient is a disturbance our fleet went through: the start or a budget step.
+type Transient struct {
+	// OvershootPct is the largest draw above the budget during it, as a share of the budget.
+	OvershootPct float64
+	// SettlePeriods is how many periods it took to settle; -1 when it did not (before the
+	// run or the next budget step ended).
+	SettlePeriods int
+}
+
+// StartupPeriods are the periods at the start left out of MaxOvershootPct: the controller
+// starts from the GPUs' default limits, a transient no budget step caused; Report.Startup
+// describes it.
+const StartupPeriods = warmup
 
 // settleHold is how long power must stay within settleBand after settling to count as settled.
 const (
@@ -126,7 +149,7 @@ func Run(o Options) (*Report, error) {
 		if o.Sample != nil {
 			r.limits = r.ctl.Limits(r.limits[:0])
 			o.Sample(Sample{Elapsed: elapsed, BudgetW: r.budgetW, MeasuredW: r.ctl.MeasuredW(), DrawnW: drawn[0],
-				CapW: r.ctl.CapW(), StaticW: drawn[1], OracleW: drawn[2], Limits: r.limits})
+				CapW: r.ctl.CapW(), StaticW: drawn[1], StaticCapW: r.staticCapW, OracleW: drawn[2], Limits: r.limits})
 		}
 	}
 	r.rep.Periods = periods
@@ -156,17 +179,42 @@ type runState struct {
 	staticDevs, oracleDevs []nvml.Device
 	demand, shares, limits []float64
 
-	steps   []Step
-	next    int // the next budget step
-	budgetW float64
+	steps      []Step
+	next       int // the next budget step
+	budgetW    float64
+	staticCapW float64 // the static fleet's Σ limits
 
 	base [3]start
 	over [3]int     // periods above budget
 	peak [3]float64 // largest overshoot once settled, as a share of the budget
-	// stepAt is the period of the last budget step; settle the periods it took to settle
-	// (-1: not yet), holdLeft the periods left to confirm it.
-	stepAt, settle, holdLeft int
-	rep                      Report
+	// stepAt is the period of the last budget step, step follows it; startup follows the
+	// start until the first step.
+	stepAt        int
+	step, startup settling
+	rep           Report
+}
+
+// settling follows our fleet after a disturbance until its draw came under the budget and
+// stayed within settleBand above it for settleHold periods.
+type settling struct {
+	// settle is the periods it took to come under the budget (-1: not yet), holdLeft the
+	// periods left to confirm it.
+	settle, holdLeft int
+}
+
+// observe takes the draw of the period sinceStart periods after the disturbance began and
+// reports whether the fleet has settled: under the budget, then held within the band.
+func (s *settling) observe(sinceStart int, drawnW, budgetW float64) (settled bool) {
+	switch {
+	case s.settle < 0 && drawnW <= budgetW:
+		s.settle, s.holdLeft = sinceStart, settleHold
+	case s.settle >= 0 && s.holdLeft > 0 && drawnW > budgetW*(1+settleBand):
+		s.settle = -1
+	}
+	if s.settle >= 0 && s.holdLeft > 0 {
+		s.holdLeft--
+	}
+	return s.settle >= 0 && s.holdLeft == 0
 }
 
 // newRun checks the options, builds the three fleets and starts the controller on ours.
@@ -177,7 +225,8 @@ func newRun(o Options) (*runState, error) {
 	if !(o.BudgetW > 0) {
 		return nil, errors.New("simulation: the budget must be a positive number of watts")
 	}
-	r := &runState{period: o.Settings.Period, budgetW: o.BudgetW, settle: -1}
+	r := &runState{period: o.Settings.Period, budgetW: o.BudgetW, step: settling{settle: -1}, startup: settling{settle: -1}}
+	r.rep.Startup.SettlePeriods = -1
 	r.steps = append([]Step(nil), o.Steps...)
 	sort.SliceStable(r.steps, func(i, j int) bool { return r.steps[i].At < r.steps[j].At })
 	r.clock = clock.NewManual(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
@@ -210,7 +259,7 @@ func newRun(o Options) (*runState, error) {
 	}
 	r.ctl = ctl
 	r.staticDevs, r.oracleDevs = devices(r.fleets[static]), devices(r.fleets[oracle])
-	if err := applyStatic(r.staticDevs, r.model, o.BudgetW); err != nil {
+	if r.staticCapW, err = applyStatic(r.staticDevs, r.model, o.BudgetW); err != nil {
 		_ = ctl.Stop(capping.ExitConfigured)
 		return nil, err
 	}
@@ -224,16 +273,23 @@ func newRun(o Options) (*runState, error) {
 // applySteps applies the budget steps that fall in period k (ending at elapsed) at its start.
 func (r *runState) applySteps(k int, elapsed time.Duration) error {
 	for r.next < len(r.steps) && r.steps[r.next].At < elapsed {
-		if r.settle >= 0 && len(r.rep.SettlePeriods) > 0 {
-			r.rep.SettlePeriods[len(r.rep.SettlePeriods)-1] = r.settle // the next step came before the hold ended
+		// A step that comes before the hold of the previous disturbance ended takes its
+		// settling as it stands.
+		if n := len(r.rep.SettlePeriods); n > 0 && r.step.settle >= 0 {
+			r.rep.SettlePeriods[n-1] = r.step.settle
+		}
+		if len(r.rep.SettlePeriods) == 0 && r.startup.settle >= 0 {
+			r.rep.Startup.SettlePeriods = r.startup.settle
 		}
 		r.budgetW = r.steps[r.next].Watts
 		r.src.b.Watts = r.budgetW
-		if err := applyStatic(r.staticDevs, r.model, r.budgetW); err != nil {
+		var err error
+		if r.staticCapW, err = applyStatic(r.staticDevs, r.model, r.budgetW); err != nil {
 			return err
 		}
 		r.rep.SettlePeriods = append(r.rep.SettlePeriods, -1)
-		r.stepAt, r.settle, r.holdLeft = k-1, -1, 0
+		r.rep.StepOvershootPct = append(r.rep.StepOvershootPct, 0)
+		r.stepAt, r.step = k-1, settling{settle: -1}
 		r.next++
 	}
 	return nil
@@ -258,30 +314,31 @@ func (r *runState) setOracle(elapsed time.Duration) error {
 	return nil
 }
 
-// score counts period k's time over budget, follows settling after the latest step, and once
-// settled (or past the warmup without a step) the overshoot.
+// score counts period k's time over budget, follows settling after the start or the latest
+// step, and once settled (the start: past the first StartupPeriods) the overshoot.
 func (r *runState) score(k int, drawn [3]float64) {
 	for p := range drawn {
 		if drawn[p] > r.budgetW {
 			r.over[p]++
 		}
 	}
-	sinceStep := k - r.stepAt
-	settled := len(r.rep.SettlePeriods) == 0 && k > warmup
-	if len(r.rep.SettlePeriods) > 0 {
-		switch {
-		case r.settle < 0 && drawn[ours] <= r.budgetW:
-			r.settle, r.holdLeft = sinceStep, settleHold
-		case r.settle >= 0 && r.holdLeft > 0 && drawn[ours] > r.budgetW*(1+settleBand):
-			r.settle = -1
+	overPct := 100 * (drawn[ours] - r.budgetW) / r.budgetW
+	var settled bool
+	if n := len(r.rep.SettlePeriods); n > 0 {
+		settled = r.step.observe(k-r.stepAt, drawn[ours], r.budgetW)
+		if settled {
+			r.rep.SettlePeriods[n-1] = r.step.settle
+		} else {
+			r.rep.StepOvershootPct[n-1] = max(r.rep.StepOvershootPct[n-1], overPct)
 		}
-		if r.settle >= 0 && r.holdLeft > 0 {
-			r.holdLeft--
-			if r.holdLeft == 0 {
-				r.rep.SettlePeriods[len(r.rep.SettlePeriods)-1] = r.settle
-			}
+	} else {
+		if r.startup.observe(k, drawn[ours], r.budgetW) {
+			r.rep.Startup.SettlePeriods = r.startup.settle
 		}
-		settled = r.settle >= 0 && r.holdLeft == 0
+		if k <= warmup {
+			r.rep.Startup.OvershootPct = max(r.rep.Startup.OvershootPct, overPct)
+		}
+		settled = k > warmup
 	}
 	if settled {
 		for p := range drawn {
@@ -337,15 +394,15 @@ func devices(f *sim.Fleet) []nvml.Device {
 	return out
 }
 
-// applyStatic sets every GPU to B / n within its constraints.
-func applyStatic(devs []nvml.Device, m sim.Model, budgetW float64) error {
-	per := min(max(budgetW/float64(len(devs)), m.MinLimitW), m.MaxLimitW)
+// applyStatic sets every GPU to B / n within its constraints and returns the Σ limits.
+func applyStatic(devs []nvml.Device, m sim.Model, budgetW float64) (float64, error) {
+	per := math.Floor(min(max(budgetW/float64(len(devs)), m.MinLimitW), m.MaxLimitW))
 	for i, d := range devs {
-		if ret := d.SetPowerManagementLimit(uint32(math.Floor(per)) * 1000); ret != nvml.SUCCESS {
-			return fmt.Errorf("simulation: setting the static limit of GPU %d: %w", i, ret)
+		if ret := d.SetPowerManagementLimit(uint32(per) * 1000); ret != nvml.SUCCESS {
+			return 0, fmt.Errorf("simulation: setting the static limit of GPU %d: %w", i, ret)
 		}
 	}
-	return nil
+	return per * float64(len(devs)), nil
 }
 
 // waterFill gives each GPU min(demand, level) within its constraints, with the level chosen so

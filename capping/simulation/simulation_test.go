@@ -32,6 +32,41 @@ func TestStepDown(t *testing.T) {
 	if r.Ours.MaxOvershootPct > 2 {
 		t.Errorf("overshoot after settling %.2f %%, want ≤ 2 %%", r.Ours.MaxOvershootPct)
 	}
+	// The step lands during a period whose draw is over the new budget: that transient is
+	// reported apart from the overshoot once settled.
+	if len(r.StepOvershootPct) != 1 || r.StepOvershootPct[0] <= r.Ours.MaxOvershootPct {
+		t.Errorf("overshoot before the step settled %v %%, want one figure above the settled %.2f %%", r.StepOvershootPct, r.Ours.MaxOvershootPct)
+	}
+}
+
+// The controller starts from the GPUs' default limits (700 W each, far above a 1800 W budget
+// for four): the first period overshoots, which the start-up transient reports and the
+// overshoot once settled leaves out.
+func TestStartupTransient(t *testing.T) {
+	set := capping.Defaults()
+	r, err := Run(Options{Model: "H100", Trace: "training", Count: 4, Seed: 1, BudgetW: 1800,
+		Duration: 2 * time.Minute, Settings: set, StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("start-up %+v, settled overshoot %.2f %%", r.Startup, r.Ours.MaxOvershootPct)
+	if r.Startup.OvershootPct < 10 {
+		t.Errorf("start-up overshoot %.2f %%, want the first period's draw far over the budget", r.Startup.OvershootPct)
+	}
+	if r.Startup.SettlePeriods < 1 || r.Startup.SettlePeriods > StartupPeriods {
+		t.Errorf("start-up settled in %d periods, want 1..%d", r.Startup.SettlePeriods, StartupPeriods)
+	}
+	if r.Ours.MaxOvershootPct >= r.Startup.OvershootPct {
+		t.Errorf("overshoot once settled %.2f %% includes the start-up's %.2f %%", r.Ours.MaxOvershootPct, r.Startup.OvershootPct)
+	}
+}
+
+// A run that starts within its budget settles in the first period, with no overshoot.
+func TestStartupWithinBudget(t *testing.T) {
+	r := run(t, "steady", 8*700, 2*time.Minute, time.Second)
+	if r.Startup.SettlePeriods != 1 || r.Startup.OvershootPct != 0 {
+		t.Errorf("start-up %+v, want settled in 1 period with no overshoot", r.Startup)
+	}
 }
 
 // Target: a bursty hour spends at most 1 % of the time over budget.

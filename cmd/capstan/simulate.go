@@ -1,11 +1,9 @@
 package main
 
 import (
-	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"image/color"
 	"io"
 	"math"
 	"os"
@@ -15,11 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/vg"
-	"gonum.org/v1/plot/vg/draw"
-	"gonum.org/v1/plot/vg/vgimg"
+	"github.com/spf13/pflag"
 
 	"github.com/capstan-power/capstan/capping"
 	"github.com/capstan-power/capstan/capping/simulation"
@@ -49,7 +43,7 @@ func newSimulateCommand(resolve func() (*config.Config, error), stdout, stderr i
 		Use:   "simulate",
 		Short: "Run the capping controller against the simulated fleet, faster than real time, and report",
 		Long: "simulate runs the real capping controller against the simulated GPU fleet (--gpu.sim.*)\n" +
-			"on a simulated clock under --budget.watts, with the --capping.* settings, and reports\n" +
+			"on a simulated clock under --budget.watts, with the --capping.* tuning, and reports\n" +
 			"energy, throughput, time over budget, largest overshoot and settling time after each\n" +
 			"--budget.step, next to static uniform caps (budget / GPUs) and an oracle that knows\n" +
 			"each GPU's demand, computed in the same run.\n\n" +
@@ -82,7 +76,7 @@ func newSimulateCommand(resolve func() (*config.Config, error), stdout, stderr i
 			}
 			defer os.RemoveAll(dir)
 
-			rec := &recorder{}
+			rec := &simulation.Recording{GPUs: c.GPU.Sim.Count}
 			opts := simulation.Options{
 				Model: c.GPU.Sim.Model, Trace: c.GPU.Sim.Trace, Count: c.GPU.Sim.Count, Seed: c.GPU.Sim.Seed,
 				BudgetW: float64(c.Budget.Watts), Steps: parsed, Duration: duration,
@@ -90,19 +84,21 @@ func newSimulateCommand(resolve func() (*config.Config, error), stdout, stderr i
 			}
 			opts.Settings.DryRun = false
 			if csvPath != "" || plotPath != "" {
-				opts.Sample = rec.add
+				opts.Sample = rec.Add
 			}
 			r, err := simulation.Run(opts)
 			if err != nil {
 				return err
 			}
 			if csvPath != "" {
-				if err := rec.writeCSV(csvPath, c.GPU.Sim.Count); err != nil {
+				if err := writeFile(csvPath, "--csv", rec.WriteCSV); err != nil {
 					return err
 				}
 			}
 			if plotPath != "" {
-				if err := rec.writePlot(plotPath, c.GPU.Sim.Count); err != nil {
+				title := fmt.Sprintf("%d × %s, trace %s, budget %d W", c.GPU.Sim.Count, c.GPU.Sim.Model, c.GPU.Sim.Trace, c.Budget.Watts)
+				write := func(w io.Writer) error { return rec.WritePlot(w, title) }
+				if err := writeFile(plotPath, "--plot", write); err != nil {
 					return err
 				}
 			}
@@ -115,6 +111,7 @@ func newSimulateCommand(resolve func() (*config.Config, error), stdout, stderr i
 			return nil
 		},
 	}
+	cmd.SetUsageFunc(simulateUsage)
 	f := cmd.Flags()
 	f.DurationVar(&duration, "duration", time.Hour, "simulated time to run")
 	f.StringArrayVar(&steps, "budget.step", nil, "change the budget AT a time from the start to WATTS, as AT:WATTS (e.g. 30m:2744); repeatable")
@@ -122,6 +119,31 @@ func newSimulateCommand(resolve func() (*config.Config, error), stdout, stderr i
 	f.StringVar(&csvPath, "csv", "", "write every control period (budget, measured, cap, per-GPU limits, baselines) to this CSV file")
 	f.StringVar(&plotPath, "plot", "", "draw budget, power and per-GPU limits over time to this PNG file")
 	return cmd
+}
+
+// simulateUses are the agent's flags that change what simulate does. Its help lists these
+// and leaves out the others (exporters, collectors, etcd, the controller's lifecycle), which
+// it accepts, as a configuration file may set them, and ignores.
+var simulateUses = []string{
+	"config.file", "log.level", "log.format",
+	"gpu.sim.model", "gpu.sim.count", "gpu.sim.trace", "gpu.sim.seed",
+	"budget.watts",
+	"capping.period", "capping.guard-band-percent", "capping.oversubscription-percent",
+	"capping.headroom-watts", "capping.deadband-watts", "capping.ramp-percent", "capping.weights",
+}
+
+// simulateUsage is simulate's usage: its own flags, then the agent's flags it uses.
+func simulateUsage(c *cobra.Command) error {
+	shared := pflag.NewFlagSet("shared", pflag.ContinueOnError)
+	inherited := c.InheritedFlags()
+	for _, name := range simulateUses {
+		if f := inherited.Lookup(name); f != nil {
+			shared.AddFlag(f)
+		}
+	}
+	_, err := fmt.Fprintf(c.OutOrStderr(), "Usage:\n  %s\n\nFlags:\n%s\nAgent flags simulate uses (it ignores the others):\n%s",
+		c.UseLine(), c.LocalFlags().FlagUsages(), shared.FlagUsages())
+	return err
 }
 
 // parseSteps reads --budget.step values AT:WATTS.
@@ -170,7 +192,7 @@ func writeReport(w io.Writer, c *config.Config, o simulation.Options, r *simulat
 	fmt.Fprintf(w, "%d × %s, trace %s, budget %d W, %s simulated at a %s period in %s\n\n",
 		o.Count, o.Model, o.Trace, c.Budget.Watts, o.Duration, o.Settings.Period, r.Wall.Round(time.Millisecond))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "policy\tenergy kWh\tthroughput GPU·h\tvs static\tover budget\tmax overshoot\t")
+	fmt.Fprintln(tw, "policy\tenergy kWh\tthroughput GPU·h\tvs static\ttime over budget\tmax overshoot¹\t")
 	row := func(name string, f simulation.Figures) {
 		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.1f %%\t%.2f %%\t%.2f %%\t\n", name, f.EnergyJ/3.6e6, f.Work/3600,
 			100*f.Work/r.Static.Work, f.TimeOverBudgetPct, f.MaxOvershootPct)
@@ -179,123 +201,33 @@ func writeReport(w io.Writer, c *config.Config, o simulation.Options, r *simulat
 	row("static B/n", r.Static)
 	row("oracle", r.Oracle)
 	tw.Flush()
-	fmt.Fprintf(w, "\nthroughput vs oracle: %.1f %%\n", 100*r.Ours.Work/r.Oracle.Work)
+	fmt.Fprintf(w, "¹ once settled: after the first %d periods (the start-up, below) and after each budget step\n"+
+		"  once it settled (under the budget, then within 2 %% above it for 10 periods)\n\n", simulation.StartupPeriods)
+	fmt.Fprintf(w, "start-up: up to %.2f %% over budget in the first %d periods, %s\n",
+		r.Startup.OvershootPct, simulation.StartupPeriods, settled(r.Startup.SettlePeriods, o.Settings.Period))
 	for i, s := range r.SettlePeriods {
-		if s < 0 {
-			fmt.Fprintf(w, "budget step %d (%s → %.0f W): did not settle\n", i+1, o.Steps[i].At, o.Steps[i].Watts)
-			continue
-		}
-		fmt.Fprintf(w, "budget step %d (%s → %.0f W): settled in %d periods\n", i+1, o.Steps[i].At, o.Steps[i].Watts, s)
+		fmt.Fprintf(w, "budget step %d (%s → %.0f W): up to %.2f %% over budget, %s\n", i+1, o.Steps[i].At, o.Steps[i].Watts,
+			r.StepOvershootPct[i], settled(s, o.Settings.Period))
 	}
+	fmt.Fprintf(w, "throughput vs oracle: %.1f %%\n", 100*r.Ours.Work/r.Oracle.Work)
 }
 
-// recorder keeps every period for the CSV and the plot.
-type recorder struct{ samples []simulation.Sample }
-
-func (r *recorder) add(s simulation.Sample) {
-	s.Limits = append([]float64(nil), s.Limits...)
-	r.samples = append(r.samples, s)
+// settled says how long a transient took to settle.
+func settled(periods int, period time.Duration) string {
+	if periods < 0 {
+		return "did not settle"
+	}
+	return fmt.Sprintf("settled in %d periods (%s)", periods, time.Duration(periods)*period)
 }
 
-func (r *recorder) writeCSV(path string, gpus int) error {
+// writeFile creates path and has write fill it; flag names the file in errors.
+func writeFile(path, flag string, write func(io.Writer) error) error {
 	f, err := os.Create(path)
 	if err != nil {
-		return fmt.Errorf("writing --csv: %w", err)
+		return fmt.Errorf("writing %s: %w", flag, err)
 	}
-	w := csv.NewWriter(f)
-	head := []string{"time_s", "budget_w", "measured_w", "drawn_w", "cap_w", "static_drawn_w", "oracle_drawn_w"}
-	for i := range gpus {
-		head = append(head, fmt.Sprintf("limit_gpu%d_w", i))
-	}
-	_ = w.Write(head)
-	ff := func(x float64) string { return strconv.FormatFloat(x, 'f', 1, 64) }
-	for _, s := range r.samples {
-		row := []string{strconv.FormatFloat(s.Elapsed.Seconds(), 'f', 3, 64), ff(s.BudgetW), ff(s.MeasuredW), ff(s.DrawnW), ff(s.CapW), ff(s.StaticW), ff(s.OracleW)}
-		for _, l := range s.Limits {
-			row = append(row, ff(l))
-		}
-		_ = w.Write(row)
-	}
-	w.Flush()
-	if err := errors.Join(w.Error(), f.Close()); err != nil {
-		return fmt.Errorf("writing --csv %s: %w", path, err)
+	if err := errors.Join(write(f), f.Close()); err != nil {
+		return fmt.Errorf("writing %s %s: %w", flag, path, err)
 	}
 	return nil
-}
-
-// maxPlotPoints bounds the points per line; longer runs are decimated evenly.
-const maxPlotPoints = 3000
-
-func (r *recorder) writePlot(path string, gpus int) error {
-	stride := max(1, len(r.samples)/maxPlotPoints)
-	xs := func(val func(simulation.Sample) float64) plotter.XYs {
-		var pts plotter.XYs
-		for i := 0; i < len(r.samples); i += stride {
-			s := r.samples[i]
-			pts = append(pts, plotter.XY{X: s.Elapsed.Minutes(), Y: val(s)})
-		}
-		return pts
-	}
-	node := plot.New()
-	node.Title.Text = "Node power"
-	node.X.Label.Text = "minutes"
-	node.Y.Label.Text = "W"
-	node.Legend.Top = true
-	lines := []struct {
-		name string
-		val  func(simulation.Sample) float64
-		c    color.RGBA
-	}{
-		{"budget", func(s simulation.Sample) float64 { return s.BudgetW }, color.RGBA{R: 200, A: 255}},
-		{"measured", func(s simulation.Sample) float64 { return s.MeasuredW }, color.RGBA{B: 200, A: 255}},
-		{"total cap", func(s simulation.Sample) float64 { return s.CapW }, color.RGBA{G: 150, A: 255}},
-		{"static B/n drawn", func(s simulation.Sample) float64 { return s.StaticW }, color.RGBA{R: 150, G: 150, B: 150, A: 255}},
-	}
-	for _, l := range lines {
-		ln, err := plotter.NewLine(xs(l.val))
-		if err != nil {
-			return fmt.Errorf("drawing --plot: %w", err)
-		}
-		ln.Color = l.c
-		node.Add(ln)
-		node.Legend.Add(l.name, ln)
-	}
-	per := plot.New()
-	per.Title.Text = "Per-GPU power limits"
-	per.X.Label.Text = "minutes"
-	per.Y.Label.Text = "W"
-	per.Legend.Top = true
-	per.Legend.Left = true
-	for g := range gpus {
-		ln, err := plotter.NewLine(xs(func(s simulation.Sample) float64 { return s.Limits[g] }))
-		if err != nil {
-			return fmt.Errorf("drawing --plot: %w", err)
-		}
-		ln.Color = gpuColor(g)
-		per.Add(ln)
-		per.Legend.Add(fmt.Sprintf("GPU %d", g), ln)
-	}
-	img := vgimg.New(12*vg.Inch, 9*vg.Inch)
-	dc := draw.New(img)
-	canvases := plot.Align([][]*plot.Plot{{node}, {per}}, draw.Tiles{Rows: 2, Cols: 1, PadY: vg.Centimeter}, dc)
-	node.Draw(canvases[0][0])
-	per.Draw(canvases[1][0])
-	f, err := os.Create(path)
-	if err != nil {
-		return fmt.Errorf("writing --plot: %w", err)
-	}
-	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
-		f.Close()
-		return fmt.Errorf("writing --plot %s: %w", path, err)
-	}
-	return f.Close()
-}
-
-func gpuColor(i int) color.RGBA {
-	palette := []color.RGBA{
-		{R: 31, G: 119, B: 180, A: 255}, {R: 255, G: 127, B: 14, A: 255}, {R: 44, G: 160, B: 44, A: 255},
-		{R: 214, G: 39, B: 40, A: 255}, {R: 148, G: 103, B: 189, A: 255}, {R: 140, G: 86, B: 75, A: 255},
-		{R: 227, G: 119, B: 194, A: 255}, {R: 127, G: 127, B: 127, A: 255},
-	}
-	return palette[i%len(palette)]
 }

@@ -6,7 +6,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -34,11 +33,25 @@ type globals struct {
 	ca, cert, key          string
 	username, passwordFile string
 	timeout                time.Duration
+	// probed is what dialling the endpoints found, kept to explain a request nobody answered.
+	probed []probeResult
 }
 
+func (g *globals) endpointList() []string { return cluster.SplitEndpoints(g.endpoints) }
+
+// dial builds the client, then dials the endpoints itself: when every one refuses or does not
+// exist, waiting out the request's deadline would tell the user nothing more, so it says so now.
 func (g *globals) dial() (*clientv3.Client, error) {
-	return cluster.Dial(cluster.Conn{Endpoints: cluster.SplitEndpoints(g.endpoints), CAFile: g.ca, CertFile: g.cert,
+	c, err := cluster.Dial(cluster.Conn{Endpoints: g.endpointList(), CAFile: g.ca, CertFile: g.cert,
 		KeyFile: g.key, Username: g.username, PasswordFile: g.passwordFile, DialTimeout: g.timeout})
+	if err != nil {
+		return nil, err
+	}
+	if err := g.reachable(); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 func (g *globals) keys(group string) (cluster.Keys, error) {
@@ -61,7 +74,7 @@ func (g *globals) with(group string, f func(ctx context.Context, c *clientv3.Cli
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), g.timeout)
 	defer cancel()
-	return f(ctx, c, k)
+	return g.explain(f(ctx, c, k), g.timeout)
 }
 
 func newRoot(out, errOut io.Writer) *cobra.Command {
@@ -75,7 +88,7 @@ func newRoot(out, errOut io.Writer) *cobra.Command {
 	root.SetOut(out)
 	root.SetErr(errOut)
 	pf := root.PersistentFlags()
-	pf.StringVar(&g.endpoints, "etcd.endpoints", "http://127.0.0.1:2379", "comma-separated etcd client URLs")
+	pf.StringVar(&g.endpoints, "etcd.endpoints", endpointsDefault(), "comma-separated etcd client URLs; $"+endpointsEnv+" sets the default")
 	pf.StringVar(&g.prefix, "etcd.prefix", "/capstan/v1", "etcd key prefix of Capstan's records")
 	pf.StringVar(&g.ca, "etcd.tls.ca-file", "", "PEM CA bundle that verifies the etcd servers")
 	pf.StringVar(&g.cert, "etcd.tls.cert-file", "", "PEM client certificate; needs --etcd.tls.key-file")
@@ -265,93 +278,4 @@ func drainCmd(g *globals, out io.Writer) *cobra.Command {
 			})
 		},
 	}
-}
-
-func topCmd(g *globals, out io.Writer) *cobra.Command {
-	var every time.Duration
-	c := &cobra.Command{
-		Use:   "top GROUP",
-		Short: "A live view of the status table, refreshed from etcd watches",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			k, err := g.keys(args[0])
-			if err != nil {
-				return err
-			}
-			c, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			return top(cmd.Context(), c, k, out, every, g.timeout)
-		},
-	}
-	c.Flags().DurationVar(&every, "refresh", time.Second, "least time between two redraws")
-	return c
-}
-
-// top draws the table, then redraws it after changes the watch brings, at most every refresh.
-func top(ctx context.Context, c *clientv3.Client, k cluster.Keys, out io.Writer, refresh, timeout time.Duration) error {
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	for ctx.Err() == nil {
-		v := cluster.NewView(k)
-		lctx, cancel := context.WithTimeout(ctx, timeout)
-		_, err := v.Load(lctx, c)
-		alloc, aerr := "", error(nil)
-		if err == nil {
-			alloc, aerr = cluster.Allocator(lctx, c, k)
-		}
-		cancel()
-		if err = errors.Join(err, aerr); err != nil {
-			return err
-		}
-		wch := c.Watch(clientv3.WithRequireLeader(ctx), k.Root(), clientv3.WithPrefix(), clientv3.WithRev(v.Revision+1))
-		draw := func() error {
-			fmt.Fprint(out, "\x1b[H\x1b[2J")
-			fmt.Fprintf(out, "capstanctl top %s    %s\n\n", k.Group, time.Now().Format("15:04:05"))
-			return printStatus(out, cluster.StatusOf(v, alloc), time.Now())
-		}
-		if err := draw(); err != nil {
-			return err
-		}
-		tick := time.NewTicker(refresh)
-		dirty := false
-	watch:
-		for {
-			select {
-			case <-ctx.Done():
-				tick.Stop()
-				return nil
-			case wr, ok := <-wch:
-				if !ok || wr.Err() != nil {
-					break watch
-				}
-				for _, ev := range wr.Events {
-					var val []byte
-					if ev.Type == clientv3.EventTypePut {
-						val = ev.Kv.Value
-					}
-					_ = v.Apply(string(ev.Kv.Key), val) // a malformed record keeps the last good row
-					if len(ev.Kv.Key) > len(k.Election()) && string(ev.Kv.Key[:len(k.Election())]) == k.Election() {
-						actx, acancel := context.WithTimeout(ctx, timeout)
-						alloc, _ = cluster.Allocator(actx, c, k)
-						acancel()
-					}
-				}
-				dirty = true
-			case <-tick.C:
-				if dirty {
-					dirty = false
-					if err := draw(); err != nil {
-						tick.Stop()
-						return err
-					}
-				}
-			}
-		}
-		tick.Stop()
-	}
-	return nil
 }

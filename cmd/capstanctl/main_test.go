@@ -137,7 +137,9 @@ func TestCommands(t *testing.T) {
 	tctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- top(tctx, cli, k, &buf, 100*time.Millisecond, time.Second) }()
+	go func() {
+		done <- top(tctx, cli, k, screen{out: &buf}, nil, topOptions{refresh: 100 * time.Millisecond, timeout: time.Second})
+	}()
 	// The first table is drawn once its view is loaded; the watch starts after that view.
 	testkit.WaitFor(t, "top's first table", func() bool { return buf.Contains("gpu-2") })
 	b, _ := json.Marshal(cluster.NodeRecord{DemandW: 4321, MinW: 1600, MaxW: 5600, Priority: 1, Lease: int64(lease.ID)})
@@ -150,5 +152,9 @@ func TestCommands(t *testing.T) {
 	cancel()
 	if err := testkit.Receive(t, done, testkit.DefaultWait, "top to return"); err != nil {
 		t.Fatal(err)
+	}
+	// Not a terminal: plain tables, no escape sequences.
+	if buf.Contains("\x1b") {
+		t.Errorf("top wrote escape sequences to a non-terminal:\n%q", buf.String())
 	}
 }

@@ -50,6 +50,9 @@ type Collector struct {
 	driver  string
 	devices []*device
 	events  nvml.EventSet // nil when XID events are unavailable
+	// newlyUnsupported gathers, per query, the GPUs that answered "not supported" during one
+	// collection, so that it is said in one line per query rather than one per GPU.
+	newlyUnsupported [probeCount][]int
 
 	mu sync.Mutex // one collection at a time: device state (counters, flags) is not shared
 }
@@ -296,6 +299,7 @@ func (c *Collector) Close() error {
 func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	defer c.logUnsupported()
 	c.drainEvents()
 	for _, d := range c.devices {
 		if err := ctx.Err(); err != nil {
@@ -356,7 +360,7 @@ func (c *Collector) ok(d *device, p probe, ret nvml.Return) bool {
 		return true
 	case nvml.ERROR_NOT_SUPPORTED, nvml.ERROR_FUNCTION_NOT_FOUND:
 		d.unsupported[p] = true
-		c.log.Info("GPU does not support this query; skipping it", "gpu", d.index, "uuid", d.uuid, "query", probeNames[p])
+		c.newlyUnsupported[p] = append(c.newlyUnsupported[p], d.index)
 	case nvml.ERROR_GPU_IS_LOST:
 		if !d.lost {
 			d.lost = true
@@ -369,6 +373,18 @@ func (c *Collector) ok(d *device, p probe, ret nvml.Return) bool {
 		}
 	}
 	return false
+}
+
+// logUnsupported says once, at debug, which GPUs do not support each query found unsupported
+// by this collection: a board without a fan or a video engine is normal, not news.
+func (c *Collector) logUnsupported() {
+	for p, gpus := range c.newlyUnsupported {
+		if len(gpus) == 0 {
+			continue
+		}
+		c.log.Debug("GPUs do not support this query; skipping it", "query", probeNames[p], "gpus", gpus)
+		c.newlyUnsupported[p] = nil
+	}
 }
 
 // want reports whether probe p should be queried on d.

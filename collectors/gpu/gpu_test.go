@@ -482,3 +482,33 @@ func TestNoGPUIsNoSource(t *testing.T) {
 		t.Errorf("New on a host without GPUs: err = %v, want a no-GPU error", err)
 	}
 }
+
+// GPUs that differ in what they support are named per query, each query in its own line.
+func TestNotSupportedIsOneLinePerQueryNamingTheGPUs(t *testing.T) {
+	lib := newFakeLib(3)
+	for _, i := range []int{0, 2} {
+		lib.gpus[i].GetFanSpeedFunc = func() (uint32, nvml.Return) { return 0, nvml.ERROR_NOT_SUPPORTED }
+	}
+	lib.gpus[1].GetPerformanceStateFunc = func() (nvml.Pstates, nvml.Return) {
+		return nvml.PSTATE_UNKNOWN, nvml.ERROR_FUNCTION_NOT_FOUND
+	}
+	log, logs := testkit.NewLogger()
+	c, err := New(lib, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		collect(t, c)
+	}
+	for _, want := range []string{
+		`level=DEBUG msg="GPUs do not support this query; skipping it" collector=gpu query="fan speed" gpus="[0 2]"`,
+		`level=DEBUG msg="GPUs do not support this query; skipping it" collector=gpu query="performance state" gpus=[1]`,
+	} {
+		if n := logs.Count(want); n != 1 {
+			t.Errorf("%d lines\n%s\nwant one; log:\n%s", n, want, logs.String())
+		}
+	}
+	if n := logs.Count("support"); n != 2 {
+		t.Errorf("%d lines about unsupported queries, want 2:\n%s", n, logs.String())
+	}
+}

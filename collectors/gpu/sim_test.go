@@ -1,6 +1,7 @@
 package gpu
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 // The collector walks every query it knows over every simulated model: the simulator must
@@ -94,5 +96,43 @@ func TestSimGPULost(t *testing.T) {
 	}
 	if _, ok := b.Find(metrics.HWPower, attribute.Int(metrics.AttrGPUIndex, 0)); !ok {
 		t.Error("GPU 0 stopped reporting when GPU 1 was lost")
+	}
+}
+
+// Eight simulated H100 SXM boards have no fan: the collector says so once, at debug, in one
+// line that lists the GPUs, and nothing at info.
+func TestSimUnsupportedQueriesAreOneDebugLinePerQuery(t *testing.T) {
+	clock := clock.NewManual(time.Unix(1_700_000_000, 0))
+	fleet, err := sim.New(sim.Options{Model: "H100", Count: 8, Trace: "training", Seed: 1, Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ret := fleet.Init(); ret != nvml.SUCCESS {
+		t.Fatal(ret)
+	}
+	log, logs := testkit.NewLogger()
+	c, err := New(fleet, log, clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		clock.Advance(time.Second)
+		collect(t, c)
+	}
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	var info, fan []string
+	for _, l := range lines {
+		if strings.Contains(l, "level=INFO") && strings.Contains(l, "support") {
+			info = append(info, l)
+		}
+		if strings.Contains(l, `query="fan speed"`) {
+			fan = append(fan, l)
+		}
+	}
+	if len(info) != 0 {
+		t.Errorf("%d info lines about unsupported queries, want none:\n%s", len(info), strings.Join(info, "\n"))
+	}
+	if len(fan) != 1 || !strings.Contains(fan[0], "level=DEBUG") || !strings.Contains(fan[0], `gpus="[0 1 2 3 4 5 6 7]"`) {
+		t.Errorf("fan speed: want one debug line listing GPUs 0–7, got %d:\n%s", len(fan), strings.Join(fan, "\n"))
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -35,6 +36,10 @@ type Pipeline struct {
 	// NoGPU says why the GPU backend did not open when something asked for it, or is nil.
 	NoGPU  error
 	Runner *collectors.Runner
+	// Started names the collectors that run; Disabled those enabled that did not start, each
+	// with why, so that the ready line says which is which.
+	Started  []string
+	Disabled []string
 }
 
 // NewPipeline builds every enabled collector, with the GPU backend opened once for whoever
@@ -71,9 +76,11 @@ func NewPipeline(cfg *config.Config, log *slog.Logger, clk clock.Clock) (*Pipeli
 		c, err := f.New(set, cfg.CollectorConfig(f.Name))
 		if err != nil {
 			p.Runner.AddFailed(f.Name, err)
+			p.Disabled = append(p.Disabled, fmt.Sprintf("%s (%v)", f.Name, err))
 			continue
 		}
 		p.Runner.Add(f.Name, c, cc.Interval, cc.Timeout)
+		p.Started = append(p.Started, f.Name)
 	}
 	if cfg.Capping.Enabled {
 		// The controller needs the backend also when no collector asked for it.
@@ -86,6 +93,16 @@ func NewPipeline(cfg *config.Config, log *slog.Logger, clk clock.Clock) (*Pipeli
 		return nil, err
 	}
 	return p, nil
+}
+
+// readyAttrs are the ready line's fields: the collectors that run and, apart, those that did not
+// start with why, then where the agent serves and pushes.
+func (p *Pipeline) readyAttrs(cfg *config.Config) []any {
+	attrs := []any{"collectors", p.Started}
+	if len(p.Disabled) > 0 {
+		attrs = append(attrs, "disabled", strings.Join(p.Disabled, "; "))
+	}
+	return append(attrs, "web", cfg.Web.ListenAddress, "otlp", cfg.OTLP.Endpoint)
 }
 
 // Close releases collectors and the GPU backend. While a collection is hung (an NVML call that
@@ -181,7 +198,7 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options) (*config.Config
 		select {
 		case <-p.Runner.Ready():
 			exp.SetReady(true)
-			log.Info("agent ready", "collectors", p.Runner.Names(), "web", cfg.Web.ListenAddress, "otlp", cfg.OTLP.Endpoint)
+			log.Info("agent ready", p.readyAttrs(cfg)...)
 			notifySystemd(log, daemon.SdNotifyReady)
 		case <-runCtx.Done():
 		}

@@ -1,12 +1,16 @@
 package agent
 
 import (
+	"context"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
+	"time"
 
 	_ "github.com/capstan-power/capstan/collectors/all"
 	"github.com/capstan-power/capstan/internal/config"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 // simConfig runs the sim backend with only the named collectors on.
@@ -60,5 +64,35 @@ func TestPipelineBadSimulatorIsAnError(t *testing.T) {
 	cfg.GPU.Sim.Model = "Z9"
 	if _, err := NewPipeline(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil); err == nil {
 		t.Fatal("NewPipeline with a bad simulated model: no error")
+	}
+}
+
+// The ready line names the collectors that run, and apart, with why, those that did not start.
+func TestReadyLineSaysWhichCollectorsRun(t *testing.T) {
+	cfg := simConfig("gpu", "thermal")
+	sysfs := t.TempDir() // no thermal zone: the thermal collector has no source
+	cfg.Path.Sysfs = sysfs
+	cfg.Web.ListenAddress = ""
+	cfg.Summary.Interval = 0
+	log, logs := testkit.NewLogger()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, Options{Log: log}) }()
+	testkit.WaitFor(t, "the agent ready line", func() bool { return logs.Contains(`msg="agent ready"`) })
+	cancel()
+	if err := testkit.Receive(t, done, 10*time.Second, "Run to return"); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	var ready string
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, `msg="agent ready"`) {
+			ready = l
+		}
+	}
+	want := `msg="agent ready" collectors=[gpu] disabled="thermal (no thermal zone, cooling device, hwmon chip or powercap zone under ` +
+		sysfs + `: source not available on this host)" web="" otlp=""`
+	if !strings.HasSuffix(ready, want) {
+		t.Errorf("ready line\n%s\nwant it to end\n%s", ready, want)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -121,6 +122,24 @@ type gpuRow struct {
 	power, limit, temp, clock, use float64
 }
 
+// overLimit reports whether the row shows more power than its limit, as printed (whole watts),
+// so that the marker never sits beside two equal numbers.
+func (r *gpuRow) overLimit() bool {
+	return r.limit > 0 && math.Round(r.power) > math.Round(r.limit)
+}
+
+// Lines of the summary that say what its numbers are. The GPUs' power is NVML's 1 s average,
+// the figure nvidia-smi and hw.power show; the capping loop closes on instant power, read at its
+// own period, so its sum moves ahead of the table while the load changes.
+const (
+	legendPower   = "POWER: 1 s average, as nvidia-smi shows"
+	legendCapping = "capping measured: instant power, summed at its last period"
+	overLimitMark = "*"
+	// The sim settles a cut in about half a second and its average a second later; real boards
+	// enforce a new limit within a few hundred milliseconds.
+	overLimitNote = overLimitMark + " power above limit: the 1 s average lags a limit cut and settles within about 2 s; longer means the limit is not holding"
+)
+
 // printSummaries writes a compact per-GPU table every interval, for a person watching `make run`.
 func printSummaries(ctx context.Context, store *sample.Store, w io.Writer, every time.Duration) {
 	t := time.NewTicker(every)
@@ -161,7 +180,7 @@ func writeSummary(w io.Writer, store *sample.Store, now time.Time) {
 		for _, p := range b.Points {
 			s := p.Series
 			switch {
-			case s.Def == metrics.GPUPowerInstant:
+			case s.Def == metrics.HWPower:
 				row(s).power = p.Value
 			case s.Def == metrics.GPUPowerLimit && is(s, metrics.AttrLimitKind, "enforced"):
 				row(s).limit = p.Value
@@ -183,23 +202,39 @@ func writeSummary(w io.Writer, store *sample.Store, now time.Time) {
 		ordered = append(ordered, r)
 	}
 	sort.Slice(ordered, func(i, j int) bool { return ordered[i].index < ordered[j].index })
+	capLine, capOn := cappingLine(store)
+	legend := legendPower
+	if capOn {
+		legend += "; " + legendCapping
+	}
+	fmt.Fprintf(w, "\n%s  %s\n", now.Format(time.TimeOnly), legend)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(w, "\n%s\n", now.Format(time.TimeOnly))
-	fmt.Fprintln(tw, "GPU\tPOWER W\tLIMIT W\tTEMP °C\tSM MHz\tUTIL %\t")
+	fmt.Fprintln(tw, "GPU\tPOWER W \tLIMIT W\tTEMP °C\tSM MHz\tUTIL %\t")
 	var power, limit float64
+	over := false
 	for _, r := range ordered {
 		power += r.power
 		limit += r.limit
-		fmt.Fprintf(tw, "%d\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t\n", r.index, r.power, r.limit, r.temp, r.clock/1e6, r.use*100)
+		// The marker takes the place of a trailing space, so the digits stay in line.
+		mark := " "
+		if r.overLimit() {
+			mark, over = overLimitMark, true
+		}
+		fmt.Fprintf(tw, "%d\t%.0f%s\t%.0f\t%.0f\t%.0f\t%.0f\t\n", r.index, r.power, mark, r.limit, r.temp, r.clock/1e6, r.use*100)
 	}
-	fmt.Fprintf(tw, "all\t%.0f\t%.0f\t\t\t\t\n", power, limit)
+	fmt.Fprintf(tw, "all\t%.0f \t%.0f\t\t\t\t\n", power, limit)
 	_ = tw.Flush()
-	writeCappingLine(w, store)
+	if over {
+		fmt.Fprintln(w, overLimitNote)
+	}
+	if capOn {
+		fmt.Fprintln(w, capLine)
+	}
 }
 
-// writeCappingLine says what the capping loop steers to, when it runs: the budget and where it
-// comes from, the setpoint under the guard band, the power it measured and its mode.
-func writeCappingLine(w io.Writer, store *sample.Store) {
+// cappingLine says what the capping loop steers to, when it runs: the budget and where it comes
+// from, the setpoint under the guard band, the power it measured and its mode.
+func cappingLine(store *sample.Store) (string, bool) {
 	var budget, setpoint, measured float64
 	var source, mode string
 	found := false
@@ -225,7 +260,8 @@ func writeCappingLine(w io.Writer, store *sample.Store) {
 			}
 		}
 	})
-	if found {
-		fmt.Fprintf(w, "capping: budget %.0f W (%s), setpoint %.0f W, measured %.0f W, mode %s\n", budget, source, setpoint, measured, mode)
+	if !found {
+		return "", false
 	}
+	return fmt.Sprintf("capping: budget %.0f W (%s), setpoint %.0f W, measured %.0f W, mode %s", budget, source, setpoint, measured, mode), true
 }

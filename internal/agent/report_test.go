@@ -2,16 +2,23 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"io"
+	"log/slog"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/resource"
 
 	"github.com/capstan-power/capstan/capping"
+	"github.com/capstan-power/capstan/collectors/gpu"
+	"github.com/capstan-power/capstan/collectors/gpu/sim"
+	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
 )
@@ -31,6 +38,16 @@ func gpuBatch(n int) *sample.Batch {
 	return b
 }
 
+// withAveragePower adds every GPU's 1 s average power (hw.power), as the GPU collector reports it
+// beside the instant power.
+func withAveragePower(b *sample.Batch, n int, watts func(i int) float64) *sample.Batch {
+	for i := range n {
+		base := sample.NewSeries(nil, attribute.Int(metrics.AttrGPUIndex, i), attribute.String(metrics.AttrHWName, "H100"))
+		b.Add(base.With(metrics.HWPower), watts(i))
+	}
+	return b
+}
+
 func TestSummaryTable(t *testing.T) {
 	store := sample.NewStore()
 	var out bytes.Buffer
@@ -38,7 +55,7 @@ func TestSummaryTable(t *testing.T) {
 	if !strings.Contains(out.String(), "no GPU data yet") {
 		t.Errorf("empty store: %q", out.String())
 	}
-	store.Put("gpu", gpuBatch(11))
+	store.Put("gpu", withAveragePower(gpuBatch(11), 11, func(i int) float64 { return float64(100 + i) }))
 	out.Reset()
 	writeSummary(&out, store, time.Unix(0, 0).UTC())
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
@@ -122,5 +139,124 @@ func TestSnapshotJSONIsStableAndComplete(t *testing.T) {
 	}
 	if !regexp.MustCompile(`capstan\.gpu\.clock\s+1980000000\s+Hz\s`).MatchString(table.String()) {
 		t.Errorf("table does not print whole numbers whole:\n%s", table.String())
+	}
+}
+
+// cappingBatch is what the capping loop publishes: budget, setpoint, measured instant power and
+// mode.
+func cappingBatch(measuredW float64) *sample.Batch {
+	b := &sample.Batch{}
+	b.Reset(capping.StoreKey, time.Unix(0, 0))
+	b.Add(sample.NewSeries(metrics.CappingBudget, attribute.String(metrics.AttrBudgetSource, "static")), 1400)
+	b.Add(sample.NewSeries(metrics.CappingSetpoint), 1358)
+	b.Add(sample.NewSeries(metrics.CappingMeasured), measuredW)
+	b.Add(sample.NewSeries(metrics.CappingMode, attribute.String(metrics.AttrCappingMode, "active")), 1)
+	return b
+}
+
+// The screen says which power is which: the table shows the 1 s average (not the instant power
+// the GPU collector also stores), the capping line the instant power the loop closed on; and a
+// GPU above its limit is marked with a note on why, only when one is.
+func TestSummarySaysWhichPowerAndMarksPowerAboveLimit(t *testing.T) {
+	const legend = "00:00:00  POWER: 1 s average, as nvidia-smi shows; capping measured: instant power, summed at its last period\n"
+	for _, tc := range []struct {
+		name string
+		avgW func(i int) float64
+		want string
+	}{
+		{
+			name: "under the limits",
+			avgW: func(i int) float64 { return 650 - float64(i) },
+			want: "\n" + legend +
+				"  GPU  POWER W   LIMIT W  TEMP °C  SM MHz  UTIL %\n" +
+				"    0      650       700       70    1980      50\n" +
+				"    1      649       700       70    1980      50\n" +
+				"  all     1299      1400                         \n" +
+				"capping: budget 1400 W (static), setpoint 1358 W, measured 203 W, mode active\n",
+		},
+		{
+			// 700.4 W prints as 700: no marker beside two equal numbers.
+			name: "GPU 1 above its limit",
+			avgW: func(i int) float64 { return []float64{700.4, 731}[i] },
+			want: "\n" + legend +
+				"  GPU  POWER W   LIMIT W  TEMP °C  SM MHz  UTIL %\n" +
+				"    0      700       700       70    1980      50\n" +
+				"    1      731*      700       70    1980      50\n" +
+				"  all     1431      1400                         \n" +
+				"* power above limit: the 1 s average lags a limit cut and settles within about 2 s; longer means the limit is not holding\n" +
+				"capping: budget 1400 W (static), setpoint 1358 W, measured 203 W, mode active\n",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			store := sample.NewStore()
+			// Instant power (100 and 101 W) differs from the average on purpose.
+			store.Put("gpu", withAveragePower(gpuBatch(2), 2, tc.avgW))
+			store.Put(capping.StoreKey, cappingBatch(203))
+			var out bytes.Buffer
+			writeSummary(&out, store, time.Unix(0, 0).UTC())
+			if out.String() != tc.want {
+				t.Errorf("summary\n%s\nwant\n%s", out.String(), tc.want)
+			}
+		})
+	}
+}
+
+// Without a capping loop the legend says only what the table's power is.
+func TestSummaryLegendWithoutCapping(t *testing.T) {
+	store := sample.NewStore()
+	store.Put("gpu", withAveragePower(gpuBatch(1), 1, func(int) float64 { return 300 }))
+	var out bytes.Buffer
+	writeSummary(&out, store, time.Unix(0, 0).UTC())
+	if first := strings.Split(strings.TrimSpace(out.String()), "\n")[0]; first != "00:00:00  POWER: 1 s average, as nvidia-smi shows" {
+		t.Errorf("first line %q", first)
+	}
+}
+
+// Over the simulated fleet and the real GPU collector: a limit cut leaves the 1 s average above
+// the new limit for a moment, which the screen marks and explains, and within the 2 s the note
+// promises the mark is gone.
+func TestSummaryMarksTheAverageLaggingACut(t *testing.T) {
+	clk := clock.NewManual(time.Unix(1_700_000_000, 0))
+	fleet, err := sim.New(sim.Options{Model: "H100", Count: 2, Trace: "steady", Seed: 7, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ret := fleet.Init(); ret != nvml.SUCCESS {
+		t.Fatal(ret)
+	}
+	c, err := gpu.New(fleet, slog.New(slog.NewTextHandler(io.Discard, nil)), clk.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := sample.NewStore()
+	screen := func() string {
+		b := &sample.Batch{}
+		b.Reset("gpu", clk.Now())
+		if err := c.Collect(context.Background(), b); err != nil {
+			t.Fatal(err)
+		}
+		store.Put("gpu", b)
+		var out bytes.Buffer
+		writeSummary(&out, store, clk.Now())
+		return out.String()
+	}
+	clk.Advance(5 * time.Second)
+	if s := screen(); strings.Contains(s, "*") {
+		t.Fatalf("marked before any cut:\n%s", s)
+	}
+	if ret := fleet.GPU(0).SetPowerManagementLimit(300_000); ret != nvml.SUCCESS {
+		t.Fatal(ret)
+	}
+	clk.Advance(300 * time.Millisecond)
+	s := screen()
+	if !strings.Contains(s, "* power above limit") || !regexp.MustCompile(`(?m)^\s+0\s+\d+\*\s+300\s`).MatchString(s) {
+		t.Errorf("300 ms after cutting GPU 0 to 300 W: want it marked with the note:\n%s", s)
+	}
+	if regexp.MustCompile(`(?m)^\s+1\s+\d+\*`).MatchString(s) {
+		t.Errorf("GPU 1 was not cut but is marked:\n%s", s)
+	}
+	clk.Advance(2 * time.Second)
+	if s := screen(); strings.Contains(s, "*") {
+		t.Errorf("2 s after the cut still marked:\n%s", s)
 	}
 }
