@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 
@@ -57,6 +58,22 @@ func TestReadme(t *testing.T) {
 		}
 	}
 
+	// The picture under the simulate example is what that example draws: make docs runs it.
+	makefile := strings.ReplaceAll(mustReadFile(t, "../../Makefile"), "\\\n", " ")
+	recipe := regexp.MustCompile(`(?m)^\t\$\(GO\) run \./cmd/capstan (simulate .*--plot docs/simulate\.png)`).FindStringSubmatch(makefile)
+	if recipe == nil {
+		t.Fatal("the Makefile's docs target does not draw docs/simulate.png with capstan simulate")
+	}
+	var example string
+	for _, line := range shellLines(readme) {
+		if strings.HasPrefix(line, "bin/capstan simulate ") {
+			example = strings.TrimPrefix(line, "bin/capstan ")
+		}
+	}
+	if withoutPlot(example) != withoutPlot(recipe[1]) {
+		t.Errorf("the README's simulate example %q is not what make docs draws docs/simulate.png with: %q", example, recipe[1])
+	}
+
 	for _, link := range regexp.MustCompile(`\]\(([^)#:]+)\)`).FindAllStringSubmatch(readme, -1) {
 		if _, err := os.Stat(filepath.Join("../..", link[1])); err != nil {
 			t.Errorf("the README links to %s: %v", link[1], err)
@@ -102,6 +119,21 @@ func checkCommandLine(t *testing.T, root *cobra.Command, line string, args []str
 			t.Errorf("README command %q names %s, which a checkout lacks: %v", line, arg, err)
 		}
 	}
+}
+
+// withoutPlot returns a command line's words, sorted, without --plot and its file.
+func withoutPlot(line string) string {
+	var words []string
+	fields := strings.Fields(line)
+	for i := 0; i < len(fields); i++ {
+		if fields[i] == "--plot" {
+			i++
+			continue
+		}
+		words = append(words, fields[i])
+	}
+	sort.Strings(words)
+	return strings.Join(words, " ")
 }
 
 func walkCommands(c *cobra.Command, visit func(*cobra.Command)) {
