@@ -165,7 +165,7 @@ func newConfigCommand(stdout io.Writer) *cobra.Command {
 			if err := c.Validate(); err != nil {
 				return err
 			}
-			out, err := c.Redacted().YAML()
+			out, err := c.Effective().Redacted().YAML()
 			if err != nil {
 				return err
 			}

@@ -89,3 +89,33 @@ func TestVersionFlag(t *testing.T) {
 		}
 	}
 }
+
+// config check prints each collector's timeout in force: the interval when the file says 0 or
+// nothing, and its output is a configuration file that checks the same.
+func TestConfigCheckPrintsTimeoutsInForce(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "capstan.yaml")
+	if err := os.WriteFile(path, []byte("collector:\n  gpu:\n    enabled: true\n    interval: 5s\n    timeout: 0s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runCapstan(t, "config", "check", path)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if !strings.Contains(out, "  gpu:\n    enabled: true\n    interval: 5s\n    timeout: 5s\n") || strings.Contains(out, "timeout: 0s") {
+		t.Errorf("config check does not print the timeouts in force:\n%s", out)
+	}
+	again := filepath.Join(dir, "effective.yaml")
+	if err := os.WriteFile(again, []byte(out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out2, errOut, code := runCapstan(t, "config", "check", again)
+	if code != 0 {
+		t.Fatalf("config check of its own output: exit %d: %s", code, errOut)
+	}
+	_, body, _ := strings.Cut(out, "\n")
+	_, body2, _ := strings.Cut(out2, "\n")
+	if body != body2 {
+		t.Errorf("config check of its own output differs:\n%s\nthen\n%s", body, body2)
+	}
+}
