@@ -80,6 +80,15 @@ func TestExitCodesAndMessages(t *testing.T) {
 	}
 }
 
+func TestHelpNamesExitStatus(t *testing.T) {
+	out, _, code := runCapstan(t, "--help")
+	want := "Exit status: 2 when a flag, an argument, the configuration or a file it names for the\n" +
+		"simulator is wrong (no restart fixes that); 1 for a failure while running.\n"
+	if code != 0 || !strings.Contains(out, want) {
+		t.Errorf("capstan --help: exit %d, lacks %q:\n%s", code, want, out)
+	}
+}
+
 func TestVersionFlag(t *testing.T) {
 	want := version.String() + "\n"
 	for _, args := range [][]string{{"--version"}, {"-v"}, {"version"}} {

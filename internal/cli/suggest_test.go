@@ -22,15 +22,15 @@ func TestSuggest(t *testing.T) {
 		typed string
 		want  []string
 	}{
-		{"gpu.bakend", []string{"gpu.backend"}},               // a letter left out
-		{"gpu.backedn", []string{"gpu.backend"}},              // two letters swapped
-		{"GPU.Backend", []string{"gpu.backend"}},              // case
-		{"gpu.sim.cont", []string{"gpu.sim.count"}},           // a letter left out, deeper
-		{"gpu.sim.mdel", []string{"gpu.sim.model"}},           // ties broken by distance, not order
-		{"log.levle", []string{"log.level"}},                  // swapped at the end
-		{"jsno", []string{"json"}},                            // short name, one swap
-		{"watts", []string{"budget.watts"}},                   // the last dotted part alone
-		{"web.listen-adress", []string{"web.listen-address"}}, // a letter left out, long name
+		{"gpu.bakend", []string{"gpu.backend"}},                 // a letter left out
+		{"gpu.backedn", []string{"gpu.backend"}},                // two letters swapped
+		{"GPU.Backend", []string{"gpu.backend"}},                // case
+		{"gpu.sim.cont", []string{"gpu.sim.count"}},             // a letter left out, deeper
+		{"gpu.sim.mdel", []string{"gpu.sim.model"}},             // ties broken by distance, not order
+		{"log.levle", []string{"log.level"}},                    // swapped at the end
+		{"jsno", []string{"json"}},                              // short name, one swap
+		{"watts", []string{"budget.watts"}},                     // the last dotted part alone
+		{"web.listen-adddress", []string{"web.listen-address"}}, // a letter too many, long name
 		{"budget", []string{"budget.fallback-watts", "budget.file", "budget.source", "budget.watts"}},
 		{"gpu.sim", []string{"gpu.sim.count", "gpu.sim.model", "gpu.sim.seed", "gpu.sim.trace"}},
 		{"c", nil}, // too short to be a prefix worth naming
