@@ -14,11 +14,15 @@ import (
 	// Every collector Capstan ships registers itself, with its flags.
 	_ "github.com/capstan-power/capstan/collectors/all"
 	"github.com/capstan-power/capstan/internal/agent"
+	"github.com/capstan-power/capstan/internal/cli"
 	"github.com/capstan-power/capstan/internal/config"
 	"github.com/capstan-power/capstan/internal/version"
 )
 
-// Exit codes: 1 for a runtime failure, 2 for a usage or configuration error.
+// Exit codes: 2 when what the user gave is wrong (a flag, an argument, the configuration, or a
+// file the configuration names for the simulator, such as a CSV trace), which no restart fixes
+// (the systemd unit does not restart on 2); 1 for a failure at run time, including files that
+// other systems provide and may yet appear (certificates, the budget file).
 const (
 	exitFailure = 1
 	exitUsage   = 2
@@ -57,18 +61,31 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		Short: "Capstan: GPU node telemetry and power capping",
 		Long: "Capstan gathers GPU (NVML), CPU, thermal and NIC telemetry on this host and exports it\n" +
 			"as OTLP and on a Prometheus endpoint. Without a subcommand it runs the agent until\n" +
-			"SIGTERM or SIGINT; SIGHUP reloads the configuration file.",
+			"SIGTERM or SIGINT; SIGHUP reloads the configuration file.\n\n" +
+			"Exit status: 2 when a flag, an argument, the configuration or a file it names for the\n" +
+			"simulator is wrong (no restart fixes that); 1 for a failure while running.",
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageError{cli.FlagError(cmd, err)} })
+	root.Version = version.String()
+	root.SetVersionTemplate("{{.Version}}\n")
 	fs := root.PersistentFlags()
 	config.BindFlags(fs, cfg)
 
-	resolve := func() (*config.Config, error) { return config.Resolve(fs, cfg) }
+	resolve := func() (*config.Config, error) {
+		c, err := config.Resolve(fs, cfg)
+		if err != nil {
+			return nil, err
+		}
+		if err := agent.CheckInputs(c); err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
 
 	root.RunE = func(cmd *cobra.Command, _ []string) error {
 		c, err := resolve()
@@ -88,7 +105,24 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 
 	root.AddCommand(newCollectCommand(resolve, stdout, stderr), newConfigCommand(stdout), newVersionCommand(stdout))
 	root.AddCommand(newSimulateCommand(resolve, stdout, stderr))
+	usageArgs(root)
 	return root
+}
+
+// usageArgs makes a wrong number of arguments, or an unknown subcommand, a usage error in cmd
+// and every command under it.
+func usageArgs(cmd *cobra.Command) {
+	if check := cmd.Args; check != nil {
+		cmd.Args = func(c *cobra.Command, args []string) error {
+			if err := check(c, args); err != nil {
+				return usageError{err}
+			}
+			return nil
+		}
+	}
+	for _, sub := range cmd.Commands() {
+		usageArgs(sub)
+	}
 }
 
 func newCollectCommand(resolve func() (*config.Config, error), stdout, stderr io.Writer) *cobra.Command {
@@ -140,7 +174,7 @@ func newConfigCommand(stdout io.Writer) *cobra.Command {
 			if err := c.Validate(); err != nil {
 				return err
 			}
-			out, err := c.Redacted().YAML()
+			out, err := c.Effective().Redacted().YAML()
 			if err != nil {
 				return err
 			}

@@ -54,8 +54,8 @@ func newSimulateCommand(resolve func() (*config.Config, error), stdout, stderr i
 			if err != nil {
 				return err
 			}
-			if c.Budget.Watts <= 0 {
-				return usageError{errors.New("--budget.watts: must be set to the node budget in watts")}
+			if err := c.CheckBudgetWatts("the node budget in watts"); err != nil {
+				return err
 			}
 			if duration <= 0 || duration > 31*24*time.Hour {
 				return usageError{fmt.Errorf("--duration: %s is out of range (allowed: more than 0 up to 744h)", duration)}

@@ -19,6 +19,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/capstan-power/capstan/capping/cluster"
+	"github.com/capstan-power/capstan/internal/cli"
+	"github.com/capstan-power/capstan/internal/version"
 )
 
 func main() {
@@ -87,6 +89,9 @@ func newRoot(out, errOut io.Writer) *cobra.Command {
 	}
 	root.SetOut(out)
 	root.SetErr(errOut)
+	root.SetFlagErrorFunc(cli.FlagError)
+	root.Version = version.Of("capstanctl")
+	root.SetVersionTemplate("{{.Version}}\n")
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.endpoints, "etcd.endpoints", endpointsDefault(), "comma-separated etcd client URLs; $"+endpointsEnv+" sets the default")
 	pf.StringVar(&g.prefix, "etcd.prefix", "/capstan/v1", "etcd key prefix of Capstan's records")

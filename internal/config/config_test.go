@@ -323,6 +323,51 @@ func TestYAMLRoundTrip(t *testing.T) {
 	}
 }
 
+// The effective configuration states each collector's timeout in force (its interval when 0)
+// and parses back to a configuration that runs every collector the same way.
+func TestEffectiveYAML(t *testing.T) {
+	custom := Default()
+	custom.Collectors["gpu"] = Collector{Enabled: true, Interval: 2 * time.Second, Timeout: 1500 * time.Millisecond}
+	custom.Collectors["cpufreq"] = Collector{Enabled: true, Interval: 30 * time.Second}
+	sample, err := Load("testdata/capstan.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]*Config{"default": Default(), "custom": custom, "sample": sample} {
+		t.Run(name, func(t *testing.T) {
+			out, err := c.Effective().YAML()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(string(out), "timeout: 0s") {
+				t.Errorf("a collector's timeout is printed as 0s, not the value in force:\n%s", out)
+			}
+			back, err := Parse("effective.yaml", out)
+			if err != nil {
+				t.Fatalf("Parse(Effective().YAML()): %v\n%s", err, out)
+			}
+			if err := back.Validate(); err != nil {
+				t.Fatalf("the effective configuration does not validate: %v\n%s", err, out)
+			}
+			for _, n := range RegisteredCollectors() {
+				if got, want := back.Collector(n), c.Collector(n); got != want {
+					t.Errorf("collector %s: %+v after the round trip, want %+v", n, got, want)
+				}
+				if got := back.Collectors[n].Timeout; got != c.Collector(n).Timeout {
+					t.Errorf("collector %s: timeout %s printed, want the value in force %s", n, got, c.Collector(n).Timeout)
+				}
+			}
+			if !sameConfig(back, c.Effective()) {
+				t.Errorf("Parse(Effective().YAML()) =\n%+v\nwant\n%+v", back, c.Effective())
+			}
+		})
+	}
+	if out, _ := custom.Effective().YAML(); !strings.Contains(string(out), "  gpu:\n    enabled: true\n    interval: 2s\n    timeout: 1.5s\n") ||
+		!strings.Contains(string(out), "  cpufreq:\n    enabled: true\n    interval: 30s\n    timeout: 30s\n") {
+		t.Errorf("effective collector entries:\n%s", out)
+	}
+}
+
 func TestYAMLShowsEveryKey(t *testing.T) {
 	out, err := Default().YAML()
 	if err != nil {

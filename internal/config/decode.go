@@ -73,13 +73,13 @@ func parseDocument(name string, data []byte) (*yaml.Node, *Error) {
 		if errors.Is(err, io.EOF) {
 			return nil, nil
 		}
-		return nil, syntaxError(name, err)
+		return nil, syntaxError(name, data, err)
 	}
 	var next yaml.Node
 	switch err := dec.Decode(&next); {
 	case errors.Is(err, io.EOF):
 	case err != nil:
-		return nil, syntaxError(name, err)
+		return nil, syntaxError(name, data, err)
 	default:
 		return nil, &Error{File: name, Line: next.Line,
 			Problem: "a second YAML document starts here; a configuration file holds one"}
@@ -96,16 +96,107 @@ func parseDocument(name string, data []byte) (*yaml.Node, *Error) {
 // yamlLine splits yaml.v3's "yaml: line N: problem" messages.
 var yamlLine = regexp.MustCompile(`(?s)^yaml: line (\d+): (.*)$`)
 
-// syntaxError turns a yaml.v3 error into an *Error that keeps yaml's line.
-func syntaxError(name string, err error) *Error {
-	e := &Error{File: name, Problem: "invalid YAML: " + strings.TrimPrefix(err.Error(), "yaml: "), err: err}
+// syntaxError turns a yaml.v3 error into an *Error at the line where the parser stopped, with
+// the last key it read before that line. yaml.v3's own line is often where the enclosing block
+// began (line 1 for a mis-indented key deep in the file), so the line is found again.
+func syntaxError(name string, data []byte, err error) *Error {
+	e := &Error{File: name, Problem: strings.TrimPrefix(err.Error(), "yaml: "), err: err}
 	if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
 		if line, convErr := strconv.Atoi(m[1]); convErr == nil {
 			e.Line = line
 		}
-		e.Problem = "invalid YAML: " + m[2]
+		e.Problem = m[2]
 	}
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	after := ""
+	if stop := stopLine(lines, e.Problem); stop > 0 {
+		e.Line = stop
+		if key, line := lastKey(bytes.Join(lines[:stop-1], nil)); key != "" {
+			after = fmt.Sprintf(" (after %s on line %d)", key, line)
+		}
+	}
+	if e.Line > 0 && e.Line <= len(lines) {
+		l := lines[e.Line-1]
+		if indent := l[:len(l)-len(bytes.TrimLeft(l, " \t"))]; bytes.IndexByte(indent, '\t') >= 0 {
+			e.Problem = "a tab in the indentation, where YAML allows spaces only"
+		}
+	}
+	e.Problem = "invalid YAML: " + e.Problem + after
 	return e
+}
+
+// maxScanLines bounds stopLine's work, which grows with the square of the file's lines; a
+// longer file keeps yaml.v3's line.
+const maxScanLines = 2000
+
+// stopLine is the 1-based line where the parser stops with the problem yaml.v3 reported: the
+// first prefix of whole lines that fails with the same problem (a prefix of a good file
+// parses, but a prefix cut inside a multi-line flow or quoted value fails differently). 0 when
+// none does.
+func stopLine(lines [][]byte, problem string) int {
+	if len(lines) > maxScanLines {
+		return 0
+	}
+	var prefix []byte
+	for i, l := range lines {
+		prefix = append(prefix, l...)
+		err := decodeAll(prefix)
+		if err == nil {
+			continue
+		}
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
+			msg = m[2]
+		}
+		if msg == problem {
+			return i + 1
+		}
+	}
+	return 0
+}
+
+// decodeAll parses every document in data and returns the first error.
+func decodeAll(data []byte) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var n yaml.Node
+		if err := dec.Decode(&n); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// lastKey returns the dotted path and line of the last mapping key in the first document of
+// data, the one read last before a syntax error further on; "" when there is none.
+func lastKey(data []byte) (string, int) {
+	var doc yaml.Node
+	if yaml.Unmarshal(data, &doc) != nil {
+		return "", 0
+	}
+	var walk func(n *yaml.Node, path string)
+	key, line := "", 0
+	walk = func(n *yaml.Node, path string) {
+		switch n.Kind {
+		case yaml.DocumentNode, yaml.SequenceNode:
+			for _, c := range n.Content {
+				walk(c, path)
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k := n.Content[i]
+				p := join(path, k.Value)
+				if k.Line >= line {
+					key, line = p, k.Line
+				}
+				walk(n.Content[i+1], p)
+			}
+		}
+	}
+	walk(&doc, "")
+	return key, line
 }
 
 // decoder walks a yaml.Node tree against the Config struct.

@@ -73,6 +73,18 @@ func str(s string) *yaml.Node {
 	return n
 }
 
+// Effective returns a copy that states the values in force where a key's zero stands for
+// another value: a collector's timeout 0 is its interval. Parse of its YAML runs the agent as c
+// does; this is what `capstan config check` prints.
+func (c *Config) Effective() *Config {
+	out := *c
+	out.Collectors = make(map[string]Collector, len(c.Collectors))
+	for name := range c.Collectors {
+		out.Collectors[name] = c.Collector(name)
+	}
+	return &out
+}
+
 // Redacted returns a copy whose OTLP header values (API keys, tokens) are masked, for printing.
 func (c *Config) Redacted() *Config {
 	out := *c

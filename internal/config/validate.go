@@ -184,6 +184,24 @@ func (v *validator) budget() {
 	}
 }
 
+// CheckBudgetWatts checks budget.watts for a command that needs a static budget whatever the
+// configuration says of capping (simulate); need says what the value is, e.g. "the node budget
+// in watts". The error names the value and the allowed range, or says to set it.
+func (c *Config) CheckBudgetWatts(need string) error {
+	v := &validator{c: c}
+	lo, hi := v.specAt("budget", "watts").intRange()
+	_, byFlag := c.src.flags["budget.watts"]
+	_, inFile := c.src.lines["budget.watts"]
+	if c.Budget.Watts == 0 && !byFlag && !inFile {
+		return &Error{Key: "--budget.watts", Problem: fmt.Sprintf("must be set to %s (allowed: %d to %d)", need, lo, hi)}
+	}
+	v.intRange("budget.watts", c.Budget.Watts, lo, hi)
+	if v.err != nil {
+		return v.err
+	}
+	return nil
+}
+
 // specAt returns the declaration of the key at path.
 func (v *validator) specAt(path ...string) spec {
 	parent := v.c.lookup(path[:len(path)-1])
@@ -249,6 +267,13 @@ func (v *validator) fail(key, value, problem string) {
 	if v.err == nil {
 		v.err = v.c.locate(&Error{Key: key, Value: value, Problem: problem})
 	}
+}
+
+// ErrorAt is a problem with the value of key found after validation, such as a file it names
+// that cannot be read, located like Validate's errors (the flag that set it, else the line of
+// the file) and wrapping cause. value is shown quoted.
+func (c *Config) ErrorAt(key, value, problem string, cause error) *Error {
+	return c.locate(&Error{Key: key, Value: quote(value), Problem: problem, err: cause})
 }
 
 // locate fills in where the value of e.Key came from: the flag that set it, else the line of

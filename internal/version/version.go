@@ -13,7 +13,11 @@ var (
 	Date    = "unknown"
 )
 
-// String is the one-line version `capstan version` prints.
-func String() string {
-	return fmt.Sprintf("capstan %s (commit %s, built %s, %s %s/%s)", Version, Commit, Date, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+// String is the one-line version `capstan version` and `capstan --version` print.
+func String() string { return Of("capstan") }
+
+// Of is the one-line version of the named program of this build: version, commit, build date,
+// Go version and platform.
+func Of(program string) string {
+	return fmt.Sprintf("%s %s (commit %s, built %s, %s %s/%s)", program, Version, Commit, Date, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }
