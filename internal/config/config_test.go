@@ -329,7 +329,7 @@ func TestEffectiveYAML(t *testing.T) {
 	custom := Default()
 	custom.Collectors["gpu"] = Collector{Enabled: true, Interval: 2 * time.Second, Timeout: 1500 * time.Millisecond}
 	custom.Collectors["cpufreq"] = Collector{Enabled: true, Interval: 30 * time.Second}
-	sample, err := Load("testdata/capstan.yaml")
+	sample, err := Load(examplePath)
 	if err != nil {
 		t.Fatal(err)
 	}
