@@ -34,13 +34,16 @@ func (c *Controller) Start() error {
 		c.report(c.now(), false)
 		return nil
 	}
-	if err := lockState(c.set.StateFile); err != nil {
+	takenOver, err := lockState(c.set.StateFile)
+	if err != nil {
 		c.started = false // the lock is another's: Stop must not let it go
 		return fmt.Errorf("capping: not writing any limit: %w", err)
 	}
 	if err := c.start(); err != nil {
 		c.started = false
-		unlockState(c.set.StateFile, false)
+		// A reload's lock goes back to the hand-over, for the previous configuration's
+		// controller that takes over when this one does not start.
+		unlockState(c.set.StateFile, takenOver)
 		return err
 	}
 	return nil

@@ -159,26 +159,26 @@ func lockKey(path string) string {
 }
 
 // lockState takes the lock on the state file at path, or the one a stopped controller of this
-// process handed over. It fails, naming the holder, when another agent (or another controller
-// of this process) holds it.
-func lockState(path string) error {
+// process handed over (then it reports takenOver). It fails, naming the holder, when another
+// agent (or another controller of this process) holds it.
+func lockState(path string) (takenOver bool, err error) {
 	key := lockKey(path)
 	stateLocks.Lock()
 	defer stateLocks.Unlock()
 	if l, ok := stateLocks.held[key]; ok {
 		if !l.handedOver {
-			return inUse(path, l.holder)
+			return false, inUse(path, l.holder)
 		}
 		l.handedOver = false
-		return nil
+		return true, nil
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("creating the directory of capping state file %s: %w", path, err)
+		return false, fmt.Errorf("creating the directory of capping state file %s: %w", path, err)
 	}
 	lp := LockPath(path)
 	f, err := os.OpenFile(lp, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
-		return fmt.Errorf("opening the lock of capping state file %s: %w", path, err)
+		return false, fmt.Errorf("opening the lock of capping state file %s: %w", path, err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		var h lockHolder
@@ -188,9 +188,9 @@ func lockState(path string) error {
 			if rerr == nil {
 				_ = json.Unmarshal(data, &h)
 			}
-			return inUse(path, h)
+			return false, inUse(path, h)
 		}
-		return fmt.Errorf("locking capping state file %s (%s): %w", path, lp, err)
+		return false, fmt.Errorf("locking capping state file %s (%s): %w", path, lp, err)
 	}
 	h := lockHolder{PID: os.Getpid(), Started: time.Now().UTC()}
 	// Who holds the lock is for the error of the agent that is refused; failing to say it
@@ -199,7 +199,7 @@ func lockState(path string) error {
 		_, _ = f.WriteAt(append(data, '\n'), 0)
 	}
 	stateLocks.held[key] = &stateLock{f: f, holder: h}
-	return nil
+	return false, nil
 }
 
 func inUse(path string, h lockHolder) error {

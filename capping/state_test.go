@@ -45,7 +45,7 @@ func TestSecondControllerOnTheStateFileIsRefused(t *testing.T) {
 	if st, err := ReadState(r.set.StateFile); err != nil || st == nil || st.Clean || st.GPUs[0].OriginalMilliwatts != 700_000 {
 		t.Fatalf("state file after the refused controller stopped: %+v, %v; want the first one's", st, err)
 	}
-	if err := lockState(r.set.StateFile); err == nil {
+	if _, err := lockState(r.set.StateFile); err == nil {
 		t.Fatal("the refused controller's Stop let go of the first one's lock")
 	}
 
@@ -79,7 +79,7 @@ func TestStateFileLockAcrossProcesses(t *testing.T) {
 	if got := testkit.Receive(t, lines, 30*time.Second, "the other process's lock"); got != "locked" {
 		t.Fatalf("the other process did not lock: %s", got)
 	}
-	err := lockState(path)
+	_, err := lockState(path)
 	if err == nil {
 		t.Fatal("locked a state file another process holds")
 	}
@@ -90,7 +90,7 @@ func TestStateFileLockAcrossProcesses(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	if err := lockState(path); err != nil {
+	if _, err := lockState(path); err != nil {
 		t.Fatalf("the state file stayed locked after its holder died: %v", err)
 	}
 	unlockState(path, false)
@@ -103,7 +103,7 @@ func TestHelperLockProcess(t *testing.T) {
 	if path == "" {
 		t.Skip("run by the lock tests as another process")
 	}
-	if err := lockState(path); err != nil {
+	if _, err := lockState(path); err != nil {
 		fmt.Println(strings.ReplaceAll(err.Error(), "\n", " "))
 		return
 	}
@@ -127,7 +127,7 @@ func holdLockElsewhere(t *testing.T, path string) (*exec.Cmd, io.WriteCloser, <-
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { stdin.Close(); _ = cmd.Wait() })
+	t.Cleanup(func() { stdin.Close(); _ = cmd.Wait() }) // a second Wait fails harmlessly
 	lines := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -139,12 +139,17 @@ func holdLockElsewhere(t *testing.T, path string) (*exec.Cmd, io.WriteCloser, <-
 	return cmd, stdin, lines
 }
 
-// tryLockElsewhere has another process try the lock on path and returns what it said.
+// tryLockElsewhere has another process try the lock on path and returns what it said, once
+// that process is gone (and with it any lock it took).
 func tryLockElsewhere(t *testing.T, path string) string {
 	t.Helper()
-	_, stdin, lines := holdLockElsewhere(t, path)
-	defer stdin.Close()
-	return testkit.Receive(t, lines, 30*time.Second, "the other process's try")
+	cmd, stdin, lines := holdLockElsewhere(t, path)
+	said := testkit.Receive(t, lines, 30*time.Second, "the other process's try")
+	stdin.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("the other process: %v", err)
+	}
+	return said
 }
 
 // Implausible originals in the state file (never in force on these GPUs, or listed twice) are
@@ -213,5 +218,29 @@ func TestOriginalsSavedIsLoggedAfterTheSave(t *testing.T) {
 	}
 	if err := r.newController().Start(); !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("a failed Start kept the state file locked: %v", err)
+	}
+}
+
+// A reloaded controller that does not start hands the lock back: the previous configuration's
+// controller, which takes over then, finds it, and no other agent had a moment to take it.
+func TestFailedReloadKeepsTheLock(t *testing.T) {
+	r := newRig(t, "steady", 2, 1000, nil)
+	if err := r.c.Stop(ExitHold); err != nil {
+		t.Fatal(err)
+	}
+	writeState = func(string, *State) error { return syscall.ENOSPC }
+	if err := r.newController().Start(); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("Start with a failing save: %v, want the save's error", err)
+	}
+	writeState = WriteState
+	if out := tryLockElsewhere(t, r.set.StateFile); !strings.Contains(out, "in use") {
+		t.Errorf("another process took the lock after a reload failed: %s", out)
+	}
+	r.c = r.newController()
+	if err := r.c.Start(); err != nil {
+		t.Fatalf("the previous configuration's controller did not take the lock back: %v", err)
+	}
+	if err := r.c.Stop(ExitConfigured); err != nil {
+		t.Fatal(err)
 	}
 }
