@@ -72,9 +72,12 @@ type promExposition struct {
 	// now is time.Now, or a test's clock.
 	now func() time.Time
 
-	// cacheMu guards latest: the exposition being rendered or the last one rendered.
+	// cacheMu guards latest (the exposition being rendered or the last one rendered), the
+	// readers of every exposition, and spare.
 	cacheMu sync.Mutex
 	latest  *exposition
+	// spare is the memory of an exposition no request holds any more, for the next to reuse.
+	spare exposeMemory
 	// renders counts renders started for /metrics requests.
 	renders atomic.Uint64
 
@@ -172,17 +175,28 @@ const exposeMaxAge = time.Second
 // rendered or while it is fresh. Nothing in it changes once done is closed.
 type exposition struct {
 	done chan struct{}
-	// text is the whole exposition; nil after a render that panicked.
+	// text is the whole exposition.
 	text []byte
+	// failed says the render panicked.
+	failed bool
 	// families are the spans of text the families take, in order, for name[] requests.
 	families []familySpan
 	// started is when the render began, batches how many batches the store held then.
 	started time.Time
 	batches int
+	// readers counts the requests holding the exposition, its renderer included.
+	readers int
 
 	gzipOnce sync.Once
 	gzipped  []byte
 	gzipErr  error
+}
+
+// exposeMemory is what an exposition allocates.
+type exposeMemory struct {
+	text     []byte
+	families []familySpan
+	gzipped  []byte
 }
 
 // familySpan is where one family's lines are in an exposition's text.
@@ -194,7 +208,9 @@ type familySpan struct {
 // gzipText returns the gzipped text, compressed by the first request that asks for it.
 func (c *exposition) gzipText() ([]byte, error) {
 	c.gzipOnce.Do(func() {
-		buf := bytes.NewBuffer(make([]byte, 0, len(c.text)/4))
+		// gzipped holds, empty, the memory of an earlier exposition's, if there was one.
+		buf := bytes.NewBuffer(c.gzipped[:0])
+		buf.Grow(len(c.text) / 4)
 		gz := gzipWriters.Get().(*gzip.Writer)
 		defer gzipWriters.Put(gz)
 		gz.Reset(buf)
@@ -228,7 +244,8 @@ func (x *promExposition) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "waiting for /metrics: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	if cur.text == nil {
+	defer x.release(cur)
+	if cur.failed {
 		http.Error(w, "rendering /metrics failed", http.StatusInternalServerError)
 		return
 	}
@@ -292,16 +309,18 @@ func (x *promExposition) serveFamilies(w http.ResponseWriter, r *http.Request, c
 // current returns the exposition to serve: the one being rendered, or the last one while it is
 // fresh, else a new one this request renders. So at most one render runs at a time, however
 // many scrapers there are, and they all get its bytes. It waits for a render in progress until
-// ctx is done.
+// ctx is done. Unless it returns an error, the caller must release the exposition.
 func (x *promExposition) current(ctx context.Context) (*exposition, error) {
 	x.cacheMu.Lock()
 	cur := x.latest
 	if cur != nil && x.fresh(cur) {
+		cur.readers++
 		x.cacheMu.Unlock()
 		select {
 		case <-cur.done:
 			return cur, nil
 		case <-ctx.Done():
+			x.release(cur)
 			return nil, ctx.Err()
 		}
 	}
@@ -311,19 +330,22 @@ func (x *promExposition) current(ctx context.Context) (*exposition, error) {
 	case <-x.changed:
 	default:
 	}
-	// The last exposition (done, as it is not fresh) gives the size to expect.
-	size, count := 0, 0
-	if cur != nil {
-		size, count = len(cur.text), len(cur.families)
+	if cur != nil && cur.readers == 0 {
+		x.recycle(cur)
 	}
-	cur = &exposition{done: make(chan struct{}), started: x.now(), batches: x.storeBatches()}
+	cur = &exposition{done: make(chan struct{}), started: x.now(), batches: x.storeBatches(), readers: 1}
 	x.latest = cur
+	text, spans := x.spare.text, x.spare.families
+	cur.gzipped = x.spare.gzipped
+	x.spare = exposeMemory{}
 	x.cacheMu.Unlock()
 	x.renders.Add(1)
 
+	rendered := false
 	defer func() {
-		if cur.text == nil {
-			// The render panicked: the next request tries again.
+		if !rendered {
+			// The render panicked: the requests waiting get a 500, the next one tries again.
+			cur.failed = true
 			x.cacheMu.Lock()
 			if x.latest == cur {
 				x.latest = nil
@@ -334,14 +356,38 @@ func (x *promExposition) current(ctx context.Context) (*exposition, error) {
 	}()
 	// Not the request's context: the other requests waiting on this render still want it when
 	// this scraper gives up.
-	text, families, err := x.render(context.WithoutCancel(ctx), make([]byte, 0, size), true, make([]familySpan, 0, count))
+	text, spans, err := x.render(context.WithoutCancel(ctx), text[:0], true, spans[:0])
 	if err != nil {
 		// Whatever could be rendered is served, as promhttp's ContinueOnError did: a broken
 		// family must not take the node's GPU metrics with it.
 		x.log.Warn("serving /metrics", "err", err)
 	}
-	cur.text, cur.families = text, families
+	cur.text, cur.families = text, spans
+	rendered = true
 	return cur, nil
+}
+
+// release says a request is done with cur; the last one out of an exposition that is no longer
+// served hands its memory to the next render.
+func (x *promExposition) release(cur *exposition) {
+	x.cacheMu.Lock()
+	defer x.cacheMu.Unlock()
+	cur.readers--
+	if cur.readers == 0 && x.latest != cur {
+		x.recycle(cur)
+	}
+}
+
+// recycle keeps the memory of cur, which no request holds or can take any more, for the next
+// render. Called with cacheMu held.
+func (x *promExposition) recycle(cur *exposition) {
+	if cap(cur.text) > cap(x.spare.text) {
+		x.spare.text, x.spare.families = cur.text, cur.families
+	}
+	if cap(cur.gzipped) > cap(x.spare.gzipped) {
+		x.spare.gzipped = cur.gzipped
+	}
+	cur.text, cur.families, cur.gzipped = nil, nil, nil
 }
 
 // fresh reports whether cur may be served: it is being rendered, or it is younger than

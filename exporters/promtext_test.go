@@ -498,4 +498,19 @@ func TestPrometheusExpositionShared(t *testing.T) {
 		}
 	}
 	renders(5, fmt.Sprintf("%d concurrent scrapes after a Put", concurrentScrapers))
+
+	// An exposition a request still holds keeps its bytes while later ones reuse memory.
+	held, err := e.prom.current(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Clone(held.text)
+	for i := range 3 {
+		store.Put("gpu", gpus.batch(7000+float64(i)))
+		_ = serve("", i%2 == 0)
+	}
+	if !bytes.Equal(held.text, want) {
+		t.Errorf("a held exposition changed while later ones were rendered:\n%s", held.text)
+	}
+	e.prom.release(held)
 }
