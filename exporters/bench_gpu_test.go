@@ -49,6 +49,7 @@ func BenchmarkGPUCollectionAndBothReaders(b *testing.B) {
 	cur := 0
 	var rm metricdata.ResourceMetrics
 	var text []byte
+	var spans []familySpan
 	iteration := func() {
 		clock.Advance(time.Second)
 		bt := batches[cur]
@@ -62,7 +63,7 @@ func BenchmarkGPUCollectionAndBothReaders(b *testing.B) {
 		if err := otlp.Collect(ctx, &rm); err != nil {
 			b.Fatal(err)
 		}
-		if text, err = prom.render(ctx, text[:0], nil, false); err != nil {
+		if text, spans, err = prom.render(ctx, text[:0], false, spans[:0]); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -329,12 +329,13 @@ func TestCollectAllocations(t *testing.T) {
 	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
 	ctx := context.Background()
 	var text []byte
+	var spans []familySpan
 	collect := func() {
 		var rm metricdata.ResourceMetrics
 		if err := otlp.Collect(ctx, &rm); err != nil {
 			t.Fatal(err)
 		}
-		if text, err = prom.render(ctx, text[:0], nil, false); err != nil {
+		if text, spans, err = prom.render(ctx, text[:0], false, spans[:0]); err != nil {
 			t.Fatal(err)
 		}
 	}

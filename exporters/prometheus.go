@@ -14,10 +14,6 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 )
 
-// maxScrapesInFlight bounds concurrent /metrics requests, so a misbehaving scraper cannot make
-// the agent build many expositions at once.
-const maxScrapesInFlight = 4
-
 // newHandler serves /metrics, /healthz, /readyz and a landing page on /.
 func (e *Exporters) newHandler(version string) http.Handler {
 	mux := http.NewServeMux()

@@ -1,6 +1,7 @@
 package exporters
 
 import (
+	"bytes"
 	"compress/gzip"
 	"context"
 	"errors"
@@ -12,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,6 +50,9 @@ const targetInfoHelp = "Target metadata"
 //
 // Metrics from other scopes (instruments someone registers on the MeterProvider) take a slower,
 // general path (promscope.go).
+//
+// Scrapers share renderings (see current): however many scrape at once, one render runs at a
+// time, and every request is answered from finished bytes.
 type promExposition struct {
 	reader   *sdkmetric.ManualReader
 	producer *storeProducer[promSeries]
@@ -60,8 +66,20 @@ type promExposition struct {
 	// tableNames holds the families' names, which no other family may take.
 	tableNames map[string]bool
 
-	// sem bounds concurrent scrapes.
-	sem chan struct{}
+	// changed receives a signal after every Put to the store, so a cached exposition is known
+	// to be stale.
+	changed chan struct{}
+	// now is time.Now, or a test's clock.
+	now func() time.Time
+
+	// cacheMu guards latest (the exposition being rendered or the last one rendered), the
+	// readers of every exposition, and spare.
+	cacheMu sync.Mutex
+	latest  *exposition
+	// spare is the memory of an exposition no request holds any more, for the next to reuse.
+	spare exposeMemory
+	// renders counts renders started for /metrics requests.
+	renders atomic.Uint64
 
 	// mu serialises collections (the producer's output is reused; see storeProducer) and
 	// guards everything below.
@@ -104,12 +122,14 @@ func newPromExposition(store *sample.Store, scope instrumentation.Scope, log *sl
 		log:        log,
 		families:   make([]promFamily, len(metrics.Table)),
 		tableNames: make(map[string]bool, len(metrics.Table)),
-		sem:        make(chan struct{}, maxScrapesInFlight),
+		changed:    make(chan struct{}, 1),
+		now:        time.Now,
 		labelNames: make(map[string]labelName),
 		written:    make(map[string]bool),
 		warned:     make(map[string]bool),
 	}
 	x.reader = sdkmetric.NewManualReader(sdkmetric.WithProducer(x.producer))
+	store.Notify(x.changed)
 	for i, d := range metrics.Table {
 		name, err := PrometheusName(d)
 		if err != nil {
@@ -147,8 +167,64 @@ func newPromExposition(store *sample.Store, scope instrumentation.Scope, log *sl
 	return x, nil
 }
 
-// scrapeBuffers holds the rendered text of scrapes, so a scrape reuses the memory of an earlier
-// one.
+// exposeMaxAge is how long a rendered exposition is served while the store is unchanged: the
+// agent's own metrics in it (Go, process, promhttp) are at most that old.
+const exposeMaxAge = time.Second
+
+// exposition is one rendering of /metrics, shared by every request that arrives while it is being
+// rendered or while it is fresh. Nothing in it changes once done is closed.
+type exposition struct {
+	done chan struct{}
+	// text is the whole exposition.
+	text []byte
+	// failed says the render panicked.
+	failed bool
+	// families are the spans of text the families take, in order, for name[] requests.
+	families []familySpan
+	// started is when the render began, batches how many batches the store held then.
+	started time.Time
+	batches int
+	// readers counts the requests holding the exposition, its renderer included.
+	readers int
+
+	gzipOnce sync.Once
+	gzipped  []byte
+	gzipErr  error
+}
+
+// exposeMemory is what an exposition allocates.
+type exposeMemory struct {
+	text     []byte
+	families []familySpan
+	gzipped  []byte
+}
+
+// familySpan is where one family's lines are in an exposition's text.
+type familySpan struct {
+	name       string
+	start, end int
+}
+
+// gzipText returns the gzipped text, compressed by the first request that asks for it.
+func (c *exposition) gzipText() ([]byte, error) {
+	c.gzipOnce.Do(func() {
+		// gzipped holds, empty, the memory of an earlier exposition's, if there was one.
+		buf := bytes.NewBuffer(c.gzipped[:0])
+		buf.Grow(len(c.text) / 4)
+		gz := gzipWriters.Get().(*gzip.Writer)
+		defer gzipWriters.Put(gz)
+		gz.Reset(buf)
+		_, err := gz.Write(c.text)
+		if cerr := gz.Close(); err == nil {
+			err = cerr
+		}
+		gz.Reset(nil)
+		c.gzipped, c.gzipErr = buf.Bytes(), err
+	})
+	return c.gzipped, c.gzipErr
+}
+
+// scrapeBuffers holds the text of name[] responses, so one reuses the memory of an earlier one.
 var scrapeBuffers = sync.Pool{New: func() any { return new(textBuffer) }}
 
 // gzipWriters are reused across scrapes; BestSpeed, as promhttp.
@@ -157,51 +233,70 @@ var gzipWriters = sync.Pool{New: func() any {
 	return w
 }}
 
-// ServeHTTP serves one scrape: text format 0.0.4, gzipped when the scraper accepts it, at most
-// maxScrapesInFlight at a time. `name[]` query parameters select families, as with promhttp.
+// ServeHTTP serves one scrape: text format 0.0.4, gzipped when the scraper accepts it. Every
+// request is served, however many arrive at once: they share one rendering (see current), so
+// the work is bounded, not the readers. `name[]` query parameters select families from that
+// rendering, as with promhttp.
 func (x *promExposition) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	select {
-	case x.sem <- struct{}{}:
-		defer func() { <-x.sem }()
-	default:
-		http.Error(w, fmt.Sprintf("Limit of concurrent requests reached (%d), try again later.", maxScrapesInFlight),
-			http.StatusServiceUnavailable)
+	cur, err := x.current(r.Context())
+	if err != nil {
+		// The scraper gave up waiting; nobody reads the answer.
+		http.Error(w, "waiting for /metrics: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	var filter map[string]bool
+	defer x.release(cur)
+	if cur.failed {
+		http.Error(w, "rendering /metrics failed", http.StatusInternalServerError)
+		return
+	}
+	var names []string
 	if r.URL != nil {
-		if names := r.URL.Query()["name[]"]; len(names) > 0 {
-			filter = make(map[string]bool, len(names))
-			for _, n := range names {
-				filter[n] = true
-			}
-		}
+		names = r.URL.Query()["name[]"]
 	}
-	buf := scrapeBuffers.Get().(*textBuffer)
-	defer scrapeBuffers.Put(buf)
-	var err error
-	buf.b, err = x.render(r.Context(), buf.b[:0], filter, true)
-	if err != nil {
-		// Whatever could be rendered is served, as promhttp's ContinueOnError did: a broken
-		// family must not take the node's GPU metrics with it.
-		x.log.Warn("serving /metrics", "err", err)
-	}
-
 	h := w.Header()
 	h.Set("Content-Type", promContentType)
 	h.Add("Vary", "Accept-Encoding")
+	if len(names) > 0 {
+		x.serveFamilies(w, r, cur, names)
+		return
+	}
+	body := cur.text
+	if acceptsGzip(r) {
+		if gz, err := cur.gzipText(); err == nil {
+			h.Set("Content-Encoding", "gzip")
+			body = gz
+		} else {
+			x.errors.WithLabelValues("encoding").Inc()
+		}
+	}
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	if _, err := w.Write(body); err != nil {
+		x.errors.WithLabelValues("encoding").Inc()
+	}
+}
+
+// serveFamilies serves the families of cur named in names, in the exposition's order.
+func (x *promExposition) serveFamilies(w http.ResponseWriter, r *http.Request, cur *exposition, names []string) {
+	buf := scrapeBuffers.Get().(*textBuffer)
+	defer scrapeBuffers.Put(buf)
+	buf.b = buf.b[:0]
+	for _, f := range cur.families {
+		if slices.Contains(names, f.name) {
+			buf.b = append(buf.b, cur.text[f.start:f.end]...)
+		}
+	}
 	if !acceptsGzip(r) {
-		h.Set("Content-Length", strconv.Itoa(len(buf.b)))
+		w.Header().Set("Content-Length", strconv.Itoa(len(buf.b)))
 		if _, err := w.Write(buf.b); err != nil {
 			x.errors.WithLabelValues("encoding").Inc()
 		}
 		return
 	}
-	h.Set("Content-Encoding", "gzip")
+	w.Header().Set("Content-Encoding", "gzip")
 	gz := gzipWriters.Get().(*gzip.Writer)
 	defer gzipWriters.Put(gz)
 	gz.Reset(w)
-	_, err = gz.Write(buf.b)
+	_, err := gz.Write(buf.b)
 	if cerr := gz.Close(); err == nil {
 		err = cerr
 	}
@@ -209,6 +304,117 @@ func (x *promExposition) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		x.errors.WithLabelValues("encoding").Inc()
 	}
+}
+
+// current returns the exposition to serve: the one being rendered, or the last one while it is
+// fresh, else a new one this request renders. So at most one render runs at a time, however
+// many scrapers there are, and they all get its bytes. It waits for a render in progress until
+// ctx is done. Unless it returns an error, the caller must release the exposition.
+func (x *promExposition) current(ctx context.Context) (*exposition, error) {
+	x.cacheMu.Lock()
+	cur := x.latest
+	if cur != nil && x.fresh(cur) {
+		cur.readers++
+		x.cacheMu.Unlock()
+		select {
+		case <-cur.done:
+			return cur, nil
+		case <-ctx.Done():
+			x.release(cur)
+			return nil, ctx.Err()
+		}
+	}
+	// Drained and counted before the collection, so a change after this point makes the new
+	// exposition stale.
+	select {
+	case <-x.changed:
+	default:
+	}
+	if cur != nil && cur.readers == 0 {
+		x.recycle(cur)
+	}
+	cur = &exposition{done: make(chan struct{}), started: x.now(), batches: x.storeBatches(), readers: 1}
+	x.latest = cur
+	text, spans := x.spare.text, x.spare.families
+	cur.gzipped = x.spare.gzipped
+	x.spare = exposeMemory{}
+	x.cacheMu.Unlock()
+	x.renders.Add(1)
+
+	rendered := false
+	defer func() {
+		if !rendered {
+			// The render panicked: the requests waiting get a 500, the next one tries again.
+			cur.failed = true
+			x.cacheMu.Lock()
+			if x.latest == cur {
+				x.latest = nil
+			}
+			x.cacheMu.Unlock()
+		}
+		close(cur.done)
+	}()
+	// Not the request's context: the other requests waiting on this render still want it when
+	// this scraper gives up.
+	text, spans, err := x.render(context.WithoutCancel(ctx), text[:0], true, spans[:0])
+	if err != nil {
+		// Whatever could be rendered is served, as promhttp's ContinueOnError did: a broken
+		// family must not take the node's GPU metrics with it.
+		x.log.Warn("serving /metrics", "err", err)
+	}
+	cur.text, cur.families = text, spans
+	rendered = true
+	return cur, nil
+}
+
+// release says a request is done with cur; the last one out of an exposition that is no longer
+// served hands its memory to the next render.
+func (x *promExposition) release(cur *exposition) {
+	x.cacheMu.Lock()
+	defer x.cacheMu.Unlock()
+	cur.readers--
+	if cur.readers == 0 && x.latest != cur {
+		x.recycle(cur)
+	}
+}
+
+// recycle keeps the memory of cur, which no request holds or can take any more, for the next
+// render. Called with cacheMu held.
+func (x *promExposition) recycle(cur *exposition) {
+	if cap(cur.text) > cap(x.spare.text) {
+		x.spare.text, x.spare.families = cur.text, cur.families
+	}
+	if cap(cur.gzipped) > cap(x.spare.gzipped) {
+		x.spare.gzipped = cur.gzipped
+	}
+	cur.text, cur.families, cur.gzipped = nil, nil, nil
+}
+
+// fresh reports whether cur may be served: it is being rendered, or it is younger than
+// exposeMaxAge and the store has not changed since it began. Called with cacheMu held.
+func (x *promExposition) fresh(cur *exposition) bool {
+	select {
+	case <-cur.done:
+	default:
+		return true
+	}
+	if x.now().Sub(cur.started) >= exposeMaxAge {
+		return false
+	}
+	select {
+	case <-x.changed:
+		return false
+	default:
+	}
+	// Put signals changed; Delete does not, but it leaves fewer batches.
+	return x.storeBatches() == cur.batches
+}
+
+// storeBatches returns how many batches the store holds.
+func (x *promExposition) storeBatches() int {
+	n := 0
+	x.producer.store.Each(func(*sample.Batch) { n++ })
+	return n
 }
 
 // acceptsGzip reports whether the request's Accept-Encoding allows gzip (or anything) with a
@@ -238,10 +444,9 @@ func acceptsGzip(r *http.Request) bool {
 }
 
 // render appends one exposition to b: the collection's families (the store's, in table
-// order), the registry's families when withRegistry, and target_info. filter, when
-// not nil, selects families by name. An error leaves out what failed and reports it; the rest
-// is rendered.
-func (x *promExposition) render(ctx context.Context, b []byte, filter map[string]bool, withRegistry bool) ([]byte, error) {
+// order), the registry's families when withRegistry, and target_info. It appends to spans where
+// each family's lines are. An error leaves out what failed and reports it; the rest is rendered.
+func (x *promExposition) render(ctx context.Context, b []byte, withRegistry bool, spans []familySpan) ([]byte, []familySpan, error) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	clear(x.written)
@@ -254,7 +459,7 @@ func (x *promExposition) render(ctx context.Context, b []byte, filter map[string
 		// The provider holds no instruments but the store's producer, so no other scope has
 		// anything to show.
 		if x.producer.owns(sm) {
-			b = x.appendStore(b, sm, filter)
+			b, spans = x.appendStore(b, sm, spans)
 		}
 	}
 	if x.targetInfo == nil && x.rm.Resource != nil {
@@ -267,29 +472,28 @@ func (x *promExposition) render(ctx context.Context, b []byte, filter map[string
 
 	if withRegistry {
 		var err error
-		if b, err = x.appendRegistry(b, filter); err != nil {
+		if b, spans, err = x.appendRegistry(b, spans); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if len(x.targetInfo) > 0 && (filter == nil || filter[otlptranslator.TargetInfoMetricName]) {
+	if len(x.targetInfo) > 0 {
+		start := len(b)
 		b = append(b, x.targetInfo...)
+		spans = append(spans, familySpan{name: otlptranslator.TargetInfoMetricName, start: start, end: len(b)})
 	}
 	if len(errs) > 0 {
 		x.errors.WithLabelValues("gathering").Inc()
 	}
-	return b, errors.Join(errs...)
+	return b, spans, errors.Join(errs...)
 }
 
 // appendStore appends the families of the store producer's collection sm.
-func (x *promExposition) appendStore(b []byte, sm *metricdata.ScopeMetrics, filter map[string]bool) []byte {
+func (x *promExposition) appendStore(b []byte, sm *metricdata.ScopeMetrics, spans []familySpan) ([]byte, []familySpan) {
 	p := x.producer
 	for j := range sm.Metrics {
 		m := &sm.Metrics[j]
 		id, states := p.collected(j)
 		fam := &x.families[id]
-		if filter != nil && !filter[fam.name] {
-			continue
-		}
 		var pts []metricdata.DataPoint[float64]
 		switch data := m.Data.(type) {
 		case metricdata.Gauge[float64]:
@@ -303,6 +507,7 @@ func (x *promExposition) appendStore(b []byte, sm *metricdata.ScopeMetrics, filt
 				"metric", fam.name)
 			continue
 		}
+		start := len(b)
 		b = append(b, fam.header...)
 		for k := range pts {
 			ps := &states[k].reader
@@ -322,13 +527,14 @@ func (x *promExposition) appendStore(b []byte, sm *metricdata.ScopeMetrics, filt
 			b = appendFloat(b, pts[k].Value)
 			b = append(b, '\n')
 		}
+		spans = append(spans, familySpan{name: fam.name, start: start, end: len(b)})
 	}
-	return b
+	return b, spans
 }
 
 // appendRegistry appends the registry's families (Go, process, the handler's own), leaving out
 // any whose name was already written.
-func (x *promExposition) appendRegistry(b []byte, filter map[string]bool) ([]byte, error) {
+func (x *promExposition) appendRegistry(b []byte, spans []familySpan) ([]byte, []familySpan, error) {
 	mfs, err := x.registry.Gather()
 	if err != nil {
 		err = fmt.Errorf("gathering the agent's own metrics: %w", err)
@@ -336,7 +542,7 @@ func (x *promExposition) appendRegistry(b []byte, filter map[string]bool) ([]byt
 	sink := textBuffer{b: b}
 	for _, mf := range mfs {
 		name := mf.GetName()
-		if len(mf.GetMetric()) == 0 || (filter != nil && !filter[name]) {
+		if len(mf.GetMetric()) == 0 {
 			continue
 		}
 		if x.tableNames[name] || x.written[name] {
@@ -344,11 +550,13 @@ func (x *promExposition) appendRegistry(b []byte, filter map[string]bool) ([]byt
 			continue
 		}
 		x.written[name] = true
+		start := len(sink.b)
 		if _, e := expfmt.MetricFamilyToText(&sink, mf); e != nil {
 			err = errors.Join(err, fmt.Errorf("encoding %s: %w", name, e))
 		}
+		spans = append(spans, familySpan{name: name, start: start, end: len(sink.b)})
 	}
-	return sink.b, err
+	return sink.b, spans, err
 }
 
 // renderTargetInfo renders target_info: value 1, the resource attributes as labels.

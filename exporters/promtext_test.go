@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +23,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/instrumentation"
 
+	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
 	"github.com/capstan-power/capstan/internal/testkit"
@@ -67,7 +70,7 @@ func TestPrometheusText(t *testing.T) {
 	}
 	mp := newMeterProvider(NewResource(testConfig(), "1.2.3-test"), x.reader)
 	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
-	text, err := x.render(context.Background(), nil, nil, false)
+	text, _, err := x.render(context.Background(), nil, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,11 +294,11 @@ func TestPrometheusHTTP(t *testing.T) {
 		t.Errorf("name[] filter: families %v, want hw_power_watts and go_goroutines", names)
 	}
 
-	// Concurrent scrapes while the collector puts new batches: every scrape parses and has
-	// both GPUs (the race detector checks the sharing). Each scraper starting a request lets the
-	// writer put one more batch, so puts and scrapes interleave.
-	const scrapers, scrapesEach = maxScrapesInFlight, 10
-	started := make(chan struct{}, scrapers)
+	// 20 scrapers at once for two seconds while the collector puts new batches: every request
+	// is answered 200 with a whole exposition that parses and has both GPUs (the race detector
+	// checks the sharing). Each request lets the writer put one more batch, so puts and scrapes
+	// interleave.
+	started := make(chan struct{}, concurrentScrapers)
 	stop := make(chan struct{})
 	var writer sync.WaitGroup
 	writer.Go(func() {
@@ -308,28 +311,40 @@ func TestPrometheusHTTP(t *testing.T) {
 			}
 		}
 	})
-	var ok, refused atomic.Int64
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: concurrentScrapers}}
+	defer client.CloseIdleConnections()
+	timeUp := make(chan struct{})
+	timer := time.AfterFunc(2*time.Second, func() { close(timeUp) })
+	defer timer.Stop()
+	var requests, served atomic.Int64
 	var wg sync.WaitGroup
-	for range scrapers {
+	for range concurrentScrapers {
 		wg.Go(func() {
-			// A 503 says the limit of scrapes in flight was reached: the handler may not have
-			// released this scraper's previous slot yet. It is retried, a bounded number of times.
-			for done, tries := 0, 0; done < scrapesEach && tries < 10*scrapesEach; tries++ {
+			for {
 				select {
+				case <-timeUp:
+					return
 				case started <- struct{}{}:
 				default:
 				}
-				code, body := get(t, url, "", "")
-				if code == http.StatusServiceUnavailable {
-					refused.Add(1)
-					continue
+				requests.Add(1)
+				resp, err := client.Get(url)
+				if err != nil {
+					t.Errorf("GET /metrics: %v", err)
+					return
 				}
-				if code != http.StatusOK {
-					t.Errorf("GET /metrics: %d", code)
+				body, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil {
+					t.Errorf("reading a concurrent scrape: %v", err)
+					return
+				}
+				if resp.StatusCode != http.StatusOK {
+					t.Errorf("GET /metrics: %d %s", resp.StatusCode, body)
 					return
 				}
 				p := expfmt.NewTextParser(model.UTF8Validation)
-				fams, err := p.TextToMetricFamilies(strings.NewReader(body))
+				fams, err := p.TextToMetricFamilies(bytes.NewReader(body))
 				if err != nil {
 					t.Errorf("parsing a concurrent scrape: %v", err)
 					return
@@ -337,17 +352,19 @@ func TestPrometheusHTTP(t *testing.T) {
 				if n := len(fams["hw_power_watts"].GetMetric()); n != 2 {
 					t.Errorf("concurrent scrape: %d hw_power_watts series, want 2", n)
 				}
-				done++
-				ok.Add(1)
+				// target_info is last: its presence says the exposition is whole.
+				if fams[otlptranslator.TargetInfoMetricName] == nil {
+					t.Errorf("concurrent scrape of %d bytes lacks target_info", len(body))
+				}
+				served.Add(1)
 			}
 		})
 	}
 	wg.Wait()
 	close(stop)
 	writer.Wait()
-	if got := ok.Load(); got != scrapers*scrapesEach {
-		t.Errorf("%d of %d concurrent scrapes succeeded (%d refused as over the in-flight limit of %d, which %d scrapers never exceed)",
-			got, scrapers*scrapesEach, refused.Load(), maxScrapesInFlight, scrapers)
+	if got, want := served.Load(), requests.Load(); got != want || got < concurrentScrapers {
+		t.Errorf("%d of %d requests of %d concurrent scrapers served whole", got, want, concurrentScrapers)
 	}
 }
 
@@ -370,4 +387,130 @@ func TestAcceptsGzip(t *testing.T) {
 			t.Errorf("Accept-Encoding %q: gzip %v, want %v", header, got, want)
 		}
 	}
+}
+
+// TestPrometheusExpositionShared checks when /metrics renders anew: requests share one
+// rendering while the store is unchanged and it is younger than exposeMaxAge; a Put, a Delete
+// or age makes the next request render; name[] and gzip are cut and compressed from the shared
+// rendering; requests arriving together share one render.
+func TestPrometheusExpositionShared(t *testing.T) {
+	store := sample.NewStore()
+	f := newFleet(3)
+	gpus := &fleet{gpus: f.gpus[:2], collectorUp: f.collectorUp, collectorDuration: f.collectorDuration, others: f.others}
+	store.Put("gpu", gpus.batch(5000))
+	cfg := testConfig()
+	cfg.Web.ListenAddress = "127.0.0.1:0"
+	e, err := New(context.Background(), Options{Config: cfg, Store: store, Version: "1.2.3-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	shutdownAtEnd(t, e)
+	clock := clock.NewManual(time.Unix(1_700_000_000, 0))
+	e.prom.now = clock.Now
+
+	serve := func(query string, gz bool) []byte {
+		t.Helper()
+		req := httptest.NewRequest(http.MethodGet, "/metrics"+query, nil)
+		if gz {
+			req.Header.Set("Accept-Encoding", "gzip")
+		}
+		rec := httptest.NewRecorder()
+		e.handler.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			t.Fatalf("GET /metrics%s: %d %s", query, rec.Code, rec.Body)
+		}
+		if !gz {
+			return rec.Body.Bytes()
+		}
+		zr, err := gzip.NewReader(rec.Body)
+		if err != nil {
+			t.Fatalf("GET /metrics%s: %v", query, err)
+		}
+		body, err := io.ReadAll(zr)
+		if err != nil {
+			t.Fatalf("GET /metrics%s: %v", query, err)
+		}
+		return body
+	}
+	renders := func(want uint64, after string) {
+		t.Helper()
+		if got := e.prom.renders.Load(); got != want {
+			t.Errorf("after %s: %d renders, want %d", after, got, want)
+		}
+	}
+	gpuSeries := func(body []byte) int { return len(parseText(t, body)["hw_power_watts"].GetMetric()) }
+
+	first := serve("", false)
+	if again := serve("", false); !bytes.Equal(first, again) {
+		t.Errorf("a second scrape of an unchanged store within %v differs from the first:\n%s\n---\n%s", exposeMaxAge, first, again)
+	}
+	if zipped := serve("", true); !bytes.Equal(zipped, first) {
+		t.Errorf("the gzipped scrape is not the shared exposition:\n%s", zipped)
+	}
+	renders(1, "three scrapes of an unchanged store")
+
+	_ = serve("?name[]=hw_power_watts&name[]=target_info", true)
+	filtered := serve("?name[]=hw_power_watts&name[]=target_info", false)
+	if fams := parseText(t, filtered); len(fams) != 2 || gpuSeries(filtered) != 2 || fams["target_info"] == nil {
+		t.Errorf("name[] scrape: %d families:\n%s", len(fams), filtered)
+	}
+	renders(1, "name[] scrapes")
+
+	clock.Advance(exposeMaxAge)
+	if aged := serve("", false); bytes.Equal(aged, first) {
+		t.Errorf("a scrape %v later is the first one again", exposeMaxAge)
+	}
+	renders(2, "a scrape after exposeMaxAge")
+
+	extra := &sample.Batch{}
+	extra.Reset("gpu2", time.Unix(1_700_000_000, 0))
+	f.gpus[2].add(extra, 2, 9000)
+	store.Put("gpu2", extra)
+	if n := gpuSeries(serve("", false)); n != 3 {
+		t.Errorf("after a Put: %d hw_power_watts series, want 3", n)
+	}
+	renders(3, "a scrape after a Put")
+	store.Delete("gpu2")
+	if n := gpuSeries(serve("", false)); n != 2 {
+		t.Errorf("after a Delete: %d hw_power_watts series, want 2", n)
+	}
+	renders(4, "a scrape after a Delete")
+
+	// Requests arriving together after a change: one render, the same bytes for all.
+	store.Put("gpu", gpus.batch(6000))
+	bodies := make([][]byte, concurrentScrapers)
+	var wg sync.WaitGroup
+	for i := range bodies {
+		wg.Go(func() {
+			req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+			rec := httptest.NewRecorder()
+			e.handler.ServeHTTP(rec, req)
+			if rec.Code != http.StatusOK {
+				t.Errorf("concurrent GET /metrics: %d", rec.Code)
+			}
+			bodies[i] = rec.Body.Bytes()
+		})
+	}
+	wg.Wait()
+	for i := range bodies {
+		if !bytes.Equal(bodies[i], bodies[0]) {
+			t.Errorf("concurrent scrape %d differs from scrape 0", i)
+		}
+	}
+	renders(5, fmt.Sprintf("%d concurrent scrapes after a Put", concurrentScrapers))
+
+	// An exposition a request still holds keeps its bytes while later ones reuse memory.
+	held, err := e.prom.current(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Clone(held.text)
+	for i := range 3 {
+		store.Put("gpu", gpus.batch(7000+float64(i)))
+		_ = serve("", i%2 == 0)
+	}
+	if !bytes.Equal(held.text, want) {
+		t.Errorf("a held exposition changed while later ones were rendered:\n%s", held.text)
+	}
+	e.prom.release(held)
 }

@@ -272,6 +272,8 @@ func TestValidateAccepts(t *testing.T) {
 		"stdout off ignores interval": func(c *Config) { c.Stdout.Interval = 0 },
 		"summary on":                  func(c *Config) { c.Summary.Interval = time.Hour },
 		"otlp bounds":                 func(c *Config) { c.OTLP.Interval, c.OTLP.Timeout = time.Second, 5*time.Minute },
+		"node name of 253 characters": func(c *Config) { c.Node.Name = strings.Repeat("n", 253) },
+		"node name in UTF-8":          func(c *Config) { c.Node.Name = "nœud-7" },
 	} {
 		c := Default()
 		mutate(c)
@@ -435,6 +437,17 @@ func TestSampleFile(t *testing.T) {
 		if !regexp.MustCompile(`(?m)^\s*#\s*` + regexp.QuoteMeta(last) + `:`).Match(text) {
 			t.Errorf("%s does not document %s", path, key)
 		}
+	}
+}
+
+// Every export carries node.name (host.name, target_info in every scrape): a 10 MB name is
+// refused, and the message gives its length rather than the name.
+func TestNodeNameBounded(t *testing.T) {
+	c := Default()
+	c.Node.Name = strings.Repeat("n", 10<<20)
+	want := "node.name: a name of 10485760 characters is too long (allowed: 1 to 253 characters, no control characters)"
+	if err := c.Validate(); err == nil || err.Error() != want {
+		t.Errorf("Validate() with a 10 MB node.name = %.300v, want %s", err, want)
 	}
 }
 

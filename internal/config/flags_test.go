@@ -198,6 +198,7 @@ func TestFlagErrorsNameTheFlag(t *testing.T) {
 		{[]string{"--config.file", file, "--gpu.sim.count=65"}, "--gpu.sim.count: 65 is out of range (allowed: 1 to 64)"},
 		{[]string{"--gpu.sim.model=V100"}, `--gpu.sim.model: "V100" is not allowed (allowed: A100, H100, H200, B200)`},
 		{[]string{"--collector.gpu.timeout=2s"}, "--collector.gpu.timeout: 2s is out of range (allowed: 0, meaning the interval, or 10ms to the interval 1s)"},
+		{[]string{"--node.name=gpu\nnode"}, `--node.name: "gpu\nnode" has a control character at byte 3 (allowed: 1 to 253 characters, no control characters)`},
 	} {
 		_, err := resolveArgs(tc.args...)
 		var cfgErr *Error

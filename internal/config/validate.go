@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/capstan-power/capstan/collectors"
 )
@@ -54,7 +56,8 @@ func (c *Config) validate() *Error {
 func (v *validator) rules() map[string]func() {
 	c := v.c
 	return map[string]func(){
-		"gpu": func() { v.trace([]string{"gpu", "sim", "trace"}, c.GPU.Sim.Trace) },
+		"node": v.nodeName,
+		"gpu":  func() { v.trace([]string{"gpu", "sim", "trace"}, c.GPU.Sim.Trace) },
 		"otlp": func() {
 			v.headers("otlp.headers", c.OTLP.Headers)
 			v.pair("otlp.tls.cert-file", c.OTLP.TLS.CertFile, "otlp.tls.key-file", c.OTLP.TLS.KeyFile)
@@ -228,6 +231,23 @@ func (v *validator) etcd() {
 	}
 	if !strings.HasPrefix(e.Prefix, "/") || strings.HasSuffix(e.Prefix, "/") && e.Prefix != "/" {
 		v.fail("etcd.prefix", quote(e.Prefix), "must start with / and not end with one (default /capstan/v1)")
+	}
+}
+
+// nodeNameMax is the longest node.name, a DNS name's limit.
+const nodeNameMax = 253
+
+// nodeName bounds node.name, which every export carries (host.name, target_info in every
+// scrape); etcd mode narrows it further (name). An empty name is left to the key's declaration.
+func (v *validator) nodeName() {
+	s := v.c.Node.Name
+	allowed := fmt.Sprintf("(allowed: 1 to %d characters, no control characters)", nodeNameMax)
+	if n := utf8.RuneCountInString(s); n > nodeNameMax {
+		v.fail("node.name", fmt.Sprintf("a name of %d characters", n), "is too long "+allowed)
+		return
+	}
+	if i := strings.IndexFunc(s, unicode.IsControl); i >= 0 {
+		v.fail("node.name", quote(s), fmt.Sprintf("has a control character at byte %d %s", i, allowed))
 	}
 }
 
