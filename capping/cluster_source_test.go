@@ -138,6 +138,7 @@ func TestRestoreStaysWithinTheGroupFloor(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.run(5 * time.Second)
+	r.die()
 	r.c = r.newControllerWith(src) // the previous one died without Stop
 	if err := r.c.Start(); err != nil {
 		t.Fatal(err)

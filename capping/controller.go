@@ -122,6 +122,7 @@ type periodState struct {
 	ticks    uint64
 
 	fallbackLogged bool
+	unmet          bool // the budget is below Σ min: said once, published every period
 }
 
 // Options are what New needs.

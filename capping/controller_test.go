@@ -467,3 +467,33 @@ func TestWeightsFromSettings(t *testing.T) {
 		t.Errorf("a weight for an unknown GPU was not reported:\n%s", r.logs.String())
 	}
 }
+
+// A budget below the GPUs' summed minimums (600 W for 4 × 200 W) is said once and published as
+// unmet while it lasts; a budget that fits clears both.
+func TestBudgetBelowMinimumsIsReported(t *testing.T) {
+	r := newRig(t, "steady", 4, 1500, nil)
+	r.run(2 * time.Second)
+	if got := metricValue(t, r.store, metrics.CappingBudgetUnmet, metrics.AttrCappingScope, "gpu"); got != 0 {
+		t.Fatalf("budget.unmet %v with a budget that fits, want 0", got)
+	}
+	r.src.set(600)
+	r.run(5 * time.Second)
+	const said = "budget is below the GPUs' summed minimum limits"
+	if n := r.logs.Count(said); n != 1 {
+		t.Errorf("the unmet budget was said %d times, want once:\n%s", n, r.logs)
+	}
+	if !r.logs.Contains("budget_watts=600") || !r.logs.Contains("min_watts=800") {
+		t.Errorf("the warning does not give the budget and the minimums:\n%s", r.logs)
+	}
+	if got := metricValue(t, r.store, metrics.CappingBudgetUnmet, metrics.AttrCappingScope, "gpu"); got != 1 {
+		t.Errorf("budget.unmet %v under a 600 W budget for 800 W of minimums, want 1", got)
+	}
+	r.src.set(1000)
+	r.run(2 * time.Second)
+	if got := metricValue(t, r.store, metrics.CappingBudgetUnmet, metrics.AttrCappingScope, "gpu"); got != 0 {
+		t.Errorf("budget.unmet %v after the budget was raised to fit, want 0", got)
+	}
+	if !r.logs.Contains("budget can be met again") {
+		t.Errorf("the budget's return within reach is not said:\n%s", r.logs)
+	}
+}

@@ -110,6 +110,13 @@ func (r *rig) startOn(lib nvml.Interface, src budget.Source) {
 	r.c = c
 }
 
+// die ends the rig's controller as a killed agent ends: no Stop, and the kernel drops the
+// process's lock on the state file.
+func (r *rig) die() {
+	r.c.started = false
+	unlockState(r.set.StateFile, false)
+}
+
 // step advances the clock one period and ticks.
 func (r *rig) step() {
 	r.clock.Advance(r.set.Period)

@@ -18,6 +18,8 @@ import (
 // Start saves the original limits to the state file before anything is written, or, when a
 // state file is already there, takes the originals from it: after a crash it restores them or
 // adopts the limits in force (AfterCrash); after a clean hand-over it adopts them silently.
+// It first locks the state file, held until Stop (and handed to the next controller by
+// ExitHold): an agent whose state file another one holds is refused before it writes anything.
 // Under dry-run it neither reads nor writes the state file.
 func (c *Controller) Start() error {
 	c.started = true
@@ -32,6 +34,23 @@ func (c *Controller) Start() error {
 		c.report(c.now(), false)
 		return nil
 	}
+	takenOver, err := lockState(c.set.StateFile)
+	if err != nil {
+		c.started = false // the lock is another's: Stop must not let it go
+		return fmt.Errorf("capping: not writing any limit: %w", err)
+	}
+	if err := c.start(); err != nil {
+		c.started = false
+		// A reload's lock goes back to the hand-over, for the previous configuration's
+		// controller that takes over when this one does not start.
+		unlockState(c.set.StateFile, takenOver)
+		return err
+	}
+	return nil
+}
+
+// start is Start once the state file is locked.
+func (c *Controller) start() error {
 	st, err := ReadState(c.set.StateFile)
 	if err != nil {
 		return err
@@ -39,21 +58,20 @@ func (c *Controller) Start() error {
 	for _, g := range c.gpus {
 		g.originalMW = g.requestedMW
 		if st != nil {
-			if mw, ok := st.original(g.uuid); ok {
-				g.originalMW = mw
-			}
+			c.takeOriginal(g, st)
 		}
 	}
 	if st != nil {
+		seen := map[string]bool{}
 		for _, o := range st.GPUs {
-			if !c.namesGPU(o.UUID) {
+			if !c.namesGPU(o.UUID) && !seen[o.UUID] {
+				seen[o.UUID] = true
 				c.others = append(c.others, o)
 			}
 		}
 	}
 	switch {
 	case st == nil:
-		c.log.Info("capping: original GPU limits saved", "state_file", c.set.StateFile)
 	case st.Clean:
 		c.log.Info("capping: resuming with the original limits from the state file", "state_file", c.set.StateFile)
 	case c.set.AfterCrash == "adopt":
@@ -68,6 +86,9 @@ func (c *Controller) Start() error {
 	if err := c.saveState(false); err != nil {
 		return fmt.Errorf("capping: not writing any limit, the original limits could not be saved: %w", err)
 	}
+	if st == nil {
+		c.log.Info("capping: original GPU limits saved", "state_file", c.set.StateFile)
+	}
 	for _, g := range c.gpus {
 		g.ourMW = g.requestedMW
 	}
@@ -76,6 +97,28 @@ func (c *Controller) Start() error {
 	// The bounds are known before the first period: a source can register the node now.
 	c.report(c.now(), false)
 	return nil
+}
+
+// takeOriginal sets g's original limit from the state file, unless what the file holds for it
+// is implausible: then it is the GPU's default limit (its maximum when NVML does not say), so
+// that no restore ever writes a limit that was never in force.
+func (c *Controller) takeOriginal(g *gpu, st *State) {
+	saved := st.originals(g.uuid)
+	if len(saved) == 0 {
+		return
+	}
+	why := implausibleOriginal(saved, g.minMW, g.maxMW)
+	if why == "" {
+		g.originalMW = saved[0]
+		return
+	}
+	def, ret := g.dev.GetPowerManagementDefaultLimit()
+	if ret != nvml.SUCCESS || def < g.minMW || def > g.maxMW {
+		def = g.maxMW
+	}
+	g.originalMW = def
+	c.log.Error("capping: the state file holds an implausible original limit; the GPU's default limit stands in for it",
+		"state_file", c.set.StateFile, "gpu", g.index, "uuid", g.uuid, "reason", why, "default_milliwatts", def)
 }
 
 func (c *Controller) sumEnforced() float64 {
@@ -92,7 +135,7 @@ func (c *Controller) saveState(clean bool) error {
 		st.GPUs = append(st.GPUs, GPUState{UUID: g.uuid, Index: g.index, OriginalMilliwatts: g.originalMW})
 	}
 	st.GPUs = append(st.GPUs, c.others...)
-	return WriteState(c.set.StateFile, st)
+	return writeState(c.set.StateFile, st)
 }
 
 // leaveWatts is the most the limits may sum to while no agent steers them: the source's (a
@@ -141,6 +184,8 @@ func (c *Controller) Stop(how Exit) error {
 		return nil
 	}
 	c.started = false
+	// A reload's next controller takes the lock over; any other stop lets it go.
+	defer unlockState(c.set.StateFile, how == ExitHold)
 	if how == ExitConfigured && c.set.OnExit == "restore" {
 		// A cluster node's group keeps only its floor once it left: originals beyond it wait
 		// in the state file for the next start.

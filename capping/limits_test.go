@@ -79,6 +79,7 @@ func TestLostGPUAtStartIsLeftOutAndItsOriginalKept(t *testing.T) {
 	r.run(5 * time.Second)
 	// The agent dies (no Stop); GPU 1 falls off the bus before the next start.
 	r.fleet.SetLost(1, true)
+	r.die()
 	r.c = r.newController()
 	if err := r.c.Start(); err != nil {
 		t.Fatalf("a lost GPU stopped capping of the others: %v", err)

@@ -41,6 +41,7 @@ func (c *Controller) Tick(now time.Time) {
 	c.ticks++
 
 	useFallback := c.readBudget(now)
+	c.checkBudgetMet()
 	c.setW = c.budgetW * (1 - c.set.GuardBand)
 
 	missing := c.measure(now)
@@ -134,6 +135,20 @@ func (c *Controller) readBudget(now time.Time) bool {
 		c.fallbackLogged = true
 	}
 	return true
+}
+
+// checkBudgetMet says, once each time it happens, that the budget is below what the GPUs can
+// be capped to: the law then holds every GPU at its minimum and the node stays over budget.
+func (c *Controller) checkBudgetMet() {
+	unmet := c.budgetW < c.sumMin
+	switch {
+	case unmet && !c.unmet:
+		c.log.Warn("capping: the budget is below the GPUs' summed minimum limits and cannot be met; every GPU is held at its minimum",
+			"budget_watts", c.budgetW, "min_watts", c.sumMin, "gpus", len(c.gpus))
+	case !unmet && c.unmet:
+		c.log.Info("capping: the budget can be met again", "budget_watts", c.budgetW, "min_watts", c.sumMin)
+	}
+	c.unmet = unmet
 }
 
 // measure reads every GPU's instant power and limits, counts limits changed behind our back

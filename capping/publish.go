@@ -19,7 +19,7 @@ type publisher struct {
 	batches [2]sample.Batch
 	cur     int
 
-	budget, fallback                     *sample.Series
+	budget, fallback, unmet              *sample.Series
 	setpoint, measured, err, capW, overS *sample.Series
 	mode                                 [numModes]*sample.Series
 }
@@ -30,6 +30,7 @@ func (p *publisher) init(c *Controller, store *sample.Store) {
 	scope := attribute.String(metrics.AttrCappingScope, c.set.Scope)
 	p.budget = sample.NewSeries(metrics.CappingBudget, attribute.String(metrics.AttrBudgetSource, c.src.Name()))
 	p.fallback = sample.NewSeries(metrics.CappingBudget, attribute.String(metrics.AttrBudgetSource, "fallback"))
+	p.unmet = sample.NewSeries(metrics.CappingBudgetUnmet, scope)
 	p.setpoint = sample.NewSeries(metrics.CappingSetpoint, scope)
 	p.measured = sample.NewSeries(metrics.CappingMeasured, scope)
 	p.err = sample.NewSeries(metrics.CappingError, scope)
@@ -38,7 +39,7 @@ func (p *publisher) init(c *Controller, store *sample.Store) {
 	for m := range numModes {
 		p.mode[m] = sample.NewSeries(metrics.CappingMode, attribute.String(metrics.AttrCappingMode, m.String()))
 	}
-	points := 7 + int(numModes) + 4*len(c.gpus)
+	points := 8 + int(numModes) + 4*len(c.gpus)
 	for i := range p.batches {
 		p.batches[i].Points = make([]sample.Point, 0, points)
 	}
@@ -57,6 +58,11 @@ func (p *publisher) publish(now time.Time, fallback bool, per *periodState, capW
 		sb = p.fallback
 	}
 	b.Add(sb, per.budgetW)
+	unmet := 0.0
+	if per.unmet {
+		unmet = 1
+	}
+	b.Add(p.unmet, unmet)
 	b.Add(p.setpoint, per.setW)
 	b.Add(p.measured, per.measW)
 	b.Add(p.err, per.errW)

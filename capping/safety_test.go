@@ -83,6 +83,7 @@ func TestCrashRecovery(t *testing.T) {
 			r.run(10 * time.Second)
 			capped := r.requested()
 			// The agent dies: no Stop. A new one starts on the same GPUs and file.
+			r.die()
 			r.c = r.newController()
 			if err := r.c.Start(); err != nil {
 				t.Fatal(err)

@@ -7,7 +7,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // stateVersion is the format of the state file; a newer one is refused, not guessed at.
@@ -33,14 +36,28 @@ type GPUState struct {
 	OriginalMilliwatts uint32 `json:"original_milliwatts"`
 }
 
-// original returns the saved limit of the GPU with uuid.
-func (s *State) original(uuid string) (uint32, bool) {
+// originals returns every limit saved for the GPU with uuid: one in a sound file.
+func (s *State) originals(uuid string) []uint32 {
+	var out []uint32
 	for _, g := range s.GPUs {
 		if g.UUID == uuid {
-			return g.OriginalMilliwatts, true
+			out = append(out, g.OriginalMilliwatts)
 		}
 	}
-	return 0, false
+	return out
+}
+
+// implausibleOriginal says why the limits saved for one GPU cannot be its original, or returns
+// "": a limit outside the GPU's own constraints was never in force, and two entries for one
+// UUID mean the file was not written by an agent.
+func implausibleOriginal(saved []uint32, minMW, maxMW uint32) string {
+	if len(saved) > 1 {
+		return fmt.Sprintf("the GPU is listed %d times (%v mW)", len(saved), saved)
+	}
+	if mw := saved[0]; mw < minMW || mw > maxMW {
+		return fmt.Sprintf("%d mW is outside the GPU's constraints %d..%d mW", mw, minMW, maxMW)
+	}
+	return ""
 }
 
 // ReadState reads the state file; it returns (nil, nil) when there is none.
@@ -61,6 +78,9 @@ func ReadState(path string) (*State, error) {
 	}
 	return &s, nil
 }
+
+// writeState is how the controller saves its state: WriteState, but for tests of a failing disk.
+var writeState = WriteState
 
 // WriteState replaces the state file atomically: a temporary file in the same directory is
 // written, synced and renamed over it, and the directory is synced, so a crash at any point
@@ -99,4 +119,112 @@ func WriteState(path string, s *State) error {
 		d.Close()
 	}
 	return nil
+}
+
+// The state file is locked for as long as a controller caps with it, so that a second agent
+// given the same file refuses to start instead of taking the first one's live PID for a crash.
+// The lock is an flock on a file beside the state file (the state file itself is replaced by
+// rename on every write, so a lock on it would not last); the kernel drops it when the process
+// dies, SIGKILL included. On a reload the stopping controller hands the lock to the next one
+// in the same process, so there is no moment without it.
+
+// stateLock is a held lock on one state file.
+type stateLock struct {
+	f      *os.File
+	holder lockHolder
+	// handedOver is true between a controller's Stop(ExitHold) and the next Start.
+	handedOver bool
+}
+
+// lockHolder is what the lock file says about the process that holds it.
+type lockHolder struct {
+	PID     int       `json:"pid"`
+	Started time.Time `json:"started"`
+}
+
+// stateLocks are the locks this process holds, by the state file's absolute path.
+var stateLocks = struct {
+	sync.Mutex
+	held map[string]*stateLock
+}{held: map[string]*stateLock{}}
+
+// LockPath is the file whose flock guards the state file at path.
+func LockPath(path string) string { return path + ".lock" }
+
+func lockKey(path string) string {
+	if abs, err := filepath.Abs(path); err == nil {
+		return abs
+	}
+	return filepath.Clean(path)
+}
+
+// lockState takes the lock on the state file at path, or the one a stopped controller of this
+// process handed over (then it reports takenOver). It fails, naming the holder, when another
+// agent (or another controller of this process) holds it.
+func lockState(path string) (takenOver bool, err error) {
+	key := lockKey(path)
+	stateLocks.Lock()
+	defer stateLocks.Unlock()
+	if l, ok := stateLocks.held[key]; ok {
+		if !l.handedOver {
+			return false, inUse(path, l.holder)
+		}
+		l.handedOver = false
+		return true, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return false, fmt.Errorf("creating the directory of capping state file %s: %w", path, err)
+	}
+	lp := LockPath(path)
+	f, err := os.OpenFile(lp, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return false, fmt.Errorf("opening the lock of capping state file %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		var h lockHolder
+		data, rerr := os.ReadFile(lp)
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			if rerr == nil {
+				_ = json.Unmarshal(data, &h)
+			}
+			return false, inUse(path, h)
+		}
+		return false, fmt.Errorf("locking capping state file %s (%s): %w", path, lp, err)
+	}
+	h := lockHolder{PID: os.Getpid(), Started: time.Now().UTC()}
+	// Who holds the lock is for the error of the agent that is refused; failing to say it
+	// does not weaken the lock.
+	if data, err := json.Marshal(h); err == nil && f.Truncate(0) == nil {
+		_, _ = f.WriteAt(append(data, '\n'), 0)
+	}
+	stateLocks.held[key] = &stateLock{f: f, holder: h}
+	return false, nil
+}
+
+func inUse(path string, h lockHolder) error {
+	holder := "an agent that did not say who it is"
+	if h.PID > 0 {
+		holder = fmt.Sprintf("the agent with PID %d, running since %s", h.PID, h.Started.Format(time.RFC3339))
+	}
+	return fmt.Errorf("capping state file %s is in use by %s (lock %s): two agents must not cap the same GPUs; give each its own capping.state-file or stop the other one",
+		path, holder, LockPath(path))
+}
+
+// unlockState lets go of the lock on the state file at path; with handOver it stays held for
+// the next controller of this process (a reload).
+func unlockState(path string, handOver bool) {
+	key := lockKey(path)
+	stateLocks.Lock()
+	defer stateLocks.Unlock()
+	l, ok := stateLocks.held[key]
+	if !ok {
+		return
+	}
+	if handOver {
+		l.handedOver = true
+		return
+	}
+	delete(stateLocks.held, key)
+	l.f.Close() // closing the only descriptor releases the flock
 }

@@ -162,3 +162,31 @@ func TestNewFileWithBadFileAtStart(t *testing.T) {
 		t.Error("a missing file gave a budget")
 	}
 }
+
+// A rewrite that keeps the file's size and modification time (a ConfigMap's symlink swap, an
+// in-place writer) is still taken up: the file is watched by content.
+func TestFileRewriteKeepingSizeAndModTime(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "budget.yaml")
+	mtime := time.Unix(1_700_000_000, 0)
+	write := func(body string) {
+		t.Helper()
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, mtime, mtime); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("watts: 4000\n")
+	f := NewFile(p, time.Second, time.Now, nil)
+	if b, ok := f.Current(); !ok || b.Watts != 4000 {
+		t.Fatalf("first budget %+v, %v", b, ok)
+	}
+	write("watts: 2500\n") // same size, same mtime
+	if err := f.Poll(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := f.Current(); b.Watts != 2500 {
+		t.Errorf("after a rewrite keeping size and mtime the budget is %v W, want 2500", b.Watts)
+	}
+}

@@ -3,6 +3,7 @@ package budget
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,8 +19,10 @@ import (
 const maxFileBytes = 64 << 10
 
 // File is a budget read from a small YAML or JSON file ({watts: 4200, ttl: 5m}) and watched by
-// polling its size and modification time: no inotify, so it also works on the bind-mounted
-// ConfigMaps and NFS paths budgets are pushed through. A malformed file is rejected with one log
+// polling: no inotify, so it also works on the bind-mounted ConfigMaps and NFS paths budgets
+// are pushed through. A change is found by the file's content, not only its size and
+// modification time, which a ConfigMap's symlink swap or an in-place writer can leave as they
+// were. A malformed file is rejected with one log
 // line and the last good budget stays.
 type File struct {
 	path   string
@@ -34,9 +37,10 @@ type File struct {
 	lastErr string // the last rejection logged, so a bad file is reported once, not every period
 }
 
-// fileKey is what a change of the file is detected by.
+// fileKey is what a change of the file is detected by: its content, and its modification
+// time too, so that a pusher that rewrites the same budget still renews its TTL.
 type fileKey struct {
-	size    int64
+	sum     [sha256.Size]byte
 	modTime time.Time
 }
 
@@ -80,7 +84,8 @@ func (f *File) Run(ctx context.Context) {
 	}
 }
 
-// Poll re-reads the file when its size or modification time changed. A file that vanished or
+// Poll reads the file (a budget is a line or two) and takes it up when its content or its
+// modification time changed. A file that vanished or
 // fails to parse leaves the last good budget in place, whose TTL then decides how long it holds.
 // The error is also logged once per distinct problem.
 func (f *File) Poll() error {
@@ -88,14 +93,18 @@ func (f *File) Poll() error {
 	if err != nil {
 		return f.reject(fmt.Errorf("reading budget file %s: %w", f.path, err))
 	}
-	key := fileKey{size: st.Size(), modTime: st.ModTime()}
+	data, err := readLimited(f.path)
+	if err != nil {
+		return f.reject(err)
+	}
+	key := fileKey{sum: sha256.Sum256(data), modTime: st.ModTime()}
 	f.mu.Lock()
 	same := f.ok && key == f.lastKey
 	f.mu.Unlock()
 	if same {
 		return nil
 	}
-	b, err := ParseFile(f.path)
+	b, err := parseFile(f.path, data)
 	if err != nil {
 		return f.reject(err)
 	}
@@ -132,6 +141,11 @@ func ParseFile(path string) (Budget, error) {
 	if err != nil {
 		return Budget{}, err
 	}
+	return parseFile(path, data)
+}
+
+// parseFile checks the content data of the budget file at path.
+func parseFile(path string, data []byte) (Budget, error) {
 	var fb fileBudget
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)

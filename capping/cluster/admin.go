@@ -14,48 +14,88 @@ import (
 // ErrRefused marks a request refused for what it asked, not for how etcd answered.
 var ErrRefused = errors.New("refused")
 
+// MinBudgetW is the smallest group budget SetBudget takes: below a watt a budget is a typo (or
+// 1e-300), and it would be stored and shown as "0 W".
+const MinBudgetW = 1
+
+// Need is what a group needs of its budget, as SetBudget found it when it wrote one.
+type Need struct {
+	// LiveW is Σ of each live node's max(min, floor), at most its max, over Live nodes.
+	LiveW float64
+	Live  int
+	// ReservedW is what nodes that are gone keep reserved (Gone of them) until drained.
+	ReservedW float64
+	Gone      int
+	// JoinerW is the largest minimum among the group's nodes: what a node that joins before
+	// the allocator has seen it applies, and what the allocator keeps free for it.
+	JoinerW float64
+}
+
+// AtLeastW is the least budget SetBudget accepts.
+func (n Need) AtLeastW() float64 { return n.LiveW + n.ReservedW }
+
+// JoinerShortfall says, when a budget of w leaves no room above the floors for a joiner's
+// minimum, what follows and what budget would give that room; it returns "" otherwise. The
+// allocator holds every grant at most at its floor, and raises none, while that lasts.
+func (n Need) JoinerShortfall(group string, w float64) string {
+	if n.JoinerW <= 0 || w >= n.AtLeastW()+n.JoinerW {
+		return ""
+	}
+	return fmt.Sprintf("budget %.0f W for group %s leaves no room for a joining node's minimum (%.0f W) above the %.0f W its nodes need: "+
+		"the allocator holds every grant at most at its floor and raises none; %.0f W gives that room",
+		w, group, n.JoinerW, n.AtLeastW(), math.Ceil(n.AtLeastW()+n.JoinerW))
+}
+
 // SetBudget checks and writes a group budget with its history entry, in one transaction. It is
-// refused, with the numbers, when watts is not a positive finite number or is below what the
-// group needs at least: Σ max(min, floor) of its live nodes plus what nodes that are gone keep
-// reserved.
+// refused, with the numbers, when watts is not a finite number of at least MinBudgetW or is
+// below what the group needs at least: Σ max(min, floor) of its live nodes plus what nodes
+// that are gone keep reserved.
 func SetBudget(ctx context.Context, c *clientv3.Client, k Keys, rec BudgetRecord) error {
-	if math.IsNaN(rec.Watts) || math.IsInf(rec.Watts, 0) || rec.Watts <= 0 || rec.Watts >= MaxWatts {
-		return fmt.Errorf("%w: budget %v W for group %s: must be a positive finite number of watts below %g", ErrRefused, rec.Watts, k.Group, MaxWatts)
+	_, err := SetBudgetNeed(ctx, c, k, rec)
+	return err
+}
+
+// SetBudgetNeed is SetBudget, and returns what the group needed when the budget was checked
+// (for a caller to warn with Need.JoinerShortfall).
+func SetBudgetNeed(ctx context.Context, c *clientv3.Client, k Keys, rec BudgetRecord) (Need, error) {
+	if math.IsNaN(rec.Watts) || math.IsInf(rec.Watts, 0) || rec.Watts < MinBudgetW || rec.Watts >= MaxWatts {
+		return Need{}, fmt.Errorf("%w: budget %v W for group %s: must be a finite number of watts from %d up to %g", ErrRefused, rec.Watts, k.Group, MinBudgetW, MaxWatts)
 	}
 	if math.IsNaN(rec.FloorPerNodeW) || math.IsInf(rec.FloorPerNodeW, 0) || rec.FloorPerNodeW < 0 || rec.FloorPerNodeW >= MaxWatts {
-		return fmt.Errorf("%w: floor per node %v W: must be 0 or a positive finite number of watts", ErrRefused, rec.FloorPerNodeW)
+		return Need{}, fmt.Errorf("%w: floor per node %v W: must be 0 or a positive finite number of watts", ErrRefused, rec.FloorPerNodeW)
 	}
 	v := NewView(k)
 	if _, err := v.Load(ctx, c); err != nil {
-		return err
+		return Need{}, err
 	}
-	live, n := 0.0, 0
+	var n Need
 	for _, node := range v.Nodes {
-		live += math.Min(math.Max(node.MinW, rec.FloorPerNodeW), node.MaxW)
-		n++
+		n.LiveW += math.Min(math.Max(node.MinW, rec.FloorPerNodeW), node.MaxW)
+		n.Live++
+		n.JoinerW = math.Max(n.JoinerW, node.MinW)
 	}
 	// A node that is gone keeps at least its floor reserved (its last grant during the
 	// allocator's grace period), never below its minimum, until drained: a budget below that
 	// would leave the allocator nothing to grant.
-	reserved, gone := 0.0, 0
 	for name, g := range v.Grants {
 		if _, ok := v.Nodes[name]; !ok {
-			reserved += math.Max(math.Min(math.Max(g.Watts, g.PrevW), math.Max(rec.FloorPerNodeW, g.MinW)), g.MinW)
-			gone++
+			n.ReservedW += math.Max(math.Min(math.Max(g.Watts, g.PrevW), math.Max(rec.FloorPerNodeW, g.MinW)), g.MinW)
+			n.Gone++
+			n.JoinerW = math.Max(n.JoinerW, g.MinW)
 		}
 	}
-	need := live + reserved
+	live, reserved, need := n.LiveW, n.ReservedW, n.AtLeastW()
 	switch {
 	case rec.Watts < live:
 		msg := fmt.Sprintf("budget %.0f W for group %s is below the %.0f W its %d nodes need at least (Σ of each node's max(min, floor %.0f W)); set at least %.0f W",
-			rec.Watts, k.Group, live, n, rec.FloorPerNodeW, math.Ceil(live))
-		if gone > 0 {
-			msg += fmt.Sprintf(", plus the %.0f W reserved for nodes that are gone (%d; capstanctl drain releases them): %.0f W in all", reserved, gone, math.Ceil(need))
+			rec.Watts, k.Group, live, n.Live, rec.FloorPerNodeW, math.Ceil(live))
+		if n.Gone > 0 {
+			msg += fmt.Sprintf(", plus the %.0f W reserved for nodes that are gone (%d; capstanctl drain releases them): %.0f W in all", reserved, n.Gone, math.Ceil(need))
 		}
-		return fmt.Errorf("%w: %s", ErrRefused, msg)
+		return n, fmt.Errorf("%w: %s", ErrRefused, msg)
 	case rec.Watts < need:
-		return fmt.Errorf("%w: budget %.0f W for group %s is below the %.0f W it needs at least: %.0f W for its %d live nodes (Σ of each node's max(min, floor %.0f W)) plus %.0f W reserved for nodes that are gone (%d; capstanctl drain releases them); set at least %.0f W",
-			ErrRefused, rec.Watts, k.Group, need, live, n, rec.FloorPerNodeW, reserved, gone, math.Ceil(need))
+		return n, fmt.Errorf("%w: budget %.0f W for group %s is below the %.0f W it needs at least: %.0f W for its %d live nodes (Σ of each node's max(min, floor %.0f W)) plus %.0f W reserved for nodes that are gone (%d; capstanctl drain releases them); set at least %.0f W",
+			ErrRefused, rec.Watts, k.Group, need, live, n.Live, rec.FloorPerNodeW, reserved, n.Gone, math.Ceil(need))
 	}
 	if rec.SetAt.IsZero() {
 		rec.SetAt = time.Now().UTC()
@@ -63,9 +103,9 @@ func SetBudget(ctx context.Context, c *clientv3.Client, k Keys, rec BudgetRecord
 	val := mustJSON(rec)
 	_, err := c.Txn(ctx).Then(clientv3.OpPut(k.Budget(), val), clientv3.OpPut(k.HistoryKey(rec.SetAt), val)).Commit()
 	if err != nil {
-		return fmt.Errorf("writing budget of group %s: %w", k.Group, err)
+		return n, fmt.Errorf("writing budget of group %s: %w", k.Group, err)
 	}
-	return nil
+	return n, nil
 }
 
 // GetBudget reads a group's budget.

@@ -113,17 +113,26 @@ func budgetCmd(g *globals, out io.Writer) *cobra.Command {
 		Use:   "set GROUP WATTS",
 		Short: "Set a group's budget (refused below what its nodes need at least)",
 		Args:  cobra.ExactArgs(2),
-		RunE: func(_ *cobra.Command, args []string) error {
+		RunE: func(cmd *cobra.Command, args []string) error {
 			w, err := strconv.ParseFloat(args[1], 64)
 			if err != nil || math.IsNaN(w) || math.IsInf(w, 0) || w <= 0 {
 				return fmt.Errorf("WATTS %q: not a positive finite number of watts", args[1])
 			}
+			if w < cluster.MinBudgetW {
+				return fmt.Errorf("WATTS %q: below %d W; a group budget is a number of watts (1e3, not 1e-3)", args[1], cluster.MinBudgetW)
+			}
 			return g.with(args[0], func(ctx context.Context, c *clientv3.Client, k cluster.Keys) error {
 				rec := cluster.BudgetRecord{Watts: w, FloorPerNodeW: floor, SetBy: who(g), SetAt: time.Now().UTC(), Reason: reason}
-				if err := cluster.SetBudget(ctx, c, k, rec); err != nil {
+				need, err := cluster.SetBudgetNeed(ctx, c, k, rec)
+				if err != nil {
 					return err
 				}
 				fmt.Fprintf(out, "group %s: budget %.0f W (floor per node %.0f W), set by %s\n", k.Group, w, floor, rec.SetBy)
+				// Set all the same: an SRE cutting a row's power in an emergency must not be
+				// stopped, only told what the group gives up.
+				if msg := need.JoinerShortfall(k.Group, w); msg != "" {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", msg)
+				}
 				return nil
 			})
 		},

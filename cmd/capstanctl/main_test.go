@@ -158,3 +158,48 @@ func TestCommands(t *testing.T) {
 		t.Errorf("top wrote escape sequences to a non-terminal:\n%q", buf.String())
 	}
 }
+
+// budget set checks the watts before it writes: below a watt is refused (1e-300 would read back
+// as "0 W"), also on a group with no node; a budget that leaves no room for a joining node's
+// minimum is set, with a warning that says what the group gives up.
+func TestBudgetSetChecks(t *testing.T) {
+	_, eps := etcdtest.Start(t, 1, nil)
+	ep := eps[0]
+	for _, w := range []string{"1e-300", "0.5"} {
+		out, err := run(t, ep, "budget", "set", "empty", w)
+		if err == nil || !strings.Contains(out, `WATTS "`+w+`": below 1 W`) {
+			t.Errorf("budget set empty %s: err %v, output %q; want it refused as below 1 W", w, err, out)
+		}
+	}
+	if out, err := run(t, ep, "budget", "get", "empty"); err == nil {
+		t.Errorf("a refused budget was stored: %q", out)
+	}
+
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx := context.Background()
+	k := cluster.Keys{Prefix: "/capstan/v1", Group: "row-b"}
+	lease, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"gpu-1", "gpu-2"} {
+		b, _ := json.Marshal(cluster.NodeRecord{DemandW: 3000, MinW: 1600, MaxW: 5600, Priority: 1, Lease: int64(lease.ID)})
+		if _, err := cli.Put(ctx, k.Node(name), string(b), clientv3.WithLease(lease.ID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := run(t, ep, "budget", "set", "row-b", "3500")
+	if err != nil || !strings.Contains(out, "group row-b: budget 3500 W") {
+		t.Fatalf("budget set row-b 3500: %v %q", err, out)
+	}
+	if want := "warning: budget 3500 W for group row-b leaves no room for a joining node's minimum (1600 W) above the 3200 W its nodes need"; !strings.Contains(out, want) {
+		t.Errorf("budget set row-b 3500 says %q; want the warning %q", out, want)
+	}
+	if out, err := run(t, ep, "budget", "set", "row-b", "6000"); err != nil || strings.Contains(out, "warning") {
+		t.Errorf("budget set row-b 6000 (room for a joiner): %v %q; want no warning", err, out)
+	}
+}

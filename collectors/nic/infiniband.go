@@ -26,6 +26,7 @@ type infiniband struct {
 	// failing holds devices whose last read failed, so a persistent failure is logged once.
 	failing map[string]bool
 	absent  bool // no class/infiniband: said once
+	logged  logKinds
 }
 
 // ibErrorCounters name the error counters of a port in the order of ibPort.errors.
@@ -92,10 +93,13 @@ func (ib *infiniband) collect(b *sample.Batch) {
 			}
 			return
 		}
-		ib.log.Debug("listing InfiniBand adapters", "err", err)
+		if ib.logged.first(kindInfiniBandList) {
+			ib.log.Debug("listing InfiniBand adapters", "err", err)
+		}
 		return
 	}
 	ib.absent = false
+	ib.logged.forget(kindInfiniBandList)
 	for _, name := range devices {
 		dev, err := ib.fs.InfiniBandDevice(name)
 		if err != nil {

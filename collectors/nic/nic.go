@@ -110,9 +110,8 @@ type Collector struct {
 	// retired holds, by name, the last cumulative values of links gone since: a link created
 	// again under the same name (a pod's veth, a driver reset) continues from them.
 	retired   map[string]*retired
-	parseErr  string // last malformed-message error logged
-	watchErr  string // last subscription start error logged
-	afterDump func() // test seam: runs between the dump and the sysfs reads
+	logged    logKinds // repeated conditions already logged, by kind
+	afterDump func()   // test seam: runs between the dump and the sysfs reads
 }
 
 // link is one interface, identified by its index; a rename builds it anew.
@@ -200,7 +199,7 @@ func New(o Options) (*Collector, error) {
 	}
 	if err := c.watcher.start(); err != nil {
 		// Counters and the kernel's carrier-change count still work; the next collection retries.
-		c.watchErr = err.Error()
+		c.logged.first(kindSubscribe)
 		log.Warn("carrier transitions are not counted until the link subscription starts", "err", err)
 	}
 	return c, nil
@@ -221,13 +220,13 @@ func (c *Collector) Close() error {
 func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// Once until it starts, whatever errno each try meets.
 	if err := c.watcher.start(); err != nil {
-		if msg := err.Error(); msg != c.watchErr {
-			c.watchErr = msg
+		if c.logged.first(kindSubscribe) {
 			c.log.Warn("carrier transitions are not counted until the link subscription starts", "err", err)
 		}
 	} else {
-		c.watchErr = ""
+		c.logged.forget(kindSubscribe)
 	}
 
 	c.msgs = c.msgs[:0]
@@ -246,8 +245,8 @@ func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 	case err != nil:
 		return fmt.Errorf("dumping network links over rtnetlink: %w", err)
 	}
-	if parseErr != nil && parseErr.Error() != c.parseErr {
-		c.parseErr = parseErr.Error()
+	// Once: each malformed message names its own link and lengths.
+	if parseErr != nil && c.logged.first(kindMalformedDump) {
 		c.log.Warn("skipping a malformed link message", "err", parseErr)
 	}
 	if c.afterDump != nil {

@@ -14,6 +14,9 @@ var (
 	CappingBudget = def("capstan.capping.budget", "W", Gauge, "capping",
 		"The node power budget B the controller steers under, and where it came from (static, file, fallback when the budget's TTL ran out).",
 		AttrBudgetSource)
+	CappingBudgetUnmet = def("capstan.capping.budget.unmet", "{unmet}", Gauge, "capping",
+		"1 while the budget B is below the sum of the capped GPUs' minimum limits: no limit a GPU accepts can meet it, and every GPU is held at its minimum; 0 otherwise.",
+		AttrCappingScope)
 	CappingSetpoint = def("capstan.capping.setpoint", "W", Gauge, "capping",
 		"The setpoint S = B × (1 − guard band) the controller holds measured power to.",
 		AttrCappingScope)
