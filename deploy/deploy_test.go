@@ -81,6 +81,7 @@ type objects struct {
 	clusterRoles    []*rbacv1.ClusterRole
 	bindings        []*rbacv1.ClusterRoleBinding
 	serviceMonitors []*monitoringv1.ServiceMonitor
+	prometheusRules []*monitoringv1.PrometheusRule
 }
 
 // decode decodes each document strictly (unknown or duplicate fields fail) into its API type.
@@ -115,6 +116,9 @@ func decode(t *testing.T, docs []string) *objects {
 		case "monitoring.coreos.com/v1 ServiceMonitor":
 			obj = new(monitoringv1.ServiceMonitor)
 			o.serviceMonitors = append(o.serviceMonitors, obj.(*monitoringv1.ServiceMonitor))
+		case "monitoring.coreos.com/v1 PrometheusRule":
+			obj = new(monitoringv1.PrometheusRule)
+			o.prometheusRules = append(o.prometheusRules, obj.(*monitoringv1.PrometheusRule))
 		default:
 			t.Fatalf("unexpected %s %s: add it to the test's decoder", tm.APIVersion, tm.Kind)
 		}

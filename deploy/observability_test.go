@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"regexp"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/promql/parser"
 	"go.opentelemetry.io/collector/confmap"
 	"go.opentelemetry.io/collector/receiver/otlpreceiver"
 	yamlv3 "gopkg.in/yaml.v3"
@@ -39,56 +42,96 @@ func promMetrics(t *testing.T) map[string][]string {
 	return m
 }
 
-var (
-	promString   = regexp.MustCompile(`"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'`)
-	promRange    = regexp.MustCompile(`\[[^\]]*\]`)
-	grafanaVar   = regexp.MustCompile(`\$\{?[A-Za-z_][A-Za-z0-9_]*\}?`)
-	promMatchers = regexp.MustCompile(`([A-Za-z_:][A-Za-z0-9_:]*)?\s*\{([^}]*)\}`)
-	promGrouping = regexp.MustCompile(`\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)`)
-	promIdent    = regexp.MustCompile(`[A-Za-z_:][A-Za-z0-9_:]*(\s*\()?`)
-	promLabelKey = regexp.MustCompile(`([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)`)
-)
-
-var promKeywords = map[string]bool{
-	"and": true, "or": true, "unless": true, "offset": true, "bool": true,
-	"by": true, "without": true, "on": true, "ignoring": true, "group_left": true, "group_right": true,
+// knownSeries are promMetrics and the series Prometheus itself adds for every scrape target.
+func knownSeries(t *testing.T) map[string][]string {
+	t.Helper()
+	m := promMetrics(t)
+	m["up"] = []string{"instance", "job"}
+	return m
 }
 
-// queried returns the metric names a PromQL expression reads and the label names it uses,
-// per metric for selectors and for the whole expression for groupings.
-func queried(expr string) (names []string, selectorLabels map[string][]string, groupLabels []string) {
-	e := promString.ReplaceAllString(expr, `""`)
-	e = grafanaVar.ReplaceAllString(e, "")
-	e = promRange.ReplaceAllString(e, "")
-	selectorLabels = map[string][]string{}
-	e = promMatchers.ReplaceAllStringFunc(e, func(s string) string {
-		m := promMatchers.FindStringSubmatch(s)
-		for _, k := range promLabelKey.FindAllStringSubmatch(m[2], -1) {
-			if m[1] != "" {
-				selectorLabels[m[1]] = append(selectorLabels[m[1]], k[1])
-			}
-		}
-		return m[1] + " "
-	})
-	e = promGrouping.ReplaceAllStringFunc(e, func(s string) string {
-		for _, l := range strings.Split(promGrouping.FindStringSubmatch(s)[1], ",") {
-			if l = strings.TrimSpace(l); l != "" {
-				groupLabels = append(groupLabels, l)
-			}
-		}
-		return " "
-	})
-	for _, id := range promIdent.FindAllString(e, -1) {
-		if strings.HasSuffix(id, "(") || promKeywords[id] {
-			continue // a function call or a keyword
-		}
-		names = append(names, id)
+// grafanaDuration are Grafana's range macros, which only a dashboard query holds; a query is
+// parsed with them as a plain duration.
+var grafanaDuration = regexp.MustCompile(`\$\{?__(?:rate_interval|interval|range)\}?`)
+
+var promql = parser.NewParser(parser.Options{})
+
+// queried parses a PromQL expression and returns the metric names it reads and the label
+// names it uses: per metric for selectors, for the whole expression for groupings and vector
+// matching, in the order they are written.
+func queried(expr string) (names []string, selectorLabels map[string][]string, groupLabels []string, err error) {
+	e, err := promql.ParseExpr(grafanaDuration.ReplaceAllString(expr, "5m"))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("parsing %q: %w", expr, err)
 	}
-	return names, selectorLabels, groupLabels
+	selectorLabels = map[string][]string{}
+	var walk func(parser.Node)
+	walk = func(n parser.Node) {
+		switch n := n.(type) {
+		case *parser.VectorSelector:
+			names = append(names, n.Name)
+			for _, m := range n.LabelMatchers {
+				if m.Name != model.MetricNameLabel {
+					selectorLabels[n.Name] = append(selectorLabels[n.Name], m.Name)
+				}
+			}
+		case *parser.AggregateExpr:
+			groupLabels = append(groupLabels, n.Grouping...)
+		case *parser.BinaryExpr:
+			walk(n.LHS)
+			if vm := n.VectorMatching; vm != nil {
+				groupLabels = append(groupLabels, vm.MatchingLabels...)
+				groupLabels = append(groupLabels, vm.Include...)
+			}
+			walk(n.RHS)
+			return
+		}
+		for _, c := range parser.Children(n) {
+			walk(c)
+		}
+	}
+	walk(e)
+	return names, selectorLabels, groupLabels, nil
+}
+
+// checkQueried checks that every metric a query reads is one Capstan exports and that every
+// label it selects or groups by is one of those metrics'.
+func checkQueried(t *testing.T, known map[string][]string, where, expr string) {
+	t.Helper()
+	names, sel, group, err := queried(expr)
+	if err != nil {
+		t.Errorf("%s: %v", where, err)
+		return
+	}
+	if len(names) == 0 {
+		t.Errorf("%s: %q queries no metric", where, expr)
+	}
+	var all []string
+	for _, n := range names {
+		labels, ok := known[n]
+		if !ok {
+			t.Errorf("%s: %s is not a metric Capstan exports (see docs/metrics.md)", where, n)
+			continue
+		}
+		all = append(all, labels...)
+		for _, l := range sel[n] {
+			if !slices.Contains(labels, l) {
+				t.Errorf("%s: %s has no label %s (it has %v)", where, n, l, labels)
+			}
+		}
+	}
+	for _, l := range group {
+		if len(all) > 0 && !slices.Contains(all, l) {
+			t.Errorf("%s: groups by %s, a label none of %v has", where, l, names)
+		}
+	}
 }
 
 func TestQueriedParsesPromQL(t *testing.T) {
-	names, sel, group := queried(`sum by (instance, gpu_index) (rate(hw_energy_joules_total{hw_type="gpu", instance=~"$instance"}[$__rate_interval])) / on(instance) group_left capstan_capping_budget_watts > bool 3`)
+	names, sel, group, err := queried(`sum by (instance, gpu_index) (rate(hw_energy_joules_total{hw_type="gpu", instance=~"$instance"}[$__rate_interval])) / on(instance) group_left capstan_capping_budget_watts > bool 3`)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !slices.Equal(names, []string{"hw_energy_joules_total", "capstan_capping_budget_watts"}) {
 		t.Errorf("metric names %v", names)
 	}
@@ -97,6 +140,20 @@ func TestQueriedParsesPromQL(t *testing.T) {
 	}
 	if !slices.Equal(group, []string{"instance", "gpu_index", "instance"}) {
 		t.Errorf("grouping labels %v", group)
+	}
+	// What a pattern cannot see: a duration is no metric, a subquery's step neither, and a
+	// query that does not parse is an error, not an empty result.
+	for expr, want := range map[string][]string{
+		`hw_power_watts offset 5m`: {"hw_power_watts"},
+		`max_over_time(sum without (gpu_index) (hw_power_watts{hw_type="gpu"})[1h:5m]) > bool 300`: {"hw_power_watts"},
+		`label_replace(up, "hw_power_watts", "x", "", "")`:                                         {"up"},
+	} {
+		if names, _, _, err := queried(expr); err != nil || !slices.Equal(names, want) {
+			t.Errorf("%s: metric names %v (%v), want %v", expr, names, err, want)
+		}
+	}
+	if _, _, _, err := queried(`sum(hw_power_watts`); err == nil {
+		t.Error("an unclosed parenthesis parsed")
 	}
 }
 
@@ -130,7 +187,7 @@ func TestDashboardQueriesExistingMetrics(t *testing.T) {
 	if dash.Title == "" || dash.UID == "" {
 		t.Fatal("the dashboard has no title or uid")
 	}
-	known := promMetrics(t)
+	known := knownSeries(t)
 	exprs := map[string]string{}
 	for _, v := range dash.Templating.List {
 		if v.Definition == "" {
@@ -172,29 +229,7 @@ func TestDashboardQueriesExistingMetrics(t *testing.T) {
 		}
 	}
 	for where, expr := range exprs {
-		names, sel, group := queried(expr)
-		if len(names) == 0 {
-			t.Errorf("%s: %q queries no metric", where, expr)
-		}
-		var all []string
-		for _, n := range names {
-			labels, ok := known[n]
-			if !ok {
-				t.Errorf("%s: %s is not a metric Capstan exports (see docs/metrics.md)", where, n)
-				continue
-			}
-			all = append(all, labels...)
-			for _, l := range sel[n] {
-				if !slices.Contains(labels, l) {
-					t.Errorf("%s: %s has no label %s (it has %v)", where, n, l, labels)
-				}
-			}
-		}
-		for _, l := range group {
-			if len(all) > 0 && !slices.Contains(all, l) {
-				t.Errorf("%s: groups by %s, a label none of %v has", where, l, names)
-			}
-		}
+		checkQueried(t, known, where, expr)
 	}
 	t.Logf("%d panels, %d queries checked", panels, len(exprs))
 }
