@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/capstan-power/capstan/capping"
@@ -27,6 +28,9 @@ type cappingRun struct {
 	// exit is what stop does with the limits: the configured on_exit on SIGTERM, hold on a
 	// reload (the next configuration's controller takes the limits over as they are).
 	exit capping.Exit
+	// stopped makes stop run once: from the main goroutine's exit path and from a panicking
+	// goroutine's guard, whichever comes first; the other waits for it to finish.
+	stopped sync.Once
 }
 
 // budgetSource is the node's budget source and the connection it holds open.
@@ -95,7 +99,7 @@ func hostPower(cfg *config.Config, now func() time.Time, log *slog.Logger) *rapl
 
 // startCapping starts the power controller when capping is enabled; it returns nil when not.
 // It needs the pipeline's GPU backend, and publishes into the pipeline's store.
-func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clk clock.Clock, log *slog.Logger) (*cappingRun, error) {
+func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clk clock.Clock, log *slog.Logger, g *guard) (*cappingRun, error) {
 	if !cfg.Capping.Enabled {
 		return nil, nil
 	}
@@ -125,10 +129,10 @@ func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clk cloc
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	r := &cappingRun{ctl: ctl, src: src, host: host, cancel: cancel, done: make(chan struct{}), log: log}
-	go func() {
+	g.Go("capping", func() {
 		defer close(r.done)
 		ctl.Run(runCtx)
-	}()
+	})
 	return r, nil
 }
 
@@ -138,6 +142,10 @@ func (r *cappingRun) stop() {
 	if r == nil {
 		return
 	}
+	r.stopped.Do(r.stopOnce)
+}
+
+func (r *cappingRun) stopOnce() {
 	r.cancel()
 	<-r.done
 	if err := r.ctl.Stop(r.exit); err != nil {
