@@ -98,10 +98,9 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		// A log reader that went away (`| tee` killed by the same Ctrl-C) must not kill the
 		// agent before it restores the limits: Go's runtime exits on SIGPIPE from a write to
 		// stdout or stderr unless the signal is handled, and then the write only fails (the
-		// logger drops lines from there on).
-		pipe := make(chan os.Signal, 1)
-		signal.Notify(pipe, syscall.SIGPIPE)
-		defer signal.Stop(pipe)
+		// logger drops lines from there on). It stays handled to the end, so that the exit
+		// status stays the agent's own even when the error line cannot be written.
+		signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 		log := agent.NewLogger(stderr, c.Log.Level, c.Log.Format)
 		log.Info("starting capstan", "version", version.Version, "node", c.Node.Name)
 
