@@ -152,7 +152,7 @@ func TestCappingRestoresOnAPanic(t *testing.T) {
 	addr := otlptest.FreeAddr(t)
 	state := filepath.Join(t.TempDir(), "state.json")
 	a := &agentProcess{cmd: exec.Command(binary, cappingFlags(addr, state)...), done: make(chan struct{})}
-	a.cmd.Env = append(os.Environ(), "CAPSTAN_TEST_INJECT_PANIC=goroutine")
+	a.cmd.Env = append(os.Environ(), "CAPSTAN_TEST_INJECT_FAULT=goroutine-panic")
 	stderr, err := a.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -177,7 +177,7 @@ func TestCappingRestoresOnAPanic(t *testing.T) {
 	}
 	code := exitStatus(t, a.cmd)
 	logs := a.Logs()
-	if code != 2 || !strings.Contains(logs, "panic: injected by CAPSTAN_TEST_INJECT_PANIC") {
+	if code != 2 || !strings.Contains(logs, "panic: injected by CAPSTAN_TEST_INJECT_FAULT") {
 		t.Errorf("exit %d, want 2 with the panic on stderr; logs:\n%s", code, logs)
 	}
 	restored := strings.Index(logs, "original GPU limits restored")
@@ -343,4 +343,49 @@ func TestStopWithTheReceiverDownHonoursTheShutdownTimeout(t *testing.T) {
 	if took >= 8*time.Second {
 		t.Errorf("the stop took %v: otlp.shutdown-timeout 1s was not applied (otlp.timeout is 10s); logs:\n%s", took, a.Logs())
 	}
+}
+
+// A reload holds the limits for the next controller; when neither the reloaded configuration
+// nor the previous one starts again, the agent exits on the error, and puts the originals back
+// first instead of leaving the limits it held to nobody.
+func TestCappingRestoresWhenNoConfigurationStartsAfterAReload(t *testing.T) {
+	addr := otlptest.FreeAddr(t)
+	state := filepath.Join(t.TempDir(), "state.json")
+	a := &agentProcess{cmd: exec.Command(binary, cappingFlags(addr, state)...), done: make(chan struct{})}
+	a.cmd.Env = append(os.Environ(), "CAPSTAN_TEST_INJECT_FAULT=start-after-reload")
+	stderr, err := a.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.cmd.Process.Kill(); _ = a.cmd.Wait() })
+	go func() {
+		defer close(a.done)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			_, _ = a.logs.Write(append(sc.Bytes(), '\n'))
+		}
+	}()
+	waitCapped(t, a, addr)
+	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-a.done:
+	case <-time.After(agentWait):
+		t.Fatalf("the agent did not exit when no configuration started; logs:\n%s", a.Logs())
+	}
+	code := exitStatus(t, a.cmd)
+	logs := a.Logs()
+	if code != 1 {
+		t.Errorf("exit %d, want 1; logs:\n%s", code, logs)
+	}
+	held := strings.Index(logs, "capping stopped: GPU limits left in place")
+	restored := strings.LastIndex(logs, "original GPU limits restored")
+	if held < 0 || restored < held {
+		t.Errorf("the limits held by the reload were not restored before the exit; logs:\n%s", logs)
+	}
+	assertRestored(t, state, logs)
 }

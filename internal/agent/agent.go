@@ -144,16 +144,30 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	exporters.InstallOTelLogging(log)
 	g := newGuard(log)
 	var prev *config.Config
-	for {
-		next, err := runOnce(ctx, cfg, o, g)
+	// held is set while the limits are held by a reload for a controller that has not started.
+	held := false
+	for starts := 0; ; starts++ {
+		var next *config.Config
+		var err error
+		if starts > 0 && injectedFault() == faultStartAfterReload {
+			err = errors.New("start failure injected by " + testFaultEnv)
+		} else {
+			next, err = runOnce(ctx, cfg, o, g)
+		}
 		if err != nil && prev != nil {
 			log.Error("the reloaded configuration did not start; going back to the previous one", "err", err)
 			cfg, prev = prev, nil
 			continue
 		}
+		if err != nil && held {
+			// Nothing will steer the limits the reload held: put the originals back before
+			// the agent exits on the error.
+			restoreHeld(cfg, o.Clock, log)
+		}
 		if err != nil || next == nil {
 			return err
 		}
+		held = reloadExit(next) == capping.ExitHold
 		log.Info("configuration reloaded")
 		prev, cfg = cfg, next
 	}
@@ -209,8 +223,8 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options, g *guard) (*con
 			exp.SetReady(true)
 			log.Info("agent ready", p.readyAttrs(cfg)...)
 			notifySystemd(log, daemon.SdNotifyReady)
-			if injectedPanic() {
-				panic("injected by " + testPanicEnv)
+			if injectedFault() == faultGoroutinePanic {
+				panic("injected by " + testFaultEnv)
 			}
 		case <-runCtx.Done():
 		}

@@ -53,9 +53,17 @@ func (g *guard) recover(name string) {
 	panic(r)
 }
 
-// testPanicEnv, when set in the environment to "goroutine", makes the agent panic in a guarded
-// goroutine once it is ready. Only cmd/capstan's tests set it, to prove that a panic restores
-// the limits; the name is long and documented nowhere for users, so nobody trips on it.
-const testPanicEnv = "CAPSTAN_TEST_INJECT_PANIC"
+// testFaultEnv names a fault for cmd/capstan's end-to-end tests to inject, to prove that the
+// limits are restored on ways out that a healthy agent never takes. Only those tests set it;
+// the name is long and documented nowhere for users, so nobody trips on it. Its values:
+//   - goroutine-panic: a guarded goroutine panics once the agent is ready;
+//   - start-after-reload: every start after the first fails, as a reloaded configuration and
+//     the previous one would when neither can start any more.
+const testFaultEnv = "CAPSTAN_TEST_INJECT_FAULT"
 
-func injectedPanic() bool { return os.Getenv(testPanicEnv) == "goroutine" }
+const (
+	faultGoroutinePanic   = "goroutine-panic"
+	faultStartAfterReload = "start-after-reload"
+)
+
+func injectedFault() string { return os.Getenv(testFaultEnv) }
