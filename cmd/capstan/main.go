@@ -64,7 +64,8 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		Short: "Capstan: GPU node telemetry and power capping",
 		Long: "Capstan gathers GPU (NVML), CPU, thermal and NIC telemetry on this host and exports it\n" +
 			"as OTLP and on a Prometheus endpoint. Without a subcommand it runs the agent until\n" +
-			"SIGTERM or SIGINT; SIGHUP reloads the configuration file.\n\n" +
+			"SIGTERM or SIGINT, or until the terminal it runs in hangs up; SIGHUP otherwise reloads\n" +
+			"the configuration file.\n\n" +
 			"Exit status: 2 when a flag, an argument, the configuration or a file it names for the\n" +
 			"simulator is wrong (no restart fixes that); 1 for a failure while running.",
 		Args:          cobra.NoArgs,
