@@ -2,14 +2,17 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	// Every collector Capstan ships registers itself, with its flags.
 	_ "github.com/capstan-power/capstan/collectors/all"
@@ -61,7 +64,8 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		Short: "Capstan: GPU node telemetry and power capping",
 		Long: "Capstan gathers GPU (NVML), CPU, thermal and NIC telemetry on this host and exports it\n" +
 			"as OTLP and on a Prometheus endpoint. Without a subcommand it runs the agent until\n" +
-			"SIGTERM or SIGINT; SIGHUP reloads the configuration file.\n\n" +
+			"SIGTERM or SIGINT, or until the terminal it runs in hangs up; SIGHUP otherwise reloads\n" +
+			"the configuration file.\n\n" +
 			"Exit status: 2 when a flag, an argument, the configuration or a file it names for the\n" +
 			"simulator is wrong (no restart fixes that); 1 for a failure while running.",
 		Args:          cobra.NoArgs,
@@ -92,21 +96,83 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		if err != nil {
 			return err
 		}
+		// A log reader that went away (`| tee` killed by the same Ctrl-C) must not kill the
+		// agent before it restores the limits: Go's runtime exits on SIGPIPE from a write to
+		// stdout or stderr unless the signal is handled, and then the write only fails (the
+		// logger drops lines from there on). It stays handled to the end, so that the exit
+		// status stays the agent's own even when the error line cannot be written.
+		signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 		log := agent.NewLogger(stderr, c.Log.Level, c.Log.Format)
 		log.Info("starting capstan", "version", version.Version, "node", c.Node.Name)
 
 		ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
-		return agent.Run(ctx, c, agent.Options{Log: log, Reload: resolve, Hangup: hup, Terminal: stdout})
+		ctx, hangup, stopHangups := hangups(ctx, log)
+		defer stopHangups()
+		return agent.Run(ctx, c, agent.Options{Log: log, Reload: resolve, Hangup: hangup, Terminal: stdout})
 	}
 
 	root.AddCommand(newCollectCommand(resolve, stdout, stderr), newConfigCommand(stdout), newVersionCommand(stdout))
 	root.AddCommand(newSimulateCommand(resolve, stdout, stderr))
 	usageArgs(root)
 	return root
+}
+
+// hangups splits SIGHUP in two. Sent by systemd's ExecReload or by hand it reloads the
+// configuration: the returned channel delivers it to the agent. Sent by the kernel because the
+// controlling terminal the agent was started from hung up (its window closed, the SSH session
+// dropped), it means the user who ran the agent in the foreground is gone: the returned
+// context ends and the agent stops as on SIGTERM, restoring the limits, instead of capping on
+// unattended and writing to a dead terminal.
+// SIGHUP stays handled until the returned stop is called, so one arriving while the agent
+// restores the limits cannot kill it.
+func hangups(parent context.Context, log *slog.Logger) (context.Context, <-chan os.Signal, func()) {
+	ctx, cancel := context.WithCancel(parent)
+	raw := make(chan os.Signal, 1)
+	signal.Notify(raw, syscall.SIGHUP)
+	reload := make(chan os.Signal, 1)
+	tty := terminalFDs()
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case s := <-raw:
+				if terminalHungUp(tty) {
+					log.Info("the controlling terminal hung up; stopping")
+					cancel()
+					return
+				}
+				select {
+				case reload <- s:
+				default: // a reload is already pending
+				}
+			}
+		}
+	}()
+	return ctx, reload, func() { signal.Stop(raw); cancel() }
+}
+
+// terminalFDs are the standard descriptors that are terminals at start.
+func terminalFDs() []int {
+	var fds []int
+	for _, fd := range []int{0, 1, 2} {
+		if _, err := unix.IoctlGetTermios(fd, unix.TCGETS); err == nil {
+			fds = append(fds, fd)
+		}
+	}
+	return fds
+}
+
+// terminalHungUp reports whether one of fds, terminals at start, has hung up: the kernel then
+// answers EIO to every operation on it.
+func terminalHungUp(fds []int) bool {
+	for _, fd := range fds {
+		if _, err := unix.IoctlGetTermios(fd, unix.TCGETS); errors.Is(err, unix.EIO) {
+			return true
+		}
+	}
+	return false
 }
 
 // usageArgs makes a wrong number of arguments, or an unknown subcommand, a usage error in cmd

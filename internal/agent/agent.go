@@ -139,17 +139,35 @@ type Options struct {
 // start (a budget file gone bad, no GPU left to cap) gives way to the previous one again.
 func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	log := o.Log
+	// The SDK's own errors go through the agent's logger, in its format, not through the
+	// standard library's logger in plain text.
+	exporters.InstallOTelLogging(log)
+	g := newGuard(log)
 	var prev *config.Config
-	for {
-		next, err := runOnce(ctx, cfg, o)
+	// held is set while the limits are held by a reload for a controller that has not started.
+	held := false
+	for starts := 0; ; starts++ {
+		var next *config.Config
+		var err error
+		if starts > 0 && injectedFault() == faultStartAfterReload {
+			err = errors.New("start failure injected by " + testFaultEnv)
+		} else {
+			next, err = runOnce(ctx, cfg, o, g)
+		}
 		if err != nil && prev != nil {
 			log.Error("the reloaded configuration did not start; going back to the previous one", "err", err)
 			cfg, prev = prev, nil
 			continue
 		}
+		if err != nil && held {
+			// Nothing will steer the limits the reload held: put the originals back before
+			// the agent exits on the error.
+			restoreHeld(cfg, o.Clock, log)
+		}
 		if err != nil || next == nil {
 			return err
 		}
+		held = reloadExit(next) == capping.ExitHold
 		log.Info("configuration reloaded")
 		prev, cfg = cfg, next
 	}
@@ -157,7 +175,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 
 // runOnce runs one configuration; it returns the next one after a successful reload, or nil
 // when ctx is done.
-func runOnce(ctx context.Context, cfg *config.Config, o Options) (*config.Config, error) {
+func runOnce(ctx context.Context, cfg *config.Config, o Options, g *guard) (*config.Config, error) {
 	log := o.Log
 	p, err := NewPipeline(cfg, log, o.Clock)
 	if err != nil {
@@ -170,41 +188,49 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options) (*config.Config
 		return nil, fmt.Errorf("starting exporters: %w", err)
 	}
 	if err := exp.Start(ctx); err != nil {
-		shutdown(exp, log, stopFlush)
+		shutdown(exp, log, stopFlush(cfg))
 		return nil, fmt.Errorf("starting exporters: %w", err)
 	}
-	// The last export waits for the receiver on a stop; on a reload only briefly, so that an
-	// OTLP endpoint that is down does not hold collection and /metrics off for its timeout.
-	flush := stopFlush
+	// The last export waits for the receiver on a stop (otlp.shutdown-timeout); on a reload only
+	// briefly, so that an OTLP endpoint that is down does not hold collection and /metrics off
+	// for its timeout.
+	flush := stopFlush(cfg)
 	defer func() { shutdown(exp, log, flush) }()
 
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
-	go func() {
+	g.Go("collectors", func() {
 		defer close(done)
 		p.Runner.Run(runCtx)
-	}()
+	})
 	// Stop collecting before the exporters flush their last export (deferred above).
 	defer func() { cancel(); <-done }()
 
 	// The controller stops first, while the GPU backend is still open.
-	capRun, err := startCapping(ctx, cfg, p, o.Clock, log)
+	capRun, err := startCapping(ctx, cfg, p, o.Clock, log, g)
 	if err != nil {
 		return nil, fmt.Errorf("starting capping: %w", err)
 	}
+	// A panic anywhere stops the controller as a stop would (the main goroutine's through the
+	// deferred stop below, any other's through the guard).
+	g.onPanic(capRun.stop)
+	defer g.onPanic(nil)
 	defer capRun.stop()
 
-	go func() {
+	g.Go("ready", func() {
 		select {
 		case <-p.Runner.Ready():
 			exp.SetReady(true)
 			log.Info("agent ready", p.readyAttrs(cfg)...)
 			notifySystemd(log, daemon.SdNotifyReady)
+			if injectedFault() == faultGoroutinePanic {
+				panic("injected by " + testFaultEnv)
+			}
 		case <-runCtx.Done():
 		}
-	}()
+	})
 	if cfg.Summary.Interval > 0 && o.Terminal != nil {
-		go printSummaries(runCtx, p.Store, o.Terminal, cfg.Summary.Interval)
+		g.Go("summary", func() { printSummaries(runCtx, p.Store, o.Terminal, cfg.Summary.Interval) })
 	}
 
 	for {
@@ -228,7 +254,7 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options) (*config.Config
 			if capRun != nil {
 				capRun.exit = reloadExit(next)
 			}
-			flush = reloadFlush
+			flush = min(reloadFlush, flush)
 			notifySystemd(log, daemon.SdNotifyReloading)
 			return next, nil
 		}
@@ -256,11 +282,20 @@ func reloadExit(next *config.Config) capping.Exit {
 	return capping.ExitConfigured
 }
 
-// How long the exporters' last export may take when the agent stops, and on a reload.
+// How long the exporters' last export may take on a reload, and on a stop when the
+// configuration leaves otlp.shutdown-timeout at zero.
 const (
-	stopFlush   = 10 * time.Second
-	reloadFlush = time.Second
+	reloadFlush         = time.Second
+	defaultShutdownWait = 3 * time.Second
 )
+
+// stopFlush is how long the exporters' last export may take when the agent stops.
+func stopFlush(cfg *config.Config) time.Duration {
+	if d := cfg.OTLP.ShutdownTimeout; d > 0 {
+		return d
+	}
+	return defaultShutdownWait
+}
 
 func shutdown(exp *exporters.Exporters, log *slog.Logger, timeout time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)

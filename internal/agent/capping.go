@@ -6,14 +6,18 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/capstan-power/capstan/capping"
 	"github.com/capstan-power/capstan/capping/budget"
 	"github.com/capstan-power/capstan/capping/cluster"
+	"github.com/capstan-power/capstan/collectors/gpu"
+	"github.com/capstan-power/capstan/collectors/gpu/sim"
 	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/config"
 	"github.com/capstan-power/capstan/internal/rapl"
+	"github.com/capstan-power/capstan/internal/sample"
 )
 
 // cappingRun is a running controller and how to stop it.
@@ -27,6 +31,9 @@ type cappingRun struct {
 	// exit is what stop does with the limits: the configured on_exit on SIGTERM, hold on a
 	// reload (the next configuration's controller takes the limits over as they are).
 	exit capping.Exit
+	// stopped makes stop run once: from the main goroutine's exit path and from a panicking
+	// goroutine's guard, whichever comes first; the other waits for it to finish.
+	stopped sync.Once
 }
 
 // budgetSource is the node's budget source and the connection it holds open.
@@ -95,7 +102,7 @@ func hostPower(cfg *config.Config, now func() time.Time, log *slog.Logger) *rapl
 
 // startCapping starts the power controller when capping is enabled; it returns nil when not.
 // It needs the pipeline's GPU backend, and publishes into the pipeline's store.
-func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clk clock.Clock, log *slog.Logger) (*cappingRun, error) {
+func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clk clock.Clock, log *slog.Logger, g *guard) (*cappingRun, error) {
 	if !cfg.Capping.Enabled {
 		return nil, nil
 	}
@@ -125,10 +132,10 @@ func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clk cloc
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	r := &cappingRun{ctl: ctl, src: src, host: host, cancel: cancel, done: make(chan struct{}), log: log}
-	go func() {
+	g.Go("capping", func() {
 		defer close(r.done)
 		ctl.Run(runCtx)
-	}()
+	})
 	return r, nil
 }
 
@@ -138,6 +145,10 @@ func (r *cappingRun) stop() {
 	if r == nil {
 		return
 	}
+	r.stopped.Do(r.stopOnce)
+}
+
+func (r *cappingRun) stopOnce() {
 	r.cancel()
 	<-r.done
 	if err := r.ctl.Stop(r.exit); err != nil {
@@ -147,4 +158,46 @@ func (r *cappingRun) stop() {
 		r.log.Warn("closing the budget source", "err", err)
 	}
 	_ = r.host.Close()
+}
+
+// restoreHeld writes back the original limits that a reload held for a controller that never
+// started, when capping.on-exit is restore: the agent is about to exit on an error, and nothing
+// else would put them back before the next start. It goes through a controller that starts from
+// the state file (clean after the hold, so it writes no limit) and stops at once.
+func restoreHeld(cfg *config.Config, clk clock.Clock, log *slog.Logger) {
+	if !cfg.Capping.Enabled || cfg.Capping.DryRun || cfg.Capping.OnExit != "restore" {
+		return
+	}
+	if clk == nil {
+		clk = clock.Real()
+	}
+	log.Warn("capping: restoring the GPU limits a reload held, before exiting", "state_file", cfg.Capping.StateFile)
+	fail := func(err error) {
+		log.Error("capping: the held GPU limits could not be restored; the next start restores them from the state file",
+			"state_file", cfg.Capping.StateFile, "err", err)
+	}
+	backend, err := gpu.Open(cfg.GPU.Backend, sim.Options{Model: cfg.GPU.Sim.Model, Count: cfg.GPU.Sim.Count,
+		Trace: cfg.GPU.Sim.Trace, Seed: cfg.GPU.Sim.Seed, Clock: clk})
+	if err != nil {
+		fail(err)
+		return
+	}
+	defer func() { _ = backend.Shutdown() }()
+	// The budget is never used: the controller stops before its first period.
+	src, err := budget.NewStatic(1, clk.Now())
+	if err != nil {
+		fail(err)
+		return
+	}
+	ctl, err := capping.New(capping.Options{Settings: capping.SettingsFrom(cfg), Lib: backend.Lib, Budget: src,
+		Store: sample.NewStore(), Log: log, Now: clk.Now})
+	if err == nil {
+		err = ctl.Start()
+	}
+	if err == nil {
+		err = ctl.Stop(capping.ExitConfigured)
+	}
+	if err != nil {
+		fail(err)
+	}
 }

@@ -104,16 +104,20 @@ type Collector struct {
 
 // OTLP configures the OTLP push exporter; it is off while Endpoint is empty.
 type OTLP struct {
-	Endpoint    string            `yaml:"endpoint" help:"OTLP receiver to push metrics to (host:port, or an http:// or https:// URL); empty turns OTLP off"`
-	Protocol    string            `yaml:"protocol" oneof:"grpc,http" help:"OTLP transport"`
-	Insecure    bool              `yaml:"insecure" help:"push OTLP without TLS (a host:port endpoint; a URL's scheme decides by itself)"`
-	Interval    time.Duration     `yaml:"interval" range:"1s,1h" help:"how often to push metrics"`
-	Timeout     time.Duration     `yaml:"timeout" range:"1s,5m" help:"deadline of one push"`
-	Headers     map[string]string `yaml:"headers" help:"header sent with every push, as key=value; repeat the flag for more"`
-	HeadersFile string            `yaml:"headers-file" help:"file of key=value lines sent as headers; its keys win over --otlp.headers"`
-	Compression string            `yaml:"compression" oneof:"gzip,none" help:"compression of pushes"`
-	Temporality string            `yaml:"temporality" oneof:"cumulative,delta" help:"temporality of sums and histograms"`
-	TLS         TLS               `yaml:"tls" help:"OTLP receiver"`
+	Endpoint string        `yaml:"endpoint" help:"OTLP receiver to push metrics to (host:port, or an http:// or https:// URL); empty turns OTLP off"`
+	Protocol string        `yaml:"protocol" oneof:"grpc,http" help:"OTLP transport"`
+	Insecure bool          `yaml:"insecure" help:"push OTLP without TLS (a host:port endpoint; a URL's scheme decides by itself)"`
+	Interval time.Duration `yaml:"interval" range:"1s,1h" help:"how often to push metrics"`
+	Timeout  time.Duration `yaml:"timeout" range:"1s,5m" help:"deadline of one push"`
+	// ShutdownTimeout bounds the last push on a stop: with the receiver down, a stop would
+	// otherwise wait out the whole push timeout, too close to systemd's and Kubernetes' stop
+	// timeouts, which then kill the agent.
+	ShutdownTimeout time.Duration     `yaml:"shutdown-timeout" range:"100ms,1m" help:"deadline of the last push when the agent stops; a receiver that is down delays the stop by at most this"`
+	Headers         map[string]string `yaml:"headers" help:"header sent with every push, as key=value; repeat the flag for more"`
+	HeadersFile     string            `yaml:"headers-file" help:"file of key=value lines sent as headers; its keys win over --otlp.headers"`
+	Compression     string            `yaml:"compression" oneof:"gzip,none" help:"compression of pushes"`
+	Temporality     string            `yaml:"temporality" oneof:"cumulative,delta" help:"temporality of sums and histograms"`
+	TLS             TLS               `yaml:"tls" help:"OTLP receiver"`
 }
 
 // TLS names PEM files for a TLS client. The help of its keys names the peer, from the help of
@@ -217,11 +221,12 @@ func Default() *Config {
 		Collectors: map[string]Collector{},
 		Sections:   Sections{},
 		OTLP: OTLP{
-			Protocol:    "grpc",
-			Interval:    10 * time.Second,
-			Timeout:     10 * time.Second,
-			Compression: "gzip",
-			Temporality: "cumulative",
+			Protocol:        "grpc",
+			Interval:        10 * time.Second,
+			Timeout:         10 * time.Second,
+			ShutdownTimeout: 3 * time.Second,
+			Compression:     "gzip",
+			Temporality:     "cumulative",
 		},
 		Web:    Web{ListenAddress: "127.0.0.1:9400"},
 		Stdout: Stdout{Interval: 10 * time.Second},
