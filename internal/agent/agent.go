@@ -252,7 +252,7 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options, g *guard) (*con
 				continue
 			}
 			if capRun != nil {
-				capRun.exit = reloadExit(next)
+				capRun.setExit(reloadExit(next))
 			}
 			flush = min(reloadFlush, flush)
 			notifySystemd(log, daemon.SdNotifyReloading)

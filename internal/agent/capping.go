@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/capstan-power/capstan/capping"
@@ -30,7 +31,7 @@ type cappingRun struct {
 	log    *slog.Logger
 	// exit is what stop does with the limits: the configured on_exit on SIGTERM, hold on a
 	// reload (the next configuration's controller takes the limits over as they are).
-	exit capping.Exit
+	exit atomic.Int64
 	// stopped makes stop run once: from the main goroutine's exit path and from a panicking
 	// goroutine's guard, whichever comes first; the other waits for it to finish.
 	stopped sync.Once
@@ -141,6 +142,10 @@ func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clk cloc
 
 // stop ends the control loop, then applies r.exit to the limits and lets go of the budget
 // source and the RAPL counters.
+// setExit says what stop does with the limits; a reload sets it while a panicking goroutine may
+// be stopping the controller.
+func (r *cappingRun) setExit(e capping.Exit) { r.exit.Store(int64(e)) }
+
 func (r *cappingRun) stop() {
 	if r == nil {
 		return
@@ -151,7 +156,7 @@ func (r *cappingRun) stop() {
 func (r *cappingRun) stopOnce() {
 	r.cancel()
 	<-r.done
-	if err := r.ctl.Stop(r.exit); err != nil {
+	if err := r.ctl.Stop(capping.Exit(r.exit.Load())); err != nil {
 		r.log.Error("stopping capping", "err", err)
 	}
 	if err := r.src.close(true); err != nil {
