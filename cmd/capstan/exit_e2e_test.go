@@ -151,24 +151,7 @@ func TestCappingRestoresOnSIGINT(t *testing.T) {
 func TestCappingRestoresOnAPanic(t *testing.T) {
 	addr := otlptest.FreeAddr(t)
 	state := filepath.Join(t.TempDir(), "state.json")
-	a := &agentProcess{cmd: exec.Command(binary, cappingFlags(addr, state)...), done: make(chan struct{})}
-	a.cmd.Env = append(os.Environ(), "CAPSTAN_TEST_INJECT_FAULT=goroutine-panic")
-	stderr, err := a.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = a.cmd.Process.Kill(); _ = a.cmd.Wait() })
-	go func() {
-		defer close(a.done)
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(nil, 1<<20)
-		for sc.Scan() {
-			_, _ = a.logs.Write(append(sc.Bytes(), '\n'))
-		}
-	}()
+	a := startAgentEnv(t, []string{"CAPSTAN_TEST_INJECT_FAULT=goroutine-panic"}, cappingFlags(addr, state)...)
 	a.waitLog(t, "capping active")
 	select {
 	case <-a.done:
@@ -354,23 +337,7 @@ func TestStopWithTheReceiverDownHonoursTheShutdownTimeout(t *testing.T) {
 func TestCappingRestoresWhenNoConfigurationStartsAfterAReload(t *testing.T) {
 	addr := otlptest.FreeAddr(t)
 	state := filepath.Join(t.TempDir(), "state.json")
-	a := &agentProcess{cmd: exec.Command(binary, cappingFlags(addr, state)...), done: make(chan struct{})}
-	a.cmd.Env = append(os.Environ(), "CAPSTAN_TEST_INJECT_FAULT=start-after-reload")
-	stderr, err := a.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = a.cmd.Process.Kill(); _ = a.cmd.Wait() })
-	go func() {
-		defer close(a.done)
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			_, _ = a.logs.Write(append(sc.Bytes(), '\n'))
-		}
-	}()
+	a := startAgentEnv(t, []string{"CAPSTAN_TEST_INJECT_FAULT=start-after-reload"}, cappingFlags(addr, state)...)
 	waitCapped(t, a, addr)
 	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)

@@ -202,7 +202,16 @@ type agentProcess struct {
 
 func startAgent(t *testing.T, args ...string) *agentProcess {
 	t.Helper()
+	return startAgentEnv(t, nil, args...)
+}
+
+// startAgentEnv starts the agent with env added to this process's environment.
+func startAgentEnv(t *testing.T, env []string, args ...string) *agentProcess {
+	t.Helper()
 	a := &agentProcess{cmd: exec.Command(binary, args...), done: make(chan struct{})}
+	if env != nil {
+		a.cmd.Env = append(os.Environ(), env...)
+	}
 	stderr, err := a.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -214,6 +223,7 @@ func startAgent(t *testing.T, args ...string) *agentProcess {
 	go func() {
 		defer close(a.done)
 		sc := bufio.NewScanner(stderr)
+		sc.Buffer(nil, 1<<20) // a panic's stack has long lines
 		for sc.Scan() {
 			_, _ = a.logs.Write(append(sc.Bytes(), '\n'))
 		}
