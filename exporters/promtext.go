@@ -66,8 +66,8 @@ type promExposition struct {
 	// tableNames holds the families' names, which no other family may take.
 	tableNames map[string]bool
 
-	// changed receives a signal after every Put to the store, so a cached exposition is known
-	// to be stale.
+	// changed receives a signal after every Put to and Delete from the store, so a cached
+	// exposition is known to be stale.
 	changed chan struct{}
 	// now is time.Now, or a test's clock.
 	now func() time.Time
@@ -181,9 +181,8 @@ type exposition struct {
 	failed bool
 	// families are the spans of text the families take, in order, for name[] requests.
 	families []familySpan
-	// started is when the render began, batches how many batches the store held then.
+	// started is when the render began.
 	started time.Time
-	batches int
 	// readers counts the requests holding the exposition, its renderer included.
 	readers int
 
@@ -324,7 +323,7 @@ func (x *promExposition) current(ctx context.Context) (*exposition, error) {
 			return nil, ctx.Err()
 		}
 	}
-	// Drained and counted before the collection, so a change after this point makes the new
+	// Drained before the collection, so a change after this point makes the new
 	// exposition stale.
 	select {
 	case <-x.changed:
@@ -333,7 +332,7 @@ func (x *promExposition) current(ctx context.Context) (*exposition, error) {
 	if cur != nil && cur.readers == 0 {
 		x.recycle(cur)
 	}
-	cur = &exposition{done: make(chan struct{}), started: x.now(), batches: x.storeBatches(), readers: 1}
+	cur = &exposition{done: make(chan struct{}), started: x.now(), readers: 1}
 	x.latest = cur
 	text, spans := x.spare.text, x.spare.families
 	cur.gzipped = x.spare.gzipped
@@ -402,19 +401,11 @@ func (x *promExposition) fresh(cur *exposition) bool {
 		return false
 	}
 	select {
-	case <-x.changed:
+	case <-x.changed: // a Put or a Delete
 		return false
 	default:
+		return true
 	}
-	// Put signals changed; Delete does not, but it leaves fewer batches.
-	return x.storeBatches() == cur.batches
-}
-
-// storeBatches returns how many batches the store holds.
-func (x *promExposition) storeBatches() int {
-	n := 0
-	x.producer.store.Each(func(*sample.Batch) { n++ })
-	return n
 }
 
 // acceptsGzip reports whether the request's Accept-Encoding allows gzip (or anything) with a

@@ -110,19 +110,14 @@ func (s *Store) Put(key string, b *Batch) {
 	s.batches[key] = b
 	subs := s.subs
 	s.mu.Unlock()
-	for _, c := range subs {
-		select {
-		case c <- struct{}{}:
-		default:
-		}
-	}
+	notify(subs)
 }
 
 // Delete drops the batch under key, so stale data is not exported.
 func (s *Store) Delete(key string) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if _, ok := s.batches[key]; !ok {
+		s.mu.Unlock()
 		return
 	}
 	delete(s.batches, key)
@@ -130,6 +125,19 @@ func (s *Store) Delete(key string) {
 		if k == key {
 			s.order = append(s.order[:i], s.order[i+1:]...)
 			break
+		}
+	}
+	subs := s.subs
+	s.mu.Unlock()
+	notify(subs)
+}
+
+// notify signals every subscriber without blocking: one pending signal says "changed".
+func notify(subs []chan<- struct{}) {
+	for _, c := range subs {
+		select {
+		case c <- struct{}{}:
+		default:
 		}
 	}
 }
@@ -152,7 +160,8 @@ func (s *Store) View(key string, fn func(*Batch)) {
 	fn(s.batches[key])
 }
 
-// Notify registers c to receive a non-blocking signal after every Put.
+// Notify registers c to receive a non-blocking signal after every Put and every Delete that
+// removed a batch.
 func (s *Store) Notify(c chan<- struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

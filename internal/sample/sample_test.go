@@ -86,6 +86,26 @@ func TestResetKeepsCapacityAndNotifyDoesNotBlock(t *testing.T) {
 	}
 }
 
+// A subscriber learns of a removed batch as of a new one; deleting nothing is no change.
+func TestDeleteNotifies(t *testing.T) {
+	s := NewStore()
+	s.Put("gpu", &Batch{})
+	ch := make(chan struct{}, 1)
+	s.Notify(ch)
+	s.Delete("absent")
+	select {
+	case <-ch:
+		t.Error("a Delete of a key the store does not hold notified")
+	default:
+	}
+	s.Delete("gpu")
+	select {
+	case <-ch:
+	default:
+		t.Error("no notification after Delete")
+	}
+}
+
 func TestFindMatchesEveryGivenAttributeAndCountCountsOneMetric(t *testing.T) {
 	b := &Batch{}
 	gpu := func(i int, kind string) *Series {
