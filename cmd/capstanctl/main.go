@@ -63,13 +63,19 @@ func (g *globals) keys(group string) (cluster.Keys, error) {
 	return cluster.Keys{Prefix: g.prefix, Group: group}, nil
 }
 
-// with runs f with a client and a deadline.
-func (g *globals) with(group string, f func(ctx context.Context, c *clientv3.Client, k cluster.Keys) error) error {
+// connect checks the group's name and dials etcd; the caller closes the client.
+func (g *globals) connect(group string) (*clientv3.Client, cluster.Keys, error) {
 	k, err := g.keys(group)
 	if err != nil {
-		return err
+		return nil, k, err
 	}
 	c, err := g.dial()
+	return c, k, err
+}
+
+// with runs f with a client and a deadline.
+func (g *globals) with(group string, f func(ctx context.Context, c *clientv3.Client, k cluster.Keys) error) error {
+	c, k, err := g.connect(group)
 	if err != nil {
 		return err
 	}

@@ -43,11 +43,7 @@ turns the colours off; when stdout is not a terminal it prints plain tables, one
 				return fmt.Errorf("--sort %q: want one of %s", order, strings.Join(sortNames(), ", "))
 			}
 			o.order, o.timeout = i, g.timeout
-			k, err := g.keys(args[0])
-			if err != nil {
-				return err
-			}
-			c, err := g.dial()
+			c, k, err := g.connect(args[0])
 			if err != nil {
 				return err
 			}

@@ -42,6 +42,12 @@ type Pipeline struct {
 	Disabled []string
 }
 
+// openBackend opens the GPU backend cfg names, the simulated fleet driven by clk.
+func openBackend(cfg *config.Config, clk clock.Clock) (*gpu.Backend, error) {
+	s := cfg.GPU.Sim
+	return gpu.Open(cfg.GPU.Backend, sim.Options{Model: s.Model, Count: s.Count, Trace: s.Trace, Seed: s.Seed, Clock: clk})
+}
+
 // NewPipeline builds every enabled collector, with the GPU backend opened once for whoever
 // needs it: the GPU collector, the workload collector, and the capping controller when capping
 // is enabled. A collector that cannot start is registered as failed (up=0) and the pipeline runs
@@ -55,8 +61,7 @@ func NewPipeline(cfg *config.Config, log *slog.Logger, clk clock.Clock) (*Pipeli
 
 	res := &collectors.Resources{}
 	collectors.Provide(res, func() (nvml.Interface, error) {
-		backend, err := gpu.Open(cfg.GPU.Backend, sim.Options{Model: cfg.GPU.Sim.Model, Count: cfg.GPU.Sim.Count,
-			Trace: cfg.GPU.Sim.Trace, Seed: cfg.GPU.Sim.Seed, Clock: clk})
+		backend, err := openBackend(cfg, clk)
 		if err != nil {
 			p.NoGPU = err
 			return nil, err

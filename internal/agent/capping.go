@@ -13,8 +13,6 @@ import (
 	"github.com/capstan-power/capstan/capping"
 	"github.com/capstan-power/capstan/capping/budget"
 	"github.com/capstan-power/capstan/capping/cluster"
-	"github.com/capstan-power/capstan/collectors/gpu"
-	"github.com/capstan-power/capstan/collectors/gpu/sim"
 	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/config"
 	"github.com/capstan-power/capstan/internal/rapl"
@@ -181,8 +179,7 @@ func restoreHeld(cfg *config.Config, clk clock.Clock, log *slog.Logger) {
 		log.Error("capping: the held GPU limits could not be restored; the next start restores them from the state file",
 			"state_file", cfg.Capping.StateFile, "err", err)
 	}
-	backend, err := gpu.Open(cfg.GPU.Backend, sim.Options{Model: cfg.GPU.Sim.Model, Count: cfg.GPU.Sim.Count,
-		Trace: cfg.GPU.Sim.Trace, Seed: cfg.GPU.Sim.Seed, Clock: clk})
+	backend, err := openBackend(cfg, clk)
 	if err != nil {
 		fail(err)
 		return
