@@ -42,7 +42,7 @@ type entry struct {
 	cur  int // data slot to fill next
 	scur int // self slot to fill next
 
-	up, duration *sample.Series
+	up, duration, available *sample.Series
 	// pending is non-nil while a collection that missed its deadline is still running; no new
 	// collection starts until it returns, so a hung source cannot pile up goroutines.
 	pending <-chan error
@@ -88,14 +88,15 @@ func (r *Runner) AddFailed(name string, err error) {
 func (r *Runner) newEntry(name string) *entry {
 	attr := attribute.String(metrics.AttrCollector, name)
 	e := &entry{
-		name:     name,
-		up:       sample.NewSeries(metrics.CollectorUp, attr),
-		duration: sample.NewSeries(metrics.CollectorDuration, attr),
-		ok:       true,
+		name:      name,
+		up:        sample.NewSeries(metrics.CollectorUp, attr),
+		duration:  sample.NewSeries(metrics.CollectorDuration, attr),
+		available: sample.NewSeries(metrics.CollectorAvailable, attr),
+		ok:        true,
 	}
 	for i := range e.data {
 		e.data[i] = &sample.Batch{}
-		e.self[i] = &sample.Batch{Points: make([]sample.Point, 0, 2)}
+		e.self[i] = &sample.Batch{Points: make([]sample.Point, 0, 3)}
 	}
 	return e
 }
@@ -281,5 +282,12 @@ func (r *Runner) putSelf(e *entry, elapsed time.Duration, up bool) {
 	if e.startErr == nil {
 		s.Add(e.duration, elapsed.Seconds())
 	}
+	// A collector whose source the host lacks is down by design; one that failed to start
+	// on a host that has it is a fault to alert on.
+	avail := 1.0
+	if errors.Is(e.startErr, ErrNoSource) {
+		avail = 0
+	}
+	s.Add(e.available, avail)
 	r.store.Put(SelfKey(e.name), s)
 }

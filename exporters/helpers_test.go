@@ -3,6 +3,7 @@ package exporters
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -125,8 +126,8 @@ type fleet struct {
 	gpus              []*gpuSeries
 	collectorUp       *sample.Series
 	collectorDuration *sample.Series
-	// others holds one series of every table metric neither the GPU collector nor the agent
-	// produces (host collectors), so a batch covers the whole table.
+	// others holds one series of every other table metric (host collectors, the agent's own,
+	// the GPU counts), so a batch covers the whole table.
 	others []*sample.Series
 }
 
@@ -139,7 +140,8 @@ func newFleet(n int) *fleet {
 		f.gpus = append(f.gpus, newGPUSeries(i))
 	}
 	for _, d := range metrics.Table {
-		if d.From("gpu") || d.From("agent") {
+		perGPU := d.From("gpu") && slices.Contains(d.Attributes, metrics.AttrHWID)
+		if perGPU || d == metrics.CollectorUp || d == metrics.CollectorDuration {
 			continue
 		}
 		kvs := make([]attribute.KeyValue, len(d.Attributes))

@@ -55,6 +55,7 @@ type Member struct {
 	mu          sync.Mutex
 	lease       clientv3.LeaseID
 	lastContact time.Time // send time of the last keep-alive etcd answered
+	created     time.Time // when the member was made: the grant age before any answer
 	grant       GrantRecord
 	haveGrant   bool
 	budget      BudgetRecord
@@ -106,6 +107,7 @@ func NewMember(o Options) (*Member, error) {
 	m := &Member{o: o, log: log.With("group", o.Keys.Group), errs: map[string]float64{},
 		bounded: make(chan struct{}), nudge: make(chan struct{}, 1), stopped: make(chan struct{})}
 	m.series = newMemberSeries(o.Keys.Group)
+	m.created = o.Now()
 	return m, nil
 }
 

@@ -18,6 +18,7 @@ var errKinds = []string{"request", "malformed", "lost_lease"}
 // memberSeries are the member's metrics, made once.
 type memberSeries struct {
 	grant, budget, gen, alloc *sample.Series
+	grantAge, leaseTTL        *sample.Series
 	errs                      map[string]*sample.Series
 }
 
@@ -28,7 +29,11 @@ func newMemberSeries(group string) memberSeries {
 		budget: sample.NewSeries(metrics.ClusterBudget, g),
 		gen:    sample.NewSeries(metrics.ClusterGeneration, g),
 		alloc:  sample.NewSeries(metrics.ClusterAllocator, g),
-		errs:   map[string]*sample.Series{},
+		// The age of the node's hold on its grant, so that an alert reads it exactly rather
+		// than from error rates.
+		grantAge: sample.NewSeries(metrics.ClusterGrantAge, g),
+		leaseTTL: sample.NewSeries(metrics.ClusterLeaseTTL, g),
+		errs:     map[string]*sample.Series{},
 	}
 	for _, k := range errKinds {
 		s.errs[k] = sample.NewSeries(metrics.ClusterEtcdErrors, g, attribute.String(metrics.AttrClusterError, k))
@@ -57,6 +62,12 @@ func (m *Member) publish(now time.Time) {
 		alloc = 1
 	}
 	b.Add(m.series.alloc, alloc)
+	contact := m.lastContact
+	if contact.IsZero() {
+		contact = m.created // no answer yet: the hold is as old as the member
+	}
+	b.Add(m.series.grantAge, max(0, now.Sub(contact).Seconds()))
+	b.Add(m.series.leaseTTL, m.o.LeaseTTL.Seconds())
 	for _, k := range errKinds {
 		b.Add(m.series.errs[k], m.errs[k])
 	}

@@ -117,6 +117,13 @@ func TestDeadLogReaderNeitherKillsNorStopsTheAgent(t *testing.T) {
 	if !testkit.Poll(agentWait, func() bool { return len(requestedLimits(t, addr)) == 4 }) {
 		t.Fatal("no limits on /metrics after the reload with a dead log reader")
 	}
+	// The lines it could not write are counted where an operator sees them.
+	if !testkit.Poll(agentWait, func() bool {
+		f := scrape(t, "http://"+addr+"/metrics")["capstan_log_dropped_total"]
+		return f != nil && len(f.GetMetric()) == 1 && f.GetMetric()[0].GetCounter().GetValue() > 0
+	}) {
+		t.Error("capstan_log_dropped_total never counted the lines the dead log reader lost")
+	}
 
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)

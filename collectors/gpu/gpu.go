@@ -33,7 +33,12 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			return New(lib, set.Logger, set.Now)
+			c, err := New(lib, set.Logger, set.Now)
+			if err != nil {
+				return nil, err
+			}
+			c.ExpectFromPCI(set.Sysfs)
+			return c, nil
 		},
 	})
 }
@@ -49,6 +54,7 @@ type Collector struct {
 	now     func() time.Time
 	driver  string
 	devices []*device
+	inv     inventory     // GPUs expected and present
 	events  nvml.EventSet // nil when XID events are unavailable
 	// newlyUnsupported gathers, per query, the GPUs that answered "not supported" during one
 	// collection, so that it is said in one line per query rather than one per GPU.
@@ -168,6 +174,7 @@ func New(lib nvml.Interface, log *slog.Logger, now func() time.Time) (*Collector
 	for i := range n {
 		c.devices = append(c.devices, c.openDevice(i))
 	}
+	c.inv = newInventory(n)
 	c.openEvents()
 	c.log.Info("GPU collector started", "gpus", n, "driver", c.driver)
 	return c, nil
@@ -307,6 +314,7 @@ func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 		}
 		c.collectDevice(d, b)
 	}
+	c.addInventory(b)
 	return nil
 }
 

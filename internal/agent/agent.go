@@ -138,6 +138,9 @@ type Options struct {
 	Terminal io.Writer
 	// Clock drives the sim backend; nil means real time.
 	Clock clock.Clock
+	// LogWriter is what Log writes through, whose dropped lines /metrics reports; nil when Log
+	// writes elsewhere.
+	LogWriter *LogWriter
 }
 
 // Run runs the agent until ctx is done. On SIGHUP it re-reads the configuration; an invalid
@@ -204,6 +207,13 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options, g *guard) (*con
 	defer func() { shutdown(exp, log, flush) }()
 
 	runCtx, cancel := context.WithCancel(ctx)
+	clk := o.Clock
+	if clk == nil {
+		clk = clock.Real()
+	}
+	self := newSelfMetrics(p.Store, o.LogWriter, clk.Now)
+	self.publish() // before the first scrape
+	g.Go("agent metrics", func() { self.run(runCtx) })
 	done := make(chan struct{})
 	g.Go("collectors", func() {
 		defer close(done)
