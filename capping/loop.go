@@ -10,6 +10,7 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
 	"github.com/capstan-power/capstan/capping/budget"
+	"github.com/capstan-power/capstan/internal/panics"
 )
 
 // One control period: read the budget and the power, move the total cap with the law, split it
@@ -17,7 +18,7 @@ import (
 
 // Run drives the controller every period until ctx is done, and the budget source beside it.
 func (c *Controller) Run(ctx context.Context) {
-	go c.src.Run(ctx)
+	panics.Go("budget source", func() { c.src.Run(ctx) })
 	t := time.NewTicker(c.set.Period)
 	defer t.Stop()
 	c.Tick(c.now())

@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/capstan-power/capstan/internal/metrics"
+	"github.com/capstan-power/capstan/internal/panics"
 	"github.com/capstan-power/capstan/internal/sample"
 )
 
@@ -118,10 +119,10 @@ func (r *Runner) CollectOnce(ctx context.Context) {
 			continue
 		}
 		wg.Add(1)
-		go func() {
+		panics.Go("collector "+e.name, func() {
 			defer wg.Done()
 			r.collect(ctx, e)
-		}()
+		})
 	}
 	wg.Wait()
 }
@@ -136,7 +137,7 @@ func (r *Runner) Run(ctx context.Context) {
 		}
 		wg.Add(1)
 		first.Add(1)
-		go func() {
+		panics.Go("collector "+e.name, func() {
 			defer wg.Done()
 			t := time.NewTicker(e.interval)
 			defer t.Stop()
@@ -150,12 +151,12 @@ func (r *Runner) Run(ctx context.Context) {
 				}
 				r.collect(ctx, e)
 			}
-		}()
+		})
 	}
-	go func() {
+	panics.Go("collectors ready", func() {
 		first.Wait()
 		r.readyOnce.Do(func() { close(r.ready) })
-	}()
+	})
 	wg.Wait()
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/capstan-power/capstan/internal/agent"
 	"github.com/capstan-power/capstan/internal/cli"
 	"github.com/capstan-power/capstan/internal/config"
+	"github.com/capstan-power/capstan/internal/panics"
 	"github.com/capstan-power/capstan/internal/version"
 )
 
@@ -133,7 +134,7 @@ func hangups(parent context.Context, log *slog.Logger) (context.Context, <-chan 
 	signal.Notify(raw, syscall.SIGHUP)
 	reload := make(chan os.Signal, 1)
 	tty := terminalFDs()
-	go func() {
+	panics.Go("signals", func() {
 		for {
 			select {
 			case <-ctx.Done():
@@ -150,7 +151,7 @@ func hangups(parent context.Context, log *slog.Logger) (context.Context, <-chan 
 				}
 			}
 		}
-	}()
+	})
 	return ctx, reload, func() { signal.Stop(raw); cancel() }
 }
 

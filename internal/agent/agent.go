@@ -22,6 +22,7 @@ import (
 	"github.com/capstan-power/capstan/exporters"
 	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/config"
+	"github.com/capstan-power/capstan/internal/panics"
 	"github.com/capstan-power/capstan/internal/sample"
 	"github.com/capstan-power/capstan/internal/version"
 )
@@ -152,6 +153,9 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	// standard library's logger in plain text.
 	exporters.InstallOTelLogging(log)
 	g := newGuard(log)
+	// Goroutines of other packages (exporters, the etcd member, collectors' subscriptions,
+	// the simulator) report their panics to the same guard.
+	defer panics.Handle(g.handle)()
 	var prev *config.Config
 	// held is set while the limits are held by a reload for a controller that has not started.
 	held := false
@@ -239,6 +243,7 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options, g *guard) (*con
 			exp.SetReady(true)
 			log.Info("agent ready", p.readyAttrs(cfg)...)
 			notifySystemd(log, daemon.SdNotifyReady)
+			panics.Arm()
 			if injectedFault() == faultGoroutinePanic {
 				panic("injected by " + testFaultEnv)
 			}

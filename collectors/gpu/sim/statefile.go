@@ -11,6 +11,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/capstan-power/capstan/internal/panics"
 )
 
 // The device-state file lets the simulated fleet play the hardware across agent processes: a
@@ -296,7 +298,8 @@ func (f *Fleet) startFiles() {
 		return
 	}
 	d.stop, d.done = make(chan struct{}), make(chan struct{})
-	go f.keepFiles(d.stop, d.done)
+	stop, done := d.stop, d.done
+	panics.Go("sim device files", func() { f.keepFiles(stop, done) })
 }
 
 // stopFiles stops that goroutine after a last write of the state file.
