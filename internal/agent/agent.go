@@ -342,5 +342,8 @@ func CollectOnce(ctx context.Context, cfg *config.Config, log *slog.Logger) (Col
 	}
 	defer p.Close()
 	p.Runner.CollectOnce(ctx)
+	// The agent's own metrics too, as the running agent exports them (a one-shot collection
+	// drops no log line).
+	newSelfMetrics(p.Store, nil, time.Now).publish()
 	return Collection{Points: Snapshot(p.Store, exporters.NewResource(cfg, version.Version)), NoGPU: p.NoGPU}, nil
 }
