@@ -88,8 +88,12 @@ func (m *Member) hysteresis() float64 {
 // returns what it wrote.
 func (m *Member) putNode(ctx context.Context) (NodeRecord, error) {
 	m.mu.Lock()
-	rec := NodeRecord{DemandW: m.demandLocked(m.o.Now()), MinW: m.node.minW, MaxW: m.node.maxW, Priority: m.o.Priority,
-		AppliedW: m.applied, AckedGen: m.appliedGen, Lease: int64(m.lease), UpdatedAt: m.o.Now().UTC()}
+	now := m.o.Now()
+	rec := NodeRecord{DemandW: m.demandLocked(now), MinW: m.node.minW, MaxW: m.node.maxW, Priority: m.o.Priority,
+		AppliedW: m.applied, AckedGen: m.appliedGen, Lease: int64(m.lease), UpdatedAt: now.UTC(), Domain: m.o.Domain}
+	if !m.node.drawAt.IsZero() && now.Sub(m.node.drawAt) <= m.o.LeaseTTL {
+		rec.DrawW = math.Min(m.node.drawW, MaxWatts-1)
+	}
 	lease := m.lease
 	m.mu.Unlock()
 	if _, err := m.o.Client.Put(ctx, m.o.Keys.Node(m.o.Node), mustJSON(rec), clientv3.WithLease(lease)); err != nil {

@@ -19,6 +19,9 @@ type Options struct {
 	Client *clientv3.Client
 	Keys   Keys
 	Node   string
+	// Domain is the path below the group of the domain the node attaches to (rack12 of
+	// site/row3/rack12 is row3/rack12); empty: the group's root.
+	Domain string
 	// LeaseTTL is the node lease's TTL, in whole seconds; a node cut off from etcd holds its
 	// grant this long, then drops to its floor. A draw reported longer ago than this is no
 	// longer the node's demand.
@@ -84,6 +87,9 @@ func NewMember(o Options) (*Member, error) {
 	if err := ValidName(o.Node); err != nil {
 		return nil, fmt.Errorf("cluster node: %w", err)
 	}
+	if err := validRel(o.Domain); err != nil {
+		return nil, fmt.Errorf("cluster domain %q: %w", o.Domain, err)
+	}
 	if o.LeaseTTL < time.Second || o.LeaseTTL%time.Second != 0 {
 		return nil, fmt.Errorf("cluster: lease TTL %s must be whole seconds, at least 1s", o.LeaseTTL)
 	}
@@ -105,7 +111,7 @@ func NewMember(o Options) (*Member, error) {
 	}
 	m := &Member{o: o, log: log.With("group", o.Keys.Group), errs: map[string]float64{},
 		bounded: make(chan struct{}), nudge: make(chan struct{}, 1), stopped: make(chan struct{})}
-	m.series = newMemberSeries(o.Keys.Group)
+	m.series = newMemberSeries(o.Keys.Group, FullPath(o.Keys.Group, o.Domain))
 	return m, nil
 }
 

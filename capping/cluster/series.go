@@ -18,12 +18,14 @@ var errKinds = []string{"request", "malformed", "lost_lease"}
 // memberSeries are the member's metrics, made once.
 type memberSeries struct {
 	grant, budget, gen, alloc *sample.Series
+	domain                    *sample.Series
 	errs                      map[string]*sample.Series
 }
 
-func newMemberSeries(group string) memberSeries {
+func newMemberSeries(group, domain string) memberSeries {
 	g := attribute.String(metrics.AttrClusterGroup, group)
 	s := memberSeries{
+		domain: sample.NewSeries(metrics.ClusterNodeDomain, g, attribute.String(metrics.AttrClusterDomain, domain)),
 		grant:  sample.NewSeries(metrics.ClusterGrant, g),
 		budget: sample.NewSeries(metrics.ClusterBudget, g),
 		gen:    sample.NewSeries(metrics.ClusterGeneration, g),
@@ -57,6 +59,7 @@ func (m *Member) publish(now time.Time) {
 		alloc = 1
 	}
 	b.Add(m.series.alloc, alloc)
+	b.Add(m.series.domain, 1)
 	for _, k := range errKinds {
 		b.Add(m.series.errs[k], m.errs[k])
 	}
