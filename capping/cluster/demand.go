@@ -118,7 +118,7 @@ func (m *Member) report(ctx context.Context) {
 		}
 		m.mu.Lock()
 		d := m.demandLocked(m.o.Now())
-		same := written && m.appliedGen == last.AckedGen && m.node.minW == last.MinW && m.node.maxW == last.MaxW
+		same := written && m.appliedGen == last.AckedGen && m.node.minW == last.MinW && m.node.maxW == last.MaxW && m.o.Domain == last.Domain
 		m.mu.Unlock()
 		if same && math.Abs(d-last.DemandW) <= m.hysteresis() {
 			continue

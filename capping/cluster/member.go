@@ -115,6 +115,27 @@ func NewMember(o Options) (*Member, error) {
 	return m, nil
 }
 
+// SetDomain moves the node to another domain (a path below the group) while it runs: it
+// rewrites its record at once, and the allocator counts it in both domains until it
+// acknowledges a grant for the new one.
+func (m *Member) SetDomain(rel string) error {
+	if err := validRel(rel); err != nil {
+		return fmt.Errorf("cluster domain %q: %w", rel, err)
+	}
+	m.mu.Lock()
+	moved := m.o.Domain != rel
+	if moved {
+		m.o.Domain = rel
+		m.series.domain = newMemberSeries(m.o.Keys.Group, FullPath(m.o.Keys.Group, rel)).domain
+	}
+	m.mu.Unlock()
+	if moved {
+		m.log.Info("cluster: node moved to another domain", "node", m.o.Node, "domain", FullPath(m.o.Keys.Group, rel))
+		m.wake()
+	}
+	return nil
+}
+
 // Grant returns the watts the node may apply now and the grant's generation: the grant while
 // etcd answered within the lease TTL, else the floor (generation 0); the node's minimum before
 // a first grant; 0 W before the controller reported the node's bounds. It never blocks on
