@@ -106,15 +106,6 @@ func (c *domainChecker) finish(t testing.TB) {
 	}
 }
 
-func setDomain(t testing.TB, cli *clientv3.Client, rel string, w float64) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := cluster.SetDomain(ctx, cli, testKeys.Prefix, cluster.FullPath(testKeys.Group, rel), cluster.DomainRecord{LimitW: w, SetBy: "test"}); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // inRack starts an agent attached to domain rel.
 func inRack(t testing.TB, name string, cli *clientv3.Client, rel string, logs *syncBuffer) *agent {
 	return startAgentWith(t, name, cli, 2, 1, leaseTTL, period, true, func(o *cluster.Options) {
