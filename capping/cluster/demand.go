@@ -91,7 +91,9 @@ func (m *Member) putNode(ctx context.Context) (NodeRecord, error) {
 	now := m.o.Now()
 	rec := NodeRecord{DemandW: m.demandLocked(now), MinW: m.node.minW, MaxW: m.node.maxW, Priority: m.o.Priority,
 		AppliedW: m.applied, AckedGen: m.appliedGen, Lease: int64(m.lease), UpdatedAt: now.UTC(), Domain: m.o.Domain}
-	if !m.node.drawAt.IsZero() && now.Sub(m.node.drawAt) <= m.o.LeaseTTL {
+	// A node at the root of a flat group writes the record older agents read (they refuse
+	// unknown fields): its draw goes only into a tree's records.
+	if m.o.Domain != "" && !m.node.drawAt.IsZero() && now.Sub(m.node.drawAt) <= m.o.LeaseTTL {
 		rec.DrawW = math.Min(m.node.drawW, MaxWatts-1)
 	}
 	lease := m.lease

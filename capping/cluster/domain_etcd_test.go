@@ -180,6 +180,19 @@ func TestDomainInvariant(t *testing.T) {
 	if v, ok := allocatorMetric(agents, metrics.ClusterDomainLimit, "row-a/rackA"); !ok || v != 3000 {
 		t.Errorf("allocator's limit metric of row-a/rackA = %v (found %v), want 3000", v, ok)
 	}
+	// The nodes write their draw: the rack's Σ draw is what its GPUs draw, at most its grants.
+	testkit.Eventually(t, 10*time.Second, "rackA's Σ draw", func() bool {
+		d, _ := allocatorMetric(agents, metrics.ClusterDomainDraw, "row-a/rackA")
+		g, _ := allocatorMetric(agents, metrics.ClusterDomainGranted, "row-a/rackA")
+		return d > 1000 && g >= 2500 && d <= g+1
+	})
+	var one float64
+	agents[0].store.View(cluster.StoreKey, func(b *sample.Batch) {
+		one, _ = b.Find(metrics.ClusterNodeDomain, attribute.String(metrics.AttrClusterDomain, "row-a/rackA"))
+	})
+	if one != 1 {
+		t.Errorf("node-0's capstan.cluster.node.domain{row-a/rackA} = %v, want 1", one)
+	}
 
 	// A rack cut: the old limit bounds the rack while its grants move, the new one after.
 	setDomain(t, admin, "rackA", 2000)

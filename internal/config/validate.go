@@ -269,10 +269,10 @@ func ValidDomainPath(p string) error {
 		return fmt.Errorf("%d levels (allowed: 1 to %d)", len(segs), MaxDomainDepth)
 	}
 	for i, s := range segs {
-		switch {
-		case s == "":
+		switch s {
+		case "":
 			return fmt.Errorf("segment %d is empty (no leading, trailing or double /)", i+1)
-		case s == "." || s == "..":
+		case ".", "..":
 			return fmt.Errorf("segment %d is %q (allowed: names, not . or ..)", i+1, s)
 		}
 		if err := ValidName(s); err != nil {
