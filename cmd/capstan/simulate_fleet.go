@@ -41,6 +41,8 @@ func newSimulateFleetCommand(resolve func() (*config.Config, error), stdout, std
 		maxLoss        float64
 		search         bool
 		asJSON         bool
+		plotPath       string
+		searchPlot     string
 	)
 	cmd := &cobra.Command{
 		Use:   "fleet",
@@ -101,9 +103,22 @@ func newSimulateFleetCommand(resolve func() (*config.Config, error), stdout, std
 			if c.Etcd.LeaseTTL >= set.Period {
 				o.LeaseTTL = c.Etcd.LeaseTTL
 			}
+			rec := &fleet.Recording{}
+			if plotPath != "" {
+				for _, p := range f.Paths() {
+					rec.Limits = append(rec.Limits, f.Domains[p].LimitW)
+				}
+				o.Sample = rec.Add
+			}
 			rep, err := fleet.Run(o)
 			if err != nil {
 				return err
+			}
+			o.Sample = nil
+			if plotPath != "" {
+				if err := writeFile(plotPath, "--plot", func(w io.Writer) error { return rec.WritePlot(w, rep) }); err != nil {
+					return err
+				}
 			}
 			out := fleetJSON{Nodes: rep.Nodes, GPUs: rep.GPUs, Periods: rep.Periods, PeriodS: set.Period.Seconds(), WallS: rep.Wall.Seconds(),
 				GrantWrites: rep.GrantWrites, RecordWrites: rep.RecordWrites, Domains: rep.Domains, Jobs: rep.Jobs, Oversubscription: []fleet.Oversubscription{}}
@@ -114,6 +129,12 @@ func newSimulateFleetCommand(resolve func() (*config.Config, error), stdout, std
 					return err
 				}
 				out.SearchWallS = time.Since(start).Seconds()
+				if searchPlot != "" {
+					write := func(w io.Writer) error { return fleet.WriteSearchPlot(w, out.Oversubscription, maxLoss) }
+					if err := writeFile(searchPlot, "--fleet.search-plot", write); err != nil {
+						return err
+					}
+				}
 			}
 			if asJSON {
 				enc := json.NewEncoder(stdout)
@@ -131,6 +152,8 @@ func newSimulateFleetCommand(resolve func() (*config.Config, error), stdout, std
 	fl.DurationVar(&searchDuration, "fleet.search-duration", 0, "simulated time of each trial of the oversubscription search; 0 means --duration")
 	fl.Float64Var(&maxLoss, "fleet.max-loss-pct", 1, "throughput loss the oversubscription search allows, in percent of the uncapped throughput")
 	fl.BoolVar(&search, "fleet.search", true, "search each leaf domain's oversubscription (--fleet.search=false skips it)")
+	fl.StringVar(&plotPath, "plot", "", "draw the Σ draw of the root and of the domains that came closest to their limits, against their limits, to this PNG file")
+	fl.StringVar(&searchPlot, "fleet.search-plot", "", "draw each leaf's throughput loss against its node count, from the search's trials, to this PNG file")
 	fl.BoolVar(&asJSON, "json", false, "print one JSON object: nodes, gpus, periods, domains, jobs, oversubscription, writes, wall time")
 	return cmd
 }

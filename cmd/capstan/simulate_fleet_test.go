@@ -19,9 +19,16 @@ func TestSimulateFleetJSON(t *testing.T) {
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, errOut, code := runCapstan(t, "simulate", "fleet", "--fleet.file="+file, "--duration=3m", "--capping.period=1s", "--json")
+	dir := t.TempDir()
+	out, errOut, code := runCapstan(t, "simulate", "fleet", "--fleet.file="+file, "--duration=3m", "--capping.period=1s", "--json",
+		"--plot="+filepath.Join(dir, "domains.png"), "--fleet.search-plot="+filepath.Join(dir, "search.png"))
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, png := range []string{"domains.png", "search.png"} {
+		if b, err := os.ReadFile(filepath.Join(dir, png)); err != nil || !strings.HasPrefix(string(b), "\x89PNG") || len(b) < 10000 {
+			t.Errorf("%s: %d bytes, %v; want a PNG", png, len(b), err)
+		}
 	}
 	var r struct {
 		Nodes            int              `json:"nodes"`
@@ -40,7 +47,7 @@ func TestSimulateFleetJSON(t *testing.T) {
 			t.Errorf("domains[] lacks %q", k)
 		}
 	}
-	for _, k := range []string{"path", "nameplate_nodes", "max_nodes", "throughput_loss_pct"} {
+	for _, k := range []string{"path", "nameplate_nodes", "max_nodes", "throughput_loss_pct", "trials"} {
 		if _, ok := r.Oversubscription[0][k]; !ok {
 			t.Errorf("oversubscription[] lacks %q", k)
 		}

@@ -20,8 +20,17 @@ type Oversubscription struct {
 	// TimeOverLimitPct the time over the limit there.
 	ThroughputLossPct float64 `json:"throughput_loss_pct"`
 	TimeOverLimitPct  float64 `json:"time_over_limit_pct"`
-	// Runs is how many simulations the search took.
-	Runs int `json:"runs"`
+	// Runs is how many simulations the search took; Trials are their outcomes, in the order
+	// they ran.
+	Runs   int     `json:"runs"`
+	Trials []Trial `json:"trials"`
+}
+
+// Trial is one simulation of the search: a leaf with Nodes nodes.
+type Trial struct {
+	Nodes             int     `json:"nodes"`
+	ThroughputLossPct float64 `json:"throughput_loss_pct"`
+	TimeOverLimitPct  float64 `json:"time_over_limit_pct"`
 }
 
 // SearchOptions bound the oversubscription search.
@@ -64,6 +73,7 @@ func Search(o Options, s SearchOptions) ([]Oversubscription, error) {
 			res.Runs++
 			loss = 100 - rep.Jobs[0].ThroughputVsUncappedPct
 			over = rep.Domains[0].TimeOverLimitPct
+			res.Trials = append(res.Trials, Trial{Nodes: n, ThroughputLossPct: loss, TimeOverLimitPct: over})
 			return over == 0 && loss <= s.MaxLossPct, loss, over, nil
 		}
 		good, bad := 0, 0 // the most nodes known to pass, the fewest known to fail (0: none)
