@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.opentelemetry.io/otel/attribute"
 
+	"github.com/capstan-power/capstan/capping/budget"
 	"github.com/capstan-power/capstan/capping/cluster"
 	"github.com/capstan-power/capstan/internal/etcdtest"
 	"github.com/capstan-power/capstan/internal/metrics"
@@ -313,4 +315,70 @@ func TestDomainEtcdRestart(t *testing.T) {
 	chk.setLimit("rackA", 2000)
 	waitPeriods(t, 2, agents...)
 	chk.finish(t)
+}
+
+// The fleet simulator runs the allocator's rounds on records in memory (cluster.Planner): on
+// the records a real etcd group settled on, it computes the grants the elected allocator
+// published, so it publishes nothing more.
+func TestPlannerAgreesWithEtcd(t *testing.T) {
+	_, eps := etcdtest.Start(t, 1, nil)
+	admin := newClient(t, eps, "", "")
+	setBudget(t, admin, 9000, 0)
+	setDomain(t, admin, "row", 7000)
+	setDomain(t, admin, "row/a", 2600)
+	setDomain(t, admin, "row/b", 5000)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cli := newClient(t, eps, "", "")
+	var members []*cluster.Member
+	draws := []float64{700, 650, 300, 700, 690, 520, 410}
+	for i, dom := range []string{"row/a", "row/a", "row/a", "row/b", "row/b", "row/b", "c"} {
+		m, err := cluster.NewMember(cluster.Options{Client: cli, Keys: testKeys, Node: fmt.Sprintf("n%d", i), Domain: dom,
+			LeaseTTL: leaseTTL, Period: period, Priority: float64(1 + i%3), Campaign: i == 0})
+		if err != nil {
+			t.Fatal(err)
+		}
+		members = append(members, m)
+		go m.Run(ctx)
+	}
+	apply := func() {
+		for i, m := range members {
+			// Two GPUs of 200–700 W; a node draws what its trace asks, within what it applies.
+			w, gen := m.Grant()
+			m.Report(budget.NodeReport{DrawW: math.Min(2*draws[i], math.Max(w, 400)), DrawOK: true, MinW: 400, MaxW: 1400, At: time.Now()})
+			m.Applied(w, gen)
+		}
+	}
+	// Settled: every node acknowledged its grant and the allocator published nothing for three
+	// allocation periods (it runs a round every period).
+	var rev int64
+	var since time.Time
+	testkit.Eventually(t, 20*time.Second, "the group to settle", func() bool {
+		apply()
+		resp, err := admin.Get(ctx, testKeys.State())
+		if err != nil || len(resp.Kvs) == 0 || !settled(ctx, admin) {
+			rev = 0
+			return false
+		}
+		if resp.Kvs[0].ModRevision != rev {
+			rev, since = resp.Kvs[0].ModRevision, time.Now()
+		}
+		return time.Since(since) >= 3*period
+	})
+	v := cluster.NewView(testKeys)
+	if _, err := v.Load(ctx, admin); err != nil {
+		t.Fatal(err)
+	}
+	before := map[string]float64{}
+	for name, g := range v.Grants {
+		before[name] = g.Watts
+	}
+	if written := cluster.NewPlanner(v, 2*leaseTTL, time.Now, nil).Round(time.Now(), nil); len(written) != 0 {
+		for _, name := range written {
+			t.Errorf("the planner regrants %s: %.0f W, etcd's allocator %.0f W", name, v.Grants[name].Watts, before[name])
+		}
+	}
+	if s := before["n0"] + before["n1"] + before["n2"]; s > 2600 || s < 2000 {
+		t.Errorf("row/a's grants add up to %.0f W, want its limit less a joiner's 400 W", s)
+	}
 }
