@@ -75,6 +75,7 @@ domain with --etcd.domain=PATH; grants under every domain stay within its limit.
 	set.Flags().Float64Var(&guard, "guard-band", 0, "share of the limit kept free, 0 to 0.5: grants stay within limit × (1 − guard band)")
 	set.Flags().Float64Var(&prio, "priority", 0, "the domain's weight against its sibling domains, 1 to 1000 (default 1)")
 	set.Flags().StringVar(&reason, "reason", "", "why the limit changes")
+	var getJSON bool
 	get := &cobra.Command{
 		Use:   "get PATH",
 		Short: "Print a domain's limit",
@@ -85,12 +86,21 @@ domain with --etcd.domain=PATH; grants under every domain stay within its limit.
 				if err != nil {
 					return err
 				}
+				if getJSON {
+					enc := json.NewEncoder(out)
+					enc.SetIndent("", "  ")
+					return enc.Encode(struct {
+						Path string `json:"path"`
+						cluster.DomainRecord
+					}{args[0], r})
+				}
 				fmt.Fprintf(out, "domain %s: %.0f W, guard band %g, priority %g, set by %s at %s: %s\n",
 					args[0], r.LimitW, r.GuardBand, max(r.Priority, 1), r.SetBy, r.SetAt.Format(time.RFC3339), reasonText(r.Reason))
 				return nil
 			})
 		},
 	}
+	get.Flags().BoolVar(&getJSON, "json", false, `print {"path","limit_w","guard_band","priority","set_by","set_at","reason"} for scripts`)
 	rm := &cobra.Command{
 		Use:   "rm PATH",
 		Short: "Remove a domain with no domains below it; its nodes then count in its parent",

@@ -104,6 +104,11 @@ func TestDomainCommands(t *testing.T) {
 	if err != nil || !strings.Contains(out, "domain site/row1/rack1: 4000 W, guard band 0.1, priority 2") {
 		t.Errorf("domain get: %v %q", err, out)
 	}
+	out, err = run(t, ep, "domain", "get", "site/row1/rack1", "--json")
+	var got map[string]any
+	if err != nil || json.Unmarshal([]byte(out), &got) != nil || got["path"] != "site/row1/rack1" || got["limit_w"] != 4000.0 || got["guard_band"] != 0.1 {
+		t.Errorf("domain get --json: %v %q", err, out)
+	}
 	// The root is the flat group's budget: budget get and domain get agree.
 	out, err = run(t, ep, "budget", "get", "site")
 	if err != nil || !strings.Contains(out, "group site: 20000 W") || !strings.Contains(out, "site feed") {
