@@ -310,6 +310,10 @@ func TestDomainEtcdRestart(t *testing.T) {
 	t.Cleanup(func() { etcdtest.Close(e) })
 	<-e.Server.ReadyNotify()
 	testkit.Eventually(t, 20*time.Second, "one allocator after the restart", func() bool { return allocators(agents...) == 1 })
+	// The outage is counted: capstan.cluster.etcd.errors{capstan.cluster.error=request|lost_lease}.
+	if n := errorsOf(agents, "request") + errorsOf(agents, "lost_lease"); n == 0 {
+		t.Error("etcd was down, yet no agent counted a failed request or a lost lease")
+	}
 	setDomain(t, admin, "rackA", 2000)
 	testkit.Eventually(t, 10*time.Second, "rackA under its cut after the restart", func() bool { return chk.sumOf("rackA") <= 2000 })
 	chk.setLimit("rackA", 2000)
