@@ -40,6 +40,7 @@ func newSimulateFleetCommand(resolve func() (*config.Config, error), stdout, std
 		searchDuration time.Duration
 		maxLoss        float64
 		search         bool
+		levels         bool
 		asJSON         bool
 		plotPath       string
 		searchPlot     string
@@ -124,7 +125,7 @@ func newSimulateFleetCommand(resolve func() (*config.Config, error), stdout, std
 				GrantWrites: rep.GrantWrites, RecordWrites: rep.RecordWrites, Domains: rep.Domains, Jobs: rep.Jobs, Oversubscription: []fleet.Oversubscription{}}
 			if search {
 				start := time.Now()
-				out.Oversubscription, err = fleet.Search(o, fleet.SearchOptions{MaxLossPct: maxLoss, Duration: searchDuration})
+				out.Oversubscription, err = fleet.Search(o, fleet.SearchOptions{MaxLossPct: maxLoss, Duration: searchDuration, Levels: levels})
 				if err != nil {
 					return err
 				}
@@ -151,6 +152,7 @@ func newSimulateFleetCommand(resolve func() (*config.Config, error), stdout, std
 	fl.DurationVar(&duration, "duration", time.Hour, "simulated time to run")
 	fl.DurationVar(&searchDuration, "fleet.search-duration", 0, "simulated time of each trial of the oversubscription search; 0 means --duration")
 	fl.Float64Var(&maxLoss, "fleet.max-loss-pct", 1, "throughput loss the oversubscription search allows, in percent of the uncapped throughput")
+	fl.BoolVar(&levels, "fleet.search-levels", false, "also answer for the domains above the leaves: each runs its whole subtree (costly on a large fleet)")
 	fl.BoolVar(&search, "fleet.search", true, "search each leaf domain's oversubscription (--fleet.search=false skips it)")
 	fl.StringVar(&plotPath, "plot", "", "draw the Σ draw of the root and of the domains that came closest to their limits, against their limits, to this PNG file")
 	fl.StringVar(&searchPlot, "fleet.search-plot", "", "draw each leaf's throughput loss against its node count, from the search's trials, to this PNG file")
@@ -179,7 +181,7 @@ func writeFleetReport(w io.Writer, file string, duration time.Duration, maxLoss 
 	if len(r.Oversubscription) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "\noversubscription: the most nodes each leaf holds alone with 0 time over its limit and at most %g %% throughput loss (searched in %.1fs)\n", maxLoss, r.SearchWallS)
+	fmt.Fprintf(w, "\noversubscription: the most nodes each domain holds (a leaf alone) with 0 time over its limits and at most %g %% throughput loss (searched in %.1fs)\n", maxLoss, r.SearchWallS)
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "DOMAIN\tNAMEPLATE NODES\tMAX NODES\tBEYOND NAMEPLATE %\tLOSS %\tTRIALS\t")
 	for _, o := range r.Oversubscription {

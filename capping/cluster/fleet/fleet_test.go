@@ -128,3 +128,34 @@ domains:
 		t.Errorf("steady rack at full power: %+v; want no node beyond the nameplate count", res[1])
 	}
 }
+
+// Above the leaves, a row whose limit is below what its racks hold alone holds fewer nodes
+// than their sum, and none of its domains is over its limit at that count.
+func TestSearchLevels(t *testing.T) {
+	f, err := Parse("f.yaml", []byte(`
+domains:
+  site: {limit_w: 100000}
+  site/row: {limit_w: 22000}
+  site/row/a: {limit_w: 16800, nodes: 3, gpus: 8, trace: steady}
+  site/row/b: {limit_w: 16800, nodes: 3, gpus: 8, trace: steady}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Search(Options{File: f, Settings: settings(), StateDir: t.TempDir()}, SearchOptions{MaxLossPct: 1, Duration: 5 * time.Minute, Levels: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%+v", res)
+	by := map[string]Oversubscription{}
+	for _, r := range res {
+		by[r.Path] = r
+	}
+	a, b, row := by["site/row/a"], by["site/row/b"], by["site/row"]
+	if len(res) != 4 || a.MaxNodes == 0 || row.Runs == 0 || row.NameplateNodes != 3 {
+		t.Fatalf("search answered %+v", res)
+	}
+	if row.MaxNodes >= a.MaxNodes+b.MaxNodes || row.TimeOverLimitPct != 0 || row.ThroughputLossPct > 1 {
+		t.Errorf("row: %+v; want fewer nodes than its racks' %d + %d, none over a limit, ≤ 1 %% loss", row, a.MaxNodes, b.MaxNodes)
+	}
+}

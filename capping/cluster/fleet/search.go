@@ -3,6 +3,8 @@ package fleet
 import (
 	"fmt"
 	"math"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
@@ -41,6 +43,9 @@ type SearchOptions struct {
 	Duration time.Duration
 	// MaxFactor bounds the search at this many times the nameplate count.
 	MaxFactor float64
+	// Levels also answers for the domains above the leaves: each runs its whole subtree with
+	// its leaves at their answers, scaled down together until every domain and job passes.
+	Levels bool
 }
 
 // Search finds, for every leaf domain of o.File, the most nodes it holds alone under its own
@@ -116,6 +121,98 @@ func Search(o Options, s SearchOptions) ([]Oversubscription, error) {
 		}
 		res.MaxNodes, res.ThroughputLossPct, res.TimeOverLimitPct = good, goodLoss, goodOver
 		out = append(out, res)
+	}
+	if s.Levels {
+		levels, err := searchLevels(o, s, out)
+		if err != nil {
+			return nil, err
+		}
+		out = append(levels, out...)
+		slices.SortStableFunc(out, func(a, b Oversubscription) int { return strings.Compare(a.Path, b.Path) })
+	}
+	return out, nil
+}
+
+// levelFactors are the shares of its leaves' answers a domain above them is tried at, in order:
+// the first that passes is its answer.
+var levelFactors = []float64{1, 0.9, 0.75, 0.5, 0.25}
+
+// searchLevels answers for every domain above the leaves, deepest first: it runs the domain's
+// subtree with each leaf at its own answer times a factor, from 1 down, and takes the first
+// factor at which no domain of the subtree is over its limit and no job loses more than
+// allowed. Its nameplate count is its limit over the mean node's maximum under it.
+func searchLevels(o Options, s SearchOptions, leaves []Oversubscription) ([]Oversubscription, error) {
+	f := o.File
+	best := map[string]int{}
+	for _, l := range leaves {
+		best[l.Path] = l.MaxNodes
+	}
+	paths := f.Paths()
+	var out []Oversubscription
+	for i := len(paths) - 1; i >= 0; i-- {
+		p := paths[i]
+		if f.Domains[p].Nodes > 0 {
+			continue
+		}
+		var under []string
+		nodes, maxW := 0, 0.0
+		for _, l := range f.Leaves() {
+			if strings.HasPrefix(l, p+"/") {
+				under = append(under, l)
+				d := f.Domains[l]
+				m, err := sim.LookupModel(d.Model)
+				if err != nil {
+					return nil, err
+				}
+				nodes += d.Nodes
+				maxW += float64(d.Nodes*d.GPUs) * m.MaxLimitW
+			}
+		}
+		if nodes == 0 {
+			continue
+		}
+		res := Oversubscription{Path: p, NameplateNodes: int(math.Floor(f.Domains[p].LimitW / (maxW / float64(nodes))))}
+		last := -1
+		for _, factor := range levelFactors {
+			counts := map[string]int{}
+			total := 0
+			for _, l := range under {
+				counts[l] = int(math.Round(factor * float64(best[l])))
+				total += counts[l]
+			}
+			if total == 0 {
+				break
+			}
+			if total == last {
+				continue // rounding gave the trial just run
+			}
+			last = total
+			lo := o
+			lo.Subtree, lo.Nodes = p, counts
+			rep, err := Run(lo)
+			if err != nil {
+				return nil, fmt.Errorf("searching %s at %d nodes: %w", p, total, err)
+			}
+			res.Runs++
+			over, loss := 0.0, 0.0
+			for _, d := range rep.Domains {
+				over = math.Max(over, d.TimeOverLimitPct)
+			}
+			for _, j := range rep.Jobs {
+				if j.Nodes > 0 {
+					loss = math.Max(loss, 100-j.ThroughputVsUncappedPct)
+				}
+			}
+			res.Trials = append(res.Trials, Trial{Nodes: total, ThroughputLossPct: loss, TimeOverLimitPct: over})
+			if over == 0 && loss <= s.MaxLossPct {
+				res.MaxNodes, res.ThroughputLossPct, res.TimeOverLimitPct = total, loss, over
+				for _, l := range under {
+					best[l] = counts[l]
+				}
+				break
+			}
+		}
+		out = append([]Oversubscription{res}, out...)
 	}
 	return out, nil
 }
