@@ -59,7 +59,7 @@ bench:
 # CI). The default `make bench` runs 1,000 agents with simulated GPUs and controllers; 10,000 of
 # those do not fit on a small machine, so this runs members whose grants one loop applies.
 bench-cluster:
-	CAPSTAN_BENCH_NODES=10000 CAPSTAN_BENCH_MEMBERS_ONLY=1 $(GO) test -run '^$$' -bench 'GroupConvergence|WaterFill|AllocatorRound' -benchtime 1x -count=1 -timeout 30m ./capping/cluster
+	CAPSTAN_BENCH_NODES=10000 CAPSTAN_BENCH_MEMBERS_ONLY=1 $(GO) test -run '^$$' -bench 'GroupConvergence|WaterFill|AllocatorRound|TreeCut|DomainCut' -benchtime 1x -count=1 -timeout 30m ./capping/cluster
 
 generate:
 	$(GO) generate ./...

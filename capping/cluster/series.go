@@ -19,12 +19,14 @@ var errKinds = []string{"request", "malformed", "lost_lease"}
 type memberSeries struct {
 	grant, budget, gen, alloc *sample.Series
 	grantAge, leaseTTL        *sample.Series
+	domain                    *sample.Series
 	errs                      map[string]*sample.Series
 }
 
-func newMemberSeries(group string) memberSeries {
+func newMemberSeries(group, domain string) memberSeries {
 	g := attribute.String(metrics.AttrClusterGroup, group)
 	s := memberSeries{
+		domain: sample.NewSeries(metrics.ClusterNodeDomain, g, attribute.String(metrics.AttrClusterDomain, domain)),
 		grant:  sample.NewSeries(metrics.ClusterGrant, g),
 		budget: sample.NewSeries(metrics.ClusterBudget, g),
 		gen:    sample.NewSeries(metrics.ClusterGeneration, g),
@@ -68,6 +70,7 @@ func (m *Member) publish(now time.Time) {
 	}
 	b.Add(m.series.grantAge, max(0, now.Sub(contact).Seconds()))
 	b.Add(m.series.leaseTTL, m.o.LeaseTTL.Seconds())
+	b.Add(m.series.domain, 1)
 	for _, k := range errKinds {
 		b.Add(m.series.errs[k], m.errs[k])
 	}

@@ -112,6 +112,7 @@ func newSimulateCommand(resolve func() (*config.Config, error), stdout, stderr i
 		},
 	}
 	cmd.SetUsageFunc(simulateUsage)
+	cmd.AddCommand(newSimulateFleetCommand(resolve, stdout, stderr))
 	f := cmd.Flags()
 	f.DurationVar(&duration, "duration", time.Hour, "simulated time to run")
 	f.StringArrayVar(&steps, "budget.step", nil, "change the budget AT a time from the start to WATTS, as AT:WATTS (e.g. 30m:2744); repeatable")

@@ -195,8 +195,10 @@ type Budget struct {
 // Its keys are checked only with capping on and budget.source etcd.
 type Etcd struct {
 	// Endpoints is a comma-separated list of etcd client URLs.
-	Endpoints    string `yaml:"endpoints" required:"budget.source etcd needs the etcd client URLs, e.g. https://etcd-0:2379,https://etcd-1:2379" help:"comma-separated etcd client URLs of the cluster budget (budget.source etcd)"`
-	Group        string `yaml:"group" format:"name" help:"group whose power budget this node shares (a row, a PDU, a job)"`
+	Endpoints string `yaml:"endpoints" required:"budget.source etcd needs the etcd client URLs, e.g. https://etcd-0:2379,https://etcd-1:2379" help:"comma-separated etcd client URLs of the cluster budget (budget.source etcd)"`
+	Group     string `yaml:"group" help:"group whose power budget this node shares (a row, a PDU, a job); may be left out with etcd.domain, whose first segment it is"`
+	// Domain is the leaf power domain the node attaches to, a path from the group's root.
+	Domain       string `yaml:"domain" help:"power domain the node attaches to, a path from the group down (site/row3/rack12; its first segment is etcd.group); empty: the group itself"`
 	TLS          TLS    `yaml:"tls" help:"etcd servers"`
 	Username     string `yaml:"username" help:"etcd user of this node; needs --etcd.password-file"`
 	PasswordFile string `yaml:"password-file" help:"file holding the etcd user's password"`
