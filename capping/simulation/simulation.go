@@ -68,6 +68,9 @@ type Figures struct {
 	Work              float64 `json:"work"`
 	TimeOverBudgetPct float64 `json:"time_over_budget_pct"`
 	MaxOvershootPct   float64 `json:"max_overshoot_pct"`
+	// MaxRiseWps is the steepest rise of the fleet's true Σ draw between two fast steps
+	// (capping.FastInterval apart), in W/s: the power ramp the supply sees.
+	MaxRiseWps float64 `json:"max_rise_wps"`
 }
 
 // Report is the outcome of a run.
@@ -134,6 +137,10 @@ func Run(o Options) (*Report, error) {
 	}
 	defer func() { _ = r.ctl.Stop(capping.ExitConfigured) }()
 	periods := int(o.Duration / r.period)
+	// The controller runs as the agent runs it: fast samples between periods, then the period.
+	// Every fast step is scored, so an overshoot between two periods is seen.
+	every := r.ctl.FastEvery()
+	origin := r.clock.Now()
 	for k := 1; k <= periods; k++ {
 		elapsed := time.Duration(k) * r.period
 		if err := r.applySteps(k, elapsed); err != nil {
@@ -142,10 +149,18 @@ func Run(o Options) (*Report, error) {
 		if err := r.setOracle(elapsed); err != nil {
 			return nil, err
 		}
-		r.clock.Advance(r.period)
-		r.ctl.Tick(r.clock.Now())
-		drawn := [3]float64{drawnW(r.fleets[0]), drawnW(r.fleets[1]), drawnW(r.fleets[2])}
-		r.score(k, drawn)
+		var drawn, peak [3]float64
+		for j := 1; j <= every; j++ {
+			r.clock.Set(origin.Add(elapsed - r.period + r.period*time.Duration(j)/time.Duration(every)))
+			if j < every {
+				r.ctl.Sample(r.clock.Now())
+			} else {
+				r.ctl.Tick(r.clock.Now())
+			}
+			drawn = [3]float64{drawnW(r.fleets[0]), drawnW(r.fleets[1]), drawnW(r.fleets[2])}
+			r.scoreFast(drawn, &peak)
+		}
+		r.score(k, drawn, peak)
 		if o.Sample != nil {
 			r.limits = r.ctl.Limits(r.limits[:0])
 			o.Sample(Sample{Elapsed: elapsed, BudgetW: r.budgetW, MeasuredW: r.ctl.MeasuredW(), DrawnW: drawn[0],
@@ -185,8 +200,14 @@ type runState struct {
 	staticCapW float64 // the static fleet's Σ limits
 
 	base [3]start
-	over [3]int     // periods above budget
+	over [3]int     // fast steps above budget
 	peak [3]float64 // largest overshoot once settled, as a share of the budget
+	// fastSteps counts fast steps; prev is the last one's draw, maxRise the steepest rise of
+	// the true Σ draw between two of them.
+	fastSteps int
+	prev      [3]float64
+	prevOK    bool
+	maxRise   [3]float64
 	// stepAt is the period of the last budget step, step follows it; startup follows the
 	// start until the first step.
 	stepAt        int
@@ -206,7 +227,7 @@ type settling struct {
 // reports whether the fleet has settled: under the budget, then held within the band.
 func (s *settling) observe(sinceStart int, drawnW, budgetW float64) (settled bool) {
 	switch {
-	case s.settle < 0 && drawnW <= budgetW:
+	case s.settle < 0 && !overBudget(drawnW, budgetW):
 		s.settle, s.holdLeft = sinceStart, settleHold
 	case s.settle >= 0 && s.holdLeft > 0 && drawnW > budgetW*(1+settleBand):
 		s.settle = -1
@@ -314,15 +335,32 @@ func (r *runState) setOracle(elapsed time.Duration) error {
 	return nil
 }
 
-// score counts period k's time over budget, follows settling after the start or the latest
-// step, and once settled (the start: past the first StartupPeriods) the overshoot.
-func (r *runState) score(k int, drawn [3]float64) {
+// overBudget reports whether drawn is above the budget. A milliwatt (NVML's resolution) is
+// allowed: caps may sum to the budget exactly, as static caps do, and a draw coming down onto
+// its cap stops within float rounding of it, a hair above.
+func overBudget(drawnW, budgetW float64) bool { return drawnW > budgetW+1e-3 }
+
+// scoreFast counts one fast step's time over budget and keeps the period's peak draw.
+func (r *runState) scoreFast(drawn [3]float64, peak *[3]float64) {
+	r.fastSteps++
 	for p := range drawn {
-		if drawn[p] > r.budgetW {
+		if overBudget(drawn[p], r.budgetW) {
 			r.over[p]++
 		}
+		peak[p] = max(peak[p], drawn[p])
+		if r.prevOK {
+			rise := (drawn[p] - r.prev[p]) / (r.period.Seconds() / float64(r.ctl.FastEvery()))
+			r.maxRise[p] = max(r.maxRise[p], rise)
+		}
 	}
-	overPct := 100 * (drawn[ours] - r.budgetW) / r.budgetW
+	r.prev, r.prevOK = drawn, true
+}
+
+// score follows settling after the start or the latest step (on the draw at the period's end),
+// and once settled (the start: past the first StartupPeriods) the overshoot (on the period's
+// peak draw).
+func (r *runState) score(k int, drawn, peak [3]float64) {
+	overPct := 100 * (peak[ours] - r.budgetW) / r.budgetW
 	var settled bool
 	if n := len(r.rep.SettlePeriods); n > 0 {
 		settled = r.step.observe(k-r.stepAt, drawn[ours], r.budgetW)
@@ -341,8 +379,8 @@ func (r *runState) score(k int, drawn [3]float64) {
 		settled = k > warmup
 	}
 	if settled {
-		for p := range drawn {
-			r.peak[p] = max(r.peak[p], (drawn[p]-r.budgetW)/r.budgetW)
+		for p := range peak {
+			r.peak[p] = max(r.peak[p], (peak[p]-r.budgetW)/r.budgetW)
 		}
 	}
 }
@@ -354,8 +392,9 @@ func (r *runState) figures(periods int) {
 		end := snapshot(f)
 		figs[p].EnergyJ = end.energyJ - r.base[p].energyJ
 		figs[p].Work = end.work - r.base[p].work
-		figs[p].TimeOverBudgetPct = 100 * float64(r.over[p]) / float64(max(1, periods))
+		figs[p].TimeOverBudgetPct = 100 * float64(r.over[p]) / float64(max(1, r.fastSteps))
 		figs[p].MaxOvershootPct = 100 * max(0, r.peak[p])
+		figs[p].MaxRiseWps = r.maxRise[p]
 	}
 }
 

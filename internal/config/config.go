@@ -168,6 +168,8 @@ type Capping struct {
 	DeadbandWatts           int    `yaml:"deadband-watts" range:"0,100" help:"limit changes smaller than this are not written"`
 	// RampPercent is the most the total cap rises per period, in % of the GPUs' Σ max.
 	RampPercent int `yaml:"ramp-percent" range:"1,100" help:"most the total cap rises per period, in % of the GPUs' Σ max"`
+	// MaxRiseWattsPerSecond limits how fast Σ GPU limits may rise; 0 turns the limit off.
+	MaxRiseWattsPerSecond int `yaml:"max-rise-watts-per-second" range:"0,1000000" help:"most Σ GPU limits may rise per second, {allowed}; 0 turns the limit off"`
 	// LostPeriods of missing power readings switch to failsafe caps (budget / GPUs).
 	LostPeriods int    `yaml:"lost-periods" range:"1,100" help:"periods of missing power readings before failsafe caps (budget / GPUs)"`
 	StateFile   string `yaml:"state-file" required:"the default is /var/lib/capstan/state.json" check:"manual" help:"file holding the GPUs' original limits, written before the first limit (needed while capping writes limits)"`
