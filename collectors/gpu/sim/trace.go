@@ -83,6 +83,9 @@ const (
 	streamAmbient
 	streamMemory
 	streamCycle
+	// Streams of the power model, not of a trace.
+	streamCounterPhase
+	streamWriteLatency
 )
 
 // noise is a seeded, stateless random source: every draw is a hash of (seed, stream, GPU, k),
