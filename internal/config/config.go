@@ -90,7 +90,7 @@ type GPU struct {
 type GPUSim struct {
 	Model string `yaml:"model" oneof:"A100,H100,H200,B200" fold:"true" help:"simulated GPU model"`
 	Count int    `yaml:"count" range:"1,64" help:"number of simulated GPUs"`
-	Trace string `yaml:"trace" oneof:"steady,bursty,training,inference,imbalanced" or:"a path ending in .csv" check:"manual" help:"simulated workload"`
+	Trace string `yaml:"trace" oneof:"steady,bursty,training,inference,imbalanced,lockstep,roleswap" or:"a path ending in .csv" check:"manual" help:"simulated workload"`
 	Seed  int64  `yaml:"seed" help:"seed of the simulation's randomness; the same seed gives the same run"`
 }
 
