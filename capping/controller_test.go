@@ -337,7 +337,7 @@ func TestBudgetFileThroughTheLoop(t *testing.T) {
 	if r.c.BudgetW() != 1400 {
 		t.Errorf("budget %v after a corrupt file, want the last good 1400", r.c.BudgetW())
 	}
-	if p := r.drawn(); p > 1400 {
+	if p := r.drawn(); p > 1400+mW {
 		t.Errorf("fleet draws %.0f W over the last good budget", p)
 	}
 	if n := strings.Count(r.logs.String(), "budget file rejected"); n != 1 {

@@ -17,7 +17,7 @@ const (
 	// demandWindow is how far back a GPU's demand is remembered: several cycles of a training
 	// step (compute, then all-reduce), so a GPU waiting on its peers keeps its share, and short
 	// against a job's phases (minutes), so power moves when the load really moves.
-	demandWindow = 10 * time.Second
+	demandWindow = 5 * time.Second
 	// maxWindowSlots bounds the window's memory (one slot per period): at a 100 ms period the
 	// window is demandWindow long, at longer periods it holds fewer, longer slots.
 	maxWindowSlots = 100

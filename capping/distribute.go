@@ -22,6 +22,8 @@ type gpuShare struct {
 	fairW  float64
 	weight float64 // priority weight, > 0
 	bound  bool    // drawing at its limit over the window: more watts would be used
+	// pinned is a GPU that refused its last limit: it is given the one in force.
+	pinned bool
 	allocW float64 // result
 }
 

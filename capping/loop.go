@@ -260,9 +260,21 @@ func (c *Controller) checkOutOfBand(g *gpu) {
 // control moves the total cap with the law. Σ caps at the budget's static share are safe
 // whatever the GPUs do; above it the law lends stranded power only while the window's peak of
 // measured power stays under the setpoint: a surplus that lasted, not one sample's.
+//
+// What is lent is also bounded by the headroom the GPUs that are not power-bound hold above the
+// peak of their draw: power they keep for a surge within their recent range and do not use.
+// Lending more would let a GPU's surge to a limit it held all along put the node over budget
+// until the fast cut bites.
 func (c *Controller) control(hi, dt float64) {
-	b := c.bounds(hi)
-	b.FloorW = c.floorW()
+	slack := 0.0
+	for _, g := range c.gpus {
+		if !g.win.powerBound() {
+			slack += c.set.HeadroomW
+		}
+	}
+	floor := c.floorW()
+	b := c.bounds(max(floor, min(hi, c.setW+slack)))
+	b.FloorW = floor
 	if r := c.set.MaxRiseWps; r > 0 {
 		b.RiseW = r * dt
 	}
@@ -285,16 +297,17 @@ func (c *Controller) allocate(cut bool) {
 			s.maxW = max(s.minW, min(s.maxW, watts(g.oobMW)))
 		}
 		s.limitW = watts(g.enforcedMW)
-		if g.refusedRet != nvml.SUCCESS && g.ok {
+		s.fairW = max(s.minW, min(s.maxW, floor*g.weight/c.sumWeight))
+		s.pinned = g.refusedRet != nvml.SUCCESS && g.ok
+		if s.pinned {
 			// A GPU that refuses our limits keeps the one in force: the others make room.
-			s.minW, s.maxW, s.fairW, s.upW = s.limitW, s.limitW, s.limitW, s.limitW
+			s.minW, s.maxW, s.upW = s.limitW, s.limitW, s.limitW
 			s.needW, s.weight, s.bound = s.limitW, g.weight, false
 			continue
 		}
 		s.needW = g.win.winPeakW
 		s.weight = g.weight
 		s.bound = g.win.powerBound()
-		s.fairW = max(s.minW, min(s.maxW, floor*g.weight/c.sumWeight))
 		step := max(2*c.set.HeadroomW, c.set.Ramp*2*s.maxW)
 		s.upW = max(s.minW, min(s.maxW, max(max(s.limitW, watts(g.ourMW))+step, s.fairW)))
 		if cut {
@@ -302,6 +315,13 @@ func (c *Controller) allocate(cut bool) {
 		}
 	}
 	given := distribute(c.shares, c.law.capW, c.set.HeadroomW)
+	for i, g := range c.gpus {
+		if s := &c.shares[i]; s.pinned {
+			// Still ask it for no more than its fair share: once it takes a limit again, Σ
+			// limits are within the cap at once.
+			s.allocW = max(watts(g.minMW), min(s.allocW, s.fairW))
+		}
+	}
 	// What the GPUs could not take this period is not kept as cap: C is what is applied, so
 	// it cannot float up on slack the GPUs would surge into.
 	if given < c.law.capW && given >= c.sumMin {

@@ -159,6 +159,9 @@ func Run(o Options) (*Report, error) {
 			}
 			drawn = [3]float64{drawnW(r.fleets[0]), drawnW(r.fleets[1]), drawnW(r.fleets[2])}
 			r.scoreFast(drawn, &peak)
+			if debugFast != nil {
+				debugFast(r, drawn)
+			}
 		}
 		r.score(k, drawn, peak)
 		if o.Sample != nil {
@@ -469,3 +472,5 @@ func waterFill(demand, caps []float64, budgetW float64, m sim.Model) {
 	}
 	capAt(lo)
 }
+
+var debugFast func(r *runState, drawn [3]float64)
