@@ -26,12 +26,12 @@ func sum(xs []float64) float64 {
 	return s
 }
 
-// metricValue returns the value of def with attribute key=val in the controller's batch.
 // mW is what a test allows the fleet's true draw above Σ limits: Σ caps may sum to the budget
 // exactly (static caps do), and a draw coming down onto its cap stops within float rounding
 // of it, a hair above.
 const mW = 1e-3
 
+// metricValue returns the value of def with attribute key=val in the controller's batch.
 func metricValue(t *testing.T, store *sample.Store, def *metrics.Def, key, val string) float64 {
 	t.Helper()
 	v, found := 0.0, false

@@ -92,7 +92,7 @@ func (c *Controller) Tick(now time.Time) {
 		c.acknowledge(hi)
 	}
 	c.report(now, missing == 0)
-	c.pub.publish(now, useFallback, &c.periodState, c.law.capW, c.gpus)
+	c.pub.publish(now, useFallback, &c.periodState, &c.node, c.law.capW, c.gpus)
 }
 
 // acknowledge tells a source that wants to know (a cluster grant) that the limits are within its
