@@ -30,11 +30,23 @@ func (c *Controller) Sample(now time.Time) {
 		return
 	}
 	c.node.observe(sumW, now)
+	c.lowerBudget(now)
 	if c.set.Scope == "node" {
 		c.hostW = c.hostFastW(now)
 	}
 	if sumW+c.hostW > c.budgetW {
 		c.fastCut()
+	}
+}
+
+// lowerBudget adopts a lower budget from the source at once, so a cut of the budget is a cut
+// of the caps within a fast sample, not a period; a higher one waits for the period, as every
+// increase does.
+func (c *Controller) lowerBudget(now time.Time) {
+	b, ok := c.src.Current()
+	if ok && !b.Expired(now) && b.Valid() && b.Watts < c.budgetW {
+		c.budgetW, c.budget = b.Watts, b
+		c.setW = c.budgetW * (1 - c.set.GuardBand)
 	}
 }
 

@@ -159,9 +159,6 @@ func Run(o Options) (*Report, error) {
 			}
 			drawn = [3]float64{drawnW(r.fleets[0]), drawnW(r.fleets[1]), drawnW(r.fleets[2])}
 			r.scoreFast(drawn, &peak)
-			if debugFast != nil {
-				debugFast(r, drawn)
-			}
 		}
 		r.score(k, drawn, peak)
 		if o.Sample != nil {
@@ -174,6 +171,12 @@ func Run(o Options) (*Report, error) {
 	r.figures(periods)
 	r.rep.Wall = time.Since(wallStart)
 	return &r.rep, nil
+}
+
+// FastSteps is how many fast steps a period of the settings holds: the controller's fast
+// samples between periods, and the period's own reading.
+func FastSteps(s capping.Settings) int {
+	return max(1, int((s.Period+capping.FastInterval/2)/capping.FastInterval))
 }
 
 // Policies, in the order of a run's fleets.
@@ -472,5 +475,3 @@ func waterFill(demand, caps []float64, budgetW float64, m sim.Model) {
 	}
 	capAt(lo)
 }
-
-var debugFast func(r *runState, drawn [3]float64)
