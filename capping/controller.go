@@ -123,6 +123,9 @@ type periodState struct {
 	// hostW is the host's power this period under scope node (RAPL), 0 otherwise.
 	hostW float64
 	overS float64
+	// tight is set when the budget fell, until the draw came down under it: the law's floor
+	// is then the setpoint, not the budget.
+	tight bool
 	// cuts counts fast cuts: Σ caps pulled down between periods because Σ draw crossed the
 	// budget.
 	cuts     float64

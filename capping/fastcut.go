@@ -47,6 +47,7 @@ func (c *Controller) lowerBudget(now time.Time) {
 	if ok && !b.Expired(now) && b.Valid() && b.Watts < c.budgetW {
 		c.budgetW, c.budget = b.Watts, b
 		c.setW = c.budgetW * (1 - c.set.GuardBand)
+		c.tight = true
 	}
 }
 

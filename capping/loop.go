@@ -53,15 +53,22 @@ func (c *Controller) Tick(now time.Time) {
 	c.lastTick = now
 	c.ticks++
 
+	prevBudgetW := c.budgetW
 	useFallback := c.readBudget(now)
 	c.checkBudgetMet()
 	c.setW = c.budgetW * (1 - c.set.GuardBand)
+	if c.budgetW < prevBudgetW {
+		c.tight = true
+	}
 
 	missing := c.measure(now)
 	if c.measW > c.budgetW && missing == 0 {
 		c.overS += dt
 	}
 	c.errW = c.setW - c.measW
+	if c.tight && missing == 0 && (c.measW <= (c.setW+c.budgetW)/2 || c.set.GuardBand == 0) {
+		c.tight = false
+	}
 	hi := c.budgetW * (1 + c.set.Oversubscription)
 	c.closeWindows()
 
@@ -234,9 +241,15 @@ func (c *Controller) closeWindows() {
 }
 
 // floorW is the budget's static share of Σ caps: the budget (less the host's power under scope
-// node) within the GPUs' Σ min and Σ max.
+// node) within the GPUs' Σ min and Σ max. After the budget fell, until the draw came down, it
+// is the setpoint instead: GPUs above a new cap come down onto it with a lag, and only caps a
+// guard band below the budget bring the node under it within a few periods.
 func (c *Controller) floorW() float64 {
-	return max(c.sumMin, min(c.sumMax, c.budgetW-c.hostW))
+	b := c.budgetW
+	if c.tight {
+		b = c.setW
+	}
+	return max(c.sumMin, min(c.sumMax, b-c.hostW))
 }
 
 // oobTrust is how many periods an out-of-band limit is taken as the GPU's maximum before the

@@ -141,6 +141,7 @@ func Run(o Options) (*Report, error) {
 	// Every fast step is scored, so an overshoot between two periods is seen.
 	every := r.ctl.FastEvery()
 	origin := r.clock.Now()
+	r.ctl.Tick(origin) // as Run does: the first period at the start
 	for k := 1; k <= periods; k++ {
 		elapsed := time.Duration(k) * r.period
 		if err := r.applySteps(k, elapsed); err != nil {
