@@ -14,9 +14,10 @@ const (
 	// FastInterval is how often the controller reads instant power between periods: the rate at
 	// which NVML updates its power counters (about 10 Hz), so a faster poll would learn nothing.
 	FastInterval = 100 * time.Millisecond
-	// demandWindow is how far back a GPU's demand is remembered: several cycles of a training
-	// step (compute, then all-reduce), so a GPU waiting on its peers keeps its share, and short
-	// against a job's phases (minutes), so power moves when the load really moves.
+	// demandWindow is how far back a GPU's demand is remembered: longer than a training job's
+	// wait on its peers (an all-reduce of a fraction of a second to a couple of seconds), so a
+	// GPU waiting keeps its share, and short against a job's phases (minutes), so power moves
+	// soon after the load really moved.
 	demandWindow = 5 * time.Second
 	// maxWindowSlots bounds the window's memory (one slot per period): at a 100 ms period the
 	// window is demandWindow long, at longer periods it holds fewer, longer slots.
