@@ -1,7 +1,8 @@
 // Package simulation runs the real capping controller against the simulated GPU fleet on a
 // manual clock, far faster than real time, next to two baselines on identical fleets: static
 // uniform caps (B / n per GPU, what `nvidia-smi -pl` gives) and an oracle that knows every GPU's
-// demand for the coming period and water-fills the budget over it with no lag. `capstan
+// demand over the coming period and a little past it, and splits the budget to do the most
+// work under the simulator's own law, never less than static caps do (oracle.go). `capstan
 // simulate` prints its Report.
 package simulation
 
@@ -58,6 +59,8 @@ type Sample struct {
 	// StaticCapW is the static fleet's Σ limits: the budget, within the GPUs' constraints.
 	StaticCapW float64
 	OracleW    float64 // what the oracle fleet drew
+	// OracleCapW is the oracle fleet's Σ requested limits in the period.
+	OracleCapW float64
 	Limits     []float64
 }
 
@@ -165,7 +168,7 @@ func Run(o Options) (*Report, error) {
 		if o.Sample != nil {
 			r.limits = r.ctl.Limits(r.limits[:0])
 			o.Sample(Sample{Elapsed: elapsed, BudgetW: r.budgetW, MeasuredW: r.ctl.MeasuredW(), DrawnW: drawn[0],
-				CapW: r.ctl.CapW(), StaticW: drawn[1], StaticCapW: r.staticCapW, OracleW: drawn[2], Limits: r.limits})
+				CapW: r.ctl.CapW(), StaticW: drawn[1], StaticCapW: r.staticCapW, OracleW: drawn[2], OracleCapW: r.oracleCapW, Limits: r.limits})
 		}
 	}
 	r.rep.Periods = periods
@@ -199,7 +202,11 @@ type runState struct {
 	src    *sourceAdapter
 
 	staticDevs, oracleDevs []nvml.Device
-	demand, shares, limits []float64
+	limits                 []float64
+	orc                    *planner
+	oracleMW               []uint32  // the oracle fleet's requested limits
+	oracleW                []float64 // the same in watts, for the planner
+	oracleCapW             float64   // their sum
 
 	steps      []Step
 	next       int // the next budget step
@@ -291,7 +298,16 @@ func newRun(o Options) (*runState, error) {
 		_ = ctl.Stop(capping.ExitConfigured)
 		return nil, err
 	}
-	r.demand, r.shares, r.limits = make([]float64, o.Count), make([]float64, o.Count), make([]float64, 0, o.Count)
+	r.limits = make([]float64, 0, o.Count)
+	r.orc = newOracle(r.model, o.Count, r.period)
+	r.oracleMW, r.oracleW = make([]uint32, o.Count), make([]float64, o.Count)
+	for i, d := range r.oracleDevs {
+		var ret nvml.Return
+		if r.oracleMW[i], ret = d.GetPowerManagementLimit(); ret != nvml.SUCCESS {
+			_ = ctl.Stop(capping.ExitConfigured)
+			return nil, fmt.Errorf("simulation: reading the oracle's limit of GPU %d: %w", i, ret)
+		}
+	}
 	for p, f := range r.fleets {
 		r.base[p] = snapshot(f)
 	}
@@ -323,21 +339,30 @@ func (r *runState) applySteps(k int, elapsed time.Duration) error {
 	return nil
 }
 
-// setOracle gives the oracle the demand of the period ending at elapsed, before it starts.
+// setOracle gives the oracle fleet the limits the oracle plans for the period ending at
+// elapsed, before it starts. It writes the decreases before the increases, as a controller
+// must, so that Σ requested limits stays within the budget between any two writes.
 func (r *runState) setOracle(elapsed time.Duration) error {
-	from := elapsed - r.period
-	for i := range r.demand {
-		d := 0.0
-		for t := from; t < elapsed; t += 10 * time.Millisecond {
-			d = max(d, r.trace.Demand(i, t))
-		}
-		r.demand[i] = min(max(d, r.model.IdleW), 1.05*r.model.MaxLimitW)
+	r.orc.load(r.trace, elapsed-r.period, elapsed+oracleLead)
+	for i, mw := range r.oracleMW {
+		r.oracleW[i] = float64(mw) / 1000
 	}
-	waterFill(r.demand, r.shares, r.budgetW, r.model)
-	for i, d := range r.oracleDevs {
-		if ret := d.SetPowerManagementLimit(uint32(math.Floor(r.shares[i])) * 1000); ret != nvml.SUCCESS {
-			return fmt.Errorf("simulation: setting the oracle's limit of GPU %d: %w", i, ret)
+	plan := r.orc.choose(r.budgetW, r.oracleW)
+	for _, lower := range [2]bool{true, false} {
+		for i, d := range r.oracleDevs {
+			mw := uint32(math.Floor(plan[i] * 1000))
+			if mw == r.oracleMW[i] || (mw < r.oracleMW[i]) != lower {
+				continue
+			}
+			if ret := d.SetPowerManagementLimit(mw); ret != nvml.SUCCESS {
+				return fmt.Errorf("simulation: setting the oracle's limit of GPU %d: %w", i, ret)
+			}
+			r.oracleMW[i] = mw
 		}
+	}
+	r.oracleCapW = 0
+	for _, mw := range r.oracleMW {
+		r.oracleCapW += float64(mw) / 1000
 	}
 	return nil
 }
@@ -449,30 +474,4 @@ func applyStatic(devs []nvml.Device, m sim.Model, budgetW float64) (float64, err
 		}
 	}
 	return per * float64(len(devs)), nil
-}
-
-// waterFill gives each GPU min(demand, level) within its constraints, with the level chosen so
-// the caps sum to the budget (or every demand is met).
-func waterFill(demand, caps []float64, budgetW float64, m sim.Model) {
-	capAt := func(level float64) float64 {
-		sum := 0.0
-		for i, d := range demand {
-			caps[i] = min(max(min(d, level), m.MinLimitW), m.MaxLimitW)
-			sum += caps[i]
-		}
-		return sum
-	}
-	lo, hi := 0.0, m.MaxLimitW
-	if capAt(hi) <= budgetW {
-		return
-	}
-	for range 50 {
-		mid := (lo + hi) / 2
-		if capAt(mid) > budgetW {
-			hi = mid
-		} else {
-			lo = mid
-		}
-	}
-	capAt(lo)
 }

@@ -28,11 +28,17 @@ const (
 const (
 	writeLatencyMin    = 10 * time.Millisecond
 	writeLatencySpread = 10 * time.Millisecond
+	// LimitWriteLatencyMax is the longest a written limit takes to bind.
+	LimitWriteLatencyMax = writeLatencyMin + writeLatencySpread
 )
+
+// PowerControllerLag is the time constant with which the board's power controller brings the
+// draw to a new limit.
+const PowerControllerLag = 100 * time.Millisecond
 
 // Time constants of the physics.
 const (
-	powerTauS       = 0.1  // the firmware's power controller follows a new cap
+	powerTauS       = float64(PowerControllerLag) / float64(time.Second)
 	thermalTauS     = 20.0 // GPU die temperature
 	memThermalTauS  = 30.0 // HBM heats and cools more slowly than the die
 	defaultAmbientC = 30.0

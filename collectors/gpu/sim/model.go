@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"math"
 	"strings"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -115,4 +116,23 @@ func (m *Model) utilization(demandW float64) float64 {
 		return 0
 	}
 	return min(1, (demandW-m.IdleW)/(0.5*m.MaxLimitW-m.IdleW))
+}
+
+// BusyDemand returns the demand a GPU of this model runs at for a trace's value (kept
+// physical) and the busy share it implies.
+func (m Model) BusyDemand(demandW float64) (watts, busy float64) {
+	w := m.clampDemand(demandW)
+	return w, m.utilization(w)
+}
+
+// WorkRate is the work a GPU of this model does per second at a trace's demand under a limit
+// that has held for a while, in fully busy GPU-seconds at the top clock: the rate at which
+// GPUState.WorkSeconds grows. A baseline that plans limits plans with it, so that it plans
+// with the physics the fleet runs.
+func (m Model) WorkRate(demandW, limitW float64) float64 {
+	d, busy := m.BusyDemand(demandW)
+	if d <= m.busyThresholdW() || d <= limitW {
+		return busy
+	}
+	return busy * max(float64(m.IdleSMClockMHz)/float64(m.MaxSMClockMHz), math.Cbrt(max(0, limitW)/d))
 }
