@@ -32,9 +32,9 @@ type gpuShare struct {
 // power-bound GPU all of it and the others what they need (window peak plus headroomW); then
 // GPUs that are not power-bound get what they need above their fair share; power-bound GPUs
 // share the rest by weight; what is still left is shared by weight among all GPUs. No GPU gets
-// more than its upW (which the controller keeps at or above the fair share). When capW cannot cover a stage, that stage's extras
-// are cut in proportion. It returns the sum allocated, which is min(capW, Σ up) when capW ≥ Σ
-// min.
+// more than its upW (which the controller keeps at or above the fair share). When capW cannot
+// cover a stage, that stage's extras are cut in proportion. It returns the sum allocated, which
+// is min(capW, Σ up) when capW ≥ Σ min.
 func distribute(shares []gpuShare, capW, headroomW float64) float64 {
 	rem := capW
 	for i := range shares {

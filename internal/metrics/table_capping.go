@@ -29,7 +29,7 @@ var (
 		"Control error S − P: positive when the node draws less than the setpoint.",
 		AttrCappingScope)
 	CappingCapTotal = def("capstan.capping.cap.total", "W", Gauge, "capping",
-		"Total GPU cap C the control law set, clamped to [Σ min, min(Σ max, B × (1 + oversubscription))].",
+		"Total GPU cap C the control law set: never below the budget's static share (B within [Σ min, Σ max]), above it only by power lent while GPUs draw less than their limits, at most B × (1 + oversubscription).",
 		AttrCappingScope)
 	CappingGPULimit = def("capstan.capping.gpu.limit", "W", Gauge, "capping",
 		"Power limit the controller applied to the GPU (computed only, under dry_run).",
