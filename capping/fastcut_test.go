@@ -236,3 +236,25 @@ func BenchmarkSample(b *testing.B) {
 		c.Sample(clk.Now())
 	}
 }
+
+// With scope node, the host's power counts in the fast path too: when the CPU packages' power
+// jumps between two 10 s periods, the GPUs' caps come down to what the budget leaves them
+// within a fast sample.
+func TestFastCutFollowsHostPower(t *testing.T) {
+	r := newRigOn(t, "steady", 4, 2000, func(s *Settings) { s.Scope = "node"; s.Period = 10 * time.Second })
+	host := &fixedHost{w: 300, at: r.clock.Now()}
+	r.host = host
+	if err := r.c.Stop(ExitHold); err != nil {
+		t.Fatal(err)
+	}
+	r.startOn(r.fleet, r.src)
+	r.fast(40*time.Second, func() { host.at = r.clock.Now() })
+	r.checkLimits(2000-300, "with the packages at 300 W")
+	host.w = 600
+	cuts := r.c.FastCuts()
+	r.fast(200*time.Millisecond, func() { host.at = r.clock.Now() })
+	if r.c.FastCuts() == cuts {
+		t.Fatalf("no fast cut within 200 ms of the packages' power rising to 600 W; limits %v", r.requested())
+	}
+	r.checkLimits(2000-600, "after the packages rose to 600 W")
+}
