@@ -84,6 +84,16 @@ type GPU struct {
 	// Backend is auto (NVML when it loads, else no GPU collection), nvml, sim or none.
 	Backend string `yaml:"backend" oneof:"auto,nvml,sim,none" help:"GPU backend: {allowed}; auto is NVML when it loads, else none; sim is simulated GPUs"`
 	Sim     GPUSim `yaml:"sim"`
+	// PowerSmoothing is applied to every GPU that supports it when the backend opens.
+	PowerSmoothing GPUPowerSmoothing `yaml:"power-smoothing"`
+}
+
+// GPUPowerSmoothing sets the firmware power smoothing of Blackwell and later GPUs (NVML
+// PowerSmoothing*): the board holds a floor of power and limits how fast its draw rises and
+// falls, per the active preset profile. GPUs without it are left alone.
+type GPUPowerSmoothing struct {
+	State   string `yaml:"state" oneof:"unchanged,enabled,disabled" help:"firmware power smoothing when the agent starts: {allowed} (unchanged: leave the GPUs as they are)"`
+	Profile int    `yaml:"profile" range:"-1,4" help:"preset profile to activate when the agent starts, {allowed}; -1 leaves the active one"`
 }
 
 // GPUSim configures the simulated fleet of the sim backend.
@@ -216,10 +226,11 @@ type sources struct {
 // with one collector.<name> entry per registered collector.
 func Default() *Config {
 	c := &Config{
-		Node:       Node{Name: defaultNodeName()},
-		Log:        Log{Level: "info", Format: "logfmt"},
-		Path:       Path{Sysfs: "/sys", Procfs: "/proc"},
-		GPU:        GPU{Backend: "auto", Sim: GPUSim{Model: "H100", Count: 8, Trace: "training", Seed: 1}},
+		Node: Node{Name: defaultNodeName()},
+		Log:  Log{Level: "info", Format: "logfmt"},
+		Path: Path{Sysfs: "/sys", Procfs: "/proc"},
+		GPU: GPU{Backend: "auto", Sim: GPUSim{Model: "H100", Count: 8, Trace: "training", Seed: 1},
+			PowerSmoothing: GPUPowerSmoothing{State: "unchanged", Profile: -1}},
 		Collectors: map[string]Collector{},
 		Sections:   Sections{},
 		OTLP: OTLP{

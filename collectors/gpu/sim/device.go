@@ -126,7 +126,9 @@ func (g *GPU) GetFieldValues(values []nvml.FieldValue) nvml.Return {
 			v.ValueType = uint32(nvml.VALUE_TYPE_UNSIGNED_LONG_LONG)
 			binary.LittleEndian.PutUint64(v.Value[:], g.energyMJ())
 		default:
-			v.NvmlReturn = uint32(nvml.ERROR_NOT_SUPPORTED)
+			if !g.smoothingField(v) {
+				v.NvmlReturn = uint32(nvml.ERROR_NOT_SUPPORTED)
+			}
 		}
 	}
 	return nvml.SUCCESS

@@ -107,6 +107,7 @@ type GPU struct {
 	counterPhase int64
 	heldW        float64
 	heldStep     int64
+	smooth       smoothing // firmware power smoothing, on boards that have it
 	clockMHz     float64
 	tempC        float64
 	memTempC     float64
@@ -150,6 +151,7 @@ func newGPU(f *Fleet, i int) *GPU {
 	// cold-start transient: power settled on the first demand, temperatures on the last
 	// minute's mean, the 1 s average already full.
 	g.demandW = m.clampDemand(f.trace.Demand(i, 0))
+	g.smooth.presets = smoothingPresets
 	g.capW = g.boundLimitW()
 	g.allowW = g.capW
 	g.drawnW = min(g.demandW, g.capW)
@@ -276,10 +278,14 @@ func (g *GPU) integrate(n int64, s *stepFactors) {
 	g.allowW += s.power * (capW - g.allowW)
 	g.allowW = min(g.allowW, max(capW, g.drawnW))
 	g.drawnW = min(demand, g.allowW)
+	ceilingW := g.allowW
+	if g.smooth.on {
+		g.drawnW, ceilingW = g.smooth.shape(g.drawnW, g.allowW, g.boundLimitW(), g.step, n, s.dtS)
+	}
 	g.energyJ += g.drawnW * s.dtS
 	g.tempC += s.thermal * (g.ambientC + m.ThermalResistanceCPerW*g.drawnW - g.tempC)
 	g.memTempC += s.memThermal * (g.memSteadyC(g.drawnW) - g.memTempC)
-	g.clockMHz = g.clockFor(demand, g.drawnW, g.allowW)
+	g.clockMHz = g.clockFor(demand, g.drawnW, ceilingW)
 	g.workS += m.utilization(demand) * g.clockMHz / float64(m.MaxSMClockMHz) * s.dtS
 	g.demandW, g.capW = demand, capW
 	g.step += n

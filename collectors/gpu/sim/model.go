@@ -29,6 +29,8 @@ type Model struct {
 	Architecture nvml.DeviceArchitecture
 	// HasFan is false for SXM boards, which NVML answers ERROR_NOT_SUPPORTED for fan speed.
 	HasFan bool
+	// PowerSmoothing is true for boards with firmware power smoothing (Blackwell).
+	PowerSmoothing bool
 
 	// ThermalResistanceCPerW is the steady-state rise of the GPU over its inlet air per watt.
 	ThermalResistanceCPerW float64
@@ -69,7 +71,7 @@ var models = []Model{
 		Name: "B200", ProductName: "NVIDIA B200",
 		MinLimitW: 200, MaxLimitW: 1000, DefaultLimitW: 1000, IdleW: 140,
 		MaxSMClockMHz: 1965, MaxMemClockMHz: 3996, IdleSMClockMHz: 345,
-		MemoryBytes: 183359 * mib, Architecture: nvml.DEVICE_ARCH_BLACKWELL,
+		MemoryBytes: 183359 * mib, Architecture: nvml.DEVICE_ARCH_BLACKWELL, PowerSmoothing: true,
 		ThermalResistanceCPerW: 0.052, SlowdownTempC: 87, HWSlowdownTempC: 90,
 		PCIDeviceID: 0x290110DE, PCISubsystemID: 0x199910DE,
 	},
