@@ -63,8 +63,10 @@ type jsonPoint struct {
 }
 
 // gpuMetricsNotOnSXM are table metrics the simulated SXM boards answer "not supported" for, as
-// real SXM boards do (they have no fan of their own).
-var gpuMetricsNotOnSXM = map[string]bool{metrics.GPUFanSpeed.Name: true}
+// real SXM boards do (they have no fan of their own), and those the tests' simulated H100s
+// answer "not supported" for, as real Hopper boards do (firmware power smoothing is Blackwell's).
+var gpuMetricsNotOnSXM = map[string]bool{metrics.GPUFanSpeed.Name: true,
+	metrics.GPUPowerSmoothing.Name: true, metrics.GPUPowerSmoothingFloor.Name: true}
 
 func TestCollectJSONHasEveryGPUMetric(t *testing.T) {
 	// The host collectors read a fixture server's sysfs: this VM has no cpufreq, hwmon, thermal

@@ -145,6 +145,7 @@ type device struct {
 
 	fields         []nvml.FieldValue
 	pcieTx, pcieRx pcieCounter
+	smoothing      smoothingReader
 }
 
 type xidCount struct {
@@ -435,6 +436,7 @@ func (c *Collector) collectDevice(d *device, b *sample.Batch) {
 			}
 		}
 	}
+	c.collectSmoothing(d, b)
 	if d.want(probeEnergy) {
 		if mj, ret := dev.GetTotalEnergyConsumption(); c.ok(d, probeEnergy, ret) {
 			b.Add(d.energy, float64(mj)/1000)

@@ -47,7 +47,11 @@ func TestCollectorOverEverySimModel(t *testing.T) {
 				if !d.From(Name) {
 					continue
 				}
-				if want := d != metrics.GPUFanSpeed || m.HasFan; got[d] != want {
+				want := d != metrics.GPUFanSpeed || m.HasFan
+				if d == metrics.GPUPowerSmoothing || d == metrics.GPUPowerSmoothingFloor {
+					want = m.PowerSmoothing
+				}
+				if got[d] != want {
 					t.Errorf("%s present=%v, want %v", d.Name, got[d], want)
 				}
 			}

@@ -70,6 +70,8 @@ func NewPipeline(cfg *config.Config, log *slog.Logger, clk clock.Clock) (*Pipeli
 		}
 		p.GPU = backend
 		log.Info("GPU backend ready", "backend", backend.Kind)
+		ps := cfg.GPU.PowerSmoothing
+		_, _, _ = gpu.ApplyPowerSmoothing(backend.Lib, ps.State, ps.Profile, log) // it logs what it did
 		return backend.Lib, nil
 	})
 	set := collectors.Settings{Logger: log, Now: clk.Now, Sysfs: cfg.Path.Sysfs, Procfs: cfg.Path.Procfs,

@@ -43,7 +43,8 @@ func TestDefault(t *testing.T) {
 		Node: Node{Name: "test-node"},
 		Log:  Log{Level: "info", Format: "logfmt"},
 		Path: Path{Sysfs: "/sys", Procfs: "/proc"},
-		GPU:  GPU{Backend: "auto", Sim: GPUSim{Model: "H100", Count: 8, Trace: "training", Seed: 1}},
+		GPU: GPU{Backend: "auto", Sim: GPUSim{Model: "H100", Count: 8, Trace: "training", Seed: 1},
+			PowerSmoothing: GPUPowerSmoothing{State: "unchanged", Profile: -1}},
 		Collectors: map[string]Collector{
 			"gpu":      {Enabled: true, Interval: time.Second},
 			"cpufreq":  {Enabled: false, Interval: 10 * time.Second},

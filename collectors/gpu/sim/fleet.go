@@ -35,7 +35,7 @@ const cudaDriverVersion = 12080
 type Options struct {
 	Model string // A100, H100, H200, B200
 	Count int    // GPUs, 1..MaxGPUs
-	// Trace is steady, bursty, training, inference, imbalanced or a path ending in .csv.
+	// Trace is one of TraceNames or a path ending in .csv.
 	Trace string
 	// Seed makes UUIDs, serials, traces and noise reproducible.
 	Seed int64

@@ -187,7 +187,9 @@ func (f *Fleet) restore(path string, s *StateFile) error {
 		}
 		g.mu.Lock()
 		g.requestedW = float64(r.LimitMW) / 1000
-		g.capW = g.enforcedW()
+		g.boundW, g.pendingStep = g.requestedW, -1 // the hardware has held it all along
+		g.capW = g.boundLimitW()
+		g.allowW = min(g.allowW, g.capW)
 		g.drawnW = min(g.drawnW, g.capW)
 		g.mu.Unlock()
 		f.files.meta[g.index] = gpuMeta{setAt: r.LimitSetAt, writer: r.LimitWriter}
