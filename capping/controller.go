@@ -55,9 +55,11 @@ type gpu struct {
 	requestedMW  uint32 // last read GetPowerManagementLimit
 	enforcedMW   uint32 // last read GetEnforcedPowerLimit
 	ourMW        uint32 // what we last wrote (or computed, in dry-run); 0 before the first
-	drawW        float64
-	weight       float64
-	ok           bool // read this period
+	// loggedOverrideMW is the limit found behind our back last logged; 0 when none is.
+	loggedOverrideMW uint32
+	drawW            float64
+	weight           float64
+	ok               bool // read this period
 	// oobMW is an out-of-band limit found below ours (a BMC, the driver); while it is
 	// trusted (until tick oobUntil) the controller allots the GPU no more than it.
 	oobMW      uint32

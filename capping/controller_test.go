@@ -502,3 +502,32 @@ func TestBudgetBelowMinimumsIsReported(t *testing.T) {
 		t.Errorf("the budget's return within reach is not said:\n%s", r.logs)
 	}
 }
+
+// A limit changed behind our back that cannot be undone (the write is refused) is logged once,
+// not every period, while it stays the same; a new value is news and is logged again.
+func TestLimitChangedBehindOurBackLoggedOncePerValue(t *testing.T) {
+	r := newRig(t, "steady", 4, 1800, nil)
+	if err := r.c.Stop(ExitConfigured); err != nil {
+		t.Fatal(err)
+	}
+	lib := &refusingLib{Fleet: r.fleet, refuse: -1, ret: nvml.ERROR_NO_PERMISSION}
+	r.startOn(lib, r.src)
+	r.run(10 * time.Second)
+	lib.refuse = 1 // from now on GPU 1 refuses our writes
+	dev, _ := r.fleet.DeviceGetHandleByIndex(1)
+	if ret := dev.SetPowerManagementLimit(690_000); ret != nvml.SUCCESS {
+		t.Fatal(ret)
+	}
+	r.run(20 * time.Second)
+	const msg = "changed behind our back"
+	if n := strings.Count(r.logs.String(), msg); n != 1 {
+		t.Errorf("a refused re-apply of one out-of-band value logged %q %d times in 20 periods, want once", msg, n)
+	}
+	if ret := dev.SetPowerManagementLimit(600_000); ret != nvml.SUCCESS {
+		t.Fatal(ret)
+	}
+	r.run(5 * time.Second)
+	if n := strings.Count(r.logs.String(), msg); n != 2 {
+		t.Errorf("a second out-of-band value: %q logged %d times in all, want twice", msg, n)
+	}
+}

@@ -197,8 +197,15 @@ func (c *Controller) measure(now time.Time) int {
 		g.requestedMW, g.enforcedMW, g.ok = req, enf, true
 		if !c.set.DryRun && c.mode != ModeFailsafe && g.ourMW != 0 && req != g.ourMW {
 			g.overrides++
-			c.log.Warn("capping: GPU power limit changed behind our back; re-applying ours",
-				"gpu", g.index, "found_watts", watts(req), "ours_watts", watts(g.ourMW))
+			// Once per value found: a re-apply the GPU refuses finds the same value every
+			// period, and that is one event, not one per period.
+			if req != g.loggedOverrideMW {
+				g.loggedOverrideMW = req
+				c.log.Warn("capping: GPU power limit changed behind our back; re-applying ours",
+					"gpu", g.index, "found_watts", watts(req), "ours_watts", watts(g.ourMW))
+			}
+		} else {
+			g.loggedOverrideMW = 0
 		}
 		c.checkOutOfBand(g)
 		c.observe(g)
