@@ -107,6 +107,7 @@ func newGPU(f *Fleet, i int) *GPU {
 		ambientC:    defaultAmbientC + 1.5*n.signed(streamAmbient, i, 0),
 		requestedW:  m.DefaultLimitW,
 	}
+	answerUnmodelled(g.Device, g.ready)
 	domain, bus := uint32(i/len(dgxBuses)), dgxBuses[i%len(dgxBuses)]
 	g.busID = fmt.Sprintf(nvml.DEVICE_PCI_BUS_ID_FMT, domain, bus, 0)
 	g.busIDLegacy = fmt.Sprintf(nvml.DEVICE_PCI_BUS_ID_LEGACY_FMT, domain, bus, 0)
