@@ -84,6 +84,17 @@ const (
 	probeECCUncorrected
 	probeFan
 	probePerformanceState
+	probeViolationPower
+	probeViolationThermal
+	probeViolationSyncBoost
+	probeViolationBoardLimit
+	probeViolationLowUtilization
+	probeViolationReliability
+	probeRemappedRows
+	probeRetiredPages
+	probePCIeReplays
+	probeECCAggregateCorrected
+	probeECCAggregateUncorrected
 	probeCount
 )
 
@@ -93,6 +104,9 @@ var probeNames = [probeCount]string{
 	"enforced power limit", "power management limit", "default power limit", "power limit constraints",
 	"clock-event reasons", "PCIe transmit throughput", "PCIe receive throughput",
 	"corrected ECC errors", "uncorrected ECC errors", "fan speed", "performance state",
+	"power violation time", "thermal violation time", "sync boost violation time", "board limit violation time",
+	"low utilization violation time", "reliability violation time", "remapped rows", "retired pages (field values)",
+	"PCIe replay counter", "aggregate corrected ECC errors", "aggregate uncorrected ECC errors",
 }
 
 // Limit kinds and throttle reasons in the order of their series.
@@ -134,6 +148,7 @@ type device struct {
 	throttle                                      [6]*sample.Series
 	fan, pstate                                   *sample.Series
 	base                                          *sample.Series // identity only, for deriving xid series
+	health                                        health
 
 	xids map[uint64]*xidCount
 
@@ -246,6 +261,7 @@ func (d *device) buildSeries(name, driver, serial, busID string) {
 	}
 	d.fan = s(metrics.GPUFanSpeed)
 	d.pstate = s(metrics.GPUPerformanceState)
+	d.health.build(s)
 }
 
 // openEvents registers every GPU for XID events. Without event support the collector runs on;
@@ -458,6 +474,7 @@ func (c *Collector) collectDevice(d *device, b *sample.Batch) {
 			b.Add(d.memUsage, float64(m.Used))
 			b.Add(d.memLimit, float64(m.Total))
 			b.Add(d.memReserved, float64(m.Reserved))
+			b.Add(d.health.memFree, float64(m.Free))
 			if m.Total > 0 {
 				b.Add(d.memUtil, float64(m.Used)/float64(m.Total))
 			}
@@ -471,6 +488,7 @@ func (c *Collector) collectDevice(d *device, b *sample.Batch) {
 			reasons, ret = dev.GetCurrentClocksThrottleReasons()
 		}
 		if c.ok(d, probeThrottle, ret) {
+			d.health.reasons, d.health.reasonsRead = reasons, true
 			for i, r := range throttleReasons {
 				v := 0.0
 				if reasons&r.mask != 0 {
@@ -481,6 +499,7 @@ func (c *Collector) collectDevice(d *device, b *sample.Batch) {
 		}
 	}
 	c.collectPCIe(d, b)
+	c.collectHealth(d, b)
 	if d.want(probeECCCorrected) {
 		if n, ret := dev.GetTotalEccErrors(nvml.MEMORY_ERROR_TYPE_CORRECTED, nvml.VOLATILE_ECC); c.ok(d, probeECCCorrected, ret) {
 			b.Add(d.eccCorrected, float64(n))
@@ -536,15 +555,21 @@ func (c *Collector) collectClocks(d *device, b *sample.Batch) {
 
 func (c *Collector) collectLimits(d *device, b *sample.Batch) {
 	const wPerMW = 1e-3
+	var enforced, requested uint32
 	if d.want(probeEnforcedLimit) {
 		if mw, ret := d.dev.GetEnforcedPowerLimit(); c.ok(d, probeEnforcedLimit, ret) {
 			b.Add(d.limits[0], float64(mw)*wPerMW)
+			enforced = mw
 		}
 	}
 	if d.want(probeRequestedLimit) {
 		if mw, ret := d.dev.GetPowerManagementLimit(); c.ok(d, probeRequestedLimit, ret) {
 			b.Add(d.limits[1], float64(mw)*wPerMW)
+			requested = mw
 		}
+	}
+	if enforced > 0 && requested > 0 {
+		b.Add(d.health.outOfBand, outOfBand(enforced, requested))
 	}
 	if d.want(probeDefaultLimit) {
 		if mw, ret := d.dev.GetPowerManagementDefaultLimit(); c.ok(d, probeDefaultLimit, ret) {

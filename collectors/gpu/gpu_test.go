@@ -52,6 +52,10 @@ func newFakeGPU(index int) *fakeGPU {
 					binary.LittleEndian.PutUint32(fv[i].Value[:], 530_000)
 				case nvml.FI_DEV_MEMORY_TEMP:
 					binary.LittleEndian.PutUint32(fv[i].Value[:], 61)
+				case nvml.FI_DEV_RETIRED_SBE:
+					binary.LittleEndian.PutUint32(fv[i].Value[:], 2)
+				case nvml.FI_DEV_RETIRED_DBE, nvml.FI_DEV_RETIRED_PENDING:
+					binary.LittleEndian.PutUint32(fv[i].Value[:], 1)
 				default:
 					fv[i].NvmlReturn = uint32(nvml.ERROR_NOT_SUPPORTED)
 				}
@@ -102,15 +106,25 @@ func newFakeGPU(index int) *fakeGPU {
 			}
 			return 2000, nvml.SUCCESS
 		},
-		GetTotalEccErrorsFunc: func(t nvml.MemoryErrorType, _ nvml.EccCounterType) (uint64, nvml.Return) {
+		GetTotalEccErrorsFunc: func(t nvml.MemoryErrorType, c nvml.EccCounterType) (uint64, nvml.Return) {
 			count()
-			if t == nvml.MEMORY_ERROR_TYPE_CORRECTED {
+			switch {
+			case t == nvml.MEMORY_ERROR_TYPE_CORRECTED && c == nvml.AGGREGATE_ECC:
+				return 10, nvml.SUCCESS
+			case t == nvml.MEMORY_ERROR_TYPE_CORRECTED:
 				return 3, nvml.SUCCESS
 			}
 			return 0, nvml.SUCCESS
 		},
-		GetFanSpeedFunc:         func() (uint32, nvml.Return) { count(); return 45, nvml.SUCCESS },
-		GetPerformanceStateFunc: func() (nvml.Pstates, nvml.Return) { count(); return nvml.PSTATE_0, nvml.SUCCESS },
+		GetViolationStatusFunc: func(p nvml.PerfPolicyType) (nvml.ViolationTime, nvml.Return) {
+			count()
+			ns := map[nvml.PerfPolicyType]uint64{nvml.PERF_POLICY_POWER: 1_500_000_000, nvml.PERF_POLICY_THERMAL: 250_000_000}[p]
+			return nvml.ViolationTime{ReferenceTime: 1_700_000_000_000_000, ViolationTime: ns}, nvml.SUCCESS
+		},
+		GetRemappedRowsFunc:      func() (int, int, bool, bool, nvml.Return) { count(); return 4, 1, true, false, nvml.SUCCESS },
+		GetPcieReplayCounterFunc: func() (int, nvml.Return) { count(); return 7, nvml.SUCCESS },
+		GetFanSpeedFunc:          func() (uint32, nvml.Return) { count(); return 45, nvml.SUCCESS },
+		GetPerformanceStateFunc:  func() (nvml.Pstates, nvml.Return) { count(); return nvml.PSTATE_0, nvml.SUCCESS },
 	}
 	return f
 }
@@ -198,6 +212,23 @@ func TestCollectConvertsUnits(t *testing.T) {
 		{metrics.GPUIO, []attribute.KeyValue{str(metrics.AttrIODirection, "transmit")}, 0}, // first sample: no interval yet
 		{metrics.GPUErrors, []attribute.KeyValue{str(metrics.AttrErrorType, "ecc_corrected")}, 3},
 		{metrics.GPUErrors, []attribute.KeyValue{str(metrics.AttrErrorType, "ecc_uncorrected")}, 0},
+		{metrics.GPUECCAggregate, []attribute.KeyValue{str(metrics.AttrErrorType, "corrected")}, 10},
+		{metrics.GPUECCAggregate, []attribute.KeyValue{str(metrics.AttrErrorType, "uncorrected")}, 0},
+		{metrics.GPUViolationTime, []attribute.KeyValue{str(metrics.AttrViolationPolicy, "power")}, 1.5},
+		{metrics.GPUViolationTime, []attribute.KeyValue{str(metrics.AttrViolationPolicy, "thermal")}, 0.25},
+		{metrics.GPUViolationTime, []attribute.KeyValue{str(metrics.AttrViolationPolicy, "reliability")}, 0},
+		{metrics.GPUHealth, []attribute.KeyValue{str(metrics.AttrHealthCondition, "hw_slowdown")}, 1},
+		{metrics.GPUHealth, []attribute.KeyValue{str(metrics.AttrHealthCondition, "power_brake")}, 0},
+		{metrics.GPUOutOfBandLimit, nil, 1},
+		{metrics.GPUMemoryFree, nil, 20<<30 - 512<<20},
+		{metrics.GPURemappedRows, []attribute.KeyValue{str(metrics.AttrErrorType, "corrected")}, 4},
+		{metrics.GPURemappedRows, []attribute.KeyValue{str(metrics.AttrErrorType, "uncorrected")}, 1},
+		{metrics.GPURemapPending, nil, 1},
+		{metrics.GPURemapFailed, nil, 0},
+		{metrics.GPURetiredPages, []attribute.KeyValue{str(metrics.AttrErrorType, "single_bit")}, 2},
+		{metrics.GPURetiredPages, []attribute.KeyValue{str(metrics.AttrErrorType, "double_bit")}, 1},
+		{metrics.GPURetirementPending, nil, 1},
+		{metrics.GPUPCIeReplays, nil, 7},
 		{metrics.GPUFanSpeed, nil, 0.45},
 		{metrics.GPUPerformanceState, nil, 0},
 		{metrics.GPUStatus, []attribute.KeyValue{str(metrics.AttrHWState, "ok")}, 1},

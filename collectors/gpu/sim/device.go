@@ -123,7 +123,7 @@ func (g *GPU) GetFieldValues(values []nvml.FieldValue) nvml.Return {
 			v.ValueType = uint32(nvml.VALUE_TYPE_UNSIGNED_LONG_LONG)
 			binary.LittleEndian.PutUint64(v.Value[:], g.energyMJ())
 		default:
-			v.NvmlReturn = uint32(nvml.ERROR_NOT_SUPPORTED)
+			g.healthField(v)
 		}
 	}
 	return nvml.SUCCESS

@@ -92,6 +92,8 @@ type GPU struct {
 
 	eccCorrected   uint64
 	eccUncorrected uint64
+
+	health health
 }
 
 func newGPU(f *Fleet, i int) *GPU {
@@ -216,6 +218,7 @@ func (g *GPU) integrate(n int64, s *stepFactors) {
 	g.clockMHz = g.clockFor(demand, g.drawnW, capW)
 	g.workS += m.utilization(demand) * g.clockMHz / float64(m.MaxSMClockMHz) * s.dtS
 	g.demandW, g.capW = demand, capW
+	g.health.accrue(g.reasons(), n)
 	g.step += n
 	if g.step%markEvery == 0 {
 		g.markHead = (g.markHead + 1) % len(g.marks)
@@ -264,7 +267,7 @@ func (g *GPU) reasons() uint64 {
 	if g.tempC >= m.HWSlowdownTempC {
 		r |= nvml.ClocksThrottleReasonHwThermalSlowdown
 	}
-	return r
+	return r | g.health.injected(g.step)
 }
 
 // GPUState is the true state of a simulated GPU at its last substep, for tests and reports.
