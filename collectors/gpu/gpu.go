@@ -95,6 +95,8 @@ const (
 	probePCIeReplays
 	probeECCAggregateCorrected
 	probeECCAggregateUncorrected
+	probeGPMSample
+	probeGPMMetrics
 	probeCount
 )
 
@@ -107,6 +109,7 @@ var probeNames = [probeCount]string{
 	"power violation time", "thermal violation time", "sync boost violation time", "board limit violation time",
 	"low utilization violation time", "reliability violation time", "remapped rows", "retired pages (field values)",
 	"PCIe replay counter", "aggregate corrected ECC errors", "aggregate uncorrected ECC errors",
+	"GPM sample", "GPM metrics",
 }
 
 // Limit kinds and throttle reasons in the order of their series.
@@ -149,6 +152,7 @@ type device struct {
 	fan, pstate                                   *sample.Series
 	base                                          *sample.Series // identity only, for deriving xid series
 	health                                        health
+	gpm                                           *gpm // nil without GPM
 
 	xids map[uint64]*xidCount
 
@@ -184,6 +188,7 @@ func New(lib nvml.Interface, log *slog.Logger, now func() time.Time) (*Collector
 		c.devices = append(c.devices, c.openDevice(i))
 	}
 	c.openEvents()
+	c.openGPM()
 	c.log.Info("GPU collector started", "gpus", n, "driver", c.driver)
 	return c, nil
 }
@@ -301,6 +306,7 @@ func (c *Collector) openEvents() {
 func (c *Collector) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.closeGPM()
 	if c.events != nil {
 		if ret := c.events.Free(); ret != nvml.SUCCESS {
 			return fmt.Errorf("freeing the NVML event set: %w", ret)
@@ -500,6 +506,7 @@ func (c *Collector) collectDevice(d *device, b *sample.Batch) {
 	}
 	c.collectPCIe(d, b)
 	c.collectHealth(d, b)
+	c.collectGPM(d, b)
 	if d.want(probeECCCorrected) {
 		if n, ret := dev.GetTotalEccErrors(nvml.MEMORY_ERROR_TYPE_CORRECTED, nvml.VOLATILE_ECC); c.ok(d, probeECCCorrected, ret) {
 			b.Add(d.eccCorrected, float64(n))

@@ -121,6 +121,10 @@ func newFakeGPU(index int) *fakeGPU {
 			ns := map[nvml.PerfPolicyType]uint64{nvml.PERF_POLICY_POWER: 1_500_000_000, nvml.PERF_POLICY_THERMAL: 250_000_000}[p]
 			return nvml.ViolationTime{ReferenceTime: 1_700_000_000_000_000, ViolationTime: ns}, nvml.SUCCESS
 		},
+		GpmQueryDeviceSupportFunc: func() (nvml.GpmSupport, nvml.Return) {
+			return nvml.GpmSupport{Version: 1, IsSupportedDevice: 1}, nvml.SUCCESS
+		},
+		GpmSampleGetFunc:         func(nvml.GpmSample) nvml.Return { count(); return nvml.SUCCESS },
 		GetRemappedRowsFunc:      func() (int, int, bool, bool, nvml.Return) { count(); return 4, 1, true, false, nvml.SUCCESS },
 		GetPcieReplayCounterFunc: func() (int, nvml.Return) { count(); return 7, nvml.SUCCESS },
 		GetFanSpeedFunc:          func() (uint32, nvml.Return) { count(); return 45, nvml.SUCCESS },
@@ -157,8 +161,39 @@ func newFakeLib(n int) *fakeLib {
 		DeviceGetCountFunc:         func() (int, nvml.Return) { return len(l.gpus), nvml.SUCCESS },
 		DeviceGetHandleByIndexFunc: func(i int) (nvml.Device, nvml.Return) { return l.gpus[i], nvml.SUCCESS },
 		EventSetCreateFunc:         func() (nvml.EventSet, nvml.Return) { return set, nvml.SUCCESS },
+		GpmSampleAllocFunc: func() (nvml.GpmSample, nvml.Return) {
+			return &mock.GpmSample{FreeFunc: func() nvml.Return { return nvml.SUCCESS }}, nvml.SUCCESS
+		},
+		GpmMetricsGetFunc: fakeGPMMetrics,
 	}
 	return l
+}
+
+// fakeGPMMetrics answers GPM metrics as a Hopper board busy with matrix work would: SMs 80 %
+// busy, tensor pipes 60 %, PCIe 100 MiB/s out, NVLink 2048 MiB/s in; two of the eight decoders
+// at 30 %, and the second optical-flow engine absent.
+func fakeGPMMetrics(mg *nvml.GpmMetricsGetType) nvml.Return {
+	for i := range mg.Metrics[:mg.NumMetrics] {
+		m := &mg.Metrics[i]
+		m.Value, m.NvmlReturn = 0, uint32(nvml.SUCCESS)
+		switch nvml.GpmMetricId(m.MetricId) {
+		case nvml.GPM_METRIC_SM_UTIL:
+			m.Value = 80
+		case nvml.GPM_METRIC_ANY_TENSOR_UTIL:
+			m.Value = 60
+		case nvml.GPM_METRIC_PCIE_TX_PER_SEC:
+			m.Value = 100
+		case nvml.GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC:
+			m.Value = 2048
+		case nvml.GPM_METRIC_NVDEC_0_UTIL, nvml.GPM_METRIC_NVDEC_1_UTIL:
+			m.Value = 30
+		case nvml.GPM_METRIC_NVOFA_1_UTIL:
+			m.NvmlReturn = uint32(nvml.ERROR_NOT_SUPPORTED)
+		case nvml.GPM_METRIC_NVOFA_0_UTIL:
+			m.Value = 10
+		}
+	}
+	return nvml.SUCCESS
 }
 
 func collect(t *testing.T, c *Collector) *sample.Batch {

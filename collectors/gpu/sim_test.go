@@ -79,6 +79,8 @@ func onSim(d *metrics.Def, m sim.Model) bool {
 		return m.HasFan
 	case metrics.GPURetiredPages, metrics.GPURetirementPending:
 		return false
+	case metrics.GPUActivity, metrics.GPUIOThroughput:
+		return m.Architecture >= nvml.DEVICE_ARCH_HOPPER // GPM
 	}
 	return true
 }

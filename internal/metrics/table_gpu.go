@@ -43,4 +43,14 @@ var (
 	GPUPCIeReplays = def("capstan.gpu.pcie.replays", "{replay}", Counter, "gpu",
 		"PCIe replays: packets the link had to resend. A rising rate points at a bad riser, slot or cable.",
 		gpuAttrs...)
+
+	GPUGPMSupported = def("capstan.gpu.gpm.supported", "{supported}", Gauge, "gpu",
+		"1 when the GPU supports GPM profiling metrics (Hopper and later), so capstan.gpu.activity and capstan.gpu.io.throughput come from it; 0 when it does not (the collector says so once and exports NVML's utilisation).",
+		gpuAttrs...)
+	GPUActivity = def("capstan.gpu.activity", "1", Gauge, "gpu",
+		"GPM profiling: fraction of the time between the last two collections, by capstan.gpu.engine: graphics (graphics engine busy), sm (SMs busy), sm_occupancy (warps resident over the SMs' maximum), tensor (any tensor pipe), tensor_hmma, tensor_imma, tensor_dfma, fp64, fp32, fp16, integer (pipe activity), dram (memory bandwidth used), nvdec, nvjpg, nvofa (mean over the engines of that kind).",
+		with(gpuAttrs, AttrGPUEngine)...)
+	GPUIOThroughput = def("capstan.gpu.io.throughput", "By/s", Gauge, "gpu",
+		"GPM profiling: bytes per second between the last two collections, by capstan.gpu.link (pcie, nvlink: all links together) and network.io.direction (transmit, receive).",
+		with(gpuAttrs, AttrGPULink, AttrIODirection)...)
 )

@@ -93,7 +93,8 @@ type GPU struct {
 	eccCorrected   uint64
 	eccUncorrected uint64
 
-	health health
+	health      health
+	gpmCounters gpmCounters
 }
 
 func newGPU(f *Fleet, i int) *GPU {
@@ -219,6 +220,7 @@ func (g *GPU) integrate(n int64, s *stepFactors) {
 	g.workS += m.utilization(demand) * g.clockMHz / float64(m.MaxSMClockMHz) * s.dtS
 	g.demandW, g.capW = demand, capW
 	g.health.accrue(g.reasons(), n)
+	g.gpmAccrue(demand, s.dtS)
 	g.step += n
 	if g.step%markEvery == 0 {
 		g.markHead = (g.markHead + 1) % len(g.marks)
