@@ -62,8 +62,8 @@ type GpmSample struct {
 	counts gpmCounters
 	// now is the activity per second at the instant of the sample, for two samples taken at
 	// the same instant (the simulated clock has not moved).
-	now gpmCounters
-	freed  bool
+	now   gpmCounters
+	freed bool
 }
 
 // GpmSampleAlloc allocates a sample for GpmSampleGet.
