@@ -26,6 +26,8 @@ type Runner struct {
 	log     *slog.Logger
 	now     func() time.Time
 	entries []*entry
+	// disabled marks, by metrics.Def.ID, the metrics whose points are dropped; nil drops none.
+	disabled []bool
 
 	readyOnce sync.Once
 	ready     chan struct{}
@@ -43,6 +45,8 @@ type entry struct {
 	scur int // self slot to fill next
 
 	up, duration *sample.Series
+	series       *sample.Series
+	nSeries      int // points of the last successful collection
 	// pending is non-nil while a collection that missed its deadline is still running; no new
 	// collection starts until it returns, so a hung source cannot pile up goroutines.
 	pending <-chan error
@@ -91,11 +95,12 @@ func (r *Runner) newEntry(name string) *entry {
 		name:     name,
 		up:       sample.NewSeries(metrics.CollectorUp, attr),
 		duration: sample.NewSeries(metrics.CollectorDuration, attr),
+		series:   sample.NewSeries(metrics.CollectorSeries, attr),
 		ok:       true,
 	}
 	for i := range e.data {
 		e.data[i] = &sample.Batch{}
-		e.self[i] = &sample.Batch{Points: make([]sample.Point, 0, 2)}
+		e.self[i] = &sample.Batch{Points: make([]sample.Point, 0, 3)}
 	}
 	return e
 }
@@ -247,6 +252,8 @@ func (r *Runner) collect(ctx context.Context, e *entry) {
 		r.fail(e, elapsed, err)
 		return
 	}
+	r.dropDisabled(b)
+	e.nSeries = len(b.Points)
 	r.store.Put(e.name, b)
 	e.cur ^= 1
 	r.putSelf(e, elapsed, true)
@@ -280,6 +287,9 @@ func (r *Runner) putSelf(e *entry, elapsed time.Duration, up bool) {
 	s.Add(e.up, v)
 	if e.startErr == nil {
 		s.Add(e.duration, elapsed.Seconds())
+	}
+	if up {
+		s.Add(e.series, float64(e.nSeries))
 	}
 	r.store.Put(SelfKey(e.name), s)
 }

@@ -77,6 +77,9 @@ type gpm struct {
 // whose answer is "no" (or that cannot say) exports capstan.gpu.gpm.supported 0; one line says
 // which GPUs lack it.
 func (c *Collector) openGPM() {
+	if !c.profiling {
+		return // neither GPM metric is exported: nothing to sample
+	}
 	var without []int
 	for _, d := range c.devices {
 		if d.lost {

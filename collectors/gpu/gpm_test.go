@@ -196,3 +196,33 @@ func TestSimGPMFollowsTheTrace(t *testing.T) {
 		}
 	}
 }
+
+// With the GPM metrics and the violation time turned off, the collector takes no GPM sample
+// and reads no violation counter: turning a metric off saves its NVML calls too.
+func TestDisabledMetricsSkipTheirReads(t *testing.T) {
+	lib := newFakeLib(1)
+	var gpmCalls, violationCalls int
+	lib.gpus[0].GpmSampleGetFunc = func(nvml.GpmSample) nvml.Return { gpmCalls++; return nvml.SUCCESS }
+	lib.gpus[0].GpmQueryDeviceSupportFunc = func() (nvml.GpmSupport, nvml.Return) {
+		gpmCalls++
+		return nvml.GpmSupport{IsSupportedDevice: 1}, nvml.SUCCESS
+	}
+	lib.gpus[0].GetViolationStatusFunc = func(nvml.PerfPolicyType) (nvml.ViolationTime, nvml.Return) {
+		violationCalls++
+		return nvml.ViolationTime{}, nvml.SUCCESS
+	}
+	off := map[*metrics.Def]bool{metrics.GPUActivity: true, metrics.GPUIOThroughput: true, metrics.GPUViolationTime: true}
+	c, err := newCollector(lib, nil, nil, func(d *metrics.Def) bool { return !off[d] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		b := collect(t, c)
+		if _, ok := b.Find(metrics.HWPower); !ok {
+			t.Fatal("no power with GPM off")
+		}
+	}
+	if gpmCalls != 0 || violationCalls != 0 {
+		t.Errorf("%d GPM and %d violation calls with their metrics off, want none", gpmCalls, violationCalls)
+	}
+}

@@ -33,7 +33,7 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			return New(lib, set.Logger, set.Now)
+			return newCollector(lib, set.Logger, set.Now, set.MetricEnabled)
 		},
 	})
 }
@@ -50,6 +50,11 @@ type Collector struct {
 	driver  string
 	devices []*device
 	events  nvml.EventSet // nil when XID events are unavailable
+	// enabled is the metric selection (nil: every metric); reads that only disabled metrics
+	// need are skipped, the runner drops the rest.
+	enabled func(*metrics.Def) bool
+	// violations and profiling are whether the violation counters and GPM are read at all.
+	violations, profiling bool
 	// newlyUnsupported gathers, per query, the GPUs that answered "not supported" during one
 	// collection, so that it is said in one line per query rather than one per GPU.
 	newlyUnsupported [probeCount][]int
@@ -167,13 +172,20 @@ type xidCount struct {
 
 // New opens every GPU of lib (already initialised) and builds their series.
 func New(lib nvml.Interface, log *slog.Logger, now func() time.Time) (*Collector, error) {
+	return newCollector(lib, log, now, nil)
+}
+
+// newCollector is New with the metric selection; enabled nil means every metric.
+func newCollector(lib nvml.Interface, log *slog.Logger, now func() time.Time, enabled func(*metrics.Def) bool) (*Collector, error) {
 	if log == nil {
 		log = slog.Default()
 	}
 	if now == nil {
 		now = time.Now
 	}
-	c := &Collector{lib: lib, log: log.With("collector", Name), now: now}
+	c := &Collector{lib: lib, log: log.With("collector", Name), now: now, enabled: enabled}
+	c.violations = c.exports(metrics.GPUViolationTime)
+	c.profiling = c.exports(metrics.GPUActivity) || c.exports(metrics.GPUIOThroughput)
 	if v, ret := lib.SystemGetDriverVersion(); ret == nvml.SUCCESS {
 		c.driver = v
 	}

@@ -112,7 +112,7 @@ func (c *Collector) collectHealth(d *device, b *sample.Batch) {
 	h := &d.health
 	dev := d.dev
 	for i, v := range violationPolicies {
-		if !d.want(v.probe) {
+		if !c.violations || !d.want(v.probe) {
 			continue
 		}
 		if t, ret := dev.GetViolationStatus(v.policy); c.ok(d, v.probe, ret) {
@@ -186,3 +186,6 @@ func (c *Collector) collectRetiredPages(d *device, b *sample.Batch) {
 		}
 	}
 }
+
+// exports reports whether the metric is selected for export.
+func (c *Collector) exports(d *metrics.Def) bool { return c.enabled == nil || c.enabled(d) }

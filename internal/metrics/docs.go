@@ -37,7 +37,11 @@ func Markdown() string {
 			for i, a := range d.Attributes {
 				attrs[i] = "`" + a + "`"
 			}
-			fmt.Fprintf(&sb, "| `%s` | %s | `%s` | %s | %s | %s |\n", d.Name, d.Kind, d.Unit, strings.Join(attrs, ", "), strings.Join(d.Sources, ", "), d.Description)
+			desc := d.Description
+			if !d.OnByDefault() {
+				desc = "Off by default (`metrics." + d.Name + ".enabled`). " + desc
+			}
+			fmt.Fprintf(&sb, "| `%s` | %s | `%s` | %s | %s | %s |\n", d.Name, d.Kind, d.Unit, strings.Join(attrs, ", "), strings.Join(d.Sources, ", "), desc)
 		}
 		sb.WriteString("\n")
 	}
