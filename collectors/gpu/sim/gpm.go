@@ -25,15 +25,36 @@ type gpmCounters struct {
 	pcieRxMiB float64
 	pcieTxMiB float64
 	nvlinkMiB float64 // each direction
+
+	// Steps are held and integrated together every gpmEvery steps, at their mean demand: the
+	// integrals cost as much as the rest of a step, and GPM is read a second or more apart.
+	heldS, heldDemandWS float64
+	flushAt             int64 // step at which the held steps are integrated
 }
 
-// gpmAccrue adds one step of dtS seconds at demandW to the GPM integrals; it runs on every step,
-// so it does not allocate.
+// gpmEvery is how many substeps the GPM integrals hold before integrating them (100 ms).
+const gpmEvery = 10
+
+// gpmAccrue adds one step of dtS seconds at demandW to the GPM integrals, every gpmEvery steps;
+// it runs on every step, so it does not allocate.
 func (g *GPU) gpmAccrue(demandW, dtS float64) {
-	if g.fleet.model.utilization(demandW) == 0 {
-		return
+	c := &g.gpmCounters
+	c.heldS += dtS
+	c.heldDemandWS += demandW * dtS
+	if g.step >= c.flushAt {
+		g.gpmFlush()
 	}
-	g.gpmCounters.accrue(&g.fleet.model, g.workload(), demandW, dtS)
+}
+
+// gpmFlush integrates the held steps, at their mean demand and the trace's workload now.
+func (g *GPU) gpmFlush() {
+	c := &g.gpmCounters
+	if c.heldS > 0 {
+		if demandW := c.heldDemandWS / c.heldS; g.fleet.model.utilization(demandW) > 0 {
+			c.accrue(&g.fleet.model, g.workload(), demandW, c.heldS)
+		}
+	}
+	c.heldS, c.heldDemandWS, c.flushAt = 0, 0, g.step+gpmEvery
 }
 
 func (c *gpmCounters) accrue(m *Model, w workload, demandW, dtS float64) {
@@ -129,6 +150,7 @@ func (g *GPU) GpmSampleGet(sample nvml.GpmSample) nvml.Return {
 		return ret
 	}
 	defer g.mu.Unlock()
+	g.gpmFlush()
 	s.gpu, s.step, s.counts = g, g.step, g.gpmCounters
 	s.now = gpmCounters{}
 	s.now.accrue(&g.fleet.model, g.workload(), g.demandW, 1)
