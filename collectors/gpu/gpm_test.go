@@ -226,3 +226,43 @@ func TestDisabledMetricsSkipTheirReads(t *testing.T) {
 		t.Errorf("%d GPM and %d violation calls with their metrics off, want none", gpmCalls, violationCalls)
 	}
 }
+
+// GpmMetricsGet failing (a driver timeout, no support, a GPU lost) is one log line per GPU,
+// and the rest of the GPU's metrics are still exported (but for a lost GPU, reported failed).
+func TestGPMMetricsErrors(t *testing.T) {
+	for _, tc := range []struct {
+		ret  nvml.Return
+		line string
+	}{
+		{nvml.ERROR_TIMEOUT, `level=WARN msg="GPU query failed" collector=gpu gpu=0 query="GPM metrics" err=ERROR_TIMEOUT`},
+		{nvml.ERROR_NOT_SUPPORTED, `query="GPM metrics" gpus="[0 1]"`},
+		{nvml.ERROR_GPU_IS_LOST, `msg="GPU fell off the bus; reporting it failed and leaving it alone" collector=gpu gpu=0`},
+	} {
+		t.Run(tc.ret.Error(), func(t *testing.T) {
+			lib := newFakeLib(2)
+			lib.GpmMetricsGetFunc = func(mg *nvml.GpmMetricsGetType) nvml.Return {
+				if mg.Sample1 == nil {
+					return nvml.ERROR_INVALID_ARGUMENT
+				}
+				return tc.ret
+			}
+			log, logs := testkit.NewLogger()
+			c, err := New(lib, log, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for range 3 {
+				b := collect(t, c)
+				if _, ok := b.Find(metrics.GPUActivity); ok {
+					t.Fatal("GPM activity exported while GpmMetricsGet fails")
+				}
+				if _, ok := b.Find(metrics.HWPower, attribute.Int(metrics.AttrGPUIndex, 1)); !ok && tc.ret != nvml.ERROR_GPU_IS_LOST {
+					t.Fatal("a failing GPM call took the GPU's other metrics with it")
+				}
+			}
+			if n := logs.Count(tc.line); n != 1 {
+				t.Errorf("want one line %q, got %d:\n%s", tc.line, n, logs.String())
+			}
+		})
+	}
+}
