@@ -63,8 +63,10 @@ type jsonPoint struct {
 }
 
 // gpuMetricsNotOnSXM are table metrics the simulated SXM boards answer "not supported" for, as
-// real SXM boards do (they have no fan of their own).
-var gpuMetricsNotOnSXM = map[string]bool{metrics.GPUFanSpeed.Name: true}
+// real SXM boards do: they have no fan of their own, and (Ampere and later) remap rows instead
+// of retiring pages.
+var gpuMetricsNotOnSXM = map[string]bool{metrics.GPUFanSpeed.Name: true,
+	metrics.GPURetiredPages.Name: true, metrics.GPURetirementPending.Name: true}
 
 func TestCollectJSONHasEveryGPUMetric(t *testing.T) {
 	// The host collectors read a fixture server's sysfs: this VM has no cpufreq, hwmon, thermal
