@@ -25,7 +25,7 @@ const (
 var requiredAlerts = []string{
 	"CapstanNodeOverBudget", "CapstanCappingFailsafe", "CapstanGPULost", "CapstanGPUXidErrors",
 	"CapstanPowerLimitOverridden", "CapstanGrantStale", "CapstanCollectorDown", "CapstanAgentDown",
-	"CapstanThermalThrottling",
+	"CapstanThermalThrottling", "CapstanGPURowRemapFailed", "CapstanGPUHardwareSlowdown",
 }
 
 // readRules decodes the plain rule file as the PrometheusRule spec it also is.
