@@ -27,6 +27,8 @@ type Runner struct {
 	log     *slog.Logger
 	now     func() time.Time
 	entries []*entry
+	// disabled marks, by metrics.Def.ID, the metrics whose points are dropped; nil drops none.
+	disabled []bool
 
 	readyOnce sync.Once
 	ready     chan struct{}
@@ -44,6 +46,8 @@ type entry struct {
 	scur int // self slot to fill next
 
 	up, duration, available *sample.Series
+	series                  *sample.Series
+	nSeries                 int // points of the last successful collection
 	// pending is non-nil while a collection that missed its deadline is still running; no new
 	// collection starts until it returns, so a hung source cannot pile up goroutines.
 	pending <-chan error
@@ -93,6 +97,7 @@ func (r *Runner) newEntry(name string) *entry {
 		up:        sample.NewSeries(metrics.CollectorUp, attr),
 		duration:  sample.NewSeries(metrics.CollectorDuration, attr),
 		available: sample.NewSeries(metrics.CollectorAvailable, attr),
+		series:    sample.NewSeries(metrics.CollectorSeries, attr),
 		ok:        true,
 	}
 	for i := range e.data {
@@ -249,6 +254,8 @@ func (r *Runner) collect(ctx context.Context, e *entry) {
 		r.fail(e, elapsed, err)
 		return
 	}
+	r.dropDisabled(b)
+	e.nSeries = len(b.Points)
 	r.store.Put(e.name, b)
 	e.cur ^= 1
 	r.putSelf(e, elapsed, true)
@@ -290,5 +297,8 @@ func (r *Runner) putSelf(e *entry, elapsed time.Duration, up bool) {
 		avail = 0
 	}
 	s.Add(e.available, avail)
+	if up {
+		s.Add(e.series, float64(e.nSeries))
+	}
 	r.store.Put(SelfKey(e.name), s)
 }

@@ -3,7 +3,6 @@ package exporters
 import (
 	"context"
 	"fmt"
-	"slices"
 	"testing"
 	"time"
 
@@ -139,9 +138,16 @@ func newFleet(n int) *fleet {
 	for i := range n {
 		f.gpus = append(f.gpus, newGPUSeries(i))
 	}
+	// What the GPU series above and the agent's own do not cover (host collectors, GPU health
+	// and profiling metrics) gets one series each.
+	covered := map[*metrics.Def]bool{metrics.CollectorUp: true, metrics.CollectorDuration: true}
+	probe := &sample.Batch{}
+	newGPUSeries(0).add(probe, 0, 0)
+	for _, p := range probe.Points {
+		covered[p.Series.Def] = true
+	}
 	for _, d := range metrics.Table {
-		perGPU := d.From("gpu") && slices.Contains(d.Attributes, metrics.AttrHWID)
-		if perGPU || d == metrics.CollectorUp || d == metrics.CollectorDuration {
+		if covered[d] {
 			continue
 		}
 		kvs := make([]attribute.KeyValue, len(d.Attributes))

@@ -63,9 +63,11 @@ type jsonPoint struct {
 }
 
 // gpuMetricsNotOnSXM are table metrics the simulated SXM boards answer "not supported" for, as
-// real SXM boards do (they have no fan of their own), and those the tests' simulated H100s
-// answer "not supported" for, as real Hopper boards do (firmware power smoothing is Blackwell's).
+// real SXM boards do: they have no fan of their own, and (Ampere and later) remap rows instead
+// of retiring pages; and those the tests' simulated H100s answer "not supported" for, as real
+// Hopper boards do (firmware power smoothing is Blackwell's).
 var gpuMetricsNotOnSXM = map[string]bool{metrics.GPUFanSpeed.Name: true,
+	metrics.GPURetiredPages.Name: true, metrics.GPURetirementPending.Name: true,
 	metrics.GPUPowerSmoothing.Name: true, metrics.GPUPowerSmoothingFloor.Name: true}
 
 func TestCollectJSONHasEveryGPUMetric(t *testing.T) {

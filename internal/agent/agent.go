@@ -60,6 +60,7 @@ func NewPipeline(cfg *config.Config, log *slog.Logger, clk clock.Clock) (*Pipeli
 	}
 	p := &Pipeline{Config: cfg, Log: log, Store: sample.NewStore()}
 	p.Runner = collectors.NewRunner(p.Store, log, clk.Now)
+	p.Runner.SetMetricFilter(cfg.Metrics.Enabled)
 
 	res := &collectors.Resources{}
 	collectors.Provide(res, func() (nvml.Interface, error) {
@@ -75,7 +76,7 @@ func NewPipeline(cfg *config.Config, log *slog.Logger, clk clock.Clock) (*Pipeli
 		return backend.Lib, nil
 	})
 	set := collectors.Settings{Logger: log, Now: clk.Now, Sysfs: cfg.Path.Sysfs, Procfs: cfg.Path.Procfs,
-		NodeName: cfg.Node.Name, Resources: res}
+		NodeName: cfg.Node.Name, Resources: res, MetricEnabled: cfg.Metrics.Enabled}
 
 	for _, f := range collectors.Factories() {
 		cc := cfg.Collector(f.Name)

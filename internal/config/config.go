@@ -44,13 +44,15 @@ type Config struct {
 	// Sections holds the options of the collectors that declare their own (nic, workload), by
 	// top-level key; the file and the flags show them here, between collector and otlp.
 	Sections Sections `yaml:"-"`
-	OTLP     OTLP     `yaml:"otlp"`
-	Web      Web      `yaml:"web"`
-	Stdout   Stdout   `yaml:"stdout"`
-	Summary  Summary  `yaml:"summary"`
-	Capping  Capping  `yaml:"capping"`
-	Budget   Budget   `yaml:"budget"`
-	Etcd     Etcd     `yaml:"etcd"`
+	// Metrics turns single metrics on or off: metrics.NAME.enabled.
+	Metrics MetricToggles `yaml:"metrics" help:"turns single metrics on or off by name, as metrics.NAME.enabled in the file; on the command line NAME=true or NAME=false, repeatable"`
+	OTLP    OTLP          `yaml:"otlp"`
+	Web     Web           `yaml:"web"`
+	Stdout  Stdout        `yaml:"stdout"`
+	Summary Summary       `yaml:"summary"`
+	Capping Capping       `yaml:"capping"`
+	Budget  Budget        `yaml:"budget"`
+	Etcd    Etcd          `yaml:"etcd"`
 
 	// src remembers where values came from, so that Validate can point at the line or flag.
 	src sources
@@ -239,6 +241,7 @@ func Default() *Config {
 			PowerSmoothing: GPUPowerSmoothing{State: "unchanged", Profile: -1}},
 		Collectors: map[string]Collector{},
 		Sections:   Sections{},
+		Metrics:    MetricToggles{},
 		OTLP: OTLP{
 			Protocol:        "grpc",
 			Interval:        10 * time.Second,

@@ -55,6 +55,7 @@ func TestDefault(t *testing.T) {
 			"nic":      &nic.Config{Exclude: `^(lo|veth.*|cali.*|lxc.*|docker.*)$`},
 			"workload": &workload.Config{MaxSeries: 2000, ActiveIntervals: 5, PodResourcesSocket: "/var/lib/kubelet/pod-resources/kubelet.sock"},
 		},
+		Metrics: MetricToggles{},
 		OTLP: OTLP{Protocol: "grpc", Interval: 10 * time.Second, Timeout: 10 * time.Second, ShutdownTimeout: 3 * time.Second,
 			Compression: "gzip", Temporality: "cumulative"},
 		Web:    Web{ListenAddress: "127.0.0.1:9400"},

@@ -64,6 +64,7 @@ func (v *validator) rules() map[string]func() {
 			v.pair("otlp.tls.key-file", c.OTLP.TLS.KeyFile, "otlp.tls.cert-file", c.OTLP.TLS.CertFile)
 		},
 		"capping": v.weights,
+		"metrics": v.metricToggles,
 		"budget":  v.budget,
 		"etcd":    v.etcd,
 	}

@@ -127,7 +127,7 @@ func (g *GPU) GetFieldValues(values []nvml.FieldValue) nvml.Return {
 			binary.LittleEndian.PutUint64(v.Value[:], g.energyMJ())
 		default:
 			if !g.smoothingField(v) {
-				v.NvmlReturn = uint32(nvml.ERROR_NOT_SUPPORTED)
+				g.healthField(v)
 			}
 		}
 	}

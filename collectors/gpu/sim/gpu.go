@@ -121,6 +121,9 @@ type GPU struct {
 
 	eccCorrected   uint64
 	eccUncorrected uint64
+
+	health      health
+	gpmCounters gpmCounters
 }
 
 func newGPU(f *Fleet, i int) *GPU {
@@ -140,6 +143,7 @@ func newGPU(f *Fleet, i int) *GPU {
 		// The counters of GPUs on one board do not update together.
 		counterPhase: int64(n.hash(streamCounterPhase, i, 0) % markEvery),
 	}
+	answerUnmodelled(g.Device, g.ready)
 	domain, bus := uint32(i/len(dgxBuses)), dgxBuses[i%len(dgxBuses)]
 	g.busID = fmt.Sprintf(nvml.DEVICE_PCI_BUS_ID_FMT, domain, bus, 0)
 	g.busIDLegacy = fmt.Sprintf(nvml.DEVICE_PCI_BUS_ID_LEGACY_FMT, domain, bus, 0)
@@ -288,6 +292,8 @@ func (g *GPU) integrate(n int64, s *stepFactors) {
 	g.clockMHz = g.clockFor(demand, g.drawnW, ceilingW)
 	g.workS += m.utilization(demand) * g.clockMHz / float64(m.MaxSMClockMHz) * s.dtS
 	g.demandW, g.capW = demand, capW
+	g.health.accrue(g.reasons(), n)
+	g.gpmAccrue(demand, s.dtS)
 	g.step += n
 	if (g.step-g.counterPhase)%markEvery == 0 {
 		g.markHead = (g.markHead + 1) % len(g.marks)
@@ -345,7 +351,7 @@ func (g *GPU) reasons() uint64 {
 	if g.tempC >= m.HWSlowdownTempC {
 		r |= nvml.ClocksThrottleReasonHwThermalSlowdown
 	}
-	return r
+	return r | g.health.injected(g.step)
 }
 
 // GPUState is the true state of a simulated GPU at its last substep, for tests and reports.
