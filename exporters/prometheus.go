@@ -74,8 +74,14 @@ func (e *Exporters) Start(ctx context.Context) error {
 			return fmt.Errorf("checking web config file %s: %w", configFile, err)
 		}
 	}
-	var lc net.ListenConfig
-	l, err := lc.Listen(ctx, "tcp", addr)
+	var l net.Listener
+	var err error
+	if e.listeners != nil {
+		l, err = e.listeners.listen(ctx, addr)
+	} else {
+		var lc net.ListenConfig
+		l, err = lc.Listen(ctx, "tcp", addr)
+	}
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", addr, err)
 	}

@@ -349,6 +349,62 @@ func TestSIGHUPReloadsAndKeepsRunningOnABadFile(t *testing.T) {
 	}
 }
 
+// Scrapes during a storm of reloads are all answered: the web socket stays open from one
+// configuration to the next, and a scrape between two waits for the next web server.
+func TestScrapesAnsweredThroughReloads(t *testing.T) {
+	addr := otlptest.FreeAddr(t)
+	a := startAgent(t, "--gpu.backend=sim", "--gpu.sim.count=2", "--web.listen-address="+addr)
+	a.waitLog(t, "agent ready")
+	stop := make(chan struct{})
+	failures := make(chan error, 1000)
+	scrapes := 0
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		client := &http.Client{Timeout: 10 * time.Second}
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			resp, err := client.Get("http://" + addr + "/metrics")
+			if err == nil {
+				_, _ = io.Copy(io.Discard, resp.Body)
+				_ = resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					err = fmt.Errorf("status %d", resp.StatusCode)
+				}
+			}
+			scrapes++
+			if err != nil {
+				failures <- err
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	for i := range 5 {
+		if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		a.waitLogCount(t, "configuration reloaded", i+1)
+		time.Sleep(100 * time.Millisecond)
+	}
+	a.waitLogCount(t, "agent ready", 6)
+	close(stop)
+	<-done
+	close(failures)
+	for err := range failures {
+		t.Errorf("a scrape during reloads failed: %v", err)
+	}
+	if scrapes < 10 {
+		t.Errorf("only %d scrapes during 5 reloads", scrapes)
+	}
+	if code := a.stop(t); code != 0 {
+		t.Errorf("exit %d after SIGTERM", code)
+	}
+}
+
 // scrape fetches a Prometheus endpoint and parses it with Prometheus' own parser.
 func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
 	t.Helper()

@@ -156,6 +156,10 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	// standard library's logger in plain text.
 	exporters.InstallOTelLogging(log)
 	g := newGuard(log)
+	// One web socket for the agent's whole life: a scrape during a reload waits for the next
+	// web server instead of being refused.
+	listeners := exporters.NewListeners()
+	defer listeners.Close()
 	// Goroutines of other packages (exporters, the etcd member, collectors' subscriptions,
 	// the simulator) report their panics to the same guard.
 	defer panics.Handle(g.handle)()
@@ -168,7 +172,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 		if starts > 0 && injectedFault() == faultStartAfterReload {
 			err = errors.New("start failure injected by " + testFaultEnv)
 		} else {
-			next, err = runOnce(ctx, cfg, o, g)
+			next, err = runOnce(ctx, cfg, o, g, listeners)
 		}
 		if err != nil && prev != nil {
 			log.Error("the reloaded configuration did not start; going back to the previous one", "err", err)
@@ -191,7 +195,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 
 // runOnce runs one configuration; it returns the next one after a successful reload, or nil
 // when ctx is done.
-func runOnce(ctx context.Context, cfg *config.Config, o Options, g *guard) (*config.Config, error) {
+func runOnce(ctx context.Context, cfg *config.Config, o Options, g *guard, listeners *exporters.Listeners) (*config.Config, error) {
 	log := o.Log
 	p, err := NewPipeline(cfg, log, o.Clock)
 	if err != nil {
@@ -199,7 +203,7 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options, g *guard) (*con
 	}
 	defer p.Close()
 
-	exp, err := exporters.New(ctx, exporters.Options{Config: cfg, Store: p.Store, Logger: log, Version: version.Version, Stdout: os.Stdout})
+	exp, err := exporters.New(ctx, exporters.Options{Config: cfg, Store: p.Store, Logger: log, Version: version.Version, Stdout: os.Stdout, Listeners: listeners})
 	if err != nil {
 		return nil, fmt.Errorf("starting exporters: %w", err)
 	}
