@@ -39,8 +39,10 @@ type Options struct {
 	Nodes map[string]int
 	// Subtree, when set, simulates only the domain at this path and the domains below it.
 	Subtree string
-	// Baselines runs each node twice more: uncapped (its GPUs at their maximum limits) and
-	// under static caps (each GPU at the tightest of its domains' limit / GPUs).
+	// Baselines scores each node twice more: uncapped (its GPUs at their default limits) and
+	// under static caps (each GPU at the tightest of its domains' limit / GPUs). Neither has a
+	// controller, so both come in closed form from the trace and the simulator's laws
+	// (baseline.go), not from fleets of their own.
 	Baselines bool
 	// StateDir receives the controllers' state files.
 	StateDir string
@@ -48,6 +50,10 @@ type Options struct {
 	// Sample, when set, receives every period's Σ draw of each domain, in Report.Domains
 	// order; the slice is reused.
 	Sample func(elapsed time.Duration, drawW []float64)
+
+	// stepped runs the baselines as simulated fleets of their own, as the closed form's test
+	// compares.
+	stepped bool
 }
 
 // DomainReport is how one domain fared.
@@ -111,14 +117,18 @@ type node struct {
 	job      int   // index into the report's jobs
 	doms     []int // its domains, leaf first, as indexes into the run's domains
 	gpus     *sim.Fleet
-	uncapped *sim.Fleet
+	uncapped *sim.Fleet // the baselines stepped (Options.stepped), or
 	static   *sim.Fleet
+	base     *baseline // in closed form
 	ctl      *capping.Controller
 	member   *cluster.Member
 	last     cluster.NodeRecord
 	written  bool
-	drawW    float64 // this period's draw, and the static baseline's
-	staticW  float64
+	// work0 is the work its GPUs (and the stepped baselines') had done when the run started:
+	// a node's trace starts its offset before the run, and the report counts the run's work.
+	work0   [3]float64
+	drawW   float64 // this period's draw, and the static baseline's
+	staticW float64
 }
 
 // run is one simulation in progress.
@@ -164,7 +174,10 @@ func Run(o Options) (*Report, error) {
 		r.each(func(n *node) {
 			n.ctl.Tick(now)
 			n.drawW = drawn(n.gpus)
-			if n.static != nil {
+			switch {
+			case n.base != nil:
+				n.staticW = n.base.advance(time.Duration(k) * period)
+			case n.static != nil:
 				n.staticW = drawn(n.static)
 				drawn(n.uncapped) // keeps its integration on the period's steps
 			}
@@ -236,10 +249,15 @@ func Run(o Options) (*Report, error) {
 	}
 	work := make([][3]float64, len(r.jobs))
 	for _, n := range r.nodes {
-		work[n.job][0] += workOf(n.gpus)
+		work[n.job][0] += workOf(n.gpus) - n.work0[0]
+		if n.base != nil {
+			n.base.finish(time.Duration(periods) * period)
+			work[n.job][1] += n.base.workUncapped
+			work[n.job][2] += n.base.workStatic
+		}
 		if n.static != nil {
-			work[n.job][1] += workOf(n.uncapped)
-			work[n.job][2] += workOf(n.static)
+			work[n.job][1] += workOf(n.uncapped) - n.work0[1]
+			work[n.job][2] += workOf(n.static) - n.work0[2]
 		}
 	}
 	for j := range r.jobs {
@@ -335,7 +353,12 @@ func start(o Options) (*run, error) {
 			if n.gpus, err = r.fleet(d, seed, off); err != nil {
 				return nil, err
 			}
-			if o.Baselines {
+			if o.Baselines && !o.stepped {
+				if n.base, err = newBaseline(d, model, seed, off, staticW); err != nil {
+					return nil, err
+				}
+			}
+			if o.Baselines && o.stepped {
 				if n.uncapped, err = r.fleet(d, seed, off); err != nil {
 					return nil, err
 				}
@@ -345,7 +368,9 @@ func start(o Options) (*run, error) {
 				if err := setAll(n.static, staticW); err != nil {
 					return nil, err
 				}
+				n.work0[1], n.work0[2] = workOf(n.uncapped), workOf(n.static)
 			}
+			n.work0[0] = workOf(n.gpus)
 			n.member, err = cluster.NewLocalMember(cluster.Options{Keys: r.view.Keys, Node: n.name, Domain: rel, LeaseTTL: o.LeaseTTL,
 				Period: o.Settings.Period, Priority: 1, Now: r.clock.Now, Log: o.Log}, int64(len(r.nodes)+1))
 			if err != nil {
