@@ -160,7 +160,7 @@ domains:
 	}
 }
 
-// BenchmarkRun simulates one minute of 100 nodes × 8 H100 at a 1 s period, with the
+// BenchmarkRun simulates five minutes of 100 nodes × 8 H100 at a 1 s period, with the
 // baselines: three racks of inference, two of training, as the fleet file has them.
 func BenchmarkRun(b *testing.B) {
 	var sb strings.Builder
@@ -176,7 +176,7 @@ func BenchmarkRun(b *testing.B) {
 		b.Fatal(err)
 	}
 	for b.Loop() {
-		if _, err := Run(Options{File: f, Duration: time.Minute, Settings: settings(), Seed: 1, Baselines: true, StateDir: b.TempDir()}); err != nil {
+		if _, err := Run(Options{File: f, Duration: 5 * time.Minute, Settings: settings(), Seed: 1, Baselines: true, StateDir: b.TempDir()}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -214,5 +214,31 @@ func TestSearchSharesIdenticalLeaves(t *testing.T) {
 	}
 	if reflect.DeepEqual(shared[2].Trials, shared[0].Trials) {
 		t.Errorf("a leaf of another limit took the same trials: %+v", shared[2])
+	}
+}
+
+// The controllers take their fast samples between periods, as the agent's do, and cut when
+// Σ draw crosses the budget between two periods; fast_sample: false leaves them to their
+// periods.
+func TestRunFastSample(t *testing.T) {
+	const tree = "domains:\n  site: {limit_w: 30000}\n  site/a: {limit_w: 9000, nodes: 3, gpus: 4, trace: bursty, offset: 1m}\n  site/b: {limit_w: 6500, nodes: 2, gpus: 4, model: A100, trace: lockstep}\n"
+	s := settings()
+	s.Period = 3 * time.Second
+	for _, v := range []struct {
+		key  string
+		cuts bool
+	}{{"", true}, {"fast_sample: true\n", true}, {"fast_sample: false\n", false}} {
+		f, err := Parse("f.yaml", []byte(v.key+tree))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := Run(Options{File: f, Duration: 5 * time.Minute, Settings: s, Seed: 4, StateDir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%q: %d fast cuts", v.key, r.FastCuts)
+		if (r.FastCuts > 0) != v.cuts {
+			t.Errorf("%q: %d fast cuts; want some: %v", v.key, r.FastCuts, v.cuts)
+		}
 	}
 }

@@ -98,9 +98,12 @@ type Report struct {
 	GPUs    int            `json:"gpus"`
 	// GrantWrites and RecordWrites are the grants the allocator published and the node
 	// records the members wrote: the etcd writes the run would have cost.
-	GrantWrites  int           `json:"grant_writes"`
-	RecordWrites int           `json:"record_writes"`
-	Wall         time.Duration `json:"-"`
+	GrantWrites  int `json:"grant_writes"`
+	RecordWrites int `json:"record_writes"`
+	// FastCuts is how many times the controllers cut their caps between periods (the fast
+	// sample's cut); 0 with fast_sample: false.
+	FastCuts int           `json:"fast_cuts"`
+	Wall     time.Duration `json:"-"`
 }
 
 // shifted is a node's view of the shared clock: its trace starts offset before the run does.
@@ -168,8 +171,19 @@ func Run(o Options) (*Report, error) {
 	staticSum := make([]float64, nd)
 	var written []string
 	rep := &Report{Periods: periods}
+	// Between periods the controllers take their fast samples, as the agent's loop does.
+	every := 1
+	if o.File.FastSample {
+		every = r.nodes[0].ctl.FastEvery()
+	}
+	origin := r.clock.Now()
 	for k := 1; k <= periods; k++ {
-		r.clock.Advance(period)
+		for j := 1; j < every; j++ {
+			r.clock.Set(origin.Add(time.Duration(k-1)*period + period*time.Duration(j)/time.Duration(every)))
+			at := r.clock.Now()
+			r.each(func(n *node) { n.ctl.Sample(at) })
+		}
+		r.clock.Set(origin.Add(time.Duration(k) * period))
 		now := r.clock.Now()
 		r.each(func(n *node) {
 			n.ctl.Tick(now)
@@ -272,6 +286,9 @@ func Run(o Options) (*Report, error) {
 		rep.Jobs = append(rep.Jobs, jr)
 		rep.Nodes += jr.Nodes
 		rep.GPUs += jr.Nodes * jr.GPUs
+	}
+	for _, n := range r.nodes {
+		rep.FastCuts += int(n.ctl.FastCuts())
 	}
 	rep.Wall = time.Since(wall)
 	return rep, nil
