@@ -109,15 +109,18 @@ type GPU struct {
 	heldStep     int64
 	smooth       smoothing // firmware power smoothing, on boards that have it
 	clockMHz     float64
-	tempC        float64
-	memTempC     float64
-	ambientC     float64
-	energyJ      float64
-	workS        float64
-	requestedW   float64
-	overrideW    float64
-	marks        [averageMarks + 1]float64 // energy at the last 100 ms boundaries, a ring
-	markHead     int                       // index of the newest mark
+	// clockShare is the last share of its demand a capped GPU could draw, clockCbrt its cube
+	// root: a capped GPU whose demand and draw hold still keeps its clock without a Cbrt.
+	clockShare, clockCbrt float64
+	tempC                 float64
+	memTempC              float64
+	ambientC              float64
+	energyJ               float64
+	workS                 float64
+	requestedW            float64
+	overrideW             float64
+	marks                 [averageMarks + 1]float64 // energy at the last 100 ms boundaries, a ring
+	markHead              int                       // index of the newest mark
 
 	eccCorrected   uint64
 	eccUncorrected uint64
@@ -249,7 +252,10 @@ func (g *GPU) clockFor(demandW, drawnW, capW float64) float64 {
 	case demandW <= capW:
 		return float64(m.MaxSMClockMHz)
 	}
-	mhz := float64(m.MaxSMClockMHz) * math.Cbrt(min(1, drawnW/demandW))
+	if share := min(1, drawnW/demandW); share != g.clockShare {
+		g.clockShare, g.clockCbrt = share, math.Cbrt(share)
+	}
+	mhz := float64(m.MaxSMClockMHz) * g.clockCbrt
 	return max(float64(m.IdleSMClockMHz), mhz)
 }
 
