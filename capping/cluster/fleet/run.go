@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -480,8 +481,9 @@ func workOf(f *sim.Fleet) float64 {
 	return s
 }
 
-// each runs f on every node, the nodes split among the machine's cores: nodes share nothing but
-// the clock, which does not move while they run.
+// each runs f on every node, the nodes shared among the machine's cores in small batches that
+// a core takes when it is free (an inference node costs more than an idle one): nodes share
+// nothing but the clock, which does not move while they run.
 func (r *run) each(f func(n *node)) {
 	workers := min(runtime.GOMAXPROCS(0), len(r.nodes))
 	if workers <= 1 {
@@ -490,13 +492,19 @@ func (r *run) each(f func(n *node)) {
 		}
 		return
 	}
+	const batch = 8
+	var next atomic.Int64
 	var wg sync.WaitGroup
-	per := (len(r.nodes) + workers - 1) / workers
-	for w := range workers {
-		part := r.nodes[min(w*per, len(r.nodes)):min((w+1)*per, len(r.nodes))]
+	for range workers {
 		wg.Go(func() {
-			for _, n := range part {
-				f(n)
+			for {
+				i := int(next.Add(batch)) - batch
+				if i >= len(r.nodes) {
+					return
+				}
+				for _, n := range r.nodes[i:min(i+batch, len(r.nodes))] {
+					f(n)
+				}
 			}
 		})
 	}
