@@ -109,21 +109,22 @@ type GPU struct {
 	heldStep     int64
 	smooth       smoothing // firmware power smoothing, on boards that have it
 	clockMHz     float64
-	// clockShare is the last share of its demand a capped GPU could draw, clockCbrt its cube
-	// root: a capped GPU whose demand and draw hold still keeps its clock without a Cbrt.
-	clockShare, clockCbrt float64
-	tempC                 float64
-	memTempC              float64
-	ambientC              float64
-	energyJ               float64
-	workS                 float64
-	requestedW            float64
-	overrideW             float64
-	marks                 [averageMarks + 1]float64 // energy at the last 100 ms boundaries, a ring
-	markHead              int                       // index of the newest mark
+	tempC        float64
+	memTempC     float64
+	ambientC     float64
+	energyJ      float64
+	workS        float64
+	requestedW   float64
+	overrideW    float64
+	marks        [averageMarks + 1]float64 // energy at the last 100 ms boundaries, a ring
+	markHead     int                       // index of the newest mark
 
 	eccCorrected   uint64
 	eccUncorrected uint64
+
+	// clockShare is the last share of its demand a capped GPU could draw, clockCbrt its cube
+	// root: a capped GPU whose demand and draw hold still keeps its clock without a Cbrt.
+	clockShare, clockCbrt float64
 }
 
 func newGPU(f *Fleet, i int) *GPU {
