@@ -27,6 +27,7 @@ type fleetJSON struct {
 	WallS            float64                  `json:"wall_s"`
 	GrantWrites      int                      `json:"grant_writes"`
 	RecordWrites     int                      `json:"record_writes"`
+	FastCuts         int                      `json:"fast_cuts"`
 	Domains          []fleet.DomainReport     `json:"domains"`
 	Jobs             []fleet.JobReport        `json:"jobs"`
 	Oversubscription []fleet.Oversubscription `json:"oversubscription"`
@@ -122,7 +123,7 @@ func newSimulateFleetCommand(resolve func() (*config.Config, error), stdout, std
 				}
 			}
 			out := fleetJSON{Nodes: rep.Nodes, GPUs: rep.GPUs, Periods: rep.Periods, PeriodS: set.Period.Seconds(), WallS: rep.Wall.Seconds(),
-				GrantWrites: rep.GrantWrites, RecordWrites: rep.RecordWrites, Domains: rep.Domains, Jobs: rep.Jobs, Oversubscription: []fleet.Oversubscription{}}
+				GrantWrites: rep.GrantWrites, RecordWrites: rep.RecordWrites, FastCuts: rep.FastCuts, Domains: rep.Domains, Jobs: rep.Jobs, Oversubscription: []fleet.Oversubscription{}}
 			if search {
 				start := time.Now()
 				out.Oversubscription, err = fleet.Search(o, fleet.SearchOptions{MaxLossPct: maxLoss, Duration: searchDuration, Levels: levels})
@@ -162,8 +163,8 @@ func newSimulateFleetCommand(resolve func() (*config.Config, error), stdout, std
 
 // writeFleetReport prints the run for a person.
 func writeFleetReport(w io.Writer, file string, duration time.Duration, maxLoss float64, r fleetJSON) {
-	fmt.Fprintf(w, "%s: %d nodes, %d GPUs, %s simulated at a %gs period in %.1fs; %d grant writes, %d node record writes\n\n",
-		file, r.Nodes, r.GPUs, duration, r.PeriodS, r.WallS, r.GrantWrites, r.RecordWrites)
+	fmt.Fprintf(w, "%s: %d nodes, %d GPUs, %s simulated at a %gs period in %.1fs; %d grant writes, %d node record writes, %d fast cuts\n\n",
+		file, r.Nodes, r.GPUs, duration, r.PeriodS, r.WallS, r.GrantWrites, r.RecordWrites, r.FastCuts)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "DOMAIN\tLIMIT W\tNODES\tOVER LIMIT %\tMAX OVERSHOOT %\tDRAW P50 W\tP95 W\tP99 W\tMAX W\tOVERSUBSCRIBED %\tSTATIC OVER LIMIT %\t")
 	for _, d := range r.Domains {

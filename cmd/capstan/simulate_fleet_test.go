@@ -32,12 +32,16 @@ func TestSimulateFleetJSON(t *testing.T) {
 	}
 	var r struct {
 		Nodes            int              `json:"nodes"`
+		FastCuts         *int             `json:"fast_cuts"`
 		Domains          []map[string]any `json:"domains"`
 		Jobs             []map[string]any `json:"jobs"`
 		Oversubscription []map[string]any `json:"oversubscription"`
 	}
 	if err := json.Unmarshal([]byte(out), &r); err != nil {
 		t.Fatalf("not JSON: %v\n%s", err, out)
+	}
+	if r.FastCuts == nil {
+		t.Errorf("no fast_cuts:\n%s", out)
 	}
 	if r.Nodes != 3 || len(r.Domains) != 3 || len(r.Jobs) != 1 || len(r.Oversubscription) != 1 {
 		t.Fatalf("want 3 nodes, 3 domains, 1 job, 1 leaf searched:\n%s", out)

@@ -49,7 +49,12 @@ type File struct {
 	Domains map[string]*Domain
 	// FloorPerNodeW is the group's floor per node.
 	FloorPerNodeW float64 `yaml:"floor_per_node_w"`
-	name          string
+	// FastSample runs every controller's fast sample between its periods (instant power at
+	// capping.FastInterval, the fast cut), as the agent does; fast_sample: false leaves the
+	// controllers to their periods alone, which simulates faster and cuts no overshoot
+	// between periods.
+	FastSample bool
+	name       string
 }
 
 // Paths returns the domains' paths, parents before children.
@@ -97,6 +102,7 @@ func Parse(name string, data []byte) (*File, error) {
 	var raw struct {
 		Domains       map[string]*Domain `yaml:"domains"`
 		FloorPerNodeW float64            `yaml:"floor_per_node_w"`
+		FastSample    *bool              `yaml:"fast_sample"`
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -122,7 +128,7 @@ func Parse(name string, data []byte) (*File, error) {
 			}
 		}
 	}
-	f := &File{Domains: raw.Domains, FloorPerNodeW: raw.FloorPerNodeW, name: name}
+	f := &File{Domains: raw.Domains, FloorPerNodeW: raw.FloorPerNodeW, FastSample: raw.FastSample == nil || *raw.FastSample, name: name}
 	if err := f.check(); err != nil {
 		return nil, err
 	}

@@ -159,3 +159,86 @@ domains:
 		t.Errorf("row: %+v; want fewer nodes than its racks' %d + %d, none over a limit, ≤ 1 %% loss", row, a.MaxNodes, b.MaxNodes)
 	}
 }
+
+// BenchmarkRun simulates five minutes of 100 nodes × 8 H100 at a 1 s period, with the
+// baselines: three racks of inference, two of training, as the fleet file has them.
+func BenchmarkRun(b *testing.B) {
+	var sb strings.Builder
+	sb.WriteString("domains:\n  site: {limit_w: 392000}\n  site/infer: {limit_w: 242000}\n  site/train: {limit_w: 180000}\n")
+	for i := range 3 {
+		fmt.Fprintf(&sb, "  site/infer/rack%d: {limit_w: 84000, nodes: 20, gpus: 8, model: H100, trace: inference, offset: 3m}\n", i+1)
+	}
+	for i := range 2 {
+		fmt.Fprintf(&sb, "  site/train/rack%d: {limit_w: 95200, nodes: 20, gpus: 8, model: H100, trace: training}\n", i+1)
+	}
+	f, err := Parse("bench.yaml", []byte(sb.String()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := Run(Options{File: f, Duration: 5 * time.Minute, Settings: settings(), Seed: 1, Baselines: true, StateDir: b.TempDir()}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// Leaves of one description share one search, and that loses nothing: a leaf searched in a
+// file of its own gets the answer, trial for trial, that the shared search gives it.
+func TestSearchSharesIdenticalLeaves(t *testing.T) {
+	const rack = "{limit_w: 16800, nodes: 3, gpus: 4, trace: training, offset: 2m}"
+	both, err := Parse("f.yaml", []byte("domains:\n  site: {limit_w: 100000}\n  site/a: "+rack+"\n  site/b: "+rack+"\n  site/c: {limit_w: 12000, nodes: 3, gpus: 4, trace: training, offset: 2m}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	alone, err := Parse("g.yaml", []byte("domains:\n  dc: {limit_w: 50000}\n  dc/row: {limit_w: 40000}\n  dc/row/z: "+rack+"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	so := SearchOptions{MaxLossPct: 1, Duration: 2 * time.Minute}
+	shared, err := Search(Options{File: both, Settings: settings(), Seed: 3, StateDir: t.TempDir()}, so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := Search(Options{File: alone, Settings: settings(), Seed: 3, StateDir: t.TempDir()}, so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(shared) != 3 || len(own) != 1 || shared[0].Path != "site/a" || shared[1].Path != "site/b" || shared[2].Path != "site/c" {
+		t.Fatalf("searched %+v and %+v", shared, own)
+	}
+	for _, r := range shared[:2] {
+		r.Path = own[0].Path
+		if !reflect.DeepEqual(r, own[0]) {
+			t.Errorf("shared answer %+v; the leaf alone answers %+v", r, own[0])
+		}
+	}
+	if reflect.DeepEqual(shared[2].Trials, shared[0].Trials) {
+		t.Errorf("a leaf of another limit took the same trials: %+v", shared[2])
+	}
+}
+
+// The controllers take their fast samples between periods, as the agent's do, and cut when
+// Σ draw crosses the budget between two periods; fast_sample: false leaves them to their
+// periods.
+func TestRunFastSample(t *testing.T) {
+	const tree = "domains:\n  site: {limit_w: 30000}\n  site/a: {limit_w: 9000, nodes: 3, gpus: 4, trace: bursty, offset: 1m}\n  site/b: {limit_w: 6500, nodes: 2, gpus: 4, model: A100, trace: lockstep}\n"
+	s := settings()
+	s.Period = 3 * time.Second
+	for _, v := range []struct {
+		key  string
+		cuts bool
+	}{{"", true}, {"fast_sample: true\n", true}, {"fast_sample: false\n", false}} {
+		f, err := Parse("f.yaml", []byte(v.key+tree))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := Run(Options{File: f, Duration: 5 * time.Minute, Settings: s, Seed: 4, StateDir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%q: %d fast cuts", v.key, r.FastCuts)
+		if (r.FastCuts > 0) != v.cuts {
+			t.Errorf("%q: %d fast cuts; want some: %v", v.key, r.FastCuts, v.cuts)
+		}
+	}
+}

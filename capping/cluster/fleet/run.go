@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -39,8 +40,10 @@ type Options struct {
 	Nodes map[string]int
 	// Subtree, when set, simulates only the domain at this path and the domains below it.
 	Subtree string
-	// Baselines runs each node twice more: uncapped (its GPUs at their maximum limits) and
-	// under static caps (each GPU at the tightest of its domains' limit / GPUs).
+	// Baselines scores each node twice more: uncapped (its GPUs at their default limits) and
+	// under static caps (each GPU at the tightest of its domains' limit / GPUs). Neither has a
+	// controller, so both come in closed form from the trace and the simulator's laws
+	// (baseline.go), not from fleets of their own.
 	Baselines bool
 	// StateDir receives the controllers' state files.
 	StateDir string
@@ -48,6 +51,10 @@ type Options struct {
 	// Sample, when set, receives every period's Σ draw of each domain, in Report.Domains
 	// order; the slice is reused.
 	Sample func(elapsed time.Duration, drawW []float64)
+
+	// stepped runs the baselines as simulated fleets of their own, as the closed form's test
+	// compares.
+	stepped bool
 }
 
 // DomainReport is how one domain fared.
@@ -92,9 +99,12 @@ type Report struct {
 	GPUs    int            `json:"gpus"`
 	// GrantWrites and RecordWrites are the grants the allocator published and the node
 	// records the members wrote: the etcd writes the run would have cost.
-	GrantWrites  int           `json:"grant_writes"`
-	RecordWrites int           `json:"record_writes"`
-	Wall         time.Duration `json:"-"`
+	GrantWrites  int `json:"grant_writes"`
+	RecordWrites int `json:"record_writes"`
+	// FastCuts is how many times the controllers cut their caps between periods (the fast
+	// sample's cut); 0 with fast_sample: false.
+	FastCuts int           `json:"fast_cuts"`
+	Wall     time.Duration `json:"-"`
 }
 
 // shifted is a node's view of the shared clock: its trace starts offset before the run does.
@@ -111,14 +121,18 @@ type node struct {
 	job      int   // index into the report's jobs
 	doms     []int // its domains, leaf first, as indexes into the run's domains
 	gpus     *sim.Fleet
-	uncapped *sim.Fleet
+	uncapped *sim.Fleet // the baselines stepped (Options.stepped), or
 	static   *sim.Fleet
+	base     *baseline // in closed form
 	ctl      *capping.Controller
 	member   *cluster.Member
 	last     cluster.NodeRecord
 	written  bool
-	drawW    float64 // this period's draw, and the static baseline's
-	staticW  float64
+	// work0 is the work its GPUs (and the stepped baselines') had done when the run started:
+	// a node's trace starts its offset before the run, and the report counts the run's work.
+	work0   [3]float64
+	drawW   float64 // this period's draw, and the static baseline's
+	staticW float64
 }
 
 // run is one simulation in progress.
@@ -158,13 +172,27 @@ func Run(o Options) (*Report, error) {
 	staticSum := make([]float64, nd)
 	var written []string
 	rep := &Report{Periods: periods}
+	// Between periods the controllers take their fast samples, as the agent's loop does.
+	every := 1
+	if o.File.FastSample {
+		every = r.nodes[0].ctl.FastEvery()
+	}
+	origin := r.clock.Now()
 	for k := 1; k <= periods; k++ {
-		r.clock.Advance(period)
+		for j := 1; j < every; j++ {
+			r.clock.Set(origin.Add(time.Duration(k-1)*period + period*time.Duration(j)/time.Duration(every)))
+			at := r.clock.Now()
+			r.each(func(n *node) { n.ctl.Sample(at) })
+		}
+		r.clock.Set(origin.Add(time.Duration(k) * period))
 		now := r.clock.Now()
 		r.each(func(n *node) {
 			n.ctl.Tick(now)
 			n.drawW = drawn(n.gpus)
-			if n.static != nil {
+			switch {
+			case n.base != nil:
+				n.staticW = n.base.advance(time.Duration(k) * period)
+			case n.static != nil:
 				n.staticW = drawn(n.static)
 				drawn(n.uncapped) // keeps its integration on the period's steps
 			}
@@ -236,10 +264,15 @@ func Run(o Options) (*Report, error) {
 	}
 	work := make([][3]float64, len(r.jobs))
 	for _, n := range r.nodes {
-		work[n.job][0] += workOf(n.gpus)
+		work[n.job][0] += workOf(n.gpus) - n.work0[0]
+		if n.base != nil {
+			n.base.finish(time.Duration(periods) * period)
+			work[n.job][1] += n.base.workUncapped
+			work[n.job][2] += n.base.workStatic
+		}
 		if n.static != nil {
-			work[n.job][1] += workOf(n.uncapped)
-			work[n.job][2] += workOf(n.static)
+			work[n.job][1] += workOf(n.uncapped) - n.work0[1]
+			work[n.job][2] += workOf(n.static) - n.work0[2]
 		}
 	}
 	for j := range r.jobs {
@@ -254,6 +287,9 @@ func Run(o Options) (*Report, error) {
 		rep.Jobs = append(rep.Jobs, jr)
 		rep.Nodes += jr.Nodes
 		rep.GPUs += jr.Nodes * jr.GPUs
+	}
+	for _, n := range r.nodes {
+		rep.FastCuts += int(n.ctl.FastCuts())
 	}
 	rep.Wall = time.Since(wall)
 	return rep, nil
@@ -335,7 +371,12 @@ func start(o Options) (*run, error) {
 			if n.gpus, err = r.fleet(d, seed, off); err != nil {
 				return nil, err
 			}
-			if o.Baselines {
+			if o.Baselines && !o.stepped {
+				if n.base, err = newBaseline(d, model, seed, off, staticW); err != nil {
+					return nil, err
+				}
+			}
+			if o.Baselines && o.stepped {
 				if n.uncapped, err = r.fleet(d, seed, off); err != nil {
 					return nil, err
 				}
@@ -345,7 +386,9 @@ func start(o Options) (*run, error) {
 				if err := setAll(n.static, staticW); err != nil {
 					return nil, err
 				}
+				n.work0[1], n.work0[2] = workOf(n.uncapped), workOf(n.static)
 			}
+			n.work0[0] = workOf(n.gpus)
 			n.member, err = cluster.NewLocalMember(cluster.Options{Keys: r.view.Keys, Node: n.name, Domain: rel, LeaseTTL: o.LeaseTTL,
 				Period: o.Settings.Period, Priority: 1, Now: r.clock.Now, Log: o.Log}, int64(len(r.nodes)+1))
 			if err != nil {
@@ -438,8 +481,9 @@ func workOf(f *sim.Fleet) float64 {
 	return s
 }
 
-// each runs f on every node, the nodes split among the machine's cores: nodes share nothing but
-// the clock, which does not move while they run.
+// each runs f on every node, the nodes shared among the machine's cores in small batches that
+// a core takes when it is free (an inference node costs more than an idle one): nodes share
+// nothing but the clock, which does not move while they run.
 func (r *run) each(f func(n *node)) {
 	workers := min(runtime.GOMAXPROCS(0), len(r.nodes))
 	if workers <= 1 {
@@ -448,13 +492,19 @@ func (r *run) each(f func(n *node)) {
 		}
 		return
 	}
+	const batch = 8
+	var next atomic.Int64
 	var wg sync.WaitGroup
-	per := (len(r.nodes) + workers - 1) / workers
-	for w := range workers {
-		part := r.nodes[min(w*per, len(r.nodes)):min((w+1)*per, len(r.nodes))]
+	for range workers {
 		wg.Go(func() {
-			for _, n := range part {
-				f(n)
+			for {
+				i := int(next.Add(batch)) - batch
+				if i >= len(r.nodes) {
+					return
+				}
+				for _, n := range r.nodes[i:min(i+batch, len(r.nodes))] {
+					f(n)
+				}
 			}
 		})
 	}

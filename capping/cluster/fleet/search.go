@@ -61,8 +61,18 @@ func Search(o Options, s SearchOptions) ([]Oversubscription, error) {
 	o.Baselines = true
 	o.Sample = nil
 	var out []Oversubscription
+	// A leaf runs alone in its trials, its nodes seeded from o.Seed as any leaf's are, so two
+	// leaves of the same description run the same trials: the second takes the first's answer.
+	answered := map[Domain]Oversubscription{}
 	for _, leaf := range o.File.Leaves() {
 		d := o.File.Domains[leaf]
+		key := *d
+		key.line = 0
+		if res, ok := answered[key]; ok {
+			res.Path = leaf
+			out = append(out, res)
+			continue
+		}
 		m, err := sim.LookupModel(d.Model)
 		if err != nil {
 			return nil, err
@@ -121,6 +131,7 @@ func Search(o Options, s SearchOptions) ([]Oversubscription, error) {
 		}
 		res.MaxNodes, res.ThroughputLossPct, res.TimeOverLimitPct = good, goodLoss, goodOver
 		out = append(out, res)
+		answered[key] = res
 	}
 	if s.Levels {
 		levels, err := searchLevels(o, s, out)

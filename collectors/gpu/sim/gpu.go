@@ -124,6 +124,10 @@ type GPU struct {
 
 	health      health
 	gpmCounters gpmCounters
+
+	// clockShare is the last share of its demand a capped GPU could draw, clockCbrt its cube
+	// root: a capped GPU whose demand and draw hold still keeps its clock without a Cbrt.
+	clockShare, clockCbrt float64
 }
 
 func newGPU(f *Fleet, i int) *GPU {
@@ -253,7 +257,10 @@ func (g *GPU) clockFor(demandW, drawnW, capW float64) float64 {
 	case demandW <= capW:
 		return float64(m.MaxSMClockMHz)
 	}
-	mhz := float64(m.MaxSMClockMHz) * math.Cbrt(min(1, drawnW/demandW))
+	if share := min(1, drawnW/demandW); share != g.clockShare {
+		g.clockShare, g.clockCbrt = share, math.Cbrt(share)
+	}
+	mhz := float64(m.MaxSMClockMHz) * g.clockCbrt
 	return max(float64(m.IdleSMClockMHz), mhz)
 }
 
