@@ -138,6 +138,8 @@ type device struct {
 	dev   nvml.Device
 	uuid  string
 	lost  bool
+	// lostProbedAt is when a lost GPU was lost or last looked for.
+	lostProbedAt time.Time
 	// unsupported marks queries this device answered ERROR_NOT_SUPPORTED; they are skipped.
 	unsupported [probeCount]bool
 	// failing marks queries whose last call failed, so a persistent error is logged once.
@@ -211,15 +213,15 @@ func (c *Collector) openDevice(i int) *device {
 	if ret != nvml.SUCCESS {
 		// Without a handle the GPU can only be reported failed, under its index.
 		c.log.Error("opening GPU; reporting it failed", "gpu", i, "err", ret)
-		d.lost = true
-		d.uuid = fmt.Sprintf("gpu-index-%d", i)
+		c.markLost(d)
+		d.uuid = fmt.Sprintf("%s%d", indexPlaceholder, i)
 		d.buildSeries("unknown", c.driver, "", "")
 		return d
 	}
 	d.dev = dev
 	uuid, ret := dev.GetUUID()
 	if ret != nvml.SUCCESS {
-		uuid = fmt.Sprintf("gpu-index-%d", i)
+		uuid = fmt.Sprintf("%s%d", indexPlaceholder, i)
 	}
 	d.uuid = uuid
 	name, _ := dev.GetName()
@@ -328,8 +330,8 @@ func (c *Collector) Close() error {
 	return nil
 }
 
-// Collect reads every GPU. A lost GPU is reported failed and not queried again; a query a GPU
-// does not support is skipped from then on.
+// Collect reads every GPU. A lost GPU is reported failed and only looked for again every
+// reprobeEvery; a query a GPU does not support is skipped from then on.
 func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -338,6 +340,9 @@ func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 	for _, d := range c.devices {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if d.lost {
+			c.reprobe(d)
 		}
 		c.collectDevice(d, b)
 	}
@@ -397,8 +402,8 @@ func (c *Collector) ok(d *device, p probe, ret nvml.Return) bool {
 		c.newlyUnsupported[p] = append(c.newlyUnsupported[p], d.index)
 	case nvml.ERROR_GPU_IS_LOST:
 		if !d.lost {
-			d.lost = true
-			c.log.Error("GPU fell off the bus; reporting it failed and leaving it alone", "gpu", d.index, "uuid", d.uuid)
+			c.markLost(d)
+			c.log.Error("GPU fell off the bus; reporting it failed and looking for it again every 30 s", "gpu", d.index, "uuid", d.uuid)
 		}
 	default:
 		if !d.failing[p] {
