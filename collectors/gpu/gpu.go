@@ -102,6 +102,9 @@ const (
 	probeECCAggregateUncorrected
 	probeGPMSample
 	probeGPMMetrics
+	probeMIGMode
+	probeMIGMemory
+	probeMIGGPM
 	probeCount
 )
 
@@ -114,7 +117,7 @@ var probeNames = [probeCount]string{
 	"power violation time", "thermal violation time", "sync boost violation time", "board limit violation time",
 	"low utilization violation time", "reliability violation time", "remapped rows", "retired pages (field values)",
 	"PCIe replay counter", "aggregate corrected ECC errors", "aggregate uncorrected ECC errors",
-	"GPM sample", "GPM metrics",
+	"GPM sample", "GPM metrics", "MIG mode", "MIG device memory", "GPU instance GPM sample",
 }
 
 // Limit kinds and throttle reasons in the order of their series.
@@ -160,6 +163,7 @@ type device struct {
 	base                                          *sample.Series // identity only, for deriving xid series
 	health                                        health
 	gpm                                           *gpm // nil without GPM
+	mig                                           *migState
 
 	xids map[uint64]*xidCount
 
@@ -321,6 +325,7 @@ func (c *Collector) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closeGPM()
+	c.closeMIG()
 	if c.events != nil {
 		if ret := c.events.Free(); ret != nvml.SUCCESS {
 			return fmt.Errorf("freeing the NVML event set: %w", ret)
@@ -524,6 +529,7 @@ func (c *Collector) collectDevice(d *device, b *sample.Batch) {
 	c.collectPCIe(d, b)
 	c.collectHealth(d, b)
 	c.collectGPM(d, b)
+	c.collectMIG(d, b)
 	if d.want(probeECCCorrected) {
 		if n, ret := dev.GetTotalEccErrors(nvml.MEMORY_ERROR_TYPE_CORRECTED, nvml.VOLATILE_ECC); c.ok(d, probeECCCorrected, ret) {
 			b.Add(d.eccCorrected, float64(n))

@@ -43,6 +43,7 @@ func newFakeGPU(index int) *fakeGPU {
 		GetSupportedEventTypesFunc: func() (uint64, nvml.Return) { return nvml.EventTypeXidCriticalError, nvml.SUCCESS },
 		RegisterEventsFunc:         func(uint64, nvml.EventSet) nvml.Return { return nvml.SUCCESS },
 		GetPowerUsageFunc:          func() (uint32, nvml.Return) { count(); return 512_000, nvml.SUCCESS },
+		GetMigModeFunc:             func() (int, int, nvml.Return) { return nvml.DEVICE_MIG_DISABLE, nvml.DEVICE_MIG_DISABLE, nvml.SUCCESS },
 		GetFieldValuesFunc: func(fv []nvml.FieldValue) nvml.Return {
 			count()
 			for i := range fv {

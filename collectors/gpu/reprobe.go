@@ -57,6 +57,9 @@ func (c *Collector) reprobe(d *device) {
 		*d = *fresh
 	} else {
 		d.dev = dev
+		if d.mig != nil {
+			d.mig.stale = true // the instances' handles are from before the outage
+		}
 	}
 	d.lost = false
 	d.failing = [probeCount]bool{}

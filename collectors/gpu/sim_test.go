@@ -21,14 +21,20 @@ func TestCollectorOverEverySimModel(t *testing.T) {
 	for _, model := range sim.Models() {
 		t.Run(model, func(t *testing.T) {
 			clock := clock.NewManual(time.Unix(1_700_000_000, 0))
-			fleet, err := sim.New(sim.Options{Model: model, Count: 4, Trace: "steady", Seed: 7, Clock: clock})
+			m, err := sim.LookupModel(model)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Every model has MIG: two GPUs split, two whole.
+			oneG := "2x" + m.MIGProfiles()[0].Name
+			fleet, err := sim.New(sim.Options{Model: model, Count: 4, Trace: "steady", Seed: 7, Clock: clock,
+				MIG: oneG + ";off;" + oneG + ";off"})
 			if err != nil {
 				t.Fatal(err)
 			}
 			if ret := fleet.Init(); ret != nvml.SUCCESS {
 				t.Fatal(ret)
 			}
-			m := fleet.Model()
 			c, err := New(fleet, nil, clock.Now)
 			if err != nil {
 				t.Fatal(err)
@@ -79,7 +85,7 @@ func onSim(d *metrics.Def, m sim.Model) bool {
 		return m.HasFan
 	case metrics.GPURetiredPages, metrics.GPURetirementPending:
 		return false
-	case metrics.GPUActivity, metrics.GPUIOThroughput:
+	case metrics.GPUActivity, metrics.GPUIOThroughput, metrics.GPUMIGActivity:
 		return m.Architecture >= nvml.DEVICE_ARCH_HOPPER // GPM
 	}
 	return true

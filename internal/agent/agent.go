@@ -45,7 +45,7 @@ type Pipeline struct {
 // openBackend opens the GPU backend cfg names, the simulated fleet driven by clk.
 func openBackend(cfg *config.Config, clk clock.Clock) (*gpu.Backend, error) {
 	s := cfg.GPU.Sim
-	return gpu.Open(cfg.GPU.Backend, sim.Options{Model: s.Model, Count: s.Count, Trace: s.Trace, Seed: s.Seed, Clock: clk})
+	return gpu.Open(cfg.GPU.Backend, sim.Options{Model: s.Model, Count: s.Count, Trace: s.Trace, Seed: s.Seed, Clock: clk, MIG: s.MIG})
 }
 
 // NewPipeline builds every enabled collector, with the GPU backend opened once for whoever

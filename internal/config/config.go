@@ -94,6 +94,7 @@ type GPUSim struct {
 	Count int    `yaml:"count" range:"1,64" help:"number of simulated GPUs"`
 	Trace string `yaml:"trace" oneof:"steady,bursty,training,inference,imbalanced" or:"a path ending in .csv" check:"manual" help:"simulated workload"`
 	Seed  int64  `yaml:"seed" help:"seed of the simulation's randomness; the same seed gives the same run"`
+	MIG   string `yaml:"mig" check:"manual" help:"MIG layout of every simulated GPU (7x1g.10gb; 3g.40gb,2x2g.20gb; on; off), or one per GPU separated by ';'; empty is MIG off"`
 }
 
 // Collector is the per-collector part of the config, under collector.<name>.

@@ -42,6 +42,9 @@ type Options struct {
 	Clock clock.Clock
 	// DriverVersion is reported by SystemGetDriverVersion; empty means DefaultDriverVersion.
 	DriverVersion string
+	// MIG is the MIG layout of every GPU ("7x1g.10gb"), or one per GPU separated by ";"; empty
+	// means MIG off (see ParseMIGLayouts).
+	MIG string
 }
 
 // Fleet is a set of simulated GPUs that implements nvml.Interface. It is safe for concurrent
@@ -86,6 +89,10 @@ func New(o Options) (*Fleet, error) {
 	if err != nil {
 		return nil, fmt.Errorf("choosing the simulated workload: %w", err)
 	}
+	layouts, migOn, err := ParseMIGLayouts(m.Name, o.MIG, o.Count)
+	if err != nil {
+		return nil, fmt.Errorf("choosing the simulated MIG layout: %w", err)
+	}
 	clk := o.Clock
 	if clk == nil {
 		clk = clock.Real()
@@ -106,7 +113,11 @@ func New(o Options) (*Fleet, error) {
 	}
 	answerUnmodelledLibrary(f)
 	for i := range o.Count {
-		f.gpus = append(f.gpus, newGPU(f, i))
+		g := newGPU(f, i)
+		if migOn[i] {
+			g.setMIG(true, layouts[i])
+		}
+		f.gpus = append(f.gpus, g)
 	}
 	return f, nil
 }

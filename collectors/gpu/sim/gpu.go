@@ -95,6 +95,7 @@ type GPU struct {
 
 	health      health
 	gpmCounters gpmCounters
+	mig         migState
 }
 
 func newGPU(f *Fleet, i int) *GPU {
