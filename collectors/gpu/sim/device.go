@@ -393,20 +393,3 @@ func (g *GPU) RegisterEvents(types uint64, set nvml.EventSet) nvml.Return {
 	}
 	return s.register(g, types)
 }
-
-// GetComputeRunningProcesses lists no processes: the traces model power, not jobs.
-func (g *GPU) GetComputeRunningProcesses() ([]nvml.ProcessInfo, nvml.Return) {
-	if ret := g.ready(); ret != nvml.SUCCESS {
-		return nil, ret
-	}
-	return []nvml.ProcessInfo{}, nvml.SUCCESS
-}
-
-// GetProcessUtilization answers ERROR_NOT_FOUND, which is what NVML says when it has no process
-// samples.
-func (g *GPU) GetProcessUtilization(uint64) ([]nvml.ProcessUtilizationSample, nvml.Return) {
-	if ret := g.ready(); ret != nvml.SUCCESS {
-		return nil, ret
-	}
-	return nil, nvml.ERROR_NOT_FOUND
-}

@@ -96,6 +96,7 @@ type GPU struct {
 	health      health
 	gpmCounters gpmCounters
 	mig         migState
+	procs       []Process
 }
 
 func newGPU(f *Fleet, i int) *GPU {

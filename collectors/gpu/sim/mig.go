@@ -172,6 +172,7 @@ func (g *GPU) setMIG(enabled bool, profiles []MIGProfile) {
 		enabled, profiles = false, nil
 	}
 	m := &g.mig
+	g.procs = nil // a new layout ends every process, as a reconfiguration requires
 	for _, old := range m.instances {
 		old.gone.Store(true)
 	}
