@@ -55,6 +55,8 @@ type Collector struct {
 	enabled func(*metrics.Def) bool
 	// violations and profiling are whether the violation counters and GPM are read at all.
 	violations, profiling bool
+	// nvlinkOn is whether any NVLink metric is exported.
+	nvlinkOn bool
 	// newlyUnsupported gathers, per query, the GPUs that answered "not supported" during one
 	// collection, so that it is said in one line per query rather than one per GPU.
 	newlyUnsupported [probeCount][]int
@@ -105,6 +107,8 @@ const (
 	probeMIGMode
 	probeMIGMemory
 	probeMIGGPM
+	probeNVLink
+	probeNVLinkCRCData
 	probeCount
 )
 
@@ -118,6 +122,7 @@ var probeNames = [probeCount]string{
 	"low utilization violation time", "reliability violation time", "remapped rows", "retired pages (field values)",
 	"PCIe replay counter", "aggregate corrected ECC errors", "aggregate uncorrected ECC errors",
 	"GPM sample", "GPM metrics", "MIG mode", "MIG device memory", "GPU instance GPM sample",
+	"NVLink", "NVLink CRC data errors",
 }
 
 // Limit kinds and throttle reasons in the order of their series.
@@ -164,6 +169,7 @@ type device struct {
 	health                                        health
 	gpm                                           *gpm // nil without GPM
 	mig                                           *migState
+	nvlink                                        *nvlinkState
 
 	xids map[uint64]*xidCount
 
@@ -192,6 +198,7 @@ func newCollector(lib nvml.Interface, log *slog.Logger, now func() time.Time, en
 	c := &Collector{lib: lib, log: log.With("collector", Name), now: now, enabled: enabled}
 	c.violations = c.exports(metrics.GPUViolationTime)
 	c.profiling = c.exports(metrics.GPUActivity) || c.exports(metrics.GPUIOThroughput)
+	c.nvlinkOn = c.nvlinkWanted()
 	if v, ret := lib.SystemGetDriverVersion(); ret == nvml.SUCCESS {
 		c.driver = v
 	}
@@ -530,6 +537,7 @@ func (c *Collector) collectDevice(d *device, b *sample.Batch) {
 	c.collectHealth(d, b)
 	c.collectGPM(d, b)
 	c.collectMIG(d, b)
+	c.collectNVLink(d, b)
 	if d.want(probeECCCorrected) {
 		if n, ret := dev.GetTotalEccErrors(nvml.MEMORY_ERROR_TYPE_CORRECTED, nvml.VOLATILE_ECC); c.ok(d, probeECCCorrected, ret) {
 			b.Add(d.eccCorrected, float64(n))

@@ -44,6 +44,15 @@ func newFakeGPU(index int) *fakeGPU {
 		RegisterEventsFunc:         func(uint64, nvml.EventSet) nvml.Return { return nvml.SUCCESS },
 		GetPowerUsageFunc:          func() (uint32, nvml.Return) { count(); return 512_000, nvml.SUCCESS },
 		GetMigModeFunc:             func() (int, int, nvml.Return) { return nvml.DEVICE_MIG_DISABLE, nvml.DEVICE_MIG_DISABLE, nvml.SUCCESS },
+		GetNvLinkStateFunc: func(l int) (nvml.EnableState, nvml.Return) {
+			if l < 2 { // two links
+				return nvml.FEATURE_ENABLED, nvml.SUCCESS
+			}
+			return 0, nvml.ERROR_INVALID_ARGUMENT
+		},
+		GetNvLinkErrorCounterFunc:     func(int, nvml.NvLinkErrorCounter) (uint64, nvml.Return) { return 1, nvml.SUCCESS },
+		GetNvLinkVersionFunc:          func(int) (uint32, nvml.Return) { return 4, nvml.SUCCESS },
+		GetNvLinkRemoteDeviceTypeFunc: func(int) (nvml.IntNvLinkDeviceType, nvml.Return) { return nvml.NVLINK_DEVICE_TYPE_SWITCH, nvml.SUCCESS },
 		GetFieldValuesFunc: func(fv []nvml.FieldValue) nvml.Return {
 			count()
 			for i := range fv {

@@ -60,6 +60,7 @@ func (c *Collector) reprobe(d *device) {
 		if d.mig != nil {
 			d.mig.stale = true // the instances' handles are from before the outage
 		}
+		d.nvlink = nil // links are found again
 	}
 	d.lost = false
 	d.failing = [probeCount]bool{}

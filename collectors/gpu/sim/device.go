@@ -123,9 +123,12 @@ func (g *GPU) GetFieldValues(values []nvml.FieldValue) nvml.Return {
 			v.ValueType = uint32(nvml.VALUE_TYPE_UNSIGNED_LONG_LONG)
 			binary.LittleEndian.PutUint64(v.Value[:], g.energyMJ())
 		default:
-			g.healthField(v)
+			if !g.nvlinkField(v) {
+				g.healthField(v)
+			}
 		}
 	}
+	g.nvlinkSettled = false
 	return nvml.SUCCESS
 }
 

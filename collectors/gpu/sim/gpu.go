@@ -97,6 +97,9 @@ type GPU struct {
 	gpmCounters gpmCounters
 	mig         migState
 	procs       []Process
+	nvlink      nvlinkState
+	// nvlinkSettled: the link counters are up to date for the GetFieldValues call in progress.
+	nvlinkSettled bool
 }
 
 func newGPU(f *Fleet, i int) *GPU {
