@@ -49,7 +49,21 @@ type gpuEnergy struct {
 	util    map[uint32]*procUtil
 	entries []procEntry
 	batch   *sample.Batch // the collection's batch, for the per-process series
+	perInst map[uint32]int
+	// cgroupOf caches each GPU process's cgroup, read again every cgroupRecheck collections (a
+	// process rarely moves; its PID may be reused once it ended) and forgotten when the PID
+	// leaves the GPUs.
+	cgroupOf map[uint32]cachedCgroup
 }
+
+type cachedCgroup struct {
+	path      string
+	readRound uint64
+	seenRound uint64
+}
+
+// cgroupRecheck is how many collections a process's cgroup is trusted before it is read again.
+const cgroupRecheck = 6
 
 type gpuDevice struct {
 	dev    nvml.Device
@@ -114,7 +128,8 @@ type procUtil struct {
 
 func newGPUEnergy(lib nvml.Interface, procfs string, pods *PodResources, now func() time.Time, window uint64, enabled func(*metrics.Def) bool) *gpuEnergy {
 	g := &gpuEnergy{lib: lib, procfs: procfs, pods: pods, now: now, series: map[gpuKey]*gpuSeries{}, window: max(window, 1),
-		use: map[useKey]*useSeries{}, procs: map[procKey]*procSeries{}, weights: map[gpuKey]float64{}, util: map[uint32]*procUtil{}}
+		use: map[useKey]*useSeries{}, procs: map[procKey]*procSeries{}, weights: map[gpuKey]float64{}, util: map[uint32]*procUtil{},
+		perInst: map[uint32]int{}, cgroupOf: map[uint32]cachedCgroup{}}
 	if enabled == nil {
 		enabled = (*metrics.Def).OnByDefault
 	}
@@ -204,6 +219,27 @@ func (g *gpuEnergy) collect(ctx context.Context, b *sample.Batch, log func(msg s
 			delete(g.procs, k)
 		}
 	}
+	for pid, cg := range g.cgroupOf {
+		if cg.seenRound != g.round {
+			delete(g.cgroupOf, pid)
+		}
+	}
+}
+
+// processCgroup is pidCgroup through the cache.
+func (g *gpuEnergy) processCgroup(pid uint32) (string, bool) {
+	if cg, ok := g.cgroupOf[pid]; ok && g.round-cg.readRound < cgroupRecheck {
+		cg.seenRound = g.round
+		g.cgroupOf[pid] = cg
+		return cg.path, true
+	}
+	path, ok := g.pidCgroup(pid)
+	if !ok {
+		delete(g.cgroupOf, pid)
+		return "", false
+	}
+	g.cgroupOf[pid] = cachedCgroup{path: path, readRound: g.round, seenRound: g.round}
+	return path, true
 }
 
 // refreshMIG lists the GPU's MIG devices, when it is in MIG mode.
@@ -325,9 +361,10 @@ func (g *gpuEnergy) processShares(d *gpuDevice, now time.Time) float64 {
 	}
 	g.entries = g.entries[:0]
 	smTotal := 0.0
-	perInstance := map[uint32]int{}
+	perInstance := g.perInst
+	clear(perInstance)
 	for _, p := range procs {
-		cg, ok := g.pidCgroup(p.Pid)
+		cg, ok := g.processCgroup(p.Pid)
 		if !ok {
 			continue
 		}
