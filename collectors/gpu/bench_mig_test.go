@@ -52,6 +52,9 @@ func (*zeroMIGInstance) GetUUID() (string, nvml.Return)           { return "MIG-
 func (*zeroMIGInstance) GetName() (string, nvml.Return) {
 	return "NVIDIA H100 80GB HBM3 MIG 1g.10gb", nvml.SUCCESS
 }
+func (*zeroMIGInstance) GetComputeRunningProcesses() ([]nvml.ProcessInfo, nvml.Return) {
+	return nil, nvml.SUCCESS
+}
 func (m *zeroMIGInstance) GetMemoryInfo() (nvml.Memory, nvml.Return) {
 	return nvml.Memory{Total: 9856 << 20, Used: 4 << 30}, nvml.SUCCESS
 }

@@ -55,8 +55,9 @@ type Collector struct {
 	enabled func(*metrics.Def) bool
 	// violations and profiling are whether the violation counters and GPM are read at all.
 	violations, profiling bool
-	// nvlinkOn is whether any NVLink metric is exported.
-	nvlinkOn bool
+	// nvlinkOn is whether any NVLink metric is exported; migProcesses whether MIG devices'
+	// processes are counted.
+	nvlinkOn, migProcesses bool
 	// newlyUnsupported gathers, per query, the GPUs that answered "not supported" during one
 	// collection, so that it is said in one line per query rather than one per GPU.
 	newlyUnsupported [probeCount][]int
@@ -109,6 +110,7 @@ const (
 	probeMIGGPM
 	probeNVLink
 	probeNVLinkCRCData
+	probeMIGProcesses
 	probeCount
 )
 
@@ -122,7 +124,7 @@ var probeNames = [probeCount]string{
 	"low utilization violation time", "reliability violation time", "remapped rows", "retired pages (field values)",
 	"PCIe replay counter", "aggregate corrected ECC errors", "aggregate uncorrected ECC errors",
 	"GPM sample", "GPM metrics", "MIG mode", "MIG device memory", "GPU instance GPM sample",
-	"NVLink", "NVLink CRC data errors",
+	"NVLink", "NVLink CRC data errors", "MIG device processes",
 }
 
 // Limit kinds and throttle reasons in the order of their series.
@@ -199,6 +201,7 @@ func newCollector(lib nvml.Interface, log *slog.Logger, now func() time.Time, en
 	c.violations = c.exports(metrics.GPUViolationTime)
 	c.profiling = c.exports(metrics.GPUActivity) || c.exports(metrics.GPUIOThroughput)
 	c.nvlinkOn = c.nvlinkWanted()
+	c.migProcesses = c.exports(metrics.GPUMIGProcesses)
 	if v, ret := lib.SystemGetDriverVersion(); ret == nvml.SUCCESS {
 		c.driver = v
 	}

@@ -51,6 +51,7 @@ type migInstance struct {
 	handle           nvml.Device // nil when the driver gives no MIG device handle
 	info             *sample.Series
 	memUsage, memCap *sample.Series
+	processes        *sample.Series
 }
 
 // migGPM is one GPU instance's GPM state, as gpm is a GPU's.
@@ -96,6 +97,12 @@ func (c *Collector) collectMIG(d *device, b *sample.Batch) {
 		}
 		b.Add(in.memUsage, float64(m.Used))
 		b.Add(in.memCap, float64(m.Total))
+		if c.migProcesses && d.want(probeMIGProcesses) {
+			procs, ret := in.handle.GetComputeRunningProcesses()
+			if !c.migGone(st, ret) && c.ok(d, probeMIGProcesses, ret) {
+				b.Add(in.processes, float64(len(procs)))
+			}
+		}
 	}
 	c.collectMIGGPM(d, st, b)
 }
@@ -222,9 +229,10 @@ func (st *migState) add(d *device, k migKey, h nvml.Device) {
 			attribute.String(metrics.AttrMIGProfile, k.profile), attribute.String(metrics.AttrMIGUUID, k.uuid),
 		}
 		in = &migInstance{key: k,
-			info:     d.base.With(metrics.GPUMIGInfo, attrs...),
-			memUsage: d.base.With(metrics.GPUMIGMemoryUsage, attrs...),
-			memCap:   d.base.With(metrics.GPUMIGMemoryLimit, attrs...),
+			info:      d.base.With(metrics.GPUMIGInfo, attrs...),
+			memUsage:  d.base.With(metrics.GPUMIGMemoryUsage, attrs...),
+			memCap:    d.base.With(metrics.GPUMIGMemoryLimit, attrs...),
+			processes: d.base.With(metrics.GPUMIGProcesses, attrs...),
 		}
 		if len(st.known) > 4*maxMIGDevices {
 			clear(st.known) // many reconfigurations: forget the old identities

@@ -65,6 +65,9 @@ func TestSimMIGDevices(t *testing.T) {
 		t.Run(tc.model, func(t *testing.T) {
 			const gpus = 3
 			fleet, clk := newMIGFleet(t, tc.model, gpus, tc.layout)
+			if err := fleet.SetProcesses(0, []sim.Process{{PID: 100, GPUInstance: 1}, {PID: 101, GPUInstance: 1}, {PID: 102, GPUInstance: 2}}); err != nil {
+				t.Fatal(err)
+			}
 			c, err := New(fleet, nil, clk.Now)
 			if err != nil {
 				t.Fatal(err)
@@ -94,6 +97,14 @@ func TestSimMIGDevices(t *testing.T) {
 					if v, _ := p.Series.Attrs.Value(metrics.AttrMIGUUID); !strings.HasPrefix(v.AsString(), "MIG-") {
 						t.Errorf("MIG device UUID %q", v.AsString())
 					}
+				}
+			}
+			if n := b.Count(metrics.GPUMIGProcesses); n != gpus*tc.n {
+				t.Errorf("%d MIG process counts, want %d", n, gpus*tc.n)
+			}
+			for gi, want := range map[int]float64{1: 2, 2: 1} {
+				if v, _ := b.Find(metrics.GPUMIGProcesses, attribute.Int(metrics.AttrGPUIndex, 0), attribute.Int(metrics.AttrMIGGPUInstance, gi)); v != want {
+					t.Errorf("GPU 0 instance %d runs %v processes, want %v", gi, v, want)
 				}
 			}
 			wantGPM := tc.model != "A100"

@@ -26,6 +26,9 @@ var (
 	GPUMIGMemoryLimit = def("capstan.gpu.mig.memory.limit", "By", UpDownCounter, "gpu",
 		"Memory of the MIG device's GPU instance.",
 		migAttrs...)
+	GPUMIGProcesses = def("capstan.gpu.mig.processes", "{process}", Gauge, "gpu",
+		"Compute processes running in the MIG device (NVML compute processes of the MIG device handle); the workload collector maps them to workloads.",
+		migAttrs...)
 	GPUMIGActivity = def("capstan.gpu.mig.activity", "1", Gauge, "gpu",
 		"GPM profiling per GPU instance (Hopper and later): fraction of the time between the last two collections, by capstan.gpu.engine, as capstan.gpu.activity but over the instance's own slices.",
 		with(gpuAttrs, AttrMIGGPUInstance, AttrMIGProfile, AttrGPUEngine)...)
