@@ -193,3 +193,61 @@ func TestGPUUseOfRealCgroupsEndToEnd(t *testing.T) {
 		t.Errorf("process %d memory %v, want 20 GiB", b, v)
 	}
 }
+
+// A GPU process's cgroup is read again every cgroupRecheck collections, so a process moved to
+// another cgroup (or a PID reused by another job) is attributed to its new cgroup within that
+// many collections, and a PID that left the GPUs is forgotten.
+func TestGPUProcessCgroupIsReadAgain(t *testing.T) {
+	clk := clock.NewManual(time.Unix(1_700_000_000, 0))
+	fleet, err := sim.New(sim.Options{Model: "H100", Count: 1, Trace: "steady", Seed: 5, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ret := fleet.Init(); ret != nvml.SUCCESS {
+		t.Fatal(ret)
+	}
+	procfs := t.TempDir()
+	write := func(cg string) {
+		if err := os.MkdirAll(filepath.Join(procfs, "4242"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(procfs, "4242", "cgroup"), []byte("0::"+cg+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("/slurm/job_1")
+	if err := fleet.SetProcesses(0, []sim.Process{{PID: 4242, SMShare: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	g := newGPUEnergy(fleet, procfs, nil, clk.Now, 100, nil)
+	run := func() *sample.Batch {
+		clk.Advance(time.Second)
+		b := &sample.Batch{}
+		b.Reset(Name, clk.Now())
+		g.collect(context.Background(), b, t.Logf)
+		return b
+	}
+	job := func(b *sample.Batch, n string) bool {
+		_, ok := b.Find(metrics.WorkloadGPUMemory, attribute.String(metrics.AttrCgroupPath, "/slurm/job_"+n))
+		return ok
+	}
+	run()
+	write("/slurm/job_2") // the PID now belongs to job 2
+	moved := -1
+	for i := range cgroupRecheck + 1 {
+		if b := run(); job(b, "2") {
+			moved = i
+			break
+		}
+	}
+	if moved < 0 {
+		t.Fatalf("the process's new cgroup was not read within %d collections", cgroupRecheck+1)
+	}
+	if err := fleet.SetProcesses(0, nil); err != nil {
+		t.Fatal(err)
+	}
+	run()
+	if len(g.cgroupOf) != 0 {
+		t.Errorf("%d cached cgroups after every process left, want none", len(g.cgroupOf))
+	}
+}
