@@ -15,7 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/capstan-power/capstan/collectors"
-	"github.com/capstan-power/capstan/collectors/gpu/sim"
+	"github.com/capstan-power/capstan/collectors/gpu/sim/miglayout"
 )
 
 // Validate checks what each key's declaration allows (its tags), each collector's own rules, and
@@ -421,7 +421,7 @@ func (v *validator) migLayout() {
 	if strings.TrimSpace(s.MIG) == "" {
 		return
 	}
-	if _, _, err := sim.ParseMIGLayouts(s.Model, s.MIG, s.Count); err != nil {
+	if _, _, err := miglayout.ParseAll(s.Model, s.MIG, s.Count); err != nil {
 		v.fail("gpu.sim.mig", quote(s.MIG), "is not a MIG layout of "+s.Model+": "+err.Error())
 	}
 }

@@ -3,12 +3,12 @@ package sim
 import (
 	"fmt"
 	"math"
-	"strconv"
-	"strings"
 	"sync/atomic"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+
+	"github.com/capstan-power/capstan/collectors/gpu/sim/miglayout"
 )
 
 // MIG (multi-instance GPU, A100 and later) splits a GPU into up to seven GPU instances, each
@@ -17,61 +17,13 @@ import (
 // profiles ("7x1g.10gb", "3g.40gb,2x2g.20gb"); an empty layout is MIG off.
 
 // MIGProfile is one GPU-instance profile of a model.
-type MIGProfile struct {
-	Name         string // as nvidia-smi shows it: 1g.10gb
-	ID           int    // NVML GPU_INSTANCE_PROFILE_*
-	Slices       int    // compute slices (of 7)
-	MemorySlices int    // memory slices (of 8)
-	MemoryMiB    uint64
-	SMs          uint32
-	Count        int // instances of this profile a GPU holds at most
-}
+type MIGProfile = miglayout.Profile
 
-// maxComputeSlices and maxMemorySlices bound a layout, as the hardware does.
-const (
-	maxComputeSlices = 7
-	maxMemorySlices  = 8
-)
-
-// migProfiles lists each model's GPU-instance profiles (memory sizes are what NVML reports,
-// whose GiB rounded up give the profile's name).
-var migProfiles = map[string][]MIGProfile{
-	"A100": {
-		{"1g.10gb", nvml.GPU_INSTANCE_PROFILE_1_SLICE, 1, 1, 9728, 14, 7},
-		{"1g.20gb", nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV2, 1, 2, 19968, 14, 4},
-		{"2g.20gb", nvml.GPU_INSTANCE_PROFILE_2_SLICE, 2, 2, 19968, 28, 3},
-		{"3g.40gb", nvml.GPU_INSTANCE_PROFILE_3_SLICE, 3, 4, 40192, 42, 2},
-		{"4g.40gb", nvml.GPU_INSTANCE_PROFILE_4_SLICE, 4, 4, 40192, 56, 1},
-		{"7g.80gb", nvml.GPU_INSTANCE_PROFILE_7_SLICE, 7, 8, 80384, 98, 1},
-	},
-	"H100": {
-		{"1g.10gb", nvml.GPU_INSTANCE_PROFILE_1_SLICE, 1, 1, 9856, 16, 7},
-		{"1g.20gb", nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV2, 1, 2, 19968, 16, 4},
-		{"2g.20gb", nvml.GPU_INSTANCE_PROFILE_2_SLICE, 2, 2, 19968, 32, 3},
-		{"3g.40gb", nvml.GPU_INSTANCE_PROFILE_3_SLICE, 3, 4, 40192, 60, 2},
-		{"4g.40gb", nvml.GPU_INSTANCE_PROFILE_4_SLICE, 4, 4, 40192, 64, 1},
-		{"7g.80gb", nvml.GPU_INSTANCE_PROFILE_7_SLICE, 7, 8, 80384, 132, 1},
-	},
-	"H200": {
-		{"1g.18gb", nvml.GPU_INSTANCE_PROFILE_1_SLICE, 1, 1, 18176, 16, 7},
-		{"1g.35gb", nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV2, 1, 2, 35456, 16, 4},
-		{"2g.35gb", nvml.GPU_INSTANCE_PROFILE_2_SLICE, 2, 2, 35456, 32, 3},
-		{"3g.71gb", nvml.GPU_INSTANCE_PROFILE_3_SLICE, 3, 4, 72192, 60, 2},
-		{"4g.71gb", nvml.GPU_INSTANCE_PROFILE_4_SLICE, 4, 4, 72192, 64, 1},
-		{"7g.141gb", nvml.GPU_INSTANCE_PROFILE_7_SLICE, 7, 8, 143616, 132, 1},
-	},
-	"B200": {
-		{"1g.23gb", nvml.GPU_INSTANCE_PROFILE_1_SLICE, 1, 1, 23040, 18, 7},
-		{"1g.45gb", nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV2, 1, 2, 46080, 18, 4},
-		{"2g.45gb", nvml.GPU_INSTANCE_PROFILE_2_SLICE, 2, 2, 46080, 36, 3},
-		{"3g.90gb", nvml.GPU_INSTANCE_PROFILE_3_SLICE, 3, 4, 92160, 54, 2},
-		{"4g.90gb", nvml.GPU_INSTANCE_PROFILE_4_SLICE, 4, 4, 92160, 72, 1},
-		{"7g.180gb", nvml.GPU_INSTANCE_PROFILE_7_SLICE, 7, 8, 183300, 148, 1},
-	},
-}
+// maxComputeSlices is the most MIG devices (and compute slices) a GPU has.
+const maxComputeSlices = miglayout.MaxComputeSlices
 
 // MIGProfiles lists the GPU-instance profiles of a model.
-func (m *Model) MIGProfiles() []MIGProfile { return migProfiles[m.Name] }
+func (m *Model) MIGProfiles() []MIGProfile { return miglayout.Profiles(m.Name) }
 
 // computeProfileOf is the compute-instance profile spanning a GPU instance of that many slices.
 func computeProfileOf(slices int) int {
@@ -88,62 +40,14 @@ func computeProfileOf(slices int) int {
 	return nvml.COMPUTE_INSTANCE_PROFILE_7_SLICE
 }
 
-// ParseMIGLayout checks a layout against a model: comma-separated profiles, each optionally
-// preceded by a count ("7x1g.10gb", "3g.40gb,2x2g.20gb"); empty or "off" is MIG off, "on" is
-// MIG on with no instance. The instances must fit the GPU's 7 compute and 8 memory slices.
+// ParseMIGLayout checks a layout against a model (see miglayout.Parse).
 func ParseMIGLayout(model, layout string) (enabled bool, profiles []MIGProfile, err error) {
-	m, err := LookupModel(model)
-	if err != nil {
-		return false, nil, err
-	}
-	layout = strings.TrimSpace(layout)
-	switch strings.ToLower(layout) {
-	case "", "off":
-		return false, nil, nil
-	case "on":
-		return true, nil, nil
-	}
-	known := m.MIGProfiles()
-	names := make([]string, len(known))
-	for i, p := range known {
-		names[i] = p.Name
-	}
-	count := map[string]int{}
-	compute, memory := 0, 0
-	for item := range strings.SplitSeq(layout, ",") {
-		item = strings.TrimSpace(item)
-		n := 1
-		if k, rest, ok := strings.Cut(item, "x"); ok {
-			v, err := strconv.Atoi(k)
-			if err != nil || v < 1 || v > maxComputeSlices {
-				return false, nil, fmt.Errorf("MIG layout %q: count %q of %q must be 1 to %d", layout, k, item, maxComputeSlices)
-			}
-			n, item = v, rest
-		}
-		var p *MIGProfile
-		for i := range known {
-			if strings.EqualFold(known[i].Name, item) {
-				p = &known[i]
-			}
-		}
-		if p == nil {
-			return false, nil, fmt.Errorf("MIG layout %q: %s has no profile %q: use %s", layout, m.Name, item, strings.Join(names, ", "))
-		}
-		for range n {
-			profiles = append(profiles, *p)
-		}
-		count[p.Name] += n
-		if count[p.Name] > p.Count {
-			return false, nil, fmt.Errorf("MIG layout %q: at most %d instances of %s fit a GPU", layout, p.Count, p.Name)
-		}
-		compute += n * p.Slices
-		memory += n * p.MemorySlices
-	}
-	if compute > maxComputeSlices || memory > maxMemorySlices {
-		return false, nil, fmt.Errorf("MIG layout %q needs %d compute and %d memory slices; a GPU has %d and %d",
-			layout, compute, memory, maxComputeSlices, maxMemorySlices)
-	}
-	return true, profiles, nil
+	return miglayout.Parse(model, layout)
+}
+
+// ParseMIGLayouts reads the layouts of a fleet of count GPUs (see miglayout.ParseAll).
+func ParseMIGLayouts(model, spec string, count int) ([][]MIGProfile, []bool, error) {
+	return miglayout.ParseAll(model, spec, count)
 }
 
 // migState is a GPU's MIG configuration; guarded by the GPU's lock.
@@ -309,13 +213,13 @@ func (g *GPU) GetGpuInstanceProfileInfo(profile int) (nvml.GpuInstanceProfileInf
 	}
 	for _, p := range g.fleet.model.MIGProfiles() {
 		if p.ID == profile {
-			return p.info(), nvml.SUCCESS
+			return profileInfo(p), nvml.SUCCESS
 		}
 	}
 	return nvml.GpuInstanceProfileInfo{}, nvml.ERROR_NOT_SUPPORTED
 }
 
-func (p MIGProfile) info() nvml.GpuInstanceProfileInfo {
+func profileInfo(p MIGProfile) nvml.GpuInstanceProfileInfo {
 	return nvml.GpuInstanceProfileInfo{
 		Id: uint32(p.ID), IsP2pSupported: 1, SliceCount: uint32(p.Slices), InstanceCount: uint32(p.Count),
 		MultiprocessorCount: p.SMs, CopyEngineCount: uint32(p.Slices), DecoderCount: uint32(max(1, p.Slices/2)),
@@ -460,30 +364,4 @@ func (d *MigDevice) GetAttributes() (nvml.DeviceAttributes, nvml.Return) {
 	p := d.profile
 	return nvml.DeviceAttributes{MultiprocessorCount: p.SMs, SharedCopyEngineCount: uint32(p.Slices),
 		GpuInstanceSliceCount: uint32(p.Slices), ComputeInstanceSliceCount: uint32(p.Slices), MemorySizeMB: p.MemoryMiB}, nvml.SUCCESS
-}
-
-// ParseMIGLayouts reads the layouts of a fleet of count GPUs: one layout for every GPU, or one
-// per GPU separated by ";" ("7x1g.10gb;3g.40gb,4g.40gb;off"), as many as there are GPUs.
-func ParseMIGLayouts(model, spec string, count int) ([][]MIGProfile, []bool, error) {
-	parts := strings.Split(spec, ";")
-	if len(parts) != 1 && len(parts) != count {
-		return nil, nil, fmt.Errorf("MIG layouts %q: %d layouts for %d GPUs: give one for every GPU or one per GPU", spec, len(parts), count)
-	}
-	layouts := make([][]MIGProfile, count)
-	enabled := make([]bool, count)
-	for i := range count {
-		p := parts[0]
-		if len(parts) > 1 {
-			p = parts[i]
-		}
-		on, profiles, err := ParseMIGLayout(model, p)
-		if err != nil {
-			if len(parts) > 1 {
-				return nil, nil, fmt.Errorf("GPU %d: %w", i, err)
-			}
-			return nil, nil, err
-		}
-		layouts[i], enabled[i] = profiles, on
-	}
-	return layouts, enabled, nil
 }
