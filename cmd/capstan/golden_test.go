@@ -49,7 +49,7 @@ var goldenStart = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 func goldenFlags() []string {
 	return []string{
 		"--node.name=golden",
-		"--gpu.backend=sim", "--gpu.sim.count=2", "--gpu.sim.model=H100", "--gpu.sim.trace=training", "--gpu.sim.seed=1",
+		"--gpu.backend=sim", "--gpu.sim.count=2", "--gpu.sim.model=H100", "--gpu.sim.trace=training", "--gpu.sim.seed=1", "--gpu.sim.mig=off;3g.40gb,2x2g.20gb",
 		"--path.sysfs=" + hostfixtures.Sysfs(hostfixtures.Intel),
 		"--path.procfs=" + hostfixtures.Procfs(hostfixtures.Intel),
 		"--collector.gpu.interval=1h", "--collector.cpufreq.interval=1h", "--collector.thermal.interval=1h",

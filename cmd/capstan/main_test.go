@@ -35,6 +35,18 @@ func TestMain(m *testing.M) { testkit.MainWithBinary(m, ".", "capstan", &binary)
 // simFlags run the agent on the simulated fleet, with nothing listening unless a test asks.
 var simFlags = []string{"--gpu.backend=sim", "--gpu.sim.count=2", "--web.listen-address="}
 
+// everyGPUMetricFlags make the simulated fleet export every GPU metric of the table: GPU 1 in
+// MIG mode, and the GPU metrics that are off by default (per NVLink link) selected.
+func everyGPUMetricFlags() []string {
+	flags := []string{"--gpu.sim.mig=off;3g.40gb,2x2g.20gb"}
+	for _, d := range metrics.Table {
+		if d.From("gpu") && !d.OnByDefault() {
+			flags = append(flags, "--metrics="+d.Name+"=true")
+		}
+	}
+	return flags
+}
+
 func runCapstan(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -73,8 +85,8 @@ var gpuMetricsNotOnSXM = map[string]bool{metrics.GPUFanSpeed.Name: true,
 func TestCollectJSONHasEveryGPUMetric(t *testing.T) {
 	// The host collectors read a fixture server's sysfs: this VM has no cpufreq, hwmon, thermal
 	// zones or powercap, and every collector must be up here.
-	out, errOut, code := runCapstan(t, append([]string{"collect", "--json", "--node.name=node-a",
-		"--path.sysfs=" + hostfixtures.Sysfs(hostfixtures.Intel)}, simFlags...)...)
+	out, errOut, code := runCapstan(t, append(append([]string{"collect", "--json", "--node.name=node-a",
+		"--path.sysfs=" + hostfixtures.Sysfs(hostfixtures.Intel)}, simFlags...), everyGPUMetricFlags()...)...)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}

@@ -52,9 +52,9 @@ func TestOTLPEndToEnd(t *testing.T) {
 	for _, protocol := range []string{"grpc", "http"} {
 		t.Run(protocol, func(t *testing.T) {
 			endpoint, sink := startReceiver(t, protocol)
-			a := startAgent(t, "--gpu.backend=sim", "--gpu.sim.count=2", "--gpu.sim.trace=steady",
-				"--collector.gpu.interval=200ms", "--otlp.endpoint="+endpoint, "--otlp.protocol="+protocol,
-				"--otlp.insecure", "--otlp.interval=1s", "--web.listen-address=", "--node.name=node-e2e")
+			a := startAgent(t, append([]string{"--gpu.backend=sim", "--gpu.sim.count=2", "--gpu.sim.trace=steady",
+				"--collector.gpu.interval=200ms", "--otlp.endpoint=" + endpoint, "--otlp.protocol=" + protocol,
+				"--otlp.insecure", "--otlp.interval=1s", "--web.listen-address=", "--node.name=node-e2e"}, everyGPUMetricFlags()...)...)
 			want := expected()
 			// Two exports of energy prove the counter moves.
 			pts := waitPoints(t, sink, "every table metric and two exports", func(pts []otlptest.Point) bool {

@@ -74,6 +74,12 @@ func (zeroDevice) GpmQueryDeviceSupport() (nvml.GpmSupport, nvml.Return) {
 	return nvml.GpmSupport{IsSupportedDevice: 1}, nvml.SUCCESS
 }
 func (zeroDevice) GpmSampleGet(nvml.GpmSample) nvml.Return { return nvml.SUCCESS }
+func (zeroDevice) GetMigMode() (int, int, nvml.Return) {
+	return nvml.DEVICE_MIG_DISABLE, nvml.DEVICE_MIG_DISABLE, nvml.SUCCESS
+}
+func (zeroDevice) GetNvLinkState(int) (nvml.EnableState, nvml.Return) {
+	return 0, nvml.ERROR_NOT_SUPPORTED
+}
 func (zeroDevice) GetFieldValues(fv []nvml.FieldValue) nvml.Return {
 	for i := range fv {
 		fv[i].ValueType = uint32(nvml.VALUE_TYPE_UNSIGNED_INT)

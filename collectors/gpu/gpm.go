@@ -85,26 +85,54 @@ func (c *Collector) openGPM() {
 		if d.lost {
 			continue
 		}
-		g := &gpm{supported: d.base.With(metrics.GPUGPMSupported)}
-		d.gpm = g
-		support, ret := d.dev.GpmQueryDeviceSupport()
-		if ret != nvml.SUCCESS || support.IsSupportedDevice == 0 {
+		if !c.openDeviceGPM(d) {
 			without = append(without, d.index)
-			continue
-		}
-		if !c.allocGPMSamples(d, g) {
-			without = append(without, d.index)
-			continue
-		}
-		g.isSupported = true
-		g.build(d.base)
-		// A first sample now, so that the first collection already has an interval.
-		if ret := d.dev.GpmSampleGet(g.samples[0]); ret == nvml.SUCCESS {
-			g.latest, g.havePrevious = 0, true
 		}
 	}
 	if len(without) > 0 {
 		c.log.Info("GPUs without GPM profiling metrics; exporting NVML utilisation for them", "gpus", without)
+	}
+}
+
+// openDeviceGPM asks d whether it has GPM and, when it does, allocates its samples and takes a
+// first one; it reports whether d has GPM.
+func (c *Collector) openDeviceGPM(d *device) bool {
+	g := &gpm{supported: d.base.With(metrics.GPUGPMSupported)}
+	d.gpm = g
+	support, ret := d.dev.GpmQueryDeviceSupport()
+	if ret != nvml.SUCCESS || support.IsSupportedDevice == 0 {
+		return false
+	}
+	if !c.allocGPMSamples(d, g) {
+		return false
+	}
+	g.isSupported = true
+	g.build(d.base)
+	// A first sample now, so that the first collection already has an interval.
+	if ret := d.dev.GpmSampleGet(g.samples[0]); ret == nvml.SUCCESS {
+		g.latest, g.havePrevious = 0, true
+	}
+	return true
+}
+
+// reopenGPM restarts GPM on a GPU that came back: a sample from before the outage is no interval
+// to compute from, and a GPU that was lost at start has none yet.
+func (c *Collector) reopenGPM(d *device) {
+	if !c.profiling {
+		return
+	}
+	if d.gpm == nil {
+		if !c.openDeviceGPM(d) {
+			c.log.Info("GPU without GPM profiling metrics; exporting NVML utilisation for it", "gpu", d.index)
+		}
+		return
+	}
+	g := d.gpm
+	g.havePrevious = false
+	if g.isSupported {
+		if ret := d.dev.GpmSampleGet(g.samples[0]); ret == nvml.SUCCESS {
+			g.latest, g.havePrevious = 0, true
+		}
 	}
 }
 

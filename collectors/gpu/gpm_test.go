@@ -236,7 +236,7 @@ func TestGPMMetricsErrors(t *testing.T) {
 	}{
 		{nvml.ERROR_TIMEOUT, `level=WARN msg="GPU query failed" collector=gpu gpu=0 query="GPM metrics" err=ERROR_TIMEOUT`},
 		{nvml.ERROR_NOT_SUPPORTED, `query="GPM metrics" gpus="[0 1]"`},
-		{nvml.ERROR_GPU_IS_LOST, `msg="GPU fell off the bus; reporting it failed and leaving it alone" collector=gpu gpu=0`},
+		{nvml.ERROR_GPU_IS_LOST, `msg="GPU fell off the bus; reporting it failed and looking for it again every 30 s" collector=gpu gpu=0`},
 	} {
 		t.Run(tc.ret.Error(), func(t *testing.T) {
 			lib := newFakeLib(2)

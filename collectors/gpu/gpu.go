@@ -61,6 +61,9 @@ type Collector struct {
 	enabled func(*metrics.Def) bool
 	// violations and profiling are whether the violation counters and GPM are read at all.
 	violations, profiling bool
+	// nvlinkOn is whether any NVLink metric is exported; migProcesses whether MIG devices'
+	// processes are counted.
+	nvlinkOn, migProcesses bool
 	// newlyUnsupported gathers, per query, the GPUs that answered "not supported" during one
 	// collection, so that it is said in one line per query rather than one per GPU.
 	newlyUnsupported [probeCount][]int
@@ -108,6 +111,12 @@ const (
 	probeECCAggregateUncorrected
 	probeGPMSample
 	probeGPMMetrics
+	probeMIGMode
+	probeMIGMemory
+	probeMIGGPM
+	probeNVLink
+	probeNVLinkCRCData
+	probeMIGProcesses
 	probeCount
 )
 
@@ -120,7 +129,8 @@ var probeNames = [probeCount]string{
 	"power violation time", "thermal violation time", "sync boost violation time", "board limit violation time",
 	"low utilization violation time", "reliability violation time", "remapped rows", "retired pages (field values)",
 	"PCIe replay counter", "aggregate corrected ECC errors", "aggregate uncorrected ECC errors",
-	"GPM sample", "GPM metrics",
+	"GPM sample", "GPM metrics", "MIG mode", "MIG device memory", "GPU instance GPM sample",
+	"NVLink", "NVLink CRC data errors", "MIG device processes",
 }
 
 // Limit kinds and throttle reasons in the order of their series.
@@ -144,6 +154,8 @@ type device struct {
 	dev   nvml.Device
 	uuid  string
 	lost  bool
+	// lostProbedAt is when a lost GPU was lost or last looked for.
+	lostProbedAt time.Time
 	// unsupported marks queries this device answered ERROR_NOT_SUPPORTED; they are skipped.
 	unsupported [probeCount]bool
 	// failing marks queries whose last call failed, so a persistent error is logged once.
@@ -164,6 +176,8 @@ type device struct {
 	base                                          *sample.Series // identity only, for deriving xid series
 	health                                        health
 	gpm                                           *gpm // nil without GPM
+	mig                                           *migState
+	nvlink                                        *nvlinkState
 
 	xids map[uint64]*xidCount
 
@@ -193,6 +207,8 @@ func newCollector(lib nvml.Interface, log *slog.Logger, now func() time.Time, en
 	c := &Collector{lib: lib, log: log.With("collector", Name), now: now, enabled: enabled}
 	c.violations = c.exports(metrics.GPUViolationTime)
 	c.profiling = c.exports(metrics.GPUActivity) || c.exports(metrics.GPUIOThroughput)
+	c.nvlinkOn = c.nvlinkWanted()
+	c.migProcesses = c.exports(metrics.GPUMIGProcesses)
 	if v, ret := lib.SystemGetDriverVersion(); ret == nvml.SUCCESS {
 		c.driver = v
 	}
@@ -219,15 +235,15 @@ func (c *Collector) openDevice(i int) *device {
 	if ret != nvml.SUCCESS {
 		// Without a handle the GPU can only be reported failed, under its index.
 		c.log.Error("opening GPU; reporting it failed", "gpu", i, "err", ret)
-		d.lost = true
-		d.uuid = fmt.Sprintf("gpu-index-%d", i)
+		c.markLost(d)
+		d.uuid = fmt.Sprintf("%s%d", indexPlaceholder, i)
 		d.buildSeries("unknown", c.driver, "", "")
 		return d
 	}
 	d.dev = dev
 	uuid, ret := dev.GetUUID()
 	if ret != nvml.SUCCESS {
-		uuid = fmt.Sprintf("gpu-index-%d", i)
+		uuid = fmt.Sprintf("%s%d", indexPlaceholder, i)
 	}
 	d.uuid = uuid
 	name, _ := dev.GetName()
@@ -327,6 +343,7 @@ func (c *Collector) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closeGPM()
+	c.closeMIG()
 	if c.events != nil {
 		if ret := c.events.Free(); ret != nvml.SUCCESS {
 			return fmt.Errorf("freeing the NVML event set: %w", ret)
@@ -336,8 +353,8 @@ func (c *Collector) Close() error {
 	return nil
 }
 
-// Collect reads every GPU. A lost GPU is reported failed and not queried again; a query a GPU
-// does not support is skipped from then on.
+// Collect reads every GPU. A lost GPU is reported failed and only looked for again every
+// reprobeEvery; a query a GPU does not support is skipped from then on.
 func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -346,6 +363,9 @@ func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 	for _, d := range c.devices {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if d.lost {
+			c.reprobe(d)
 		}
 		c.collectDevice(d, b)
 	}
@@ -406,8 +426,8 @@ func (c *Collector) ok(d *device, p probe, ret nvml.Return) bool {
 		c.newlyUnsupported[p] = append(c.newlyUnsupported[p], d.index)
 	case nvml.ERROR_GPU_IS_LOST:
 		if !d.lost {
-			d.lost = true
-			c.log.Error("GPU fell off the bus; reporting it failed and leaving it alone", "gpu", d.index, "uuid", d.uuid)
+			c.markLost(d)
+			c.log.Error("GPU fell off the bus; reporting it failed and looking for it again every 30 s", "gpu", d.index, "uuid", d.uuid)
 		}
 	default:
 		if !d.failing[p] {
@@ -529,6 +549,8 @@ func (c *Collector) collectDevice(d *device, b *sample.Batch) {
 	c.collectPCIe(d, b)
 	c.collectHealth(d, b)
 	c.collectGPM(d, b)
+	c.collectMIG(d, b)
+	c.collectNVLink(d, b)
 	if d.want(probeECCCorrected) {
 		if n, ret := dev.GetTotalEccErrors(nvml.MEMORY_ERROR_TYPE_CORRECTED, nvml.VOLATILE_ECC); c.ok(d, probeECCCorrected, ret) {
 			b.Add(d.eccCorrected, float64(n))

@@ -43,6 +43,16 @@ func newFakeGPU(index int) *fakeGPU {
 		GetSupportedEventTypesFunc: func() (uint64, nvml.Return) { return nvml.EventTypeXidCriticalError, nvml.SUCCESS },
 		RegisterEventsFunc:         func(uint64, nvml.EventSet) nvml.Return { return nvml.SUCCESS },
 		GetPowerUsageFunc:          func() (uint32, nvml.Return) { count(); return 512_000, nvml.SUCCESS },
+		GetMigModeFunc:             func() (int, int, nvml.Return) { return nvml.DEVICE_MIG_DISABLE, nvml.DEVICE_MIG_DISABLE, nvml.SUCCESS },
+		GetNvLinkStateFunc: func(l int) (nvml.EnableState, nvml.Return) {
+			if l < 2 { // two links
+				return nvml.FEATURE_ENABLED, nvml.SUCCESS
+			}
+			return 0, nvml.ERROR_INVALID_ARGUMENT
+		},
+		GetNvLinkErrorCounterFunc:     func(int, nvml.NvLinkErrorCounter) (uint64, nvml.Return) { return 1, nvml.SUCCESS },
+		GetNvLinkVersionFunc:          func(int) (uint32, nvml.Return) { return 4, nvml.SUCCESS },
+		GetNvLinkRemoteDeviceTypeFunc: func(int) (nvml.IntNvLinkDeviceType, nvml.Return) { return nvml.NVLINK_DEVICE_TYPE_SWITCH, nvml.SUCCESS },
 		GetFieldValuesFunc: func(fv []nvml.FieldValue) nvml.Return {
 			count()
 			for i := range fv {
@@ -576,5 +586,94 @@ func TestNotSupportedIsOneLinePerQueryNamingTheGPUs(t *testing.T) {
 	}
 	if n := logs.Count("support"); n != 2 {
 		t.Errorf("%d lines about unsupported queries, want 2:\n%s", n, logs.String())
+	}
+}
+
+// A lost GPU is looked for by its UUID once per reprobeEvery, not on every collection, and stays
+// failed while the lookup fails.
+func TestLostGPUIsLookedForAtASlowPace(t *testing.T) {
+	lib := newFakeLib(2)
+	var lost atomic.Bool
+	lib.gpus[1].GetPowerUsageFunc = func() (uint32, nvml.Return) {
+		if lost.Load() {
+			return 0, nvml.ERROR_GPU_IS_LOST
+		}
+		return 300_000, nvml.SUCCESS
+	}
+	var lookups atomic.Int64
+	lib.DeviceGetHandleByUUIDFunc = func(uuid string) (nvml.Device, nvml.Return) {
+		lookups.Add(1)
+		if lost.Load() {
+			return nil, nvml.ERROR_GPU_IS_LOST
+		}
+		for _, g := range lib.gpus {
+			if u, _ := g.GetUUID(); u == uuid {
+				return g, nvml.SUCCESS
+			}
+		}
+		return nil, nvml.ERROR_NOT_FOUND
+	}
+	now := time.Unix(1_700_000_000, 0)
+	c, err := New(lib, nil, func() time.Time { return now })
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost.Store(true)
+	collect(t, c)
+	for range 10 { // 10 s of collections: no lookup yet
+		now = now.Add(time.Second)
+		collect(t, c)
+	}
+	if n := lookups.Load(); n != 0 {
+		t.Fatalf("a lost GPU was looked for %d times within %s", n, reprobeEvery)
+	}
+	for range 60 { // 60 s more: two lookups
+		now = now.Add(time.Second)
+		collect(t, c)
+	}
+	if n := lookups.Load(); n != 2 {
+		t.Fatalf("a lost GPU was looked for %d times in 70 s, want 2", n)
+	}
+	lost.Store(false)
+	now = now.Add(reprobeEvery)
+	b := collect(t, c)
+	if v, _ := b.Find(metrics.GPUStatus, attribute.Int(metrics.AttrGPUIndex, 1), attribute.String(metrics.AttrHWState, "ok")); v != 1 {
+		t.Error("a GPU found again is still reported failed")
+	}
+	if v, ok := b.Find(metrics.HWPower, attribute.Int(metrics.AttrGPUIndex, 1)); !ok || v != 300 {
+		t.Errorf("a GPU found again reports power %v (%v), want 300", v, ok)
+	}
+}
+
+// A GPU that could not be opened at start is looked for by its index and, once it answers,
+// exported under its real identity; the placeholder's series are no longer exported.
+func TestGPUMissingAtStartIsOpenedLater(t *testing.T) {
+	lib := newFakeLib(2)
+	var missing atomic.Bool
+	missing.Store(true)
+	byIndex := lib.DeviceGetHandleByIndexFunc
+	lib.DeviceGetHandleByIndexFunc = func(i int) (nvml.Device, nvml.Return) {
+		if i == 1 && missing.Load() {
+			return nil, nvml.ERROR_GPU_IS_LOST
+		}
+		return byIndex(i)
+	}
+	now := time.Unix(1_700_000_000, 0)
+	c, err := New(lib, nil, func() time.Time { return now })
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := collect(t, c)
+	if _, ok := b.Find(metrics.GPUStatus, attribute.String(metrics.AttrHWID, "gpu-index-1"), attribute.String(metrics.AttrHWState, "failed")); !ok {
+		t.Fatal("a GPU that cannot be opened is not reported failed under its index")
+	}
+	missing.Store(false)
+	now = now.Add(reprobeEvery)
+	b = collect(t, c)
+	if _, ok := b.Find(metrics.GPUStatus, attribute.String(metrics.AttrHWID, "gpu-index-1")); ok {
+		t.Error("the placeholder identity is still exported after the GPU was opened")
+	}
+	if v, _ := b.Find(metrics.GPUStatus, attribute.String(metrics.AttrHWID, "GPU-00000001"), attribute.String(metrics.AttrHWState, "ok")); v != 1 {
+		t.Error("the GPU opened late is not reported ok under its UUID")
 	}
 }

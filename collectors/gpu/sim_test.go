@@ -21,14 +21,20 @@ func TestCollectorOverEverySimModel(t *testing.T) {
 	for _, model := range sim.Models() {
 		t.Run(model, func(t *testing.T) {
 			clock := clock.NewManual(time.Unix(1_700_000_000, 0))
-			fleet, err := sim.New(sim.Options{Model: model, Count: 4, Trace: "steady", Seed: 7, Clock: clock})
+			m, err := sim.LookupModel(model)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Every model has MIG: two GPUs split, two whole.
+			oneG := "2x" + m.MIGProfiles()[0].Name
+			fleet, err := sim.New(sim.Options{Model: model, Count: 4, Trace: "steady", Seed: 7, Clock: clock,
+				MIG: oneG + ";off;" + oneG + ";off"})
 			if err != nil {
 				t.Fatal(err)
 			}
 			if ret := fleet.Init(); ret != nvml.SUCCESS {
 				t.Fatal(ret)
 			}
-			m := fleet.Model()
 			c, err := New(fleet, nil, clock.Now)
 			if err != nil {
 				t.Fatal(err)
@@ -79,7 +85,7 @@ func onSim(d *metrics.Def, m sim.Model) bool {
 		return m.HasFan
 	case metrics.GPURetiredPages, metrics.GPURetirementPending:
 		return false
-	case metrics.GPUActivity, metrics.GPUIOThroughput:
+	case metrics.GPUActivity, metrics.GPUIOThroughput, metrics.GPUMIGActivity:
 		return m.Architecture >= nvml.DEVICE_ARCH_HOPPER // GPM
 	case metrics.GPUPowerSmoothing, metrics.GPUPowerSmoothingFloor:
 		return m.PowerSmoothing
@@ -150,5 +156,60 @@ func TestSimUnsupportedQueriesAreOneDebugLinePerQuery(t *testing.T) {
 	}
 	if len(fan) != 1 || !strings.Contains(fan[0], "level=DEBUG") || !strings.Contains(fan[0], `gpus="[0 1 2 3 4 5 6 7]"`) {
 		t.Errorf("fan speed: want one debug line listing GPUs 0–7, got %d:\n%s", len(fan), strings.Join(fan, "\n"))
+	}
+}
+
+// A simulated GPU that comes back on the bus (a reset, a driver reload) is looked for at a slow
+// pace and collected again, without a restart; one line says so.
+func TestSimLostGPUComesBack(t *testing.T) {
+	for _, model := range []string{"H100", "A100", "B200"} {
+		t.Run(model, func(t *testing.T) {
+			clock := clock.NewManual(time.Unix(1_700_000_000, 0))
+			fleet, err := sim.New(sim.Options{Model: model, Count: 3, Trace: "training", Seed: 7, Clock: clock})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ret := fleet.Init(); ret != nvml.SUCCESS {
+				t.Fatal(ret)
+			}
+			log, logs := testkit.NewLogger()
+			c, err := New(fleet, log, clock.Now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			gpu2 := attribute.Int(metrics.AttrGPUIndex, 2)
+			state := func(b *sample.Batch) string {
+				if v, _ := b.Find(metrics.GPUStatus, gpu2, attribute.String(metrics.AttrHWState, "ok")); v == 1 {
+					return "ok"
+				}
+				return "failed"
+			}
+			collect(t, c)
+			fleet.SetLost(2, true)
+			clock.Advance(time.Second)
+			if b := collect(t, c); state(b) != "failed" {
+				t.Fatal("a lost GPU is not reported failed")
+			}
+			fleet.SetLost(2, false)
+			clock.Advance(reprobeEvery / 2)
+			if b := collect(t, c); state(b) != "failed" {
+				t.Fatal("a lost GPU was looked for again before its pace")
+			}
+			clock.Advance(reprobeEvery / 2)
+			b := collect(t, c)
+			if state(b) != "ok" {
+				t.Fatalf("a GPU back on the bus is still reported failed:\n%s", logs.String())
+			}
+			if _, ok := b.Find(metrics.HWPower, gpu2); !ok {
+				t.Error("a GPU back on the bus reports no power")
+			}
+			if n := logs.Count("lost GPU answers again"); n != 1 {
+				t.Errorf("the return was logged %d times, want once:\n%s", n, logs.String())
+			}
+			clock.Advance(time.Second)
+			if b := collect(t, c); state(b) != "ok" {
+				t.Error("a GPU that came back failed again on the next collection")
+			}
+		})
 	}
 }

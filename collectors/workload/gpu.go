@@ -16,26 +16,54 @@ import (
 	"github.com/capstan-power/capstan/internal/sample"
 )
 
-// podRefresh is how often the kubelet is asked for pod devices: pods come and go on the scale of
-// seconds, and the call stays off every exporter's path.
+// podRefresh is how often the kubelet is asked for pod devices (and each GPU for its MIG
+// devices): pods come and go on the scale of seconds, and the call stays off every exporter's
+// path.
 const podRefresh = 30 * time.Second
 
+// noInstance is NVML's GPU instance of a process on a GPU not in MIG mode.
+const noInstance = 0xFFFFFFFF
+
 // gpuEnergy splits each GPU's energy in the interval across the cgroups of its compute processes
-// by NVML per-process SM utilization; a GPU with no process is charged to the pod the kubelet
-// assigned it to, else reported as idle energy.
+// by NVML per-process SM utilization (on a GPU in MIG mode, which has none, by the size of the
+// instances the processes run in); a GPU with no process is charged to the pods the kubelet
+// assigned it (or its MIG devices, or its time-sliced replicas) to, else reported as idle energy.
+// It also exports each workload's GPU memory and SM share, and, when selected, each process's.
 type gpuEnergy struct {
-	lib    nvml.Interface
-	procfs string
-	pods   *PodResources
-	podMap map[string]PodRef
-	podsAt time.Time
-	now    func() time.Time
-	devs   []*gpuDevice
-	series map[gpuKey]*gpuSeries
+	lib     nvml.Interface
+	procfs  string
+	pods    *PodResources
+	podMap  map[string][]PodRef
+	podsAt  time.Time
+	now     func() time.Time
+	devs    []*gpuDevice
+	series  map[gpuKey]*gpuSeries
+	use     map[useKey]*useSeries
+	procs   map[procKey]*procSeries
+	perProc bool // per-process series are selected
 	// round counts collections; a series is kept while it had energy attributed in one of the
 	// last window collections (the collector's active intervals).
 	round, window uint64
+	// scratch, reused every collection
+	weights map[gpuKey]float64
+	util    map[uint32]*procUtil
+	entries []procEntry
+	batch   *sample.Batch // the collection's batch, for the per-process series
+	perInst map[uint32]int
+	// cgroupOf caches each GPU process's cgroup, read again every cgroupRecheck collections (a
+	// process rarely moves; its PID may be reused once it ended) and forgotten when the PID
+	// leaves the GPUs.
+	cgroupOf map[uint32]cachedCgroup
 }
+
+type cachedCgroup struct {
+	path      string
+	readRound uint64
+	seenRound uint64
+}
+
+// cgroupRecheck is how many collections a process's cgroup is trusted before it is read again.
+const cgroupRecheck = 6
 
 type gpuDevice struct {
 	dev    nvml.Device
@@ -45,6 +73,13 @@ type gpuDevice struct {
 	lastTS uint64 // µs, for GetProcessUtilization
 	idle   *sample.Series
 	idleJ  float64
+	// mig are the GPU's MIG devices by GPU instance id, refreshed with the pods.
+	mig map[uint32]migDevice
+}
+
+type migDevice struct {
+	uuid     string
+	memBytes uint64
 }
 
 type gpuKey struct {
@@ -58,8 +93,47 @@ type gpuSeries struct {
 	last   uint64 // the round energy was last attributed to it
 }
 
-func newGPUEnergy(lib nvml.Interface, procfs string, pods *PodResources, now func() time.Time, window uint64) *gpuEnergy {
-	g := &gpuEnergy{lib: lib, procfs: procfs, pods: pods, now: now, series: map[gpuKey]*gpuSeries{}, window: max(window, 1)}
+// useKey is a workload on one device (GPU or MIG device).
+type useKey struct {
+	gpuKey
+	device string
+}
+
+type useSeries struct {
+	mem, sm      *sample.Series
+	memB, smFrac float64
+	haveSM       bool
+	round        uint64
+}
+
+type procKey struct {
+	pid    uint32
+	device string
+	cgroup string
+}
+
+type procSeries struct {
+	mem   *sample.Series
+	task  [4]*sample.Series // sm, memory, encoder, decoder
+	round uint64
+}
+
+var procTasks = [4]string{"sm", "memory", "encoder", "decoder"}
+
+// procUtil is one process's mean utilisation over NVML's samples since the last collection.
+type procUtil struct {
+	sum [4]float64
+	n   int
+}
+
+func newGPUEnergy(lib nvml.Interface, procfs string, pods *PodResources, now func() time.Time, window uint64, enabled func(*metrics.Def) bool) *gpuEnergy {
+	g := &gpuEnergy{lib: lib, procfs: procfs, pods: pods, now: now, series: map[gpuKey]*gpuSeries{}, window: max(window, 1),
+		use: map[useKey]*useSeries{}, procs: map[procKey]*procSeries{}, weights: map[gpuKey]float64{}, util: map[uint32]*procUtil{},
+		perInst: map[uint32]int{}, cgroupOf: map[uint32]cachedCgroup{}}
+	if enabled == nil {
+		enabled = (*metrics.Def).OnByDefault
+	}
+	g.perProc = enabled(metrics.GPUProcessMemory) || enabled(metrics.GPUProcessUtilization)
 	n, ret := lib.DeviceGetCount()
 	if ret != nvml.SUCCESS {
 		return g
@@ -83,13 +157,20 @@ func newGPUEnergy(lib nvml.Interface, procfs string, pods *PodResources, now fun
 // window.
 func (g *gpuEnergy) collect(ctx context.Context, b *sample.Batch, log func(msg string, args ...any)) {
 	g.round++
+	g.batch = b
+	defer func() { g.batch = nil }()
 	now := g.now()
-	if g.pods != nil && now.Sub(g.podsAt) >= podRefresh {
-		m, err := g.pods.GPUPods(ctx)
-		if err != nil {
-			log("kubelet pod-resources unavailable", "err", err)
-		} else {
-			g.podMap = m
+	if g.podsAt.IsZero() || now.Sub(g.podsAt) >= podRefresh {
+		if g.pods != nil {
+			m, err := g.pods.GPUPods(ctx)
+			if err != nil {
+				log("kubelet pod-resources unavailable", "err", err)
+			} else {
+				g.podMap = m
+			}
+		}
+		for _, d := range g.devs {
+			d.refreshMIG()
 		}
 		g.podsAt = now
 	}
@@ -103,18 +184,14 @@ func (g *gpuEnergy) collect(ctx context.Context, b *sample.Batch, log func(msg s
 			joules = float64(mj-d.lastMJ) / 1e3
 		}
 		d.lastMJ, d.have = mj, true
-		shares := g.processShares(d, now)
-		pod := g.podMap[d.uuid]
-		switch {
-		case len(shares) > 0:
-			for cg, share := range shares {
-				g.add(gpuKey{cgroup: cg, pod: pod}, joules*share)
-			}
-		case pod != PodRef{}:
-			g.add(gpuKey{pod: pod}, joules)
-		default:
-			d.idleJ += joules
+		attributed := g.processShares(d, now)
+		if attributed == 0 {
+			attributed = g.podShares(d)
 		}
+		for k, share := range g.weights {
+			g.add(k, joules*share)
+		}
+		d.idleJ += joules * max(0, 1-attributed)
 		b.Add(d.idle, d.idleJ)
 	}
 	for k, s := range g.series {
@@ -127,72 +204,280 @@ func (g *gpuEnergy) collect(ctx context.Context, b *sample.Batch, log func(msg s
 		}
 		b.Add(s.s, s.joules)
 	}
+	for k, u := range g.use {
+		if u.round != g.round {
+			delete(g.use, k) // a gauge of now: gone with the workload's last process
+			continue
+		}
+		b.Add(u.mem, u.memB)
+		if u.haveSM {
+			b.Add(u.sm, u.smFrac)
+		}
+	}
+	for k, p := range g.procs {
+		if p.round != g.round {
+			delete(g.procs, k)
+		}
+	}
+	for pid, cg := range g.cgroupOf {
+		if cg.seenRound != g.round {
+			delete(g.cgroupOf, pid)
+		}
+	}
+}
+
+// processCgroup is pidCgroup through the cache.
+func (g *gpuEnergy) processCgroup(pid uint32) (string, bool) {
+	if cg, ok := g.cgroupOf[pid]; ok && g.round-cg.readRound < cgroupRecheck {
+		cg.seenRound = g.round
+		g.cgroupOf[pid] = cg
+		return cg.path, true
+	}
+	path, ok := g.pidCgroup(pid)
+	if !ok {
+		delete(g.cgroupOf, pid)
+		return "", false
+	}
+	g.cgroupOf[pid] = cachedCgroup{path: path, readRound: g.round, seenRound: g.round}
+	return path, true
+}
+
+// refreshMIG lists the GPU's MIG devices, when it is in MIG mode.
+func (d *gpuDevice) refreshMIG() {
+	clear(d.mig)
+	mode, _, ret := d.dev.GetMigMode()
+	if ret != nvml.SUCCESS || mode != nvml.DEVICE_MIG_ENABLE {
+		return
+	}
+	n, ret := d.dev.GetMaxMigDeviceCount()
+	if ret != nvml.SUCCESS {
+		return
+	}
+	if d.mig == nil {
+		d.mig = map[uint32]migDevice{}
+	}
+	for i := range n {
+		h, ret := d.dev.GetMigDeviceHandleByIndex(i)
+		if ret != nvml.SUCCESS {
+			continue
+		}
+		gi, ret1 := h.GetGpuInstanceId()
+		uuid, ret2 := h.GetUUID()
+		mem, ret3 := h.GetMemoryInfo()
+		if ret1 == nvml.SUCCESS && ret2 == nvml.SUCCESS && ret3 == nvml.SUCCESS {
+			d.mig[uint32(gi)] = migDevice{uuid: uuid, memBytes: mem.Total}
+		}
+	}
+}
+
+// migTotal is the memory of all the GPU's MIG devices: the whole an instance's share is of.
+func (d *gpuDevice) migTotal() uint64 {
+	var t uint64
+	for _, m := range d.mig {
+		t += m.memBytes
+	}
+	return t
+}
+
+// onePod is the pod that holds device id, when exactly one does: a device time-sliced between
+// several pods names none, since the kubelet does not say which process is whose.
+func (g *gpuEnergy) onePod(id string) PodRef {
+	if pods := g.podMap[id]; len(pods) == 1 {
+		return pods[0]
+	}
+	return PodRef{}
 }
 
 func (g *gpuEnergy) add(k gpuKey, joules float64) {
 	s := g.series[k]
 	if s == nil {
-		attrs := []attribute.KeyValue{
-			attribute.String(metrics.AttrCgroupPath, k.cgroup),
-			attribute.String(metrics.AttrHWType, "gpu"),
-			attribute.String(metrics.AttrWorkloadSource, "nvml"),
-		}
-		id := ParseIdentity(k.cgroup)
-		if id.ContainerID != "" {
-			attrs = append(attrs, attribute.String(metrics.AttrContainerID, id.ContainerID))
-		}
-		if id.PodUID != "" {
-			attrs = append(attrs, attribute.String(metrics.AttrPodUID, id.PodUID))
-		}
-		if id.SlurmJobID != "" {
-			attrs = append(attrs, attribute.String(metrics.AttrSlurmJobID, id.SlurmJobID))
-		}
-		if k.pod.Name != "" {
-			attrs = append(attrs, attribute.String(metrics.AttrPodName, k.pod.Name), attribute.String(metrics.AttrNamespaceName, k.pod.Namespace))
-		}
-		s = &gpuSeries{s: sample.NewSeries(metrics.WorkloadEnergy, attrs...)}
+		s = &gpuSeries{s: sample.NewSeries(metrics.WorkloadEnergy, workloadGPUAttrs(k)...)}
 		g.series[k] = s
 	}
 	s.joules += joules
 	s.last = g.round
 }
 
-// processShares maps the GPU's compute processes to cgroups with each one's share of SM
-// utilization since the last call (equal shares when NVML has no samples).
-func (g *gpuEnergy) processShares(d *gpuDevice, now time.Time) map[string]float64 {
+// workloadGPUAttrs are a GPU workload series' attributes: its cgroup's identity and its pod.
+func workloadGPUAttrs(k gpuKey, extra ...attribute.KeyValue) []attribute.KeyValue {
+	attrs := []attribute.KeyValue{
+		attribute.String(metrics.AttrCgroupPath, k.cgroup),
+		attribute.String(metrics.AttrHWType, "gpu"),
+		attribute.String(metrics.AttrWorkloadSource, "nvml"),
+	}
+	id := ParseIdentity(k.cgroup)
+	if id.ContainerID != "" {
+		attrs = append(attrs, attribute.String(metrics.AttrContainerID, id.ContainerID))
+	}
+	if id.PodUID != "" {
+		attrs = append(attrs, attribute.String(metrics.AttrPodUID, id.PodUID))
+	}
+	if id.SlurmJobID != "" {
+		attrs = append(attrs, attribute.String(metrics.AttrSlurmJobID, id.SlurmJobID))
+	}
+	if k.pod.Name != "" {
+		attrs = append(attrs, attribute.String(metrics.AttrPodName, k.pod.Name), attribute.String(metrics.AttrNamespaceName, k.pod.Namespace))
+	}
+	return append(attrs, extra...)
+}
+
+// procEntry is one compute process of the GPU being attributed.
+type procEntry struct {
+	key    gpuKey
+	device string
+	gi     uint32 // noInstance outside MIG
+	sm     float64
+}
+
+// processShares fills g.weights with each cgroup's share of the GPU's energy from its compute
+// processes and returns the share attributed (0 when the GPU has no process). With NVML's
+// per-process utilisation the cgroups share by SM time (MPS and time-slicing alike); without it
+// (MIG mode, or no samples) each process gets an equal part of its MIG instance's share of the
+// GPU, or of the whole GPU. It also records each workload's (and process's) use.
+func (g *gpuEnergy) processShares(d *gpuDevice, now time.Time) float64 {
+	clear(g.weights)
 	procs, ret := d.dev.GetComputeRunningProcesses()
 	if ret != nvml.SUCCESS || len(procs) == 0 {
-		return nil
+		return 0
 	}
-	util := map[uint32]float64{}
+	for _, u := range g.util {
+		*u = procUtil{}
+	}
 	samples, ret := d.dev.GetProcessUtilization(d.lastTS)
 	d.lastTS = uint64(now.UnixMicro())
 	if ret == nvml.SUCCESS {
 		for _, s := range samples {
-			util[s.Pid] += float64(s.SmUtil)
+			u := g.util[s.Pid]
+			if u == nil {
+				u = &procUtil{}
+				g.util[s.Pid] = u
+			}
+			u.sum[0] += float64(s.SmUtil)
+			u.sum[1] += float64(s.MemUtil)
+			u.sum[2] += float64(s.EncUtil)
+			u.sum[3] += float64(s.DecUtil)
+			u.n++
 		}
 	}
-	weights := map[string]float64{}
-	total := 0.0
+	g.entries = g.entries[:0]
+	smTotal := 0.0
+	perInstance := g.perInst
+	clear(perInstance)
 	for _, p := range procs {
-		cg, ok := g.pidCgroup(p.Pid)
+		cg, ok := g.processCgroup(p.Pid)
 		if !ok {
 			continue
 		}
-		w := util[p.Pid]
-		weights[cg] += w
-		total += w
-	}
-	if total == 0 {
-		for cg := range weights {
-			weights[cg] = 1
-			total++
+		e := procEntry{device: d.uuid, gi: noInstance}
+		if inst, ok := d.mig[p.GpuInstanceId]; ok && p.GpuInstanceId != noInstance {
+			e.device, e.gi = inst.uuid, p.GpuInstanceId
+			perInstance[e.gi]++
+		}
+		e.key = gpuKey{cgroup: cg, pod: g.onePod(e.device)}
+		u := g.util[p.Pid]
+		haveSM := u != nil && u.n > 0
+		if haveSM {
+			e.sm = u.sum[0] / float64(u.n)
+		}
+		smTotal += e.sm
+		g.entries = append(g.entries, e)
+		g.recordUse(useKey{gpuKey: e.key, device: e.device}, float64(p.UsedGpuMemory), e.sm, haveSM)
+		if g.perProc {
+			g.recordProcess(p.Pid, e.device, cg, float64(p.UsedGpuMemory), u)
 		}
 	}
-	for cg := range weights {
-		weights[cg] /= total
+	if len(g.util) > 4*len(procs)+64 {
+		clear(g.util) // processes come and go: do not keep every PID ever seen
 	}
-	return weights
+	if len(g.entries) == 0 {
+		return 0
+	}
+	if smTotal > 0 {
+		for _, e := range g.entries {
+			g.weights[e.key] += e.sm / smTotal
+		}
+		return 1
+	}
+	// No utilisation: equal parts, of each MIG instance's share or of the whole GPU.
+	migTotal := d.migTotal()
+	attributed := 0.0
+	for _, e := range g.entries {
+		share := 1 / float64(len(g.entries))
+		if e.gi != noInstance && migTotal > 0 {
+			share = float64(d.mig[e.gi].memBytes) / float64(migTotal) / float64(perInstance[e.gi])
+		}
+		g.weights[e.key] += share
+		attributed += share
+	}
+	return min(1, attributed)
+}
+
+// podShares fills g.weights for a GPU without processes from the pods the kubelet assigned it to:
+// the whole GPU's pods share it equally (time-sliced replicas), a MIG device's pods its
+// instance's share. It returns the share attributed.
+func (g *gpuEnergy) podShares(d *gpuDevice) float64 {
+	clear(g.weights)
+	attributed := 0.0
+	if pods := g.podMap[d.uuid]; len(pods) > 0 {
+		for _, p := range pods {
+			g.weights[gpuKey{pod: p}] += 1 / float64(len(pods))
+		}
+		attributed = 1
+	}
+	if total := d.migTotal(); total > 0 {
+		for _, m := range d.mig {
+			pods := g.podMap[m.uuid]
+			for _, p := range pods {
+				share := float64(m.memBytes) / float64(total) / float64(len(pods))
+				g.weights[gpuKey{pod: p}] += share
+				attributed += share
+			}
+		}
+	}
+	return min(1, attributed)
+}
+
+// recordUse adds one process's memory and SM time to its workload's use of a device.
+func (g *gpuEnergy) recordUse(k useKey, memB, smPct float64, haveSM bool) {
+	u := g.use[k]
+	if u == nil {
+		hw := attribute.String(metrics.AttrHWID, k.device)
+		u = &useSeries{
+			mem: sample.NewSeries(metrics.WorkloadGPUMemory, workloadGPUAttrs(k.gpuKey, hw)...),
+			sm:  sample.NewSeries(metrics.WorkloadGPUUtilization, workloadGPUAttrs(k.gpuKey, hw)...),
+		}
+		g.use[k] = u
+	}
+	if u.round != g.round {
+		u.round, u.memB, u.smFrac, u.haveSM = g.round, 0, 0, false
+	}
+	u.memB += memB
+	if haveSM {
+		u.smFrac += smPct / 100
+		u.haveSM = true
+	}
+}
+
+// recordProcess exports one process's memory and utilisation (off by default).
+func (g *gpuEnergy) recordProcess(pid uint32, device, cg string, memB float64, u *procUtil) {
+	k := procKey{pid: pid, device: device, cgroup: cg}
+	p := g.procs[k]
+	if p == nil {
+		base := sample.NewSeries(nil, attribute.String(metrics.AttrHWID, device),
+			attribute.Int64(metrics.AttrProcessPID, int64(pid)), attribute.String(metrics.AttrCgroupPath, cg))
+		p = &procSeries{mem: base.With(metrics.GPUProcessMemory)}
+		for i, t := range procTasks {
+			p.task[i] = base.With(metrics.GPUProcessUtilization, attribute.String(metrics.AttrGPUTask, t))
+		}
+		g.procs[k] = p
+	}
+	p.round = g.round
+	g.batch.Add(p.mem, memB)
+	if u != nil && u.n > 0 {
+		for i := range p.task {
+			g.batch.Add(p.task[i], u.sum[i]/float64(u.n)/100)
+		}
+	}
 }
 
 // pidCgroup reads the process's cgroup v2 path (the "0::" line of /proc/<pid>/cgroup, present on

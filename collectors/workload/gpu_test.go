@@ -104,7 +104,7 @@ func TestGPUEnergySplitByProcessAndPod(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = pods.Close() }()
-	g := newGPUEnergy(lib, procfs, pods, clock.Now, 5)
+	g := newGPUEnergy(lib, procfs, pods, clock.Now, 5, nil)
 
 	run := func() *sample.Batch {
 		b := &sample.Batch{}

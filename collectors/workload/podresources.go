@@ -3,6 +3,7 @@ package workload
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -34,23 +35,30 @@ func NewPodResources(socket string) (*PodResources, error) {
 	return &PodResources{conn: conn, client: podresourcesv1.NewPodResourcesListerClient(conn), resourcePrefix: "nvidia.com/"}, nil
 }
 
-// GPUPods lists every pod's GPU devices: device id (the GPU UUID for nvidia.com/gpu) → pod.
-func (p *PodResources) GPUPods(ctx context.Context) (map[string]PodRef, error) {
+// GPUPods lists the pods that hold each GPU device: the GPU's UUID for nvidia.com/gpu, the MIG
+// device's (MIG-…) for nvidia.com/mig-*. A time-sliced (or MPS) replica, which the device plugin
+// names UUID::N, is listed under its device's UUID, so a device shared by several pods lists
+// each of them once.
+func (p *PodResources) GPUPods(ctx context.Context) (map[string][]PodRef, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	resp, err := p.client.List(ctx, &podresourcesv1.ListPodResourcesRequest{})
 	if err != nil {
 		return nil, fmt.Errorf("listing kubelet pod resources: %w", err)
 	}
-	out := map[string]PodRef{}
+	out := map[string][]PodRef{}
 	for _, pod := range resp.GetPodResources() {
 		for _, c := range pod.GetContainers() {
 			for _, d := range c.GetDevices() {
 				if !strings.HasPrefix(d.GetResourceName(), p.resourcePrefix) {
 					continue
 				}
+				ref := PodRef{Namespace: pod.GetNamespace(), Name: pod.GetName(), Container: c.GetName()}
 				for _, id := range d.GetDeviceIds() {
-					out[id] = PodRef{Namespace: pod.GetNamespace(), Name: pod.GetName(), Container: c.GetName()}
+					id, _, _ = strings.Cut(id, "::")
+					if !slices.Contains(out[id], ref) {
+						out[id] = append(out[id], ref)
+					}
 				}
 			}
 		}

@@ -48,6 +48,12 @@ func TestPodResourcesMapsGPUsToPods(t *testing.T) {
 			{Name: "server", Devices: []*podresourcesv1.ContainerDevices{dev("nvidia.com/mig-1g.10gb", "MIG-cccc")}},
 		}},
 		{Name: "cpu-only", Namespace: "default", Containers: []*podresourcesv1.ContainerResources{{Name: "c"}}},
+		{Name: "notebook-a", Namespace: "ml", Containers: []*podresourcesv1.ContainerResources{
+			{Name: "jupyter", Devices: []*podresourcesv1.ContainerDevices{dev("nvidia.com/gpu", "GPU-dddd::0", "GPU-dddd::3")}},
+		}},
+		{Name: "notebook-b", Namespace: "ml", Containers: []*podresourcesv1.ContainerResources{
+			{Name: "jupyter", Devices: []*podresourcesv1.ContainerDevices{dev("nvidia.com/gpu", "GPU-dddd::1")}},
+		}},
 	})
 	pr, err := NewPodResources(sock)
 	if err != nil {
@@ -58,10 +64,12 @@ func TestPodResourcesMapsGPUsToPods(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]PodRef{
-		"GPU-aaaa": {Namespace: "ml", Name: "trainer-0", Container: "main"},
-		"GPU-bbbb": {Namespace: "ml", Name: "trainer-0", Container: "main"},
-		"MIG-cccc": {Namespace: "serving", Name: "infer", Container: "server"},
+	want := map[string][]PodRef{
+		"GPU-aaaa": {{Namespace: "ml", Name: "trainer-0", Container: "main"}},
+		"GPU-bbbb": {{Namespace: "ml", Name: "trainer-0", Container: "main"}},
+		"MIG-cccc": {{Namespace: "serving", Name: "infer", Container: "server"}},
+		// time-sliced replicas of one GPU: each pod once, under the GPU's UUID
+		"GPU-dddd": {{Namespace: "ml", Name: "notebook-a", Container: "jupyter"}, {Namespace: "ml", Name: "notebook-b", Container: "jupyter"}},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("GPUPods = %v, want %v", got, want)

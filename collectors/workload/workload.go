@@ -53,7 +53,7 @@ func init() {
 			}
 			return New(Options{Procfs: set.Procfs, Sysfs: set.Sysfs, Logger: set.Logger,
 				NVML: lib, MaxSeries: w.MaxSeries, ActiveIntervals: w.ActiveIntervals,
-				PodResourcesSocket: w.PodResourcesSocket, Now: set.Now})
+				PodResourcesSocket: w.PodResourcesSocket, Now: set.Now, MetricEnabled: set.MetricEnabled})
 		},
 	})
 }
@@ -94,6 +94,9 @@ type Options struct {
 	PodResourcesSocket string
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
+	// MetricEnabled is the metric selection (nil: the defaults); the per-process GPU series are
+	// built only when selected.
+	MetricEnabled func(*metrics.Def) bool
 }
 
 // Collector is the workload collector.
@@ -221,7 +224,7 @@ func New(o Options) (*Collector, error) {
 		}
 	}
 	if o.NVML != nil {
-		c.gpu = newGPUEnergy(o.NVML, o.Procfs, c.pods, o.Now, c.active)
+		c.gpu = newGPUEnergy(o.NVML, o.Procfs, c.pods, o.Now, c.active, o.MetricEnabled)
 	}
 	args := []any{"cgroup2", root, "source", c.source, "rapl_packages", c.rapl.Len()}
 	if c.bpf != nil {

@@ -47,7 +47,7 @@ type Pipeline struct {
 func openBackend(cfg *config.Config, clk clock.Clock, log *slog.Logger) (*gpu.Backend, error) {
 	s := cfg.GPU.Sim
 	return gpu.Open(cfg.GPU.Backend, sim.Options{Model: s.Model, Count: s.Count, Trace: s.Trace, Seed: s.Seed, Clock: clk,
-		StateFile: s.StateFile, FaultFile: s.FaultFile, Log: log})
+		StateFile: s.StateFile, FaultFile: s.FaultFile, Log: log, MIG: s.MIG})
 }
 
 // NewPipeline builds every enabled collector, with the GPU backend opened once for whoever

@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/capstan-power/capstan/collectors"
+	"github.com/capstan-power/capstan/collectors/gpu/sim/miglayout"
 )
 
 // Validate checks what each key's declaration allows (its tags), each collector's own rules, and
@@ -57,7 +58,10 @@ func (v *validator) rules() map[string]func() {
 	c := v.c
 	return map[string]func(){
 		"node": v.nodeName,
-		"gpu":  func() { v.trace([]string{"gpu", "sim", "trace"}, c.GPU.Sim.Trace) },
+		"gpu": func() {
+			v.trace([]string{"gpu", "sim", "trace"}, c.GPU.Sim.Trace)
+			v.migLayout()
+		},
 		"otlp": func() {
 			v.headers("otlp.headers", c.OTLP.Headers)
 			v.pair("otlp.tls.cert-file", c.OTLP.TLS.CertFile, "otlp.tls.key-file", c.OTLP.TLS.KeyFile)
@@ -457,4 +461,15 @@ func (v *validator) hostPort(key, addr string) {
 // sortedKeys returns a map's keys in order, so that checks and output are deterministic.
 func sortedKeys[V any](m map[string]V) []string {
 	return slices.Sorted(maps.Keys(m))
+}
+
+// migLayout checks the simulated MIG layouts against the simulated model and GPU count.
+func (v *validator) migLayout() {
+	s := v.c.GPU.Sim
+	if strings.TrimSpace(s.MIG) == "" {
+		return
+	}
+	if _, _, err := miglayout.ParseAll(s.Model, s.MIG, s.Count); err != nil {
+		v.fail("gpu.sim.mig", quote(s.MIG), "is not a MIG layout of "+s.Model+": "+err.Error())
+	}
 }

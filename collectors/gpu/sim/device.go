@@ -126,11 +126,12 @@ func (g *GPU) GetFieldValues(values []nvml.FieldValue) nvml.Return {
 			v.ValueType = uint32(nvml.VALUE_TYPE_UNSIGNED_LONG_LONG)
 			binary.LittleEndian.PutUint64(v.Value[:], g.energyMJ())
 		default:
-			if !g.smoothingField(v) {
+			if !g.smoothingField(v) && !g.nvlinkField(v) {
 				g.healthField(v)
 			}
 		}
 	}
+	g.nvlinkSettled = false
 	return nvml.SUCCESS
 }
 
@@ -399,21 +400,4 @@ func (g *GPU) RegisterEvents(types uint64, set nvml.EventSet) nvml.Return {
 		return nvml.ERROR_NOT_SUPPORTED
 	}
 	return s.register(g, types)
-}
-
-// GetComputeRunningProcesses lists no processes: the traces model power, not jobs.
-func (g *GPU) GetComputeRunningProcesses() ([]nvml.ProcessInfo, nvml.Return) {
-	if ret := g.ready(); ret != nvml.SUCCESS {
-		return nil, ret
-	}
-	return []nvml.ProcessInfo{}, nvml.SUCCESS
-}
-
-// GetProcessUtilization answers ERROR_NOT_FOUND, which is what NVML says when it has no process
-// samples.
-func (g *GPU) GetProcessUtilization(uint64) ([]nvml.ProcessUtilizationSample, nvml.Return) {
-	if ret := g.ready(); ret != nvml.SUCCESS {
-		return nil, ret
-	}
-	return nil, nvml.ERROR_NOT_FOUND
 }

@@ -53,6 +53,9 @@ type Options struct {
 
 	// manualFiles leaves polling the fault file and writing the state file to the tests.
 	manualFiles bool
+	// MIG is the MIG layout of every GPU ("7x1g.10gb"), or one per GPU separated by ";"; empty
+	// means MIG off (see ParseMIGLayouts).
+	MIG string
 }
 
 // Fleet is a set of simulated GPUs that implements nvml.Interface. It is safe for concurrent
@@ -101,6 +104,10 @@ func New(o Options) (*Fleet, error) {
 	if err != nil {
 		return nil, fmt.Errorf("choosing the simulated workload: %w", err)
 	}
+	layouts, migOn, err := ParseMIGLayouts(m.Name, o.MIG, o.Count)
+	if err != nil {
+		return nil, fmt.Errorf("choosing the simulated MIG layout: %w", err)
+	}
 	clk := o.Clock
 	if clk == nil {
 		clk = clock.Real()
@@ -122,7 +129,11 @@ func New(o Options) (*Fleet, error) {
 	}
 	answerUnmodelledLibrary(f)
 	for i := range o.Count {
-		f.gpus = append(f.gpus, newGPU(f, i))
+		g := newGPU(f, i)
+		if migOn[i] {
+			g.setMIG(true, layouts[i])
+		}
+		f.gpus = append(f.gpus, g)
 	}
 	if err := f.openFiles(o); err != nil {
 		return nil, err

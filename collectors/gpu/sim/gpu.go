@@ -124,6 +124,11 @@ type GPU struct {
 
 	health      health
 	gpmCounters gpmCounters
+	mig         migState
+	procs       []Process
+	nvlink      nvlinkState
+	// nvlinkSettled: the link counters are up to date for the GetFieldValues call in progress.
+	nvlinkSettled bool
 
 	// clockShare is the last share of its demand a capped GPU could draw, clockCbrt its cube
 	// root: a capped GPU whose demand and draw hold still keeps its clock without a Cbrt.

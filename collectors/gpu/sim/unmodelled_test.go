@@ -105,8 +105,8 @@ func TestUnmodelledCallsAnswerNotSupported(t *testing.T) {
 	if _, ret := g.GetBoardId(); ret != nvml.ERROR_NOT_SUPPORTED {
 		t.Errorf("GetBoardId answered %v, want ERROR_NOT_SUPPORTED", ret)
 	}
-	if h, ret := g.GetMigDeviceHandleByIndex(0); ret != nvml.ERROR_NOT_SUPPORTED || h != nil {
-		t.Errorf("GetMigDeviceHandleByIndex answered %v, %v; want nil, ERROR_NOT_SUPPORTED", h, ret)
+	if h, ret := g.GetDeviceHandleFromMigDeviceHandle(); ret != nvml.ERROR_NOT_SUPPORTED || h != nil {
+		t.Errorf("GetDeviceHandleFromMigDeviceHandle answered %v, %v; want nil, ERROR_NOT_SUPPORTED", h, ret)
 	}
 	direct, ret := g.GetPowerManagementLimit()
 	viaLib, libRet := f.DeviceGetPowerManagementLimit(g)
