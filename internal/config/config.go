@@ -108,7 +108,7 @@ type GPUSim struct {
 	// does; FaultFile injects NVML faults. Both are for tests and soak runs.
 	StateFile string `yaml:"state-file" help:"JSON file where the simulated GPUs keep their state (limits survive agent restarts, as on hardware); rewritten on every limit change and every 100 ms; empty is off"`
 	FaultFile string `yaml:"fault-file" help:"JSON file of NVML faults to inject into the simulated GPUs (errors, hangs, lost GPUs, out-of-band limits, refused writes, driver reloads), re-read when it changes; empty is off"`
-	MIG   string `yaml:"mig" check:"manual" help:"MIG layout of every simulated GPU (7x1g.10gb; 3g.40gb,2x2g.20gb; on; off), or one per GPU separated by ';'; empty is MIG off"`
+	MIG       string `yaml:"mig" check:"manual" help:"MIG layout of every simulated GPU (7x1g.10gb; 3g.40gb,2x2g.20gb; on; off), or one per GPU separated by ';'; empty is MIG off"`
 }
 
 // Collector is the per-collector part of the config, under collector.<name>.
