@@ -96,7 +96,7 @@ func (x *extractor) next(line string) error {
 	case "Lines":
 		n, err := strconv.Atoi(val)
 		if err != nil || n < 0 || x.path == "" || x.isDir {
-			return fmt.Errorf("Lines: %q needs a count ≥ 0 after a Path line", val)
+			return fmt.Errorf("line count %q: want a number ≥ 0 after a Path line", val)
 		}
 		if err := os.MkdirAll(filepath.Dir(x.path), 0o755); err != nil {
 			return err
@@ -110,7 +110,7 @@ func (x *extractor) next(line string) error {
 		return nil
 	case "SymlinkTo":
 		if x.path == "" || x.isDir {
-			return fmt.Errorf("SymlinkTo: %q needs a Path line before it", val)
+			return fmt.Errorf("link target %q: want a Path line before it", val)
 		}
 		if err := os.MkdirAll(filepath.Dir(x.path), 0o755); err != nil {
 			return err
@@ -120,7 +120,7 @@ func (x *extractor) next(line string) error {
 	case "Mode":
 		m, err := strconv.ParseUint(val, 8, 32)
 		if err != nil || x.path == "" {
-			return fmt.Errorf("Mode: %q needs an octal mode after a Directory or Path line", val)
+			return fmt.Errorf("mode %q: want an octal mode after a Directory or Path line", val)
 		}
 		if x.isDir {
 			x.dirModes = append(x.dirModes, dirMode{x.path, os.FileMode(m)})
