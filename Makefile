@@ -20,6 +20,10 @@ GOLANGCI_LINT := $(TOOLS_BIN)/golangci-lint
 # which rules do not use, that takes about 4 minutes on 2 shared cores instead of about 9.
 PROMTOOL_VERSION := v0.316.0
 PROMTOOL := $(TOOLS_BIN)/promtool
+# node_exporter is what `make bench` measures the host collectors against, on its own sysfs
+# fixture (collector/fixtures/sys.ttar of the same module version).
+NODE_EXPORTER_VERSION := v1.12.1
+NODE_EXPORTER := $(TOOLS_BIN)/node_exporter
 
 # The embedded demo: 8 simulated H100s on the training trace, every collector, Prometheus on
 # 127.0.0.1:9400 and a per-GPU table on the terminal every 5 s.
@@ -50,10 +54,14 @@ test:
 test-short:
 	$(GO) test -short -count=1 ./...
 
-# Go benchmarks, then the agent binary itself for 60 s (CPU and peak RSS from /proc).
-bench:
+# Go benchmarks, then the agent binary itself for 60 s (CPU and peak RSS from /proc), then its
+# host collectors beside node_exporter's on node_exporter's sysfs fixture, both scraped at 5 Hz
+# for 60 s (CPU per scrape and peak RSS of each).
+bench: $(NODE_EXPORTER)
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./...
 	CAPSTAN_SOAK=60s $(GO) test -run '^TestSoak$$' -count=1 -v -timeout 5m ./cmd/capstan
+	CAPSTAN_SIDE_BY_SIDE=60s CAPSTAN_NODE_EXPORTER=$(NODE_EXPORTER) \
+		$(GO) test -run '^TestSideBySideNodeExporter$$' -count=1 -v -timeout 5m ./cmd/capstan
 
 # On a node with an NVIDIA driver: capstan collect (NVML) against nvidia-smi, GPM and MIG support,
 # one power limit written (minimum + 10 W), read back and restored; a markdown report on stdout.
@@ -95,6 +103,10 @@ $(PROMTOOL):
 	GOBIN=$(TOOLS_BIN) CGO_ENABLED=0 $(GO) install -tags remove_all_sd github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
 
 promtool: $(PROMTOOL)
+
+# Built as its releases are (static, no cgo), from the module proxy.
+$(NODE_EXPORTER):
+	GOBIN=$(TOOLS_BIN) CGO_ENABLED=0 $(GO) install github.com/prometheus/node_exporter@$(NODE_EXPORTER_VERSION)
 
 tools: $(GOLANGCI_LINT) $(PROMTOOL)
 

@@ -197,6 +197,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 // when ctx is done.
 func runOnce(ctx context.Context, cfg *config.Config, o Options, g *guard, listeners *exporters.Listeners) (*config.Config, error) {
 	log := o.Log
+	applyMemory(cfg.Memory, log)
 	p, err := NewPipeline(cfg, log, o.Clock)
 	if err != nil {
 		return nil, err

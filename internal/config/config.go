@@ -38,6 +38,7 @@ import (
 type Config struct {
 	Node       Node                 `yaml:"node"`
 	Log        Log                  `yaml:"log"`
+	Memory     Memory               `yaml:"memory"`
 	Path       Path                 `yaml:"path"`
 	GPU        GPU                  `yaml:"gpu"`
 	Collectors map[string]Collector `yaml:"collector"`
@@ -72,6 +73,14 @@ type Node struct {
 type Log struct {
 	Level  string `yaml:"level" oneof:"debug,info,warn,error" help:"log level"`
 	Format string `yaml:"format" oneof:"logfmt,json" help:"log format"`
+}
+
+// Memory tunes the Go runtime's memory use for a long-lived daemon.
+type Memory struct {
+	// SoftLimitMiB is the runtime's soft memory limit (debug.SetMemoryLimit): near it, the
+	// garbage collector runs more often rather than let the heap grow. It bounds the runtime's
+	// own memory (heap, stacks), not the binary's pages, which most of the RSS is.
+	SoftLimitMiB int `yaml:"soft-limit-mib" range:"8,65536" zero:"leaves the runtime's default ($GOMEMLIMIT, else none)" help:"soft limit of the Go runtime's memory in MiB: near it the garbage collector works harder instead of growing the heap; set it below a container's memory limit"`
 }
 
 // Path locates the kernel's pseudo-filesystems, so that a container can read the host's.

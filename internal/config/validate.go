@@ -117,7 +117,15 @@ func (v *validator) check(key string, s spec, val reflect.Value) {
 		v.durRange(key, d, lo, hi, also)
 	case s.lo != "":
 		lo, hi := s.intRange()
-		v.intRange(key, int(val.Int()), lo, hi)
+		n := int(val.Int())
+		if s.zero != "" && n == 0 {
+			return
+		}
+		if s.zero != "" && (n < lo || n > hi) {
+			v.fail(key, strconv.Itoa(n), fmt.Sprintf("is out of range (allowed: 0 %s, or %d to %d)", s.zero, lo, hi))
+			return
+		}
+		v.intRange(key, n, lo, hi)
 	case len(s.oneof) > 0:
 		v.oneOf(key, val.String(), s.oneof, s.fold)
 	case s.format == "regexp":
