@@ -32,7 +32,7 @@ func TestSoak(t *testing.T) {
 	dropFromPageCache(t, binary)
 	endpoint, sink := startReceiver(t, "grpc")
 	addr := otlptest.FreeAddr(t)
-	a := startAgent(t, "--gpu.backend=sim", "--gpu.sim.count=8", "--collector.gpu.interval=1s",
+	a := startAgent(t, "--gpu.backend=sim", "--gpu.sim.count=8", "--gpu.sim.mig=7x1g.10gb", "--collector.gpu.interval=1s",
 		"--otlp.endpoint="+endpoint, "--otlp.insecure", "--otlp.interval=10s",
 		"--web.listen-address="+addr)
 	a.waitLog(t, "agent ready")
