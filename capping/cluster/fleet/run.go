@@ -444,7 +444,7 @@ func (r *run) staticCap(leaf string, index map[string]int, m sim.Model, counts m
 // fleet builds one node's simulated GPUs, its trace offset into its run.
 func (r *run) fleet(d *Domain, seed int64, off time.Duration) (*sim.Fleet, error) {
 	c := &shifted{c: r.clock, shift: -off}
-	f, err := sim.New(sim.Options{Model: d.Model, Count: d.GPUs, Trace: d.Trace, Seed: seed, Clock: c})
+	f, err := sim.New(sim.Options{Model: d.Model, Count: d.GPUs, Trace: d.Trace, Seed: seed, Clock: c, Step: r.o.File.PhysicsStep})
 	if err != nil {
 		return nil, err
 	}
