@@ -302,12 +302,16 @@ func (g *GPU) integrate(n int64, s *stepFactors) {
 	capW := min(g.boundLimitW(), g.thermalCapW())
 	// The power controller closes on the cap with its lag; a cap under what the board draws
 	// brings the draw down from where it is, a cap over it holds at once.
-	prevW := g.allowW
-	g.allowW += s.power * (capW - g.allowW)
-	g.allowW = min(g.allowW, max(capW, g.drawnW))
-	ceilingW := g.allowW
+	var ceilingW float64
 	if s.pick {
-		ceilingW = min(prevW+s.powerMean*(capW-prevW), max(capW, g.drawnW))
+		// A coarse step draws the lag's mean over it, from where the draw starts.
+		fromW := min(g.allowW, max(capW, g.drawnW))
+		g.allowW = fromW + s.power*(capW-fromW)
+		ceilingW = fromW + s.powerMean*(capW-fromW)
+	} else {
+		g.allowW += s.power * (capW - g.allowW)
+		g.allowW = min(g.allowW, max(capW, g.drawnW))
+		ceilingW = g.allowW
 	}
 	g.drawnW = min(demand, ceilingW)
 	if g.smooth.on {
