@@ -4,6 +4,7 @@ package clock
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -17,26 +18,28 @@ func (realClock) Now() time.Time { return time.Now() }
 // Real returns the wall clock.
 func Real() Clock { return realClock{} }
 
-// Manual is a clock that moves only when told; it is safe for concurrent use.
+// Manual is a clock that moves only when told; it is safe for concurrent use. Reading it takes
+// no lock: a fleet simulation's GPUs read it from every core between two moves.
 type Manual struct {
-	mu  sync.Mutex
-	now time.Time
+	mu  sync.Mutex // serialises the moves
+	now atomic.Pointer[time.Time]
 }
 
 // NewManual returns a clock standing at start.
-func NewManual(start time.Time) *Manual { return &Manual{now: start} }
+func NewManual(start time.Time) *Manual {
+	c := &Manual{}
+	c.now.Store(&start)
+	return c
+}
 
 // Now returns the clock's time.
-func (c *Manual) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
+func (c *Manual) Now() time.Time { return *c.now.Load() }
 
 // Advance moves the clock forward by d.
 func (c *Manual) Advance(d time.Duration) {
 	c.mu.Lock()
-	c.now = c.now.Add(d)
+	t := c.now.Load().Add(d)
+	c.now.Store(&t)
 	c.mu.Unlock()
 }
 
@@ -44,6 +47,6 @@ func (c *Manual) Advance(d time.Duration) {
 // the clock passes their last simulated instant again.
 func (c *Manual) Set(t time.Time) {
 	c.mu.Lock()
-	c.now = t
+	c.now.Store(&t)
 	c.mu.Unlock()
 }
