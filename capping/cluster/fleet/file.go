@@ -54,8 +54,16 @@ type File struct {
 	// controllers to their periods alone, which simulates faster and cuts no overshoot
 	// between periods.
 	FastSample bool
-	name       string
+	// PhysicsStep is the simulated GPUs' physics step (sim.Options.Step); physics_step: 10ms
+	// runs them at the agent's full fidelity, at several times the cost.
+	PhysicsStep time.Duration
+	name        string
 }
+
+// DefaultPhysicsStep is the fleet's physics step unless its file says otherwise: the coarsest
+// the simulator allows, whose figures agree with the 10 ms step's within the tolerances
+// fleet_step_test.go states.
+const DefaultPhysicsStep = sim.MaxStep
 
 // Paths returns the domains' paths, parents before children.
 func (f *File) Paths() []string {
@@ -103,6 +111,7 @@ func Parse(name string, data []byte) (*File, error) {
 		Domains       map[string]*Domain `yaml:"domains"`
 		FloorPerNodeW float64            `yaml:"floor_per_node_w"`
 		FastSample    *bool              `yaml:"fast_sample"`
+		PhysicsStep   *time.Duration     `yaml:"physics_step"`
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -128,7 +137,14 @@ func Parse(name string, data []byte) (*File, error) {
 			}
 		}
 	}
-	f := &File{Domains: raw.Domains, FloorPerNodeW: raw.FloorPerNodeW, FastSample: raw.FastSample == nil || *raw.FastSample, name: name}
+	f := &File{Domains: raw.Domains, FloorPerNodeW: raw.FloorPerNodeW, FastSample: raw.FastSample == nil || *raw.FastSample,
+		PhysicsStep: DefaultPhysicsStep, name: name}
+	if raw.PhysicsStep != nil {
+		if *raw.PhysicsStep == 0 || sim.ValidStep(*raw.PhysicsStep) != nil {
+			return nil, fmt.Errorf("%s: physics_step: %s out of range (allowed: a multiple of 10ms from 10ms to %s)", name, *raw.PhysicsStep, sim.MaxStep)
+		}
+		f.PhysicsStep = *raw.PhysicsStep
+	}
 	if err := f.check(); err != nil {
 		return nil, err
 	}

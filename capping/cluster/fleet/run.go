@@ -444,7 +444,11 @@ func (r *run) staticCap(leaf string, index map[string]int, m sim.Model, counts m
 // fleet builds one node's simulated GPUs, its trace offset into its run.
 func (r *run) fleet(d *Domain, seed int64, off time.Duration) (*sim.Fleet, error) {
 	c := &shifted{c: r.clock, shift: -off}
-	f, err := sim.New(sim.Options{Model: d.Model, Count: d.GPUs, Trace: d.Trace, Seed: seed, Clock: c})
+	var step time.Duration // without a file, the 10 ms step
+	if r.o.File != nil {
+		step = r.o.File.PhysicsStep
+	}
+	f, err := sim.New(sim.Options{Model: d.Model, Count: d.GPUs, Trace: d.Trace, Seed: seed, Clock: c, Step: step})
 	if err != nil {
 		return nil, err
 	}

@@ -50,6 +50,10 @@ type Options struct {
 	FaultFile string
 	// Log receives the device files' messages; nil discards them.
 	Log *slog.Logger
+	// Step is the physics' time step: 0 means 10 ms, the step every device-facing use keeps
+	// (the agent, simulate). A fleet simulation of many nodes may take a coarser one, a
+	// multiple of 10 ms up to MaxStep, trading fidelity below the step for time (step.go).
+	Step time.Duration
 
 	// manualFiles leaves polling the fault file and writing the state file to the tests.
 	manualFiles bool
@@ -75,6 +79,12 @@ type Fleet struct {
 
 	mu   sync.Mutex // guards sets
 	sets map[*EventSet]struct{}
+
+	// stepN is the physics step in substeps (1: the 10 ms step); steps holds the lag factors of
+	// a step of each length up to it, gridPhase aligns its steps on the clock (step.go).
+	stepN     int64
+	steps     []stepFactors
+	gridPhase int64
 
 	files  *deviceFiles             // nil without a state or fault file
 	active atomic.Pointer[faultSet] // the error and hang faults in force; nil when none
@@ -108,6 +118,10 @@ func New(o Options) (*Fleet, error) {
 	if err != nil {
 		return nil, fmt.Errorf("choosing the simulated MIG layout: %w", err)
 	}
+	stepN, err := stepSubsteps(o.Step)
+	if err != nil {
+		return nil, err
+	}
 	clk := o.Clock
 	if clk == nil {
 		clk = clock.Real()
@@ -127,6 +141,7 @@ func New(o Options) (*Fleet, error) {
 		sets:      map[*EventSet]struct{}{},
 		sleep:     time.Sleep,
 	}
+	f.setStep(stepN)
 	answerUnmodelledLibrary(f)
 	for i := range o.Count {
 		g := newGPU(f, i)

@@ -32,7 +32,8 @@ type gpmCounters struct {
 	flushAt             int64 // step at which the held steps are integrated
 }
 
-// gpmEvery is how many substeps the GPM integrals hold before integrating them (100 ms).
+// gpmEvery is how many steps the GPM integrals hold before integrating them (100 ms at the
+// 10 ms step).
 const gpmEvery = 10
 
 // gpmAccrue adds one step of dtS seconds at demandW to the GPM integrals, every gpmEvery steps;
@@ -54,7 +55,8 @@ func (g *GPU) gpmFlush() {
 			c.accrue(&g.fleet.model, g.workload(), demandW, c.heldS)
 		}
 	}
-	c.heldS, c.heldDemandWS, c.flushAt = 0, 0, g.step+gpmEvery
+	// A coarse physics step holds as many steps as the fine step does (step.go).
+	c.heldS, c.heldDemandWS, c.flushAt = 0, 0, g.step+gpmEvery*g.fleet.stepN
 }
 
 func (c *gpmCounters) accrue(m *Model, w workload, demandW, dtS float64) {

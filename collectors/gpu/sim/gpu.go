@@ -56,8 +56,16 @@ const (
 // lag returns the share of the gap a first-order lag with time constant tau closes in dt.
 func lag(dtS, tauS float64) float64 { return 1 - math.Exp(-dtS/tauS) }
 
-// stepFactors are the lag factors for one step of a given length, computed once.
-type stepFactors struct{ dtS, power, thermal, memThermal float64 }
+// stepFactors are the lag factors for one step of a given length, computed once. pick draws
+// the step's demand at one of its substeps, chosen from the seed, rather than at its first (a
+// fleet's coarse step, see Options.Step).
+type stepFactors struct {
+	dtS, power, thermal, memThermal float64
+	pick                            bool
+	// powerMean is the share of the gap the power lag closes on average over the step, which
+	// a coarse step draws for the whole step (its end value would under-count every cut).
+	powerMean float64
+}
 
 var (
 	fineStep   = newStepFactors(substepS)
@@ -275,6 +283,10 @@ func (g *GPU) advance(now time.Time) {
 	for target-g.step > fineTail+coarseSteps {
 		g.integrate(coarseSteps, &coarseStep)
 	}
+	if g.fleet.stepN > 1 {
+		g.advanceCoarse(target)
+		return
+	}
 	for g.step < target {
 		g.integrate(1, &fineStep)
 	}
@@ -287,16 +299,28 @@ func (g *GPU) integrate(n int64, s *stepFactors) {
 	if g.pendingStep >= 0 && g.step >= g.pendingStep {
 		g.boundW, g.pendingStep = g.pendingW, -1
 	}
-	demand := m.clampDemand(g.fleet.trace.Demand(g.index, time.Duration(g.step)*substep))
+	at := g.step
+	if s.pick && n > 1 {
+		at += int64(noise(g.fleet.seed).hash(streamDemandSample, g.index, g.step) % uint64(n))
+	}
+	demand := m.clampDemand(g.fleet.trace.Demand(g.index, time.Duration(at)*substep))
 	capW := min(g.boundLimitW(), g.thermalCapW())
 	// The power controller closes on the cap with its lag; a cap under what the board draws
 	// brings the draw down from where it is, a cap over it holds at once.
-	g.allowW += s.power * (capW - g.allowW)
-	g.allowW = min(g.allowW, max(capW, g.drawnW))
-	g.drawnW = min(demand, g.allowW)
-	ceilingW := g.allowW
+	var ceilingW float64
+	if s.pick {
+		// A coarse step draws the lag's mean over it, from where the draw starts.
+		fromW := min(g.allowW, max(capW, g.drawnW))
+		g.allowW = fromW + s.power*(capW-fromW)
+		ceilingW = fromW + s.powerMean*(capW-fromW)
+	} else {
+		g.allowW += s.power * (capW - g.allowW)
+		g.allowW = min(g.allowW, max(capW, g.drawnW))
+		ceilingW = g.allowW
+	}
+	g.drawnW = min(demand, ceilingW)
 	if g.smooth.on {
-		g.drawnW, ceilingW = g.smooth.shape(g.drawnW, g.allowW, g.boundLimitW(), g.step, n, s.dtS)
+		g.drawnW, ceilingW = g.smooth.shape(g.drawnW, ceilingW, g.boundLimitW(), g.step, n, s.dtS)
 	}
 	g.energyJ += g.drawnW * s.dtS
 	g.tempC += s.thermal * (g.ambientC + m.ThermalResistanceCPerW*g.drawnW - g.tempC)
@@ -304,14 +328,37 @@ func (g *GPU) integrate(n int64, s *stepFactors) {
 	g.clockMHz = g.clockFor(demand, g.drawnW, ceilingW)
 	g.workS += m.utilization(demand) * g.clockMHz / float64(m.MaxSMClockMHz) * s.dtS
 	g.demandW, g.capW = demand, capW
-	g.health.accrue(g.reasons(), n)
+	g.health.accrue(g.modelReasons(), g.step, n)
 	g.gpmAccrue(demand, s.dtS)
 	g.step += n
-	if (g.step-g.counterPhase)%markEvery == 0 {
-		g.markHead = (g.markHead + 1) % len(g.marks)
-		g.marks[g.markHead] = g.energyJ
-		g.heldW, g.heldStep = g.sampleInstantW(), g.step
+	if n == 1 {
+		if (g.step-g.counterPhase)%markEvery == 0 {
+			g.mark(g.step)
+		}
+		return
 	}
+	// The counter updates that fell inside a longer step, each at its own substep.
+	first := g.step - n + 1
+	d := (g.counterPhase - first) % markEvery
+	if d < 0 {
+		d += markEvery
+	}
+	for at := first + d; at <= g.step; at += markEvery {
+		g.mark(at)
+	}
+}
+
+// mark is the counter update at substep at, within the step just run: the energy then (the
+// step's draw is constant, so the energy at an earlier substep of it is exact) and the instant
+// reading.
+func (g *GPU) mark(at int64) {
+	e := g.energyJ
+	if at < g.step {
+		e -= g.drawnW * float64(g.step-at) * substepS
+	}
+	g.markHead = (g.markHead + 1) % len(g.marks)
+	g.marks[g.markHead] = e
+	g.heldW, g.heldStep = g.sampleInstantW(at), at
 }
 
 // averageW is the mean drawn power over the last full second of 100 ms marks.
@@ -321,10 +368,17 @@ func (g *GPU) averageW() float64 {
 }
 
 // sampleInstantW is the drawn power with a little seeded measurement noise, as the counter
-// update at the current substep records it.
-func (g *GPU) sampleInstantW() float64 {
+// update at substep at records it.
+func (g *GPU) sampleInstantW(at int64) float64 {
 	n := noise(g.fleet.seed)
-	e := instantNoise * (n.unit(streamInstant, g.index, 2*g.step) + n.unit(streamInstant, g.index, 2*g.step+1) - 1)
+	if g.fleet.stepN > 1 {
+		// The same triangular noise from the two halves of one draw, at half the cost: at a
+		// coarse step the counter updates are a large share of the physics (step.go).
+		h := n.hash(streamInstant, g.index, 2*at)
+		e := instantNoise * (float64(h>>32)*0x1p-32 + float64(h&0xffffffff)*0x1p-32 - 1)
+		return g.drawnW * (1 + e)
+	}
+	e := instantNoise * (n.unit(streamInstant, g.index, 2*at) + n.unit(streamInstant, g.index, 2*at+1) - 1)
 	return g.drawnW * (1 + e)
 }
 
@@ -347,7 +401,11 @@ func (g *GPU) elapsed() time.Duration { return time.Duration(g.step) * substep }
 func (g *GPU) busy() bool { return g.demandW > g.fleet.model.busyThresholdW() }
 
 // reasons are the clock-event reasons of the last step.
-func (g *GPU) reasons() uint64 {
+func (g *GPU) reasons() uint64 { return g.modelReasons() | g.health.injected(g.step) }
+
+// modelReasons are the clock-event reasons of the last step that the model itself sets, without
+// the injected ones.
+func (g *GPU) modelReasons() uint64 {
 	m := &g.fleet.model
 	var r uint64
 	if !g.busy() {
@@ -363,7 +421,7 @@ func (g *GPU) reasons() uint64 {
 	if g.tempC >= m.HWSlowdownTempC {
 		r |= nvml.ClocksThrottleReasonHwThermalSlowdown
 	}
-	return r | g.health.injected(g.step)
+	return r
 }
 
 // GPUState is the true state of a simulated GPU at its last substep, for tests and reports.

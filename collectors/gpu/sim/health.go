@@ -32,21 +32,32 @@ var violationReasons = [nvml.PERF_POLICY_COUNT]uint64{
 		nvml.ClocksEventReasonSwThermalSlowdown | nvml.ClocksThrottleReasonHwThermalSlowdown | nvml.ClocksThrottleReasonHwSlowdown,
 }
 
-// accrue adds n substeps to the violation time of every policy whose reasons were set during
-// the step just run; it runs on every step, so it does not allocate.
-func (h *health) accrue(reasons uint64, n int64) {
+// accrue adds the step of n substeps from substep from to the violation time of every policy
+// whose reasons the model set during it, and the part of it an injected brake covered to the
+// policies the brake's reasons count for; it runs on every step, so it does not allocate.
+func (h *health) accrue(reasons uint64, from, n int64) {
 	ns := uint64(n) * uint64(substep)
+	braked := uint64(0)
+	if lo, hi := max(from, h.brakeFrom), min(from+n, h.brakeUntil); hi > lo {
+		braked = uint64(hi-lo) * uint64(substep)
+	}
 	for p, mask := range violationReasons {
-		if reasons&mask != 0 {
+		switch {
+		case reasons&mask != 0:
 			h.violationNs[p] += ns
+		case brakeReasons&mask != 0:
+			h.violationNs[p] += braked
 		}
 	}
 }
 
+// brakeReasons are the clock-event reasons an injected brake sets.
+const brakeReasons = nvml.ClocksThrottleReasonHwSlowdown | nvml.ClocksThrottleReasonHwPowerBrakeSlowdown
+
 // injected are the clock-event reasons an injected event sets at substep step.
 func (h *health) injected(step int64) uint64 {
 	if step >= h.brakeFrom && step < h.brakeUntil {
-		return nvml.ClocksThrottleReasonHwSlowdown | nvml.ClocksThrottleReasonHwPowerBrakeSlowdown
+		return brakeReasons
 	}
 	return 0
 }

@@ -86,6 +86,7 @@ const (
 	// Streams of the power model, not of a trace.
 	streamCounterPhase
 	streamWriteLatency
+	streamDemandSample
 )
 
 // noise is a seeded, stateless random source: every draw is a hash of (seed, stream, GPU, k),
