@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"sync"
 	"time"
 )
 
@@ -34,10 +35,12 @@ type Violation struct {
 // Checker checks the group-wide invariants on successive rounds of every node's device state.
 // It is told, as they happen, the budget the group is given and the windows in which a fault
 // moves limits behind the agents' backs.
+// Its methods may be called from several goroutines.
 type Checker struct {
 	// Settle is how long after a budget cut Σ limits may still be above the new budget.
 	Settle time.Duration
 
+	mu         sync.Mutex
 	budgets    []budgetStep
 	excused    map[string][]window
 	from       time.Time
@@ -64,8 +67,18 @@ func NewChecker(settle time.Duration, from time.Time) *Checker {
 		counts: map[string]int{}, keep: 50}
 }
 
+// StartAt moves the start of the Σ check to t.
+func (c *Checker) StartAt(t time.Time) *Checker {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.from = t
+	return c
+}
+
 // SetBudget records the group budget from t on.
 func (c *Checker) SetBudget(t time.Time, watts float64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.budgets = append(c.budgets, budgetStep{t, watts})
 }
 
@@ -73,6 +86,8 @@ func (c *Checker) SetBudget(t time.Time, watts float64) {
 // a fault there moves limits behind the agent's back (an out-of-band write, a GPU back at its
 // default after a driver reload) or keeps it from writing (refused writes, a hung NVML call).
 func (c *Checker) Excuse(node string, from, until time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.excused[node] = append(c.excused[node], window{from, until.Add(c.Settle)})
 }
 
@@ -105,6 +120,8 @@ func (c *Checker) isExcused(node string, t time.Time) bool {
 
 // Round checks one round of device state, states keyed by node, read at t.
 func (c *Checker) Round(t time.Time, states map[string]*State) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	nodes := make([]string, 0, len(states))
 	for n := range states {
 		nodes = append(nodes, n)
@@ -148,6 +165,8 @@ func (c *Checker) closeEpisode() { c.open = nil }
 // Add records a violation found outside Round (exit and successor checks); checks counts the
 // check itself.
 func (c *Checker) Add(kind string, v *Violation) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.checks[kind]++
 	if v != nil {
 		v.Kind = kind
@@ -163,16 +182,32 @@ func (c *Checker) add(v Violation) {
 }
 
 // Checks counts the checks made per kind.
-func (c *Checker) Checks() map[string]int { return c.checks }
+func (c *Checker) Checks() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.checks
+}
 
 // Counts counts the violations per kind.
-func (c *Checker) Counts() map[string]int { return c.counts }
+func (c *Checker) Counts() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.counts
+}
 
 // Violations lists the stored violations (the first ones of each kind).
-func (c *Checker) Violations() []Violation { return c.violations }
+func (c *Checker) Violations() []Violation {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.violations
+}
 
 // ExcusedRounds is how many rounds the Σ check skipped for a fault that moves limits.
-func (c *Checker) ExcusedRounds() int { return c.excusedN }
+func (c *Checker) ExcusedRounds() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.excusedN
+}
 
 // CheckExit checks what a stopped agent left on its GPUs. before is the last state read before
 // the signal, after the state once the process is gone; originals are the GPUs' limits before
