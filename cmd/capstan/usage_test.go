@@ -22,6 +22,10 @@ func TestExitCodesAndMessages(t *testing.T) {
 	if err := os.WriteFile(traceFile, []byte("gpu:\n  backend: sim\n  sim:\n    trace: /nope.csv\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	badDevices := filepath.Join(dir, "devices.json")
+	if err := os.WriteFile(badDevices, []byte(`{"version":1,"gpus":[}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	// A port that is taken makes the agent fail at run time, after its configuration was good.
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -46,6 +50,9 @@ func TestExitCodesAndMessages(t *testing.T) {
 			"capstan: " + traceFile + ":4: gpu.sim.trace: " + missing},
 		{"malformed trace", []string{"simulate", "--gpu.sim.trace=" + badTrace, "--budget.watts=1000"}, 2,
 			"capstan: --gpu.sim.trace: " + `"` + badTrace + `" is not a usable trace file: trace ` + badTrace + ` line 3: gpu0 value "lots" is not a number`},
+		{"unparsable device-state file", []string{"--gpu.backend=sim", "--gpu.sim.state-file=" + badDevices, "--web.listen-address="}, 2,
+			"capstan: --gpu.sim.state-file: " + `"` + badDevices + `" is not a usable simulated GPU state file: simulated GPU state file ` + badDevices +
+				" does not parse: invalid character '}' looking for beginning of value"},
 		{"negative budget, simulate", []string{"simulate", "--budget.watts=-100"}, 2,
 			"capstan: --budget.watts: -100 is out of range (allowed: 1 to 1000000)"},
 		{"zero budget, simulate", []string{"simulate", "--budget.watts=0"}, 2,

@@ -43,9 +43,10 @@ type Pipeline struct {
 }
 
 // openBackend opens the GPU backend cfg names, the simulated fleet driven by clk.
-func openBackend(cfg *config.Config, clk clock.Clock) (*gpu.Backend, error) {
+func openBackend(cfg *config.Config, clk clock.Clock, log *slog.Logger) (*gpu.Backend, error) {
 	s := cfg.GPU.Sim
-	return gpu.Open(cfg.GPU.Backend, sim.Options{Model: s.Model, Count: s.Count, Trace: s.Trace, Seed: s.Seed, Clock: clk})
+	return gpu.Open(cfg.GPU.Backend, sim.Options{Model: s.Model, Count: s.Count, Trace: s.Trace, Seed: s.Seed, Clock: clk,
+		StateFile: s.StateFile, FaultFile: s.FaultFile, Log: log})
 }
 
 // NewPipeline builds every enabled collector, with the GPU backend opened once for whoever
@@ -61,7 +62,7 @@ func NewPipeline(cfg *config.Config, log *slog.Logger, clk clock.Clock) (*Pipeli
 
 	res := &collectors.Resources{}
 	collectors.Provide(res, func() (nvml.Interface, error) {
-		backend, err := openBackend(cfg, clk)
+		backend, err := openBackend(cfg, clk, log)
 		if err != nil {
 			p.NoGPU = err
 			return nil, err

@@ -179,7 +179,7 @@ func restoreHeld(cfg *config.Config, clk clock.Clock, log *slog.Logger) {
 		log.Error("capping: the held GPU limits could not be restored; the next start restores them from the state file",
 			"state_file", cfg.Capping.StateFile, "err", err)
 	}
-	backend, err := openBackend(cfg, clk)
+	backend, err := openBackend(cfg, clk, log)
 	if err != nil {
 		fail(err)
 		return

@@ -8,11 +8,16 @@ import (
 )
 
 // CheckInputs reads the files a valid configuration names that only the user provides, before
-// anything starts: today the simulator's CSV trace. A missing or malformed one is then a
+// anything starts: the simulator's CSV trace and device-state file. A missing or malformed one is then a
 // *config.Error naming the flag or line that set it (a usage error), not a collector that fails
 // to start. Files other systems provide (certificates, the budget file) are not checked here:
 // they may yet appear, and the agent says so at run time.
 func CheckInputs(c *config.Config) error {
+	if c.GPU.Backend == "sim" && c.GPU.Sim.StateFile != "" {
+		if _, err := sim.ReadStateFile(c.GPU.Sim.StateFile); err != nil {
+			return c.ErrorAt("gpu.sim.state-file", c.GPU.Sim.StateFile, "is not a usable simulated GPU state file: "+err.Error(), err)
+		}
+	}
 	path := strings.TrimSpace(c.GPU.Sim.Trace)
 	if !strings.HasSuffix(strings.ToLower(path), ".csv") {
 		return nil

@@ -92,6 +92,10 @@ type GPUSim struct {
 	Count int    `yaml:"count" range:"1,64" help:"number of simulated GPUs"`
 	Trace string `yaml:"trace" oneof:"steady,bursty,training,inference,imbalanced" or:"a path ending in .csv" check:"manual" help:"simulated workload"`
 	Seed  int64  `yaml:"seed" help:"seed of the simulation's randomness; the same seed gives the same run"`
+	// StateFile makes the simulated GPUs keep their limits across agent restarts, as hardware
+	// does; FaultFile injects NVML faults. Both are for tests and soak runs.
+	StateFile string `yaml:"state-file" help:"JSON file where the simulated GPUs keep their state (limits survive agent restarts, as on hardware); rewritten on every limit change and every 100 ms; empty is off"`
+	FaultFile string `yaml:"fault-file" help:"JSON file of NVML faults to inject into the simulated GPUs (errors, hangs, lost GPUs, out-of-band limits, refused writes, driver reloads), re-read when it changes; empty is off"`
 }
 
 // Collector is the per-collector part of the config, under collector.<name>.

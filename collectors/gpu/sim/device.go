@@ -18,7 +18,7 @@ func (g *GPU) ready() nvml.Return {
 	if g.lost.Load() {
 		return nvml.ERROR_GPU_IS_LOST
 	}
-	return nvml.SUCCESS
+	return g.fleet.fault(g)
 }
 
 // lockNow checks the GPU, locks it and advances it to now; on SUCCESS the caller unlocks.
@@ -293,6 +293,7 @@ func (g *GPU) SetPowerManagementLimit(milliwatts uint32) nvml.Return {
 		return nvml.ERROR_INVALID_ARGUMENT
 	}
 	g.requestedW = float64(milliwatts) / 1000
+	g.fleet.limitChanged(g, WriterNVML)
 	return nvml.SUCCESS
 }
 

@@ -9,6 +9,7 @@ package sim
 
 import (
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,6 +43,16 @@ type Options struct {
 	Clock clock.Clock
 	// DriverVersion is reported by SystemGetDriverVersion; empty means DefaultDriverVersion.
 	DriverVersion string
+	// StateFile, when set, is the device-state file: the GPUs start with the limits it holds
+	// and the fleet keeps it up to date while initialised (see statefile.go).
+	StateFile string
+	// FaultFile, when set, is a file of NVML faults to inject, re-read when it changes.
+	FaultFile string
+	// Log receives the device files' messages; nil discards them.
+	Log *slog.Logger
+
+	// manualFiles leaves polling the fault file and writing the state file to the tests.
+	manualFiles bool
 }
 
 // Fleet is a set of simulated GPUs that implements nvml.Interface. It is safe for concurrent
@@ -61,6 +72,10 @@ type Fleet struct {
 
 	mu   sync.Mutex // guards sets
 	sets map[*EventSet]struct{}
+
+	files  *deviceFiles             // nil without a state or fault file
+	active atomic.Pointer[faultSet] // the error and hang faults in force; nil when none
+	sleep  func(time.Duration)      // how a hang fault waits
 }
 
 var (
@@ -103,9 +118,13 @@ func New(o Options) (*Fleet, error) {
 		seed:      o.Seed,
 		driver:    driver,
 		sets:      map[*EventSet]struct{}{},
+		sleep:     time.Sleep,
 	}
 	for i := range o.Count {
 		f.gpus = append(f.gpus, newGPU(f, i))
+	}
+	if err := f.openFiles(o); err != nil {
+		return nil, err
 	}
 	return f, nil
 }
@@ -178,7 +197,9 @@ func (f *Fleet) initialized() bool { return f.refs.Load() > 0 }
 
 // Init initialises the library; calls are counted, as NVML counts them.
 func (f *Fleet) Init() nvml.Return {
-	f.refs.Add(1)
+	if f.refs.Add(1) == 1 {
+		f.startFiles()
+	}
 	return nvml.SUCCESS
 }
 
@@ -190,6 +211,9 @@ func (f *Fleet) Shutdown() nvml.Return {
 			return nvml.ERROR_UNINITIALIZED
 		}
 		if f.refs.CompareAndSwap(n, n-1) {
+			if n == 1 {
+				f.stopFiles()
+			}
 			return nvml.SUCCESS
 		}
 	}
