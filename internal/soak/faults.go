@@ -629,4 +629,3 @@ func (s *scheduler) nodeFor(ctx context.Context, k faultKind, until time.Time) (
 	}
 	return nil, nil
 }
-

@@ -129,10 +129,10 @@ type HTTPMode int32
 
 // The HTTP proxy's modes.
 const (
-	Pass    HTTPMode = iota // forward
-	Down                    // not listening: connections are refused
-	Slow                    // forward after a delay
-	Refuse                  // answer 503 Service Unavailable
+	Pass   HTTPMode = iota // forward
+	Down                   // not listening: connections are refused
+	Slow                   // forward after a delay
+	Refuse                 // answer 503 Service Unavailable
 	numModes
 )
 
