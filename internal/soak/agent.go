@@ -174,13 +174,14 @@ func (a *agent) current() *process {
 	}
 }
 
-// signal sends sig to the running process, marking the exit it may cause as the harness's.
+// signal sends sig to the running process; with a reason, the exit it may cause is the
+// harness's doing, not a crash.
 func (a *agent) signal(sig syscall.Signal, why string) (*process, error) {
 	p := a.current()
 	if p == nil {
 		return nil, fmt.Errorf("agent %s is not running", a.name)
 	}
-	if sig != syscall.SIGHUP {
+	if why != "" {
 		a.mu.Lock()
 		p.signalled = why
 		a.mu.Unlock()
@@ -188,8 +189,16 @@ func (a *agent) signal(sig syscall.Signal, why string) (*process, error) {
 	return p, p.cmd.Process.Signal(sig)
 }
 
-// stop sends SIGTERM and checks what the node's GPUs hold once the process is gone.
-func (a *agent) stop(why string, wait time.Duration) error {
+// stop sends SIGTERM and checks what the node's GPUs hold once the process is gone; a
+// non-zero exit status counts as a crash.
+func (a *agent) stop(why string, wait time.Duration) error { return a.terminate(why, wait, false) }
+
+// stopAllowingError is stop where a failing exit is expected (a full state disk).
+func (a *agent) stopAllowingError(why string, wait time.Duration) error {
+	return a.terminate(why, wait, true)
+}
+
+func (a *agent) terminate(why string, wait time.Duration, errorOK bool) error {
 	before := a.h.readState(a)
 	p, err := a.signal(syscall.SIGTERM, why)
 	if err != nil {
@@ -204,18 +213,24 @@ func (a *agent) stop(why string, wait time.Duration) error {
 			Detail: fmt.Sprintf("no exit %v after SIGTERM (%s); killed", wait, why)})
 		return nil
 	}
+	a.checkExit(p, before, errorOK)
+	return nil
+}
+
+// checkExit checks the limits a process left once it is gone, before being the last state read
+// before it was signalled.
+func (a *agent) checkExit(p *process, before *devstate.State, errorOK bool) {
 	after := a.h.readState(a)
 	var v *devstate.Violation
-	if why := devstate.CheckExit(a.onExit, a.h.originals(a), before, after, a.h.floorW); why != "" {
+	if why := devstate.CheckExit(a.onExit, a.h.originals(a), before, after, a.h.leaveW(after)); why != "" {
 		v = &devstate.Violation{At: time.Now(), Node: a.name, Detail: why + " (" + p.status + ")"}
 	} else if after != nil && after.PID != p.pid {
 		v = &devstate.Violation{At: time.Now(), Node: a.name, Detail: fmt.Sprintf("the device state after exit was written by PID %d, not the agent's %d", after.PID, p.pid)}
 	}
 	a.h.check.Add(devstate.KindExit, v)
-	if p.status != "exit 0" {
+	if p.status != "exit 0" && !errorOK {
 		a.h.crash(a, p, "exit status after SIGTERM: "+p.status)
 	}
-	return nil
 }
 
 // kill sends SIGKILL and waits for the process to be gone.
@@ -256,7 +271,7 @@ func (a *agent) restartAfterKill(ctx context.Context, crashed *devstate.State) e
 		}
 		within = append(within, s)
 	}
-	got := devstate.ClassifySuccessor(a.h.originals(a), crashed, within, a.h.rampW())
+	got := devstate.ClassifySuccessor(a.h.originals(a), crashed, within, a.h.leaveW(crashed))
 	a.h.successor(a, got)
 	return err
 }

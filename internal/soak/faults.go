@@ -2,6 +2,7 @@ package soak
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -125,8 +126,9 @@ func nvmlError(ctx context.Context, h *harness, a *agent, r *faultRecord) error 
 }
 
 func nvmlHang(ctx context.Context, h *harness, a *agent, r *faultRecord) error {
-	gpu := h.randGPU()
-	r.note("every NVML call of GPU %d hangs 30 s, for 45 s", gpu)
+	// Every GPU: one that an earlier fault left lost to the collector would not be called.
+	gpu := -1
+	r.note("every NVML call of every GPU hangs 30 s, for 45 s")
 	start := time.Now()
 	// A hung call blocks the controller's writes too: the Σ check waits for it.
 	h.check.Excuse(a.name, start, start.Add(45*time.Second+30*time.Second))
@@ -394,7 +396,7 @@ func hupStorm(ctx context.Context, h *harness, a *agent, r *faultRecord) error {
 	return nil
 }
 
-func diskFull(ctx context.Context, _ *harness, a *agent, r *faultRecord) error {
+func diskFull(ctx context.Context, h *harness, a *agent, r *faultRecord) error {
 	filler := filepath.Join(a.stateDir, "filler")
 	f, err := os.Create(filler)
 	if err != nil {
@@ -407,13 +409,28 @@ func diskFull(ctx context.Context, _ *harness, a *agent, r *faultRecord) error {
 		}
 	}
 	_ = f.Close()
-	r.note("the state file's tmpfs full; SIGHUP, then SIGTERM, then freed and started again")
-	if _, err := a.signal(syscall.SIGHUP, ""); err != nil {
+	defer func() { _ = os.Remove(filler) }()
+	// A reload hands the state file over (marks it clean): on a full disk that fails, and
+	// when neither the new nor the previous configuration can start again the agent applies
+	// capping.on-exit and exits with the error (docs/capping.md). Either way out is allowed;
+	// the limits it leaves are checked like a SIGTERM's.
+	before := h.readState(a)
+	p, err := a.signal(syscall.SIGHUP, "SIGHUP on a full state disk")
+	if err != nil {
 		return err
 	}
-	sleep(ctx, 5*time.Second)
-	if err := a.stop(r.Kind, 30*time.Second); err != nil {
-		return err
+	select {
+	case <-p.done:
+		a.checkExit(p, before, true)
+		r.note("the state file's tmpfs full; SIGHUP: the agent applied on-exit and exited (%s); freed and started again", p.status)
+	case <-time.After(8 * time.Second):
+		a.mu.Lock()
+		p.signalled = ""
+		a.mu.Unlock()
+		r.note("the state file's tmpfs full; SIGHUP (the agent kept running), then SIGTERM; freed and started again")
+		if err := a.stopAllowingError(r.Kind, 30*time.Second); err != nil {
+			return err
+		}
 	}
 	_ = os.Remove(filler)
 	_, err = a.start(ctx)
@@ -449,14 +466,39 @@ func budgetCutRaise(ctx context.Context, h *harness, _ *agent, r *faultRecord) e
 }
 
 func budgetBelowMinimums(ctx context.Context, h *harness, _ *agent, r *faultRecord) error {
+	// capstanctl refuses a budget below what the nodes need; an operator writing the key by
+	// hand (etcdctl put) is not stopped, and the agents must say they cannot hold it.
 	low := h.sumMinW * 0.9
-	if err := h.setBudget(low, "soak: below the GPUs' minimums"); err != nil {
+	if err := h.putBudgetKey(low, "soak: below the GPUs' minimums, written by hand"); err != nil {
 		return err
 	}
 	hold := h.alertFor("CapstanNodeOverBudget") + 15*time.Second
-	r.note("group budget %.0f W, below the GPUs' Σ minimums %.0f W, for %v", low, h.sumMinW, hold)
+	r.note("group budget key set to %.0f W by hand, below the GPUs' Σ minimums %.0f W, for %v", low, h.sumMinW, hold)
 	sleep(ctx, hold)
 	return h.setBudget(h.baseBudgetW, "soak: back")
+}
+
+// putBudgetKey writes the group's budget record straight into etcd, as etcdctl would.
+func (h *harness) putBudgetKey(w float64, reason string) error {
+	cli, err := h.etcd.client()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = cli.Close() }()
+	raw, err := json.Marshal(map[string]any{"watts": w, "floor_per_node_w": 0, "set_by": "soak", "set_at": time.Now().UTC(), "reason": reason})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, "/capstan/v1/groups/"+h.group+"/budget", string(raw)); err != nil {
+		return fmt.Errorf("writing the budget key: %w", err)
+	}
+	h.check.SetBudget(time.Now(), w, 0)
+	h.mu.Lock()
+	h.budgetNow, h.floorNow = w, 0
+	h.mu.Unlock()
+	return nil
 }
 
 // setBudget sets the group budget with the real capstanctl and tells the checker.
@@ -467,9 +509,9 @@ func (h *harness) setBudget(w float64, reason string) error {
 	if err != nil {
 		return fmt.Errorf("capstanctl budget set %.0f: %v: %s", w, err, out)
 	}
-	h.check.SetBudget(time.Now(), w)
+	h.check.SetBudget(time.Now(), w, h.floorW)
 	h.mu.Lock()
-	h.budgetNow = w
+	h.budgetNow, h.floorNow = w, h.floorW
 	h.mu.Unlock()
 	return nil
 }

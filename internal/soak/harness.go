@@ -84,6 +84,7 @@ type harness struct {
 	// starts at its default.
 	defaults   map[string]map[string]int64
 	budgetNow  float64
+	floorNow   float64
 	faults     []*faultRecord
 	skipped    map[string]string
 	crashes    []crashRecord
@@ -157,12 +158,13 @@ func (h *harness) reloaded(node string) {
 	h.reloads[node] = append(h.reloads[node], time.Now())
 }
 
-// restartedBetween tells whether node had a process start or a reload in (from, to]: a
-// cumulative counter may start again there.
+// restartedBetween tells whether node had a process start or a reload in (from, to], or a
+// reload shortly before: a cumulative counter may start again there (a reload builds a new
+// pipeline, and the old one's last export may still arrive after the new one's first).
 func (h *harness) restartedBetween(node string, from, to time.Time) bool {
 	h.mu.Lock()
 	for _, t := range h.reloads[node] {
-		if t.After(from.Add(-time.Second)) && !t.After(to) {
+		if t.After(from.Add(-3*h.cfg.OTLPInterval)) && !t.After(to) {
 			h.mu.Unlock()
 			return true
 		}
@@ -209,17 +211,22 @@ func (h *harness) successor(a *agent, got devstate.SuccessorResult) {
 	switch {
 	case a.crash == "adopt" && got == devstate.SuccessorRestored:
 		v = &devstate.Violation{At: time.Now(), Node: a.name, Detail: "after-crash adopt, but the successor put the original limits back"}
-	case a.crash == "restore" && got == devstate.SuccessorAdopted && !h.restoreHeldByFloor(a):
+	case a.crash == "restore" && got == devstate.SuccessorAdopted:
 		v = &devstate.Violation{At: time.Now(), Node: a.name, Detail: "after-crash restore, but the successor left the crashed agent's limits"}
 	}
 	h.check.Add(devstate.KindSuccessor, v)
 }
 
-// restoreHeldByFloor: with a cluster budget a restore goes only as far as the node's floor;
-// a node already at or above it has nothing it may restore.
-func (h *harness) restoreHeldByFloor(a *agent) bool {
-	s := h.readState(a)
-	return s != nil && s.SumLimitW() >= h.floorW-devstate.ToleranceW
+// leaveW is what the group keeps for a node once it left, which a restore stays within: the
+// budget's floor per node, never below the node's GPUs' Σ minimums.
+func (h *harness) leaveW(s *devstate.State) float64 {
+	h.mu.Lock()
+	f := h.floorNow
+	h.mu.Unlock()
+	if s != nil {
+		f = max(f, s.SumMinW())
+	}
+	return f
 }
 
 func (h *harness) readState(a *agent) *devstate.State {
@@ -234,11 +241,6 @@ func (h *harness) originals(a *agent) map[string]int64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.defaults[a.name]
-}
-
-// rampW is the most the loop raises Σ caps in one period (ramp-percent 5 % of Σ max).
-func (h *harness) rampW() float64 {
-	return 0.05 * float64(h.cfg.GPUs) * 700
 }
 
 func (h *harness) alertFor(name string) time.Duration {

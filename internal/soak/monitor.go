@@ -71,6 +71,9 @@ func (h *harness) watchProcesses(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-tick.C:
+			if h.stopping.Load() {
+				continue // the final stop is no steady state
+			}
 			for _, a := range h.agents {
 				if a.current() == nil {
 					continue

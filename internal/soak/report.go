@@ -111,8 +111,12 @@ func percentile(v []float64, p float64) float64 {
 
 func median(v []float64) float64 { return percentile(v, 0.5) }
 
-// growth compares the medians of the second and the last quarter of samples.
-func growth(samples []procStat, value func(procStat) float64) float64 {
+func highest(v []float64) float64 { return percentile(v, 1) }
+
+// growth compares the second and the last quarter of samples by stat (the median for RSS; the
+// high-water mark for goroutines, whose count moves with every fault in flight — an etcd
+// cluster down holds fewer, a hung NVML call more — while a leak raises the mark).
+func growth(samples []procStat, value func(procStat) float64, stat func([]float64) float64) float64 {
 	n := len(samples)
 	var q2, q4 []float64
 	for i, s := range samples {
@@ -123,10 +127,10 @@ func growth(samples []procStat, value func(procStat) float64) float64 {
 			q4 = append(q4, value(s))
 		}
 	}
-	if len(q2) == 0 || median(q2) == 0 {
+	if len(q2) == 0 || stat(q2) == 0 {
 		return 0
 	}
-	return median(q4)/median(q2) - 1
+	return stat(q4)/stat(q2) - 1
 }
 
 func (h *harness) report(panels []panelResult) *Report {
@@ -152,8 +156,8 @@ func (h *harness) report(panels []panelResult) *Report {
 				life = p.exitedAt.Sub(p.started)
 			}
 			if life >= h.cfg.Duration/2 && len(p.stats) >= 8 {
-				rss := growth(p.stats, func(s procStat) float64 { return float64(s.RSSBytes) })
-				gor := growth(p.stats, func(s procStat) float64 { return float64(s.Goroutines) })
+				rss := growth(p.stats, func(s procStat) float64 { return float64(s.RSSBytes) }, median)
+				gor := growth(p.stats, func(s procStat) float64 { return float64(s.Goroutines) }, highest)
 				pr.RSSGrowth, pr.GoroutineGrowth = &rss, &gor
 				var v *devstate.Violation
 				if rss > Growth {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -160,6 +161,8 @@ func NewHTTP(target string) (*HTTP, error) {
 		return nil, fmt.Errorf("proxy target %q: %w", target, err)
 	}
 	h := &HTTP{proxy: httputil.NewSingleHostReverseProxy(u)}
+	// A client giving up on a slow request is the point of the exercise, not news.
+	h.proxy.ErrorLog = log.New(io.Discard, "", 0)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("proxy to %s: %w", target, err)

@@ -57,6 +57,8 @@ type Checker struct {
 type budgetStep struct {
 	at    time.Time
 	watts float64
+	// floorW is what the allocator grants every node at least (never below its Σ minimums).
+	floorW float64
 }
 
 type window struct{ from, until time.Time }
@@ -75,16 +77,18 @@ func (c *Checker) StartAt(t time.Time) *Checker {
 	return c
 }
 
-// SetBudget records the group budget from t on.
-func (c *Checker) SetBudget(t time.Time, watts float64) {
+// SetBudget records the group budget and its floor per node from t on.
+func (c *Checker) SetBudget(t time.Time, watts, floorW float64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.budgets = append(c.budgets, budgetStep{t, watts})
+	c.budgets = append(c.budgets, budgetStep{t, watts, floorW})
 }
 
 // Excuse exempts node's GPUs from the Σ check between from and until plus the settle window:
 // a fault there moves limits behind the agent's back (an out-of-band write, a GPU back at its
 // default after a driver reload) or keeps it from writing (refused writes, a hung NVML call).
+// The other nodes are still checked: their Σ must stay within the budget less what the
+// allocator grants the excused nodes at least (their floors).
 func (c *Checker) Excuse(node string, from, until time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -92,9 +96,9 @@ func (c *Checker) Excuse(node string, from, until time.Time) {
 }
 
 // bound is the budget Σ must keep to at t: the highest budget of the settle window before t
-// (a cut is given its window), or NaN before any budget.
-func (c *Checker) bound(t time.Time) float64 {
-	b := math.NaN()
+// (a cut is given its window), or NaN before any budget; and the lowest floor per node then.
+func (c *Checker) bound(t time.Time) (budgetW, floorW float64) {
+	b, f := math.NaN(), math.Inf(1)
 	for i, s := range c.budgets {
 		if s.at.After(t) {
 			break
@@ -104,9 +108,10 @@ func (c *Checker) bound(t time.Time) float64 {
 			if math.IsNaN(b) || s.watts > b {
 				b = s.watts
 			}
+			f = math.Min(f, s.floorW)
 		}
 	}
-	return b
+	return b, f
 }
 
 func (c *Checker) isExcused(node string, t time.Time) bool {
@@ -127,35 +132,41 @@ func (c *Checker) Round(t time.Time, states map[string]*State) {
 		nodes = append(nodes, n)
 	}
 	sort.Strings(nodes)
-	sum, minSum := 0.0, 0.0
-	excused := false
+	b, floor := c.bound(t)
+	sum, minSum, reserved := 0.0, 0.0, 0.0
+	var excused []string
 	for _, n := range nodes {
 		s := states[n]
 		c.checks[KindConstraints]++
 		for _, p := range s.OutOfConstraints() {
 			c.add(Violation{At: t, Kind: KindConstraints, Node: n, Detail: p})
 		}
+		if c.isExcused(n, t) {
+			excused = append(excused, n)
+			reserved += math.Max(floor, s.SumMinW())
+			continue
+		}
 		sum += s.SumEnforcedW()
 		minSum += s.SumMinW()
-		excused = excused || c.isExcused(n, t)
 	}
-	b := c.bound(t)
 	if t.Before(c.from) || math.IsNaN(b) {
 		return
 	}
-	if excused {
+	if len(excused) > 0 {
 		c.excusedN++
-		c.closeEpisode()
-		return
 	}
 	c.checks[KindBudget]++
-	limit := math.Max(b, minSum) + ToleranceW
+	limit := math.Max(b-reserved, minSum) + ToleranceW
 	if sum <= limit {
 		c.closeEpisode()
 		return
 	}
 	if c.open == nil {
-		c.open = &Violation{At: t, Kind: KindBudget, Detail: fmt.Sprintf("Σ enforced %.0f W above the group budget %.0f W (Σ minimums %.0f W)", sum, b, minSum)}
+		d := fmt.Sprintf("Σ enforced %.0f W above the group budget %.0f W (Σ minimums %.0f W)", sum, b, minSum)
+		if len(excused) > 0 {
+			d = fmt.Sprintf("Σ enforced of the nodes outside faults %.0f W above the group budget %.0f W less the floors of %v (%.0f W)", sum, b, excused, reserved)
+		}
+		c.open = &Violation{At: t, Kind: KindBudget, Detail: d}
 		c.add(*c.open)
 	}
 }
@@ -202,20 +213,63 @@ func (c *Checker) Violations() []Violation {
 	return c.violations
 }
 
-// ExcusedRounds is how many rounds the Σ check skipped for a fault that moves limits.
+// ExcusedRounds is how many rounds checked Σ without a node whose fault moves its limits.
 func (c *Checker) ExcusedRounds() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.excusedN
 }
 
+// RestoreTarget is the limit each GPU (by UUID) must hold after a restore within w watts
+// (docs/capping.md): every original when their sum fits, else each GPU its minimum plus the
+// same fraction of the way to its original, in whole watts rounded down. w < 0: no bound.
+func RestoreTarget(originals map[string]int64, s *State, w float64) map[string]int64 {
+	var sumMin, sumOrig float64
+	for _, g := range s.GPUs {
+		o, ok := originals[g.UUID]
+		if !ok || !g.Present {
+			continue
+		}
+		sumMin += float64(g.MinMW)
+		sumOrig += float64(min(max(o, g.MinMW), g.MaxMW))
+	}
+	frac := 1.0
+	if w >= 0 && sumOrig > w*1000 && sumOrig > sumMin {
+		frac = max(0, (w*1000-sumMin)/(sumOrig-sumMin))
+	}
+	out := map[string]int64{}
+	for _, g := range s.GPUs {
+		o, ok := originals[g.UUID]
+		if !ok || !g.Present {
+			continue
+		}
+		o = min(max(o, g.MinMW), g.MaxMW)
+		mw := o
+		if frac < 1 {
+			mw = max(g.MinMW, (g.MinMW+int64(float64(o-g.MinMW)*frac))/1000*1000)
+		}
+		out[g.UUID] = mw
+	}
+	return out
+}
+
+// atTarget tells whether every present GPU of s holds its target, within a watt.
+func atTarget(s *State, target map[string]int64) bool {
+	for _, g := range s.GPUs {
+		if t, ok := target[g.UUID]; ok && g.Present && absMW(g.LimitMW-t) > 1000 {
+			return false
+		}
+	}
+	return true
+}
+
 // CheckExit checks what a stopped agent left on its GPUs. before is the last state read before
 // the signal, after the state once the process is gone; originals are the GPUs' limits before
-// capping (by UUID); floorW is what the group keeps for the node once it left (a restore with a
-// cluster budget brings the originals back only as far as their sum stays within it), negative
-// without a cluster budget (every original must be back).
+// capping (by UUID); leaveW is what the group keeps for the node once it left (with a cluster
+// budget a restore brings the originals back only as far as their sum stays within it: see
+// RestoreTarget), negative without a cluster budget (every original must be back).
 // It returns "" when the limits are as configured.
-func CheckExit(onExit string, originals map[string]int64, before, after *State, floorW float64) string {
+func CheckExit(onExit string, originals map[string]int64, before, after *State, leaveW float64) string {
 	if after == nil || before == nil {
 		return "no device state around the exit"
 	}
@@ -223,45 +277,31 @@ func CheckExit(onExit string, originals map[string]int64, before, after *State, 
 	switch onExit {
 	case "keep":
 		for _, g := range after.GPUs {
-			if p, ok := prev[g.UUID]; ok && g.Present && p.Present && g.LimitMW != p.LimitMW && g.LimitWriter != "nvml" {
+			p, ok := prev[g.UUID]
+			if !ok || !g.Present || !p.Present || g.LimitMW == p.LimitMW {
+				continue
+			}
+			if g.LimitWriter != "nvml" {
 				return fmt.Sprintf("on-exit keep, but GPU %d's limit went %d → %d mW by %s", g.Index, p.LimitMW, g.LimitMW, g.LimitWriter)
 			}
-			if p, ok := prev[g.UUID]; ok && g.Present && p.Present && g.LimitMW == g.DefaultMW && p.LimitMW != g.DefaultMW && originals[g.UUID] == g.DefaultMW {
-				return fmt.Sprintf("on-exit keep, but GPU %d went back to its original %d mW", g.Index, g.LimitMW)
+			if o, ok := originals[g.UUID]; ok && g.LimitMW == o && absMW(o-p.LimitMW) > 1000 {
+				return fmt.Sprintf("on-exit keep, but GPU %d went back to its original %d mW from %d mW", g.Index, g.LimitMW, p.LimitMW)
 			}
 		}
 		return ""
 	case "restore":
-		all := true
-		var dist, distBefore int64
+		target := RestoreTarget(originals, after, leaveW)
+		if atTarget(after, target) {
+			return ""
+		}
+		var got, want []string
 		for _, g := range after.GPUs {
-			if !g.Present {
-				continue
-			}
-			o, ok := originals[g.UUID]
-			if !ok {
-				continue
-			}
-			if g.LimitMW != o {
-				all = false
-			}
-			d := absMW(o - g.LimitMW)
-			if p, ok := prev[g.UUID]; ok && p.Present && d > absMW(o-p.LimitMW) {
-				return fmt.Sprintf("on-exit restore, but GPU %d moved away from its original %d mW: %d → %d mW", g.Index, o, p.LimitMW, g.LimitMW)
-			}
-			dist += d
-			if p, ok := prev[g.UUID]; ok && p.Present {
-				distBefore += absMW(o - p.LimitMW)
+			if t, ok := target[g.UUID]; ok && g.Present {
+				got = append(got, fmt.Sprint(g.LimitMW/1000))
+				want = append(want, fmt.Sprint(t/1000))
 			}
 		}
-		if all {
-			return ""
-		}
-		// Partly restored: only as far as the node's floor allows.
-		if floorW >= 0 && after.SumLimitW() <= math.Max(floorW, before.SumLimitW())+ToleranceW {
-			return ""
-		}
-		return fmt.Sprintf("on-exit restore: limits Σ %.0f W neither the originals nor within the node's floor %.0f W", after.SumLimitW(), floorW)
+		return fmt.Sprintf("on-exit restore: limits %v W, want %v W (the originals, within %.0f W for the node)", got, want, leaveW)
 	}
 	return "unknown on-exit mode " + onExit
 }
@@ -271,51 +311,38 @@ type SuccessorResult string
 
 // Successor outcomes.
 const (
-	SuccessorRestored  SuccessorResult = "restored"
-	SuccessorAdopted   SuccessorResult = "adopted"
-	SuccessorUnchanged SuccessorResult = "unchanged"
+	SuccessorRestored SuccessorResult = "restored"
+	SuccessorAdopted  SuccessorResult = "adopted"
+	// SuccessorSame: the crashed agent's limits already were the restore's target, so a
+	// restore and an adoption look alike.
+	SuccessorSame SuccessorResult = "indistinguishable"
+	// SuccessorOther: the limits moved, but not to the restore's target.
+	SuccessorOther SuccessorResult = "neither"
 )
 
-// ClassifySuccessor says what the successor did within its first moments: crashed is the last
-// state read before the SIGKILL, early the states read since the successor started (before its
-// loop could move the limits by more than rampW per period). Restored: every GPU back at its
-// original, or Σ moved toward the originals by more than one period's ramp at once.
-func ClassifySuccessor(originals map[string]int64, crashed *State, early []*State, rampW float64) SuccessorResult {
-	if crashed == nil {
-		return SuccessorUnchanged
+// ClassifySuccessor says what the successor did in its first moments: crashed is the last
+// state read before the SIGKILL, early the states read from the successor's start to the end
+// of its first control period, leaveW as for CheckExit.
+func ClassifySuccessor(originals map[string]int64, crashed *State, early []*State, leaveW float64) SuccessorResult {
+	if crashed == nil || len(early) == 0 {
+		return SuccessorOther
 	}
-	prev := crashed.ByUUID()
-	res := SuccessorUnchanged
+	target := RestoreTarget(originals, crashed, leaveW)
+	if atTarget(crashed, target) {
+		return SuccessorSame
+	}
 	for _, s := range early {
-		all, moved, changed := true, 0.0, false
-		for _, g := range s.GPUs {
-			o, ok := originals[g.UUID]
-			p, seen := prev[g.UUID]
-			if !ok || !seen || !g.Present {
-				continue
-			}
-			if g.LimitMW != o {
-				all = false
-			}
-			if g.LimitMW != p.LimitMW {
-				changed = true
-			}
-			moved += float64(absMW(o-p.LimitMW)-absMW(o-g.LimitMW)) / 1000
-		}
-		atOriginals := true
-		for _, p := range crashed.GPUs {
-			if o, ok := originals[p.UUID]; ok && p.Present && p.LimitMW != o {
-				atOriginals = false
-			}
-		}
-		if (all && !atOriginals) || moved > rampW {
+		if atTarget(s, target) {
 			return SuccessorRestored
 		}
-		if !changed {
-			res = SuccessorAdopted
+	}
+	prev := crashed.ByUUID()
+	for _, g := range early[0].GPUs {
+		if p, ok := prev[g.UUID]; ok && g.Present && p.Present && g.LimitMW != p.LimitMW {
+			return SuccessorOther
 		}
 	}
-	return res
+	return SuccessorAdopted
 }
 
 func absMW(v int64) int64 {

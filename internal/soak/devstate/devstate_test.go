@@ -79,12 +79,12 @@ func TestBudgetInvariant(t *testing.T) {
 	t0 := time.Date(2026, 12, 6, 5, 0, 0, 0, time.UTC)
 	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
 	c := NewChecker(3*time.Second, at(0))
-	c.SetBudget(at(0), 1000)
+	c.SetBudget(at(0), 1000, 0)
 	round := func(s float64, limit string) {
 		c.Round(at(s), map[string]*State{"n1": state(t, limit)})
 	}
 	round(1, "500000") // 950 W ≤ 1000 W
-	c.SetBudget(at(10), 800)
+	c.SetBudget(at(10), 800, 0)
 	round(11, "500000") // 950 W within the cut's settle window: checked against 1000 W
 	round(12.9, "500000")
 	if n := c.Counts()[KindBudget]; n != 0 {
@@ -103,12 +103,21 @@ func TestBudgetInvariant(t *testing.T) {
 	if n := c.Counts()[KindBudget]; n != 2 || c.ExcusedRounds() != 2 {
 		t.Fatalf("excused rounds counted: %d violations, %d excused", n, c.ExcusedRounds())
 	}
+	// The other nodes stay checked while one is excused: within the budget less its floor.
+	c.Excuse("n2", at(25), at(26))
+	two := func(s float64, l1 string) {
+		c.Round(at(s), map[string]*State{"n1": state(t, l1), "n2": state(t, "700000")})
+	}
+	two(25.5, "340000") // n1 790 W > 800 W less n2's Σ minimums 400 W
+	if n := c.Counts()[KindBudget]; n != 3 {
+		t.Fatalf("a node over the budget left by an excused one passed: %v", c.Violations())
+	}
 	// A budget below the GPUs' minimums cannot be held: the minimums are the bound.
-	c.SetBudget(at(30), 100)
+	c.SetBudget(at(30), 100, 0)
 	low := state(t, "200000")
 	low.GPUs[0].LimitMW, low.GPUs[0].EnforcedMW = 200000, 200000
 	c.Round(at(40), map[string]*State{"n1": low})
-	if n := c.Counts()[KindBudget]; n != 2 {
+	if n := c.Counts()[KindBudget]; n != 3 {
 		t.Errorf("Σ at the minimums counted as over a budget below them: %v", c.Violations())
 	}
 	round(42, "150000")
@@ -122,28 +131,47 @@ func TestCheckExit(t *testing.T) {
 	capped := state(t, "300000")
 	restored := state(t, "700000")
 	restored.GPUs[0].LimitMW = 700000
-	if why := CheckExit("restore", orig, capped, restored, 0); why != "" {
+	if why := CheckExit("restore", orig, capped, restored, -1); why != "" {
 		t.Errorf("full restore: %s", why)
 	}
 	if why := CheckExit("restore", orig, capped, capped, -1); why == "" {
-		t.Error("nothing restored without a cluster floor passed")
+		t.Error("nothing restored without a cluster budget passed")
 	}
-	// With a cluster budget, restore stops at the node's floor.
-	if why := CheckExit("restore", orig, capped, capped, 800); why != "" {
-		t.Errorf("restore held by the floor: %s", why)
+	// With a cluster budget the node keeps 440 W once it left: each GPU gets its minimum
+	// (200 W) plus the same share of the way to its original: 220 W.
+	atFloor := state(t, "220000")
+	atFloor.GPUs[0].LimitMW = 220000
+	if why := CheckExit("restore", orig, capped, atFloor, 440); why != "" {
+		t.Errorf("restore within the node's floor: %s", why)
 	}
-	lower := state(t, "250000")
-	if why := CheckExit("restore", orig, capped, lower, 800); !strings.Contains(why, "moved away") {
-		t.Errorf("a restore lowering a limit: %q", why)
+	if why := CheckExit("restore", orig, capped, restored, 440); why == "" {
+		t.Error("a restore beyond the node's floor passed")
 	}
-	if why := CheckExit("keep", orig, capped, capped, 0); why != "" {
+	// Originals that fit the floor all come back.
+	if why := CheckExit("restore", orig, capped, restored, 1400); why != "" {
+		t.Errorf("restore within a floor that fits the originals: %s", why)
+	}
+	if why := CheckExit("keep", orig, capped, capped, 440); why != "" {
 		t.Errorf("keep: %s", why)
 	}
-	if why := CheckExit("keep", orig, capped, restored, 0); why == "" {
+	if why := CheckExit("keep", orig, capped, restored, 440); why == "" {
 		t.Error("keep that restored passed")
 	}
 	if why := CheckExit("restore", orig, capped, nil, 0); why == "" {
 		t.Error("no state after exit passed")
+	}
+}
+
+func TestRestoreTargetOnOtherModels(t *testing.T) {
+	// A100s (100–400 W) restored within 500 W from originals of 400 and 250 W: Σ min 200 W,
+	// Σ originals 650 W, so each GPU gets its minimum plus two thirds of the way.
+	s := &State{Version: 1, GPUs: []GPU{
+		{Index: 0, UUID: "a", MinMW: 100000, MaxMW: 400000, Present: true},
+		{Index: 1, UUID: "b", MinMW: 100000, MaxMW: 400000, Present: true},
+	}}
+	got := RestoreTarget(map[string]int64{"a": 400000, "b": 250000}, s, 500)
+	if got["a"] != 300000 || got["b"] != 200000 {
+		t.Errorf("targets %v, want a 300 W and b 200 W", got)
 	}
 }
 
@@ -152,14 +180,17 @@ func TestClassifySuccessor(t *testing.T) {
 	crashed := state(t, "300000") // 450 + 300 W
 	restored := state(t, "700000")
 	restored.GPUs[0].LimitMW = 700000
-	if got := ClassifySuccessor(orig, crashed, []*State{crashed, restored}, 140); got != SuccessorRestored {
+	if got := ClassifySuccessor(orig, crashed, []*State{crashed, restored}, -1); got != SuccessorRestored {
 		t.Errorf("restored run classified %s", got)
 	}
-	if got := ClassifySuccessor(orig, crashed, []*State{crashed, crashed}, 140); got != SuccessorAdopted {
+	if got := ClassifySuccessor(orig, crashed, []*State{crashed, crashed}, -1); got != SuccessorAdopted {
 		t.Errorf("held limits classified %s", got)
 	}
-	step := state(t, "350000") // the loop's own small step is not a restore
-	if got := ClassifySuccessor(orig, crashed, []*State{step}, 140); got != SuccessorUnchanged {
-		t.Errorf("a ramp step classified %s", got)
+	step := state(t, "350000") // the loop's own step is neither
+	if got := ClassifySuccessor(orig, crashed, []*State{step}, -1); got != SuccessorOther {
+		t.Errorf("a loop step classified %s", got)
+	}
+	if got := ClassifySuccessor(orig, restored, []*State{restored}, -1); got != SuccessorSame {
+		t.Errorf("limits already at the originals classified %s", got)
 	}
 }
