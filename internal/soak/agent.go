@@ -62,6 +62,8 @@ type procStat struct {
 	At         time.Time `json:"at"`
 	RSSBytes   int64     `json:"rss_bytes"`
 	Goroutines int       `json:"goroutines"`
+	// Steady: no fault of the node's own and no etcd fault in flight.
+	Steady bool `json:"steady"`
 }
 
 func (a *agent) stateFile() string { return filepath.Join(a.stateDir, "capping-state.json") }
@@ -272,8 +274,24 @@ func (a *agent) restartAfterKill(ctx context.Context, crashed *devstate.State) e
 		within = append(within, s)
 	}
 	got := devstate.ClassifySuccessor(a.h.originals(a), crashed, within, a.h.leaveW(crashed))
-	a.h.successor(a, got)
+	detail := "crashed with " + limitsW(crashed)
+	if len(within) > 0 {
+		detail += fmt.Sprintf("; successor's first %s, last %s (%d states)", limitsW(within[0]), limitsW(within[len(within)-1]), len(within))
+	}
+	a.h.successor(a, got, detail)
 	return err
+}
+
+// limitsW lists a state's limits in watts.
+func limitsW(s *devstate.State) string {
+	if s == nil {
+		return "no state"
+	}
+	var parts []string
+	for _, g := range s.GPUs {
+		parts = append(parts, strconv.FormatInt(g.LimitMW/1000, 10))
+	}
+	return "[" + strings.Join(parts, " ") + "] W"
 }
 
 // sample records the process's RSS (from /proc) and goroutines (go_goroutines of /metrics).
@@ -294,6 +312,6 @@ func (a *agent) sample(now time.Time, goroutines int) {
 		}
 	}
 	a.mu.Lock()
-	p.stats = append(p.stats, procStat{At: now, RSSBytes: rss, Goroutines: goroutines})
+	p.stats = append(p.stats, procStat{At: now, RSSBytes: rss, Goroutines: goroutines, Steady: a.h.steady(a.name)})
 	a.mu.Unlock()
 }

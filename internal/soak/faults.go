@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -32,6 +33,8 @@ type faultKind struct {
 	run   func(ctx context.Context, h *harness, a *agent, r *faultRecord) error
 	// needsRoot: skipped with a reason when not root.
 	needsRoot string
+	// long faults (40 s or more) go first in the schedule's first pass.
+	long bool
 }
 
 // faultRecord is one injected fault, as the report lists it.
@@ -62,28 +65,28 @@ func notLong(a *agent) bool { return !a.long }
 func faultKinds() []faultKind {
 	return []faultKind{
 		{name: "nvml.error", domain: "node", alert: "CapstanCappingFailsafe", run: nvmlError},
-		{name: "nvml.hang", domain: "node", alert: "CapstanCollectorDown", run: nvmlHang},
+		{name: "nvml.hang", domain: "node", alert: "CapstanCollectorDown", run: nvmlHang, long: true},
 		{name: "nvml.gpu-lost", domain: "node", alert: "CapstanGPULost", run: gpuLost},
 		{name: "nvml.limit-out-of-band", domain: "node", alert: "CapstanPowerLimitOverridden", run: outOfBand},
-		{name: "nvml.write-refused", domain: "node", run: writeRefused},
+		{name: "nvml.write-refused", domain: "node", alert: "CapstanNodeOverBudget", run: writeRefused},
 		{name: "nvml.driver-reload", domain: "node", run: driverReload},
 		{name: "host.sensor-eio", domain: "node", run: sensorEIO},
 		{name: "host.nic-recreate", domain: "host", run: nicRecreate, needsRoot: "creating and deleting a network link needs root"},
-		{name: "otlp.down", domain: "otlp", run: otlpFault(chaosproxy.Down, 0)},
-		{name: "otlp.slow", domain: "otlp", run: otlpFault(chaosproxy.Slow, 5*time.Second)},
-		{name: "otlp.refuse-503", domain: "otlp", run: otlpFault(chaosproxy.Refuse, 0)},
+		{name: "otlp.down", domain: "otlp", run: otlpFault(chaosproxy.Down, 0), long: true},
+		{name: "otlp.slow", domain: "otlp", run: otlpFault(chaosproxy.Slow, 5*time.Second), long: true},
+		{name: "otlp.refuse-503", domain: "otlp", run: otlpFault(chaosproxy.Refuse, 0), long: true},
 		{name: "etcd.leader-kill", domain: "etcd", run: etcdLeaderKill},
 		{name: "etcd.member-restart", domain: "etcd", run: etcdMemberRestart},
-		{name: "etcd.cluster-down", domain: "etcd", run: etcdClusterDown},
+		{name: "etcd.cluster-down", domain: "etcd", run: etcdClusterDown, long: true},
 		{name: "etcd.partition", domain: "node", alert: "CapstanGrantStale", run: etcdPartition},
 		{name: "agent.sigkill-mid-write", domain: "node", eligible: notLong, run: killMidWrite},
-		{name: "agent.sigkill-allocator", domain: "node", alert: "CapstanAgentDown", run: killAllocator},
+		{name: "agent.sigkill-allocator", domain: "node", alert: "CapstanAgentDown", run: killAllocator, long: true},
 		{name: "agent.sigterm-restart", domain: "node", eligible: notLong, run: termRestart},
 		{name: "agent.sighup-storm", domain: "node", run: hupStorm},
 		{name: "agent.disk-full", domain: "node", eligible: notLong, run: diskFull, needsRoot: "a tiny tmpfs for the state file needs root"},
 		{name: "agent.stderr-closed", domain: "node", eligible: notLong, run: stderrClosed},
 		{name: "budget.cut-raise", domain: "budget", run: budgetCutRaise},
-		{name: "budget.below-minimums", domain: "budget", alert: "CapstanNodeOverBudget", run: budgetBelowMinimums},
+		{name: "budget.below-minimums", domain: "budget", run: budgetBelowMinimums},
 	}
 }
 
@@ -166,10 +169,25 @@ func outOfBand(ctx context.Context, h *harness, a *agent, r *faultRecord) error 
 }
 
 func writeRefused(ctx context.Context, h *harness, a *agent, r *faultRecord) error {
-	r.note("every limit write refused with ERROR_NO_PERMISSION for 20 s")
+	// A driver reload puts every limit back at its default while the agent may not write:
+	// the node draws above its grant and cannot help it, which CapstanNodeOverBudget reports.
+	hold := h.alertFor("CapstanNodeOverBudget") + 15*time.Second
+	r.note("every limit write refused with ERROR_NO_PERMISSION for %v, after a driver reload", hold)
 	start := time.Now()
-	h.check.Excuse(a.name, start, start.Add(20*time.Second))
-	return simFaultFor(ctx, a, simFault{Kind: "refuse-writes", GPU: -1, Code: "ERROR_NO_PERMISSION"}, 20*time.Second)
+	h.check.Excuse(a.name, start, start.Add(hold))
+	until := start.Add(hold)
+	refuse, err := a.faults.add(simFault{Kind: "refuse-writes", GPU: -1, Code: "ERROR_NO_PERMISSION"}, until)
+	if err != nil {
+		return err
+	}
+	sleep(ctx, 300*time.Millisecond)
+	reload, err := a.faults.add(simFault{Kind: "reload", GPU: -1}, time.Time{})
+	if err != nil {
+		return err
+	}
+	sleep(ctx, time.Until(until))
+	_ = a.faults.remove(reload)
+	return a.faults.remove(refuse)
 }
 
 func driverReload(ctx context.Context, h *harness, a *agent, r *faultRecord) error {
@@ -259,6 +277,8 @@ func otlpFault(mode chaosproxy.HTTPMode, delay time.Duration) func(context.Conte
 		sleep(ctx, 30*time.Second)
 		err := h.otlpProxy.Set(chaosproxy.Pass, 0)
 		h.otlpOutageEnded(r, time.Now())
+		// The next OTLP fault waits until this one's recovery could be seen.
+		sleep(ctx, 3*h.cfg.OTLPInterval)
 		return err
 	}
 }
@@ -419,6 +439,7 @@ func diskFull(ctx context.Context, h *harness, a *agent, r *faultRecord) error {
 	if err != nil {
 		return err
 	}
+	h.reloaded(a.name)
 	select {
 	case <-p.done:
 		a.checkExit(p, before, true)
@@ -579,8 +600,23 @@ func (h *harness) runFaults(ctx context.Context, from, until time.Time) {
 	h.rngMu.Lock()
 	h.rng.Shuffle(len(runnable), func(i, j int) { runnable[i], runnable[j] = runnable[j], runnable[i] })
 	h.rngMu.Unlock()
-	// The first pass: every kind once, evenly spread so that each still ends in the window.
-	spacing := max(until.Sub(from)/time.Duration(len(runnable)+1), 2*time.Second)
+	// The first pass: every kind once, evenly spread, the long ones first so that each still
+	// ends in the window.
+	// The allocator kill goes first of all: the long-lived node starts last and is not the
+	// allocator yet (an etcd outage may elect it later).
+	sort.SliceStable(runnable, func(i, j int) bool {
+		first := func(k faultKind) int {
+			switch {
+			case k.name == "agent.sigkill-allocator":
+				return 0
+			case k.long:
+				return 1
+			}
+			return 2
+		}
+		return first(runnable[i]) < first(runnable[j])
+	})
+	spacing := max((until.Sub(from)-time.Minute)/time.Duration(len(runnable)), 2*time.Second)
 	at := from
 	for _, k := range runnable {
 		s.start(ctx, k, at, until)
@@ -620,9 +656,13 @@ func (s *scheduler) start(ctx context.Context, k faultKind, at, until time.Time)
 		}
 		defer lock.Unlock()
 		r := &faultRecord{Kind: k.name, Start: time.Now(), Alert: k.alert}
+		busy := k.domain
 		if target != nil {
 			r.Node, r.instance = target.name, target.addr
+			busy = "node:" + target.name
 		}
+		s.h.inFlight(busy, 1)
+		defer s.h.inFlight(busy, -1)
 		s.h.logf("fault %s %s", k.name, r.Node)
 		err := k.run(ctx, s.h, target, r)
 		r.End = time.Now()

@@ -85,6 +85,8 @@ type harness struct {
 	defaults   map[string]map[string]int64
 	budgetNow  float64
 	floorNow   float64
+	// busy counts the faults in flight per domain ("etcd", "node:node-1", …).
+	busy map[string]int
 	faults     []*faultRecord
 	skipped    map[string]string
 	crashes    []crashRecord
@@ -112,6 +114,7 @@ type successorRecord struct {
 	At     time.Time `json:"at"`
 	Mode   string    `json:"after_crash"`
 	Result string    `json:"seen"`
+	Detail string    `json:"detail"`
 }
 
 type outageRecord struct {
@@ -150,6 +153,20 @@ func (h *harness) recordFault(r *faultRecord) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.faults = append(h.faults, r)
+}
+
+func (h *harness) inFlight(domain string, d int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.busy[domain] += d
+}
+
+// steady tells whether no fault that moves an agent's goroutines is in flight for node: none
+// of its own and no etcd fault (the client's goroutines follow the cluster's state).
+func (h *harness) steady(node string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.busy["etcd"] == 0 && h.busy["node:"+node] == 0
 }
 
 func (h *harness) reloaded(node string) {
@@ -203,9 +220,9 @@ func (h *harness) crash(a *agent, p *process, detail string) {
 	h.logf("CRASH %s PID %d: %s (%s)", a.name, p.pid, detail, p.status)
 }
 
-func (h *harness) successor(a *agent, got devstate.SuccessorResult) {
+func (h *harness) successor(a *agent, got devstate.SuccessorResult, detail string) {
 	h.mu.Lock()
-	h.successors = append(h.successors, successorRecord{Node: a.name, At: time.Now(), Mode: a.crash, Result: string(got)})
+	h.successors = append(h.successors, successorRecord{Node: a.name, At: time.Now(), Mode: a.crash, Result: string(got), Detail: detail})
 	h.mu.Unlock()
 	var v *devstate.Violation
 	switch {
@@ -298,7 +315,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		cfg.Log = os.Stderr
 	}
 	h := &harness{cfg: cfg, group: "soak", skipped: map[string]string{}, reloads: map[string][]time.Time{},
-		defaults: map[string]map[string]int64{}, alertObs: map[string][]alertSighting{},
+		defaults: map[string]map[string]int64{}, alertObs: map[string][]alertSighting{}, busy: map[string]int{},
 		rng: rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x5eed))}
 	if err := os.MkdirAll(filepath.Join(cfg.Out, "logs"), 0o755); err != nil {
 		return nil, err

@@ -72,7 +72,7 @@ type processReport struct {
 	Status  string     `json:"status,omitempty"`
 	Signal  string     `json:"stopped_by,omitempty"`
 	// Growth of the medians from the second quarter of the process's life to the last, when
-	// it lived long enough to say (half the run).
+	// it lived long enough to say (three quarters of the run).
 	RSSGrowth       *float64   `json:"rss_growth,omitempty"`
 	GoroutineGrowth *float64   `json:"goroutine_growth,omitempty"`
 	Samples         []procStat `json:"samples,omitempty"`
@@ -111,26 +111,29 @@ func percentile(v []float64, p float64) float64 {
 
 func median(v []float64) float64 { return percentile(v, 0.5) }
 
-func highest(v []float64) float64 { return percentile(v, 1) }
-
-// growth compares the second and the last quarter of samples by stat (the median for RSS; the
-// high-water mark for goroutines, whose count moves with every fault in flight — an etcd
-// cluster down holds fewer, a hung NVML call more — while a leak raises the mark).
-func growth(samples []procStat, value func(procStat) float64, stat func([]float64) float64) float64 {
+// growth compares the medians of the second and the last quarter of samples. With steady,
+// only the samples taken with no fault of the node's own and no etcd fault in flight count
+// (goroutines move with those: an etcd cluster down holds fewer, a hung NVML call more), as
+// long as each quarter has three.
+func growth(samples []procStat, value func(procStat) float64, steady bool) float64 {
 	n := len(samples)
-	var q2, q4 []float64
-	for i, s := range samples {
-		switch {
-		case i >= n/4 && i < n/2:
-			q2 = append(q2, value(s))
-		case i >= 3*n/4:
-			q4 = append(q4, value(s))
+	pick := func(from, to int, onlySteady bool) []float64 {
+		var out []float64
+		for _, s := range samples[from:to] {
+			if !onlySteady || s.Steady {
+				out = append(out, value(s))
+			}
 		}
+		return out
 	}
-	if len(q2) == 0 || stat(q2) == 0 {
+	q2, q4 := pick(n/4, n/2, steady), pick(3*n/4, n, steady)
+	if len(q2) < 3 || len(q4) < 3 {
+		q2, q4 = pick(n/4, n/2, false), pick(3*n/4, n, false)
+	}
+	if len(q2) == 0 || median(q2) == 0 {
 		return 0
 	}
-	return stat(q4)/stat(q2) - 1
+	return median(q4)/median(q2) - 1
 }
 
 func (h *harness) report(panels []panelResult) *Report {
@@ -155,9 +158,9 @@ func (h *harness) report(panels []panelResult) *Report {
 			if !p.exitedAt.IsZero() {
 				life = p.exitedAt.Sub(p.started)
 			}
-			if life >= h.cfg.Duration/2 && len(p.stats) >= 8 {
-				rss := growth(p.stats, func(s procStat) float64 { return float64(s.RSSBytes) }, median)
-				gor := growth(p.stats, func(s procStat) float64 { return float64(s.Goroutines) }, highest)
+			if life >= h.cfg.Duration*3/4 && len(p.stats) >= 8 {
+				rss := growth(p.stats, func(s procStat) float64 { return float64(s.RSSBytes) }, false)
+				gor := growth(p.stats, func(s procStat) float64 { return float64(s.Goroutines) }, true)
 				pr.RSSGrowth, pr.GoroutineGrowth = &rss, &gor
 				var v *devstate.Violation
 				if rss > Growth {

@@ -253,6 +253,16 @@ func RestoreTarget(originals map[string]int64, s *State, w float64) map[string]i
 	return out
 }
 
+// ownFloor is the least a restore within leaveW may go to: a node that does not know its
+// group's floor (at start, before its first grant) takes its GPUs' Σ minimums. Without a
+// cluster budget (leaveW < 0) there is no floor at all.
+func ownFloor(s *State, leaveW float64) float64 {
+	if leaveW < 0 {
+		return leaveW
+	}
+	return s.SumMinW()
+}
+
 // atTarget tells whether every present GPU of s holds its target, within a watt.
 func atTarget(s *State, target map[string]int64) bool {
 	for _, g := range s.GPUs {
@@ -267,7 +277,9 @@ func atTarget(s *State, target map[string]int64) bool {
 // the signal, after the state once the process is gone; originals are the GPUs' limits before
 // capping (by UUID); leaveW is what the group keeps for the node once it left (with a cluster
 // budget a restore brings the originals back only as far as their sum stays within it: see
-// RestoreTarget), negative without a cluster budget (every original must be back).
+// RestoreTarget; a node that does not know that floor yet restores within its GPUs' Σ
+// minimums, which is accepted too), negative without a cluster budget (every original must be
+// back).
 // It returns "" when the limits are as configured.
 func CheckExit(onExit string, originals map[string]int64, before, after *State, leaveW float64) string {
 	if after == nil || before == nil {
@@ -291,7 +303,7 @@ func CheckExit(onExit string, originals map[string]int64, before, after *State, 
 		return ""
 	case "restore":
 		target := RestoreTarget(originals, after, leaveW)
-		if atTarget(after, target) {
+		if atTarget(after, target) || atTarget(after, RestoreTarget(originals, after, ownFloor(after, leaveW))) {
 			return ""
 		}
 		var got, want []string
@@ -328,11 +340,12 @@ func ClassifySuccessor(originals map[string]int64, crashed *State, early []*Stat
 		return SuccessorOther
 	}
 	target := RestoreTarget(originals, crashed, leaveW)
-	if atTarget(crashed, target) {
+	own := RestoreTarget(originals, crashed, ownFloor(crashed, leaveW))
+	if atTarget(crashed, target) || atTarget(crashed, own) {
 		return SuccessorSame
 	}
 	for _, s := range early {
-		if atTarget(s, target) {
+		if atTarget(s, target) || atTarget(s, own) {
 			return SuccessorRestored
 		}
 	}

@@ -147,6 +147,15 @@ func TestCheckExit(t *testing.T) {
 	if why := CheckExit("restore", orig, capped, restored, 440); why == "" {
 		t.Error("a restore beyond the node's floor passed")
 	}
+	// A node that does not know its group's floor restores within its own minimums.
+	atMin := state(t, "200000")
+	atMin.GPUs[0].LimitMW = 200000
+	if why := CheckExit("restore", orig, capped, atMin, 440); why != "" {
+		t.Errorf("restore within the node's minimums: %s", why)
+	}
+	if why := CheckExit("restore", orig, capped, atMin, -1); why == "" {
+		t.Error("minimums passed for a restore without a cluster budget")
+	}
 	// Originals that fit the floor all come back.
 	if why := CheckExit("restore", orig, capped, restored, 1400); why != "" {
 		t.Errorf("restore within a floor that fits the originals: %s", why)
