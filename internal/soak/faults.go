@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/capstan-power/capstan/internal/soak/chaosproxy"
+	"github.com/capstan-power/capstan/internal/soak/devstate"
 )
 
 // faultKind is one kind of fault the schedule injects.
@@ -674,6 +675,11 @@ func (s *scheduler) start(ctx context.Context, k faultKind, at, until time.Time)
 		case err != nil:
 			r.Error = err.Error()
 			s.h.logf("fault %s %s: %v", k.name, r.Node, err)
+			// An agent that does not start again, an etcd cluster that does not heal: the run
+			// cannot vouch for what followed.
+			s.h.check.Add("fault_completed", &devstate.Violation{At: r.End, Node: r.Node, Detail: k.name + ": " + err.Error()})
+		default:
+			s.h.check.Add("fault_completed", nil)
 		}
 		s.h.recordFault(r)
 	})

@@ -85,8 +85,10 @@ type harness struct {
 	defaults   map[string]map[string]int64
 	budgetNow  float64
 	floorNow   float64
-	// busy counts the faults in flight per domain ("etcd", "node:node-1", …).
-	busy map[string]int
+	// busy counts the faults in flight per domain ("etcd", "node:node-1", …); ended is when
+	// the last one of a domain ended.
+	busy  map[string]int
+	ended map[string]time.Time
 	faults     []*faultRecord
 	skipped    map[string]string
 	crashes    []crashRecord
@@ -159,14 +161,26 @@ func (h *harness) inFlight(domain string, d int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.busy[domain] += d
+	if d < 0 {
+		h.ended[domain] = time.Now()
+	}
 }
+
+// Settling is how long goroutines take to come back after a fault (an etcd client's watches
+// after the cluster healed).
+const settling = 15 * time.Second
 
 // steady tells whether no fault that moves an agent's goroutines is in flight for node: none
 // of its own and no etcd fault (the client's goroutines follow the cluster's state).
 func (h *harness) steady(node string) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.busy["etcd"] == 0 && h.busy["node:"+node] == 0
+	for _, d := range []string{"etcd", "node:" + node} {
+		if h.busy[d] > 0 || time.Since(h.ended[d]) < settling {
+			return false
+		}
+	}
+	return true
 }
 
 func (h *harness) reloaded(node string) {
@@ -316,6 +330,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	h := &harness{cfg: cfg, group: "soak", skipped: map[string]string{}, reloads: map[string][]time.Time{},
 		defaults: map[string]map[string]int64{}, alertObs: map[string][]alertSighting{}, busy: map[string]int{},
+		ended: map[string]time.Time{},
 		rng: rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x5eed))}
 	if err := os.MkdirAll(filepath.Join(cfg.Out, "logs"), 0o755); err != nil {
 		return nil, err
@@ -330,6 +345,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := h.build(); err != nil {
 		return nil, err
 	}
+	// The etcd members run a copy of this binary: a rebuild of the original during a long run
+	// must not change what a restarted member runs.
+	self := filepath.Join(work, "bin", "soak")
+	if err := copyFile(cfg.Self, self); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(self, 0o755); err != nil {
+		return nil, err
+	}
+	cfg.Self = self
+	h.cfg.Self = self
 	h.started = time.Now()
 	end := h.started.Add(cfg.Duration)
 	var cleanups []func()
@@ -366,10 +392,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	cleanups = append(cleanups, h.otlpProxy.Close)
 
-	// The group budget: 62 % of the GPUs' Σ max; every node's floor a little above its Σ min.
+	// The group budget: half the GPUs' Σ max; every node's floor a little above its Σ min.
 	sumMax := float64(cfg.Agents*cfg.GPUs) * 700
 	h.sumMinW = float64(cfg.Agents*cfg.GPUs) * 200
-	h.baseBudgetW = 0.62 * sumMax
+	h.baseBudgetW = 0.5 * sumMax
 	h.floorW = float64(cfg.GPUs) * 220
 	h.check = devstate.NewChecker(cfg.Settle, end) // the Σ check starts once the agents settled
 	if err := h.setBudget(h.baseBudgetW, "soak: start"); err != nil {

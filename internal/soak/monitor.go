@@ -61,9 +61,9 @@ func (h *harness) watchDevices(ctx context.Context) {
 	}
 }
 
-// watchProcesses samples every running agent's RSS and goroutines every 5 s.
+// watchProcesses samples every running agent's RSS and goroutines every 2 s.
 func (h *harness) watchProcesses(ctx context.Context) {
-	tick := time.NewTicker(5 * time.Second)
+	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
 	client := &http.Client{Timeout: 5 * time.Second}
 	for {

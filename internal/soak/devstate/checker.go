@@ -323,12 +323,16 @@ type SuccessorResult string
 
 // Successor outcomes.
 const (
+	// SuccessorRestored: the limits went to the restore's target within the node's floor,
+	// some of them up: only a restore raises limits before the node's first grant.
 	SuccessorRestored SuccessorResult = "restored"
-	SuccessorAdopted  SuccessorResult = "adopted"
-	// SuccessorSame: the crashed agent's limits already were the restore's target, so a
-	// restore and an adoption look alike.
+	// SuccessorAdopted: the limits stayed as the crashed agent left them.
+	SuccessorAdopted SuccessorResult = "adopted"
+	// SuccessorSame: a restore and an adoption look alike: the crashed agent's limits already
+	// were the target, or the limits went down to the GPUs' minimums, which a restore within the
+	// node's own minimums and a first period without a grant both write.
 	SuccessorSame SuccessorResult = "indistinguishable"
-	// SuccessorOther: the limits moved, but not to the restore's target.
+	// SuccessorOther: the limits moved, but not to a restore's target.
 	SuccessorOther SuccessorResult = "neither"
 )
 
@@ -344,12 +348,25 @@ func ClassifySuccessor(originals map[string]int64, crashed *State, early []*Stat
 	if atTarget(crashed, target) || atTarget(crashed, own) {
 		return SuccessorSame
 	}
+	prev := crashed.ByUUID()
+	raised := func(s *State) bool {
+		for _, g := range s.GPUs {
+			if p, ok := prev[g.UUID]; ok && g.Present && p.Present && g.LimitMW > p.LimitMW+1000 {
+				return true
+			}
+		}
+		return false
+	}
 	for _, s := range early {
-		if atTarget(s, target) || atTarget(s, own) {
+		if atTarget(s, target) && raised(s) {
 			return SuccessorRestored
 		}
 	}
-	prev := crashed.ByUUID()
+	for _, s := range early {
+		if atTarget(s, own) || atTarget(s, target) {
+			return SuccessorSame
+		}
+	}
 	for _, g := range early[0].GPUs {
 		if p, ok := prev[g.UUID]; ok && g.Present && p.Present && g.LimitMW != p.LimitMW {
 			return SuccessorOther

@@ -202,4 +202,17 @@ func TestClassifySuccessor(t *testing.T) {
 	if got := ClassifySuccessor(orig, restored, []*State{restored}, -1); got != SuccessorSame {
 		t.Errorf("limits already at the originals classified %s", got)
 	}
+	// With a cluster budget, every GPU at its minimum is what a restore within the node's own
+	// minimums and a first period without a grant both write.
+	atMin := state(t, "200000")
+	atMin.GPUs[0].LimitMW = 200000
+	if got := ClassifySuccessor(orig, crashed, []*State{atMin}, 880); got != SuccessorSame {
+		t.Errorf("minimums classified %s", got)
+	}
+	// A restore within the floor raises the lower GPU: 200 + (880−400)/1000 × 500 = 440 W each.
+	toFloor := state(t, "440000")
+	toFloor.GPUs[0].LimitMW = 440000
+	if got := ClassifySuccessor(orig, crashed, []*State{toFloor}, 880); got != SuccessorRestored {
+		t.Errorf("a restore within the floor classified %s", got)
+	}
 }
