@@ -154,11 +154,20 @@ func (a *agent) waitReady(ctx context.Context, p *process, limit time.Duration) 
 		_, _ = io.Copy(io.Discard, resp.Body)
 		_ = resp.Body.Close()
 		if resp.StatusCode == http.StatusOK {
+			a.mu.Lock()
 			p.ready = time.Now()
+			a.mu.Unlock()
 			return nil
 		}
 	}
 	return fmt.Errorf("agent %s not ready after %v; see %s", a.name, limit, a.logPath())
+}
+
+// readyAt is when p first answered /readyz (zero before).
+func (a *agent) readyAt(p *process) time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return p.ready
 }
 
 // current is the running process, nil between a stop and the next start.
@@ -268,7 +277,7 @@ func (a *agent) restartAfterKill(ctx context.Context, crashed *devstate.State) e
 	var within []*devstate.State
 	for _, s := range states {
 		// Up to the end of the successor's first control period after it became ready.
-		if p != nil && !p.ready.IsZero() && s.WrittenAt.After(p.ready.Add(a.h.cfg.Period)) {
+		if p != nil && !a.readyAt(p).IsZero() && s.WrittenAt.After(a.readyAt(p).Add(a.h.cfg.Period)) {
 			break
 		}
 		within = append(within, s)

@@ -123,7 +123,7 @@ func (h *harness) scrapeBursts(ctx context.Context) {
 		a := h.agents[next%len(h.agents)]
 		next++
 		p := a.current()
-		if p == nil || p.ready.IsZero() || h.stopping.Load() {
+		if p == nil || a.readyAt(p).IsZero() || h.stopping.Load() {
 			continue
 		}
 		var mu sync.Mutex

@@ -112,29 +112,35 @@ func percentile(v []float64, p float64) float64 {
 func median(v []float64) float64 { return percentile(v, 0.5) }
 
 // growth compares the medians of the second and the last quarter of samples. With steady,
-// only the samples taken with no fault of the node's own and no etcd fault in flight count
-// (goroutines move with those: an etcd cluster down holds fewer, a hung NVML call more), as
-// long as each quarter has three.
+// only the samples taken with no fault of the node's own and no etcd fault in flight or just
+// ended count (goroutines move with those: an etcd cluster down holds fewer, a hung NVML call
+// more); when the second quarter has fewer than three, the steady samples of the first half
+// stand in for it.
 func growth(samples []procStat, value func(procStat) float64, steady bool) float64 {
 	n := len(samples)
-	pick := func(from, to int, onlySteady bool) []float64 {
+	pick := func(from, to int) []float64 {
 		var out []float64
 		for _, s := range samples[from:to] {
-			if !onlySteady || s.Steady {
+			if !steady || s.Steady {
 				out = append(out, value(s))
 			}
 		}
 		return out
 	}
-	q2, q4 := pick(n/4, n/2, steady), pick(3*n/4, n, steady)
-	if len(q2) < 3 || len(q4) < 3 {
-		q2, q4 = pick(n/4, n/2, false), pick(3*n/4, n, false)
+	q2, q4 := pick(n/4, n/2), pick(3*n/4, n)
+	if len(q2) < 3 {
+		q2 = pick(0, n/2)
 	}
-	if len(q2) == 0 || median(q2) == 0 {
+	if len(q2) == 0 || len(q4) == 0 || median(q2) == 0 {
 		return 0
 	}
 	return median(q4)/median(q2) - 1
 }
+
+// MinFlatLife is the shortest life a process's RSS and goroutines are checked over: the Go
+// runtime's heap and the agent's caches take minutes to reach their working size, so over a
+// few minutes growth says nothing about a leak. Shorter runs report the growth unchecked.
+const MinFlatLife = 20 * time.Minute
 
 func (h *harness) report(panels []panelResult) *Report {
 	ended := time.Now()
@@ -162,6 +168,10 @@ func (h *harness) report(panels []panelResult) *Report {
 				rss := growth(p.stats, func(s procStat) float64 { return float64(s.RSSBytes) }, false)
 				gor := growth(p.stats, func(s procStat) float64 { return float64(s.Goroutines) }, true)
 				pr.RSSGrowth, pr.GoroutineGrowth = &rss, &gor
+				if life < MinFlatLife {
+					r.Processes = append(r.Processes, pr)
+					continue
+				}
 				var v *devstate.Violation
 				if rss > Growth {
 					v = &devstate.Violation{At: ended, Node: a.name, Detail: fmt.Sprintf("PID %d: RSS grew %.1f %% from the second quarter of its life to the last", p.pid, 100*rss)}
