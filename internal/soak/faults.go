@@ -529,7 +529,7 @@ func (h *harness) setBudget(w float64, reason string) error {
 		fmt.Sprintf("%.0f", w), fmt.Sprintf("--floor-per-node=%.0f", h.floorW), "--reason="+reason)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("capstanctl budget set %.0f: %v: %s", w, err, out)
+		return fmt.Errorf("capstanctl budget set %.0f: %w: %s", w, err, out)
 	}
 	h.check.SetBudget(time.Now(), w, h.floorW)
 	h.mu.Lock()
@@ -541,7 +541,7 @@ func (h *harness) setBudget(w float64, reason string) error {
 func run(name string, args ...string) error {
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, out)
 	}
 	return nil
 }

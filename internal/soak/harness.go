@@ -82,13 +82,13 @@ type harness struct {
 	mu       sync.Mutex
 	// defaults are each node's GPUs' default limits by UUID: the originals, as every GPU
 	// starts at its default.
-	defaults   map[string]map[string]int64
-	budgetNow  float64
-	floorNow   float64
+	defaults  map[string]map[string]int64
+	budgetNow float64
+	floorNow  float64
 	// busy counts the faults in flight per domain ("etcd", "node:node-1", …); ended is when
 	// the last one of a domain ended.
-	busy  map[string]int
-	ended map[string]time.Time
+	busy       map[string]int
+	ended      map[string]time.Time
 	faults     []*faultRecord
 	skipped    map[string]string
 	crashes    []crashRecord
@@ -310,7 +310,7 @@ func (h *harness) build() error {
 		cmd.Dir = h.cfg.Repo
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=1", "CGO_CFLAGS=-O2 -Wno-deprecated-declarations")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("building %s: %v\n%s", c, err, out)
+			return fmt.Errorf("building %s: %w\n%s", c, err, out)
 		}
 	}
 	h.bin = binaries{capstan: filepath.Join(dir, "capstan"), capstanctl: filepath.Join(dir, "capstanctl")}
@@ -331,7 +331,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	h := &harness{cfg: cfg, group: "soak", skipped: map[string]string{}, reloads: map[string][]time.Time{},
 		defaults: map[string]map[string]int64{}, alertObs: map[string][]alertSighting{}, busy: map[string]int{},
 		ended: map[string]time.Time{},
-		rng: rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x5eed))}
+		rng:   rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x5eed))}
 	if err := os.MkdirAll(filepath.Join(cfg.Out, "logs"), 0o755); err != nil {
 		return nil, err
 	}
