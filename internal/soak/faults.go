@@ -511,9 +511,14 @@ func (h *harness) putBudgetKey(w float64, reason string) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := cli.Put(ctx, "/capstan/v1/groups/"+h.group+"/budget", string(raw)); err != nil {
+	// An etcd fault may be in flight: retry as an operator would.
+	err = retry(func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := cli.Put(ctx, "/capstan/v1/groups/"+h.group+"/budget", string(raw))
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("writing the budget key: %w", err)
 	}
 	h.check.SetBudget(time.Now(), w, 0)
@@ -525,17 +530,36 @@ func (h *harness) putBudgetKey(w float64, reason string) error {
 
 // setBudget sets the group budget with the real capstanctl and tells the checker.
 func (h *harness) setBudget(w float64, reason string) error {
-	cmd := exec.Command(h.bin.capstanctl, "--etcd.endpoints="+h.etcdURLs(), "budget", "set", h.group,
-		fmt.Sprintf("%.0f", w), fmt.Sprintf("--floor-per-node=%.0f", h.floorW), "--reason="+reason)
-	out, err := cmd.CombinedOutput()
+	// An etcd fault may be in flight: retry as an operator would.
+	err := retry(func() error {
+		cmd := exec.Command(h.bin.capstanctl, "--etcd.endpoints="+h.etcdURLs(), "--timeout=5s", "budget", "set", h.group,
+			fmt.Sprintf("%.0f", w), fmt.Sprintf("--floor-per-node=%.0f", h.floorW), "--reason="+reason)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("capstanctl budget set %.0f: %w: %s", w, err, out)
+		}
+		return nil
+	})
 	if err != nil {
-		return fmt.Errorf("capstanctl budget set %.0f: %w: %s", w, err, out)
+		return err
 	}
 	h.check.SetBudget(time.Now(), w, h.floorW)
 	h.mu.Lock()
 	h.budgetNow, h.floorNow = w, h.floorW
 	h.mu.Unlock()
 	return nil
+}
+
+// retry calls f until it succeeds, for up to a minute (an etcd cluster healing).
+func retry(f func() error) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		err := f()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(time.Second)
+	}
 }
 
 func run(name string, args ...string) error {
