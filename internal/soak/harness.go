@@ -561,6 +561,11 @@ func (h *harness) makeAgents(cleanups *[]func()) error {
 		if h.veth != "" {
 			a.args = append(a.args, "--nic.include=^"+h.veth+"p?$", "--nic.exclude=")
 		}
+		if a.long && os.Geteuid() == 0 {
+			// One node attributes its energy to workloads (eBPF, as root), so that the
+			// dashboard's workload panels are fed too.
+			a.args = append(a.args, "--collector.workload")
+		}
 		h.agents = append(h.agents, a)
 	}
 	return nil
