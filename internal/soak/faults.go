@@ -641,7 +641,7 @@ func (h *harness) runFaults(ctx context.Context, from, until time.Time) {
 		}
 		return first(runnable[i]) < first(runnable[j])
 	})
-	spacing := max((until.Sub(from)-time.Minute)/time.Duration(len(runnable)), 2*time.Second)
+	spacing := min(max((until.Sub(from)-time.Minute)/time.Duration(len(runnable)), 2*time.Second), h.cfg.FaultEvery)
 	at := from
 	for _, k := range runnable {
 		s.start(ctx, k, at, until)
