@@ -489,13 +489,13 @@ func budgetCutRaise(ctx context.Context, h *harness, _ *agent, r *faultRecord) e
 
 func budgetBelowMinimums(ctx context.Context, h *harness, _ *agent, r *faultRecord) error {
 	// capstanctl refuses a budget below what the nodes need; an operator writing the key by
-	// hand (etcdctl put) is not stopped, and the agents must say they cannot hold it.
+	// hand (etcdctl put) is not stopped, and the nodes must hold at their floors.
 	low := h.sumMinW * 0.9
 	if err := h.putBudgetKey(low, "soak: below the GPUs' minimums, written by hand"); err != nil {
 		return err
 	}
 	hold := h.alertFor("CapstanNodeOverBudget") + 15*time.Second
-	r.note("group budget key set to %.0f W by hand, below the GPUs' Σ minimums %.0f W, for %v", low, h.sumMinW, hold)
+	r.note("group budget key set to %.0f W by hand, below the GPUs' Σ minimums %.0f W and the nodes' floors, for %v", low, h.sumMinW, hold)
 	sleep(ctx, hold)
 	return h.setBudget(h.baseBudgetW, "soak: back")
 }
@@ -507,7 +507,9 @@ func (h *harness) putBudgetKey(w float64, reason string) error {
 		return err
 	}
 	defer func() { _ = cli.Close() }()
-	raw, err := json.Marshal(map[string]any{"watts": w, "floor_per_node_w": 0, "set_by": "soak", "set_at": time.Now().UTC(), "reason": reason})
+	// The floor stays: a floor changed while a node is cut off from etcd is another matter (the
+	// node drops to the floor it knew).
+	raw, err := json.Marshal(map[string]any{"watts": w, "floor_per_node_w": h.floorW, "set_by": "soak", "set_at": time.Now().UTC(), "reason": reason})
 	if err != nil {
 		return err
 	}
@@ -521,9 +523,9 @@ func (h *harness) putBudgetKey(w float64, reason string) error {
 	if err != nil {
 		return fmt.Errorf("writing the budget key: %w", err)
 	}
-	h.check.SetBudget(time.Now(), w, 0)
+	h.check.SetBudget(time.Now(), w, h.floorW)
 	h.mu.Lock()
-	h.budgetNow, h.floorNow = w, 0
+	h.budgetNow, h.floorNow = w, h.floorW
 	h.mu.Unlock()
 	return nil
 }

@@ -13,7 +13,9 @@ const (
 	// KindConstraints: a GPU's limit outside its own constraints, ever.
 	KindConstraints = "limit_within_constraints"
 	// KindBudget: Σ enforced limits of the group's GPUs above the group budget, outside the
-	// settle window after a cut and outside faults that move limits behind the agent's back.
+	// settle window after a cut and outside faults that move limits behind the agent's back. A
+	// budget below the nodes' floors (each node's minimums, or the budget's floor per node when
+	// higher) binds at those floors: the allocator grants every node its floor.
 	KindBudget = "sum_within_budget"
 	// KindExit: the limits an agent leaves when it stops, as configured (restore or keep).
 	KindExit = "limits_on_exit"
@@ -147,7 +149,8 @@ func (c *Checker) Round(t time.Time, states map[string]*State) {
 			continue
 		}
 		sum += s.SumEnforcedW()
-		minSum += s.SumMinW()
+		// What the node is granted at least: the budget's floor, never below its minimums.
+		minSum += math.Max(floor, s.SumMinW())
 	}
 	if t.Before(c.from) || math.IsNaN(b) {
 		return
@@ -162,7 +165,7 @@ func (c *Checker) Round(t time.Time, states map[string]*State) {
 		return
 	}
 	if c.open == nil {
-		d := fmt.Sprintf("Σ enforced %.0f W above the group budget %.0f W (Σ minimums %.0f W)", sum, b, minSum)
+		d := fmt.Sprintf("Σ enforced %.0f W above the group budget %.0f W (Σ floors %.0f W)", sum, b, minSum)
 		if len(excused) > 0 {
 			d = fmt.Sprintf("Σ enforced of the nodes outside faults %.0f W above the group budget %.0f W less the floors of %v (%.0f W)", sum, b, excused, reserved)
 		}

@@ -124,6 +124,14 @@ func TestBudgetInvariant(t *testing.T) {
 	if n := c.Counts()[KindConstraints]; n != 1 {
 		t.Errorf("%d constraint violations, want 1 (150 W < 200 W)", n)
 	}
+	// The allocator grants every node the budget's floor per node, also above its minimums.
+	c.SetBudget(at(50), 100, 500)
+	round(60, "40000") // 450 + 40 W: within the 500 W floor (GPU b below its minimum aside)
+	before := c.Counts()[KindBudget]
+	round(61, "70000") // 520 W: above the floor
+	if n := c.Counts()[KindBudget]; n != before+1 {
+		t.Errorf("Σ above the node's floor under a budget below it: %d violations, want %d", n, before+1)
+	}
 }
 
 func TestCheckExit(t *testing.T) {
