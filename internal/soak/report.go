@@ -111,6 +111,13 @@ func percentile(v []float64, p float64) float64 {
 
 func median(v []float64) float64 { return percentile(v, 0.5) }
 
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
 // growth compares the medians of the second and the last quarter of samples. With steady,
 // only the samples taken with no fault of the node's own and no etcd fault in flight or just
 // ended count (goroutines move with those: an etcd cluster down holds fewer, a hung NVML call
@@ -223,6 +230,12 @@ func (h *harness) report(panels []panelResult) *Report {
 	r.OTLP.Points, r.OTLP.ResetsAtRestarts, r.OTLP.Discontinuities = h.otlp.points, h.otlp.resets, slices.Clone(h.otlp.problems)
 	h.otlp.mu.Unlock()
 	r.Checks, r.Violations, r.ViolationList, r.ExcusedRounds = h.check.Checks(), h.check.Counts(), h.check.Violations(), h.check.ExcusedRounds()
+	// Lists are lists in the JSON, empty rather than null.
+	r.ViolationList = nonNil(r.ViolationList)
+	r.Crashes = nonNil(r.Crashes)
+	r.Successors = nonNil(r.Successors)
+	r.OTLP.Discontinuities = nonNil(r.OTLP.Discontinuities)
+	r.OTLP.Outages = nonNil(r.OTLP.Outages)
 	r.Pass = len(r.Violations) == 0
 	return r
 }
