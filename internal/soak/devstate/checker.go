@@ -256,6 +256,45 @@ func RestoreTarget(originals map[string]int64, s *State, w float64) map[string]i
 	return out
 }
 
+// restoreShaped tells whether s holds a restore within some budget between the GPUs' Σ
+// minimums and leaveW: every GPU its minimum plus one same fraction of the way to its original
+// (whole watts, rounded down), Σ within leaveW. A node that does not know its group's floor
+// (before its first grant, or in a configuration that did not start) restores within what it
+// does know, which is safe as long as it stays within the floor. Without a cluster budget
+// (leaveW < 0) only the originals themselves are a restore.
+func restoreShaped(originals map[string]int64, s *State, leaveW float64) bool {
+	if leaveW < 0 || s.SumLimitW() > leaveW+ToleranceW {
+		return false
+	}
+	// The fraction, from the GPU with the widest range (the most precise).
+	frac, widest := 0.0, int64(0)
+	for _, g := range s.GPUs {
+		o, ok := originals[g.UUID]
+		if !ok || !g.Present {
+			continue
+		}
+		o = min(max(o, g.MinMW), g.MaxMW)
+		if r := o - g.MinMW; r > widest {
+			widest, frac = r, float64(g.LimitMW-g.MinMW)/float64(r)
+		}
+	}
+	if frac < 0 || frac > 1 {
+		return false
+	}
+	for _, g := range s.GPUs {
+		o, ok := originals[g.UUID]
+		if !ok || !g.Present {
+			continue
+		}
+		o = min(max(o, g.MinMW), g.MaxMW)
+		want := max(g.MinMW, (g.MinMW+int64(float64(o-g.MinMW)*frac))/1000*1000)
+		if absMW(g.LimitMW-want) > 1000 {
+			return false
+		}
+	}
+	return true
+}
+
 // ownFloor is the least a restore within leaveW may go to: a node that does not know its
 // group's floor (at start, before its first grant) takes its GPUs' Σ minimums. Without a
 // cluster budget (leaveW < 0) there is no floor at all.
@@ -306,7 +345,7 @@ func CheckExit(onExit string, originals map[string]int64, before, after *State, 
 		return ""
 	case "restore":
 		target := RestoreTarget(originals, after, leaveW)
-		if atTarget(after, target) || atTarget(after, RestoreTarget(originals, after, ownFloor(after, leaveW))) {
+		if atTarget(after, target) || restoreShaped(originals, after, leaveW) {
 			return ""
 		}
 		var got, want []string

@@ -164,6 +164,18 @@ func TestCheckExit(t *testing.T) {
 	if why := CheckExit("restore", orig, capped, atMin, -1); why == "" {
 		t.Error("minimums passed for a restore without a cluster budget")
 	}
+	// Any budget between the minimums and the floor gives the same shape: 213 W each is
+	// within 852 W.
+	between := state(t, "213000")
+	between.GPUs[0].LimitMW = 213000
+	if why := CheckExit("restore", orig, capped, between, 880); why != "" {
+		t.Errorf("restore within a budget below the floor: %s", why)
+	}
+	uneven := state(t, "213000")
+	uneven.GPUs[0].LimitMW = 260000
+	if why := CheckExit("restore", orig, capped, uneven, 880); why == "" {
+		t.Error("GPUs restored by different fractions passed")
+	}
 	// Originals that fit the floor all come back.
 	if why := CheckExit("restore", orig, capped, restored, 1400); why != "" {
 		t.Errorf("restore within a floor that fits the originals: %s", why)
