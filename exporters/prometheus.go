@@ -72,12 +72,8 @@ func (e *Exporters) Start(ctx context.Context) error {
 			return fmt.Errorf("checking web config file %s: %w", configFile, err)
 		}
 	}
-	listen := e.listen
-	if listen == nil {
-		var lc net.ListenConfig
-		listen = lc.Listen
-	}
-	l, err := listen(ctx, "tcp", addr)
+	var lc net.ListenConfig
+	l, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", addr, err)
 	}

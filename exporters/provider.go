@@ -61,16 +61,12 @@ type Options struct {
 	Version string
 	// Stdout is where the stdout exporter writes; nil means os.Stdout.
 	Stdout io.Writer
-	// Listen opens the web server's socket; nil listens anew (Sockets.Listen keeps it open
-	// across reloads).
-	Listen func(ctx context.Context, network, addr string) (net.Listener, error)
 }
 
 // Exporters owns the MeterProvider, its readers and the web server.
 type Exporters struct {
-	cfg    *config.Config
-	log    *slog.Logger
-	listen func(ctx context.Context, network, addr string) (net.Listener, error)
+	cfg *config.Config
+	log *slog.Logger
 
 	provider *sdkmetric.MeterProvider
 
@@ -108,7 +104,7 @@ func New(ctx context.Context, o Options) (*Exporters, error) {
 	if stdout == nil {
 		stdout = os.Stdout
 	}
-	e := &Exporters{cfg: cfg, log: log, listen: o.Listen}
+	e := &Exporters{cfg: cfg, log: log}
 	scope := instrumentation.Scope{Name: ScopeName, Version: o.Version}
 
 	res, err := newResource(ctx, cfg, o.Version)

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"strings"
 	"time"
@@ -139,9 +138,6 @@ type Options struct {
 	Terminal io.Writer
 	// Clock drives the sim backend; nil means real time.
 	Clock clock.Clock
-
-	// listen opens the web server's socket (Run keeps it across reloads).
-	listen func(ctx context.Context, network, addr string) (net.Listener, error)
 }
 
 // Run runs the agent until ctx is done. On SIGHUP it re-reads the configuration; an invalid
@@ -153,10 +149,6 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	// standard library's logger in plain text.
 	exporters.InstallOTelLogging(log)
 	g := newGuard(log)
-	// The web server's socket outlives reloads: a scrape during one waits, it is not refused.
-	sockets := &exporters.Sockets{}
-	defer func() { _ = sockets.Close() }()
-	o.listen = sockets.Listen
 	var prev *config.Config
 	// held is set while the limits are held by a reload for a controller that has not started.
 	held := false
@@ -197,7 +189,7 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options, g *guard) (*con
 	}
 	defer p.Close()
 
-	exp, err := exporters.New(ctx, exporters.Options{Config: cfg, Store: p.Store, Logger: log, Version: version.Version, Stdout: os.Stdout, Listen: o.listen})
+	exp, err := exporters.New(ctx, exporters.Options{Config: cfg, Store: p.Store, Logger: log, Version: version.Version, Stdout: os.Stdout})
 	if err != nil {
 		return nil, fmt.Errorf("starting exporters: %w", err)
 	}
