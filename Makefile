@@ -30,7 +30,7 @@ RUN_FLAGS ?= --gpu.backend=sim --gpu.sim.model=H100 --gpu.sim.count=8 --gpu.sim.
              --web.listen-address=127.0.0.1:9400 --summary.interval=5s --collector.workload \
              --capping.enabled --budget.watts=3920 --capping.state-file=bin/capping-state.json
 
-.PHONY: all build run test test-short bench bench-cluster lint fmt generate docs vmlinux clean tools promtool prometheus packages image soak
+.PHONY: hwcheck all build run test test-short bench bench-cluster lint fmt generate docs vmlinux clean tools promtool prometheus packages image soak
 
 all: build
 
@@ -55,11 +55,19 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./...
 	CAPSTAN_SOAK=60s $(GO) test -run '^TestSoak$$' -count=1 -v -timeout 5m ./cmd/capstan
 
+# On a node with an NVIDIA driver: capstan collect (NVML) against nvidia-smi, GPM and MIG support,
+# one power limit written (minimum + 10 W), read back and restored; a markdown report on stdout.
+# Exit 2 without a driver. HWCHECK_FLAGS: --gpu N (which GPU's limit), --no-write.
+HWCHECK_FLAGS ?=
+hwcheck: build
+	$(GO) build -trimpath -o bin/hwcheck ./packaging/hwcheck
+	./bin/hwcheck --capstan bin/capstan $(HWCHECK_FLAGS)
+
 # The cluster budget at 10,000 members of one group against an embedded etcd (minutes; outside
 # CI). The default `make bench` runs 1,000 agents with simulated GPUs and controllers; 10,000 of
 # those do not fit on a small machine, so this runs members whose grants one loop applies.
 bench-cluster:
-	CAPSTAN_BENCH_NODES=10000 CAPSTAN_BENCH_MEMBERS_ONLY=1 $(GO) test -run '^$$' -bench 'GroupConvergence|WaterFill|AllocatorRound' -benchtime 1x -count=1 -timeout 30m ./capping/cluster
+	CAPSTAN_BENCH_NODES=10000 CAPSTAN_BENCH_MEMBERS_ONLY=1 $(GO) test -run '^$$' -bench 'GroupConvergence|WaterFill|AllocatorRound|TreeCut|DomainCut' -benchtime 1x -count=1 -timeout 30m ./capping/cluster
 
 generate:
 	$(GO) generate ./...

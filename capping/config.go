@@ -24,6 +24,10 @@ type Settings struct {
 	DeadbandW float64
 	// Ramp is the most the total cap rises in one period, as a share of Σ max.
 	Ramp float64
+	// MaxRiseWps, when positive, is the most Σ caps may rise per second (0: no limit beyond
+	// Ramp): a limit on how fast the node's GPU power may climb back, for sites whose supply
+	// cannot follow fast swings.
+	MaxRiseWps float64
 	// LostPeriods is how many periods of missing power readings trigger failsafe caps.
 	LostPeriods int
 	// FallbackW is the budget once the source's budget is past its TTL or never came; zero
@@ -65,6 +69,7 @@ func SettingsFrom(cfg *config.Config) Settings {
 		HeadroomW:        float64(cp.HeadroomWatts),
 		DeadbandW:        float64(cp.DeadbandWatts),
 		Ramp:             float64(cp.RampPercent) / 100,
+		MaxRiseWps:       float64(cp.MaxRiseWattsPerSecond),
 		LostPeriods:      cp.LostPeriods,
 		FallbackW:        float64(cfg.Budget.FallbackWatts),
 		DryRun:           cp.DryRun,

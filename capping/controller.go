@@ -55,15 +55,18 @@ type gpu struct {
 	requestedMW  uint32 // last read GetPowerManagementLimit
 	enforcedMW   uint32 // last read GetEnforcedPowerLimit
 	ourMW        uint32 // what we last wrote (or computed, in dry-run); 0 before the first
-	drawW        float64
-	weight       float64
-	ok           bool // read this period
+	// loggedOverrideMW is the limit found behind our back last logged; 0 when none is.
+	loggedOverrideMW uint32
+	drawW            float64
+	weight           float64
+	ok               bool // read this period
 	// oobMW is an out-of-band limit found below ours (a BMC, the driver); while it is
 	// trusted (until tick oobUntil) the controller allots the GPU no more than it.
 	oobMW      uint32
 	oobUntil   uint64
 	refusedRet nvml.Return
 	fields     [1]nvml.FieldValue
+	win        gpuWindow // recent demand
 
 	actOK, actRefused, overrides float64
 	sLimit, sOK, sRefused, sOver *sample.Series
@@ -92,6 +95,11 @@ type Controller struct {
 	others []GPUState
 	sumMin float64
 	sumMax float64
+	// sumWeight is Σ weights, for the GPUs' fair shares.
+	sumWeight float64
+	// node is the node's recent Σ GPU power; winHead the GPU windows' current slot.
+	node    nodeWindow
+	winHead int
 
 	// acker and reporter are the budget source's optional contracts: the controller
 	// acknowledges grants and reports the node's draw and bounds back through them.
@@ -114,10 +122,15 @@ type periodState struct {
 	setW    float64
 	measW   float64
 	errW    float64
-	// slackW is the headroom the GPUs that are not power-bound hold: what they could surge
-	// into before the next period.
-	slackW   float64
-	overS    float64
+	// hostW is the host's power this period under scope node (RAPL), 0 otherwise.
+	hostW float64
+	overS float64
+	// tight is set when the budget fell, until the draw came down under it: the law's floor
+	// is then the setpoint, not the budget.
+	tight bool
+	// cuts counts fast cuts: Σ caps pulled down between periods because Σ draw crossed the
+	// budget.
+	cuts     float64
 	lastTick time.Time
 	ticks    uint64
 
@@ -178,10 +191,16 @@ func New(o Options) (*Controller, error) {
 		c.gpus = append(c.gpus, g)
 		c.sumMin += watts(g.minMW)
 		c.sumMax += watts(g.maxMW)
+		c.sumWeight += g.weight
 	}
 	if len(c.gpus) == 0 {
 		return nil, fmt.Errorf("capping: no GPU can be capped: %w", errors.Join(skipped...))
 	}
+	slots := windowSlots(s.Period)
+	for _, g := range c.gpus {
+		g.win = newGPUWindow(slots)
+	}
+	c.node = newNodeWindow(slots)
 	c.shares = make([]gpuShare, len(c.gpus))
 	c.targets = make([]uint32, len(c.gpus))
 	c.pub.init(c, o.Store)

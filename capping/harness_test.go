@@ -51,6 +51,8 @@ type rig struct {
 	// after the clock advanced and before each tick (to move a RAPL fixture's counters).
 	host       HostPower
 	beforeTick func()
+	// fastK counts the fast steps of rig.fast.
+	fastK int
 }
 
 // staticSource is a movable budget satisfying budget.Source.

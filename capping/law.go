@@ -22,9 +22,15 @@ type law struct {
 type capBounds struct {
 	// MinW and MaxW are Σ min and Σ max of the capped GPUs' limit constraints.
 	MinW, MaxW float64
-	// CeilW is the ceiling the budget allows: B × (1 + oversubscription), lowered by the
-	// controller to what the GPUs below their limits could surge into.
+	// CeilW is the ceiling the budget allows: B × (1 + oversubscription).
 	CeilW float64
+	// FloorW is the budget's static share: caps summing to it keep the node within its budget
+	// whatever the GPUs draw (static caps do no better), so the law never goes below it. The
+	// law moves only what is lent above it.
+	FloorW float64
+	// RiseW, when positive, is the most C may rise in this period (the rise limit in W/s times
+	// the period), the floor's rises included.
+	RiseW float64
 }
 
 // clamp bounds capW to [Σ min, min(Σ max, ceiling)]; Σ min wins when the two cross, since no
@@ -38,10 +44,12 @@ func newLaw(s Settings) law {
 }
 
 // step runs one period of the law and returns the new total cap. A decrease is applied at once
-// (at least the whole error), an increase is limited to ramp × Σ max per period, and after
-// clamping I is recomputed from C (back-calculation), so a saturated or rate-limited cap never
-// winds the integral up. The derivative acts on the measurement, not the error, so a setpoint
-// step gives no kick.
+// (at least the whole error), an increase is limited to ramp × Σ max per period, C never goes
+// below the budget's static share (FloorW) nor rises by more than RiseW, and after clamping I
+// is recomputed from C (back-calculation), so a saturated or rate-limited cap never winds the
+// integral up. The derivative acts on the measurement, not the error, so a setpoint step gives
+// no kick. The controller hands it the window's peak of measured power, so what is lent above
+// the floor is lent only against a surplus that lasted.
 func (l *law) step(setW, measW float64, b capBounds) float64 {
 	e := setW - measW
 	dP := 0.0
@@ -57,6 +65,10 @@ func (l *law) step(setW, measW float64, b capBounds) float64 {
 	}
 	if next > prev {
 		next = min(next, prev+l.ramp*b.MaxW)
+	}
+	next = max(next, b.FloorW)
+	if b.RiseW > 0 && next > prev {
+		next = min(next, prev+b.RiseW)
 	}
 	next = b.clamp(next)
 	l.integral = next - l.kp*e + l.kd*dP

@@ -10,25 +10,39 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
 	"github.com/capstan-power/capstan/capping/budget"
+	"github.com/capstan-power/capstan/internal/panics"
 )
 
 // One control period: read the budget and the power, move the total cap with the law, split it
 // across the GPUs, write the limits, tell the budget source.
 
-// Run drives the controller every period until ctx is done, and the budget source beside it.
+// Run drives the controller until ctx is done, and the budget source beside it: a period every
+// Settings.Period and, between periods, a fast sample every FastInterval (Sample), so the fast
+// cut runs in the agent exactly as it runs in `capstan simulate`.
 func (c *Controller) Run(ctx context.Context) {
-	go c.src.Run(ctx)
-	t := time.NewTicker(c.set.Period)
+	panics.Go("budget source", func() { c.src.Run(ctx) })
+	every := c.FastEvery()
+	t := time.NewTicker(c.set.Period / time.Duration(every))
 	defer t.Stop()
 	c.Tick(c.now())
-	for {
+	for k := 1; ; k++ {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			c.Tick(c.now())
+			if k%every == 0 {
+				c.Tick(c.now())
+			} else {
+				c.Sample(c.now())
+			}
 		}
 	}
+}
+
+// FastEvery is how many fast samples a period holds, the period's own reading included: the
+// period divided into steps of about FastInterval (one step when the period is that short).
+func (c *Controller) FastEvery() int {
+	return max(1, int((c.set.Period+FastInterval/2)/FastInterval))
 }
 
 // Tick runs one control period at now. It allocates nothing unless it logs.
@@ -40,16 +54,24 @@ func (c *Controller) Tick(now time.Time) {
 	c.lastTick = now
 	c.ticks++
 
+	prevBudgetW := c.budgetW
 	useFallback := c.readBudget(now)
 	c.checkBudgetMet()
 	c.setW = c.budgetW * (1 - c.set.GuardBand)
+	if c.budgetW < prevBudgetW {
+		c.tight = true
+	}
 
 	missing := c.measure(now)
 	if c.measW > c.budgetW && missing == 0 {
 		c.overS += dt
 	}
 	c.errW = c.setW - c.measW
+	if c.tight && missing == 0 && (c.measW <= (c.setW+c.budgetW)/2 || c.set.GuardBand == 0) {
+		c.tight = false
+	}
 	hi := c.budgetW * (1 + c.set.Oversubscription)
+	c.closeWindows()
 
 	acted := false
 	switch {
@@ -69,8 +91,8 @@ func (c *Controller) Tick(now time.Time) {
 		if c.set.DryRun {
 			c.mode = ModeDryRun
 		}
-		c.control(hi)
-		c.allocate()
+		c.control(hi, dt)
+		c.allocate(false)
 		c.actuate()
 		acted = true
 	}
@@ -78,7 +100,7 @@ func (c *Controller) Tick(now time.Time) {
 		c.acknowledge(hi)
 	}
 	c.report(now, missing == 0)
-	c.pub.publish(now, useFallback, &c.periodState, c.law.capW, c.gpus)
+	c.pub.publish(now, useFallback, &c.periodState, &c.node, c.law.capW, c.gpus)
 }
 
 // acknowledge tells a source that wants to know (a cluster grant) that the limits are within its
@@ -155,15 +177,13 @@ func (c *Controller) checkBudgetMet() {
 // and returns how many GPUs gave no power reading.
 func (c *Controller) measure(now time.Time) int {
 	missing := 0
-	c.measW, c.slackW = 0, 0
+	c.measW = 0
 	for _, g := range c.gpus {
 		g.ok = false
-		ret := g.dev.GetFieldValues(g.fields[:])
-		if ret != nvml.SUCCESS || nvml.Return(g.fields[0].NvmlReturn) != nvml.SUCCESS {
+		if !c.readInstant(g) {
 			missing++
 			continue
 		}
-		g.drawW = float64(binary.LittleEndian.Uint32(g.fields[0].Value[:4])) / 1000
 		c.measW += g.drawW
 		req, ret := g.dev.GetPowerManagementLimit()
 		if ret != nvml.SUCCESS {
@@ -177,19 +197,67 @@ func (c *Controller) measure(now time.Time) int {
 		g.requestedMW, g.enforcedMW, g.ok = req, enf, true
 		if !c.set.DryRun && c.mode != ModeFailsafe && g.ourMW != 0 && req != g.ourMW {
 			g.overrides++
-			c.log.Warn("capping: GPU power limit changed behind our back; re-applying ours",
-				"gpu", g.index, "found_watts", watts(req), "ours_watts", watts(g.ourMW))
+			// Once per value found: a re-apply the GPU refuses finds the same value every
+			// period, and that is one event, not one per period.
+			if req != g.loggedOverrideMW {
+				g.loggedOverrideMW = req
+				c.log.Warn("capping: GPU power limit changed behind our back; re-applying ours",
+					"gpu", g.index, "found_watts", watts(req), "ours_watts", watts(g.ourMW))
+			}
+		} else {
+			g.loggedOverrideMW = 0
 		}
 		c.checkOutOfBand(g)
-		limitW := watts(enf)
-		if g.drawW < limitW-c.bindMargin(limitW) {
-			c.slackW += c.set.HeadroomW
-		}
+		c.observe(g)
 	}
+	if missing == 0 {
+		c.node.observe(c.measW, now)
+	} else {
+		c.node.broken()
+	}
+	c.hostW = 0
 	if c.set.Scope == "node" {
-		c.measW += c.hostWatts(now)
+		c.hostW = c.hostWatts(now)
+		c.measW += c.hostW
 	}
 	return missing
+}
+
+// readInstant reads g's instant power into drawW; it reports false when there is none.
+func (c *Controller) readInstant(g *gpu) bool {
+	ret := g.dev.GetFieldValues(g.fields[:])
+	if ret != nvml.SUCCESS || nvml.Return(g.fields[0].NvmlReturn) != nvml.SUCCESS {
+		return false
+	}
+	g.drawW = float64(binary.LittleEndian.Uint32(g.fields[0].Value[:4])) / 1000
+	return true
+}
+
+// observe adds g's instant power to its demand window, against the limit in force.
+func (c *Controller) observe(g *gpu) {
+	limitW := watts(g.enforcedMW)
+	g.win.observe(g.drawW, g.drawW >= limitW-c.bindMargin(limitW))
+}
+
+// closeWindows ends the period in the demand windows.
+func (c *Controller) closeWindows() {
+	c.winHead = (c.winHead + 1) % len(c.gpus[0].win.peakW)
+	for _, g := range c.gpus {
+		g.win.closePeriod(c.winHead)
+	}
+	c.node.closePeriod()
+}
+
+// floorW is the budget's static share of Σ caps: the budget (less the host's power under scope
+// node) within the GPUs' Σ min and Σ max. After the budget fell, until the draw came down, it
+// is the setpoint instead: GPUs above a new cap come down onto it with a lag, and only caps a
+// guard band below the budget bring the node under it within a few periods.
+func (c *Controller) floorW() float64 {
+	b := c.budgetW
+	if c.tight {
+		b = c.setW
+	}
+	return max(c.sumMin, min(c.sumMax, b-c.hostW))
 }
 
 // oobTrust is how many periods an out-of-band limit is taken as the GPU's maximum before the
@@ -210,11 +278,28 @@ func (c *Controller) checkOutOfBand(g *gpu) {
 	g.oobMW, g.oobUntil = g.enforcedMW, c.ticks+oobTrust
 }
 
-// control moves the total cap with the law. Oversubscription goes only as far as the headroom
-// of GPUs below their limits: caps above the setpoint are watts a surge could take before the
-// next period.
-func (c *Controller) control(hi float64) {
-	c.law.step(c.setW, c.measW, c.bounds(min(hi, max(c.setW+c.slackW, c.sumMin))))
+// control moves the total cap with the law. Σ caps at the budget's static share are safe
+// whatever the GPUs do; above it the law lends stranded power only while the window's peak of
+// measured power stays under the setpoint: a surplus that lasted, not one sample's.
+//
+// What is lent is also bounded by the headroom the GPUs that are not power-bound hold above the
+// peak of their draw: power they keep for a surge within their recent range and do not use.
+// Lending more would let a GPU's surge to a limit it held all along put the node over budget
+// until the fast cut bites.
+func (c *Controller) control(hi, dt float64) {
+	slack := 0.0
+	for _, g := range c.gpus {
+		if !g.win.powerBound() {
+			slack += c.set.HeadroomW
+		}
+	}
+	floor := c.floorW()
+	b := c.bounds(max(floor, min(hi, c.setW+slack)))
+	b.FloorW = floor
+	if r := c.set.MaxRiseWps; r > 0 {
+		b.RiseW = r * dt
+	}
+	c.law.step(c.setW, c.node.winPeakW+c.hostW, b)
 }
 
 // bindMargin is how close to its limit a GPU draws to count as power-bound: it would use more.
@@ -222,8 +307,10 @@ func (c *Controller) bindMargin(limitW float64) float64 {
 	return max(0.5*c.set.HeadroomW, 0.02*limitW)
 }
 
-// allocate splits the cap across GPUs into their shares.
-func (c *Controller) allocate() {
+// allocate splits the cap across GPUs into their shares. Under a cut no GPU's share rises above
+// the limit it has.
+func (c *Controller) allocate(cut bool) {
+	floor := c.floorW()
 	for i, g := range c.gpus {
 		s := &c.shares[i]
 		s.minW, s.maxW = watts(g.minMW), watts(g.maxMW)
@@ -231,13 +318,31 @@ func (c *Controller) allocate() {
 			s.maxW = max(s.minW, min(s.maxW, watts(g.oobMW)))
 		}
 		s.limitW = watts(g.enforcedMW)
-		s.drawW = g.drawW
+		s.fairW = max(s.minW, min(s.maxW, floor*g.weight/c.sumWeight))
+		s.pinned = g.refusedRet != nvml.SUCCESS && g.ok
+		if s.pinned {
+			// A GPU that refuses our limits keeps the one in force: the others make room.
+			s.minW, s.maxW, s.upW = s.limitW, s.limitW, s.limitW
+			s.needW, s.weight, s.bound = s.limitW, g.weight, false
+			continue
+		}
+		s.needW = g.win.winPeakW
 		s.weight = g.weight
-		s.bound = g.drawW >= s.limitW-c.bindMargin(s.limitW)
+		s.bound = g.win.powerBound()
 		step := max(2*c.set.HeadroomW, c.set.Ramp*2*s.maxW)
-		s.upW = max(s.minW, min(s.maxW, max(s.limitW, watts(g.ourMW))+step))
+		s.upW = max(s.minW, min(s.maxW, max(max(s.limitW, watts(g.ourMW))+step, s.fairW)))
+		if cut {
+			s.upW = max(s.minW, min(s.upW, watts(max(g.ourMW, g.minMW))))
+		}
 	}
 	given := distribute(c.shares, c.law.capW, c.set.HeadroomW)
+	for i, g := range c.gpus {
+		if s := &c.shares[i]; s.pinned {
+			// Still ask it for no more than its fair share: once it takes a limit again, Σ
+			// limits are within the cap at once.
+			s.allocW = max(watts(g.minMW), min(s.allocW, s.fairW))
+		}
+	}
 	// What the GPUs could not take this period is not kept as cap: C is what is applied, so
 	// it cannot float up on slack the GPUs would surge into.
 	if given < c.law.capW && given >= c.sumMin {

@@ -21,6 +21,7 @@ type publisher struct {
 
 	budget, fallback, unmet              *sample.Series
 	setpoint, measured, err, capW, overS *sample.Series
+	rise, fall, swing, cuts              *sample.Series
 	mode                                 [numModes]*sample.Series
 }
 
@@ -36,17 +37,21 @@ func (p *publisher) init(c *Controller, store *sample.Store) {
 	p.err = sample.NewSeries(metrics.CappingError, scope)
 	p.capW = sample.NewSeries(metrics.CappingCapTotal, scope)
 	p.overS = sample.NewSeries(metrics.CappingOverBudgetTime, scope)
+	p.rise = sample.NewSeries(metrics.CappingPowerRamp, attribute.String(metrics.AttrRampDirection, "rise"))
+	p.fall = sample.NewSeries(metrics.CappingPowerRamp, attribute.String(metrics.AttrRampDirection, "fall"))
+	p.swing = sample.NewSeries(metrics.CappingPowerSwing, scope)
+	p.cuts = sample.NewSeries(metrics.CappingFastCuts, scope)
 	for m := range numModes {
 		p.mode[m] = sample.NewSeries(metrics.CappingMode, attribute.String(metrics.AttrCappingMode, m.String()))
 	}
-	points := 8 + int(numModes) + 4*len(c.gpus)
+	points := 12 + int(numModes) + 4*len(c.gpus)
 	for i := range p.batches {
 		p.batches[i].Points = make([]sample.Point, 0, points)
 	}
 }
 
 // publish puts the period's figures and every GPU's limit and counters in the store.
-func (p *publisher) publish(now time.Time, fallback bool, per *periodState, capW float64, gpus []*gpu) {
+func (p *publisher) publish(now time.Time, fallback bool, per *periodState, node *nodeWindow, capW float64, gpus []*gpu) {
 	if p.store == nil {
 		return
 	}
@@ -68,6 +73,10 @@ func (p *publisher) publish(now time.Time, fallback bool, per *periodState, capW
 	b.Add(p.err, per.errW)
 	b.Add(p.capW, capW)
 	b.Add(p.overS, per.overS)
+	b.Add(p.rise, node.lastRiseWps)
+	b.Add(p.fall, node.lastFallWps)
+	b.Add(p.swing, node.swingW)
+	b.Add(p.cuts, per.cuts)
 	for m := range numModes {
 		v := 0.0
 		if m == per.mode {

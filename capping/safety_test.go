@@ -234,7 +234,7 @@ func FuzzDistribute(f *testing.F) {
 			hi := lo + rng.Float64()*700
 			limit := lo + rng.Float64()*(hi-lo)
 			up := lo + rng.Float64()*(hi-lo)
-			shares[i] = gpuShare{minW: lo, maxW: hi, upW: up, limitW: limit, drawW: rng.Float64() * limit, weight: 0.1 + rng.Float64()*10, bound: rng.IntN(2) == 0}
+			shares[i] = gpuShare{minW: lo, maxW: hi, upW: up, limitW: limit, needW: rng.Float64() * limit, fairW: rng.Float64() * hi, weight: 0.1 + rng.Float64()*10, bound: rng.IntN(2) == 0}
 			sumMin += lo
 			sumMax += up
 		}
@@ -256,9 +256,9 @@ func FuzzDistribute(f *testing.F) {
 // Priority weights split the cap among power-bound GPUs.
 func TestDistributeByWeight(t *testing.T) {
 	shares := []gpuShare{
-		{minW: 200, maxW: 700, upW: 700, limitW: 500, drawW: 500, weight: 3, bound: true},
-		{minW: 200, maxW: 700, upW: 700, limitW: 500, drawW: 500, weight: 1, bound: true},
-		{minW: 200, maxW: 700, upW: 700, limitW: 500, drawW: 250, weight: 1},
+		{minW: 200, maxW: 700, upW: 700, limitW: 500, needW: 500, weight: 3, bound: true},
+		{minW: 200, maxW: 700, upW: 700, limitW: 500, needW: 500, weight: 1, bound: true},
+		{minW: 200, maxW: 700, upW: 700, limitW: 500, needW: 250, weight: 1},
 	}
 	distribute(shares, 1200, 20)
 	if shares[2].allocW != 270 {

@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
 )
 
@@ -106,6 +107,10 @@ type Settings struct {
 	NodeName string
 	// Resources holds what the agent opens once for whoever needs it; see Lookup.
 	Resources *Resources
+	// MetricEnabled reports whether a metric is to be exported (metrics.NAME.enabled); nil
+	// means every metric. The runner drops the points of the others; a collector may also
+	// skip the reads that only they need.
+	MetricEnabled func(*metrics.Def) bool
 }
 
 // Resources holds values by type, each opened on its first Lookup and then shared. The agent

@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/capstan-power/capstan/internal/metrics"
+	"github.com/capstan-power/capstan/internal/panics"
 	"github.com/capstan-power/capstan/internal/sample"
 )
 
@@ -26,6 +27,8 @@ type Runner struct {
 	log     *slog.Logger
 	now     func() time.Time
 	entries []*entry
+	// disabled marks, by metrics.Def.ID, the metrics whose points are dropped; nil drops none.
+	disabled []bool
 
 	readyOnce sync.Once
 	ready     chan struct{}
@@ -42,7 +45,9 @@ type entry struct {
 	cur  int // data slot to fill next
 	scur int // self slot to fill next
 
-	up, duration *sample.Series
+	up, duration, available *sample.Series
+	series                  *sample.Series
+	nSeries                 int // points of the last successful collection
 	// pending is non-nil while a collection that missed its deadline is still running; no new
 	// collection starts until it returns, so a hung source cannot pile up goroutines.
 	pending <-chan error
@@ -88,14 +93,16 @@ func (r *Runner) AddFailed(name string, err error) {
 func (r *Runner) newEntry(name string) *entry {
 	attr := attribute.String(metrics.AttrCollector, name)
 	e := &entry{
-		name:     name,
-		up:       sample.NewSeries(metrics.CollectorUp, attr),
-		duration: sample.NewSeries(metrics.CollectorDuration, attr),
-		ok:       true,
+		name:      name,
+		up:        sample.NewSeries(metrics.CollectorUp, attr),
+		duration:  sample.NewSeries(metrics.CollectorDuration, attr),
+		available: sample.NewSeries(metrics.CollectorAvailable, attr),
+		series:    sample.NewSeries(metrics.CollectorSeries, attr),
+		ok:        true,
 	}
 	for i := range e.data {
 		e.data[i] = &sample.Batch{}
-		e.self[i] = &sample.Batch{Points: make([]sample.Point, 0, 2)}
+		e.self[i] = &sample.Batch{Points: make([]sample.Point, 0, 3)}
 	}
 	return e
 }
@@ -117,10 +124,10 @@ func (r *Runner) CollectOnce(ctx context.Context) {
 			continue
 		}
 		wg.Add(1)
-		go func() {
+		panics.Go("collector "+e.name, func() {
 			defer wg.Done()
 			r.collect(ctx, e)
-		}()
+		})
 	}
 	wg.Wait()
 }
@@ -135,7 +142,7 @@ func (r *Runner) Run(ctx context.Context) {
 		}
 		wg.Add(1)
 		first.Add(1)
-		go func() {
+		panics.Go("collector "+e.name, func() {
 			defer wg.Done()
 			t := time.NewTicker(e.interval)
 			defer t.Stop()
@@ -149,12 +156,12 @@ func (r *Runner) Run(ctx context.Context) {
 				}
 				r.collect(ctx, e)
 			}
-		}()
+		})
 	}
-	go func() {
+	panics.Go("collectors ready", func() {
 		first.Wait()
 		r.readyOnce.Do(func() { close(r.ready) })
-	}()
+	})
 	wg.Wait()
 }
 
@@ -247,6 +254,8 @@ func (r *Runner) collect(ctx context.Context, e *entry) {
 		r.fail(e, elapsed, err)
 		return
 	}
+	r.dropDisabled(b)
+	e.nSeries = len(b.Points)
 	r.store.Put(e.name, b)
 	e.cur ^= 1
 	r.putSelf(e, elapsed, true)
@@ -280,6 +289,16 @@ func (r *Runner) putSelf(e *entry, elapsed time.Duration, up bool) {
 	s.Add(e.up, v)
 	if e.startErr == nil {
 		s.Add(e.duration, elapsed.Seconds())
+	}
+	// A collector whose source the host lacks is down by design; one that failed to start
+	// on a host that has it is a fault to alert on.
+	avail := 1.0
+	if errors.Is(e.startErr, ErrNoSource) {
+		avail = 0
+	}
+	s.Add(e.available, avail)
+	if up {
+		s.Add(e.series, float64(e.nSeries))
 	}
 	r.store.Put(SelfKey(e.name), s)
 }

@@ -3,6 +3,7 @@ package collectors
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -21,6 +22,11 @@ func (f funcCollector) Collect(ctx context.Context, b *sample.Batch) error { ret
 var testSeries = sample.NewSeries(metrics.HWPower)
 
 func self(store *sample.Store, name string) (up, duration float64, ok bool) {
+	up, duration, _, ok = selfAvailable(store, name)
+	return up, duration, ok
+}
+
+func selfAvailable(store *sample.Store, name string) (up, duration, available float64, ok bool) {
 	store.View(SelfKey(name), func(b *sample.Batch) {
 		if b == nil {
 			return
@@ -33,6 +39,8 @@ func self(store *sample.Store, name string) (up, duration float64, ok bool) {
 				up = p.Value
 			case metrics.CollectorDuration:
 				duration = p.Value
+			case metrics.CollectorAvailable:
+				available = p.Value
 			}
 		}
 	})
@@ -165,6 +173,25 @@ func TestRunnerFailedStartReportsDown(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "collector disabled") || !strings.Contains(logs.String(), "NVML not found") {
 		t.Errorf("missing the one log line saying why:\n%s", logs.String())
+	}
+}
+
+// A collector that failed to start is told apart from one whose source the host lacks, so
+// that only the first is alerted on; one that runs is available whether it succeeds or not.
+func TestRunnerSaysWhetherTheSourceIsThere(t *testing.T) {
+	r, store, _ := newRunner()
+	r.AddFailed("thermal", fmt.Errorf("no thermal zone: %w", ErrNoSource))
+	r.AddFailed("nic", errors.New("netlink: permission denied"))
+	r.Add("gpu", funcCollector(func(context.Context, *sample.Batch) error { return errors.New("NVML timeout") }), time.Second, 0)
+	r.CollectOnce(context.Background())
+	for _, c := range []struct {
+		name          string
+		up, available float64
+	}{{"thermal", 0, 0}, {"nic", 0, 1}, {"gpu", 0, 1}} {
+		up, _, available, ok := selfAvailable(store, c.name)
+		if !ok || up != c.up || available != c.available {
+			t.Errorf("%s: up=%v available=%v present=%v, want up=%v available=%v", c.name, up, available, ok, c.up, c.available)
+		}
 	}
 }
 

@@ -25,7 +25,8 @@ const (
 var requiredAlerts = []string{
 	"CapstanNodeOverBudget", "CapstanCappingFailsafe", "CapstanGPULost", "CapstanGPUXidErrors",
 	"CapstanPowerLimitOverridden", "CapstanGrantStale", "CapstanCollectorDown", "CapstanAgentDown",
-	"CapstanThermalThrottling",
+	"CapstanThermalThrottling", "CapstanGPUMissing", "CapstanLogLinesDropped",
+	"CapstanGPURowRemapFailed", "CapstanGPUHardwareSlowdown",
 }
 
 // readRules decodes the plain rule file as the PrometheusRule spec it also is.

@@ -125,8 +125,8 @@ type fleet struct {
 	gpus              []*gpuSeries
 	collectorUp       *sample.Series
 	collectorDuration *sample.Series
-	// others holds one series of every table metric neither the GPU collector nor the agent
-	// produces (host collectors), so a batch covers the whole table.
+	// others holds one series of every other table metric (host collectors, the agent's own,
+	// the GPU counts), so a batch covers the whole table.
 	others []*sample.Series
 }
 
@@ -138,8 +138,16 @@ func newFleet(n int) *fleet {
 	for i := range n {
 		f.gpus = append(f.gpus, newGPUSeries(i))
 	}
+	// What the GPU series above and the agent's own do not cover (host collectors, GPU health
+	// and profiling metrics) gets one series each.
+	covered := map[*metrics.Def]bool{metrics.CollectorUp: true, metrics.CollectorDuration: true}
+	probe := &sample.Batch{}
+	newGPUSeries(0).add(probe, 0, 0)
+	for _, p := range probe.Points {
+		covered[p.Series.Def] = true
+	}
 	for _, d := range metrics.Table {
-		if d.From("gpu") || d.From("agent") {
+		if covered[d] {
 			continue
 		}
 		kvs := make([]attribute.KeyValue, len(d.Attributes))

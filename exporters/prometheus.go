@@ -12,6 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/exporter-toolkit/web"
+
+	"github.com/capstan-power/capstan/internal/panics"
 )
 
 // newHandler serves /metrics, /healthz, /readyz and a landing page on /.
@@ -72,8 +74,14 @@ func (e *Exporters) Start(ctx context.Context) error {
 			return fmt.Errorf("checking web config file %s: %w", configFile, err)
 		}
 	}
-	var lc net.ListenConfig
-	l, err := lc.Listen(ctx, "tcp", addr)
+	var l net.Listener
+	var err error
+	if e.listeners != nil {
+		l, err = e.listeners.listen(ctx, addr)
+	} else {
+		var lc net.ListenConfig
+		l, err = lc.Listen(ctx, "tcp", addr)
+	}
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", addr, err)
 	}
@@ -91,7 +99,7 @@ func (e *Exporters) Start(ctx context.Context) error {
 	}
 	done := make(chan struct{})
 	e.server, e.listener, e.serveDone = srv, l, done
-	go func() {
+	panics.Go("web server", func() {
 		defer close(done)
 		// Serve closes l itself, except when it fails before serving (a config file that became
 		// unreadable since Validate).
@@ -99,7 +107,7 @@ func (e *Exporters) Start(ctx context.Context) error {
 		if err := web.Serve(l, srv, flags, e.log); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			e.log.Error("web server stopped; /metrics, /healthz and /readyz are unavailable", "address", l.Addr().String(), "err", err)
 		}
-	}()
+	})
 	return nil
 }
 

@@ -61,6 +61,8 @@ type Options struct {
 	Version string
 	// Stdout is where the stdout exporter writes; nil means os.Stdout.
 	Stdout io.Writer
+	// Listeners, when set, keeps the web server's socket open across the agent's reloads.
+	Listeners *Listeners
 }
 
 // Exporters owns the MeterProvider, its readers and the web server.
@@ -77,6 +79,8 @@ type Exporters struct {
 	prom    *promExposition
 	handler http.Handler
 	ready   atomic.Bool
+
+	listeners *Listeners
 
 	mu        sync.Mutex
 	started   bool
@@ -104,7 +108,7 @@ func New(ctx context.Context, o Options) (*Exporters, error) {
 	if stdout == nil {
 		stdout = os.Stdout
 	}
-	e := &Exporters{cfg: cfg, log: log}
+	e := &Exporters{cfg: cfg, log: log, listeners: o.Listeners}
 	scope := instrumentation.Scope{Name: ScopeName, Version: o.Version}
 
 	res, err := newResource(ctx, cfg, o.Version)

@@ -31,7 +31,12 @@ type allocator struct {
 	scratch []waterfill.Slot
 	decs    []int
 	incs    []int
-	fit     fit // the last round's, logged when it changes
+	tree    *domainTree
+	nodeDom []int             // each live node's domain (index into tree)
+	dclaims []waterfill.Claim // one domain's claims
+	dout    []float64
+	fits    map[string]fit // each domain's last fit, logged when it changes
+	metrics domainMetrics
 }
 
 // fit is how the budget compares with what the group needs at least.
@@ -50,6 +55,7 @@ func newAllocator(m *Member, el *concurrency.Election) *allocator {
 // run loads the group, watches it, and runs a round every period and soon after every change.
 func (a *allocator) run(ctx context.Context) {
 	m := a.m
+	defer a.dropDomains()
 	for ctx.Err() == nil {
 		// A reload after a watch error keeps the last good value of records malformed
 		// meanwhile: a fresh view would count their nodes at their minimum.
@@ -121,7 +127,9 @@ func (a *allocator) loop(ctx context.Context, wch clientv3.WatchChan) {
 // there is one; else, once every decreased node acknowledged or lost its lease, the increases.
 // So at any time Σ of what nodes may run at stays within the budget.
 func (a *allocator) round(ctx context.Context) {
-	if idx := a.plan(a.m.o.Now()); len(idx) > 0 {
+	idx := a.plan(a.m.o.Now())
+	a.publishDomains()
+	if len(idx) > 0 {
 		a.publish(ctx, idx)
 	}
 }
@@ -175,8 +183,7 @@ func (a *allocator) publish(ctx context.Context, idx []int) {
 	}
 	for _, i := range idx {
 		name := a.names[i]
-		n := v.Nodes[name]
-		rec := GrantRecord{Watts: a.targets[i], PrevW: v.held(name, n), MinW: n.MinW, Generation: gen, Lease: n.Lease, At: now}
+		rec := a.record(i, gen, now)
 		ops = append(ops, clientv3.OpPut(v.Keys.Grant(name), mustJSON(rec)))
 		open = append(open, put{name, rec})
 		if len(ops) >= maxTxnOps && !flush() {
@@ -184,4 +191,18 @@ func (a *allocator) publish(ctx context.Context, idx []int) {
 		}
 	}
 	flush()
+}
+
+// record is the grant the round gives live node i (an index into a.names) in generation gen: its
+// target, what it may run at until it acknowledges, and the domains of both.
+func (a *allocator) record(i int, gen int64, now time.Time) GrantRecord {
+	v := a.view
+	name := a.names[i]
+	n := v.Nodes[name]
+	prevDom := n.Domain
+	if g, ok := v.Grants[name]; ok {
+		prevDom = g.Domain
+	}
+	return GrantRecord{Watts: a.targets[i], PrevW: v.held(name, n), MinW: n.MinW, Generation: gen, Lease: n.Lease, At: now,
+		Domain: n.Domain, PrevDomain: prevDom}
 }

@@ -3,8 +3,11 @@ package cluster_test
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -182,4 +185,159 @@ func startMembersOnly(b *testing.B, ctx context.Context, clients []*clientv3.Cli
 		}
 	}()
 	return members
+}
+
+// BenchmarkDomainCut200 runs 200 members, each with its own etcd client, in a tree of 4 rows of
+// 5 racks of 10 nodes under one site (the group) on an embedded etcd. One loop takes every
+// member's grant twice a period, as their controllers would. Each iteration cuts the site's
+// budget by 10 % and raises it back; a sampler checks every 2 ms that no rack or row is over
+// its limit and that the site is under the old budget while the grants move and under the new
+// one from when Σ applied first fell under it. It reports the periods until every node applies
+// a grant within the cut and Σ applied is under the new budget, and the etcd revisions a cut
+// costs until every acknowledgement is in etcd (a transaction of up to 100 grants is one).
+func BenchmarkDomainCut200(b *testing.B) {
+	const per = 500 * time.Millisecond
+	_, eps := etcdtest.Start(b, 1, nil)
+	admin := newClient(b, eps, "", "")
+	limits := map[string]float64{}
+	setBudget(b, admin, 200*650, 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Cleanup(cancel)
+	for r := range 4 {
+		row := fmt.Sprintf("row%d", r)
+		limits[row] = 50 * 640
+		setDomain(b, admin, row, limits[row])
+		for k := range 5 {
+			rack := fmt.Sprintf("%s/rack%d", row, k)
+			limits[rack] = 10 * 660
+			setDomain(b, admin, rack, limits[rack])
+		}
+	}
+	members := make([]*cluster.Member, 200)
+	doms := make([]string, 200)
+	for i := range members {
+		doms[i] = fmt.Sprintf("row%d/rack%d", i/50, (i/10)%5)
+		m, err := cluster.NewMember(cluster.Options{Client: newClient(b, eps, "", ""), Keys: testKeys, Node: fmt.Sprintf("n%03d", i),
+			Domain: doms[i], LeaseTTL: 5 * time.Second, Period: per, Priority: 1, Campaign: i < 3})
+		if err != nil {
+			b.Fatal(err)
+		}
+		m.Report(budget.NodeReport{DrawW: 700, DrawOK: true, MinW: 200, MaxW: 700, At: time.Now()})
+		members[i] = m
+		go m.Run(ctx)
+	}
+	go func() {
+		t := time.NewTicker(per / 2)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				for _, m := range members {
+					m.Report(budget.NodeReport{DrawW: 700, DrawOK: true, MinW: 200, MaxW: 700, At: time.Now()})
+					m.Applied(m.Grant())
+				}
+			}
+		}
+	}()
+	var mu sync.Mutex
+	site := 200 * 650.0
+	var violations []string
+	samples := 0
+	sums := func() map[string]float64 {
+		s := map[string]float64{}
+		for i, m := range members {
+			w := m.AppliedW()
+			s[""] += w
+			s[doms[i]] += w
+			s[doms[i][:strings.IndexByte(doms[i], '/')]] += w
+		}
+		return s
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(2 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			s := sums()
+			mu.Lock()
+			samples++
+			for d, lim := range limits {
+				if s[d] > lim+1e-6 && len(violations) < 20 {
+					violations = append(violations, fmt.Sprintf("domain %s: Σ applied %.0f W > %.0f W", d, s[d], lim))
+				}
+			}
+			if s[""] > site+1e-6 && len(violations) < 20 {
+				violations = append(violations, fmt.Sprintf("site: Σ applied %.0f W > %.0f W", s[""], site))
+			}
+			mu.Unlock()
+		}
+	}()
+	// Settled: every node applies its grant and Σ applied is within w, short of it by at most
+	// a joiner's minimum and a watt of rounding per node. The rows bind below the full
+	// site budget (4 × (32000 − 200) W).
+	settledUnder := func(w float64) func() bool {
+		w = math.Min(w, 4*(50*640-200))
+		return func() bool {
+			if s := sums()[""]; s > w || s < w-200-200 {
+				return false
+			}
+			for _, m := range members {
+				if g, gen := m.Grant(); gen == 0 || m.AppliedW() != g {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	testkit.Eventually(b, 120*time.Second, "first convergence", settledUnder(200*650))
+	b.ResetTimer()
+	var took, writes float64
+	for range b.N {
+		cut := 200 * 650 * 0.9
+		rev0, _ := admin.Get(ctx, "x")
+		start := time.Now()
+		setBudget(b, admin, cut, 0)
+		testkit.Eventually(b, 60*time.Second, "convergence after the cut", settledUnder(cut))
+		took += float64(time.Since(start))
+		mu.Lock()
+		site = cut
+		mu.Unlock()
+		testkit.Eventually(b, 60*time.Second, "the cut's acknowledgements in etcd", func() bool { return settled(ctx, admin) })
+		rev1, _ := admin.Get(ctx, "x")
+		writes += float64(rev1.Header.Revision - rev0.Header.Revision)
+		mu.Lock()
+		site = 200 * 650
+		mu.Unlock()
+		setBudget(b, admin, 200*650, 0)
+		testkit.Eventually(b, 60*time.Second, "convergence after the raise", settledUnder(200*650))
+	}
+	b.StopTimer()
+	close(stop)
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	for _, v := range violations {
+		b.Error(v)
+	}
+	b.ReportMetric(took/float64(b.N)/float64(per), "periods/cut")
+	b.ReportMetric(writes/float64(b.N), "etcd-revisions/cut")
+	b.ReportMetric(float64(samples), "samples")
+}
+
+func setDomain(tb testing.TB, cli *clientv3.Client, rel string, w float64) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := cluster.SetDomain(ctx, cli, testKeys.Prefix, cluster.FullPath(testKeys.Group, rel), cluster.DomainRecord{LimitW: w, SetBy: "test"}); err != nil {
+		tb.Fatal(err)
+	}
 }

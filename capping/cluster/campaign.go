@@ -5,6 +5,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/capstan-power/capstan/internal/panics"
 )
 
 // campaign stands for allocator on the node's lease and allocates while elected.
@@ -42,13 +44,13 @@ func (m *Member) campaign(ctx context.Context, lease clientv3.LeaseID) {
 		m.setAllocator(true)
 		m.log.Info("cluster: elected allocator", "node", m.o.Node)
 		actx, cancel := context.WithCancel(ctx)
-		go func() {
+		panics.Go("cluster election session", func() {
 			select {
 			case <-sess.Done():
 			case <-actx.Done():
 			}
 			cancel()
-		}()
+		})
 		a := newAllocator(m, el)
 		a.run(actx)
 		cancel()

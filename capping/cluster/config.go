@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"log/slog"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -26,7 +27,8 @@ func FromConfig(cfg *config.Config, store *sample.Store, log *slog.Logger, now f
 	if err != nil {
 		return nil, nil, err
 	}
-	m, err := NewMember(Options{Client: cli, Keys: Keys{Prefix: cfg.Etcd.Prefix, Group: cfg.Etcd.Group}, Node: cfg.Node.Name,
+	group, domain := GroupOf(cfg.Etcd)
+	m, err := NewMember(Options{Client: cli, Keys: Keys{Prefix: cfg.Etcd.Prefix, Group: group}, Domain: domain, Node: cfg.Node.Name,
 		LeaseTTL: cfg.Etcd.LeaseTTL, Period: cfg.Capping.Period, Priority: float64(cfg.Etcd.Priority),
 		Campaign: true, Store: store, Log: log, Now: now})
 	if err != nil {
@@ -34,4 +36,14 @@ func FromConfig(cfg *config.Config, store *sample.Store, log *slog.Logger, now f
 		return nil, nil, err
 	}
 	return m, cli, nil
+}
+
+// GroupOf returns the group of validated --etcd.* settings and the node's domain below it:
+// etcd.domain's first segment is the group (etcd.group, when also set, is the same).
+func GroupOf(e config.Etcd) (group, domain string) {
+	if e.Domain == "" {
+		return e.Group, ""
+	}
+	group, domain, _ = strings.Cut(e.Domain, "/")
+	return group, domain
 }

@@ -88,14 +88,25 @@ func (m *Member) hysteresis() float64 {
 // returns what it wrote.
 func (m *Member) putNode(ctx context.Context) (NodeRecord, error) {
 	m.mu.Lock()
-	rec := NodeRecord{DemandW: m.demandLocked(m.o.Now()), MinW: m.node.minW, MaxW: m.node.maxW, Priority: m.o.Priority,
-		AppliedW: m.applied, AckedGen: m.appliedGen, Lease: int64(m.lease), UpdatedAt: m.o.Now().UTC()}
+	rec := m.recordLocked(m.o.Now())
 	lease := m.lease
 	m.mu.Unlock()
 	if _, err := m.o.Client.Put(ctx, m.o.Keys.Node(m.o.Node), mustJSON(rec), clientv3.WithLease(lease)); err != nil {
 		return rec, fmt.Errorf("writing node record: %w", err)
 	}
 	return rec, nil
+}
+
+// recordLocked is the node record as the member writes it at now.
+func (m *Member) recordLocked(now time.Time) NodeRecord {
+	rec := NodeRecord{DemandW: m.demandLocked(now), MinW: m.node.minW, MaxW: m.node.maxW, Priority: m.o.Priority,
+		AppliedW: m.applied, AckedGen: m.appliedGen, Lease: int64(m.lease), UpdatedAt: now.UTC(), Domain: m.o.Domain}
+	// A node at the root of a flat group writes the record older agents read (they refuse
+	// unknown fields): its draw goes only into a tree's records.
+	if m.o.Domain != "" && !m.node.drawAt.IsZero() && now.Sub(m.node.drawAt) <= m.o.LeaseTTL {
+		rec.DrawW = math.Min(m.node.drawW, MaxWatts-1)
+	}
+	return rec
 }
 
 // report rewrites the node record when an acknowledgement is due, the bounds changed, or demand
@@ -112,11 +123,7 @@ func (m *Member) report(ctx context.Context) {
 		case <-m.nudge:
 		case <-t.C:
 		}
-		m.mu.Lock()
-		d := m.demandLocked(m.o.Now())
-		same := written && m.appliedGen == last.AckedGen && m.node.minW == last.MinW && m.node.maxW == last.MaxW
-		m.mu.Unlock()
-		if same && math.Abs(d-last.DemandW) <= m.hysteresis() {
+		if !m.due(last, written) {
 			continue
 		}
 		rctx, cancel := m.reqCtx(ctx)
@@ -130,4 +137,15 @@ func (m *Member) report(ctx context.Context) {
 		}
 		last, written = rec, true
 	}
+}
+
+// due reports whether the node record must be written again, last having been written (if
+// written): an acknowledgement is due, the bounds or the domain changed, or demand moved past
+// the hysteresis.
+func (m *Member) due(last NodeRecord, written bool) bool {
+	m.mu.Lock()
+	d := m.demandLocked(m.o.Now())
+	same := written && m.appliedGen == last.AckedGen && m.node.minW == last.MinW && m.node.maxW == last.MaxW && m.o.Domain == last.Domain
+	m.mu.Unlock()
+	return !same || math.Abs(d-last.DemandW) > m.hysteresis()
 }

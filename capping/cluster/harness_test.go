@@ -75,7 +75,7 @@ func startAgent(t testing.TB, name string, cli *clientv3.Client, gpus int, prior
 
 // startAgentWith is startAgent with a lease TTL, an allocation period (the controller runs at
 // half of it) and whether the node stands for allocator.
-func startAgentWith(t testing.TB, name string, cli *clientv3.Client, gpus int, priority float64, ttl, per time.Duration, campaign bool) *agent {
+func startAgentWith(t testing.TB, name string, cli *clientv3.Client, gpus int, priority float64, ttl, per time.Duration, campaign bool, edits ...func(*cluster.Options)) *agent {
 	t.Helper()
 	fleet, err := sim.New(sim.Options{Model: "H100", Count: gpus, Trace: "steady", Seed: int64(len(name)), Clock: clock.Real()})
 	if err != nil {
@@ -85,8 +85,12 @@ func startAgentWith(t testing.TB, name string, cli *clientv3.Client, gpus int, p
 		t.Fatal(ret)
 	}
 	a := &agent{name: name, fleet: fleet, store: sample.NewStore(), cli: cli, done: make(chan struct{})}
-	m, err := cluster.NewMember(cluster.Options{Client: cli, Keys: testKeys, Node: name, LeaseTTL: ttl, Period: per,
-		Priority: priority, Campaign: campaign, Store: a.store, Log: slog.New(slog.DiscardHandler)})
+	o := cluster.Options{Client: cli, Keys: testKeys, Node: name, LeaseTTL: ttl, Period: per,
+		Priority: priority, Campaign: campaign, Store: a.store, Log: slog.New(slog.DiscardHandler)}
+	for _, e := range edits {
+		e(&o)
+	}
+	m, err := cluster.NewMember(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,9 @@ type Options struct {
 	Client *clientv3.Client
 	Keys   Keys
 	Node   string
+	// Domain is the path below the group of the domain the node attaches to (rack12 of
+	// site/row3/rack12 is row3/rack12); empty: the group's root.
+	Domain string
 	// LeaseTTL is the node lease's TTL, in whole seconds; a node cut off from etcd holds its
 	// grant this long, then drops to its floor. A draw reported longer ago than this is no
 	// longer the node's demand.
@@ -55,6 +58,7 @@ type Member struct {
 	mu          sync.Mutex
 	lease       clientv3.LeaseID
 	lastContact time.Time // send time of the last keep-alive etcd answered
+	created     time.Time // when the member was made: the grant age before any answer
 	grant       GrantRecord
 	haveGrant   bool
 	budget      BudgetRecord
@@ -84,6 +88,9 @@ func NewMember(o Options) (*Member, error) {
 	if err := ValidName(o.Node); err != nil {
 		return nil, fmt.Errorf("cluster node: %w", err)
 	}
+	if err := validRel(o.Domain); err != nil {
+		return nil, fmt.Errorf("cluster domain %q: %w", o.Domain, err)
+	}
 	if o.LeaseTTL < time.Second || o.LeaseTTL%time.Second != 0 {
 		return nil, fmt.Errorf("cluster: lease TTL %s must be whole seconds, at least 1s", o.LeaseTTL)
 	}
@@ -105,8 +112,30 @@ func NewMember(o Options) (*Member, error) {
 	}
 	m := &Member{o: o, log: log.With("group", o.Keys.Group), errs: map[string]float64{},
 		bounded: make(chan struct{}), nudge: make(chan struct{}, 1), stopped: make(chan struct{})}
-	m.series = newMemberSeries(o.Keys.Group)
+	m.series = newMemberSeries(o.Keys.Group, FullPath(o.Keys.Group, o.Domain))
+	m.created = o.Now()
 	return m, nil
+}
+
+// SetDomain moves the node to another domain (a path below the group) while it runs: it
+// rewrites its record at once, and the allocator counts it in both domains until it
+// acknowledges a grant for the new one.
+func (m *Member) SetDomain(rel string) error {
+	if err := validRel(rel); err != nil {
+		return fmt.Errorf("cluster domain %q: %w", rel, err)
+	}
+	m.mu.Lock()
+	moved := m.o.Domain != rel
+	if moved {
+		m.o.Domain = rel
+		m.series.domain = newMemberSeries(m.o.Keys.Group, FullPath(m.o.Keys.Group, rel)).domain
+	}
+	m.mu.Unlock()
+	if moved {
+		m.log.Info("cluster: node moved to another domain", "node", m.o.Node, "domain", FullPath(m.o.Keys.Group, rel))
+		m.wake()
+	}
+	return nil
 }
 
 // Grant returns the watts the node may apply now and the grant's generation: the grant while

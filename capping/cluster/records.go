@@ -83,6 +83,12 @@ type NodeRecord struct {
 	// Lease is the node's lease, so that a grant can say which registration it was for.
 	Lease     int64     `json:"lease"`
 	UpdatedAt time.Time `json:"updated_at"`
+	// Domain is the path below the group of the domain the node attaches to; empty (left
+	// out) for the group's root, so a flat group's records read as they always did.
+	Domain string `json:"domain,omitempty"`
+	// DrawW is the node's measured draw when the record was written (left out before a first
+	// measurement): what the domains' Σ draw adds up.
+	DrawW float64 `json:"draw_w,omitempty"`
 }
 
 // GrantRecord is what the allocator granted a node.
@@ -94,6 +100,10 @@ type GrantRecord struct {
 	Generation int64     `json:"generation"`
 	Lease      int64     `json:"lease"`
 	At         time.Time `json:"at"`
+	// Domain is the domain (path below the group) the grant counts in; PrevDomain the one of
+	// the grant it replaced, where the node runs until it acknowledges. Empty: the root.
+	Domain     string `json:"domain,omitempty"`
+	PrevDomain string `json:"prev_domain,omitempty"`
 }
 
 // StateRecord is the allocator's last publication.
@@ -148,7 +158,7 @@ func ParseNode(data []byte) (NodeRecord, error) {
 	for _, f := range []struct {
 		n string
 		v float64
-	}{{"demand_w", r.DemandW}, {"min_w", r.MinW}, {"max_w", r.MaxW}, {"applied_w", r.AppliedW}} {
+	}{{"demand_w", r.DemandW}, {"min_w", r.MinW}, {"max_w", r.MaxW}, {"applied_w", r.AppliedW}, {"draw_w", r.DrawW}} {
 		if err := watts(f.n, f.v); err != nil {
 			return r, fmt.Errorf("node record: %w", err)
 		}
@@ -158,6 +168,9 @@ func ParseNode(data []byte) (NodeRecord, error) {
 	}
 	if math.IsNaN(r.Priority) || r.Priority < 1 || r.Priority > 1000 {
 		return r, fmt.Errorf("node record: priority %v out of range (allowed: 1 to 1000)", r.Priority)
+	}
+	if err := validRel(r.Domain); err != nil {
+		return r, fmt.Errorf("node record: domain %q: %w", r.Domain, err)
 	}
 	return r, nil
 }
@@ -178,6 +191,11 @@ func ParseGrant(data []byte) (GrantRecord, error) {
 	}
 	if r.Generation < 1 {
 		return r, fmt.Errorf("grant record: generation %d out of range (allowed: 1 and up)", r.Generation)
+	}
+	for _, d := range []string{r.Domain, r.PrevDomain} {
+		if err := validRel(d); err != nil {
+			return r, fmt.Errorf("grant record: domain %q: %w", d, err)
+		}
 	}
 	return r, nil
 }

@@ -18,17 +18,24 @@ var errKinds = []string{"request", "malformed", "lost_lease"}
 // memberSeries are the member's metrics, made once.
 type memberSeries struct {
 	grant, budget, gen, alloc *sample.Series
+	grantAge, leaseTTL        *sample.Series
+	domain                    *sample.Series
 	errs                      map[string]*sample.Series
 }
 
-func newMemberSeries(group string) memberSeries {
+func newMemberSeries(group, domain string) memberSeries {
 	g := attribute.String(metrics.AttrClusterGroup, group)
 	s := memberSeries{
+		domain: sample.NewSeries(metrics.ClusterNodeDomain, g, attribute.String(metrics.AttrClusterDomain, domain)),
 		grant:  sample.NewSeries(metrics.ClusterGrant, g),
 		budget: sample.NewSeries(metrics.ClusterBudget, g),
 		gen:    sample.NewSeries(metrics.ClusterGeneration, g),
 		alloc:  sample.NewSeries(metrics.ClusterAllocator, g),
-		errs:   map[string]*sample.Series{},
+		// The age of the node's hold on its grant, so that an alert reads it exactly rather
+		// than from error rates.
+		grantAge: sample.NewSeries(metrics.ClusterGrantAge, g),
+		leaseTTL: sample.NewSeries(metrics.ClusterLeaseTTL, g),
+		errs:     map[string]*sample.Series{},
 	}
 	for _, k := range errKinds {
 		s.errs[k] = sample.NewSeries(metrics.ClusterEtcdErrors, g, attribute.String(metrics.AttrClusterError, k))
@@ -57,6 +64,13 @@ func (m *Member) publish(now time.Time) {
 		alloc = 1
 	}
 	b.Add(m.series.alloc, alloc)
+	contact := m.lastContact
+	if contact.IsZero() {
+		contact = m.created // no answer yet: the hold is as old as the member
+	}
+	b.Add(m.series.grantAge, max(0, now.Sub(contact).Seconds()))
+	b.Add(m.series.leaseTTL, m.o.LeaseTTL.Seconds())
+	b.Add(m.series.domain, 1)
 	for _, k := range errKinds {
 		b.Add(m.series.errs[k], m.errs[k])
 	}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/capstan-power/capstan/internal/panics"
 )
 
 // Run registers the node once the controller reported its bounds (see Member) and keeps it
@@ -76,19 +78,19 @@ func (m *Member) serve(ctx context.Context, lease clientv3.LeaseID) {
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	run := func(f func(context.Context)) {
+	run := func(name string, f func(context.Context)) {
 		wg.Add(1)
-		go func() { defer wg.Done(); f(rctx) }()
+		panics.Go(name, func() { defer wg.Done(); f(rctx) })
 	}
-	run(func(c context.Context) {
+	run("cluster keep-alive", func(c context.Context) {
 		m.keepAlive(c, lease)
 		cancel()
 	})
-	run(func(c context.Context) { m.follow(c, m.o.Keys.Grant(m.o.Node), m.onGrant) })
-	run(func(c context.Context) { m.follow(c, m.o.Keys.Budget(), m.onBudget) })
-	run(m.report)
+	run("cluster grant watch", func(c context.Context) { m.follow(c, m.o.Keys.Grant(m.o.Node), m.onGrant) })
+	run("cluster budget watch", func(c context.Context) { m.follow(c, m.o.Keys.Budget(), m.onBudget) })
+	run("cluster report", m.report)
 	if m.o.Campaign {
-		run(func(c context.Context) { m.campaign(c, lease) })
+		run("cluster campaign", func(c context.Context) { m.campaign(c, lease) })
 	}
 	wg.Wait()
 }

@@ -17,7 +17,15 @@ type View struct {
 	Nodes     map[string]NodeRecord
 	Grants    map[string]GrantRecord
 	State     StateRecord
-	Revision  int64
+	// Domains are the domains below the root, by path below the group.
+	Domains  map[string]DomainRecord
+	Revision int64
+	// DomainsChanged counts changes to Domains (and badDomains): the allocator rebuilds its
+	// tree when it moves.
+	DomainsChanged int
+	// badDomains names the domains whose records are malformed and were never read: their
+	// limit is unknown, so the allocator holds their nodes at their floors.
+	badDomains map[string]bool
 	// unread names the grants whose records are malformed and were never read: what their
 	// nodes run at is unknown.
 	unread map[string]bool
@@ -25,7 +33,8 @@ type View struct {
 
 // NewView returns an empty view of a group.
 func NewView(k Keys) *View {
-	return &View{Keys: k, Nodes: map[string]NodeRecord{}, Grants: map[string]GrantRecord{}, unread: map[string]bool{}}
+	return &View{Keys: k, Nodes: map[string]NodeRecord{}, Grants: map[string]GrantRecord{}, unread: map[string]bool{},
+		Domains: map[string]DomainRecord{}, badDomains: map[string]bool{}}
 }
 
 // Apply folds one key's new value (nil: deleted) into the view. A malformed value leaves the
@@ -33,6 +42,9 @@ func NewView(k Keys) *View {
 func (v *View) Apply(key string, value []byte) error {
 	if v.unread == nil {
 		v.unread = map[string]bool{}
+	}
+	if v.Domains == nil {
+		v.Domains, v.badDomains = map[string]DomainRecord{}, map[string]bool{}
 	}
 	rest, ok := strings.CutPrefix(key, v.Keys.Root())
 	if !ok {
@@ -69,6 +81,8 @@ func (v *View) Apply(key string, value []byte) error {
 			return fmt.Errorf("%s: %w", key, err)
 		}
 		v.Nodes[name] = n
+	case strings.HasPrefix(rest, "domains/"):
+		return v.applyDomain(key, strings.TrimPrefix(rest, "domains/"), value)
 	case strings.HasPrefix(rest, "grants/"):
 		name := strings.TrimPrefix(rest, "grants/")
 		if value == nil {
@@ -127,6 +141,18 @@ func (v *View) Load(ctx context.Context, c *clientv3.Client) ([]error, error) {
 			delete(v.unread, name)
 		}
 	}
+	for rel := range v.Domains {
+		if !present[v.Keys.Domain(rel)] {
+			delete(v.Domains, rel)
+			v.DomainsChanged++
+		}
+	}
+	for rel := range v.badDomains {
+		if !present[v.Keys.Domain(rel)] {
+			delete(v.badDomains, rel)
+			v.DomainsChanged++
+		}
+	}
 	v.Revision = resp.Header.Revision
 	return bad, nil
 }
@@ -163,4 +189,31 @@ func (v *View) held(name string, n NodeRecord) float64 {
 		return n.MaxW
 	}
 	return Held(n, g, has)
+}
+
+// applyDomain folds one domain record into the view. A key that is not a domain path (an empty
+// or "." segment, too deep) names no domain and is refused like a malformed record.
+func (v *View) applyDomain(key, rel string, value []byte) error {
+	if rel == "" {
+		return fmt.Errorf("%s: not a domain path below group %s: empty", key, v.Keys.Group)
+	}
+	if err := validRel(rel); err != nil {
+		return fmt.Errorf("%s: not a domain path below group %s: %w", key, v.Keys.Group, err)
+	}
+	v.DomainsChanged++
+	if value == nil {
+		delete(v.Domains, rel)
+		delete(v.badDomains, rel)
+		return nil
+	}
+	d, err := ParseDomain(value)
+	if err != nil {
+		if _, ok := v.Domains[rel]; !ok {
+			v.badDomains[rel] = true
+		}
+		return fmt.Errorf("%s: %w", key, err)
+	}
+	v.Domains[rel] = d
+	delete(v.badDomains, rel)
+	return nil
 }

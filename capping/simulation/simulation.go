@@ -1,7 +1,8 @@
 // Package simulation runs the real capping controller against the simulated GPU fleet on a
 // manual clock, far faster than real time, next to two baselines on identical fleets: static
 // uniform caps (B / n per GPU, what `nvidia-smi -pl` gives) and an oracle that knows every GPU's
-// demand for the coming period and water-fills the budget over it with no lag. `capstan
+// demand over the coming period and a little past it, and splits the budget to do the most
+// work under the simulator's own law, never less than static caps do (oracle.go). `capstan
 // simulate` prints its Report.
 package simulation
 
@@ -58,6 +59,8 @@ type Sample struct {
 	// StaticCapW is the static fleet's Σ limits: the budget, within the GPUs' constraints.
 	StaticCapW float64
 	OracleW    float64 // what the oracle fleet drew
+	// OracleCapW is the oracle fleet's Σ requested limits in the period.
+	OracleCapW float64
 	Limits     []float64
 }
 
@@ -68,6 +71,9 @@ type Figures struct {
 	Work              float64 `json:"work"`
 	TimeOverBudgetPct float64 `json:"time_over_budget_pct"`
 	MaxOvershootPct   float64 `json:"max_overshoot_pct"`
+	// MaxRiseWps is the steepest rise of the fleet's true Σ draw between two fast steps
+	// (capping.FastInterval apart), in W/s: the power ramp the supply sees.
+	MaxRiseWps float64 `json:"max_rise_wps"`
 }
 
 // Report is the outcome of a run.
@@ -134,6 +140,11 @@ func Run(o Options) (*Report, error) {
 	}
 	defer func() { _ = r.ctl.Stop(capping.ExitConfigured) }()
 	periods := int(o.Duration / r.period)
+	// The controller runs as the agent runs it: fast samples between periods, then the period.
+	// Every fast step is scored, so an overshoot between two periods is seen.
+	every := r.ctl.FastEvery()
+	origin := r.clock.Now()
+	r.ctl.Tick(origin) // as Run does: the first period at the start
 	for k := 1; k <= periods; k++ {
 		elapsed := time.Duration(k) * r.period
 		if err := r.applySteps(k, elapsed); err != nil {
@@ -142,20 +153,34 @@ func Run(o Options) (*Report, error) {
 		if err := r.setOracle(elapsed); err != nil {
 			return nil, err
 		}
-		r.clock.Advance(r.period)
-		r.ctl.Tick(r.clock.Now())
-		drawn := [3]float64{drawnW(r.fleets[0]), drawnW(r.fleets[1]), drawnW(r.fleets[2])}
-		r.score(k, drawn)
+		var drawn, peak [3]float64
+		for j := 1; j <= every; j++ {
+			r.clock.Set(origin.Add(elapsed - r.period + r.period*time.Duration(j)/time.Duration(every)))
+			if j < every {
+				r.ctl.Sample(r.clock.Now())
+			} else {
+				r.ctl.Tick(r.clock.Now())
+			}
+			drawn = [3]float64{drawnW(r.fleets[0]), drawnW(r.fleets[1]), drawnW(r.fleets[2])}
+			r.scoreFast(drawn, &peak)
+		}
+		r.score(k, drawn, peak)
 		if o.Sample != nil {
 			r.limits = r.ctl.Limits(r.limits[:0])
 			o.Sample(Sample{Elapsed: elapsed, BudgetW: r.budgetW, MeasuredW: r.ctl.MeasuredW(), DrawnW: drawn[0],
-				CapW: r.ctl.CapW(), StaticW: drawn[1], StaticCapW: r.staticCapW, OracleW: drawn[2], Limits: r.limits})
+				CapW: r.ctl.CapW(), StaticW: drawn[1], StaticCapW: r.staticCapW, OracleW: drawn[2], OracleCapW: r.oracleCapW, Limits: r.limits})
 		}
 	}
 	r.rep.Periods = periods
 	r.figures(periods)
 	r.rep.Wall = time.Since(wallStart)
 	return &r.rep, nil
+}
+
+// FastSteps is how many fast steps a period of the settings holds: the controller's fast
+// samples between periods, and the period's own reading.
+func FastSteps(s capping.Settings) int {
+	return max(1, int((s.Period+capping.FastInterval/2)/capping.FastInterval))
 }
 
 // Policies, in the order of a run's fleets.
@@ -177,7 +202,11 @@ type runState struct {
 	src    *sourceAdapter
 
 	staticDevs, oracleDevs []nvml.Device
-	demand, shares, limits []float64
+	limits                 []float64
+	orc                    *planner
+	oracleMW               []uint32  // the oracle fleet's requested limits
+	oracleW                []float64 // the same in watts, for the planner
+	oracleCapW             float64   // their sum
 
 	steps      []Step
 	next       int // the next budget step
@@ -185,8 +214,14 @@ type runState struct {
 	staticCapW float64 // the static fleet's Σ limits
 
 	base [3]start
-	over [3]int     // periods above budget
+	over [3]int     // fast steps above budget
 	peak [3]float64 // largest overshoot once settled, as a share of the budget
+	// fastSteps counts fast steps; prev is the last one's draw, maxRise the steepest rise of
+	// the true Σ draw between two of them.
+	fastSteps int
+	prev      [3]float64
+	prevOK    bool
+	maxRise   [3]float64
 	// stepAt is the period of the last budget step, step follows it; startup follows the
 	// start until the first step.
 	stepAt        int
@@ -206,7 +241,7 @@ type settling struct {
 // reports whether the fleet has settled: under the budget, then held within the band.
 func (s *settling) observe(sinceStart int, drawnW, budgetW float64) (settled bool) {
 	switch {
-	case s.settle < 0 && drawnW <= budgetW:
+	case s.settle < 0 && !overBudget(drawnW, budgetW):
 		s.settle, s.holdLeft = sinceStart, settleHold
 	case s.settle >= 0 && s.holdLeft > 0 && drawnW > budgetW*(1+settleBand):
 		s.settle = -1
@@ -263,7 +298,16 @@ func newRun(o Options) (*runState, error) {
 		_ = ctl.Stop(capping.ExitConfigured)
 		return nil, err
 	}
-	r.demand, r.shares, r.limits = make([]float64, o.Count), make([]float64, o.Count), make([]float64, 0, o.Count)
+	r.limits = make([]float64, 0, o.Count)
+	r.orc = newOracle(r.model, o.Count, r.period)
+	r.oracleMW, r.oracleW = make([]uint32, o.Count), make([]float64, o.Count)
+	for i, d := range r.oracleDevs {
+		var ret nvml.Return
+		if r.oracleMW[i], ret = d.GetPowerManagementLimit(); ret != nvml.SUCCESS {
+			_ = ctl.Stop(capping.ExitConfigured)
+			return nil, fmt.Errorf("simulation: reading the oracle's limit of GPU %d: %w", i, ret)
+		}
+	}
 	for p, f := range r.fleets {
 		r.base[p] = snapshot(f)
 	}
@@ -295,34 +339,60 @@ func (r *runState) applySteps(k int, elapsed time.Duration) error {
 	return nil
 }
 
-// setOracle gives the oracle the demand of the period ending at elapsed, before it starts.
+// setOracle gives the oracle fleet the limits the oracle plans for the period ending at
+// elapsed, before it starts. It writes the decreases before the increases, as a controller
+// must, so that Σ requested limits stays within the budget between any two writes.
 func (r *runState) setOracle(elapsed time.Duration) error {
-	from := elapsed - r.period
-	for i := range r.demand {
-		d := 0.0
-		for t := from; t < elapsed; t += 10 * time.Millisecond {
-			d = max(d, r.trace.Demand(i, t))
-		}
-		r.demand[i] = min(max(d, r.model.IdleW), 1.05*r.model.MaxLimitW)
+	r.orc.load(r.trace, elapsed-r.period, elapsed+oracleLead)
+	for i, mw := range r.oracleMW {
+		r.oracleW[i] = float64(mw) / 1000
 	}
-	waterFill(r.demand, r.shares, r.budgetW, r.model)
-	for i, d := range r.oracleDevs {
-		if ret := d.SetPowerManagementLimit(uint32(math.Floor(r.shares[i])) * 1000); ret != nvml.SUCCESS {
-			return fmt.Errorf("simulation: setting the oracle's limit of GPU %d: %w", i, ret)
+	plan := r.orc.choose(r.budgetW, r.oracleW)
+	for _, lower := range [2]bool{true, false} {
+		for i, d := range r.oracleDevs {
+			mw := uint32(math.Floor(plan[i] * 1000))
+			if mw == r.oracleMW[i] || (mw < r.oracleMW[i]) != lower {
+				continue
+			}
+			if ret := d.SetPowerManagementLimit(mw); ret != nvml.SUCCESS {
+				return fmt.Errorf("simulation: setting the oracle's limit of GPU %d: %w", i, ret)
+			}
+			r.oracleMW[i] = mw
 		}
+	}
+	r.oracleCapW = 0
+	for _, mw := range r.oracleMW {
+		r.oracleCapW += float64(mw) / 1000
 	}
 	return nil
 }
 
-// score counts period k's time over budget, follows settling after the start or the latest
-// step, and once settled (the start: past the first StartupPeriods) the overshoot.
-func (r *runState) score(k int, drawn [3]float64) {
+// overBudget reports whether drawn is above the budget. A milliwatt (NVML's resolution) is
+// allowed: caps may sum to the budget exactly, as static caps do, and a draw coming down onto
+// its cap stops within float rounding of it, a hair above.
+func overBudget(drawnW, budgetW float64) bool { return drawnW > budgetW+1e-3 }
+
+// scoreFast counts one fast step's time over budget and keeps the period's peak draw.
+func (r *runState) scoreFast(drawn [3]float64, peak *[3]float64) {
+	r.fastSteps++
 	for p := range drawn {
-		if drawn[p] > r.budgetW {
+		if overBudget(drawn[p], r.budgetW) {
 			r.over[p]++
 		}
+		peak[p] = max(peak[p], drawn[p])
+		if r.prevOK {
+			rise := (drawn[p] - r.prev[p]) / (r.period.Seconds() / float64(r.ctl.FastEvery()))
+			r.maxRise[p] = max(r.maxRise[p], rise)
+		}
 	}
-	overPct := 100 * (drawn[ours] - r.budgetW) / r.budgetW
+	r.prev, r.prevOK = drawn, true
+}
+
+// score follows settling after the start or the latest step (on the draw at the period's end),
+// and once settled (the start: past the first StartupPeriods) the overshoot (on the period's
+// peak draw).
+func (r *runState) score(k int, drawn, peak [3]float64) {
+	overPct := 100 * (peak[ours] - r.budgetW) / r.budgetW
 	var settled bool
 	if n := len(r.rep.SettlePeriods); n > 0 {
 		settled = r.step.observe(k-r.stepAt, drawn[ours], r.budgetW)
@@ -341,8 +411,8 @@ func (r *runState) score(k int, drawn [3]float64) {
 		settled = k > warmup
 	}
 	if settled {
-		for p := range drawn {
-			r.peak[p] = max(r.peak[p], (drawn[p]-r.budgetW)/r.budgetW)
+		for p := range peak {
+			r.peak[p] = max(r.peak[p], (peak[p]-r.budgetW)/r.budgetW)
 		}
 	}
 }
@@ -354,8 +424,9 @@ func (r *runState) figures(periods int) {
 		end := snapshot(f)
 		figs[p].EnergyJ = end.energyJ - r.base[p].energyJ
 		figs[p].Work = end.work - r.base[p].work
-		figs[p].TimeOverBudgetPct = 100 * float64(r.over[p]) / float64(max(1, periods))
+		figs[p].TimeOverBudgetPct = 100 * float64(r.over[p]) / float64(max(1, r.fastSteps))
 		figs[p].MaxOvershootPct = 100 * max(0, r.peak[p])
+		figs[p].MaxRiseWps = r.maxRise[p]
 	}
 }
 
@@ -403,30 +474,4 @@ func applyStatic(devs []nvml.Device, m sim.Model, budgetW float64) (float64, err
 		}
 	}
 	return per * float64(len(devs)), nil
-}
-
-// waterFill gives each GPU min(demand, level) within its constraints, with the level chosen so
-// the caps sum to the budget (or every demand is met).
-func waterFill(demand, caps []float64, budgetW float64, m sim.Model) {
-	capAt := func(level float64) float64 {
-		sum := 0.0
-		for i, d := range demand {
-			caps[i] = min(max(min(d, level), m.MinLimitW), m.MaxLimitW)
-			sum += caps[i]
-		}
-		return sum
-	}
-	lo, hi := 0.0, m.MaxLimitW
-	if capAt(hi) <= budgetW {
-		return
-	}
-	for range 50 {
-		mid := (lo + hi) / 2
-		if capAt(mid) > budgetW {
-			hi = mid
-		} else {
-			lo = mid
-		}
-	}
-	capAt(lo)
 }

@@ -40,8 +40,8 @@ func TestStepDown(t *testing.T) {
 }
 
 // The controller starts from the GPUs' default limits (700 W each, far above a 1800 W budget
-// for four): the first period overshoots, which the start-up transient reports and the
-// overshoot once settled leaves out.
+// for four) and, as the agent does, runs its first period at the start: the fleet is cut
+// before it has drawn over the budget for long, and the start-up transient says so.
 func TestStartupTransient(t *testing.T) {
 	set := capping.Defaults()
 	r, err := Run(Options{Model: "H100", Trace: "training", Count: 4, Seed: 1, BudgetW: 1800,
@@ -50,14 +50,14 @@ func TestStartupTransient(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("start-up %+v, settled overshoot %.2f %%", r.Startup, r.Ours.MaxOvershootPct)
-	if r.Startup.OvershootPct < 10 {
-		t.Errorf("start-up overshoot %.2f %%, want the first period's draw far over the budget", r.Startup.OvershootPct)
+	if r.Startup.OvershootPct > 2 {
+		t.Errorf("start-up overshoot %.2f %%, want the first period's cut to keep it within 2 %%", r.Startup.OvershootPct)
 	}
-	if r.Startup.SettlePeriods < 1 || r.Startup.SettlePeriods > StartupPeriods {
-		t.Errorf("start-up settled in %d periods, want 1..%d", r.Startup.SettlePeriods, StartupPeriods)
+	if r.Startup.SettlePeriods < 1 || r.Startup.SettlePeriods > 2 {
+		t.Errorf("start-up settled in %d periods, want 1 or 2", r.Startup.SettlePeriods)
 	}
-	if r.Ours.MaxOvershootPct >= r.Startup.OvershootPct {
-		t.Errorf("overshoot once settled %.2f %% includes the start-up's %.2f %%", r.Ours.MaxOvershootPct, r.Startup.OvershootPct)
+	if r.Ours.MaxOvershootPct > 2 {
+		t.Errorf("overshoot once settled %.2f %%, want ≤ 2 %%", r.Ours.MaxOvershootPct)
 	}
 }
 

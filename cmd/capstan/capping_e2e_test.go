@@ -243,7 +243,7 @@ func TestSimulateJSON(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &got); err != nil {
 		t.Fatalf("output is not one JSON object of numbers: %v\n%s", err, out)
 	}
-	want := []string{"settle_periods", "max_overshoot_pct", "time_over_budget_pct", "throughput_vs_static_pct", "throughput_vs_oracle_pct", "energy_j"}
+	want := []string{"settle_periods", "max_overshoot_pct", "time_over_budget_pct", "throughput_vs_static_pct", "throughput_vs_oracle_pct", "energy_j", "max_rise_wps", "rise_limit_cost_pct"}
 	if len(got) != len(want) {
 		t.Errorf("keys %v, want exactly %v", got, want)
 	}

@@ -215,7 +215,10 @@ func TestAgentSurvivesSimFaults(t *testing.T) {
 
 	// A GPU falls off the bus.
 	files.inject(t, sim.Fault{ID: "lost", Kind: sim.FaultLost, GPU: 2})
-	if !testkit.Poll(agentWait, func() bool { return metric("hw_status", "gpu_index", "2", "hw_state", "failed") == 1 }) {
+	if !testkit.Poll(agentWait, func() bool {
+		return metric("hw_status", "gpu_index", "2", "hw_state", "failed") == 1 &&
+			metric("capstan_gpu_present") == 3 && metric("capstan_gpu_expected") == 4
+	}) {
 		t.Fatalf("GPU 2 never reported failed; logs:\n%s", a.Logs())
 	}
 	settle()

@@ -117,6 +117,13 @@ func TestDeadLogReaderNeitherKillsNorStopsTheAgent(t *testing.T) {
 	if !testkit.Poll(agentWait, func() bool { return len(requestedLimits(t, addr)) == 4 }) {
 		t.Fatal("no limits on /metrics after the reload with a dead log reader")
 	}
+	// The lines it could not write are counted where an operator sees them.
+	if !testkit.Poll(agentWait, func() bool {
+		f := scrape(t, "http://"+addr+"/metrics")["capstan_log_dropped_total"]
+		return f != nil && len(f.GetMetric()) == 1 && f.GetMetric()[0].GetCounter().GetValue() > 0
+	}) {
+		t.Error("capstan_log_dropped_total never counted the lines the dead log reader lost")
+	}
 
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
@@ -168,6 +175,40 @@ func TestCappingRestoresOnAPanic(t *testing.T) {
 		t.Errorf("the limits were not restored before the process died; logs:\n%s", logs)
 	}
 	assertRestored(t, state, logs)
+}
+
+// A panic in a goroutine that another package started (the budget source, the web server, the
+// NIC collector's link subscription, the simulator's device files) reaches the agent's guard
+// too: the limits are restored before the process dies of it.
+func TestCappingRestoresOnAPanicOutsideTheAgent(t *testing.T) {
+	for _, goroutine := range []string{"budget source", "web server", "nic link subscription", "sim device files"} {
+		t.Run(goroutine, func(t *testing.T) {
+			addr := otlptest.FreeAddr(t)
+			dir := t.TempDir()
+			state := filepath.Join(dir, "state.json")
+			flags := append(cappingFlags(addr, state), "--gpu.sim.state-file="+filepath.Join(dir, "devices.json"))
+			a := startAgentEnv(t, []string{"CAPSTAN_TEST_INJECT_FAULT=panic:" + goroutine}, flags...)
+			select {
+			case <-a.done:
+			case <-time.After(agentWait):
+				t.Fatalf("the agent did not exit after the injected panic; logs:\n%s", a.Logs())
+			}
+			code := exitStatus(t, a.cmd)
+			logs := a.Logs()
+			panicked := strings.Index(logs, fmt.Sprintf("panic: injected by CAPSTAN_TEST_INJECT_FAULT in goroutine %q", goroutine))
+			if code != 2 || panicked < 0 {
+				t.Fatalf("exit %d, want 2 with the panic on stderr; logs:\n%s", code, logs)
+			}
+			if !strings.Contains(logs, "capping active") || !strings.Contains(logs, fmt.Sprintf("goroutine=%q", goroutine)) {
+				t.Errorf("the panic did not come while capping, or the guard did not name the goroutine; logs:\n%s", logs)
+			}
+			restored := strings.Index(logs, "original GPU limits restored")
+			if restored < 0 || restored > panicked {
+				t.Errorf("the limits were not restored before the process died; logs:\n%s", logs)
+			}
+			assertRestored(t, state, logs)
+		})
+	}
 }
 
 // openPTY returns a pseudo-terminal's master and its slave.

@@ -19,6 +19,7 @@ import (
 	"github.com/capstan-power/capstan/internal/agent"
 	"github.com/capstan-power/capstan/internal/cli"
 	"github.com/capstan-power/capstan/internal/config"
+	"github.com/capstan-power/capstan/internal/panics"
 	"github.com/capstan-power/capstan/internal/version"
 )
 
@@ -102,14 +103,15 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		// logger drops lines from there on). It stays handled to the end, so that the exit
 		// status stays the agent's own even when the error line cannot be written.
 		signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
-		log := agent.NewLogger(stderr, c.Log.Level, c.Log.Format)
+		logs := agent.NewLogWriter(stderr)
+		log := agent.NewLogger(logs, c.Log.Level, c.Log.Format)
 		log.Info("starting capstan", "version", version.Version, "node", c.Node.Name)
 
 		ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
 		ctx, hangup, stopHangups := hangups(ctx, log)
 		defer stopHangups()
-		return agent.Run(ctx, c, agent.Options{Log: log, Reload: resolve, Hangup: hangup, Terminal: stdout})
+		return agent.Run(ctx, c, agent.Options{Log: log, LogWriter: logs, Reload: resolve, Hangup: hangup, Terminal: stdout})
 	}
 
 	root.AddCommand(newCollectCommand(resolve, stdout, stderr), newConfigCommand(stdout), newVersionCommand(stdout))
@@ -132,7 +134,7 @@ func hangups(parent context.Context, log *slog.Logger) (context.Context, <-chan 
 	signal.Notify(raw, syscall.SIGHUP)
 	reload := make(chan os.Signal, 1)
 	tty := terminalFDs()
-	go func() {
+	panics.Go("signals", func() {
 		for {
 			select {
 			case <-ctx.Done():
@@ -149,7 +151,7 @@ func hangups(parent context.Context, log *slog.Logger) (context.Context, <-chan 
 				}
 			}
 		}
-	}()
+	})
 	return ctx, reload, func() { signal.Stop(raw); cancel() }
 }
 

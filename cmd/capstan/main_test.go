@@ -63,8 +63,12 @@ type jsonPoint struct {
 }
 
 // gpuMetricsNotOnSXM are table metrics the simulated SXM boards answer "not supported" for, as
-// real SXM boards do (they have no fan of their own).
-var gpuMetricsNotOnSXM = map[string]bool{metrics.GPUFanSpeed.Name: true}
+// real SXM boards do: they have no fan of their own, and (Ampere and later) remap rows instead
+// of retiring pages; and those the tests' simulated H100s answer "not supported" for, as real
+// Hopper boards do (firmware power smoothing is Blackwell's).
+var gpuMetricsNotOnSXM = map[string]bool{metrics.GPUFanSpeed.Name: true,
+	metrics.GPURetiredPages.Name: true, metrics.GPURetirementPending.Name: true,
+	metrics.GPUPowerSmoothing.Name: true, metrics.GPUPowerSmoothingFloor.Name: true}
 
 func TestCollectJSONHasEveryGPUMetric(t *testing.T) {
 	// The host collectors read a fixture server's sysfs: this VM has no cpufreq, hwmon, thermal
@@ -340,6 +344,62 @@ func TestSIGHUPReloadsAndKeepsRunningOnABadFile(t *testing.T) {
 		f, ok := scrape(t, "http://"+addr+"/metrics")["hw_power_watts"]
 		return ok && len(f.GetMetric()) == 3
 	})
+	if code := a.stop(t); code != 0 {
+		t.Errorf("exit %d after SIGTERM", code)
+	}
+}
+
+// Scrapes during a storm of reloads are all answered: the web socket stays open from one
+// configuration to the next, and a scrape between two waits for the next web server.
+func TestScrapesAnsweredThroughReloads(t *testing.T) {
+	addr := otlptest.FreeAddr(t)
+	a := startAgent(t, "--gpu.backend=sim", "--gpu.sim.count=2", "--web.listen-address="+addr)
+	a.waitLog(t, "agent ready")
+	stop := make(chan struct{})
+	failures := make(chan error, 1000)
+	scrapes := 0
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		client := &http.Client{Timeout: 10 * time.Second}
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			resp, err := client.Get("http://" + addr + "/metrics")
+			if err == nil {
+				_, _ = io.Copy(io.Discard, resp.Body)
+				_ = resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					err = fmt.Errorf("status %d", resp.StatusCode)
+				}
+			}
+			scrapes++
+			if err != nil {
+				failures <- err
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	for i := range 5 {
+		if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		a.waitLogCount(t, "configuration reloaded", i+1)
+		time.Sleep(100 * time.Millisecond)
+	}
+	a.waitLogCount(t, "agent ready", 6)
+	close(stop)
+	<-done
+	close(failures)
+	for err := range failures {
+		t.Errorf("a scrape during reloads failed: %v", err)
+	}
+	if scrapes < 10 {
+		t.Errorf("only %d scrapes during 5 reloads", scrapes)
+	}
 	if code := a.stop(t); code != 0 {
 		t.Errorf("exit %d after SIGTERM", code)
 	}

@@ -29,6 +29,11 @@ type simulateJSON struct {
 	ThroughputVsStaticPct float64 `json:"throughput_vs_static_pct"`
 	ThroughputVsOraclePct float64 `json:"throughput_vs_oracle_pct"`
 	EnergyJ               float64 `json:"energy_j"`
+	// MaxRiseWps is the steepest rise of the fleet's Σ draw between two 100 ms steps.
+	MaxRiseWps float64 `json:"max_rise_wps"`
+	// RiseLimitCostPct is the throughput --capping.max-rise-watts-per-second cost, against the
+	// same run without it; 0 when it is off.
+	RiseLimitCostPct float64 `json:"rise_limit_cost_pct"`
 }
 
 func newSimulateCommand(resolve func() (*config.Config, error), stdout, stderr io.Writer) *cobra.Command {
@@ -90,6 +95,15 @@ func newSimulateCommand(resolve func() (*config.Config, error), stdout, stderr i
 			if err != nil {
 				return err
 			}
+			// The rise limit's cost: the same run without it.
+			var unlimited *simulation.Report
+			if opts.Settings.MaxRiseWps > 0 {
+				free := opts
+				free.Settings.MaxRiseWps, free.Sample = 0, nil
+				if unlimited, err = simulation.Run(free); err != nil {
+					return err
+				}
+			}
 			if csvPath != "" {
 				if err := writeFile(csvPath, "--csv", rec.WriteCSV); err != nil {
 					return err
@@ -105,17 +119,18 @@ func newSimulateCommand(resolve func() (*config.Config, error), stdout, stderr i
 			if asJSON {
 				enc := json.NewEncoder(stdout)
 				enc.SetIndent("", "  ")
-				return enc.Encode(summarize(r))
+				return enc.Encode(summarize(r, unlimited))
 			}
-			writeReport(stdout, c, opts, r)
+			writeReport(stdout, c, opts, r, unlimited)
 			return nil
 		},
 	}
 	cmd.SetUsageFunc(simulateUsage)
+	cmd.AddCommand(newSimulateFleetCommand(resolve, stdout, stderr))
 	f := cmd.Flags()
 	f.DurationVar(&duration, "duration", time.Hour, "simulated time to run")
 	f.StringArrayVar(&steps, "budget.step", nil, "change the budget AT a time from the start to WATTS, as AT:WATTS (e.g. 30m:2744); repeatable")
-	f.BoolVar(&asJSON, "json", false, "print one JSON object: settle_periods, max_overshoot_pct, time_over_budget_pct, throughput_vs_static_pct, throughput_vs_oracle_pct, energy_j")
+	f.BoolVar(&asJSON, "json", false, "print one JSON object: settle_periods, max_overshoot_pct, time_over_budget_pct, throughput_vs_static_pct, throughput_vs_oracle_pct, energy_j, max_rise_wps, rise_limit_cost_pct")
 	f.StringVar(&csvPath, "csv", "", "write every control period (budget, measured, cap, per-GPU limits, baselines) to this CSV file")
 	f.StringVar(&plotPath, "plot", "", "draw budget, power and per-GPU limits over time to this PNG file")
 	return cmd
@@ -129,7 +144,8 @@ var simulateUses = []string{
 	"gpu.sim.model", "gpu.sim.count", "gpu.sim.trace", "gpu.sim.seed",
 	"budget.watts",
 	"capping.period", "capping.guard-band-percent", "capping.oversubscription-percent",
-	"capping.headroom-watts", "capping.deadband-watts", "capping.ramp-percent", "capping.weights",
+	"capping.headroom-watts", "capping.deadband-watts", "capping.ramp-percent", "capping.max-rise-watts-per-second",
+	"capping.weights",
 }
 
 // simulateUsage is simulate's usage: its own flags, then the agent's flags it uses.
@@ -167,7 +183,16 @@ func parseSteps(values []string, duration time.Duration) ([]simulation.Step, err
 	return out, nil
 }
 
-func summarize(r *simulation.Report) simulateJSON {
+// riseLimitCost is the share of throughput the rise limit cost: r against the same run without
+// the limit (unlimited, nil when the limit is off).
+func riseLimitCost(r, unlimited *simulation.Report) float64 {
+	if unlimited == nil || unlimited.Ours.Work <= 0 {
+		return 0
+	}
+	return 100 * (1 - r.Ours.Work/unlimited.Ours.Work)
+}
+
+func summarize(r, unlimited *simulation.Report) simulateJSON {
 	worst := 0
 	for _, s := range r.SettlePeriods {
 		if s < 0 {
@@ -183,12 +208,14 @@ func summarize(r *simulation.Report) simulateJSON {
 		ThroughputVsStaticPct: round2(100 * r.Ours.Work / r.Static.Work),
 		ThroughputVsOraclePct: round2(100 * r.Ours.Work / r.Oracle.Work),
 		EnergyJ:               math.Round(r.Ours.EnergyJ),
+		MaxRiseWps:            math.Round(r.Ours.MaxRiseWps),
+		RiseLimitCostPct:      round2(riseLimitCost(r, unlimited)),
 	}
 }
 
 func round2(x float64) float64 { return math.Round(100*x) / 100 }
 
-func writeReport(w io.Writer, c *config.Config, o simulation.Options, r *simulation.Report) {
+func writeReport(w io.Writer, c *config.Config, o simulation.Options, r, unlimited *simulation.Report) {
 	fmt.Fprintf(w, "%d × %s, trace %s, budget %d W, %s simulated at a %s period in %s\n\n",
 		o.Count, o.Model, o.Trace, c.Budget.Watts, o.Duration, o.Settings.Period, r.Wall.Round(time.Millisecond))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -210,6 +237,12 @@ func writeReport(w io.Writer, c *config.Config, o simulation.Options, r *simulat
 			r.StepOvershootPct[i], settled(s, o.Settings.Period))
 	}
 	fmt.Fprintf(w, "throughput vs oracle: %.1f %%\n", 100*r.Ours.Work/r.Oracle.Work)
+	fmt.Fprintf(w, "power ramp: Σ draw rose at most %.0f W/s over %s steps (static caps %.0f W/s, oracle %.0f W/s)\n",
+		r.Ours.MaxRiseWps, o.Settings.Period/time.Duration(simulation.FastSteps(o.Settings)), r.Static.MaxRiseWps, r.Oracle.MaxRiseWps)
+	if unlimited != nil {
+		fmt.Fprintf(w, "rise limit %.0f W/s: costs %.2f %% of throughput (steepest rise %.0f W/s without it)\n",
+			o.Settings.MaxRiseWps, riseLimitCost(r, unlimited), unlimited.Ours.MaxRiseWps)
+	}
 }
 
 // settled says how long a transient took to settle.

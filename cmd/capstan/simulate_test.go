@@ -44,12 +44,15 @@ func TestSimulateReportGolden(t *testing.T) {
 // Every agent flag simulate --help lists changes the run it reports (config.file and log.*
 // aside, which change how it is read and logged).
 func TestSimulateFlagsItListsChangeTheRun(t *testing.T) {
-	base := []string{"simulate", "--gpu.sim.count=4", "--gpu.sim.trace=training", "--budget.watts=1500", "--duration=2m", "--json"}
+	// An imbalanced load, and a budget that rises: on a symmetric load at a steady budget the
+	// controller holds static caps, which no tuning changes.
+	base := []string{"simulate", "--gpu.sim.count=4", "--gpu.sim.trace=imbalanced", "--budget.watts=1500", "--duration=4m",
+		"--budget.step=2m:1800", "--json"}
 	changed := map[string]string{
 		"gpu.sim.model": "A100", "gpu.sim.count": "3", "gpu.sim.trace": "bursty", "gpu.sim.seed": "2",
 		"budget.watts": "1400", "capping.period": "500ms", "capping.guard-band-percent": "10",
 		"capping.oversubscription-percent": "0", "capping.headroom-watts": "60", "capping.deadband-watts": "40",
-		"capping.ramp-percent": "1", "capping.weights": "0=5",
+		"capping.ramp-percent": "1", "capping.max-rise-watts-per-second": "20", "capping.weights": "0=5",
 	}
 	want, errOut, code := runCapstan(t, base...)
 	if code != 0 {

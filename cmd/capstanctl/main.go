@@ -107,7 +107,7 @@ func newRoot(out, errOut io.Writer) *cobra.Command {
 	pf.StringVar(&g.username, "etcd.username", "", "etcd user; needs --etcd.password-file")
 	pf.StringVar(&g.passwordFile, "etcd.password-file", "", "file holding the etcd user's password")
 	pf.DurationVar(&g.timeout, "timeout", 10*time.Second, "deadline of each etcd request")
-	root.AddCommand(budgetCmd(g, out), statusCmd(g, out), drainCmd(g, out), topCmd(g, out))
+	root.AddCommand(budgetCmd(g, out), statusCmd(g, out), drainCmd(g, out), topCmd(g, out), domainCmd(g, out))
 	return root
 }
 

@@ -27,7 +27,7 @@ func topCmd(g *globals, out io.Writer) *cobra.Command {
 	o := topOptions{}
 	var order string
 	c := &cobra.Command{
-		Use:   "top GROUP",
+		Use:   "top GROUP | top --tree PATH",
 		Short: "A live view of the group: its budget line, then its nodes, least headroom first",
 		Long: `A live view of the group, refreshed from etcd watches: the budget line (budget, granted,
 applied, demand, headroom), then one row per node. A node's headroom is its grant minus its
@@ -43,7 +43,14 @@ turns the colours off; when stdout is not a terminal it prints plain tables, one
 				return fmt.Errorf("--sort %q: want one of %s", order, strings.Join(sortNames(), ", "))
 			}
 			o.order, o.timeout = i, g.timeout
-			c, k, err := g.connect(args[0])
+			group := args[0]
+			if o.tree {
+				var err error
+				if group, o.under, err = cluster.SplitPath(args[0]); err != nil {
+					return fmt.Errorf("PATH: %w", err)
+				}
+			}
+			c, k, err := g.connect(group)
 			if err != nil {
 				return err
 			}
@@ -67,12 +74,15 @@ turns the colours off; when stdout is not a terminal it prints plain tables, one
 	}
 	c.Flags().DurationVar(&o.refresh, "refresh", time.Second, "least time between two redraws")
 	c.Flags().StringVar(&order, "sort", "headroom", "row order: "+strings.Join(sortNames(), ", "))
+	c.Flags().BoolVar(&o.tree, "tree", false, "show the power domains under PATH (GROUP or GROUP/DOMAIN...) instead of the nodes: limit, Σ grants, Σ applied, Σ draw, headroom, oversubscription")
 	return c
 }
 
 type topOptions struct {
 	refresh, timeout time.Duration
-	order            int // index into sortOrders
+	order            int    // index into sortOrders
+	tree             bool   // the domains, not the nodes
+	under            string // with tree: the domain (below the group) whose subtree is shown
 }
 
 // row is one node as top shows it.
@@ -338,6 +348,9 @@ func top(ctx context.Context, c *clientv3.Client, k cluster.Keys, scr screen, ke
 		}
 		wch := c.Watch(clientv3.WithRequireLeader(ctx), k.Root(), clientv3.WithPrefix(), clientv3.WithRev(v.Revision+1))
 		draw := func() error {
+			if o.tree {
+				return scr.draw(treeFrame(v, alloc, time.Now(), o.under, keys != nil))
+			}
 			return scr.draw(frame(cluster.StatusOf(v, alloc), time.Now(), order, keys != nil))
 		}
 		if err := draw(); err != nil {

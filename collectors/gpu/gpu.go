@@ -33,7 +33,12 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			return New(lib, set.Logger, set.Now)
+			c, err := newCollector(lib, set.Logger, set.Now, set.MetricEnabled)
+			if err != nil {
+				return nil, err
+			}
+			c.ExpectFromPCI(set.Sysfs)
+			return c, nil
 		},
 	})
 }
@@ -49,7 +54,13 @@ type Collector struct {
 	now     func() time.Time
 	driver  string
 	devices []*device
+	inv     inventory     // GPUs expected and present
 	events  nvml.EventSet // nil when XID events are unavailable
+	// enabled is the metric selection (nil: every metric); reads that only disabled metrics
+	// need are skipped, the runner drops the rest.
+	enabled func(*metrics.Def) bool
+	// violations and profiling are whether the violation counters and GPM are read at all.
+	violations, profiling bool
 	// newlyUnsupported gathers, per query, the GPUs that answered "not supported" during one
 	// collection, so that it is said in one line per query rather than one per GPU.
 	newlyUnsupported [probeCount][]int
@@ -84,6 +95,19 @@ const (
 	probeECCUncorrected
 	probeFan
 	probePerformanceState
+	probeViolationPower
+	probeViolationThermal
+	probeViolationSyncBoost
+	probeViolationBoardLimit
+	probeViolationLowUtilization
+	probeViolationReliability
+	probeRemappedRows
+	probeRetiredPages
+	probePCIeReplays
+	probeECCAggregateCorrected
+	probeECCAggregateUncorrected
+	probeGPMSample
+	probeGPMMetrics
 	probeCount
 )
 
@@ -93,6 +117,10 @@ var probeNames = [probeCount]string{
 	"enforced power limit", "power management limit", "default power limit", "power limit constraints",
 	"clock-event reasons", "PCIe transmit throughput", "PCIe receive throughput",
 	"corrected ECC errors", "uncorrected ECC errors", "fan speed", "performance state",
+	"power violation time", "thermal violation time", "sync boost violation time", "board limit violation time",
+	"low utilization violation time", "reliability violation time", "remapped rows", "retired pages (field values)",
+	"PCIe replay counter", "aggregate corrected ECC errors", "aggregate uncorrected ECC errors",
+	"GPM sample", "GPM metrics",
 }
 
 // Limit kinds and throttle reasons in the order of their series.
@@ -134,11 +162,14 @@ type device struct {
 	throttle                                      [6]*sample.Series
 	fan, pstate                                   *sample.Series
 	base                                          *sample.Series // identity only, for deriving xid series
+	health                                        health
+	gpm                                           *gpm // nil without GPM
 
 	xids map[uint64]*xidCount
 
 	fields         []nvml.FieldValue
 	pcieTx, pcieRx pcieCounter
+	smoothing      smoothingReader
 }
 
 type xidCount struct {
@@ -148,13 +179,20 @@ type xidCount struct {
 
 // New opens every GPU of lib (already initialised) and builds their series.
 func New(lib nvml.Interface, log *slog.Logger, now func() time.Time) (*Collector, error) {
+	return newCollector(lib, log, now, nil)
+}
+
+// newCollector is New with the metric selection; enabled nil means every metric.
+func newCollector(lib nvml.Interface, log *slog.Logger, now func() time.Time, enabled func(*metrics.Def) bool) (*Collector, error) {
 	if log == nil {
 		log = slog.Default()
 	}
 	if now == nil {
 		now = time.Now
 	}
-	c := &Collector{lib: lib, log: log.With("collector", Name), now: now}
+	c := &Collector{lib: lib, log: log.With("collector", Name), now: now, enabled: enabled}
+	c.violations = c.exports(metrics.GPUViolationTime)
+	c.profiling = c.exports(metrics.GPUActivity) || c.exports(metrics.GPUIOThroughput)
 	if v, ret := lib.SystemGetDriverVersion(); ret == nvml.SUCCESS {
 		c.driver = v
 	}
@@ -168,7 +206,9 @@ func New(lib nvml.Interface, log *slog.Logger, now func() time.Time) (*Collector
 	for i := range n {
 		c.devices = append(c.devices, c.openDevice(i))
 	}
+	c.inv = newInventory(n)
 	c.openEvents()
+	c.openGPM()
 	c.log.Info("GPU collector started", "gpus", n, "driver", c.driver)
 	return c, nil
 }
@@ -246,6 +286,7 @@ func (d *device) buildSeries(name, driver, serial, busID string) {
 	}
 	d.fan = s(metrics.GPUFanSpeed)
 	d.pstate = s(metrics.GPUPerformanceState)
+	d.health.build(s)
 }
 
 // openEvents registers every GPU for XID events. Without event support the collector runs on;
@@ -285,6 +326,7 @@ func (c *Collector) openEvents() {
 func (c *Collector) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.closeGPM()
 	if c.events != nil {
 		if ret := c.events.Free(); ret != nvml.SUCCESS {
 			return fmt.Errorf("freeing the NVML event set: %w", ret)
@@ -307,6 +349,7 @@ func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 		}
 		c.collectDevice(d, b)
 	}
+	c.addInventory(b)
 	return nil
 }
 
@@ -427,6 +470,7 @@ func (c *Collector) collectDevice(d *device, b *sample.Batch) {
 			}
 		}
 	}
+	c.collectSmoothing(d, b)
 	if d.want(probeEnergy) {
 		if mj, ret := dev.GetTotalEnergyConsumption(); c.ok(d, probeEnergy, ret) {
 			b.Add(d.energy, float64(mj)/1000)
@@ -458,6 +502,7 @@ func (c *Collector) collectDevice(d *device, b *sample.Batch) {
 			b.Add(d.memUsage, float64(m.Used))
 			b.Add(d.memLimit, float64(m.Total))
 			b.Add(d.memReserved, float64(m.Reserved))
+			b.Add(d.health.memFree, float64(m.Free))
 			if m.Total > 0 {
 				b.Add(d.memUtil, float64(m.Used)/float64(m.Total))
 			}
@@ -471,6 +516,7 @@ func (c *Collector) collectDevice(d *device, b *sample.Batch) {
 			reasons, ret = dev.GetCurrentClocksThrottleReasons()
 		}
 		if c.ok(d, probeThrottle, ret) {
+			d.health.reasons, d.health.reasonsRead = reasons, true
 			for i, r := range throttleReasons {
 				v := 0.0
 				if reasons&r.mask != 0 {
@@ -481,6 +527,8 @@ func (c *Collector) collectDevice(d *device, b *sample.Batch) {
 		}
 	}
 	c.collectPCIe(d, b)
+	c.collectHealth(d, b)
+	c.collectGPM(d, b)
 	if d.want(probeECCCorrected) {
 		if n, ret := dev.GetTotalEccErrors(nvml.MEMORY_ERROR_TYPE_CORRECTED, nvml.VOLATILE_ECC); c.ok(d, probeECCCorrected, ret) {
 			b.Add(d.eccCorrected, float64(n))
@@ -536,15 +584,21 @@ func (c *Collector) collectClocks(d *device, b *sample.Batch) {
 
 func (c *Collector) collectLimits(d *device, b *sample.Batch) {
 	const wPerMW = 1e-3
+	var enforced, requested uint32
 	if d.want(probeEnforcedLimit) {
 		if mw, ret := d.dev.GetEnforcedPowerLimit(); c.ok(d, probeEnforcedLimit, ret) {
 			b.Add(d.limits[0], float64(mw)*wPerMW)
+			enforced = mw
 		}
 	}
 	if d.want(probeRequestedLimit) {
 		if mw, ret := d.dev.GetPowerManagementLimit(); c.ok(d, probeRequestedLimit, ret) {
 			b.Add(d.limits[1], float64(mw)*wPerMW)
+			requested = mw
 		}
+	}
+	if enforced > 0 && requested > 0 {
+		b.Add(d.health.outOfBand, outOfBand(enforced, requested))
 	}
 	if d.want(probeDefaultLimit) {
 		if mw, ret := d.dev.GetPowerManagementDefaultLimit(); c.ok(d, probeDefaultLimit, ret) {

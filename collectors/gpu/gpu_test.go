@@ -52,6 +52,10 @@ func newFakeGPU(index int) *fakeGPU {
 					binary.LittleEndian.PutUint32(fv[i].Value[:], 530_000)
 				case nvml.FI_DEV_MEMORY_TEMP:
 					binary.LittleEndian.PutUint32(fv[i].Value[:], 61)
+				case nvml.FI_DEV_RETIRED_SBE:
+					binary.LittleEndian.PutUint32(fv[i].Value[:], 2)
+				case nvml.FI_DEV_RETIRED_DBE, nvml.FI_DEV_RETIRED_PENDING:
+					binary.LittleEndian.PutUint32(fv[i].Value[:], 1)
 				default:
 					fv[i].NvmlReturn = uint32(nvml.ERROR_NOT_SUPPORTED)
 				}
@@ -102,15 +106,29 @@ func newFakeGPU(index int) *fakeGPU {
 			}
 			return 2000, nvml.SUCCESS
 		},
-		GetTotalEccErrorsFunc: func(t nvml.MemoryErrorType, _ nvml.EccCounterType) (uint64, nvml.Return) {
+		GetTotalEccErrorsFunc: func(t nvml.MemoryErrorType, c nvml.EccCounterType) (uint64, nvml.Return) {
 			count()
-			if t == nvml.MEMORY_ERROR_TYPE_CORRECTED {
+			switch {
+			case t == nvml.MEMORY_ERROR_TYPE_CORRECTED && c == nvml.AGGREGATE_ECC:
+				return 10, nvml.SUCCESS
+			case t == nvml.MEMORY_ERROR_TYPE_CORRECTED:
 				return 3, nvml.SUCCESS
 			}
 			return 0, nvml.SUCCESS
 		},
-		GetFanSpeedFunc:         func() (uint32, nvml.Return) { count(); return 45, nvml.SUCCESS },
-		GetPerformanceStateFunc: func() (nvml.Pstates, nvml.Return) { count(); return nvml.PSTATE_0, nvml.SUCCESS },
+		GetViolationStatusFunc: func(p nvml.PerfPolicyType) (nvml.ViolationTime, nvml.Return) {
+			count()
+			ns := map[nvml.PerfPolicyType]uint64{nvml.PERF_POLICY_POWER: 1_500_000_000, nvml.PERF_POLICY_THERMAL: 250_000_000}[p]
+			return nvml.ViolationTime{ReferenceTime: 1_700_000_000_000_000, ViolationTime: ns}, nvml.SUCCESS
+		},
+		GpmQueryDeviceSupportFunc: func() (nvml.GpmSupport, nvml.Return) {
+			return nvml.GpmSupport{Version: 1, IsSupportedDevice: 1}, nvml.SUCCESS
+		},
+		GpmSampleGetFunc:         func(nvml.GpmSample) nvml.Return { count(); return nvml.SUCCESS },
+		GetRemappedRowsFunc:      func() (int, int, bool, bool, nvml.Return) { count(); return 4, 1, true, false, nvml.SUCCESS },
+		GetPcieReplayCounterFunc: func() (int, nvml.Return) { count(); return 7, nvml.SUCCESS },
+		GetFanSpeedFunc:          func() (uint32, nvml.Return) { count(); return 45, nvml.SUCCESS },
+		GetPerformanceStateFunc:  func() (nvml.Pstates, nvml.Return) { count(); return nvml.PSTATE_0, nvml.SUCCESS },
 	}
 	return f
 }
@@ -143,8 +161,39 @@ func newFakeLib(n int) *fakeLib {
 		DeviceGetCountFunc:         func() (int, nvml.Return) { return len(l.gpus), nvml.SUCCESS },
 		DeviceGetHandleByIndexFunc: func(i int) (nvml.Device, nvml.Return) { return l.gpus[i], nvml.SUCCESS },
 		EventSetCreateFunc:         func() (nvml.EventSet, nvml.Return) { return set, nvml.SUCCESS },
+		GpmSampleAllocFunc: func() (nvml.GpmSample, nvml.Return) {
+			return &mock.GpmSample{FreeFunc: func() nvml.Return { return nvml.SUCCESS }}, nvml.SUCCESS
+		},
+		GpmMetricsGetFunc: fakeGPMMetrics,
 	}
 	return l
+}
+
+// fakeGPMMetrics answers GPM metrics as a Hopper board busy with matrix work would: SMs 80 %
+// busy, tensor pipes 60 %, PCIe 100 MiB/s out, NVLink 2048 MiB/s in; two of the eight decoders
+// at 30 %, and the second optical-flow engine absent.
+func fakeGPMMetrics(mg *nvml.GpmMetricsGetType) nvml.Return {
+	for i := range mg.Metrics[:mg.NumMetrics] {
+		m := &mg.Metrics[i]
+		m.Value, m.NvmlReturn = 0, uint32(nvml.SUCCESS)
+		switch nvml.GpmMetricId(m.MetricId) {
+		case nvml.GPM_METRIC_SM_UTIL:
+			m.Value = 80
+		case nvml.GPM_METRIC_ANY_TENSOR_UTIL:
+			m.Value = 60
+		case nvml.GPM_METRIC_PCIE_TX_PER_SEC:
+			m.Value = 100
+		case nvml.GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC:
+			m.Value = 2048
+		case nvml.GPM_METRIC_NVDEC_0_UTIL, nvml.GPM_METRIC_NVDEC_1_UTIL:
+			m.Value = 30
+		case nvml.GPM_METRIC_NVOFA_1_UTIL:
+			m.NvmlReturn = uint32(nvml.ERROR_NOT_SUPPORTED)
+		case nvml.GPM_METRIC_NVOFA_0_UTIL:
+			m.Value = 10
+		}
+	}
+	return nvml.SUCCESS
 }
 
 func collect(t *testing.T, c *Collector) *sample.Batch {
@@ -198,6 +247,23 @@ func TestCollectConvertsUnits(t *testing.T) {
 		{metrics.GPUIO, []attribute.KeyValue{str(metrics.AttrIODirection, "transmit")}, 0}, // first sample: no interval yet
 		{metrics.GPUErrors, []attribute.KeyValue{str(metrics.AttrErrorType, "ecc_corrected")}, 3},
 		{metrics.GPUErrors, []attribute.KeyValue{str(metrics.AttrErrorType, "ecc_uncorrected")}, 0},
+		{metrics.GPUECCAggregate, []attribute.KeyValue{str(metrics.AttrErrorType, "corrected")}, 10},
+		{metrics.GPUECCAggregate, []attribute.KeyValue{str(metrics.AttrErrorType, "uncorrected")}, 0},
+		{metrics.GPUViolationTime, []attribute.KeyValue{str(metrics.AttrViolationPolicy, "power")}, 1.5},
+		{metrics.GPUViolationTime, []attribute.KeyValue{str(metrics.AttrViolationPolicy, "thermal")}, 0.25},
+		{metrics.GPUViolationTime, []attribute.KeyValue{str(metrics.AttrViolationPolicy, "reliability")}, 0},
+		{metrics.GPUHealth, []attribute.KeyValue{str(metrics.AttrHealthCondition, "hw_slowdown")}, 1},
+		{metrics.GPUHealth, []attribute.KeyValue{str(metrics.AttrHealthCondition, "power_brake")}, 0},
+		{metrics.GPUOutOfBandLimit, nil, 1},
+		{metrics.GPUMemoryFree, nil, 20<<30 - 512<<20},
+		{metrics.GPURemappedRows, []attribute.KeyValue{str(metrics.AttrErrorType, "corrected")}, 4},
+		{metrics.GPURemappedRows, []attribute.KeyValue{str(metrics.AttrErrorType, "uncorrected")}, 1},
+		{metrics.GPURemapPending, nil, 1},
+		{metrics.GPURemapFailed, nil, 0},
+		{metrics.GPURetiredPages, []attribute.KeyValue{str(metrics.AttrErrorType, "single_bit")}, 2},
+		{metrics.GPURetiredPages, []attribute.KeyValue{str(metrics.AttrErrorType, "double_bit")}, 1},
+		{metrics.GPURetirementPending, nil, 1},
+		{metrics.GPUPCIeReplays, nil, 7},
 		{metrics.GPUFanSpeed, nil, 0.45},
 		{metrics.GPUPerformanceState, nil, 0},
 		{metrics.GPUStatus, []attribute.KeyValue{str(metrics.AttrHWState, "ok")}, 1},

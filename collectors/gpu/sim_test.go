@@ -47,7 +47,7 @@ func TestCollectorOverEverySimModel(t *testing.T) {
 				if !d.From(Name) {
 					continue
 				}
-				if want := d != metrics.GPUFanSpeed || m.HasFan; got[d] != want {
+				if want := onSim(d, m); got[d] != want {
 					t.Errorf("%s present=%v, want %v", d.Name, got[d], want)
 				}
 			}
@@ -69,6 +69,22 @@ func TestCollectorOverEverySimModel(t *testing.T) {
 			}
 		})
 	}
+}
+
+// onSim reports whether the collector exports d for a simulated GPU of model m: boards without
+// a fan have no fan speed, and every modelled board remaps rows rather than retiring pages.
+func onSim(d *metrics.Def, m sim.Model) bool {
+	switch d {
+	case metrics.GPUFanSpeed:
+		return m.HasFan
+	case metrics.GPURetiredPages, metrics.GPURetirementPending:
+		return false
+	case metrics.GPUActivity, metrics.GPUIOThroughput:
+		return m.Architecture >= nvml.DEVICE_ARCH_HOPPER // GPM
+	case metrics.GPUPowerSmoothing, metrics.GPUPowerSmoothingFloor:
+		return m.PowerSmoothing
+	}
+	return true
 }
 
 // A simulated GPU lost mid-run is reported failed, the others carry on.

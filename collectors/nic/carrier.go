@@ -11,6 +11,8 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/capstan-power/capstan/internal/panics"
 )
 
 // carrierWatcher counts carrier transitions from an rtnetlink link subscription. The kernel
@@ -84,17 +86,17 @@ func (w *carrierWatcher) start() error {
 	w.mu.Lock()
 	w.live, w.done, w.finished = true, done, finished
 	w.mu.Unlock()
-	go func() {
+	panics.Go("nic link subscription closer", func() {
 		<-done
 		sock.Close()
-	}()
-	go func() {
+	})
+	panics.Go("nic link subscription", func() {
 		defer close(finished)
 		w.read(sock)
 		w.mu.Lock()
 		w.live = false
 		w.mu.Unlock()
-	}()
+	})
 	return nil
 }
 

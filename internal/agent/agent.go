@@ -22,6 +22,7 @@ import (
 	"github.com/capstan-power/capstan/exporters"
 	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/config"
+	"github.com/capstan-power/capstan/internal/panics"
 	"github.com/capstan-power/capstan/internal/sample"
 	"github.com/capstan-power/capstan/internal/version"
 )
@@ -59,6 +60,7 @@ func NewPipeline(cfg *config.Config, log *slog.Logger, clk clock.Clock) (*Pipeli
 	}
 	p := &Pipeline{Config: cfg, Log: log, Store: sample.NewStore()}
 	p.Runner = collectors.NewRunner(p.Store, log, clk.Now)
+	p.Runner.SetMetricFilter(cfg.Metrics.Enabled)
 
 	res := &collectors.Resources{}
 	collectors.Provide(res, func() (nvml.Interface, error) {
@@ -69,10 +71,12 @@ func NewPipeline(cfg *config.Config, log *slog.Logger, clk clock.Clock) (*Pipeli
 		}
 		p.GPU = backend
 		log.Info("GPU backend ready", "backend", backend.Kind)
+		ps := cfg.GPU.PowerSmoothing
+		_, _, _ = gpu.ApplyPowerSmoothing(backend.Lib, ps.State, ps.Profile, log) // it logs what it did
 		return backend.Lib, nil
 	})
 	set := collectors.Settings{Logger: log, Now: clk.Now, Sysfs: cfg.Path.Sysfs, Procfs: cfg.Path.Procfs,
-		NodeName: cfg.Node.Name, Resources: res}
+		NodeName: cfg.Node.Name, Resources: res, MetricEnabled: cfg.Metrics.Enabled}
 
 	for _, f := range collectors.Factories() {
 		cc := cfg.Collector(f.Name)
@@ -138,6 +142,9 @@ type Options struct {
 	Terminal io.Writer
 	// Clock drives the sim backend; nil means real time.
 	Clock clock.Clock
+	// LogWriter is what Log writes through, whose dropped lines /metrics reports; nil when Log
+	// writes elsewhere.
+	LogWriter *LogWriter
 }
 
 // Run runs the agent until ctx is done. On SIGHUP it re-reads the configuration; an invalid
@@ -149,6 +156,13 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	// standard library's logger in plain text.
 	exporters.InstallOTelLogging(log)
 	g := newGuard(log)
+	// One web socket for the agent's whole life: a scrape during a reload waits for the next
+	// web server instead of being refused.
+	listeners := exporters.NewListeners()
+	defer listeners.Close()
+	// Goroutines of other packages (exporters, the etcd member, collectors' subscriptions,
+	// the simulator) report their panics to the same guard.
+	defer panics.Handle(g.handle)()
 	var prev *config.Config
 	// held is set while the limits are held by a reload for a controller that has not started.
 	held := false
@@ -158,7 +172,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 		if starts > 0 && injectedFault() == faultStartAfterReload {
 			err = errors.New("start failure injected by " + testFaultEnv)
 		} else {
-			next, err = runOnce(ctx, cfg, o, g)
+			next, err = runOnce(ctx, cfg, o, g, listeners)
 		}
 		if err != nil && prev != nil {
 			log.Error("the reloaded configuration did not start; going back to the previous one", "err", err)
@@ -181,7 +195,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 
 // runOnce runs one configuration; it returns the next one after a successful reload, or nil
 // when ctx is done.
-func runOnce(ctx context.Context, cfg *config.Config, o Options, g *guard) (*config.Config, error) {
+func runOnce(ctx context.Context, cfg *config.Config, o Options, g *guard, listeners *exporters.Listeners) (*config.Config, error) {
 	log := o.Log
 	p, err := NewPipeline(cfg, log, o.Clock)
 	if err != nil {
@@ -189,7 +203,7 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options, g *guard) (*con
 	}
 	defer p.Close()
 
-	exp, err := exporters.New(ctx, exporters.Options{Config: cfg, Store: p.Store, Logger: log, Version: version.Version, Stdout: os.Stdout})
+	exp, err := exporters.New(ctx, exporters.Options{Config: cfg, Store: p.Store, Logger: log, Version: version.Version, Stdout: os.Stdout, Listeners: listeners})
 	if err != nil {
 		return nil, fmt.Errorf("starting exporters: %w", err)
 	}
@@ -204,6 +218,13 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options, g *guard) (*con
 	defer func() { shutdown(exp, log, flush) }()
 
 	runCtx, cancel := context.WithCancel(ctx)
+	clk := o.Clock
+	if clk == nil {
+		clk = clock.Real()
+	}
+	self := newSelfMetrics(p.Store, o.LogWriter, clk.Now)
+	self.publish() // before the first scrape
+	g.Go("agent metrics", func() { self.run(runCtx) })
 	done := make(chan struct{})
 	g.Go("collectors", func() {
 		defer close(done)
@@ -229,6 +250,7 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options, g *guard) (*con
 			exp.SetReady(true)
 			log.Info("agent ready", p.readyAttrs(cfg)...)
 			notifySystemd(log, daemon.SdNotifyReady)
+			panics.Arm()
 			if injectedFault() == faultGoroutinePanic {
 				panic("injected by " + testFaultEnv)
 			}
@@ -327,5 +349,8 @@ func CollectOnce(ctx context.Context, cfg *config.Config, log *slog.Logger) (Col
 	}
 	defer p.Close()
 	p.Runner.CollectOnce(ctx)
+	// The agent's own metrics too, as the running agent exports them (a one-shot collection
+	// drops no log line).
+	newSelfMetrics(p.Store, nil, time.Now).publish()
 	return Collection{Points: Snapshot(p.Store, exporters.NewResource(cfg, version.Version)), NoGPU: p.NoGPU}, nil
 }

@@ -43,6 +43,13 @@ func (g *guard) recover(name string) {
 	if r == nil {
 		return
 	}
+	g.handle(name, r)
+	panic(r)
+}
+
+// handle logs a panic with its stack and runs the registered exit. Goroutines started outside
+// this package (through panics.Go) reach it too, once Run installed it.
+func (g *guard) handle(name string, r any) {
 	g.log.Error("panic; restoring GPU limits before exiting", "goroutine", name, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 	g.mu.Lock()
 	exit := g.exit
@@ -50,13 +57,14 @@ func (g *guard) recover(name string) {
 	if exit != nil {
 		exit()
 	}
-	panic(r)
 }
 
 // testFaultEnv names a fault for cmd/capstan's end-to-end tests to inject, to prove that the
 // limits are restored on ways out that a healthy agent never takes. Only those tests set it;
 // the name is long and documented nowhere for users, so nobody trips on it. Its values:
 //   - goroutine-panic: a guarded goroutine panics once the agent is ready;
+//   - panic:NAME: the goroutine NAME, started through panics.Go in any package, panics once
+//     the agent is ready (see package panics);
 //   - start-after-reload: every start after the first fails, as a reloaded configuration and
 //     the previous one would when neither can start any more.
 const testFaultEnv = "CAPSTAN_TEST_INJECT_FAULT"

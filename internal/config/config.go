@@ -44,13 +44,15 @@ type Config struct {
 	// Sections holds the options of the collectors that declare their own (nic, workload), by
 	// top-level key; the file and the flags show them here, between collector and otlp.
 	Sections Sections `yaml:"-"`
-	OTLP     OTLP     `yaml:"otlp"`
-	Web      Web      `yaml:"web"`
-	Stdout   Stdout   `yaml:"stdout"`
-	Summary  Summary  `yaml:"summary"`
-	Capping  Capping  `yaml:"capping"`
-	Budget   Budget   `yaml:"budget"`
-	Etcd     Etcd     `yaml:"etcd"`
+	// Metrics turns single metrics on or off: metrics.NAME.enabled.
+	Metrics MetricToggles `yaml:"metrics" help:"turns single metrics on or off by name, as metrics.NAME.enabled in the file; on the command line NAME=true or NAME=false, repeatable"`
+	OTLP    OTLP          `yaml:"otlp"`
+	Web     Web           `yaml:"web"`
+	Stdout  Stdout        `yaml:"stdout"`
+	Summary Summary       `yaml:"summary"`
+	Capping Capping       `yaml:"capping"`
+	Budget  Budget        `yaml:"budget"`
+	Etcd    Etcd          `yaml:"etcd"`
 
 	// src remembers where values came from, so that Validate can point at the line or flag.
 	src sources
@@ -84,13 +86,23 @@ type GPU struct {
 	// Backend is auto (NVML when it loads, else no GPU collection), nvml, sim or none.
 	Backend string `yaml:"backend" oneof:"auto,nvml,sim,none" help:"GPU backend: {allowed}; auto is NVML when it loads, else none; sim is simulated GPUs"`
 	Sim     GPUSim `yaml:"sim"`
+	// PowerSmoothing is applied to every GPU that supports it when the backend opens.
+	PowerSmoothing GPUPowerSmoothing `yaml:"power-smoothing"`
+}
+
+// GPUPowerSmoothing sets the firmware power smoothing of Blackwell and later GPUs (NVML
+// PowerSmoothing*): the board holds a floor of power and limits how fast its draw rises and
+// falls, per the active preset profile. GPUs without it are left alone.
+type GPUPowerSmoothing struct {
+	State   string `yaml:"state" oneof:"unchanged,enabled,disabled" help:"firmware power smoothing when the agent starts: {allowed} (unchanged: leave the GPUs as they are)"`
+	Profile int    `yaml:"profile" range:"-1,4" help:"preset profile to activate when the agent starts, {allowed}; -1 leaves the active one"`
 }
 
 // GPUSim configures the simulated fleet of the sim backend.
 type GPUSim struct {
 	Model string `yaml:"model" oneof:"A100,H100,H200,B200" fold:"true" help:"simulated GPU model"`
 	Count int    `yaml:"count" range:"1,64" help:"number of simulated GPUs"`
-	Trace string `yaml:"trace" oneof:"steady,bursty,training,inference,imbalanced" or:"a path ending in .csv" check:"manual" help:"simulated workload"`
+	Trace string `yaml:"trace" oneof:"steady,bursty,training,inference,imbalanced,lockstep,roleswap" or:"a path ending in .csv" check:"manual" help:"simulated workload"`
 	Seed  int64  `yaml:"seed" help:"seed of the simulation's randomness; the same seed gives the same run"`
 	// StateFile makes the simulated GPUs keep their limits across agent restarts, as hardware
 	// does; FaultFile injects NVML faults. Both are for tests and soak runs.
@@ -172,6 +184,8 @@ type Capping struct {
 	DeadbandWatts           int    `yaml:"deadband-watts" range:"0,100" help:"limit changes smaller than this are not written"`
 	// RampPercent is the most the total cap rises per period, in % of the GPUs' Σ max.
 	RampPercent int `yaml:"ramp-percent" range:"1,100" help:"most the total cap rises per period, in % of the GPUs' Σ max"`
+	// MaxRiseWattsPerSecond limits how fast Σ GPU limits may rise; 0 turns the limit off.
+	MaxRiseWattsPerSecond int `yaml:"max-rise-watts-per-second" range:"0,1000000" help:"most Σ GPU limits may rise per second, {allowed}; 0 turns the limit off"`
 	// LostPeriods of missing power readings switch to failsafe caps (budget / GPUs).
 	LostPeriods int    `yaml:"lost-periods" range:"1,100" help:"periods of missing power readings before failsafe caps (budget / GPUs)"`
 	StateFile   string `yaml:"state-file" required:"the default is /var/lib/capstan/state.json" check:"manual" help:"file holding the GPUs' original limits, written before the first limit (needed while capping writes limits)"`
@@ -195,8 +209,10 @@ type Budget struct {
 // Its keys are checked only with capping on and budget.source etcd.
 type Etcd struct {
 	// Endpoints is a comma-separated list of etcd client URLs.
-	Endpoints    string `yaml:"endpoints" required:"budget.source etcd needs the etcd client URLs, e.g. https://etcd-0:2379,https://etcd-1:2379" help:"comma-separated etcd client URLs of the cluster budget (budget.source etcd)"`
-	Group        string `yaml:"group" format:"name" help:"group whose power budget this node shares (a row, a PDU, a job)"`
+	Endpoints string `yaml:"endpoints" required:"budget.source etcd needs the etcd client URLs, e.g. https://etcd-0:2379,https://etcd-1:2379" help:"comma-separated etcd client URLs of the cluster budget (budget.source etcd)"`
+	Group     string `yaml:"group" help:"group whose power budget this node shares (a row, a PDU, a job); may be left out with etcd.domain, whose first segment it is"`
+	// Domain is the leaf power domain the node attaches to, a path from the group's root.
+	Domain       string `yaml:"domain" help:"power domain the node attaches to, a path from the group down (site/row3/rack12; its first segment is etcd.group); empty: the group itself"`
 	TLS          TLS    `yaml:"tls" help:"etcd servers"`
 	Username     string `yaml:"username" help:"etcd user of this node; needs --etcd.password-file"`
 	PasswordFile string `yaml:"password-file" help:"file holding the etcd user's password"`
@@ -218,12 +234,14 @@ type sources struct {
 // with one collector.<name> entry per registered collector.
 func Default() *Config {
 	c := &Config{
-		Node:       Node{Name: defaultNodeName()},
-		Log:        Log{Level: "info", Format: "logfmt"},
-		Path:       Path{Sysfs: "/sys", Procfs: "/proc"},
-		GPU:        GPU{Backend: "auto", Sim: GPUSim{Model: "H100", Count: 8, Trace: "training", Seed: 1}},
+		Node: Node{Name: defaultNodeName()},
+		Log:  Log{Level: "info", Format: "logfmt"},
+		Path: Path{Sysfs: "/sys", Procfs: "/proc"},
+		GPU: GPU{Backend: "auto", Sim: GPUSim{Model: "H100", Count: 8, Trace: "training", Seed: 1},
+			PowerSmoothing: GPUPowerSmoothing{State: "unchanged", Profile: -1}},
 		Collectors: map[string]Collector{},
 		Sections:   Sections{},
+		Metrics:    MetricToggles{},
 		OTLP: OTLP{
 			Protocol:        "grpc",
 			Interval:        10 * time.Second,

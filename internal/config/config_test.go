@@ -43,7 +43,8 @@ func TestDefault(t *testing.T) {
 		Node: Node{Name: "test-node"},
 		Log:  Log{Level: "info", Format: "logfmt"},
 		Path: Path{Sysfs: "/sys", Procfs: "/proc"},
-		GPU:  GPU{Backend: "auto", Sim: GPUSim{Model: "H100", Count: 8, Trace: "training", Seed: 1}},
+		GPU: GPU{Backend: "auto", Sim: GPUSim{Model: "H100", Count: 8, Trace: "training", Seed: 1},
+			PowerSmoothing: GPUPowerSmoothing{State: "unchanged", Profile: -1}},
 		Collectors: map[string]Collector{
 			"gpu":      {Enabled: true, Interval: time.Second},
 			"cpufreq":  {Enabled: false, Interval: 10 * time.Second},
@@ -54,6 +55,7 @@ func TestDefault(t *testing.T) {
 			"nic":      &nic.Config{Exclude: `^(lo|veth.*|cali.*|lxc.*|docker.*)$`},
 			"workload": &workload.Config{MaxSeries: 2000, ActiveIntervals: 5, PodResourcesSocket: "/var/lib/kubelet/pod-resources/kubelet.sock"},
 		},
+		Metrics: MetricToggles{},
 		OTLP: OTLP{Protocol: "grpc", Interval: 10 * time.Second, Timeout: 10 * time.Second, ShutdownTimeout: 3 * time.Second,
 			Compression: "gzip", Temporality: "cumulative"},
 		Web:    Web{ListenAddress: "127.0.0.1:9400"},

@@ -299,6 +299,8 @@ func (d *decoder) value(n *yaml.Node, key string, v reflect.Value) *Error {
 	switch {
 	case v.Type() == reflect.TypeFor[map[string]Collector]():
 		return d.collectors(n, key)
+	case v.Type() == metricTogglesType:
+		return d.metricToggles(n, key, v)
 	case v.Kind() == reflect.Map:
 		return d.stringMap(n, key, v)
 	case v.Kind() == reflect.Struct:

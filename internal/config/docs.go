@@ -32,6 +32,9 @@ func Markdown() string {
 			sb.WriteString("disabled with one log line and reports `capstan.collector.up` 0.\n\n")
 			collectorRows(&sb)
 			continue
+		case top.v.Type() == metricTogglesType:
+			metricTogglesRows(&sb)
+			continue
 		case top.section:
 			fmt.Fprintf(&sb, "Options of the `%s` collector, declared in its package.\n\n", sectionOwner(top.name))
 		case top.name == "etcd":
@@ -84,6 +87,9 @@ func sectionOwner(section string) string {
 }
 
 func typeOf(t reflect.Type) string {
+	if t == metricTogglesType {
+		return "metric=bool map"
+	}
 	if t.Kind() == reflect.Map {
 		return "key=value map"
 	}

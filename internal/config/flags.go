@@ -34,6 +34,8 @@ func BindFlags(fs *pflag.FlagSet, cfg *Config) {
 	fs.String(configFileFlag, "", "YAML configuration file; flags given on the command line override its values")
 	for _, l := range leaves(reflect.ValueOf(cfg).Elem()) {
 		switch {
+		case l.v.Type() == metricTogglesType:
+			fs.Var(&togglesFlag{cfg: cfg, key: l.key}, l.key, l.helpText())
 		case l.v.Type() == reflect.TypeFor[map[string]string]():
 			fs.Var(&mapFlag{cfg: cfg, key: l.key, path: l.path}, l.key, l.helpText())
 		case kindOf(l.v.Type()) == kindBool:

@@ -64,6 +64,7 @@ func (v *validator) rules() map[string]func() {
 			v.pair("otlp.tls.key-file", c.OTLP.TLS.KeyFile, "otlp.tls.cert-file", c.OTLP.TLS.CertFile)
 		},
 		"capping": v.weights,
+		"metrics": v.metricToggles,
 		"budget":  v.budget,
 		"etcd":    v.etcd,
 	}
@@ -220,6 +221,7 @@ func (v *validator) specAt(path ...string) spec {
 func (v *validator) etcd() {
 	e := &v.c.Etcd
 	v.name("node.name", v.c.Node.Name)
+	v.domain()
 	v.pair("etcd.tls.cert-file", e.TLS.CertFile, "etcd.tls.key-file", e.TLS.KeyFile)
 	v.pair("etcd.tls.key-file", e.TLS.KeyFile, "etcd.tls.cert-file", e.TLS.CertFile)
 	v.pair("etcd.username", e.Username, "etcd.password-file", e.PasswordFile)
@@ -232,6 +234,53 @@ func (v *validator) etcd() {
 	if !strings.HasPrefix(e.Prefix, "/") || strings.HasSuffix(e.Prefix, "/") && e.Prefix != "/" {
 		v.fail("etcd.prefix", quote(e.Prefix), "must start with / and not end with one (default /capstan/v1)")
 	}
+}
+
+// domain checks etcd.group and etcd.domain: a group name, or a domain path whose first segment
+// is the group (which may then be left out).
+func (v *validator) domain() {
+	e := &v.c.Etcd
+	if e.Domain == "" {
+		v.name("etcd.group", e.Group)
+		return
+	}
+	if err := ValidDomainPath(e.Domain); err != nil {
+		v.fail("etcd.domain", quote(e.Domain), "is not a domain path: "+err.Error())
+		return
+	}
+	root, _, _ := strings.Cut(e.Domain, "/")
+	if e.Group != "" && e.Group != root {
+		v.fail("etcd.domain", quote(e.Domain), "does not start with the group "+quote(e.Group)+" of etcd.group (a domain path starts at its group: "+e.Group+"/...)")
+	}
+}
+
+// MaxDomainDepth is how many segments a domain path may have: site, hall, row, rack and a few
+// more levels than any electrical tree has.
+const MaxDomainDepth = 8
+
+// ValidDomainPath checks a power domain's path: 1 to MaxDomainDepth segments joined by "/",
+// each a name (see ValidName) other than "." and "..", so every path names one domain and its
+// parent is the path without its last segment.
+func ValidDomainPath(p string) error {
+	if p == "" {
+		return fmt.Errorf("empty (allowed: names joined by /, e.g. site/row3/rack12)")
+	}
+	segs := strings.Split(p, "/")
+	if len(segs) > MaxDomainDepth {
+		return fmt.Errorf("%d levels (allowed: 1 to %d)", len(segs), MaxDomainDepth)
+	}
+	for i, s := range segs {
+		switch s {
+		case "":
+			return fmt.Errorf("segment %d is empty (no leading, trailing or double /)", i+1)
+		case ".", "..":
+			return fmt.Errorf("segment %d is %q (allowed: names, not . or ..)", i+1, s)
+		}
+		if err := ValidName(s); err != nil {
+			return fmt.Errorf("segment %d: %w", i+1, err)
+		}
+	}
+	return nil
 }
 
 // nodeNameMax is the longest node.name, a DNS name's limit.

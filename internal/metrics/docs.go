@@ -17,22 +17,33 @@ func Markdown() string {
 	sb.WriteString("the unit and `_total` for counters are appended: `hw.power` is `hw_power_watts`).\n\n")
 	sb.WriteString("Resource attributes on every metric: `service.name` (capstan), `service.version`, `host.name`,\n")
 	sb.WriteString("`host.id` (where /etc/machine-id is readable), `k8s.node.name` (when `$NODE_NAME` is set).\n\n")
-	source := ""
+	// Each source's metrics form one section, in the order the sources first appear, so a
+	// table file of their own (table_gpu.go) joins the section of its collector.
+	var sources []string
+	bySource := map[string][]*Def{}
 	for _, d := range Table {
-		if d.Sources[0] != source {
-			source = d.Sources[0]
-			fmt.Fprintf(&sb, "## %s\n\n", sourceTitle(source))
-			sb.WriteString("| name | instrument | unit | attributes | collectors | description |\n")
-			sb.WriteString("| --- | --- | --- | --- | --- | --- |\n")
+		s := d.Sources[0]
+		if _, ok := bySource[s]; !ok {
+			sources = append(sources, s)
 		}
-		attrs := make([]string, len(d.Attributes))
-		for i, a := range d.Attributes {
-			attrs[i] = "`" + a + "`"
+		bySource[s] = append(bySource[s], d)
+	}
+	for _, source := range sources {
+		fmt.Fprintf(&sb, "## %s\n\n", sourceTitle(source))
+		sb.WriteString("| name | instrument | unit | attributes | collectors | description |\n")
+		sb.WriteString("| --- | --- | --- | --- | --- | --- |\n")
+		for _, d := range bySource[source] {
+			attrs := make([]string, len(d.Attributes))
+			for i, a := range d.Attributes {
+				attrs[i] = "`" + a + "`"
+			}
+			desc := d.Description
+			if !d.OnByDefault() {
+				desc = "Off by default (`metrics." + d.Name + ".enabled`). " + desc
+			}
+			fmt.Fprintf(&sb, "| `%s` | %s | `%s` | %s | %s | %s |\n", d.Name, d.Kind, d.Unit, strings.Join(attrs, ", "), strings.Join(d.Sources, ", "), desc)
 		}
-		fmt.Fprintf(&sb, "| `%s` | %s | `%s` | %s | %s | %s |\n", d.Name, d.Kind, d.Unit, strings.Join(attrs, ", "), strings.Join(d.Sources, ", "), d.Description)
-		if next := d.ID + 1; next == len(Table) || Table[next].Sources[0] != source {
-			sb.WriteString("\n")
-		}
+		sb.WriteString("\n")
 	}
 	return sb.String()
 }

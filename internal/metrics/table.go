@@ -72,6 +72,7 @@ const (
 	AttrPCIBusID       = "capstan.gpu.pci.bus_id"
 	AttrDriverVersion  = "hw.driver_version"
 	AttrCollector      = "collector"
+	AttrLogIOStream    = "log.iostream"
 )
 
 // gpuAttrs identify a GPU on every GPU data point; the rarely needed identity (serial, PCI bus
@@ -145,6 +146,12 @@ var (
 	GPUPerformanceState = def("capstan.gpu.performance_state", "{pstate}", Gauge, "gpu",
 		"Performance state: 0 (P0, fastest) to 15 (P15, slowest).",
 		gpuAttrs...)
+	GPUsExpected = def("capstan.gpu.expected", "{gpu}", Gauge, "gpu",
+		"GPUs the host should have: the most of those NVML enumerated when the collector started and, with real NVML, the NVIDIA GPUs on the PCI bus (a GPU the driver did not bring up counts here).",
+		AttrHWType)
+	GPUsPresent = def("capstan.gpu.present", "{gpu}", Gauge, "gpu",
+		"GPUs answering NVML now; below capstan.gpu.expected, a GPU is lost or missing since the start.",
+		AttrHWType)
 
 	CollectorDuration = def("capstan.collector.duration", "s", Gauge, "agent",
 		"How long the collector's last collection took.",
@@ -152,6 +159,12 @@ var (
 	CollectorUp = def("capstan.collector.up", "{up}", Gauge, "agent",
 		"1 when the collector's last collection succeeded, 0 when it failed, timed out or the collector could not start.",
 		AttrCollector)
+	CollectorAvailable = def("capstan.collector.available", "{available}", Gauge, "agent",
+		"1 when the host has what the collector reads (its hardware, driver or kernel interface), 0 when it has not and the collector did not start: capstan.collector.up 0 with available 1 is a failure, with available 0 a host without that source.",
+		AttrCollector)
+	LogDropped = def("capstan.log.dropped", "{line}", Counter, "agent",
+		"Log lines dropped because stderr could not be written (the log reader went away); the agent runs on without its log.",
+		AttrLogIOStream)
 )
 
 // Table holds every metric Capstan exports, indexed by Def.ID.

@@ -6,6 +6,8 @@ const (
 	AttrCappingMode   = "capstan.capping.mode"
 	AttrBudgetSource  = "capstan.budget.source"
 	AttrCappingResult = "capstan.capping.result"
+	// AttrRampDirection is rise or fall.
+	AttrRampDirection = "capstan.ramp.direction"
 )
 
 // Capping controller metrics (source "capping": the controller publishes them to the store
@@ -27,7 +29,7 @@ var (
 		"Control error S − P: positive when the node draws less than the setpoint.",
 		AttrCappingScope)
 	CappingCapTotal = def("capstan.capping.cap.total", "W", Gauge, "capping",
-		"Total GPU cap C the control law set, clamped to [Σ min, min(Σ max, B × (1 + oversubscription))].",
+		"Total GPU cap C the control law set: never below the budget's static share (B within [Σ min, Σ max]), above it only by power lent while GPUs draw less than their limits, at most B × (1 + oversubscription).",
 		AttrCappingScope)
 	CappingGPULimit = def("capstan.capping.gpu.limit", "W", Gauge, "capping",
 		"Power limit the controller applied to the GPU (computed only, under dry_run).",
@@ -43,5 +45,14 @@ var (
 		gpuAttrs...)
 	CappingOverBudgetTime = def("capstan.capping.over_budget.time", "s", Counter, "capping",
 		"Time measured power spent above the budget B.",
+		AttrCappingScope)
+	CappingPowerRamp = def("capstan.capping.power.ramp", "W/s", Gauge, "capping",
+		"Steepest change of the node's Σ GPU instant power between two consecutive readings (about 100 ms apart) during the last control period, by direction (rise, fall; both positive): the power ramp the supply sees.",
+		AttrRampDirection)
+	CappingPowerSwing = def("capstan.capping.power.swing", "W", Gauge, "capping",
+		"Peak-to-trough of the node's Σ GPU instant power over the controller's demand window (the last 5 s, or the last period when it is longer).",
+		AttrCappingScope)
+	CappingFastCuts = def("capstan.capping.fast_cuts", "{cut}", Counter, "capping",
+		"Times Σ GPU limits were cut between control periods because Σ instant power crossed the budget while limits above the budget's static share were lent out.",
 		AttrCappingScope)
 )

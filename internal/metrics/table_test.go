@@ -20,7 +20,7 @@ func TestDocsMatchTable(t *testing.T) {
 func TestTableIsWellFormed(t *testing.T) {
 	name := regexp.MustCompile(`^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$`)
 	annotation := regexp.MustCompile(`^\{[a-z_]+\}$`)
-	units := map[string]bool{"W": true, "J": true, "Cel": true, "1": true, "By": true, "Hz": true, "s": true, "V": true, "A": true, "{error}": true, "By/s": true}
+	units := map[string]bool{"W": true, "J": true, "Cel": true, "1": true, "By": true, "Hz": true, "s": true, "V": true, "A": true, "{error}": true, "By/s": true, "W/s": true}
 	seen := map[string]bool{}
 	for i, d := range Table {
 		if d.ID != i {

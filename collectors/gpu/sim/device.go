@@ -114,8 +114,11 @@ func (g *GPU) GetFieldValues(values []nvml.FieldValue) nvml.Return {
 		v.NvmlReturn = uint32(nvml.SUCCESS)
 		switch v.FieldId {
 		case nvml.FI_DEV_POWER_INSTANT:
+			// Both power fields come from the counters' last update and carry its time.
+			v.Timestamp = g.counterTime().UnixMicro()
 			putUint32(v, milli(g.instantW()))
 		case nvml.FI_DEV_POWER_AVERAGE:
+			v.Timestamp = g.counterTime().UnixMicro()
 			putUint32(v, milli(g.averageW()))
 		case nvml.FI_DEV_MEMORY_TEMP:
 			putUint32(v, celsius(g.memTempC))
@@ -123,7 +126,9 @@ func (g *GPU) GetFieldValues(values []nvml.FieldValue) nvml.Return {
 			v.ValueType = uint32(nvml.VALUE_TYPE_UNSIGNED_LONG_LONG)
 			binary.LittleEndian.PutUint64(v.Value[:], g.energyMJ())
 		default:
-			v.NvmlReturn = uint32(nvml.ERROR_NOT_SUPPORTED)
+			if !g.smoothingField(v) {
+				g.healthField(v)
+			}
 		}
 	}
 	return nvml.SUCCESS
@@ -282,7 +287,8 @@ func (g *GPU) GetPowerManagementLimitConstraints() (uint32, uint32, nvml.Return)
 }
 
 // SetPowerManagementLimit sets the requested limit in milliwatts. Outside the constraints it
-// returns ERROR_INVALID_ARGUMENT and changes nothing, as NVML does.
+// returns ERROR_INVALID_ARGUMENT and changes nothing, as NVML does. The limit reads back at once
+// and binds after the write's latency (requestLimit).
 func (g *GPU) SetPowerManagementLimit(milliwatts uint32) nvml.Return {
 	if ret := g.lockNow(); ret != nvml.SUCCESS {
 		return ret
@@ -292,7 +298,7 @@ func (g *GPU) SetPowerManagementLimit(milliwatts uint32) nvml.Return {
 	if milliwatts < milli(m.MinLimitW) || milliwatts > milli(m.MaxLimitW) {
 		return nvml.ERROR_INVALID_ARGUMENT
 	}
-	g.requestedW = float64(milliwatts) / 1000
+	g.requestLimit(float64(milliwatts)/1000, g.fleet.clock.Now())
 	g.fleet.limitChanged(g, WriterNVML)
 	return nvml.SUCCESS
 }

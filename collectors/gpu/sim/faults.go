@@ -266,8 +266,9 @@ func compileRule(ft Fault) faultRule {
 // setLimit sets GPU g's power-management limit from outside the agent's NVML calls.
 func (f *Fleet) setLimit(g *GPU, watts float64, writer string) {
 	g.mu.Lock()
-	g.advance(f.clock.Now())
-	g.requestedW = watts
+	now := f.clock.Now()
+	g.advance(now)
+	g.requestLimit(watts, now)
 	g.mu.Unlock()
 	f.limitChanged(g, writer)
 }

@@ -3,8 +3,8 @@
 // physical model (power lag, 1 s power average, clocks, temperature, energy, work done) driven by
 // a demand trace and an injected clock; it advances lazily to the clock's time on every call.
 //
-// Methods of nvml.Interface, nvml.Device and nvml.EventSet that the package does not model come
-// from go-nvml's mocks and panic with "method is nil" when called.
+// Methods of nvml.Interface, nvml.Device and nvml.EventSet that the package does not model
+// answer ERROR_NOT_SUPPORTED, as NVML does for what a board cannot do (see unmodelled.go).
 package sim
 
 import (
@@ -35,7 +35,7 @@ const cudaDriverVersion = 12080
 type Options struct {
 	Model string // A100, H100, H200, B200
 	Count int    // GPUs, 1..MaxGPUs
-	// Trace is steady, bursty, training, inference, imbalanced or a path ending in .csv.
+	// Trace is one of TraceNames or a path ending in .csv.
 	Trace string
 	// Seed makes UUIDs, serials, traces and noise reproducible.
 	Seed int64
@@ -120,6 +120,7 @@ func New(o Options) (*Fleet, error) {
 		sets:      map[*EventSet]struct{}{},
 		sleep:     time.Sleep,
 	}
+	answerUnmodelledLibrary(f)
 	for i := range o.Count {
 		f.gpus = append(f.gpus, newGPU(f, i))
 	}

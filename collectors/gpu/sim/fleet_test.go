@@ -414,7 +414,7 @@ func TestNewRefusesBadOptions(t *testing.T) {
 		{"no GPUs", Options{Model: "H100", Count: 0, Trace: "steady"}, []string{"count 0", "1..64"}},
 		{"too many GPUs", Options{Model: "H100", Count: 65, Trace: "steady"}, []string{"count 65", "1..64"}},
 		{"unknown model", Options{Model: "V100", Count: 1, Trace: "steady"}, []string{`"V100"`, "A100, H100, H200, B200"}},
-		{"unknown trace", Options{Model: "H100", Count: 1, Trace: "spiky"}, []string{`"spiky"`, "steady, bursty, training, inference, imbalanced", ".csv"}},
+		{"unknown trace", Options{Model: "H100", Count: 1, Trace: "spiky"}, []string{`"spiky"`, "steady, bursty, training, inference, imbalanced, lockstep, roleswap", ".csv"}},
 		{"no trace", Options{Model: "H100", Count: 1}, []string{"no trace", "steady"}},
 		{"missing CSV", Options{Model: "H100", Count: 1, Trace: "testdata/absent.csv"}, []string{"testdata/absent.csv"}},
 	}

@@ -19,13 +19,26 @@ const (
 	substepS     = 0.010
 	coarseSteps  = 100  // substeps per coarse step (1 s)
 	fineTail     = 6000 // substeps always simulated finely before now (60 s)
-	markEvery    = 10   // substeps between energy marks (NVML updates power at about 10 Hz)
+	markEvery    = 10   // substeps between counter updates (NVML updates power at about 10 Hz)
 	averageMarks = 10   // marks spanning GetPowerUsage's 1 s window
 )
 
+// Latency of a limit write: SetPowerManagementLimit takes 10–20 ms in the driver before the
+// firmware enforces the new limit. Each write draws its own latency from the seed.
+const (
+	writeLatencyMin    = 10 * time.Millisecond
+	writeLatencySpread = 10 * time.Millisecond
+	// LimitWriteLatencyMax is the longest a written limit takes to bind.
+	LimitWriteLatencyMax = writeLatencyMin + writeLatencySpread
+)
+
+// PowerControllerLag is the time constant with which the board's power controller brings the
+// draw to a new limit.
+const PowerControllerLag = 100 * time.Millisecond
+
 // Time constants of the physics.
 const (
-	powerTauS       = 0.1  // drawn power follows its target
+	powerTauS       = float64(PowerControllerLag) / float64(time.Second)
 	thermalTauS     = 20.0 // GPU die temperature
 	memThermalTauS  = 30.0 // HBM heats and cools more slowly than the die
 	defaultAmbientC = 30.0
@@ -74,24 +87,43 @@ type GPU struct {
 
 	lost atomic.Bool
 
-	mu         sync.Mutex // guards everything below
-	step       int64      // substeps simulated since the fleet started
-	demandW    float64
-	drawnW     float64
-	capW       float64 // the limit the last step ran under: enforced, or lower when hot
-	clockMHz   float64
-	tempC      float64
-	memTempC   float64
-	ambientC   float64
-	energyJ    float64
-	workS      float64
-	requestedW float64
-	overrideW  float64
-	marks      [averageMarks + 1]float64 // energy at the last 100 ms boundaries, a ring
-	markHead   int                       // index of the newest mark
+	mu      sync.Mutex // guards everything below
+	step    int64      // substeps simulated since the fleet started
+	demandW float64
+	drawnW  float64
+	capW    float64 // the limit the last step ran under: bound, or lower when hot
+	// allowW is the power the firmware's controller lets the board draw: it follows capW with
+	// the ~100 ms lag, down from what the board draws when the cap falls below it. The demand's
+	// own surges are not lagged: drawn = min(demand, allowW).
+	allowW float64
+	// boundW is the requested limit the firmware enforces now; a write binds pendingW at
+	// substep pendingStep (-1: none), after the write's latency.
+	boundW      float64
+	pendingW    float64
+	pendingStep int64
+	writes      int64 // limit writes so far, which index the latency draws
+	// counterPhase is the substep within each 100 ms at which this GPU's power counters update;
+	// heldW is the instant power reading taken at the last update, heldStep when.
+	counterPhase int64
+	heldW        float64
+	heldStep     int64
+	smooth       smoothing // firmware power smoothing, on boards that have it
+	clockMHz     float64
+	tempC        float64
+	memTempC     float64
+	ambientC     float64
+	energyJ      float64
+	workS        float64
+	requestedW   float64
+	overrideW    float64
+	marks        [averageMarks + 1]float64 // energy at the last 100 ms boundaries, a ring
+	markHead     int                       // index of the newest mark
 
 	eccCorrected   uint64
 	eccUncorrected uint64
+
+	health      health
+	gpmCounters gpmCounters
 }
 
 func newGPU(f *Fleet, i int) *GPU {
@@ -106,7 +138,12 @@ func newGPU(f *Fleet, i int) *GPU {
 		memoryShare: 0.97 + 0.03*n.unit(streamMemory, i, 0),
 		ambientC:    defaultAmbientC + 1.5*n.signed(streamAmbient, i, 0),
 		requestedW:  m.DefaultLimitW,
+		boundW:      m.DefaultLimitW,
+		pendingStep: -1,
+		// The counters of GPUs on one board do not update together.
+		counterPhase: int64(n.hash(streamCounterPhase, i, 0) % markEvery),
 	}
+	answerUnmodelled(g.Device, g.ready)
 	domain, bus := uint32(i/len(dgxBuses)), dgxBuses[i%len(dgxBuses)]
 	g.busID = fmt.Sprintf(nvml.DEVICE_PCI_BUS_ID_FMT, domain, bus, 0)
 	g.busIDLegacy = fmt.Sprintf(nvml.DEVICE_PCI_BUS_ID_LEGACY_FMT, domain, bus, 0)
@@ -118,9 +155,16 @@ func newGPU(f *Fleet, i int) *GPU {
 	// cold-start transient: power settled on the first demand, temperatures on the last
 	// minute's mean, the 1 s average already full.
 	g.demandW = m.clampDemand(f.trace.Demand(i, 0))
-	g.capW = g.enforcedW()
+	g.smooth.presets = smoothingPresets
+	g.capW = g.boundLimitW()
+	g.allowW = g.capW
 	g.drawnW = min(g.demandW, g.capW)
-	g.clockMHz = g.clockFor(g.demandW, g.drawnW, g.capW)
+	// The reading of the last counter update at or before the start.
+	g.heldW, g.heldStep = g.drawnW, g.counterPhase
+	if g.heldStep > 0 {
+		g.heldStep -= markEvery
+	}
+	g.clockMHz = g.clockFor(g.demandW, g.drawnW, g.allowW)
 	warmW := g.warmUpW()
 	g.tempC = g.ambientC + m.ThermalResistanceCPerW*warmW
 	g.memTempC = g.memSteadyC(warmW)
@@ -156,12 +200,34 @@ func copyCString(dst []int8, s string) {
 	}
 }
 
-// enforcedW is the limit the board enforces: the requested one, or a lower out-of-band one.
+// enforcedW is the limit the board reports it enforces: the requested one, or a lower
+// out-of-band one.
 func (g *GPU) enforcedW() float64 {
 	if g.overrideW > 0 {
 		return min(g.requestedW, g.overrideW)
 	}
 	return g.requestedW
+}
+
+// boundLimitW is the limit the firmware enforces now: enforcedW, except that a write still in
+// its latency has not reached the firmware yet.
+func (g *GPU) boundLimitW() float64 {
+	if g.overrideW > 0 {
+		return min(g.boundW, g.overrideW)
+	}
+	return g.boundW
+}
+
+// requestLimit sets the requested limit as a write at now does: NVML reports it at once, and
+// the firmware starts to enforce it after the write's latency, from the substep that begins
+// nearest to that instant. A write still pending is superseded (NVML calls on one device run one at a
+// time, so the later value is the one left enforced).
+func (g *GPU) requestLimit(watts float64, now time.Time) {
+	latency := writeLatencyMin + time.Duration(noise(g.fleet.seed).unit(streamWriteLatency, g.index, g.writes)*float64(writeLatencySpread))
+	g.writes++
+	at := now.Add(latency).Sub(g.fleet.start)
+	step := int64((at + substep/2) / substep)
+	g.requestedW, g.pendingW, g.pendingStep = watts, watts, max(step, g.pendingStep, g.step)
 }
 
 // thermalCapW is the power the firmware allows at the current temperature: unbounded well below
@@ -206,19 +272,33 @@ func (g *GPU) advance(now time.Time) {
 // every GPU.
 func (g *GPU) integrate(n int64, s *stepFactors) {
 	m := &g.fleet.model
+	if g.pendingStep >= 0 && g.step >= g.pendingStep {
+		g.boundW, g.pendingStep = g.pendingW, -1
+	}
 	demand := m.clampDemand(g.fleet.trace.Demand(g.index, time.Duration(g.step)*substep))
-	capW := min(g.enforcedW(), g.thermalCapW())
-	g.drawnW += s.power * (min(demand, capW) - g.drawnW)
+	capW := min(g.boundLimitW(), g.thermalCapW())
+	// The power controller closes on the cap with its lag; a cap under what the board draws
+	// brings the draw down from where it is, a cap over it holds at once.
+	g.allowW += s.power * (capW - g.allowW)
+	g.allowW = min(g.allowW, max(capW, g.drawnW))
+	g.drawnW = min(demand, g.allowW)
+	ceilingW := g.allowW
+	if g.smooth.on {
+		g.drawnW, ceilingW = g.smooth.shape(g.drawnW, g.allowW, g.boundLimitW(), g.step, n, s.dtS)
+	}
 	g.energyJ += g.drawnW * s.dtS
 	g.tempC += s.thermal * (g.ambientC + m.ThermalResistanceCPerW*g.drawnW - g.tempC)
 	g.memTempC += s.memThermal * (g.memSteadyC(g.drawnW) - g.memTempC)
-	g.clockMHz = g.clockFor(demand, g.drawnW, capW)
+	g.clockMHz = g.clockFor(demand, g.drawnW, ceilingW)
 	g.workS += m.utilization(demand) * g.clockMHz / float64(m.MaxSMClockMHz) * s.dtS
 	g.demandW, g.capW = demand, capW
+	g.health.accrue(g.reasons(), n)
+	g.gpmAccrue(demand, s.dtS)
 	g.step += n
-	if g.step%markEvery == 0 {
+	if (g.step-g.counterPhase)%markEvery == 0 {
 		g.markHead = (g.markHead + 1) % len(g.marks)
 		g.marks[g.markHead] = g.energyJ
+		g.heldW, g.heldStep = g.sampleInstantW(), g.step
 	}
 }
 
@@ -228,12 +308,20 @@ func (g *GPU) averageW() float64 {
 	return (g.marks[g.markHead] - oldest) / (substepS * markEvery * averageMarks)
 }
 
-// instantW is the drawn power with a little seeded measurement noise, fixed per substep.
-func (g *GPU) instantW() float64 {
+// sampleInstantW is the drawn power with a little seeded measurement noise, as the counter
+// update at the current substep records it.
+func (g *GPU) sampleInstantW() float64 {
 	n := noise(g.fleet.seed)
 	e := instantNoise * (n.unit(streamInstant, g.index, 2*g.step) + n.unit(streamInstant, g.index, 2*g.step+1) - 1)
 	return g.drawnW * (1 + e)
 }
+
+// instantW is what FI_DEV_POWER_INSTANT reports: the reading of the last counter update, held
+// until the next one about 100 ms later.
+func (g *GPU) instantW() float64 { return g.heldW }
+
+// counterTime is when the power counters last updated.
+func (g *GPU) counterTime() time.Time { return g.fleet.start.Add(time.Duration(g.heldStep) * substep) }
 
 func (g *GPU) workload() workload {
 	if w, ok := g.fleet.trace.(workloadTrace); ok {
@@ -253,7 +341,7 @@ func (g *GPU) reasons() uint64 {
 	if !g.busy() {
 		r |= nvml.ClocksEventReasonGpuIdle
 	}
-	enforced := g.enforcedW()
+	enforced := g.boundLimitW()
 	if g.demandW > enforced {
 		r |= nvml.ClocksEventReasonSwPowerCap
 	}
@@ -263,7 +351,7 @@ func (g *GPU) reasons() uint64 {
 	if g.tempC >= m.HWSlowdownTempC {
 		r |= nvml.ClocksThrottleReasonHwThermalSlowdown
 	}
-	return r
+	return r | g.health.injected(g.step)
 }
 
 // GPUState is the true state of a simulated GPU at its last substep, for tests and reports.
@@ -271,6 +359,7 @@ type GPUState struct {
 	Time               time.Time // simulated instant the values describe
 	DemandW            float64   // what the trace asks for
 	DrawnW             float64   // what the board draws now
+	InstantPowerW      float64   // what FI_DEV_POWER_INSTANT reports: the last counter update's reading
 	AveragePowerW      float64   // the 1 s average GetPowerUsage reports
 	RequestedLimitW    float64   // set through SetPowerManagementLimit
 	OverrideLimitW     float64   // out-of-band limit; 0 when none
@@ -298,6 +387,7 @@ func (g *GPU) State() GPUState {
 		Time:               g.fleet.start.Add(g.elapsed()),
 		DemandW:            g.demandW,
 		DrawnW:             g.drawnW,
+		InstantPowerW:      g.instantW(),
 		AveragePowerW:      g.averageW(),
 		RequestedLimitW:    g.requestedW,
 		OverrideLimitW:     g.overrideW,

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"math"
 	"strings"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -28,6 +29,8 @@ type Model struct {
 	Architecture nvml.DeviceArchitecture
 	// HasFan is false for SXM boards, which NVML answers ERROR_NOT_SUPPORTED for fan speed.
 	HasFan bool
+	// PowerSmoothing is true for boards with firmware power smoothing (Blackwell).
+	PowerSmoothing bool
 
 	// ThermalResistanceCPerW is the steady-state rise of the GPU over its inlet air per watt.
 	ThermalResistanceCPerW float64
@@ -68,7 +71,7 @@ var models = []Model{
 		Name: "B200", ProductName: "NVIDIA B200",
 		MinLimitW: 200, MaxLimitW: 1000, DefaultLimitW: 1000, IdleW: 140,
 		MaxSMClockMHz: 1965, MaxMemClockMHz: 3996, IdleSMClockMHz: 345,
-		MemoryBytes: 183359 * mib, Architecture: nvml.DEVICE_ARCH_BLACKWELL,
+		MemoryBytes: 183359 * mib, Architecture: nvml.DEVICE_ARCH_BLACKWELL, PowerSmoothing: true,
 		ThermalResistanceCPerW: 0.052, SlowdownTempC: 87, HWSlowdownTempC: 90,
 		PCIDeviceID: 0x290110DE, PCISubsystemID: 0x199910DE,
 	},
@@ -115,4 +118,23 @@ func (m *Model) utilization(demandW float64) float64 {
 		return 0
 	}
 	return min(1, (demandW-m.IdleW)/(0.5*m.MaxLimitW-m.IdleW))
+}
+
+// BusyDemand returns the demand a GPU of this model runs at for a trace's value (kept
+// physical) and the busy share it implies.
+func (m Model) BusyDemand(demandW float64) (watts, busy float64) {
+	w := m.clampDemand(demandW)
+	return w, m.utilization(w)
+}
+
+// WorkRate is the work a GPU of this model does per second at a trace's demand under a limit
+// that has held for a while, in fully busy GPU-seconds at the top clock: the rate at which
+// GPUState.WorkSeconds grows. A baseline that plans limits plans with it, so that it plans
+// with the physics the fleet runs.
+func (m Model) WorkRate(demandW, limitW float64) float64 {
+	d, busy := m.BusyDemand(demandW)
+	if d <= m.busyThresholdW() || d <= limitW {
+		return busy
+	}
+	return busy * max(float64(m.IdleSMClockMHz)/float64(m.MaxSMClockMHz), math.Cbrt(max(0, limitW)/d))
 }

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/capstan-power/capstan/internal/panics"
 )
 
 // The device-state file lets the simulated fleet play the hardware across agent processes: a
@@ -185,7 +187,9 @@ func (f *Fleet) restore(path string, s *StateFile) error {
 		}
 		g.mu.Lock()
 		g.requestedW = float64(r.LimitMW) / 1000
-		g.capW = g.enforcedW()
+		g.boundW, g.pendingStep = g.requestedW, -1 // the hardware has held it all along
+		g.capW = g.boundLimitW()
+		g.allowW = min(g.allowW, g.capW)
 		g.drawnW = min(g.drawnW, g.capW)
 		g.mu.Unlock()
 		f.files.meta[g.index] = gpuMeta{setAt: r.LimitSetAt, writer: r.LimitWriter}
@@ -296,7 +300,8 @@ func (f *Fleet) startFiles() {
 		return
 	}
 	d.stop, d.done = make(chan struct{}), make(chan struct{})
-	go f.keepFiles(d.stop, d.done)
+	stop, done := d.stop, d.done
+	panics.Go("sim device files", func() { f.keepFiles(stop, done) })
 }
 
 // stopFiles stops that goroutine after a last write of the state file.

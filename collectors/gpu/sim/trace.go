@@ -16,7 +16,7 @@ type Trace interface {
 
 // TraceNames lists the built-in traces NewTrace accepts besides a CSV file.
 func TraceNames() []string {
-	return []string{"steady", "bursty", "training", "inference", "imbalanced"}
+	return []string{"steady", "bursty", "training", "inference", "imbalanced", "lockstep", "roleswap"}
 }
 
 // NewTrace builds the trace spec names for gpus GPUs of model m. Built-in traces are pure
@@ -37,6 +37,10 @@ func NewTrace(spec string, m Model, gpus int, seed int64) (Trace, error) {
 		return inferenceTrace{n: n, maxW: m.MaxLimitW}, nil
 	case name == "imbalanced":
 		return imbalancedTrace{n: n, maxW: m.MaxLimitW, gpus: gpus}, nil
+	case name == "lockstep":
+		return lockstepTrace{n: n, minW: m.MinLimitW, maxW: m.MaxLimitW}, nil
+	case name == "roleswap":
+		return roleswapTrace{n: n, maxW: m.MaxLimitW, gpus: gpus}, nil
 	case strings.HasSuffix(name, ".csv"):
 		return LoadCSVTrace(strings.TrimSpace(spec))
 	}
@@ -78,6 +82,10 @@ const (
 	streamIdentity
 	streamAmbient
 	streamMemory
+	streamCycle
+	// Streams of the power model, not of a trace.
+	streamCounterPhase
+	streamWriteLatency
 )
 
 // noise is a seeded, stateless random source: every draw is a hash of (seed, stream, GPU, k),

@@ -135,6 +135,50 @@ func TestBuiltInTraces(t *testing.T) {
 				}
 			}
 		}},
+		{"lockstep", 10 * time.Minute, 10 * time.Millisecond, 0.35, 0.995, func(t *testing.T, d [][]float64) {
+			for g := range d {
+				if share := computeShare(d[g], 0.9); share < 0.77 || share > 0.83 {
+					t.Errorf("GPU %d computes %.0f %% of the time, want 80 %%", g, 100*share)
+				}
+			}
+			// In lock-step: at every 10 ms sample past a GPU's first few milliseconds of an
+			// iteration, all GPUs are in the same phase.
+			for i := range d[0] {
+				if i%250 < 2 {
+					continue
+				}
+				for g := range d {
+					if (d[g][i] > 0.9) != (d[0][i] > 0.9) {
+						t.Fatalf("at %d0 ms GPU %d (%.2f) and GPU 0 (%.2f) are in different phases", i, g, d[g][i], d[0][i])
+					}
+				}
+			}
+		}},
+		{"roleswap", 2 * time.Hour, time.Second, 0.30, 0.97, func(t *testing.T, d [][]float64) {
+			swaps := 0
+			for i := range d[0] {
+				busyFirst, busySecond := 0, 0
+				for g := range d {
+					if d[g][i] > 0.7 {
+						if g < gpus/2 {
+							busyFirst++
+						} else {
+							busySecond++
+						}
+					}
+				}
+				oneJob := busyFirst == gpus/2 && busySecond == 0 || busyFirst == 0 && busySecond == gpus/2
+				if !oneJob {
+					t.Fatalf("at %d s busy GPUs: %d of the first job, %d of the second; want one whole job", i, busyFirst, busySecond)
+				}
+				if i > 0 && (d[0][i] > 0.7) != (d[0][i-1] > 0.7) {
+					swaps++
+				}
+			}
+			if swaps < 25 || swaps > 31 { // every 4 min over 2 h
+				t.Errorf("the jobs swapped %d times in 2 h, want every few minutes", swaps)
+			}
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -188,5 +232,80 @@ func TestImbalancedOddCount(t *testing.T) {
 	}
 	if !heavy || !light {
 		t.Errorf("one GPU over 12 min: ever heavy %v, ever light %v", heavy, light)
+	}
+}
+
+func computeShare(d []float64, above float64) float64 {
+	high := 0
+	for _, v := range d {
+		if v > above {
+			high++
+		}
+	}
+	return float64(high) / float64(len(d))
+}
+
+// TestJobTracesOnEveryModel checks the lock-step and role-swap traces keep their shape on every
+// model and on odd and large GPU counts: lock-step levels follow the model's limit range (~690 W
+// and ~250 W on an H100), and role-swap always has one job busy and one light.
+func TestJobTracesOnEveryModel(t *testing.T) {
+	for _, name := range Models() {
+		m, _ := LookupModel(name)
+		for _, gpus := range []int{1, 3, 8, 16} {
+			for _, seed := range []int64{1, 7} {
+				lock, err := NewTrace("lockstep", m, gpus, seed)
+				if err != nil {
+					t.Fatal(err)
+				}
+				span := m.MaxLimitW - m.MinLimitW
+				hiLo, hiHi := m.MinLimitW+0.96*span, m.MinLimitW+0.995*span
+				loLo, loHi := m.MinLimitW+0.08*span, m.MinLimitW+0.12*span
+				var computeT, totalT int
+				for at := time.Duration(0); at < 5*time.Minute; at += 10 * time.Millisecond {
+					for g := range gpus {
+						w := lock.Demand(g, at)
+						high := w > (hiLo+loHi)/2
+						if high && (w < hiLo || w > hiHi) || !high && (w < loLo || w > loHi) {
+							t.Fatalf("%s ×%d seed %d: lockstep GPU %d at %v draws %.0f W, want %.0f–%.0f or %.0f–%.0f",
+								name, gpus, seed, g, at, w, hiLo, hiHi, loLo, loHi)
+						}
+						if g == 0 {
+							totalT++
+							if high {
+								computeT++
+							}
+						}
+					}
+				}
+				if share := float64(computeT) / float64(totalT); share < 0.77 || share > 0.83 {
+					t.Errorf("%s ×%d seed %d: lockstep computes %.0f %% of the time, want 80 %%", name, gpus, seed, 100*share)
+				}
+				swap, err := NewTrace("roleswap", m, gpus, seed)
+				if err != nil {
+					t.Fatal(err)
+				}
+				firstBusy := map[bool]bool{}
+				for at := time.Duration(0); at < time.Hour; at += 10 * time.Second {
+					busy := make([]bool, gpus)
+					for g := range gpus {
+						w := swap.Demand(g, at) / m.MaxLimitW
+						if w < 0.30 || w > 0.97 {
+							t.Fatalf("%s ×%d seed %d: roleswap GPU %d at %v at %.2f of the top", name, gpus, seed, g, at, w)
+						}
+						busy[g] = w > 0.65
+					}
+					half := (gpus + 1) / 2
+					for g := range gpus {
+						if inFirst := g < half; busy[g] != (busy[0] == inFirst) {
+							t.Fatalf("%s ×%d seed %d at %v: GPU %d is busy=%v, not with its job", name, gpus, seed, at, g, busy[g])
+						}
+					}
+					firstBusy[busy[0]] = true
+				}
+				if len(firstBusy) != 2 {
+					t.Errorf("%s ×%d seed %d: the first job never swapped its role in an hour", name, gpus, seed)
+				}
+			}
+		}
 	}
 }

@@ -1,0 +1,468 @@
+package fleet
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
+	"github.com/capstan-power/capstan/capping"
+	"github.com/capstan-power/capstan/capping/budget"
+	"github.com/capstan-power/capstan/capping/cluster"
+	"github.com/capstan-power/capstan/collectors/gpu/sim"
+	"github.com/capstan-power/capstan/internal/clock"
+)
+
+// StartupPeriods are the periods at the start left out of every figure but the work: the
+// controllers start from the GPUs' default limits, a transient no limit caused.
+const StartupPeriods = 10
+
+// Options configure a run.
+type Options struct {
+	File     *File
+	Duration time.Duration
+	// Settings are every node controller's; Period is also the allocation period.
+	Settings capping.Settings
+	// LeaseTTL is the members' lease TTL; 0 means 10 s.
+	LeaseTTL time.Duration
+	// Seed makes the traces and the GPUs' noise reproducible; node i of a run uses Seed + i.
+	Seed int64
+	// Nodes overrides the node count of leaves, by path (the oversubscription search).
+	Nodes map[string]int
+	// Subtree, when set, simulates only the domain at this path and the domains below it.
+	Subtree string
+	// Baselines runs each node twice more: uncapped (its GPUs at their maximum limits) and
+	// under static caps (each GPU at the tightest of its domains' limit / GPUs).
+	Baselines bool
+	// StateDir receives the controllers' state files.
+	StateDir string
+	Log      *slog.Logger
+	// Sample, when set, receives every period's Σ draw of each domain, in Report.Domains
+	// order; the slice is reused.
+	Sample func(elapsed time.Duration, drawW []float64)
+}
+
+// DomainReport is how one domain fared.
+type DomainReport struct {
+	Path   string  `json:"path"`
+	LimitW float64 `json:"limit_w"`
+	Nodes  int     `json:"nodes"`
+	// TimeOverLimitPct is the share of periods whose Σ draw under the domain exceeded its
+	// limit; MaxOvershootPct the largest excess, as a share of the limit.
+	TimeOverLimitPct float64 `json:"time_over_limit_pct"`
+	MaxOvershootPct  float64 `json:"max_overshoot_pct"`
+	DrawP50W         float64 `json:"draw_p50_w"`
+	DrawP95W         float64 `json:"draw_p95_w"`
+	DrawP99W         float64 `json:"draw_p99_w"`
+	DrawMaxW         float64 `json:"draw_max_w"`
+	// OversubscribedPct is the share of rounds in which the allocator found the domain's
+	// floors above its limit.
+	OversubscribedPct float64 `json:"oversubscribed_pct"`
+	// StaticTimeOverLimitPct is the same figure under static per-GPU caps (with Baselines).
+	StaticTimeOverLimitPct float64 `json:"static_time_over_limit_pct"`
+}
+
+// JobReport is how the nodes of one leaf (one job: its trace on its nodes) fared.
+type JobReport struct {
+	Domain string `json:"domain"`
+	Trace  string `json:"trace"`
+	Nodes  int    `json:"nodes"`
+	GPUs   int    `json:"gpus"`
+	// Throughput is the work the GPUs did (seconds of a fully busy GPU at full clock), as a
+	// share of what they did uncapped and under static caps (with Baselines).
+	ThroughputVsUncappedPct float64 `json:"throughput_vs_uncapped_pct"`
+	ThroughputVsStaticPct   float64 `json:"throughput_vs_static_pct"`
+	WorkGPUSeconds          float64 `json:"work_gpu_seconds"`
+}
+
+// Report is what a run found.
+type Report struct {
+	Domains []DomainReport `json:"domains"`
+	Jobs    []JobReport    `json:"jobs"`
+	Periods int            `json:"periods"`
+	Nodes   int            `json:"nodes"`
+	GPUs    int            `json:"gpus"`
+	// GrantWrites and RecordWrites are the grants the allocator published and the node
+	// records the members wrote: the etcd writes the run would have cost.
+	GrantWrites  int           `json:"grant_writes"`
+	RecordWrites int           `json:"record_writes"`
+	Wall         time.Duration `json:"-"`
+}
+
+// shifted is a node's view of the shared clock: its trace starts offset before the run does.
+type shifted struct {
+	c     *clock.Manual
+	shift time.Duration
+}
+
+func (s *shifted) Now() time.Time { return s.c.Now().Add(s.shift) }
+
+// node is one simulated node: its GPUs, controller and member, and its baselines.
+type node struct {
+	name     string
+	job      int   // index into the report's jobs
+	doms     []int // its domains, leaf first, as indexes into the run's domains
+	gpus     *sim.Fleet
+	uncapped *sim.Fleet
+	static   *sim.Fleet
+	ctl      *capping.Controller
+	member   *cluster.Member
+	last     cluster.NodeRecord
+	written  bool
+	drawW    float64 // this period's draw, and the static baseline's
+	staticW  float64
+}
+
+// run is one simulation in progress.
+type run struct {
+	o      Options
+	clock  *clock.Manual
+	view   *cluster.View
+	plan   *cluster.Planner
+	paths  []string // domains simulated, parents first
+	rels   []string // the same, below the simulated root
+	limits []float64
+	nodes  []*node
+	jobs   []JobReport
+}
+
+// Run simulates o.Duration of the fleet and reports per domain and per job.
+func Run(o Options) (*Report, error) {
+	wall := time.Now()
+	r, err := start(o)
+	if err != nil {
+		return nil, err
+	}
+	defer r.stop()
+	period := o.Settings.Period
+	periods := int(o.Duration / period)
+	scored := max(periods-StartupPeriods, 0)
+	nd := len(r.paths)
+	draws := make([][]float32, nd)
+	for i := range draws {
+		draws[i] = make([]float32, 0, periods)
+	}
+	over := make([]int, nd)
+	staticOver := make([]int, nd)
+	overshoot := make([]float64, nd)
+	oversub := make([]int, nd)
+	sum := make([]float64, nd)
+	staticSum := make([]float64, nd)
+	var written []string
+	rep := &Report{Periods: periods}
+	for k := 1; k <= periods; k++ {
+		r.clock.Advance(period)
+		now := r.clock.Now()
+		r.each(func(n *node) {
+			n.ctl.Tick(now)
+			n.drawW = drawn(n.gpus)
+			if n.static != nil {
+				n.staticW = drawn(n.static)
+				drawn(n.uncapped) // keeps its integration on the period's steps
+			}
+		})
+		// The members write their records as their report loops would; the allocator runs a
+		// round on what they wrote, and the nodes' watches bring its grants.
+		for _, n := range r.nodes {
+			if !n.member.RecordDue(n.last, n.written) {
+				continue
+			}
+			if rec, ok := n.member.Record(); ok {
+				r.view.Nodes[n.name] = rec
+				n.last, n.written = rec, true
+				rep.RecordWrites++
+			}
+		}
+		written = r.plan.Round(now, written[:0])
+		rep.GrantWrites += len(written)
+		for _, n := range r.nodes {
+			g, has := r.view.Grants[n.name]
+			n.member.Deliver(g, has, r.view.Budget)
+		}
+		clear(sum)
+		clear(staticSum)
+		for _, n := range r.nodes {
+			for _, d := range n.doms {
+				sum[d] += n.drawW
+				staticSum[d] += n.staticW
+			}
+		}
+		if k <= StartupPeriods {
+			continue // the controllers start from the GPUs' default limits
+		}
+		for d := range nd {
+			draws[d] = append(draws[d], float32(sum[d]))
+			if sum[d] > r.limits[d] {
+				over[d]++
+				overshoot[d] = math.Max(overshoot[d], (sum[d]-r.limits[d])/r.limits[d])
+			}
+			if o.Baselines && staticSum[d] > r.limits[d] {
+				staticOver[d]++
+			}
+			if r.plan.Oversubscribed(r.rels[d]) {
+				oversub[d]++
+			}
+		}
+		if o.Sample != nil {
+			o.Sample(time.Duration(k)*period, sum)
+		}
+	}
+	for d, p := range r.paths {
+		dr := DomainReport{Path: p, LimitW: r.limits[d]}
+		for _, n := range r.nodes {
+			if slices.Contains(n.doms, d) {
+				dr.Nodes++
+			}
+		}
+		if scored > 0 {
+			dr.TimeOverLimitPct = 100 * float64(over[d]) / float64(scored)
+			dr.StaticTimeOverLimitPct = 100 * float64(staticOver[d]) / float64(scored)
+			dr.OversubscribedPct = 100 * float64(oversub[d]) / float64(scored)
+			dr.MaxOvershootPct = 100 * overshoot[d]
+			s := draws[d]
+			slices.Sort(s)
+			q := func(p float64) float64 { return float64(s[min(len(s)-1, int(p*float64(len(s))))]) }
+			dr.DrawP50W, dr.DrawP95W, dr.DrawP99W, dr.DrawMaxW = q(0.5), q(0.95), q(0.99), float64(s[len(s)-1])
+		}
+		rep.Domains = append(rep.Domains, dr)
+	}
+	work := make([][3]float64, len(r.jobs))
+	for _, n := range r.nodes {
+		work[n.job][0] += workOf(n.gpus)
+		if n.static != nil {
+			work[n.job][1] += workOf(n.uncapped)
+			work[n.job][2] += workOf(n.static)
+		}
+	}
+	for j := range r.jobs {
+		jr := r.jobs[j]
+		jr.WorkGPUSeconds = work[j][0]
+		if work[j][1] > 0 {
+			jr.ThroughputVsUncappedPct = 100 * work[j][0] / work[j][1]
+		}
+		if work[j][2] > 0 {
+			jr.ThroughputVsStaticPct = 100 * work[j][0] / work[j][2]
+		}
+		rep.Jobs = append(rep.Jobs, jr)
+		rep.Nodes += jr.Nodes
+		rep.GPUs += jr.Nodes * jr.GPUs
+	}
+	rep.Wall = time.Since(wall)
+	return rep, nil
+}
+
+// start builds the tree, the nodes and their controllers, and the allocator's view.
+func start(o Options) (*run, error) {
+	f := o.File
+	if f == nil || o.Duration <= 0 || o.Settings.Period <= 0 {
+		return nil, errors.New("fleet simulation: a fleet file, a positive duration and a positive period are needed")
+	}
+	if o.LeaseTTL == 0 {
+		o.LeaseTTL = 10 * time.Second
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	root := f.Group
+	if o.Subtree != "" {
+		if f.Domains[o.Subtree] == nil {
+			return nil, fmt.Errorf("fleet simulation: no domain %s in the fleet file", o.Subtree)
+		}
+		root = o.Subtree
+	}
+	// The simulated group is the subtree's root; its name is the last segment of its path.
+	group := root[strings.LastIndexByte(root, '/')+1:]
+	r := &run{o: o, clock: clock.NewManual(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))}
+	r.view = cluster.NewView(cluster.Keys{Prefix: "/capstan/v1", Group: group})
+	r.view.Budget = cluster.BudgetRecord{Watts: f.Domains[root].LimitW * (1 - f.Domains[root].GuardBand), FloorPerNodeW: f.FloorPerNodeW, SetBy: "simulation"}
+	r.view.HasBudget = true
+	index := map[string]int{}
+	for _, p := range f.Paths() {
+		if p != root && !strings.HasPrefix(p, root+"/") {
+			continue
+		}
+		d := f.Domains[p]
+		index[p] = len(r.paths)
+		r.paths = append(r.paths, p)
+		r.rels = append(r.rels, strings.TrimPrefix(strings.TrimPrefix(p, root), "/"))
+		r.limits = append(r.limits, d.LimitW)
+		if p != root {
+			r.view.Domains[strings.TrimPrefix(p, root+"/")] = cluster.DomainRecord{LimitW: d.LimitW, GuardBand: d.GuardBand, Priority: d.Priority, SetBy: "simulation"}
+		}
+	}
+	r.view.DomainsChanged++
+	r.plan = cluster.NewPlanner(r.view, 2*o.LeaseTTL, r.clock.Now, o.Log)
+	seed := o.Seed
+	for _, leaf := range f.Leaves() {
+		if _, ok := index[leaf]; !ok {
+			continue
+		}
+		d := f.Domains[leaf]
+		count := d.Nodes
+		if c, ok := o.Nodes[leaf]; ok {
+			count = c
+		}
+		job := len(r.jobs)
+		r.jobs = append(r.jobs, JobReport{Domain: leaf, Trace: d.Trace, Nodes: count, GPUs: d.GPUs})
+		model, err := sim.LookupModel(d.Model)
+		if err != nil {
+			return nil, err
+		}
+		staticW := r.staticCap(leaf, index, model, o.Nodes)
+		var doms []int
+		for p := leaf; ; p = p[:strings.LastIndexByte(p, '/')] {
+			doms = append(doms, index[p])
+			if p == root {
+				break
+			}
+		}
+		rel := strings.TrimPrefix(strings.TrimPrefix(leaf, root), "/")
+		for i := range count {
+			seed++
+			n := &node{name: fmt.Sprintf("%s-%d", strings.ReplaceAll(rel, "/", "-"), i), job: job, doms: doms}
+			if rel == "" {
+				n.name = fmt.Sprintf("node-%d", i)
+			}
+			off := time.Duration(i) * d.Offset
+			if n.gpus, err = r.fleet(d, seed, off); err != nil {
+				return nil, err
+			}
+			if o.Baselines {
+				if n.uncapped, err = r.fleet(d, seed, off); err != nil {
+					return nil, err
+				}
+				if n.static, err = r.fleet(d, seed, off); err != nil {
+					return nil, err
+				}
+				if err := setAll(n.static, staticW); err != nil {
+					return nil, err
+				}
+			}
+			n.member, err = cluster.NewLocalMember(cluster.Options{Keys: r.view.Keys, Node: n.name, Domain: rel, LeaseTTL: o.LeaseTTL,
+				Period: o.Settings.Period, Priority: 1, Now: r.clock.Now, Log: o.Log}, int64(len(r.nodes)+1))
+			if err != nil {
+				return nil, err
+			}
+			set := o.Settings
+			set.StateFile = filepath.Join(o.StateDir, n.name+".json")
+			set.DryRun = false
+			n.ctl, err = capping.New(capping.Options{Settings: set, Lib: n.gpus, Budget: budget.NewEtcd(n.member, r.clock.Now), Log: o.Log, Now: r.clock.Now})
+			if err != nil {
+				return nil, err
+			}
+			if err := n.ctl.Start(); err != nil {
+				return nil, fmt.Errorf("starting the controller of node %s: %w", n.name, err)
+			}
+			r.nodes = append(r.nodes, n)
+		}
+	}
+	if len(r.nodes) == 0 {
+		r.stop()
+		return nil, fmt.Errorf("fleet simulation: no nodes under %s", root)
+	}
+	return r, nil
+}
+
+// staticCap is the static baseline's per-GPU limit for the GPUs of leaf: the tightest of
+// limit / GPUs over the leaf and its ancestors, within the model's constraints.
+func (r *run) staticCap(leaf string, index map[string]int, m sim.Model, counts map[string]int) float64 {
+	f := r.o.File
+	per := m.MaxLimitW
+	for p := range index {
+		if p != leaf && !strings.HasPrefix(leaf, p+"/") {
+			continue
+		}
+		gpus := 0
+		for _, l := range f.Leaves() {
+			if _, in := index[l]; in && (l == p || strings.HasPrefix(l, p+"/")) {
+				n := f.Domains[l].Nodes
+				if c, ok := counts[l]; ok {
+					n = c
+				}
+				gpus += n * f.Domains[l].GPUs
+			}
+		}
+		if gpus > 0 {
+			d := f.Domains[p]
+			per = math.Min(per, d.LimitW*(1-d.GuardBand)/float64(gpus))
+		}
+	}
+	return math.Floor(math.Min(math.Max(per, m.MinLimitW), m.MaxLimitW))
+}
+
+// fleet builds one node's simulated GPUs, its trace offset into its run.
+func (r *run) fleet(d *Domain, seed int64, off time.Duration) (*sim.Fleet, error) {
+	c := &shifted{c: r.clock, shift: -off}
+	f, err := sim.New(sim.Options{Model: d.Model, Count: d.GPUs, Trace: d.Trace, Seed: seed, Clock: c})
+	if err != nil {
+		return nil, err
+	}
+	c.shift = 0
+	if ret := f.Init(); ret != nvml.SUCCESS {
+		return nil, fmt.Errorf("initialising a simulated node: %w", ret)
+	}
+	return f, nil
+}
+
+func setAll(f *sim.Fleet, w float64) error {
+	for i := range f.Count() {
+		d, _ := f.DeviceGetHandleByIndex(i)
+		if ret := d.SetPowerManagementLimit(uint32(w) * 1000); ret != nvml.SUCCESS {
+			return fmt.Errorf("setting a static limit of %.0f W: %w", w, ret)
+		}
+	}
+	return nil
+}
+
+func drawn(f *sim.Fleet) float64 {
+	s := 0.0
+	for i := range f.Count() {
+		s += f.GPU(i).State().DrawnW
+	}
+	return s
+}
+
+func workOf(f *sim.Fleet) float64 {
+	s := 0.0
+	for i := range f.Count() {
+		s += f.GPU(i).State().WorkSeconds
+	}
+	return s
+}
+
+// each runs f on every node, the nodes split among the machine's cores: nodes share nothing but
+// the clock, which does not move while they run.
+func (r *run) each(f func(n *node)) {
+	workers := min(runtime.GOMAXPROCS(0), len(r.nodes))
+	if workers <= 1 {
+		for _, n := range r.nodes {
+			f(n)
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	per := (len(r.nodes) + workers - 1) / workers
+	for w := range workers {
+		part := r.nodes[min(w*per, len(r.nodes)):min((w+1)*per, len(r.nodes))]
+		wg.Go(func() {
+			for _, n := range part {
+				f(n)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func (r *run) stop() {
+	for _, n := range r.nodes {
+		_ = n.ctl.Stop(capping.ExitConfigured)
+	}
+}

@@ -1,0 +1,214 @@
+package gpu
+
+import (
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/capstan-power/capstan/internal/metrics"
+	"github.com/capstan-power/capstan/internal/sample"
+)
+
+// GPM (GPU performance monitoring, Hopper and later) gives what DCGM's profiling fields give,
+// through NVML alone: the collector takes one GPM sample per GPU per collection (and one when
+// it opens the GPU) and exports the metrics between it and the previous one. A GPU without GPM says so once, in one line for all
+// such GPUs, and keeps exporting NVML's utilisation.
+
+// gpmEngine is one capstan.gpu.activity series: the GPM metrics averaged into it (several for
+// the video engines, one per engine) and the factor that turns NVML's percentages into a
+// fraction.
+type gpmEngine struct {
+	name    string
+	metrics []nvml.GpmMetricId
+}
+
+var gpmEngines = [...]gpmEngine{
+	{"graphics", []nvml.GpmMetricId{nvml.GPM_METRIC_GRAPHICS_UTIL}},
+	{"sm", []nvml.GpmMetricId{nvml.GPM_METRIC_SM_UTIL}},
+	{"sm_occupancy", []nvml.GpmMetricId{nvml.GPM_METRIC_SM_OCCUPANCY}},
+	{"tensor", []nvml.GpmMetricId{nvml.GPM_METRIC_ANY_TENSOR_UTIL}},
+	{"tensor_hmma", []nvml.GpmMetricId{nvml.GPM_METRIC_HMMA_TENSOR_UTIL}},
+	{"tensor_imma", []nvml.GpmMetricId{nvml.GPM_METRIC_IMMA_TENSOR_UTIL}},
+	{"tensor_dfma", []nvml.GpmMetricId{nvml.GPM_METRIC_DFMA_TENSOR_UTIL}},
+	{"fp64", []nvml.GpmMetricId{nvml.GPM_METRIC_FP64_UTIL}},
+	{"fp32", []nvml.GpmMetricId{nvml.GPM_METRIC_FP32_UTIL}},
+	{"fp16", []nvml.GpmMetricId{nvml.GPM_METRIC_FP16_UTIL}},
+	{"integer", []nvml.GpmMetricId{nvml.GPM_METRIC_INTEGER_UTIL}},
+	{"dram", []nvml.GpmMetricId{nvml.GPM_METRIC_DRAM_BW_UTIL}},
+	{"nvdec", []nvml.GpmMetricId{
+		nvml.GPM_METRIC_NVDEC_0_UTIL, nvml.GPM_METRIC_NVDEC_1_UTIL, nvml.GPM_METRIC_NVDEC_2_UTIL, nvml.GPM_METRIC_NVDEC_3_UTIL,
+		nvml.GPM_METRIC_NVDEC_4_UTIL, nvml.GPM_METRIC_NVDEC_5_UTIL, nvml.GPM_METRIC_NVDEC_6_UTIL, nvml.GPM_METRIC_NVDEC_7_UTIL,
+	}},
+	{"nvjpg", []nvml.GpmMetricId{
+		nvml.GPM_METRIC_NVJPG_0_UTIL, nvml.GPM_METRIC_NVJPG_1_UTIL, nvml.GPM_METRIC_NVJPG_2_UTIL, nvml.GPM_METRIC_NVJPG_3_UTIL,
+		nvml.GPM_METRIC_NVJPG_4_UTIL, nvml.GPM_METRIC_NVJPG_5_UTIL, nvml.GPM_METRIC_NVJPG_6_UTIL, nvml.GPM_METRIC_NVJPG_7_UTIL,
+	}},
+	{"nvofa", []nvml.GpmMetricId{nvml.GPM_METRIC_NVOFA_0_UTIL, nvml.GPM_METRIC_NVOFA_1_UTIL}},
+}
+
+// gpmLinks are the capstan.gpu.io.throughput series: link, direction and the GPM metric (MiB/s).
+var gpmLinks = [...]struct {
+	link, direction string
+	metric          nvml.GpmMetricId
+}{
+	{"pcie", "transmit", nvml.GPM_METRIC_PCIE_TX_PER_SEC},
+	{"pcie", "receive", nvml.GPM_METRIC_PCIE_RX_PER_SEC},
+	{"nvlink", "transmit", nvml.GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC},
+	{"nvlink", "receive", nvml.GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC},
+}
+
+const bytesPerMiB = 1 << 20
+
+// gpm is one GPU's GPM state: two samples used in turn, the request NVML fills (built once:
+// it is large, 477 metric slots) and where each series' metrics sit in it.
+type gpm struct {
+	supported    *sample.Series
+	isSupported  bool
+	samples      [2]nvml.GpmSample
+	latest       int  // index of the sample taken last
+	havePrevious bool // samples[latest] holds a sample to compute from
+	request      nvml.GpmMetricsGetType
+	engine       [len(gpmEngines)]*sample.Series
+	engineSlots  [len(gpmEngines)][]int // indexes in request.Metrics
+	link         [len(gpmLinks)]*sample.Series
+	linkSlot     [len(gpmLinks)]int
+}
+
+// openGPM asks every GPU whether it has GPM and allocates two samples for those that do. A GPU
+// whose answer is "no" (or that cannot say) exports capstan.gpu.gpm.supported 0; one line says
+// which GPUs lack it.
+func (c *Collector) openGPM() {
+	if !c.profiling {
+		return // neither GPM metric is exported: nothing to sample
+	}
+	var without []int
+	for _, d := range c.devices {
+		if d.lost {
+			continue
+		}
+		g := &gpm{supported: d.base.With(metrics.GPUGPMSupported)}
+		d.gpm = g
+		support, ret := d.dev.GpmQueryDeviceSupport()
+		if ret != nvml.SUCCESS || support.IsSupportedDevice == 0 {
+			without = append(without, d.index)
+			continue
+		}
+		if !c.allocGPMSamples(d, g) {
+			without = append(without, d.index)
+			continue
+		}
+		g.isSupported = true
+		g.build(d.base)
+		// A first sample now, so that the first collection already has an interval.
+		if ret := d.dev.GpmSampleGet(g.samples[0]); ret == nvml.SUCCESS {
+			g.latest, g.havePrevious = 0, true
+		}
+	}
+	if len(without) > 0 {
+		c.log.Info("GPUs without GPM profiling metrics; exporting NVML utilisation for them", "gpus", without)
+	}
+}
+
+func (c *Collector) allocGPMSamples(d *device, g *gpm) bool {
+	for i := range g.samples {
+		s, ret := c.lib.GpmSampleAlloc()
+		if ret != nvml.SUCCESS {
+			c.log.Warn("allocating a GPM sample; no GPM metrics for this GPU", "gpu", d.index, "err", ret)
+			c.freeGPMSamples(g)
+			return false
+		}
+		g.samples[i] = s
+	}
+	return true
+}
+
+func (c *Collector) freeGPMSamples(g *gpm) {
+	for i, s := range g.samples {
+		if s == nil {
+			continue
+		}
+		if ret := s.Free(); ret != nvml.SUCCESS {
+			c.log.Debug("freeing a GPM sample", "err", ret)
+		}
+		g.samples[i] = nil
+	}
+}
+
+// closeGPM frees every GPU's samples.
+func (c *Collector) closeGPM() {
+	for _, d := range c.devices {
+		if d.gpm != nil {
+			c.freeGPMSamples(d.gpm)
+		}
+	}
+}
+
+// build lays out the request: every metric of every series once, in order.
+func (g *gpm) build(base *sample.Series) {
+	n := 0
+	add := func(id nvml.GpmMetricId) int {
+		g.request.Metrics[n].MetricId = uint32(id)
+		n++
+		return n - 1
+	}
+	for i, e := range gpmEngines {
+		g.engine[i] = base.With(metrics.GPUActivity, attribute.String(metrics.AttrGPUEngine, e.name))
+		for _, id := range e.metrics {
+			g.engineSlots[i] = append(g.engineSlots[i], add(id))
+		}
+	}
+	for i, l := range gpmLinks {
+		g.link[i] = base.With(metrics.GPUIOThroughput,
+			attribute.String(metrics.AttrGPULink, l.link), attribute.String(metrics.AttrIODirection, l.direction))
+		g.linkSlot[i] = add(l.metric)
+	}
+	g.request.NumMetrics = uint32(n)
+	g.request.Version = nvml.GPM_METRICS_GET_VERSION
+}
+
+// collectGPM takes this collection's sample and, when the previous one is there, exports the
+// metrics between the two.
+func (c *Collector) collectGPM(d *device, b *sample.Batch) {
+	g := d.gpm
+	if g == nil {
+		return
+	}
+	b.Add(g.supported, boolValue(g.isSupported))
+	if !g.isSupported || !d.want(probeGPMSample) {
+		return
+	}
+	next := 1 - g.latest
+	if ret := d.dev.GpmSampleGet(g.samples[next]); !c.ok(d, probeGPMSample, ret) {
+		g.havePrevious = false
+		return
+	}
+	previous, had := g.latest, g.havePrevious
+	g.latest, g.havePrevious = next, true
+	if !had || !d.want(probeGPMMetrics) {
+		return
+	}
+	g.request.Sample1, g.request.Sample2 = g.samples[previous], g.samples[next]
+	for i := range g.request.Metrics[:g.request.NumMetrics] {
+		g.request.Metrics[i].NvmlReturn = 0
+	}
+	if ret := c.lib.GpmMetricsGet(&g.request); !c.ok(d, probeGPMMetrics, ret) {
+		return
+	}
+	for i, slots := range g.engineSlots {
+		sum, n := 0.0, 0
+		for _, k := range slots {
+			m := &g.request.Metrics[k]
+			if nvml.Return(m.NvmlReturn) == nvml.SUCCESS {
+				sum += m.Value
+				n++
+			}
+		}
+		if n > 0 {
+			b.Add(g.engine[i], sum/float64(n)/100)
+		}
+	}
+	for i, k := range g.linkSlot {
+		if m := &g.request.Metrics[k]; nvml.Return(m.NvmlReturn) == nvml.SUCCESS {
+			b.Add(g.link[i], m.Value*bytesPerMiB)
+		}
+	}
+}

@@ -1,0 +1,129 @@
+package sim
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+)
+
+// The sim models the NVML calls the agent makes; go-nvml's interfaces have hundreds more. Each
+// of those comes from go-nvml's moq mocks, whose unset functions panic ("method is nil"). The
+// functions below set every unset one to answer as NVML does for something the board cannot
+// do: ERROR_NOT_SUPPORTED (ERROR_UNINITIALIZED before Init, ERROR_GPU_IS_LOST on a lost GPU)
+// and zero values. A library call that takes a handle (DeviceGetViolationStatus(dev, …))
+// forwards to the handle's method, as go-nvml's own library does, so the modelled device method
+// answers whichever way it is called.
+//
+// The mocks record each call they pass through, so an unmodelled call the agent made every
+// collection would grow memory: the agent's own calls must all be modelled, which a test of the
+// collector over the sim checks (no call reaches a mock).
+
+var returnType = reflect.TypeFor[nvml.Return]()
+
+// answerUnmodelled sets every nil XxxFunc field of the moq mock m points to. check returns what
+// NVML would say before looking at the call (SUCCESS when the call may proceed).
+func answerUnmodelled(m any, check func() nvml.Return) {
+	v := reflect.ValueOf(m).Elem()
+	t := v.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if f.Type.Kind() != reflect.Func || !strings.HasSuffix(f.Name, "Func") || !v.Field(i).IsNil() {
+			continue
+		}
+		name := strings.TrimSuffix(f.Name, "Func")
+		v.Field(i).Set(reflect.MakeFunc(f.Type, unmodelled(name, f.Type, check)))
+	}
+}
+
+// unmodelled answers one call of a function of type ft named name.
+func unmodelled(name string, ft reflect.Type, check func() nvml.Return) func([]reflect.Value) []reflect.Value {
+	return func(args []reflect.Value) []reflect.Value {
+		ret := check()
+		if ret == nvml.SUCCESS {
+			if out, ok := forward(name, ft, args); ok {
+				return out
+			}
+			ret = nvml.ERROR_NOT_SUPPORTED
+		}
+		return zeroResults(ft, ret)
+	}
+}
+
+// zeroResults are ft's results: zero values, and ret for every nvml.Return.
+func zeroResults(ft reflect.Type, ret nvml.Return) []reflect.Value {
+	out := make([]reflect.Value, ft.NumOut())
+	for i := range out {
+		out[i] = reflect.Zero(ft.Out(i))
+		if ft.Out(i) == returnType {
+			out[i] = reflect.ValueOf(ret)
+		}
+	}
+	return out
+}
+
+// handlePrefixes are the go-nvml library methods that take a handle first and call the handle's
+// method of the rest of the name (DeviceGetPowerUsage(dev) is dev.GetPowerUsage()).
+var handlePrefixes = []string{"Device", "GpmSample", "GpuInstance", "ComputeInstance", "VgpuInstance", "VgpuTypeId", "Unit", "EventSet"}
+
+// forward calls the method of the handle in args[0] that the library method name stands for,
+// when there is one with the same remaining parameters and results.
+func forward(name string, ft reflect.Type, args []reflect.Value) ([]reflect.Value, bool) {
+	if len(args) == 0 || ft.In(0).Kind() != reflect.Interface || args[0].IsNil() {
+		return nil, false
+	}
+	handle := args[0].Elem()
+	candidates := []string{name}
+	for _, p := range handlePrefixes {
+		if rest, ok := strings.CutPrefix(name, p); ok && rest != "" {
+			candidates = append([]string{rest}, candidates...)
+		}
+	}
+	for _, c := range candidates {
+		m := handle.MethodByName(c)
+		if !m.IsValid() || !sameTail(m.Type(), ft) {
+			continue
+		}
+		return m.Call(args[1:]), true
+	}
+	return nil, false
+}
+
+// sameTail reports whether method type m is fn without its first parameter.
+func sameTail(m, fn reflect.Type) bool {
+	if m.NumIn() != fn.NumIn()-1 || m.NumOut() != fn.NumOut() || m.IsVariadic() != fn.IsVariadic() {
+		return false
+	}
+	for i := range m.NumIn() {
+		if m.In(i) != fn.In(i+1) {
+			return false
+		}
+	}
+	for i := range m.NumOut() {
+		if m.Out(i) != fn.Out(i) {
+			return false
+		}
+	}
+	return true
+}
+
+// answerUnmodelledLibrary makes f's library calls that the sim does not model answer.
+func answerUnmodelledLibrary(f *Fleet) {
+	// Extensions is the one call with no nvml.Return to say "not supported" with.
+	f.ExtensionsFunc = func() nvml.ExtendedInterface {
+		return &mock.ExtendedInterface{LookupSymbolFunc: func(symbol string) error {
+			return fmt.Errorf("symbol %s: the simulated library has no symbols: %w", symbol, nvml.ERROR_NOT_SUPPORTED)
+		}}
+	}
+	answerUnmodelled(f.Interface, f.ready)
+}
+
+// ready is the check NVML makes before a library call.
+func (f *Fleet) ready() nvml.Return {
+	if !f.initialized() {
+		return nvml.ERROR_UNINITIALIZED
+	}
+	return nvml.SUCCESS
+}
