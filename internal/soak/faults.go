@@ -360,7 +360,9 @@ func killMidWrite(ctx context.Context, h *harness, a *agent, r *faultRecord) err
 		if s != nil {
 			last = s
 		}
-		time.Sleep(2 * time.Millisecond)
+		// Often enough to land between two GPUs' writes of one period, seldom enough that
+		// the harness does not take the CPU the agents' /metrics latency is measured on.
+		time.Sleep(10 * time.Millisecond)
 	}
 	_, crashed, err := a.kill(r.Kind)
 	if err != nil {
