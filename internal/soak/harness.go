@@ -58,6 +58,12 @@ type Config struct {
 
 type binaries struct{ capstan, capstanctl string }
 
+// MinAlertFor is the shortest `for:` a scaled rule gets. A rule's `for` is the margin it gives
+// the loop (CapstanNodeOverBudget's minute covers a budget cut's settling and a grant's way
+// through etcd, several seconds on a busy machine): scaled below this, an alert fires on what
+// the rule means to let pass.
+const MinAlertFor = 15 * time.Second
+
 type harness struct {
 	cfg    Config
 	bin    binaries
@@ -443,7 +449,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	// Prometheus, on the shipped rules with `for:` scaled to the run.
 	rules := filepath.Join(work, "capstan-rules.yaml")
-	h.alertScaled, err = scaleRules(filepath.Join(cfg.Repo, "deploy/prometheus/capstan-rules.yaml"), rules, cfg.AlertForScale, 2*time.Second)
+	h.alertScaled, err = scaleRules(filepath.Join(cfg.Repo, "deploy/prometheus/capstan-rules.yaml"), rules, cfg.AlertForScale, MinAlertFor)
 	if err != nil {
 		return nil, err
 	}

@@ -19,11 +19,11 @@ import (
 func TestScaleRules(t *testing.T) {
 	src := "../../deploy/prometheus/capstan-rules.yaml"
 	dst := filepath.Join(t.TempDir(), "rules.yaml")
-	scaled, err := scaleRules(src, dst, 0.1, 2*time.Second)
+	scaled, err := scaleRules(src, dst, 0.1, MinAlertFor)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if scaled["CapstanCollectorDown"] != "5m → 30s" || scaled["CapstanAgentDown"] != "2m → 12s" {
+	if scaled["CapstanCollectorDown"] != "5m → 30s" || scaled["CapstanAgentDown"] != "2m → 15s" {
 		t.Errorf("scaled %v", scaled)
 	}
 	type rule struct {
@@ -70,7 +70,7 @@ func TestScaleRules(t *testing.T) {
 		}
 		od, _ := model.ParseDuration(o.For)
 		gd, _ := model.ParseDuration(g.For)
-		want := max(time.Duration(od)/10, 2*time.Second)
+		want := max(time.Duration(od)/10, MinAlertFor)
 		if time.Duration(gd) != want {
 			t.Errorf("%s: for %s scaled to %s, want %v", name, o.For, g.For, want)
 		}
