@@ -124,9 +124,11 @@ func simFaultFor(ctx context.Context, a *agent, f simFault, d time.Duration) err
 
 func nvmlError(ctx context.Context, h *harness, a *agent, r *faultRecord) error {
 	code := h.pick(codes)
-	// Every power reading fails: the controller loses its measurement and goes to failsafe.
-	r.note("GetPowerUsage and GetFieldValues of every GPU answer %s for 25 s", code)
-	return simFaultFor(ctx, a, simFault{Kind: "error", GPU: -1, Calls: []string{"GetPowerUsage", "GetFieldValues"}, Code: code}, 25*time.Second)
+	// Every power reading fails: the controller loses its measurement and goes to failsafe,
+	// for longer than CapstanCappingFailsafe's `for`.
+	d := max(25*time.Second, h.alertFor("CapstanCappingFailsafe")+15*time.Second)
+	r.note("GetPowerUsage and GetFieldValues of every GPU answer %s for %v", code, d)
+	return simFaultFor(ctx, a, simFault{Kind: "error", GPU: -1, Calls: []string{"GetPowerUsage", "GetFieldValues"}, Code: code}, d)
 }
 
 func nvmlHang(ctx context.Context, h *harness, a *agent, r *faultRecord) error {
