@@ -188,9 +188,51 @@ func writeRefused(ctx context.Context, h *harness, a *agent, r *faultRecord) err
 	if err != nil {
 		return err
 	}
-	sleep(ctx, time.Until(until))
+	// The alert says "measured above budget": it is owed only if the node's draw (the device
+	// state) stayed above its grant (etcd) for the alert's `for` — a group with headroom may
+	// grant the node what it now draws.
+	need := h.alertFor("CapstanNodeOverBudget") + 5*time.Second
+	var over, longest time.Duration
+	for time.Now().Before(until) && ctx.Err() == nil {
+		s, grant := h.readState(a), h.grantW(a.name)
+		if s != nil && grant > 0 && s.SumPowerW() > grant+devstate.ToleranceW {
+			over += 500 * time.Millisecond
+			longest = max(longest, over)
+		} else {
+			over = 0
+		}
+		sleep(ctx, 500*time.Millisecond)
+	}
+	if longest < need {
+		r.note("the node's draw stayed above its grant for %v at most, less than %v: CapstanNodeOverBudget not owed", longest, need)
+		r.Alert = ""
+	} else {
+		r.note("the node's draw stayed above its grant for %v", longest)
+	}
 	_ = a.faults.remove(reload)
 	return a.faults.remove(refuse)
+}
+
+// grantW reads a node's grant from etcd (0 when unknown).
+func (h *harness) grantW(node string) float64 {
+	cli, err := h.etcd.client()
+	if err != nil {
+		return 0
+	}
+	defer func() { _ = cli.Close() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, "/capstan/v1/groups/"+h.group+"/grants/"+node)
+	if err != nil || len(resp.Kvs) == 0 {
+		return 0
+	}
+	var g struct {
+		Watts float64 `json:"watts"`
+	}
+	if json.Unmarshal(resp.Kvs[0].Value, &g) != nil {
+		return 0
+	}
+	return g.Watts
 }
 
 func driverReload(ctx context.Context, h *harness, a *agent, r *faultRecord) error {
