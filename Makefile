@@ -34,7 +34,7 @@ RUN_FLAGS ?= --gpu.backend=sim --gpu.sim.model=H100 --gpu.sim.count=8 --gpu.sim.
              --web.listen-address=127.0.0.1:9400 --summary.interval=5s --collector.workload \
              --capping.enabled --budget.watts=3920 --capping.state-file=bin/capping-state.json
 
-.PHONY: hwcheck all build run test test-short bench bench-cluster lint fmt generate docs vmlinux clean tools promtool packages image
+.PHONY: hwcheck all build run test test-short bench bench-cluster lint fmt generate docs vmlinux clean tools promtool prometheus packages image soak
 
 all: build
 
@@ -107,6 +107,27 @@ promtool: $(PROMTOOL)
 # Built as its releases are (static, no cgo), from the module proxy.
 $(NODE_EXPORTER):
 	GOBIN=$(TOOLS_BIN) CGO_ENABLED=0 $(GO) install github.com/prometheus/node_exporter@$(NODE_EXPORTER_VERSION)
+
+# The Prometheus server of the same module, which `make soak` starts: it scrapes the agents and
+# evaluates deploy/prometheus's rules. Built once, like promtool.
+PROMETHEUS := $(TOOLS_BIN)/prometheus
+
+$(PROMETHEUS):
+	GOBIN=$(TOOLS_BIN) CGO_ENABLED=0 $(GO) install -tags remove_all_sd github.com/prometheus/prometheus/cmd/prometheus@$(PROMTOOL_VERSION)
+
+prometheus: $(PROMETHEUS)
+
+# The chaos soak (docs/soak.md): real agents, a 3-member etcd cluster, the OTel Collector's
+# receiver and Prometheus, every fault kind on a seeded schedule, invariants checked from the
+# outside. SOAK is the whole run's length (SOAK=1h by hand), SOAK_SEED the schedule's seed;
+# soak-report.json, soak.png and the logs go to SOAK_OUT. Fails on any violation.
+SOAK      ?= 5m
+SOAK_SEED ?= 1
+SOAK_OUT  ?= bin/soak-out
+
+soak: $(PROMETHEUS)
+	$(GO) build -o bin/soak ./internal/soak/cmd/soak
+	./bin/soak -duration=$(SOAK) -seed=$(SOAK_SEED) -out=$(SOAK_OUT) -prometheus=$(PROMETHEUS)
 
 tools: $(GOLANGCI_LINT) $(PROMTOOL)
 
