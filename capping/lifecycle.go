@@ -220,3 +220,54 @@ func (c *Controller) Stop(how Exit) error {
 	c.log.Info("capping stopped: GPU limits left in place", "state_file", c.set.StateFile)
 	return nil
 }
+
+// RestoreFromState writes back the original limits the state file holds and removes it, without
+// capping and without saving anything first. It is the way out of an agent whose configuration
+// did not start again after a reload held the limits: a state file that cannot be written (a
+// full disk) must not keep the GPUs at the held limits. The originals go back within the
+// source's leave bound, as Stop's do; the file is kept (marked clean where it can be written)
+// when not every original went back.
+func (c *Controller) RestoreFromState() error {
+	if c.set.DryRun {
+		return nil
+	}
+	takenOver, err := lockState(c.set.StateFile)
+	if err != nil {
+		return fmt.Errorf("capping: not restoring: %w", err)
+	}
+	defer unlockState(c.set.StateFile, false)
+	_ = takenOver // the hand-over of a reload ends here: nothing takes it after this
+	st, err := ReadState(c.set.StateFile)
+	if err != nil {
+		return err
+	}
+	if st == nil {
+		return fmt.Errorf("capping: no state file %s to restore the original limits from", c.set.StateFile)
+	}
+	for _, g := range c.gpus {
+		g.originalMW = g.requestedMW
+		c.takeOriginal(g, st)
+	}
+	seen := map[string]bool{}
+	for _, o := range st.GPUs {
+		if !c.namesGPU(o.UUID) && !seen[o.UUID] {
+			seen[o.UUID] = true
+			c.others = append(c.others, o) // kept in the file for the GPUs this agent does not cap
+		}
+	}
+	complete, err := c.restoreWithin(c.leaveWatts())
+	if err != nil {
+		return fmt.Errorf("capping: restoring the original limits (state file %s kept for the next start): %w", c.set.StateFile, err)
+	}
+	if !complete || len(c.others) > 0 {
+		if err := c.saveState(true); err != nil {
+			c.log.Warn("capping: original limits restored as far as allowed; the state file could not be marked clean", "state_file", c.set.StateFile, "err", err)
+		}
+		return nil
+	}
+	if err := os.Remove(c.set.StateFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("capping: removing state file: %w", err)
+	}
+	c.log.Info("capping stopped: original GPU limits restored from the state file", "state_file", c.set.StateFile)
+	return nil
+}

@@ -244,3 +244,34 @@ func TestFailedReloadKeepsTheLock(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// When a reload held the limits and no configuration starts again (the state file's disk is
+// full, say), the agent's way out writes the originals back without saving anything first:
+// a full disk must not leave the GPUs at the limits the reload held.
+func TestRestoreFromStateOnAFullDisk(t *testing.T) {
+	r := newRig(t, "steady", 4, 1200, nil)
+	r.run(20 * time.Second) // caps the GPUs well below their 700 W originals
+	if err := r.c.Stop(ExitHold); err != nil {
+		t.Fatal(err)
+	}
+	held := r.requested()
+	writeState = func(string, *State) error { return syscall.ENOSPC }
+	t.Cleanup(func() { writeState = WriteState })
+	if err := r.newController().Start(); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("Start with a failing save: %v, want the save's error", err)
+	}
+	if err := r.newController().RestoreFromState(); err != nil {
+		t.Fatalf("RestoreFromState on a full disk: %v", err)
+	}
+	for i, l := range r.requested() {
+		if l != 700 {
+			t.Errorf("GPU %d limit %v W after the restore (held at %v W), want its original 700", i, l, held[i])
+		}
+	}
+	if _, err := os.Stat(r.set.StateFile); !os.IsNotExist(err) {
+		t.Errorf("the state file is still there after a complete restore: %v", err)
+	}
+	if out := tryLockElsewhere(t, r.set.StateFile); strings.Contains(out, "in use") {
+		t.Errorf("the state file stays locked after the restore: %s", out)
+	}
+}

@@ -194,10 +194,9 @@ func restoreHeld(cfg *config.Config, clk clock.Clock, log *slog.Logger) {
 	ctl, err := capping.New(capping.Options{Settings: capping.SettingsFrom(cfg), Lib: backend.Lib, Budget: src,
 		Store: sample.NewStore(), Log: log, Now: clk.Now})
 	if err == nil {
-		err = ctl.Start()
-	}
-	if err == nil {
-		err = ctl.Stop(capping.ExitConfigured)
+		// Nothing is saved first: the held limits go back even when the state file's disk
+		// is full, which may be why no configuration started.
+		err = ctl.RestoreFromState()
 	}
 	if err != nil {
 		fail(err)
