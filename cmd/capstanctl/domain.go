@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,12 +46,9 @@ domain with --etcd.domain=PATH; grants under every domain stay within its limit.
 		Short: "Set a domain's limit (its parent must exist; refused below what its nodes need at least)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			w, err := strconv.ParseFloat(args[1], 64)
-			if err != nil || math.IsNaN(w) || math.IsInf(w, 0) || w <= 0 {
-				return fmt.Errorf("WATTS %q: not a positive finite number of watts", args[1])
-			}
-			if w < cluster.MinBudgetW {
-				return fmt.Errorf("WATTS %q: below %d W; a domain limit is a number of watts (1e3, not 1e-3)", args[1], cluster.MinBudgetW)
+			w, err := parseWatts(args[1], "domain limit")
+			if err != nil {
+				return err
 			}
 			return g.withPath(args[0], func(ctx context.Context, c *clientv3.Client, k cluster.Keys, rel string) error {
 				rec := cluster.DomainRecord{LimitW: w, GuardBand: guard, Priority: prio, SetBy: who(g), SetAt: time.Now().UTC(), Reason: reason}

@@ -111,6 +111,19 @@ func newRoot(out, errOut io.Writer) *cobra.Command {
 	return root
 }
 
+// parseWatts reads a WATTS argument: a positive finite number of at least cluster.MinBudgetW;
+// what names the quantity in the error (a group budget, a domain limit).
+func parseWatts(arg, what string) (float64, error) {
+	w, err := strconv.ParseFloat(arg, 64)
+	if err != nil || math.IsNaN(w) || math.IsInf(w, 0) || w <= 0 {
+		return 0, fmt.Errorf("WATTS %q: not a positive finite number of watts", arg)
+	}
+	if w < cluster.MinBudgetW {
+		return 0, fmt.Errorf("WATTS %q: below %d W; a %s is a number of watts (1e3, not 1e-3)", arg, cluster.MinBudgetW, what)
+	}
+	return w, nil
+}
+
 func budgetCmd(g *globals, out io.Writer) *cobra.Command {
 	b := &cobra.Command{Use: "budget", Short: "Set, read and list a group's power budget"}
 	var floor float64
@@ -120,12 +133,9 @@ func budgetCmd(g *globals, out io.Writer) *cobra.Command {
 		Short: "Set a group's budget (refused below what its nodes need at least)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			w, err := strconv.ParseFloat(args[1], 64)
-			if err != nil || math.IsNaN(w) || math.IsInf(w, 0) || w <= 0 {
-				return fmt.Errorf("WATTS %q: not a positive finite number of watts", args[1])
-			}
-			if w < cluster.MinBudgetW {
-				return fmt.Errorf("WATTS %q: below %d W; a group budget is a number of watts (1e3, not 1e-3)", args[1], cluster.MinBudgetW)
+			w, err := parseWatts(args[1], "group budget")
+			if err != nil {
+				return err
 			}
 			return g.with(args[0], func(ctx context.Context, c *clientv3.Client, k cluster.Keys) error {
 				rec := cluster.BudgetRecord{Watts: w, FloorPerNodeW: floor, SetBy: who(g), SetAt: time.Now().UTC(), Reason: reason}
