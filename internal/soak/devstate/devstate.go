@@ -72,50 +72,31 @@ func Parse(name string, raw []byte) (*State, error) {
 	return &s, nil
 }
 
-// SumEnforcedW is the sum of the enforced limits of the present GPUs, in watts.
-func (s *State) SumEnforcedW() float64 {
+// sumPresentW sums one milliwatt field over the present GPUs, in watts.
+func (s *State) sumPresentW(field func(*GPU) int64) float64 {
 	var mw int64
-	for _, g := range s.GPUs {
-		if g.Present {
-			mw += g.EnforcedMW
+	for i := range s.GPUs {
+		if s.GPUs[i].Present {
+			mw += field(&s.GPUs[i])
 		}
 	}
 	return float64(mw) / 1000
+}
+
+// SumEnforcedW is the sum of the enforced limits of the present GPUs, in watts.
+func (s *State) SumEnforcedW() float64 {
+	return s.sumPresentW(func(g *GPU) int64 { return g.EnforcedMW })
 }
 
 // SumLimitW is the sum of the power-management limits of the present GPUs, in watts.
-func (s *State) SumLimitW() float64 {
-	var mw int64
-	for _, g := range s.GPUs {
-		if g.Present {
-			mw += g.LimitMW
-		}
-	}
-	return float64(mw) / 1000
-}
+func (s *State) SumLimitW() float64 { return s.sumPresentW(func(g *GPU) int64 { return g.LimitMW }) }
 
 // SumPowerW is the present GPUs' summed instant draw, in watts.
-func (s *State) SumPowerW() float64 {
-	var mw int64
-	for _, g := range s.GPUs {
-		if g.Present {
-			mw += g.PowerMW
-		}
-	}
-	return float64(mw) / 1000
-}
+func (s *State) SumPowerW() float64 { return s.sumPresentW(func(g *GPU) int64 { return g.PowerMW }) }
 
 // SumMinW is the sum of the present GPUs' minimum limits, in watts: no budget below it can be
 // held by any limit.
-func (s *State) SumMinW() float64 {
-	var mw int64
-	for _, g := range s.GPUs {
-		if g.Present {
-			mw += g.MinMW
-		}
-	}
-	return float64(mw) / 1000
-}
+func (s *State) SumMinW() float64 { return s.sumPresentW(func(g *GPU) int64 { return g.MinMW }) }
 
 // OutOfConstraints describes every present GPU whose limit or enforced limit lies outside its
 // constraints; nil when none does.
