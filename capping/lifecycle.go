@@ -62,13 +62,7 @@ func (c *Controller) start() error {
 		}
 	}
 	if st != nil {
-		seen := map[string]bool{}
-		for _, o := range st.GPUs {
-			if !c.namesGPU(o.UUID) && !seen[o.UUID] {
-				seen[o.UUID] = true
-				c.others = append(c.others, o)
-			}
-		}
+		c.keepOthers(st)
 	}
 	switch {
 	case st == nil:
@@ -97,6 +91,18 @@ func (c *Controller) start() error {
 	// The bounds are known before the first period: a source can register the node now.
 	c.report(c.now(), false)
 	return nil
+}
+
+// keepOthers keeps the state file's originals of GPUs this controller does not cap, so that
+// every later save carries them on.
+func (c *Controller) keepOthers(st *State) {
+	seen := map[string]bool{}
+	for _, o := range st.GPUs {
+		if !c.namesGPU(o.UUID) && !seen[o.UUID] {
+			seen[o.UUID] = true
+			c.others = append(c.others, o)
+		}
+	}
 }
 
 // takeOriginal sets g's original limit from the state file, unless what the file holds for it
@@ -248,13 +254,7 @@ func (c *Controller) RestoreFromState() error {
 		g.originalMW = g.requestedMW
 		c.takeOriginal(g, st)
 	}
-	seen := map[string]bool{}
-	for _, o := range st.GPUs {
-		if !c.namesGPU(o.UUID) && !seen[o.UUID] {
-			seen[o.UUID] = true
-			c.others = append(c.others, o) // kept in the file for the GPUs this agent does not cap
-		}
-	}
+	c.keepOthers(st)
 	complete, err := c.restoreWithin(c.leaveWatts())
 	if err != nil {
 		return fmt.Errorf("capping: restoring the original limits (state file %s kept for the next start): %w", c.set.StateFile, err)
