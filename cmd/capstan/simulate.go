@@ -34,13 +34,16 @@ func newSimulateCommand() *cobra.Command {
 			return runSimulator(path, args)
 		},
 	}
-	// `capstan help simulate` shows the simulator's own help, as `capstan simulate --help` does.
+	// `capstan help simulate` shows the simulator's own help, as `capstan simulate --help` does;
+	// without the simulator, what simulate is and why it cannot run, with simulate's exit status.
 	cmd.SetHelpFunc(func(c *cobra.Command, _ []string) {
 		path, err := findSimulator()
 		if err == nil {
 			err = runSimulator(path, []string{"--help"})
 		}
-		fmt.Fprintf(c.OutOrStdout(), "%s\n\ncapstan: %v\n", c.Long, err)
+		fmt.Fprintln(c.OutOrStdout(), c.Long)
+		fmt.Fprintln(c.ErrOrStderr(), "capstan:", err)
+		os.Exit(exitUsage)
 	})
 	return cmd
 }
@@ -60,9 +63,13 @@ func findSimulator() (string, error) {
 	if path, err := exec.LookPath(simulator); err == nil {
 		return path, nil
 	}
+	path := os.Getenv("PATH")
+	if path == "" {
+		path = "empty"
+	}
 	return "", fmt.Errorf("simulate runs the %s program, which is not installed: %s, and none on $PATH (%s). "+
 		"`make build` builds it into bin/ beside bin/capstan (package ./cmd/%s); the capstan RPM and DEB packages "+
-		"and the container image install it as /usr/bin/%s", simulator, looked, os.Getenv("PATH"), simulator, simulator)
+		"and the container image install it as /usr/bin/%s", simulator, looked, path, simulator, simulator)
 }
 
 // runSimulator replaces this process with the simulator: its exit status, its output and the

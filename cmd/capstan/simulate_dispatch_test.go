@@ -147,6 +147,12 @@ func TestSimulateWithoutTheSimulator(t *testing.T) {
 		}
 	}
 
+	// capstan help simulate says the same.
+	out, errOut, code = run(emptyDir, "help", "simulate")
+	if code != 2 || !strings.Contains(out, "capstan-simulate") || !strings.Contains(errOut, "make build") {
+		t.Errorf("help simulate: exit %d, stdout %q, stderr %q; want what simulate is, the error, exit 2", code, out, errOut)
+	}
+
 	// On $PATH it is found there.
 	out, errOut, code = run(emptyDir+":"+filepath.Dir(binary), "simulate", "--help")
 	if code != 0 || !strings.Contains(out, "Usage:\n  capstan simulate [flags]") {
