@@ -38,7 +38,8 @@ RUN_FLAGS ?= --gpu.backend=sim --gpu.sim.model=H100 --gpu.sim.count=8 --gpu.sim.
 
 all: build
 
-# Every command under cmd/ that has Go files: capstan and capstanctl.
+# Every command under cmd/ that has Go files: capstan, capstanctl and capstan-simulate (the
+# what-if simulator, which `capstan simulate` runs from beside capstan).
 CMDS := $(sort $(notdir $(patsubst %/,%,$(dir $(wildcard cmd/*/*.go)))))
 
 build:
@@ -82,10 +83,11 @@ generate:
 
 # The pictures in docs/, drawn from simulated runs on a simulated clock with fixed seeds: the
 # same code gives the same bytes, so CI regenerates them and checks that they are committed.
-# docs/simulate.png is what `capstan simulate --plot` draws, with the README's example.
+# docs/simulate.png is what `capstan simulate --plot` draws, with the README's example
+# (capstan-simulate is the program `capstan simulate` runs).
 docs:
 	$(GO) run ./capping/simulation/gen -o docs
-	$(GO) run ./cmd/capstan simulate --gpu.sim.trace=imbalanced --budget.watts=3360 --duration=1h \
+	$(GO) run ./cmd/capstan-simulate --gpu.sim.trace=imbalanced --budget.watts=3360 --duration=1h \
 		--budget.step=30m:2352 --plot docs/simulate.png >/dev/null
 
 # bpf/vmlinux.h comes from a kernel's BTF and is committed; `make generate` (clang, llvm and

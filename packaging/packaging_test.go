@@ -176,8 +176,10 @@ func wantFiles(packager string) map[string]file {
 		"/usr/share/doc/capstan/examples/capstan.yaml":        {mode: 0o644},
 		"/usr/share/doc/capstan/examples/telemetry-only.conf": {mode: 0o644},
 	}
-	if hasGoFiles("../cmd/capstanctl") {
-		w["/usr/bin/capstanctl"] = file{mode: 0o755}
+	for _, cmd := range []string{"capstanctl", "capstan-simulate"} {
+		if hasGoFiles("../cmd/" + cmd) {
+			w["/usr/bin/"+cmd] = file{mode: 0o755}
+		}
 	}
 	if packager == "deb" {
 		w["/lib/systemd/system/capstan.service"] = file{mode: 0o644}
@@ -383,6 +385,10 @@ func installDeb(t *testing.T, pkg string) {
 	if out := run(t, "/usr/bin/capstan", "version"); !strings.HasPrefix(out, "capstan ") {
 		t.Errorf("capstan version printed %q", out)
 	}
+	// capstan simulate runs the capstan-simulate the package installs beside it.
+	if out := run(t, "/usr/bin/capstan", "simulate", "--gpu.sim.count=2", "--budget.watts=1000", "--duration=1m", "--json"); !strings.Contains(out, `"throughput_vs_static_pct"`) {
+		t.Errorf("capstan simulate --json printed %q", out)
+	}
 	run(t, "systemd-analyze", "verify", "/lib/systemd/system/capstan.service")
 	if fi, err := os.Stat("/var/lib/capstan"); err != nil || fi.Mode().Perm() != 0o750 {
 		t.Errorf("/var/lib/capstan: %v, mode %v; want a 0750 directory", err, fi)
@@ -447,7 +453,7 @@ func installDeb(t *testing.T, pkg string) {
 
 	run(t, "dpkg", "-P", "capstan")
 	purged = true
-	for _, p := range []string{"/usr/bin/capstan", "/etc/capstan", "/var/lib/capstan", wants, "/lib/systemd/system/capstan.service"} {
+	for _, p := range []string{"/usr/bin/capstan", "/usr/bin/capstan-simulate", "/etc/capstan", "/var/lib/capstan", wants, "/lib/systemd/system/capstan.service"} {
 		if _, err := os.Lstat(p); err == nil {
 			t.Errorf("%s is still there after dpkg -P", p)
 		}

@@ -115,7 +115,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	}
 
 	root.AddCommand(newCollectCommand(resolve, stdout, stderr), newConfigCommand(stdout), newVersionCommand(stdout))
-	root.AddCommand(newSimulateCommand(resolve, stdout, stderr))
+	root.AddCommand(newSimulateCommand())
 	usageArgs(root)
 	return root
 }

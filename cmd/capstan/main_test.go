@@ -30,7 +30,9 @@ import (
 // binary is the capstan binary built once for the end-to-end tests.
 var binary string
 
-func TestMain(m *testing.M) { testkit.MainWithBinary(m, ".", "capstan", &binary) }
+func TestMain(m *testing.M) {
+	testkit.MainWithBinary(m, ".", "capstan", &binary, "../capstan-simulate")
+}
 
 // simFlags run the agent on the simulated fleet, with nothing listening unless a test asks.
 var simFlags = []string{"--gpu.backend=sim", "--gpu.sim.count=2", "--web.listen-address="}

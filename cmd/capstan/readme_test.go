@@ -11,6 +11,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/capstan-power/capstan/internal/simcmd"
 )
 
 // The README is what a new user follows from a fresh clone: its Go version is go.mod's, its
@@ -29,13 +31,22 @@ func TestReadme(t *testing.T) {
 	}
 
 	root := newRootCommand(io.Discard, io.Discard)
+	// capstan simulate hands its arguments to capstan-simulate, which parses them: a README line
+	// `bin/capstan simulate …` is checked against the simulator's commands and flags.
+	simulator := simcmd.NewRootCommand(io.Discard, io.Discard)
 	for _, line := range shellLines(readme) {
 		words := strings.Fields(line)
 		switch words[0] {
-		case "capstan", "capstanctl":
+		case "capstan", "capstanctl", "capstan-simulate":
 			t.Errorf("README command %q: a checkout has bin/%s (make build), not %s on the PATH", line, words[0], words[0])
 		case "bin/capstan":
+			if cmd, _, err := root.Find(words[1:]); err == nil && cmd.Name() == "simulate" {
+				checkCommandLine(t, simulator, line, words[1:])
+				continue
+			}
 			checkCommandLine(t, root, line, words[1:])
+		case "bin/capstan-simulate":
+			checkCommandLine(t, simulator, line, append([]string{"simulate"}, words[1:]...))
 		}
 	}
 
@@ -43,11 +54,13 @@ func TestReadme(t *testing.T) {
 		// capstanctl's own flags, which this binary lacks.
 		"reason": true,
 	}
-	walkCommands(root, func(c *cobra.Command) {
-		for _, fs := range []*pflag.FlagSet{c.Flags(), c.PersistentFlags()} {
-			fs.VisitAll(func(f *pflag.Flag) { known[f.Name] = true })
-		}
-	})
+	for _, r := range []*cobra.Command{root, simulator} {
+		walkCommands(r, func(c *cobra.Command) {
+			for _, fs := range []*pflag.FlagSet{c.Flags(), c.PersistentFlags()} {
+				fs.VisitAll(func(f *pflag.Flag) { known[f.Name] = true })
+			}
+		})
+	}
 	for _, m := range regexp.MustCompile("`[^`]*`").FindAllString(readme, -1) {
 		for _, flag := range regexp.MustCompile(`(?:^|[\s\x60])--([a-z][a-z0-9.<>-]*)`).FindAllStringSubmatch(m, -1) {
 			name := strings.ReplaceAll(flag[1], "<name>", "gpu")
@@ -60,9 +73,9 @@ func TestReadme(t *testing.T) {
 
 	// The picture under the simulate example is what that example draws: make docs runs it.
 	makefile := strings.ReplaceAll(mustReadFile(t, "../../Makefile"), "\\\n", " ")
-	recipe := regexp.MustCompile(`(?m)^\t\$\(GO\) run \./cmd/capstan (simulate .*--plot docs/simulate\.png)`).FindStringSubmatch(makefile)
+	recipe := regexp.MustCompile(`(?m)^\t\$\(GO\) run \./cmd/capstan-simulate (.*--plot docs/simulate\.png)`).FindStringSubmatch(makefile)
 	if recipe == nil {
-		t.Fatal("the Makefile's docs target does not draw docs/simulate.png with capstan simulate")
+		t.Fatal("the Makefile's docs target does not draw docs/simulate.png with capstan-simulate")
 	}
 	var example string
 	for _, line := range shellLines(readme) {
@@ -70,7 +83,7 @@ func TestReadme(t *testing.T) {
 			example = strings.TrimPrefix(line, "bin/capstan ")
 		}
 	}
-	if withoutPlot(example) != withoutPlot(recipe[1]) {
+	if withoutPlot(example) != withoutPlot("simulate "+recipe[1]) {
 		t.Errorf("the README's simulate example %q is not what make docs draws docs/simulate.png with: %q", example, recipe[1])
 	}
 

@@ -1,4 +1,4 @@
-package main
+package simcmd
 
 import (
 	"encoding/json"
