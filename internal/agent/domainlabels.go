@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/capstan-power/capstan/internal/config"
 	"github.com/capstan-power/capstan/internal/kubenode"
@@ -39,11 +41,38 @@ func resolveDomain(ctx context.Context, cfg *config.Config, labels NodeLabels, l
 	if err != nil {
 		return fail(err)
 	}
-	p, err := kubenode.DomainPath(e.Group, config.DomainLabelKeys(e.DomainLabels), cfg.Node.Name, l)
+	p, err := domainPath(e.Group, config.DomainLabelKeys(e.DomainLabels), cfg.Node.Name, l)
 	if err != nil {
 		return fail(err)
 	}
 	e.Domain = p
 	log.Info("power domain from the node's labels", "node", cfg.Node.Name, "labels", e.DomainLabels, "domain", p)
 	return nil
+}
+
+// domainPath is the power domain path of a node: group, then the values of the label keys in
+// order (etcd.domain-labels). Label values cannot hold "/", so each label is one level of the
+// electrical tree (hall, row, rack) rather than one label holding an encoded path.
+func domainPath(group string, keys []string, node string, labels map[string]string) (string, error) {
+	segs := []string{group}
+	for _, k := range keys {
+		v, ok := labels[k]
+		switch {
+		case !ok:
+			return "", fmt.Errorf("no label %s on Node %s, which etcd.domain-labels needs: label it "+
+				"(kubectl label node %s %s=VALUE) or leave it out of etcd.domain-labels", k, node, node, k)
+		case v == "":
+			return "", fmt.Errorf("label %s on Node %s is empty: give it the name of its power domain "+
+				"(kubectl label --overwrite node %s %s=VALUE)", k, node, node, k)
+		}
+		if err := config.ValidName(v); err != nil || v == "." || v == ".." {
+			return "", fmt.Errorf("label %s=%s on Node %s is not one level of a domain path (allowed: letters, digits, - _ . :, no /)", k, v, node)
+		}
+		segs = append(segs, v)
+	}
+	p := strings.Join(segs, "/")
+	if err := config.ValidDomainPath(p); err != nil {
+		return "", fmt.Errorf("labels %s on Node %s give %q, not a domain path: %w", strings.Join(keys, ","), node, p, err)
+	}
+	return p, nil
 }

@@ -335,9 +335,9 @@ func TestMovesInPlace(t *testing.T) {
 		{"another group", func(c *config.Config) { c.Etcd.Domain = "hall2/rackA" }, false},
 		{"and the endpoints", func(c *config.Config) { c.Etcd.Domain, c.Etcd.Endpoints = "site/rackB", "http://127.0.0.2:2379" }, false},
 		{"and the priority", func(c *config.Config) { c.Etcd.Domain, c.Etcd.Priority = "site/rackB", 5 }, false},
-		{"and the lease TTL", func(c *config.Config) { c.Etcd.Domain, c.Etcd.LeaseTTL = "site/rackB", 20 * time.Second }, false},
+		{"and the lease TTL", func(c *config.Config) { c.Etcd.Domain, c.Etcd.LeaseTTL = "site/rackB", 20*time.Second }, false},
 		{"and the CA", func(c *config.Config) { c.Etcd.Domain, c.Etcd.TLS.CAFile = "site/rackB", "/etc/ca.pem" }, false},
-		{"and the period", func(c *config.Config) { c.Etcd.Domain, c.Capping.Period = "site/rackB", 2 * time.Second }, false},
+		{"and the period", func(c *config.Config) { c.Etcd.Domain, c.Capping.Period = "site/rackB", 2*time.Second }, false},
 		{"and the node", func(c *config.Config) { c.Etcd.Domain, c.Node.Name = "site/rackB", "gpu-2" }, false},
 		{"to a static budget", func(c *config.Config) { c.Etcd.Domain, c.Budget.Source = "site/rackB", "static" }, false},
 		{"with capping off", func(c *config.Config) { c.Etcd.Domain, c.Capping.Enabled = "site/rackB", false }, false},
@@ -379,9 +379,9 @@ func TestResolveDomain(t *testing.T) {
 		want   []string
 	}{
 		{labelled(map[string]string{"capstan.io/row": "row3"}, nil),
-			[]string{`etcd.domain-labels: "capstan.io/row,capstan.io/rack" gives no power domain for node gpu-1`, "has no label capstan.io/rack", "kubectl label node gpu-1 capstan.io/rack=VALUE"}},
+			[]string{`etcd.domain-labels: "capstan.io/row,capstan.io/rack" gives no power domain for node gpu-1`, "no label capstan.io/rack on Node gpu-1", "kubectl label node gpu-1 capstan.io/rack=VALUE"}},
 		{labelled(map[string]string{"capstan.io/row": "row3", "capstan.io/rack": "rack:12/a"}, nil),
-			[]string{"label capstan.io/rack=rack:12/a is not one level of a domain path"}},
+			[]string{"label capstan.io/rack=rack:12/a on Node gpu-1 is not one level of a domain path"}},
 		{labelled(nil, errors.New("reading Node gpu-1: forbidden (403)")), []string{"gives no power domain for node gpu-1: reading Node gpu-1: forbidden (403)"}},
 	} {
 		c := mk()
@@ -400,5 +400,41 @@ func TestResolveDomain(t *testing.T) {
 	c.Budget.Source = "static"
 	if err := resolveDomain(context.Background(), c, labelled(nil, errors.New("must not be called")), log); err != nil || c.Etcd.Domain != "" {
 		t.Errorf("static budget: %v, domain %q", err, c.Etcd.Domain)
+	}
+}
+
+// The labels' values, in order, below the group; every way they can fail to be a path.
+func TestDomainPath(t *testing.T) {
+	keys := []string{"capstan.io/row", "capstan.io/rack"}
+	for _, tc := range []struct {
+		labels map[string]string
+		want   string // the path, or a part of the error
+		ok     bool
+	}{
+		{map[string]string{"capstan.io/row": "row3", "capstan.io/rack": "rack12"}, "site/row3/rack12", true},
+		{map[string]string{"capstan.io/row": "row.3", "capstan.io/rack": "r_12-a"}, "site/row.3/r_12-a", true},
+		{map[string]string{"capstan.io/row": "row3"}, "no label capstan.io/rack on Node gpu-17, which etcd.domain-labels needs: label it (kubectl label node gpu-17 capstan.io/rack=VALUE)", false},
+		{map[string]string{"capstan.io/row": "", "capstan.io/rack": "rack12"}, "label capstan.io/row on Node gpu-17 is empty", false},
+		{map[string]string{"capstan.io/row": "row 3", "capstan.io/rack": "rack12"}, `label capstan.io/row=row 3 on Node gpu-17 is not one level`, false},
+		{nil, "no label capstan.io/row on Node gpu-17", false},
+		{map[string]string{"capstan.io/row": "row3", "capstan.io/rack": "a/b"}, "label capstan.io/rack=a/b on Node gpu-17 is not one level of a domain path", false},
+	} {
+		got, err := domainPath("site", keys, "gpu-17", tc.labels)
+		switch {
+		case tc.ok && (err != nil || got != tc.want):
+			t.Errorf("%v: %q, %v; want %q", tc.labels, got, err, tc.want)
+		case !tc.ok && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%v: %q, %v; want an error with %q", tc.labels, got, err, tc.want)
+		}
+	}
+	// Deeper than a domain path may be.
+	many := map[string]string{}
+	var deep []string
+	for _, k := range []string{"a", "b", "c", "d", "e", "f", "g", "h"} {
+		many[k] = k
+		deep = append(deep, k)
+	}
+	if _, err := domainPath("site", deep, "gpu-17", many); err == nil || !strings.Contains(err.Error(), "9 levels") {
+		t.Errorf("9 levels: %v", err)
 	}
 }

@@ -1,6 +1,6 @@
 // Package kubenode reads the agent's own Node from the Kubernetes API server with the pod's
-// service account, and turns the Node's topology labels into a power domain path
-// (etcd.domain-labels). It speaks plain HTTPS: client-go would add megabytes to an agent whose
+// service account, for the labels that give its power domain (etcd.domain-labels; the agent
+// turns them into a path). It speaks plain HTTPS: client-go would add megabytes to an agent whose
 // memory is a target, for one GET.
 package kubenode
 
@@ -18,8 +18,6 @@ import (
 	"os"
 	"strings"
 	"time"
-
-	"github.com/capstan-power/capstan/internal/config"
 )
 
 // The service account's files, as the kubelet mounts them into every pod that automounts them.
@@ -144,33 +142,7 @@ func (c Client) httpClient() (*http.Client, error) {
 	if !pool.AppendCertsFromPEM(pem) {
 		return nil, fmt.Errorf("the API server's CA file %s holds no PEM certificate", c.CAFile)
 	}
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, Proxy: nil}
+	// One request at start and per reload: no connection is kept open between them.
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, DisableKeepAlives: true}
 	return &http.Client{Transport: tr}, nil
-}
-
-// DomainPath is the power domain path of a node: group, then the values of the label keys in
-// order (etcd.domain-labels). Label values cannot hold "/", so each label is one level of the
-// electrical tree (hall, row, rack) rather than one label holding an encoded path.
-func DomainPath(group string, keys []string, node string, labels map[string]string) (string, error) {
-	segs := []string{group}
-	for _, k := range keys {
-		v, ok := labels[k]
-		switch {
-		case !ok:
-			return "", fmt.Errorf("Node %s has no label %s, which etcd.domain-labels needs: label it "+
-				"(kubectl label node %s %s=VALUE) or leave it out of etcd.domain-labels", node, k, node, k)
-		case v == "":
-			return "", fmt.Errorf("Node %s's label %s is empty: give it the name of its power domain "+
-				"(kubectl label --overwrite node %s %s=VALUE)", node, k, node, k)
-		}
-		if err := config.ValidName(v); err != nil || v == "." || v == ".." {
-			return "", fmt.Errorf("Node %s's label %s=%s is not one level of a domain path (allowed: letters, digits, - _ . :, no /)", node, k, v)
-		}
-		segs = append(segs, v)
-	}
-	p := strings.Join(segs, "/")
-	if err := config.ValidDomainPath(p); err != nil {
-		return "", fmt.Errorf("Node %s's labels %s give %q, not a domain path: %w", node, strings.Join(keys, ","), p, err)
-	}
-	return p, nil
 }

@@ -96,10 +96,6 @@ func TestLabels(t *testing.T) {
 	if labels["capstan.io/rack"] != "rack12" || labels["capstan.io/hall"] != "hall1" || len(labels) != 6 {
 		t.Errorf("labels %v", labels)
 	}
-	p, err := DomainPath("site", []string{"capstan.io/hall", "capstan.io/row", "capstan.io/rack"}, "gpu-17", labels)
-	if err != nil || p != "site/hall1/row3/rack12" {
-		t.Errorf("domain path %q, %v; want site/hall1/row3/rack12", p, err)
-	}
 }
 
 // Each failure says what went wrong and what to set.
@@ -165,40 +161,5 @@ func TestInCluster(t *testing.T) {
 	t.Setenv("KUBERNETES_SERVICE_HOST", "")
 	if _, err := InCluster(); err == nil || !strings.Contains(err.Error(), "set etcd.domain instead") {
 		t.Errorf("outside a pod: %v, want an error that says to set etcd.domain", err)
-	}
-}
-
-func TestDomainPath(t *testing.T) {
-	keys := []string{"capstan.io/row", "capstan.io/rack"}
-	for _, tc := range []struct {
-		labels map[string]string
-		want   string // the path, or a part of the error
-		ok     bool
-	}{
-		{map[string]string{"capstan.io/row": "row3", "capstan.io/rack": "rack12"}, "site/row3/rack12", true},
-		{map[string]string{"capstan.io/row": "row.3", "capstan.io/rack": "r_12-a"}, "site/row.3/r_12-a", true},
-		{map[string]string{"capstan.io/row": "row3"}, "Node gpu-17 has no label capstan.io/rack, which etcd.domain-labels needs: label it (kubectl label node gpu-17 capstan.io/rack=VALUE)", false},
-		{map[string]string{"capstan.io/row": "", "capstan.io/rack": "rack12"}, "label capstan.io/row is empty", false},
-		{map[string]string{"capstan.io/row": "row 3", "capstan.io/rack": "rack12"}, `label capstan.io/row=row 3 is not one level`, false},
-		{nil, "has no label capstan.io/row", false},
-		{map[string]string{"capstan.io/row": "row3", "capstan.io/rack": "a/b"}, "label capstan.io/rack=a/b is not one level of a domain path", false},
-	} {
-		got, err := DomainPath("site", keys, "gpu-17", tc.labels)
-		switch {
-		case tc.ok && (err != nil || got != tc.want):
-			t.Errorf("%v: %q, %v; want %q", tc.labels, got, err, tc.want)
-		case !tc.ok && (err == nil || !strings.Contains(err.Error(), tc.want)):
-			t.Errorf("%v: %q, %v; want an error with %q", tc.labels, got, err, tc.want)
-		}
-	}
-	// Deeper than a domain path may be.
-	many := map[string]string{}
-	var deep []string
-	for _, k := range []string{"a", "b", "c", "d", "e", "f", "g", "h"} {
-		many[k] = k
-		deep = append(deep, k)
-	}
-	if _, err := DomainPath("site", deep, "gpu-17", many); err == nil || !strings.Contains(err.Error(), "9 levels") {
-		t.Errorf("9 levels: %v", err)
 	}
 }
