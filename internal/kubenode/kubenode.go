@@ -83,7 +83,8 @@ func (c Client) Labels(ctx context.Context, node string) (map[string]string, err
 	req.Header.Set("Accept", "application/json")
 	resp, err := hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("reading Node %s: the API server %s is unreachable: %w", node, c.Server, err)
+		return nil, fmt.Errorf("reading Node %s: the API server %s is unreachable: %w "+
+			"(the pod reaches it at $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT; check NetworkPolicies and the cluster's CA)", node, c.Server, err)
 	}
 	defer func() { _ = resp.Body.Close() }()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxNodeBytes))
