@@ -92,7 +92,7 @@ func TestReloadMovesTheNodeInPlace(t *testing.T) {
 		if node != "gpu-1" {
 			return nil, errors.New("no such node")
 		}
-		return map[string]string{"capstan.io/rack": rack, "kubernetes.io/hostname": node}, nil
+		return map[string]string{"capstan.io/rack": rack, "kubernetes.io/hostname": node}, nil // "" is an empty label
 	}
 	state := filepath.Join(t.TempDir(), "state.json")
 	log, logs := testkit.NewLogger()
@@ -134,6 +134,18 @@ func TestReloadMovesTheNodeInPlace(t *testing.T) {
 	}
 	if d := chk.deletions("gpu-1"); d != 0 {
 		t.Errorf("gpu-1's record was deleted %d times during the move, want never", d)
+	}
+
+	// The rack label removed: the reload is refused and the node stays where it is.
+	mu.Lock()
+	rack = ""
+	mu.Unlock()
+	hup <- os.Interrupt
+	testkit.Eventually(t, 10*time.Second, "the reload refused", func() bool {
+		return logs.Contains("configuration not reloaded; keeping the running one") && logs.Contains("label capstan.io/rack on Node gpu-1 is empty")
+	})
+	if n, _, _ := chk.node("gpu-1"); n.Domain != "rackB" || n.Lease != lease {
+		t.Errorf("after a refused reload gpu-1 is in %q under lease %x, want rackB under %x", n.Domain, n.Lease, lease)
 	}
 	cancel()
 	if err := <-done; err != nil {
@@ -307,6 +319,19 @@ func (c *groupChecker) finish(t *testing.T, limits map[string]float64) {
 	}
 	if c.revisions < 10 {
 		t.Errorf("only %d revisions observed", c.revisions)
+	}
+}
+
+// An agent whose node labels give no domain does not start: Run returns the error before it
+// builds anything.
+func TestDomainLabelsRefuseStart(t *testing.T) {
+	cfg := etcdConfig(t, "http://127.0.0.1:1", filepath.Join(t.TempDir(), "state.json"))
+	log, _ := testkit.NewLogger()
+	err := Run(context.Background(), cfg, Options{Log: log, NodeLabels: func(context.Context, string) (map[string]string, error) {
+		return map[string]string{"kubernetes.io/hostname": "gpu-1"}, nil
+	}})
+	if err == nil || !strings.Contains(err.Error(), "no label capstan.io/rack on Node gpu-1") {
+		t.Errorf("Run: %v, want the missing label", err)
 	}
 }
 
