@@ -26,7 +26,7 @@ var requiredAlerts = []string{
 	"CapstanNodeOverBudget", "CapstanCappingFailsafe", "CapstanGPULost", "CapstanGPUXidErrors",
 	"CapstanPowerLimitOverridden", "CapstanGrantStale", "CapstanCollectorDown", "CapstanAgentDown",
 	"CapstanThermalThrottling", "CapstanGPUMissing", "CapstanLogLinesDropped",
-	"CapstanGPURowRemapFailed", "CapstanGPUHardwareSlowdown",
+	"CapstanGPURowRemapFailed", "CapstanGPUHardwareSlowdown", "CapstanPowerDomainOversubscribed",
 }
 
 // readRules decodes the plain rule file as the PrometheusRule spec it also is.

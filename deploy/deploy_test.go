@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -238,15 +239,26 @@ func TestManifests(t *testing.T) {
 	for name, docs := range renderings(t) {
 		t.Run(name, func(t *testing.T) {
 			o := decode(t, docs)
-			if len(o.daemonSets) != 1 || len(o.services) != 1 || len(o.serviceAccounts) != 1 ||
-				len(o.clusterRoles) != 1 || len(o.bindings) != 1 {
-				t.Fatalf("want one DaemonSet, Service, ServiceAccount, ClusterRole and binding; got %d, %d, %d, %d, %d",
-					len(o.daemonSets), len(o.services), len(o.serviceAccounts), len(o.clusterRoles), len(o.bindings))
+			if len(o.daemonSets) != 1 || len(o.services) != 1 || len(o.serviceAccounts) != 1 {
+				t.Fatalf("want one DaemonSet, Service and ServiceAccount; got %d, %d, %d",
+					len(o.daemonSets), len(o.services), len(o.serviceAccounts))
 			}
 			ds := o.daemonSets[0]
 			cfg := checkDaemonSet(t, ds, capping, telemetry)
 			checkService(t, o.services[0], ds, cfg)
-			checkRBAC(t, o, ds)
+			// The chart grants "get" on nodes only to an agent that reads its Node (its power
+			// domain from node labels); the kustomize base always does.
+			roles := 1
+			if strings.HasPrefix(name, "helm") && !readsNode(cfg) {
+				roles = 0
+			}
+			if len(o.clusterRoles) != roles || len(o.bindings) != roles {
+				t.Fatalf("want %d ClusterRole and binding (the agent reads its Node: %v); got %d, %d",
+					roles, readsNode(cfg), len(o.clusterRoles), len(o.bindings))
+			}
+			if roles == 1 {
+				checkRBAC(t, o, ds)
+			}
 			for _, sm := range o.serviceMonitors {
 				checkServiceMonitor(t, sm, o.services[0])
 			}
@@ -465,6 +477,12 @@ func checkServiceMonitor(t *testing.T, sm *monitoringv1.ServiceMonitor, svc *cor
 	}
 }
 
+// readsNode reports whether the agent reads its own Node from the API server: its power
+// domain from node labels under a cluster budget.
+func readsNode(cfg *config.Config) bool {
+	return cfg.Capping.Enabled && cfg.Budget.Source == "etcd" && cfg.Etcd.DomainLabels != ""
+}
+
 func checkRBAC(t *testing.T, o *objects, ds *appsv1.DaemonSet) {
 	t.Helper()
 	sa := o.serviceAccounts[0]
@@ -491,10 +509,12 @@ func TestChartSchemaRefusesUnstartableValues(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, values := range map[string]string{
-		"static capping without watts":   "capping:\n  enabled: true\n",
-		"etcd capping without a group":   "capping:\n  enabled: true\nbudget:\n  source: etcd\netcd:\n  endpoints: [https://etcd-0:2379]\n",
-		"etcd capping without endpoints": "capping:\n  enabled: true\nbudget:\n  source: etcd\netcd:\n  group: row-a\n",
-		"a budget file":                  "capping:\n  enabled: true\nbudget:\n  source: file\n",
+		"static capping without watts":            "capping:\n  enabled: true\n",
+		"etcd capping without a group":            "capping:\n  enabled: true\nbudget:\n  source: etcd\netcd:\n  endpoints: [https://etcd-0:2379]\n",
+		"etcd capping without endpoints":          "capping:\n  enabled: true\nbudget:\n  source: etcd\netcd:\n  group: row-a\n",
+		"a budget file":                           "capping:\n  enabled: true\nbudget:\n  source: file\n",
+		"a domain label with a slash in its name": "etcd:\n  domainLabels: [capstan.io/row/rack]\n",
+		"a domain label twice":                    "etcd:\n  domainLabels: [capstan.io/rack, capstan.io/rack]\n",
 	} {
 		vals, err := chartutil.ReadValues([]byte(values))
 		if err != nil {
@@ -512,5 +532,46 @@ func TestChartSchemaRefusesUnstartableValues(t *testing.T) {
 	}
 	if _, err := chartutil.ToRenderValues(chart, vals.AsMap(), chartutil.ReleaseOptions{Name: "capstan", Namespace: "gpu-telemetry", IsInstall: true}, nil); err != nil {
 		t.Errorf("static capping at 4000 W refused: %v", err)
+	}
+}
+
+// etcd.domainLabels reaches the agent as --etcd.domain-labels, the labels in order, and grants
+// the service account "get" on nodes; without it the chart grants nothing.
+func TestChartDomainLabels(t *testing.T) {
+	values := filepath.Join(t.TempDir(), "values.yaml")
+	if err := os.WriteFile(values, []byte("capping:\n  enabled: true\nbudget:\n  source: etcd\n"+
+		"etcd:\n  endpoints: [https://etcd-0:2379]\n  group: site\n  domainLabels: [capstan.io/hall, capstan.io/row, capstan.io/rack]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := decode(t, helmTemplate(t, values))
+	cfg, err := parseArgs(o.daemonSets[0].Spec.Template.Spec.Containers[0].Args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Etcd.DomainLabels != "capstan.io/hall,capstan.io/row,capstan.io/rack" || cfg.Etcd.Group != "site" || cfg.Etcd.Domain != "" {
+		t.Errorf("etcd.group %q, etcd.domain %q, etcd.domain-labels %q; want site, empty, the three labels in order",
+			cfg.Etcd.Group, cfg.Etcd.Domain, cfg.Etcd.DomainLabels)
+	}
+	if len(o.clusterRoles) != 1 || len(o.bindings) != 1 {
+		t.Fatalf("%d ClusterRoles, %d bindings; want one each", len(o.clusterRoles), len(o.bindings))
+	}
+	checkRBAC(t, o, o.daemonSets[0])
+	pod := o.daemonSets[0].Spec.Template.Spec
+	if pod.AutomountServiceAccountToken != nil && !*pod.AutomountServiceAccountToken {
+		t.Error("the pod does not mount its service account token, which reading its Node needs")
+	}
+	// rbac.create false leaves the role to the operator.
+	if err := os.WriteFile(values+".norbac", []byte("rbac:\n  create: false\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if o := decode(t, helmTemplate(t, values+".norbac", values)); len(o.clusterRoles) != 0 {
+		t.Error("rbac.create false renders a ClusterRole")
+	}
+	// Labels without a cluster budget read nothing and grant nothing.
+	if err := os.WriteFile(values, []byte("etcd:\n  domainLabels: [capstan.io/rack]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if o := decode(t, helmTemplate(t, values)); len(o.clusterRoles) != 0 {
+		t.Error("domain labels without budget.source etcd render a ClusterRole")
 	}
 }

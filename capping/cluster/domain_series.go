@@ -26,7 +26,7 @@ type domainMetrics struct {
 // publishDomains puts each domain's limit, Σ grants, Σ draw and whether it is oversubscribed
 // into the store, from the round that just ran.
 func (a *allocator) publishDomains() {
-	store := a.m.o.Store
+	store := a.m.store()
 	t := a.tree
 	if store == nil || t == nil || len(t.path) == 0 {
 		return
@@ -66,7 +66,7 @@ func (a *allocator) publishDomains() {
 
 // dropDomains takes the allocator's batch out of the store once it no longer allocates.
 func (a *allocator) dropDomains() {
-	if a.m.o.Store != nil {
-		a.m.o.Store.Delete(DomainsStoreKey)
+	if store := a.m.store(); store != nil {
+		store.Delete(DomainsStoreKey)
 	}
 }

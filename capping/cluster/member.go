@@ -138,6 +138,20 @@ func (m *Member) SetDomain(rel string) error {
 	return nil
 }
 
+// SetStore moves the member's series to another store: a reload that keeps the member gives
+// it the next configuration's store. The allocator's per-domain series follow at its next round.
+func (m *Member) SetStore(s *sample.Store) {
+	m.mu.Lock()
+	m.o.Store = s
+	m.mu.Unlock()
+}
+
+func (m *Member) store() *sample.Store {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.o.Store
+}
+
 // Grant returns the watts the node may apply now and the grant's generation: the grant while
 // etcd answered within the lease TTL, else the floor (generation 0); the node's minimum before
 // a first grant; 0 W before the controller reported the node's bounds. It never blocks on

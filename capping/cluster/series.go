@@ -46,11 +46,11 @@ func newMemberSeries(group, domain string) memberSeries {
 // publish puts the member's state into the store, alternating between two batches so a reader
 // of the last one is never written under.
 func (m *Member) publish(now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.o.Store == nil {
 		return
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	b := &m.batches[m.cur]
 	m.cur ^= 1
 	b.Reset(StoreKey, now)

@@ -145,6 +145,9 @@ type Options struct {
 	// LogWriter is what Log writes through, whose dropped lines /metrics reports; nil when Log
 	// writes elsewhere.
 	LogWriter *LogWriter
+	// NodeLabels reads the Node's labels for etcd.domain-labels; nil reads them from the
+	// Kubernetes API server with the pod's service account.
+	NodeLabels NodeLabels
 }
 
 // Run runs the agent until ctx is done. On SIGHUP it re-reads the configuration; an invalid
@@ -163,6 +166,12 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	// Goroutines of other packages (exporters, the etcd member, collectors' subscriptions,
 	// the simulator) report their panics to the same guard.
 	defer panics.Handle(g.handle)()
+	if err := resolveDomain(ctx, cfg, o.NodeLabels, log); err != nil {
+		return err
+	}
+	// keep carries the etcd member across a reload that only moves the node to another domain.
+	keep := &keptSource{}
+	defer keep.close()
 	var prev *config.Config
 	// held is set while the limits are held by a reload for a controller that has not started.
 	held := false
@@ -172,7 +181,10 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 		if starts > 0 && injectedFault() == faultStartAfterReload {
 			err = errors.New("start failure injected by " + testFaultEnv)
 		} else {
-			next, err = runOnce(ctx, cfg, o, g, listeners)
+			next, err = runOnce(ctx, cfg, o, g, listeners, keep)
+		}
+		if err != nil {
+			keep.close() // the configuration that was to take it over did not start
 		}
 		if err != nil && prev != nil {
 			log.Error("the reloaded configuration did not start; going back to the previous one", "err", err)
@@ -195,7 +207,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 
 // runOnce runs one configuration; it returns the next one after a successful reload, or nil
 // when ctx is done.
-func runOnce(ctx context.Context, cfg *config.Config, o Options, g *guard, listeners *exporters.Listeners) (*config.Config, error) {
+func runOnce(ctx context.Context, cfg *config.Config, o Options, g *guard, listeners *exporters.Listeners, keep *keptSource) (*config.Config, error) {
 	log := o.Log
 	applyMemory(cfg.Memory, log)
 	p, err := NewPipeline(cfg, log, o.Clock)
@@ -235,7 +247,7 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options, g *guard, liste
 	defer func() { cancel(); <-done }()
 
 	// The controller stops first, while the GPU backend is still open.
-	capRun, err := startCapping(ctx, cfg, p, o.Clock, log, g)
+	capRun, err := startCapping(ctx, cfg, p, o.Clock, log, g, keep)
 	if err != nil {
 		return nil, fmt.Errorf("starting capping: %w", err)
 	}
@@ -276,12 +288,16 @@ func runOnce(ctx context.Context, cfg *config.Config, o Options, g *guard, liste
 			if err == nil {
 				err = reloadable(cfg, next)
 			}
+			if err == nil {
+				err = resolveDomain(ctx, next, o.NodeLabels, log)
+			}
 			if err != nil {
 				log.Error("configuration not reloaded; keeping the running one", "err", err)
 				continue
 			}
 			if capRun != nil {
 				capRun.setExit(reloadExit(next))
+				keep.keep(capRun, cfg, next)
 			}
 			flush = min(reloadFlush, flush)
 			notifySystemd(log, daemon.SdNotifyReloading)

@@ -43,18 +43,29 @@ type budgetSource struct {
 	// left is closed once the source has left its upstream (the etcd member revoked its
 	// lease); nil when there is nothing to wait for.
 	left <-chan struct{}
+	// member is the etcd source's membership of its group, which runs on the agent's context
+	// rather than the controller's, so that a reload can keep it (see keptSource); cancel
+	// stops it, nil until it runs.
+	member *cluster.Member
+	cancel context.CancelFunc
+	// kept: a reload carries the source to the next configuration; stopping the controller
+	// leaves it running.
+	kept atomic.Bool
 }
 
-// close lets go of the source's connection. After the source ran, it first waits (a bounded
-// time) for the source to leave, so the group sees the node go at once.
-func (s *budgetSource) close(ran bool) error {
+// close lets go of the source's connection. After the source ran, it first stops it and waits
+// (a bounded time) for it to leave, so the group sees the node go at once.
+func (s *budgetSource) close() error {
 	if s == nil || s.conn == nil {
 		return nil
 	}
-	if ran && s.left != nil {
-		select {
-		case <-s.left:
-		case <-time.After(5 * time.Second):
+	if s.cancel != nil {
+		s.cancel()
+		if s.left != nil {
+			select {
+			case <-s.left:
+			case <-time.After(5 * time.Second):
+			}
 		}
 	}
 	return s.conn.Close()
@@ -78,7 +89,7 @@ func newBudgetSource(cfg *config.Config, p *Pipeline, now func() time.Time, log 
 		if err != nil {
 			return nil, err
 		}
-		return &budgetSource{Source: budget.NewEtcd(m, now), conn: cli, left: m.Stopped()}, nil
+		return &budgetSource{Source: memberSource{budget.NewEtcd(m, now)}, conn: cli, left: m.Stopped(), member: m}, nil
 	}
 	return nil, fmt.Errorf("budget.source %q is not one of static, file, etcd", cfg.Budget.Source)
 }
@@ -101,7 +112,7 @@ func hostPower(cfg *config.Config, now func() time.Time, log *slog.Logger) *rapl
 
 // startCapping starts the power controller when capping is enabled; it returns nil when not.
 // It needs the pipeline's GPU backend, and publishes into the pipeline's store.
-func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clk clock.Clock, log *slog.Logger, g *guard) (*cappingRun, error) {
+func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clk clock.Clock, log *slog.Logger, g *guard, keep *keptSource) (*cappingRun, error) {
 	if !cfg.Capping.Enabled {
 		return nil, nil
 	}
@@ -111,9 +122,12 @@ func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clk cloc
 	if clk == nil {
 		clk = clock.Real()
 	}
-	src, err := newBudgetSource(cfg, p, clk.Now, log)
-	if err != nil {
-		return nil, err
+	src := keep.take(cfg, p.Store)
+	if src == nil {
+		var err error
+		if src, err = newBudgetSource(cfg, p, clk.Now, log); err != nil {
+			return nil, err
+		}
 	}
 	host := hostPower(cfg, clk.Now, log)
 	opts := capping.Options{Settings: capping.SettingsFrom(cfg), Lib: p.GPU.Lib, Budget: src.Source, Store: p.Store, Log: log, Now: clk.Now}
@@ -125,10 +139,11 @@ func startCapping(ctx context.Context, cfg *config.Config, p *Pipeline, clk cloc
 		err = ctl.Start()
 	}
 	if err != nil {
-		_ = src.close(false) // the source never ran
+		_ = src.close()
 		_ = host.Close()
 		return nil, err
 	}
+	src.run(ctx, g)
 	runCtx, cancel := context.WithCancel(ctx)
 	r := &cappingRun{ctl: ctl, src: src, host: host, cancel: cancel, done: make(chan struct{}), log: log}
 	g.Go("capping", func() {
@@ -157,8 +172,11 @@ func (r *cappingRun) stopOnce() {
 	if err := r.ctl.Stop(capping.Exit(r.exit.Load())); err != nil {
 		r.log.Error("stopping capping", "err", err)
 	}
-	if err := r.src.close(true); err != nil {
-		r.log.Warn("closing the budget source", "err", err)
+	// A source a reload keeps goes on to the next configuration's controller.
+	if !r.src.kept.Load() {
+		if err := r.src.close(); err != nil {
+			r.log.Warn("closing the budget source", "err", err)
+		}
 	}
 	_ = r.host.Close()
 }

@@ -222,7 +222,10 @@ type Etcd struct {
 	Endpoints string `yaml:"endpoints" required:"budget.source etcd needs the etcd client URLs, e.g. https://etcd-0:2379,https://etcd-1:2379" help:"comma-separated etcd client URLs of the cluster budget (budget.source etcd)"`
 	Group     string `yaml:"group" help:"group whose power budget this node shares (a row, a PDU, a job); may be left out with etcd.domain, whose first segment it is"`
 	// Domain is the leaf power domain the node attaches to, a path from the group's root.
-	Domain       string `yaml:"domain" help:"power domain the node attaches to, a path from the group down (site/row3/rack12; its first segment is etcd.group); empty: the group itself"`
+	Domain string `yaml:"domain" help:"power domain the node attaches to, a path from the group down (site/row3/rack12; its first segment is etcd.group); empty: the group itself"`
+	// DomainLabels names the Kubernetes node labels whose values, in order, give the domain
+	// below etcd.group; the agent reads them from its own Node (package internal/kubenode).
+	DomainLabels string `yaml:"domain-labels" help:"comma-separated Kubernetes node label keys whose values, in order, are the path of the node's power domain below etcd.group (e.g. capstan.io/hall,capstan.io/row,capstan.io/rack); the agent reads its own Node (node.name) from the API server; not with etcd.domain"`
 	TLS          TLS    `yaml:"tls" help:"etcd servers"`
 	Username     string `yaml:"username" help:"etcd user of this node; needs --etcd.password-file"`
 	PasswordFile string `yaml:"password-file" help:"file holding the etcd user's password"`

@@ -252,6 +252,10 @@ func (v *validator) etcd() {
 // is the group (which may then be left out).
 func (v *validator) domain() {
 	e := &v.c.Etcd
+	if e.DomainLabels != "" {
+		v.domainLabels()
+		return
+	}
 	if e.Domain == "" {
 		v.name("etcd.group", e.Group)
 		return

@@ -28,7 +28,7 @@ var (
 	ClusterLeaseTTL = def("capstan.cluster.lease.ttl", "s", Gauge, "cluster",
 		"The node lease's TTL: how long a node cut off from etcd holds its grant before it drops to its floor.",
 		AttrClusterGroup)
-	ClusterNodeDomain = def("capstan.cluster.node.domain", "1", Gauge, "cluster",
+	ClusterNodeDomain = def("capstan.cluster.node.domain", "{domain}", Gauge, "cluster",
 		"1 for the power domain the node attaches to (capstan.cluster.domain, its path from the group down; the group itself for a flat group).",
 		AttrClusterGroup, AttrClusterDomain)
 	ClusterDomainLimit = def("capstan.cluster.domain.limit", "W", Gauge, "cluster",
@@ -40,7 +40,7 @@ var (
 	ClusterDomainDraw = def("capstan.cluster.domain.draw", "W", Gauge, "cluster",
 		"Σ of the draw the live nodes under each domain last wrote to their records (nodes rewrite them when demand moves), as the elected allocator read it.",
 		AttrClusterGroup, AttrClusterDomain)
-	ClusterDomainOversubscribed = def("capstan.cluster.domain.oversubscribed", "1", Gauge, "cluster",
+	ClusterDomainOversubscribed = def("capstan.cluster.domain.oversubscribed", "{oversubscribed}", Gauge, "cluster",
 		"1 while a domain's reservations and its live nodes' floors exceed its limit (or its record is malformed and its limit unknown): its nodes are held at their floors and none is raised; else 0.",
 		AttrClusterGroup, AttrClusterDomain)
 	ClusterEtcdErrors = def("capstan.cluster.etcd.errors", "{error}", Counter, "cluster",

@@ -31,6 +31,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if and .Values.capping.enabled (not .Values.capping.dryRun) }}true{{ end -}}
 {{- end -}}
 
+{{/* The agent reads its own Node for its power domain (etcd.domainLabels under a cluster budget). */}}
+{{- define "capstan.readsNode" -}}
+{{- if and .Values.capping.enabled (eq .Values.budget.source "etcd") .Values.etcd.domainLabels }}true{{ end -}}
+{{- end -}}
+
 {{/* The agent's command line; every flag is checked against the agent's real flags in CI. */}}
 {{- define "capstan.args" -}}
 - --path.sysfs=/host/sys
@@ -107,6 +112,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if eq .Values.budget.source "etcd" }}
 - {{ printf "--etcd.endpoints=%s" (join "," (required "etcd.endpoints is required with budget.source etcd" .Values.etcd.endpoints)) | quote }}
 - {{ printf "--etcd.group=%s" (required "etcd.group is required with budget.source etcd" .Values.etcd.group) | quote }}
+{{- with .Values.etcd.domainLabels }}
+- {{ printf "--etcd.domain-labels=%s" (join "," .) | quote }}
+{{- end }}
 {{- with .Values.etcd.priority }}
 - {{ printf "--etcd.priority=%v" (int64 .) | quote }}
 {{- end }}
