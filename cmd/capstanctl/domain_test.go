@@ -10,10 +10,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/capstan-power/capstan/capping/cluster"
-	"github.com/capstan-power/capstan/internal/etcdtest"
 	"github.com/capstan-power/capstan/internal/testkit"
 )
 
@@ -21,30 +19,14 @@ import (
 // 1600 W each) and one node gone from it, before any domain is set.
 func domainSite(t *testing.T) (*clientv3.Client, cluster.Keys, string, clientv3.LeaseID) {
 	t.Helper()
-	_, eps := etcdtest.Start(t, 1, nil)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cli.Close() })
-	ctx := context.Background()
-	k := cluster.Keys{Prefix: "/capstan/v1", Group: "site"}
-	lease, err := cli.Grant(ctx, 60)
-	if err != nil {
-		t.Fatal(err)
-	}
-	put := func(key string, v any, opts ...clientv3.OpOption) {
-		b, _ := json.Marshal(v)
-		if _, err := cli.Put(ctx, key, string(b), opts...); err != nil {
-			t.Fatal(err)
-		}
-	}
+	g := newEtcdGroup(t, "site")
+	k, lease := g.k, g.lease
 	for i, n := range []string{"gpu-1", "gpu-2"} {
-		put(k.Node(n), cluster.NodeRecord{DemandW: 3000, MinW: 1600, MaxW: 5600, Priority: 1, AppliedW: 2000 + 500*float64(i), DrawW: 1900 + 500*float64(i),
-			AckedGen: 1, Lease: int64(lease.ID), Domain: "row1/rack1", UpdatedAt: time.Now().UTC()}, clientv3.WithLease(lease.ID))
-		put(k.Grant(n), cluster.GrantRecord{Watts: 2000 + 500*float64(i), MinW: 1600, Generation: 1, Lease: int64(lease.ID), Domain: "row1/rack1"})
+		g.put(k.Node(n), cluster.NodeRecord{DemandW: 3000, MinW: 1600, MaxW: 5600, Priority: 1, AppliedW: 2000 + 500*float64(i), DrawW: 1900 + 500*float64(i),
+			AckedGen: 1, Lease: int64(lease), Domain: "row1/rack1", UpdatedAt: time.Now().UTC()}, clientv3.WithLease(lease))
+		g.put(k.Grant(n), cluster.GrantRecord{Watts: 2000 + 500*float64(i), MinW: 1600, Generation: 1, Lease: int64(lease), Domain: "row1/rack1"})
 	}
-	return cli, k, eps[0], lease.ID
+	return g.cli, k, g.ep, lease
 }
 
 func TestDomainCommands(t *testing.T) {

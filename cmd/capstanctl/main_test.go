@@ -9,10 +9,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/capstan-power/capstan/capping/cluster"
-	"github.com/capstan-power/capstan/internal/etcdtest"
 	"github.com/capstan-power/capstan/internal/testkit"
 )
 
@@ -27,39 +25,20 @@ func run(t *testing.T, ep string, args ...string) (string, error) {
 }
 
 func TestCommands(t *testing.T) {
-	_, eps := etcdtest.Start(t, 1, nil)
-	ep := eps[0]
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	g := newEtcdGroup(t, "row-a")
+	cli, k, ep, lease := g.cli, g.k, g.ep, g.lease
 	ctx := context.Background()
-	k := cluster.Keys{Prefix: "/capstan/v1", Group: "row-a"}
-	lease, err := cli.Grant(ctx, 60)
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, n := range []struct {
 		name string
 		rec  cluster.NodeRecord
 	}{
-		{"gpu-1", cluster.NodeRecord{DemandW: 3000, MinW: 1600, MaxW: 5600, Priority: 1, AppliedW: 2500, AckedGen: 1, Lease: int64(lease.ID)}},
-		{"gpu-2", cluster.NodeRecord{DemandW: 5000, MinW: 1600, MaxW: 5600, Priority: 2, AppliedW: 2500, AckedGen: 1, Lease: int64(lease.ID)}},
+		{"gpu-1", cluster.NodeRecord{DemandW: 3000, MinW: 1600, MaxW: 5600, Priority: 1, AppliedW: 2500, AckedGen: 1, Lease: int64(lease)}},
+		{"gpu-2", cluster.NodeRecord{DemandW: 5000, MinW: 1600, MaxW: 5600, Priority: 2, AppliedW: 2500, AckedGen: 1, Lease: int64(lease)}},
 	} {
-		b, _ := json.Marshal(n.rec)
-		if _, err := cli.Put(ctx, k.Node(n.name), string(b), clientv3.WithLease(lease.ID)); err != nil {
-			t.Fatal(err)
-		}
-		g, _ := json.Marshal(cluster.GrantRecord{Watts: 2500, Generation: 1, Lease: int64(lease.ID), MinW: 1600})
-		if _, err := cli.Put(ctx, k.Grant(n.name), string(g)); err != nil {
-			t.Fatal(err)
-		}
+		g.put(k.Node(n.name), n.rec, clientv3.WithLease(lease))
+		g.put(k.Grant(n.name), cluster.GrantRecord{Watts: 2500, Generation: 1, Lease: int64(lease), MinW: 1600})
 	}
-	g, _ := json.Marshal(cluster.GrantRecord{Watts: 2000, Generation: 1, Lease: 1, MinW: 1600})
-	if _, err := cli.Put(ctx, k.Grant("gone-1"), string(g)); err != nil {
-		t.Fatal(err)
-	}
+	g.put(k.Grant("gone-1"), cluster.GrantRecord{Watts: 2000, Generation: 1, Lease: 1, MinW: 1600})
 
 	refusals := []struct {
 		args []string
@@ -142,8 +121,8 @@ func TestCommands(t *testing.T) {
 	}()
 	// The first table is drawn once its view is loaded; the watch starts after that view.
 	testkit.WaitFor(t, "top's first table", func() bool { return buf.Contains("gpu-2") })
-	b, _ := json.Marshal(cluster.NodeRecord{DemandW: 4321, MinW: 1600, MaxW: 5600, Priority: 1, Lease: int64(lease.ID)})
-	if _, err := cli.Put(ctx, k.Node("gpu-1"), string(b), clientv3.WithLease(lease.ID)); err != nil {
+	b, _ := json.Marshal(cluster.NodeRecord{DemandW: 4321, MinW: 1600, MaxW: 5600, Priority: 1, Lease: int64(lease)})
+	if _, err := cli.Put(ctx, k.Node("gpu-1"), string(b), clientv3.WithLease(lease)); err != nil {
 		t.Fatal(err)
 	}
 	if !testkit.Poll(testkit.DefaultWait, func() bool { return buf.Contains("4321") }) {
@@ -163,8 +142,8 @@ func TestCommands(t *testing.T) {
 // as "0 W"), also on a group with no node; a budget that leaves no room for a joining node's
 // minimum is set, with a warning that says what the group gives up.
 func TestBudgetSetChecks(t *testing.T) {
-	_, eps := etcdtest.Start(t, 1, nil)
-	ep := eps[0]
+	g := newEtcdGroup(t, "row-b")
+	ep := g.ep
 	for _, w := range []string{"1e-300", "0.5"} {
 		out, err := run(t, ep, "budget", "set", "empty", w)
 		if err == nil || !strings.Contains(out, `WATTS "`+w+`": below 1 W`) {
@@ -175,22 +154,8 @@ func TestBudgetSetChecks(t *testing.T) {
 		t.Errorf("a refused budget was stored: %q", out)
 	}
 
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	ctx := context.Background()
-	k := cluster.Keys{Prefix: "/capstan/v1", Group: "row-b"}
-	lease, err := cli.Grant(ctx, 60)
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, name := range []string{"gpu-1", "gpu-2"} {
-		b, _ := json.Marshal(cluster.NodeRecord{DemandW: 3000, MinW: 1600, MaxW: 5600, Priority: 1, Lease: int64(lease.ID)})
-		if _, err := cli.Put(ctx, k.Node(name), string(b), clientv3.WithLease(lease.ID)); err != nil {
-			t.Fatal(err)
-		}
+		g.put(g.k.Node(name), cluster.NodeRecord{DemandW: 3000, MinW: 1600, MaxW: 5600, Priority: 1, Lease: int64(g.lease)}, clientv3.WithLease(g.lease))
 	}
 	out, err := run(t, ep, "budget", "set", "row-b", "3500")
 	if err != nil || !strings.Contains(out, "group row-b: budget 3500 W") {

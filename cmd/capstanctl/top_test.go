@@ -12,10 +12,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/capstan-power/capstan/capping/cluster"
-	"github.com/capstan-power/capstan/internal/etcdtest"
 	"github.com/capstan-power/capstan/internal/testkit"
 )
 
@@ -40,34 +38,18 @@ func need(t *testing.T, cmd, pkg string) {
 // order nor their demand order.
 func topGroup(t *testing.T) (*clientv3.Client, cluster.Keys, string) {
 	t.Helper()
-	_, eps := etcdtest.Start(t, 1, nil)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cli.Close() })
-	ctx := context.Background()
-	k := cluster.Keys{Prefix: "/capstan/v1", Group: "row-a"}
-	lease, err := cli.Grant(ctx, 60)
-	if err != nil {
-		t.Fatal(err)
-	}
-	put := func(key string, v any, opts ...clientv3.OpOption) {
-		b, _ := json.Marshal(v)
-		if _, err := cli.Put(ctx, key, string(b), opts...); err != nil {
-			t.Fatal(err)
-		}
-	}
-	put(k.Budget(), cluster.BudgetRecord{Watts: 9000, SetBy: "test", SetAt: time.Now().UTC()})
+	g := newEtcdGroup(t, "row-a")
+	k, lease := g.k, g.lease
+	g.put(k.Budget(), cluster.BudgetRecord{Watts: 9000, SetBy: "test", SetAt: time.Now().UTC()})
 	for _, n := range []struct {
 		name            string
 		demand, granted float64
 	}{{"gpu-a", 3000, 3500}, {"gpu-b", 5000, 3000}, {"gpu-c", 2000, 2100}} {
-		put(k.Node(n.name), cluster.NodeRecord{DemandW: n.demand, MinW: 1600, MaxW: 5600, Priority: 1, AppliedW: n.granted,
-			AckedGen: 1, Lease: int64(lease.ID), UpdatedAt: time.Now().UTC()}, clientv3.WithLease(lease.ID))
-		put(k.Grant(n.name), cluster.GrantRecord{Watts: n.granted, MinW: 1600, Generation: 1, Lease: int64(lease.ID)})
+		g.put(k.Node(n.name), cluster.NodeRecord{DemandW: n.demand, MinW: 1600, MaxW: 5600, Priority: 1, AppliedW: n.granted,
+			AckedGen: 1, Lease: int64(lease), UpdatedAt: time.Now().UTC()}, clientv3.WithLease(lease))
+		g.put(k.Grant(n.name), cluster.GrantRecord{Watts: n.granted, MinW: 1600, Generation: 1, Lease: int64(lease)})
 	}
-	return cli, k, eps[0]
+	return g.cli, k, g.ep
 }
 
 // rowOrder returns the nodes in the order their rows appear on screen.
