@@ -27,12 +27,12 @@ func TestGroupInvariant(t *testing.T) {
 	_, eps := etcdtest.Start(t, 1, nil)
 	admin := newClient(t, eps, "", "")
 	setBudget(t, admin, 6000, 0)
-	chk := newChecker(6000)
+	chk := newChecker(map[string]float64{"": 6000})
 	var agents []*agent
 	for i := range 6 {
 		a := startAgent(t, fmt.Sprintf("node-%d", i), newClient(t, eps, "", ""), 2, float64(1+i%2))
 		agents = append(agents, a)
-		chk.add(a)
+		chk.add("", a)
 	}
 	// Six nodes want 1400 W each; 6000 W less one node's minimum held for a joiner is shared.
 	testkit.Eventually(t, 10*time.Second, "grants to converge under 6000 W", func() bool { return converged(chk, 6000, 700) })
@@ -44,26 +44,26 @@ func TestGroupInvariant(t *testing.T) {
 		return agents[1].member.AppliedW() > agents[0].member.AppliedW()+50
 	})
 
-	chk.setLimit(7000)
+	chk.setLimit("", 7000)
 	setBudget(t, admin, 7000, 0)
 	testkit.Eventually(t, 10*time.Second, "grants to converge under 7000 W", func() bool { return converged(chk, 7000, 700) })
 
 	// The cut: the old budget bounds Σ applied while the grants move, the new one once they did.
 	setBudget(t, admin, 4000, 0)
 	testkit.Eventually(t, 10*time.Second, "Σ applied under 4000 W", func() bool { return converged(chk, 4000, 4000) })
-	chk.setLimit(4000)
+	chk.setLimit("", 4000)
 	waitPeriods(t, 2, agents...)
 
 	// Joining and leaving.
 	for i := 6; i < 8; i++ {
 		a := startAgent(t, fmt.Sprintf("node-%d", i), newClient(t, eps, "", ""), 2, 1)
 		agents = append(agents, a)
-		chk.add(a)
+		chk.add("", a)
 		testkit.Eventually(t, 10*time.Second, a.name+" to get a grant", func() bool { return a.member.AppliedW() > 400 })
 	}
 	agents[2].stop()
 	setBudget(t, admin, 5000, 0)
-	chk.setLimit(5000)
+	chk.setLimit("", 5000)
 	testkit.Eventually(t, 10*time.Second, "grants to converge under 5000 W after joins and a leave", func() bool { return converged(chk, 5000, 900) })
 
 	// Malformed records from anything that can write: ignored, counted, the last good value stays.
@@ -89,7 +89,7 @@ func TestGroupInvariant(t *testing.T) {
 	}
 	// The malformed budget left the last good one: a raise still works once a good one comes.
 	setBudget(t, admin, 6000, 0)
-	chk.setLimit(6000)
+	chk.setLimit("", 6000)
 	testkit.Eventually(t, 10*time.Second, "grants to converge under 6000 W after malformed records", func() bool { return converged(chk, 6000, 900) })
 	chk.finish(t)
 }
@@ -100,12 +100,12 @@ func TestAllocatorKilled(t *testing.T) {
 	_, eps := etcdtest.Start(t, 1, nil)
 	admin := newClient(t, eps, "", "")
 	setBudget(t, admin, 4000, 0)
-	chk := newChecker(4000)
+	chk := newChecker(map[string]float64{"": 4000})
 	var agents []*agent
 	for i := range 4 {
 		a := startAgent(t, fmt.Sprintf("node-%d", i), newClient(t, eps, "", ""), 2, 1)
 		agents = append(agents, a)
-		chk.add(a)
+		chk.add("", a)
 	}
 	testkit.Eventually(t, 10*time.Second, "one allocator", func() bool { return allocators(agents...) == 1 })
 	testkit.Eventually(t, 10*time.Second, "convergence", func() bool { return converged(chk, 4000, 700) })
@@ -139,7 +139,7 @@ func TestAllocatorKilled(t *testing.T) {
 		return s
 	}
 	setBudget(t, admin, 4500, 0)
-	chk.setLimit(4500)
+	chk.setLimit("", 4500)
 	// 4500 W less a joiner's minimum (400 W) less the dead node's floor (400 W).
 	testkit.Eventually(t, 10*time.Second, "survivors to get all but the dead node's floor", func() bool {
 		s := survivors()
@@ -160,12 +160,12 @@ func TestEtcdLeaderLost(t *testing.T) {
 	members, eps := etcdtest.Start(t, 3, nil)
 	admin := newClient(t, eps, "", "")
 	setBudget(t, admin, 5000, 0)
-	chk := newChecker(5000)
+	chk := newChecker(map[string]float64{"": 5000})
 	var agents []*agent
 	for i := range 4 {
 		a := startAgent(t, fmt.Sprintf("node-%d", i), newClient(t, eps, "", ""), 2, 1)
 		agents = append(agents, a)
-		chk.add(a)
+		chk.add("", a)
 	}
 	testkit.Eventually(t, 10*time.Second, "convergence", func() bool { return converged(chk, 5000, 700) })
 	var leader *embed.Etcd
@@ -182,7 +182,7 @@ func TestEtcdLeaderLost(t *testing.T) {
 	})
 	setBudget(t, admin, 3500, 0)
 	testkit.Eventually(t, 10*time.Second, "convergence under 3500 W without the old leader", func() bool { return converged(chk, 3500, 3500) })
-	chk.setLimit(3500)
+	chk.setLimit("", 3500)
 	waitPeriods(t, 2, agents...)
 	chk.finish(t)
 }
@@ -207,7 +207,7 @@ func TestAgentCutOff(t *testing.T) {
 	admin := newClient(t, eps, "", "")
 	setBudget(t, admin, 4000, 500)
 	px := startProxy(t, eps[0])
-	chk := newChecker(4000)
+	chk := newChecker(map[string]float64{"": 4000})
 	var agents []*agent
 	for i := range 4 {
 		cli := newClient(t, eps, "", "")
@@ -216,7 +216,7 @@ func TestAgentCutOff(t *testing.T) {
 		}
 		a := startAgent(t, fmt.Sprintf("node-%d", i), cli, 2, 1)
 		agents = append(agents, a)
-		chk.add(a)
+		chk.add("", a)
 	}
 	cut := agents[3]
 	testkit.Eventually(t, 10*time.Second, "convergence", func() bool { return converged(chk, 4000, 700) && cut.member.AppliedW() > 500 })
@@ -237,7 +237,7 @@ func TestAgentCutOff(t *testing.T) {
 	}
 	was := others()
 	setBudget(t, admin, 4800, 500)
-	chk.setLimit(4800)
+	chk.setLimit("", 4800)
 	testkit.Eventually(t, 10*time.Second, "the cut-off node's lease to expire in etcd", func() bool {
 		resp, err := admin.Get(context.Background(), testKeys.Node(cut.name))
 		return err == nil && len(resp.Kvs) == 0

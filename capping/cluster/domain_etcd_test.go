@@ -23,91 +23,6 @@ import (
 	"github.com/capstan-power/capstan/internal/testkit"
 )
 
-// domainChecker samples, every 2 ms, Σ applied of the agents under each domain and records every
-// instant it exceeded the domain's limit in force. A domain is a path below the group; "" is the
-// group itself.
-type domainChecker struct {
-	mu         sync.Mutex
-	agents     map[*agent]string // the agent's domain
-	limits     map[string]float64
-	violations []string
-	samples    int
-	stopc      chan struct{}
-	done       chan struct{}
-}
-
-func newDomainChecker(limits map[string]float64) *domainChecker {
-	c := &domainChecker{agents: map[*agent]string{}, limits: limits, stopc: make(chan struct{}), done: make(chan struct{})}
-	go c.loop()
-	return c
-}
-
-func (c *domainChecker) add(a *agent, rel string) {
-	c.mu.Lock()
-	c.agents[a] = rel
-	c.mu.Unlock()
-}
-
-func (c *domainChecker) setLimit(rel string, w float64) {
-	c.mu.Lock()
-	c.limits[rel] = w
-	c.mu.Unlock()
-}
-
-func inDomain(rel, d string) bool { return d == "" || rel == d || strings.HasPrefix(rel, d+"/") }
-
-// sum is Σ applied under domain d; the caller holds c.mu.
-func (c *domainChecker) sum(d string) float64 {
-	s := 0.0
-	for a, rel := range c.agents {
-		if a.active.Load() && inDomain(rel, d) {
-			s += a.member.AppliedW()
-		}
-	}
-	return s
-}
-
-func (c *domainChecker) sumOf(d string) float64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.sum(d)
-}
-
-func (c *domainChecker) loop() {
-	defer close(c.done)
-	t := time.NewTicker(2 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-c.stopc:
-			return
-		case <-t.C:
-		}
-		c.mu.Lock()
-		c.samples++
-		for d, lim := range c.limits {
-			if s := c.sum(d); s > lim+1e-6 && len(c.violations) < 20 {
-				c.violations = append(c.violations, fmt.Sprintf("%s: domain %q: Σ applied %.1f W > %.1f W", time.Now().Format("15:04:05.000"), d, s, lim))
-			}
-		}
-		c.mu.Unlock()
-	}
-}
-
-func (c *domainChecker) finish(t testing.TB) {
-	t.Helper()
-	close(c.stopc)
-	<-c.done
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.samples < 100 {
-		t.Errorf("invariant checker took only %d samples", c.samples)
-	}
-	for _, v := range c.violations {
-		t.Error(v)
-	}
-}
-
 // inRack starts an agent attached to domain rel.
 func inRack(t testing.TB, name string, cli *clientv3.Client, rel string, logs *syncBuffer) *agent {
 	return startAgentWith(t, name, cli, 2, 1, leaseTTL, period, true, func(o *cluster.Options) {
@@ -165,13 +80,13 @@ func TestDomainInvariant(t *testing.T) {
 	setBudget(t, admin, 7000, 0)
 	setDomain(t, admin, "rackA", 3000)
 	setDomain(t, admin, "rackB", 5000)
-	chk := newDomainChecker(map[string]float64{"": 7000, "rackA": 3000, "rackB": 5000})
+	chk := newChecker(map[string]float64{"": 7000, "rackA": 3000, "rackB": 5000})
 	logs := &syncBuffer{}
 	var agents []*agent
 	for i, rack := range []string{"rackA", "rackA", "rackA", "rackB", "rackB", "rackB"} {
 		a := inRack(t, fmt.Sprintf("node-%d", i), newClient(t, eps, "", ""), rack, logs)
 		agents = append(agents, a)
-		chk.add(a, rack)
+		chk.add(rack, a)
 	}
 	// Every node wants 1400 W: rackA holds its 3 nodes at 3000 W less a joiner's 400 W.
 	testkit.Eventually(t, 15*time.Second, "rackA to fill to its limit", func() bool {
@@ -233,7 +148,7 @@ func TestDomainInvariant(t *testing.T) {
 	if err := agents[2].member.SetDomain("rackB"); err != nil {
 		t.Fatal(err)
 	}
-	chk.add(agents[2], "rackB")
+	chk.add("rackB", agents[2])
 	testkit.Eventually(t, 10*time.Second, "rackB within its limit with node-2", func() bool { return chk.sumOf("rackB") <= 5000 })
 	chk.setLimit("rackB", 5000)
 	// rackB holds 4 nodes at 5000 W less a joiner's 400 W; rackA's two get the site's rest.
@@ -293,12 +208,12 @@ func TestDomainEtcdRestart(t *testing.T) {
 	admin := newClient(t, eps, "", "")
 	setBudget(t, admin, 5000, 0)
 	setDomain(t, admin, "rackA", 2400)
-	chk := newDomainChecker(map[string]float64{"": 5000, "rackA": 2400})
+	chk := newChecker(map[string]float64{"": 5000, "rackA": 2400})
 	var agents []*agent
 	for i, rack := range []string{"rackA", "rackA", "rackB", "rackB"} {
 		a := inRack(t, fmt.Sprintf("node-%d", i), newClient(t, eps, "", ""), rack, nil)
 		agents = append(agents, a)
-		chk.add(a, rack)
+		chk.add(rack, a)
 	}
 	testkit.Eventually(t, 15*time.Second, "rackA to fill", func() bool { return chk.sumOf("rackA") >= 1900 })
 	etcdtest.Close(members[0])

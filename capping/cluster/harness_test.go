@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -170,45 +171,58 @@ func (a *agent) controlled() time.Time {
 	return at
 }
 
-// checker samples Σ applied over the agents continuously and records every instant it
-// exceeded the limit in force.
+// checker samples, every 2 ms, Σ applied of the agents under each domain and records every
+// instant it exceeded the domain's limit in force. A domain is a path below the group; "" is the
+// group itself.
 type checker struct {
 	mu         sync.Mutex
-	agents     []*agent
-	limit      float64
+	agents     map[*agent]string // the agent's domain
+	limits     map[string]float64
 	violations []string
 	samples    int
-	maxSeen    float64
 	stopc      chan struct{}
 	done       chan struct{}
 }
 
-func newChecker(limit float64) *checker {
-	c := &checker{limit: limit, stopc: make(chan struct{}), done: make(chan struct{})}
+// newChecker starts sampling with the limits by domain; {"": w} checks the group alone.
+func newChecker(limits map[string]float64) *checker {
+	c := &checker{agents: map[*agent]string{}, limits: limits, stopc: make(chan struct{}), done: make(chan struct{})}
 	go c.loop()
 	return c
 }
 
-func (c *checker) add(a ...*agent) {
+// add counts agents in domain rel from now on.
+func (c *checker) add(rel string, a ...*agent) {
 	c.mu.Lock()
-	c.agents = append(c.agents, a...)
+	for _, a := range a {
+		c.agents[a] = rel
+	}
 	c.mu.Unlock()
 }
 
-func (c *checker) setLimit(w float64) {
+func (c *checker) setLimit(rel string, w float64) {
 	c.mu.Lock()
-	c.limit = w
+	c.limits[rel] = w
 	c.mu.Unlock()
 }
 
-func (c *checker) sum() float64 {
+func inDomain(rel, d string) bool { return d == "" || rel == d || strings.HasPrefix(rel, d+"/") }
+
+// sum is Σ applied under domain d; the caller holds c.mu.
+func (c *checker) sum(d string) float64 {
 	s := 0.0
-	for _, a := range c.agents {
-		if a.active.Load() {
+	for a, rel := range c.agents {
+		if a.active.Load() && inDomain(rel, d) {
 			s += a.member.AppliedW()
 		}
 	}
 	return s
+}
+
+func (c *checker) sumOf(d string) float64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sum(d)
 }
 
 func (c *checker) loop() {
@@ -222,11 +236,15 @@ func (c *checker) loop() {
 		case <-t.C:
 		}
 		c.mu.Lock()
-		s := c.sum()
 		c.samples++
-		c.maxSeen = max(c.maxSeen, s)
-		if s > c.limit+1e-6 && len(c.violations) < 20 {
-			c.violations = append(c.violations, fmt.Sprintf("%s: Σ applied %.1f W > %.1f W", time.Now().Format("15:04:05.000"), s, c.limit))
+		for d, lim := range c.limits {
+			if s := c.sum(d); s > lim+1e-6 && len(c.violations) < 20 {
+				where := "group"
+				if d != "" {
+					where = fmt.Sprintf("domain %q", d)
+				}
+				c.violations = append(c.violations, fmt.Sprintf("%s: %s: Σ applied %.1f W > %.1f W", time.Now().Format("15:04:05.000"), where, s, lim))
+			}
 		}
 		c.mu.Unlock()
 	}
@@ -258,9 +276,7 @@ func setBudget(t testing.TB, cli *clientv3.Client, w, floor float64) {
 
 // converged reports whether Σ applied is within margin below target and every agent has a grant.
 func converged(c *checker, target, margin float64) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s := c.sum()
+	s := c.sumOf("")
 	return s <= target && s >= target-margin
 }
 
