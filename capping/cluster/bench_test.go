@@ -62,7 +62,9 @@ func BenchmarkGroupConvergence(b *testing.B) {
 			members = append(members, a.member)
 		}
 	} else {
-		members = startMembersOnly(b, ctx, clients, nodes, per)
+		members = startMembersOnly(b, ctx, nodes, per, func(i int) cluster.Options {
+			return cluster.Options{Client: clients[i%len(clients)], Node: fmt.Sprintf("n%05d", i)}
+		})
 	}
 	sum := func() float64 {
 		s := 0.0
@@ -154,14 +156,16 @@ func BenchmarkCutOffHold(b *testing.B) {
 }
 
 // startMembersOnly runs n members whose draw is reported at full power and whose grants one loop
-// takes twice a period, as their controllers would.
-func startMembersOnly(b *testing.B, ctx context.Context, clients []*clientv3.Client, n int, per time.Duration) []*cluster.Member {
+// takes twice a period, as their controllers would. member(i) gives member i's client, name and
+// domain; the rest of its options are the same for all.
+func startMembersOnly(b *testing.B, ctx context.Context, n int, per time.Duration, member func(i int) cluster.Options) []*cluster.Member {
 	ctx, cancel := context.WithCancel(ctx)
 	b.Cleanup(cancel)
 	members := make([]*cluster.Member, n)
 	for i := range members {
-		m, err := cluster.NewMember(cluster.Options{Client: clients[i%len(clients)], Keys: testKeys, Node: fmt.Sprintf("n%05d", i),
-			LeaseTTL: 5 * time.Second, Period: per, Priority: 1, Campaign: i < 3})
+		o := member(i)
+		o.Keys, o.LeaseTTL, o.Period, o.Priority, o.Campaign = testKeys, 5*time.Second, per, 1, i < 3
+		m, err := cluster.NewMember(o)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -213,34 +217,13 @@ func BenchmarkDomainCut200(b *testing.B) {
 			setDomain(b, admin, rack, limits[rack])
 		}
 	}
-	members := make([]*cluster.Member, 200)
 	doms := make([]string, 200)
-	for i := range members {
+	for i := range doms {
 		doms[i] = fmt.Sprintf("row%d/rack%d", i/50, (i/10)%5)
-		m, err := cluster.NewMember(cluster.Options{Client: newClient(b, eps, "", ""), Keys: testKeys, Node: fmt.Sprintf("n%03d", i),
-			Domain: doms[i], LeaseTTL: 5 * time.Second, Period: per, Priority: 1, Campaign: i < 3})
-		if err != nil {
-			b.Fatal(err)
-		}
-		m.Report(budget.NodeReport{DrawW: 700, DrawOK: true, MinW: 200, MaxW: 700, At: time.Now()})
-		members[i] = m
-		go m.Run(ctx)
 	}
-	go func() {
-		t := time.NewTicker(per / 2)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				for _, m := range members {
-					m.Report(budget.NodeReport{DrawW: 700, DrawOK: true, MinW: 200, MaxW: 700, At: time.Now()})
-					m.Applied(m.Grant())
-				}
-			}
-		}
-	}()
+	members := startMembersOnly(b, ctx, 200, per, func(i int) cluster.Options {
+		return cluster.Options{Client: newClient(b, eps, "", ""), Node: fmt.Sprintf("n%03d", i), Domain: doms[i]}
+	})
 	var mu sync.Mutex
 	site := 200 * 650.0
 	var violations []string
