@@ -8,7 +8,6 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
-	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/metrics"
 )
 
@@ -83,14 +82,7 @@ func BenchmarkCollectZeroCostMIGNVLink(b *testing.B) {
 // BenchmarkCollectSimH100MIGNVLink is the same on eight simulated H100s, the sim's physics
 // included.
 func BenchmarkCollectSimH100MIGNVLink(b *testing.B) {
-	clk := clock.NewManual(time.Unix(1_700_000_000, 0))
-	fleet, err := sim.New(sim.Options{Model: "H100", Count: 8, Trace: "training", Seed: 1, Clock: clk, MIG: "7x1g.10gb"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if ret := fleet.Init(); ret != nvml.SUCCESS {
-		b.Fatal(ret)
-	}
+	fleet, clk := simOn(b, sim.Options{Model: "H100", Count: 8, Trace: "training", Seed: 1, MIG: "7x1g.10gb"})
 	all := func(*metrics.Def) bool { return true }
 	c, err := newCollector(fleet, slog.New(slog.DiscardHandler), clk.Now, all)
 	if err != nil {

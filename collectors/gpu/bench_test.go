@@ -11,7 +11,6 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
-	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/sample"
 )
 
@@ -156,17 +155,6 @@ func BenchmarkCollectZeroCostDevices(b *testing.B) {
 // BenchmarkCollectSimH100 is one collection of eight simulated H100s a second apart, the sim's
 // physics included.
 func BenchmarkCollectSimH100(b *testing.B) {
-	clk := clock.NewManual(time.Unix(1_700_000_000, 0))
-	fleet, err := sim.New(sim.Options{Model: "H100", Count: 8, Trace: "training", Seed: 1, Clock: clk})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if ret := fleet.Init(); ret != nvml.SUCCESS {
-		b.Fatal(ret)
-	}
-	c, err := New(fleet, slog.New(slog.DiscardHandler), clk.Now)
-	if err != nil {
-		b.Fatal(err)
-	}
+	c, _, clk := simCollector(b, sim.Options{Model: "H100", Count: 8, Trace: "training", Seed: 1}, slog.New(slog.DiscardHandler))
 	benchCollect(b, c, func() { clk.Advance(time.Second) })
 }

@@ -9,7 +9,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
-	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
 	"github.com/capstan-power/capstan/internal/testkit"
@@ -142,18 +141,7 @@ func TestNoGPMSaysSoOnce(t *testing.T) {
 func TestSimGPMFollowsTheTrace(t *testing.T) {
 	for _, model := range []string{"H100", "H200", "B200"} {
 		for seed := int64(1); seed <= 3; seed++ {
-			clk := clock.NewManual(time.Unix(1_700_000_000, 0))
-			fleet, err := sim.New(sim.Options{Model: model, Count: 4, Trace: "training", Seed: seed, Clock: clk})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if ret := fleet.Init(); ret != nvml.SUCCESS {
-				t.Fatal(ret)
-			}
-			c, err := New(fleet, nil, clk.Now)
-			if err != nil {
-				t.Fatal(err)
-			}
+			c, fleet, clk := simCollector(t, sim.Options{Model: model, Count: 4, Trace: "training", Seed: seed}, nil)
 			m := fleet.Model()
 			type phase struct{ sm, tensor, nvlink, n float64 }
 			var compute, reduce [4]phase

@@ -9,7 +9,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
-	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/testkit"
 )
@@ -60,18 +59,7 @@ func TestHealthConditionsDoNotFlap(t *testing.T) {
 // power violation time and raises the debounced condition, though neither collection saw the
 // brake's reason bit.
 func TestSimPowerBrakeBetweenCollections(t *testing.T) {
-	clk := clock.NewManual(time.Unix(1_700_000_000, 0))
-	fleet, err := sim.New(sim.Options{Model: "H100", Count: 2, Trace: "inference", Seed: 2, Clock: clk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ret := fleet.Init(); ret != nvml.SUCCESS {
-		t.Fatal(ret)
-	}
-	c, err := New(fleet, nil, clk.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, fleet, clk := simCollector(t, sim.Options{Model: "H100", Count: 2, Trace: "inference", Seed: 2}, nil)
 	gpu1 := attribute.Int(metrics.AttrGPUIndex, 1)
 	power := attribute.String(metrics.AttrViolationPolicy, "power")
 	b := collect(t, c)

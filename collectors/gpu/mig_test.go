@@ -13,24 +13,10 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
-	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
 	"github.com/capstan-power/capstan/internal/testkit"
 )
-
-func newMIGFleet(t *testing.T, model string, count int, layout string) (*sim.Fleet, *clock.Manual) {
-	t.Helper()
-	clk := clock.NewManual(time.Unix(1_700_000_000, 0))
-	fleet, err := sim.New(sim.Options{Model: model, Count: count, Trace: "training", Seed: 3, Clock: clk, MIG: layout})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ret := fleet.Init(); ret != nvml.SUCCESS {
-		t.Fatal(ret)
-	}
-	return fleet, clk
-}
 
 // migSeries lists the profile of every MIG device GPU gpu exports, with its memory limit.
 func migProfiles(b *sample.Batch, gpu int) map[string]int {
@@ -64,7 +50,7 @@ func TestSimMIGDevices(t *testing.T) {
 	} {
 		t.Run(tc.model, func(t *testing.T) {
 			const gpus = 3
-			fleet, clk := newMIGFleet(t, tc.model, gpus, tc.layout)
+			fleet, clk := simOn(t, sim.Options{Model: tc.model, Count: gpus, Trace: "training", Seed: 3, MIG: tc.layout})
 			if err := fleet.SetProcesses(0, []sim.Process{{PID: 100, GPUInstance: 1}, {PID: 101, GPUInstance: 1}, {PID: 102, GPUInstance: 2}}); err != nil {
 				t.Fatal(err)
 			}
@@ -135,12 +121,8 @@ func TestSimMIGDevices(t *testing.T) {
 // instances' series are no longer exported. An instance destroyed under a collection is noticed
 // at once (its handle answers not found), not only at the next discovery.
 func TestSimMIGReconfiguredWhileRunning(t *testing.T) {
-	fleet, clk := newMIGFleet(t, "H100", 2, "7x1g.10gb")
 	log, logs := testkit.NewLogger()
-	c, err := New(fleet, log, clk.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, fleet, clk := simCollector(t, sim.Options{Model: "H100", Count: 2, Trace: "training", Seed: 3, MIG: "7x1g.10gb"}, log)
 	collect(t, c)
 	if err := fleet.SetMIGLayout(0, "3g.40gb,4g.40gb"); err != nil {
 		t.Fatal(err)

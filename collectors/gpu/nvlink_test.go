@@ -8,7 +8,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
-	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
 	"github.com/capstan-power/capstan/internal/testkit"
@@ -44,18 +43,7 @@ func TestSimNVLinkPerLink(t *testing.T) {
 		version int64
 	}{{"H100", 18, 4}, {"B200", 18, 5}, {"A100", 12, 3}} {
 		t.Run(tc.model, func(t *testing.T) {
-			clk := clock.NewManual(time.Unix(1_700_000_000, 0))
-			fleet, err := sim.New(sim.Options{Model: tc.model, Count: 2, Trace: "training", Seed: 11, Clock: clk})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if ret := fleet.Init(); ret != nvml.SUCCESS {
-				t.Fatal(ret)
-			}
-			c, err := New(fleet, nil, clk.Now)
-			if err != nil {
-				t.Fatal(err)
-			}
+			c, fleet, clk := simCollector(t, sim.Options{Model: tc.model, Count: 2, Trace: "training", Seed: 11}, nil)
 			gpu1 := attribute.Int(metrics.AttrGPUIndex, 1)
 			link := func(l int) attribute.KeyValue { return attribute.Int(metrics.AttrNVLink, l) }
 			collect(t, c)
@@ -124,14 +112,7 @@ func TestSimNVLinkPerLink(t *testing.T) {
 // With the default selection the per-link series are not built nor exported; the GPU's totals
 // are.
 func TestNVLinkPerLinkOffByDefault(t *testing.T) {
-	clk := clock.NewManual(time.Unix(1_700_000_000, 0))
-	fleet, err := sim.New(sim.Options{Model: "H100", Count: 2, Trace: "training", Seed: 11, Clock: clk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ret := fleet.Init(); ret != nvml.SUCCESS {
-		t.Fatal(ret)
-	}
+	fleet, clk := simOn(t, sim.Options{Model: "H100", Count: 2, Trace: "training", Seed: 11})
 	c, err := newCollector(fleet, nil, clk.Now, (*metrics.Def).OnByDefault)
 	if err != nil {
 		t.Fatal(err)

@@ -9,7 +9,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
-	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/metrics"
 	"github.com/capstan-power/capstan/internal/sample"
 	"github.com/capstan-power/capstan/internal/testkit"
@@ -20,25 +19,14 @@ import (
 func TestCollectorOverEverySimModel(t *testing.T) {
 	for _, model := range sim.Models() {
 		t.Run(model, func(t *testing.T) {
-			clock := clock.NewManual(time.Unix(1_700_000_000, 0))
 			m, err := sim.LookupModel(model)
 			if err != nil {
 				t.Fatal(err)
 			}
 			// Every model has MIG: two GPUs split, two whole.
 			oneG := "2x" + m.MIGProfiles()[0].Name
-			fleet, err := sim.New(sim.Options{Model: model, Count: 4, Trace: "steady", Seed: 7, Clock: clock,
-				MIG: oneG + ";off;" + oneG + ";off"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if ret := fleet.Init(); ret != nvml.SUCCESS {
-				t.Fatal(ret)
-			}
-			c, err := New(fleet, nil, clock.Now)
-			if err != nil {
-				t.Fatal(err)
-			}
+			c, fleet, clock := simCollector(t, sim.Options{Model: model, Count: 4, Trace: "steady", Seed: 7,
+				MIG: oneG + ";off;" + oneG + ";off"}, nil)
 			fleet.InjectXID(2, 79)
 			var b *sample.Batch
 			for range 3 {
@@ -95,18 +83,7 @@ func onSim(d *metrics.Def, m sim.Model) bool {
 
 // A simulated GPU lost mid-run is reported failed, the others carry on.
 func TestSimGPULost(t *testing.T) {
-	clock := clock.NewManual(time.Unix(1_700_000_000, 0))
-	fleet, err := sim.New(sim.Options{Model: "H100", Count: 2, Trace: "training", Seed: 1, Clock: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ret := fleet.Init(); ret != nvml.SUCCESS {
-		t.Fatal(ret)
-	}
-	c, err := New(fleet, nil, clock.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, fleet, clock := simCollector(t, sim.Options{Model: "H100", Count: 2, Trace: "training", Seed: 1}, nil)
 	collect(t, c)
 	fleet.SetLost(1, true)
 	clock.Advance(time.Second)
@@ -124,19 +101,8 @@ func TestSimGPULost(t *testing.T) {
 // Eight simulated H100 SXM boards have no fan: the collector says so once, at debug, in one
 // line that lists the GPUs, and nothing at info.
 func TestSimUnsupportedQueriesAreOneDebugLinePerQuery(t *testing.T) {
-	clock := clock.NewManual(time.Unix(1_700_000_000, 0))
-	fleet, err := sim.New(sim.Options{Model: "H100", Count: 8, Trace: "training", Seed: 1, Clock: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ret := fleet.Init(); ret != nvml.SUCCESS {
-		t.Fatal(ret)
-	}
 	log, logs := testkit.NewLogger()
-	c, err := New(fleet, log, clock.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, _, clock := simCollector(t, sim.Options{Model: "H100", Count: 8, Trace: "training", Seed: 1}, log)
 	for range 3 {
 		clock.Advance(time.Second)
 		collect(t, c)
@@ -164,19 +130,8 @@ func TestSimUnsupportedQueriesAreOneDebugLinePerQuery(t *testing.T) {
 func TestSimLostGPUComesBack(t *testing.T) {
 	for _, model := range []string{"H100", "A100", "B200"} {
 		t.Run(model, func(t *testing.T) {
-			clock := clock.NewManual(time.Unix(1_700_000_000, 0))
-			fleet, err := sim.New(sim.Options{Model: model, Count: 3, Trace: "training", Seed: 7, Clock: clock})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if ret := fleet.Init(); ret != nvml.SUCCESS {
-				t.Fatal(ret)
-			}
 			log, logs := testkit.NewLogger()
-			c, err := New(fleet, log, clock.Now)
-			if err != nil {
-				t.Fatal(err)
-			}
+			c, fleet, clock := simCollector(t, sim.Options{Model: model, Count: 3, Trace: "training", Seed: 7}, log)
 			gpu2 := attribute.Int(metrics.AttrGPUIndex, 2)
 			state := func(b *sample.Batch) string {
 				if v, _ := b.Find(metrics.GPUStatus, gpu2, attribute.String(metrics.AttrHWState, "ok")); v == 1 {

@@ -11,33 +11,15 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
-	"github.com/capstan-power/capstan/internal/clock"
 	"github.com/capstan-power/capstan/internal/metrics"
 )
-
-func simFleet(t *testing.T, model string, count int) (*sim.Fleet, *clock.Manual) {
-	t.Helper()
-	clk := clock.NewManual(time.Unix(1_700_000_000, 0))
-	fleet, err := sim.New(sim.Options{Model: model, Count: count, Trace: "lockstep", Seed: 3, Clock: clk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ret := fleet.Init(); ret != nvml.SUCCESS {
-		t.Fatal(ret)
-	}
-	return fleet, clk
-}
 
 // TestApplyPowerSmoothing sets power smoothing from the configuration on B200s and reads it
 // back through the collector's metrics; on boards without the feature it changes nothing and
 // reports no error.
 func TestApplyPowerSmoothing(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
-	fleet, clk := simFleet(t, "B200", 2)
-	c, err := New(fleet, log, clk.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, fleet, clk := simCollector(t, sim.Options{Model: "B200", Count: 2, Trace: "lockstep", Seed: 3}, log)
 	clk.Advance(time.Second)
 	b := collect(t, c)
 	for i := range 2 {
@@ -70,7 +52,7 @@ func TestApplyPowerSmoothing(t *testing.T) {
 		t.Errorf("after disabling: smoothing %v (found %v), want 0, profile 3 kept", v, ok)
 	}
 
-	h100, _ := simFleet(t, "H100", 4)
+	h100, _ := simOn(t, sim.Options{Model: "H100", Count: 4, Trace: "lockstep", Seed: 3})
 	if applied, unsupported, err := ApplyPowerSmoothing(h100, "enabled", 2, log); applied != 0 || unsupported != 4 || err != nil {
 		t.Errorf("on H100s: %d applied, %d unsupported, %v; want 0, 4, nil", applied, unsupported, err)
 	}
