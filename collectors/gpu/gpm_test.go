@@ -25,10 +25,7 @@ func link(l, dir string) []attribute.KeyValue {
 // kind are averaged over those present.
 func TestGPMConvertsUnits(t *testing.T) {
 	lib := newFakeLib(1)
-	c, err := New(lib, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustNew(t, lib, nil, nil)
 	b := collect(t, c)
 	if v, _ := b.Find(metrics.GPUGPMSupported); v != 1 {
 		t.Errorf("gpm.supported = %v, want 1", v)
@@ -68,10 +65,7 @@ func TestGPMErrors(t *testing.T) {
 				return nvml.SUCCESS
 			}
 			log, logs := testkit.NewLogger()
-			c, err := New(lib, log, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := mustNew(t, lib, log, nil)
 			for range 3 {
 				b := collect(t, c)
 				if _, ok := b.Find(metrics.HWPower); !ok {
@@ -109,10 +103,7 @@ func TestNoGPMSaysSoOnce(t *testing.T) {
 		}
 	}
 	log, logs := testkit.NewLogger()
-	c, err := New(lib, log, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustNew(t, lib, log, nil)
 	var b *sample.Batch
 	for range 3 {
 		b = collect(t, c)
@@ -235,10 +226,7 @@ func TestGPMMetricsErrors(t *testing.T) {
 				return tc.ret
 			}
 			log, logs := testkit.NewLogger()
-			c, err := New(lib, log, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := mustNew(t, lib, log, nil)
 			for range 3 {
 				b := collect(t, c)
 				if _, ok := b.Find(metrics.GPUActivity); ok {

@@ -218,10 +218,7 @@ func collect(t *testing.T, c *Collector) *sample.Batch {
 func TestCollectConvertsUnits(t *testing.T) {
 	lib := newFakeLib(2)
 	log, _ := testkit.NewLogger()
-	c, err := New(lib, log, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustNew(t, lib, log, nil)
 	b := collect(t, c)
 	gpu1 := attribute.Int(metrics.AttrGPUIndex, 1)
 	str := attribute.String
@@ -298,10 +295,7 @@ func TestCollectConvertsUnits(t *testing.T) {
 func TestPCIeCountersIntegrateThroughput(t *testing.T) {
 	lib := newFakeLib(1)
 	now := time.Unix(1000, 0)
-	c, err := New(lib, nil, func() time.Time { return now })
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustNew(t, lib, nil, func() time.Time { return now })
 	collect(t, c)
 	now = now.Add(2 * time.Second)
 	b := collect(t, c)
@@ -320,10 +314,7 @@ func TestNotSupportedIsSkippedAndLoggedOnce(t *testing.T) {
 		return 0, nvml.ERROR_NOT_SUPPORTED
 	}
 	log, logs := testkit.NewLogger()
-	c, err := New(lib, log, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustNew(t, lib, log, nil)
 	for range 3 {
 		b := collect(t, c)
 		if _, ok := b.Find(metrics.GPUFanSpeed); ok {
@@ -360,10 +351,7 @@ func TestOneFailingCallKeepsItsNeighbours(t *testing.T) {
 		return ecc(t, c)
 	}
 	log, logs := testkit.NewLogger()
-	c, err := New(lib, log, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustNew(t, lib, log, nil)
 	for range 3 {
 		b := collect(t, c)
 		if _, ok := b.Find(metrics.GPUClock, attribute.String(metrics.AttrClockDomain, "sm")); !ok {
@@ -392,10 +380,7 @@ func TestLostGPUIsReportedFailedAndLeftAlone(t *testing.T) {
 		return 300_000, nvml.SUCCESS
 	}
 	log, logs := testkit.NewLogger()
-	c, err := New(lib, log, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustNew(t, lib, log, nil)
 	collect(t, c)
 	lost.Store(true)
 	collect(t, c) // GPU 1 falls off the bus during this collection
@@ -424,10 +409,7 @@ func TestLostGPUIsReportedFailedAndLeftAlone(t *testing.T) {
 
 func TestXIDEventsAreCountedByCode(t *testing.T) {
 	lib := newFakeLib(2)
-	c, err := New(lib, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustNew(t, lib, nil, nil)
 	for _, xid := range []uint64{79, 79, 48} {
 		lib.events <- nvml.EventData{Device: lib.gpus[1], EventType: nvml.EventTypeXidCriticalError, EventData: xid}
 	}
@@ -464,10 +446,7 @@ func TestHungNVMLCallHitsTheDeadline(t *testing.T) {
 		return 100_000, nvml.SUCCESS
 	}
 	log, _ := testkit.NewLogger()
-	c, err := New(lib, log, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustNew(t, lib, log, nil)
 	store := sample.NewStore()
 	r := collectors.NewRunner(store, log, nil)
 	r.Add(Name, c, time.Hour, 50*time.Millisecond)
@@ -569,10 +548,7 @@ func TestNotSupportedIsOneLinePerQueryNamingTheGPUs(t *testing.T) {
 		return nvml.PSTATE_UNKNOWN, nvml.ERROR_FUNCTION_NOT_FOUND
 	}
 	log, logs := testkit.NewLogger()
-	c, err := New(lib, log, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustNew(t, lib, log, nil)
 	for range 3 {
 		collect(t, c)
 	}
@@ -614,10 +590,7 @@ func TestLostGPUIsLookedForAtASlowPace(t *testing.T) {
 		return nil, nvml.ERROR_NOT_FOUND
 	}
 	now := time.Unix(1_700_000_000, 0)
-	c, err := New(lib, nil, func() time.Time { return now })
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustNew(t, lib, nil, func() time.Time { return now })
 	lost.Store(true)
 	collect(t, c)
 	for range 10 { // 10 s of collections: no lookup yet
@@ -659,10 +632,7 @@ func TestGPUMissingAtStartIsOpenedLater(t *testing.T) {
 		return byIndex(i)
 	}
 	now := time.Unix(1_700_000_000, 0)
-	c, err := New(lib, nil, func() time.Time { return now })
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustNew(t, lib, nil, func() time.Time { return now })
 	b := collect(t, c)
 	if _, ok := b.Find(metrics.GPUStatus, attribute.String(metrics.AttrHWID, "gpu-index-1"), attribute.String(metrics.AttrHWState, "failed")); !ok {
 		t.Fatal("a GPU that cannot be opened is not reported failed under its index")

@@ -29,10 +29,7 @@ func TestHealthConditionsDoNotFlap(t *testing.T) {
 		return 0, nvml.SUCCESS
 	}
 	now := time.Unix(1_700_000_000, 0)
-	c, err := New(lib, nil, func() time.Time { return now })
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustNew(t, lib, nil, func() time.Time { return now })
 	var got []float64
 	for i := range 45 {
 		brake = i >= 2 && i < 12 && i%3 == 0 // seen at 3, 6, 9 s; clear in between
@@ -118,10 +115,7 @@ func TestHealthCallErrors(t *testing.T) {
 				lib := newFakeLib(2)
 				inject(lib.gpus[1], ret)
 				log, logs := testkit.NewLogger()
-				c, err := New(lib, log, nil)
-				if err != nil {
-					t.Fatal(err)
-				}
+				c := mustNew(t, lib, log, nil)
 				for range 3 {
 					b := collect(t, c)
 					if _, ok := b.Find(metrics.HWPower, attribute.Int(metrics.AttrGPUIndex, 0)); !ok {

@@ -51,10 +51,7 @@ func TestInventoryCountsLostGPUs(t *testing.T) {
 		}
 		return 300_000, nvml.SUCCESS
 	}
-	c, err := New(lib, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustNew(t, lib, nil, nil)
 	if e, p := inventoryOf(t, c); e != 3 || p != 3 {
 		t.Errorf("all GPUs answering: expected %v present %v, want 3 and 3", e, p)
 	}
@@ -98,10 +95,7 @@ func TestInventoryExpectsTheGPUsOnThePCIBus(t *testing.T) {
 	if ret := fleet.Init(); ret != nvml.SUCCESS {
 		t.Fatal(ret)
 	}
-	sc, err := New(fleet, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sc := mustNew(t, fleet, nil, nil)
 	sc.ExpectFromPCI(sysfs)
 	if e, p := inventoryOf(t, sc); e != 1 || p != 1 {
 		t.Errorf("simulated GPU on a host with 3: expected %v present %v, want 1 and 1", e, p)

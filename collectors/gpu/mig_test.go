@@ -54,10 +54,7 @@ func TestSimMIGDevices(t *testing.T) {
 			if err := fleet.SetProcesses(0, []sim.Process{{PID: 100, GPUInstance: 1}, {PID: 101, GPUInstance: 1}, {PID: 102, GPUInstance: 2}}); err != nil {
 				t.Fatal(err)
 			}
-			c, err := New(fleet, nil, clk.Now)
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := mustNew(t, fleet, nil, clk.Now)
 			collect(t, c)
 			clk.Advance(time.Second)
 			b := collect(t, c)
@@ -249,10 +246,7 @@ func TestMIGModeErrors(t *testing.T) {
 			lib.gpus[1].GetMigModeFunc = func() (int, int, nvml.Return) { return 0, 0, tc.ret }
 			log, logs := testkit.NewLogger()
 			now := time.Unix(1_700_000_000, 0)
-			c, err := New(lib, log, func() time.Time { return now })
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := mustNew(t, lib, log, func() time.Time { return now })
 			var b *sample.Batch
 			for range 3 {
 				b = collect(t, c)

@@ -161,10 +161,7 @@ func TestNVLinkCallErrors(t *testing.T) {
 			lib := newFakeLib(2)
 			tc.setup(lib.gpus[1])
 			log, logs := testkit.NewLogger()
-			c, err := New(lib, log, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := mustNew(t, lib, log, nil)
 			var b *sample.Batch
 			for range 3 {
 				b = collect(t, c)

@@ -32,9 +32,15 @@ func simOn(tb testing.TB, o sim.Options) (*sim.Fleet, *clock.Manual) {
 func simCollector(tb testing.TB, o sim.Options, log *slog.Logger) (*Collector, *sim.Fleet, *clock.Manual) {
 	tb.Helper()
 	fleet, clk := simOn(tb, o)
-	c, err := New(fleet, log, clk.Now)
+	return mustNew(tb, fleet, log, clk.Now), fleet, clk
+}
+
+// mustNew is New, failing the test on its error.
+func mustNew(tb testing.TB, lib nvml.Interface, log *slog.Logger, now func() time.Time) *Collector {
+	tb.Helper()
+	c, err := New(lib, log, now)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return c, fleet, clk
+	return c
 }
