@@ -31,6 +31,8 @@ type agent struct {
 	sysfs    string // this node's copy of the fixture sysfs tree
 	onExit   string // restore or keep
 	crash    string // after-crash: restore or adopt
+	// sensors serves sysfs through FUSE, so that its sensors can fail (nil without FUSE).
+	sensors *sensorTree
 	// long is the node kept running for the whole run (RSS and goroutines are measured on it).
 	long    bool
 	etcd    []*chaosproxy.TCP

@@ -71,7 +71,8 @@ func faultKinds() []faultKind {
 		{name: "nvml.limit-out-of-band", domain: "node", alert: "CapstanPowerLimitOverridden", run: outOfBand},
 		{name: "nvml.write-refused", domain: "node", alert: "CapstanNodeOverBudget", run: writeRefused},
 		{name: "nvml.driver-reload", domain: "node", run: driverReload},
-		{name: "host.sensor-eio", domain: "node", run: sensorEIO},
+		{name: "host.sensor-eio", domain: "node", run: sensorFault(syscall.EIO)},
+		{name: "host.sensor-enodata", domain: "node", run: sensorFault(syscall.ENODATA)},
 		{name: "host.nic-recreate", domain: "host", run: nicRecreate, needsRoot: "creating and deleting a network link needs root"},
 		{name: "otlp.down", domain: "otlp", run: otlpFault(chaosproxy.Down, 0), long: true},
 		{name: "otlp.slow", domain: "otlp", run: otlpFault(chaosproxy.Slow, 5*time.Second), long: true},
@@ -245,63 +246,6 @@ func driverReload(ctx context.Context, h *harness, a *agent, r *faultRecord) err
 	}
 	sleep(ctx, 5*time.Second)
 	return a.faults.remove(id)
-}
-
-// eioSource is a kernel file whose read(2) fails with EIO (a device's autosuspend delay with
-// runtime PM off): a fixture attribute linked to it fails as a broken sensor does.
-func eioSource() string {
-	matches, _ := filepath.Glob("/sys/devices/virtual/mem/*/power/autosuspend_delay_ms")
-	for _, m := range matches {
-		f, err := os.Open(m)
-		if err != nil {
-			continue
-		}
-		_, err = f.Read(make([]byte, 16))
-		_ = f.Close()
-		if errors.Is(err, syscall.EIO) {
-			return m
-		}
-	}
-	return ""
-}
-
-func sensorEIO(ctx context.Context, h *harness, a *agent, r *faultRecord) error {
-	src := eioSource()
-	if src == "" {
-		return errSkip("no kernel file answering EIO to read here")
-	}
-	var targets []string
-	_ = filepath.WalkDir(a.sysfs, func(p string, d os.DirEntry, err error) error {
-		if err == nil && d.Type().IsRegular() && (strings.HasSuffix(p, "_input") || strings.HasSuffix(p, "scaling_cur_freq") || strings.HasSuffix(p, "energy_uj")) {
-			targets = append(targets, p)
-		}
-		return nil
-	})
-	if len(targets) == 0 {
-		return errSkip("no sensor file in the fixture tree")
-	}
-	// A third of the sensors fail at once, then come back.
-	var broken []string
-	for i, t := range targets {
-		if i%3 != 0 {
-			continue
-		}
-		if err := os.Rename(t, t+".soak"); err != nil {
-			continue
-		}
-		if err := os.Symlink(src, t); err != nil {
-			_ = os.Rename(t+".soak", t)
-			continue
-		}
-		broken = append(broken, t)
-	}
-	r.note("%d of %d sensor files of %s read EIO for 20 s", len(broken), len(targets), a.sysfs)
-	sleep(ctx, 20*time.Second)
-	for _, t := range broken {
-		_ = os.Remove(t)
-		_ = os.Rename(t+".soak", t)
-	}
-	return nil
 }
 
 func nicRecreate(ctx context.Context, h *harness, _ *agent, r *faultRecord) error {

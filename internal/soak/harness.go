@@ -77,6 +77,9 @@ type harness struct {
 	prom      *prometheus
 	check     *devstate.Checker
 	veth      string
+	// noSensorTree says why the agents' sysfs is a plain copy, not served through FUSE (the
+	// sensor faults are skipped with it).
+	noSensorTree string
 
 	floorW, baseBudgetW, sumMinW float64
 	alertScaled                  map[string]string
@@ -537,8 +540,8 @@ func (h *harness) makeAgents(cleanups *[]func()) error {
 			*cleanups = append(*cleanups, func() { _ = syscall.Unmount(a.stateDir, syscall.MNT_DETACH) })
 		}
 		a.sysfs = filepath.Join(dir, "sys")
-		if err := os.CopyFS(a.sysfs, os.DirFS(hostfixtures.Sysfs(hostfixtures.Intel))); err != nil {
-			return fmt.Errorf("copying the fixture sysfs: %w", err)
+		if err := h.serveSysfs(a, cleanups); err != nil {
+			return err
 		}
 		var eps []string
 		for _, c := range h.etcd.clients {
@@ -575,6 +578,37 @@ func (h *harness) makeAgents(cleanups *[]func()) error {
 		h.agents = append(h.agents, a)
 	}
 	return nil
+}
+
+// serveSysfs gives the node its copy of the fixture sysfs tree, served through FUSE so that
+// the sensor faults can fail its files' reads; without FUSE, a plain copy (and the sensor
+// faults are skipped, with the reason).
+func (h *harness) serveSysfs(a *agent, cleanups *[]func()) error {
+	src := a.sysfs + ".src"
+	if err := os.CopyFS(src, os.DirFS(hostfixtures.Sysfs(hostfixtures.Intel))); err != nil {
+		return fmt.Errorf("copying the fixture sysfs: %w", err)
+	}
+	if h.noSensorTree == "" {
+		if err := os.MkdirAll(a.sysfs, 0o755); err != nil {
+			return err
+		}
+		t, err := mountSensorTree(src, a.sysfs)
+		if err == nil {
+			a.sensors = t
+			*cleanups = append(*cleanups, func() {
+				if err := t.unmount(); err != nil {
+					h.logf("%v", err)
+				}
+			})
+			return nil
+		}
+		h.noSensorTree = fmt.Sprintf("no FUSE to serve the sensor files from (%v); a fixture file swapped for a failing one is never read again, as the agent holds its sensor files open", err)
+		h.logf("%s", h.noSensorTree)
+		if err := os.Remove(a.sysfs); err != nil {
+			return err
+		}
+	}
+	return os.Rename(src, a.sysfs)
 }
 
 func copyFile(src, dst string) error {

@@ -30,6 +30,9 @@ type sensorTree struct {
 	// links the symlinks' targets.
 	files map[string]*sensorFile
 	links map[string]string
+	// dirs lists each directory's entries, by the directory's path relative to the root.
+	dirs    map[string][]string
+	entries []sensorEntry
 }
 
 // sensorFile is one attribute file: its content, or the errno its reads answer while failing.
@@ -100,14 +103,27 @@ func (d *sensorDir) OnAdd(ctx context.Context) {
 // mountSensorTree mounts at mnt (an empty directory) a FUSE filesystem holding a copy of the
 // tree at src: its directories, symlinks and regular files.
 func mountSensorTree(src, mnt string) (*sensorTree, error) {
-	t := &sensorTree{mnt: mnt, files: map[string]*sensorFile{}, links: map[string]string{}}
-	type entry struct {
-		rel    string
-		mode   fs.FileMode
-		target string
-		data   []byte
+	t, err := readSensorTree(src)
+	if err != nil {
+		return nil, err
 	}
-	var entries []entry
+	if err := t.mount(mnt); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// sensorEntry is one entry of the tree: a directory, a symlink (target) or a file.
+type sensorEntry struct {
+	rel    string
+	mode   fs.FileMode
+	target string
+	file   *sensorFile
+}
+
+// readSensorTree reads the tree at src into memory, not yet mounted.
+func readSensorTree(src string) (*sensorTree, error) {
+	t := &sensorTree{files: map[string]*sensorFile{}, links: map[string]string{}, dirs: map[string][]string{}}
 	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -120,7 +136,7 @@ func mountSensorTree(src, mnt string) (*sensorTree, error) {
 		if err != nil {
 			return err
 		}
-		e := entry{rel: rel, mode: info.Mode()}
+		e := sensorEntry{rel: rel, mode: info.Mode()}
 		switch {
 		case d.Type()&fs.ModeSymlink != 0:
 			if e.target, err = os.Readlink(p); err != nil {
@@ -128,24 +144,33 @@ func mountSensorTree(src, mnt string) (*sensorTree, error) {
 			}
 			t.links[rel] = e.target
 		case d.Type().IsRegular():
-			if e.data, err = os.ReadFile(p); err != nil {
+			data, err := os.ReadFile(p)
+			if err != nil {
 				return err
 			}
+			e.file = &sensorFile{content: data, mode: uint32(info.Mode().Perm())}
+			t.files[rel] = e.file
 		case !d.IsDir():
 			return nil // nothing else lives in a fixture tree
 		}
-		entries = append(entries, e)
+		t.entries = append(t.entries, e)
+		t.dirs[filepath.Dir(rel)] = append(t.dirs[filepath.Dir(rel)], filepath.Base(rel))
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("reading the tree to serve from %s: %w", src, err)
 	}
 	// Parents before their children.
-	sort.Slice(entries, func(i, j int) bool { return entries[i].rel < entries[j].rel })
+	sort.Slice(t.entries, func(i, j int) bool { return t.entries[i].rel < t.entries[j].rel })
+	return t, nil
+}
+
+// mount serves the tree at mnt.
+func (t *sensorTree) mount(mnt string) error {
 	root := &sensorDir{mode: 0o755}
 	root.build = func(ctx context.Context, top *gofs.Inode) {
 		dirs := map[string]*gofs.Inode{".": top}
-		for _, e := range entries {
+		for _, e := range t.entries {
 			parent := dirs[filepath.Dir(e.rel)]
 			if parent == nil {
 				continue
@@ -155,12 +180,10 @@ func mountSensorTree(src, mnt string) (*sensorTree, error) {
 			case e.mode.IsDir():
 				child = parent.NewPersistentInode(ctx, &sensorDir{mode: uint32(e.mode.Perm())}, gofs.StableAttr{Mode: syscall.S_IFDIR})
 				dirs[e.rel] = child
-			case e.mode&fs.ModeSymlink != 0:
+			case e.file == nil:
 				child = parent.NewPersistentInode(ctx, &gofs.MemSymlink{Data: []byte(e.target)}, gofs.StableAttr{Mode: syscall.S_IFLNK})
 			default:
-				f := &sensorFile{content: e.data, mode: uint32(e.mode.Perm())}
-				child = parent.NewPersistentInode(ctx, f, gofs.StableAttr{Mode: syscall.S_IFREG})
-				t.files[e.rel] = f
+				child = parent.NewPersistentInode(ctx, e.file, gofs.StableAttr{Mode: syscall.S_IFREG})
 			}
 			parent.AddChild(filepath.Base(e.rel), child, false)
 		}
@@ -179,10 +202,10 @@ func mountSensorTree(src, mnt string) (*sensorTree, error) {
 		},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("mounting the sensor tree at %s: %w", mnt, err)
+		return fmt.Errorf("mounting the sensor tree at %s: %w", mnt, err)
 	}
-	t.server = server
-	return t, nil
+	t.mnt, t.server = mnt, server
+	return nil
 }
 
 // file returns the served file that rel (relative to the root) names, following symlinks
@@ -222,6 +245,18 @@ func (t *sensorTree) resolve(rel string, depth int) (string, error) {
 		done = next
 	}
 	return done, nil
+}
+
+// list returns the names in the directory rel names (symlinks followed), sorted.
+func (t *sensorTree) list(rel string) []string {
+	real, err := t.resolve(rel, 0)
+	if err != nil {
+		return nil
+	}
+	if real == "" {
+		real = "."
+	}
+	return t.dirs[real]
 }
 
 // unmount takes the tree away: a plain unmount when nothing holds it open any more, else a
