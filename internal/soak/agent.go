@@ -33,6 +33,10 @@ type agent struct {
 	crash    string // after-crash: restore or adopt
 	// sensors serves sysfs through FUSE, so that its sensors can fail (nil without FUSE).
 	sensors *sensorTree
+	// budgetFile is the node's own budget file ("" for a node of the group, budget from etcd);
+	// budgetW what it holds (under mu).
+	budgetFile string
+	budgetW    float64
 	// long is the node kept running for the whole run (RSS and goroutines are measured on it).
 	long    bool
 	etcd    []*chaosproxy.TCP
@@ -235,7 +239,7 @@ func (a *agent) terminate(why string, wait time.Duration, errorOK bool) error {
 func (a *agent) checkExit(p *process, before *devstate.State, errorOK bool) {
 	after := a.h.readState(a)
 	var v *devstate.Violation
-	if why := devstate.CheckExit(a.onExit, a.h.originals(a), before, after, a.h.leaveW(after)); why != "" {
+	if why := devstate.CheckExit(a.onExit, a.h.originals(a), before, after, a.leaveW(after)); why != "" {
 		v = &devstate.Violation{At: time.Now(), Node: a.name, Detail: why + " (" + p.status + ")"}
 	} else if after != nil && after.PID != p.pid {
 		v = &devstate.Violation{At: time.Now(), Node: a.name, Detail: fmt.Sprintf("the device state after exit was written by PID %d, not the agent's %d", after.PID, p.pid)}
@@ -275,6 +279,11 @@ func (a *agent) restartAfterKill(ctx context.Context, crashed *devstate.State) e
 		early <- seen
 	}()
 	p, err := a.start(ctx)
+	if !hasEtcd(a) && p != nil {
+		// Without a cluster budget a restore puts every original back, above the node's own
+		// budget until the successor's first control period caps again.
+		a.h.check.Excuse(a.name, startAt, a.readyAt(p).Add(2*a.h.cfg.Period))
+	}
 	states := <-early
 	var within []*devstate.State
 	for _, s := range states {
@@ -284,7 +293,7 @@ func (a *agent) restartAfterKill(ctx context.Context, crashed *devstate.State) e
 		}
 		within = append(within, s)
 	}
-	got := devstate.ClassifySuccessor(a.h.originals(a), crashed, within, a.h.leaveW(crashed))
+	got := devstate.ClassifySuccessor(a.h.originals(a), crashed, within, a.leaveW(crashed))
 	detail := "crashed with " + limitsW(crashed)
 	if len(within) > 0 {
 		detail += fmt.Sprintf("; successor's first %s, last %s (%d states)", limitsW(within[0]), limitsW(within[len(within)-1]), len(within))

@@ -12,6 +12,8 @@ import (
 
 	"github.com/prometheus/common/model"
 	yaml "gopkg.in/yaml.v3"
+
+	"github.com/capstan-power/capstan/internal/soak/devstate"
 )
 
 // The rules Prometheus evaluates in a soak are the shipped ones with every `for:` scaled and
@@ -192,5 +194,32 @@ func TestPercentile(t *testing.T) {
 	}
 	if p := percentile(nil, 0.99); p != 0 {
 		t.Errorf("p99 of nothing %v", p)
+	}
+}
+
+// A crashed agent's successor is checked strictly on a node with its own budget (a restore
+// brings every original back, so restore and adopt look different): anything but what
+// capping.after-crash says is a violation there; on a node of the group, "indistinguishable"
+// passes.
+func TestSuccessorStrictWithOwnBudget(t *testing.T) {
+	for _, c := range []struct {
+		file, crash string
+		got         devstate.SuccessorResult
+		violation   bool
+	}{
+		{"", "restore", devstate.SuccessorSame, false},
+		{"", "restore", devstate.SuccessorAdopted, true},
+		{"", "adopt", devstate.SuccessorSame, false},
+		{"budget.yaml", "restore", devstate.SuccessorRestored, false},
+		{"budget.yaml", "restore", devstate.SuccessorSame, true},
+		{"budget.yaml", "restore", devstate.SuccessorOther, true},
+		{"budget.yaml", "adopt", devstate.SuccessorAdopted, false},
+		{"budget.yaml", "adopt", devstate.SuccessorSame, true},
+	} {
+		h := &harness{check: devstate.NewChecker(time.Second, time.Now())}
+		h.successor(&agent{h: h, name: "node-2", crash: c.crash, budgetFile: c.file}, c.got, "")
+		if got := h.check.Counts()[devstate.KindSuccessor] > 0; got != c.violation {
+			t.Errorf("own budget %q, after-crash %s, seen %s: violation %v, want %v", c.file, c.crash, c.got, got, c.violation)
+		}
 	}
 }
