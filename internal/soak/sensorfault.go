@@ -232,18 +232,30 @@ func logValue(line, key string) string {
 	return v
 }
 
-// scrapeSensors reads an agent's host sensor series.
-func scrapeSensors(client *http.Client, addr string) (map[string]promSeries, error) {
+// scrapeSensors reads an agent's host sensor series and its thermal collector's
+// capstan.collector.up.
+func scrapeSensors(client *http.Client, addr string) (map[string]promSeries, string, error) {
 	resp, err := client.Get("http://" + addr + "/metrics")
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer func() { _ = resp.Body.Close() }()
 	raw, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return hostSensorSeries(string(raw)), nil
+	return hostSensorSeries(string(raw)), thermalUp(string(raw)), nil
+}
+
+// thermalUp is the value of the thermal collector's capstan_collector_up on a /metrics page
+// ("" when absent).
+func thermalUp(page string) string {
+	for line := range strings.SplitSeq(page, "\n") {
+		if v, ok := strings.CutPrefix(line, `capstan_collector_up{collector="thermal"} `); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
 
 // sensorFault makes a third of the node's sensor value files (hwmon inputs and thermal zone
@@ -267,7 +279,7 @@ func sensorFault(errno syscall.Errno) func(context.Context, *harness, *agent, *f
 		if p == nil {
 			return fmt.Errorf("agent %s is not running", a.name)
 		}
-		before, err := scrapeSensors(client, a.addr)
+		before, _, err := scrapeSensors(client, a.addr)
 		if err != nil {
 			return fmt.Errorf("reading the sensors exported before the fault: %w", err)
 		}
@@ -280,12 +292,18 @@ func sensorFault(errno syscall.Errno) func(context.Context, *harness, *agent, *f
 		}
 		start := time.Now()
 		var problems []string
-		landed := false
+		landed, downSeen := false, false
 		for time.Since(start) < sensorFaultFor && ctx.Err() == nil {
 			sleep(ctx, time.Second)
-			during, err := scrapeSensors(client, a.addr)
+			during, up, err := scrapeSensors(client, a.addr)
 			if err != nil {
 				continue // the /metrics checks count failed scrapes
+			}
+			// Some sensors still read: the collection succeeds (the collector fails only
+			// when no sensor reads at all).
+			if up != "1" && !downSeen {
+				downSeen = true
+				problems = append(problems, fmt.Sprintf("%.0f s into the fault: the thermal collector's capstan_collector_up is %q, not 1, with only some sensors failing", time.Since(start).Seconds(), up))
 			}
 			ok, problem := compareSensorSeries(before, during, failing)
 			landed = landed || ok
@@ -316,7 +334,7 @@ func sensorFault(errno syscall.Errno) func(context.Context, *harness, *agent, *f
 		back := false
 		for end := time.Now().Add(sensorRecovery); time.Now().Before(end) && ctx.Err() == nil; {
 			sleep(ctx, time.Second)
-			now, err := scrapeSensors(client, a.addr)
+			now, _, err := scrapeSensors(client, a.addr)
 			if err != nil {
 				continue
 			}

@@ -294,3 +294,15 @@ func TestSensorLogProblems(t *testing.T) {
 		}
 	}
 }
+
+func TestThermalUp(t *testing.T) {
+	if up := thermalUp(sensorPage); up != "1" {
+		t.Errorf("thermal up %q", up)
+	}
+	if up := thermalUp(strings.ReplaceAll(sensorPage, `"thermal"} 1`, `"thermal"} 0`)); up != "0" {
+		t.Errorf("thermal down read as %q", up)
+	}
+	if up := thermalUp(drop(sensorPage, "capstan_collector_up")); up != "" {
+		t.Errorf("absent read as %q", up)
+	}
+}
