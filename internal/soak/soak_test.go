@@ -2,11 +2,14 @@ package soak
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -220,6 +223,36 @@ func TestSuccessorStrictWithOwnBudget(t *testing.T) {
 		h.successor(&agent{h: h, name: "node-2", crash: c.crash, budgetFile: c.file}, c.got, "")
 		if got := h.check.Counts()[devstate.KindSuccessor] > 0; got != c.violation {
 			t.Errorf("own budget %q, after-crash %s, seen %s: violation %v, want %v", c.file, c.crash, c.got, got, c.violation)
+		}
+	}
+}
+
+// A kind with a first-node preference goes there on its first injection, whatever the seed;
+// later injections are drawn from every eligible node.
+func TestSchedulerFirstNode(t *testing.T) {
+	for seed := range uint64(20) {
+		h := &harness{rng: rand.New(rand.NewPCG(seed, seed))}
+		s := &scheduler{h: h, locks: map[string]*sync.Mutex{}, picked: map[string]int{}}
+		for _, n := range []string{"node-1", "node-2", "node-3"} {
+			a := &agent{h: h, name: n}
+			a.proc = &process{done: make(chan struct{})} // running
+			h.agents = append(h.agents, a)
+			s.locks["node:"+n] = &sync.Mutex{}
+		}
+		k := faultKind{name: "agent.sigkill-mid-write", domain: "node", first: func(a *agent) bool { return a.name == "node-2" }}
+		a, l := s.nodeFor(context.Background(), k, time.Now().Add(time.Minute))
+		if a == nil || a.name != "node-2" {
+			t.Fatalf("seed %d: first injection on %v, want node-2", seed, a)
+		}
+		l.Unlock()
+		seen := map[string]bool{}
+		for range 30 {
+			a, l := s.nodeFor(context.Background(), k, time.Now().Add(time.Minute))
+			seen[a.name] = true
+			l.Unlock()
+		}
+		if len(seen) != 3 {
+			t.Fatalf("seed %d: later injections only on %v", seed, seen)
 		}
 	}
 }
