@@ -265,12 +265,32 @@ func (a *agent) kill(why string) (*process, *devstate.State, error) {
 // with the held limits in its first moments.
 func (a *agent) restartAfterKill(ctx context.Context, crashed *devstate.State) error {
 	startAt := time.Now()
+	// The window a restore must show in: up to the end of the successor's first control
+	// period after it became ready.
+	watch, window := 4*time.Second, a.h.cfg.Period
+	if !hasEtcd(a) {
+		// The sim's device-state file coalesces writes: a restore followed at once by the
+		// first period's writes (a few milliseconds later) would never show in it. Limit
+		// writes slowed to slowWrite each while the successor starts make every step show
+		// (the writes of the restore and of the first period take that much longer).
+		const slowWrite = 300 * time.Millisecond
+		slowFor := time.Duration(2*a.h.cfg.GPUs) * slowWrite
+		watch, window = watch+slowFor, window+slowFor
+		id, err := a.faults.add(simFault{Kind: "hang", GPU: -1, Calls: []string{"SetPowerManagementLimit"}, Duration: slowWrite.String()}, startAt.Add(watch))
+		if err != nil {
+			return err
+		}
+		defer func() { _ = a.faults.remove(id) }()
+		// Without a cluster budget a restore puts every original back, above the node's own
+		// budget until the successor's first control period caps again.
+		a.h.check.Excuse(a.name, startAt, startAt.Add(watch))
+	}
 	early := make(chan []*devstate.State, 1)
 	go func() {
 		// Watch the device state closely while the successor starts: its restore (or not)
 		// comes before its first control period.
 		var seen []*devstate.State
-		for time.Since(startAt) < 4*time.Second {
+		for time.Since(startAt) < watch {
 			if s := a.h.readState(a); s != nil && s.WrittenAt.After(startAt) {
 				seen = append(seen, s)
 			}
@@ -279,16 +299,10 @@ func (a *agent) restartAfterKill(ctx context.Context, crashed *devstate.State) e
 		early <- seen
 	}()
 	p, err := a.start(ctx)
-	if !hasEtcd(a) && p != nil {
-		// Without a cluster budget a restore puts every original back, above the node's own
-		// budget until the successor's first control period caps again.
-		a.h.check.Excuse(a.name, startAt, a.readyAt(p).Add(2*a.h.cfg.Period))
-	}
 	states := <-early
 	var within []*devstate.State
 	for _, s := range states {
-		// Up to the end of the successor's first control period after it became ready.
-		if p != nil && !a.readyAt(p).IsZero() && s.WrittenAt.After(a.readyAt(p).Add(a.h.cfg.Period)) {
+		if p != nil && !a.readyAt(p).IsZero() && s.WrittenAt.After(a.readyAt(p).Add(window)) {
 			break
 		}
 		within = append(within, s)

@@ -17,6 +17,10 @@ import (
 // whole, which tells a crashed agent's restoring successor from an adopting one.
 const fileBudgetNode = 2
 
+// oversubscription is capping.oversubscription-percent's default, which the agents run with:
+// their GPUs' caps may sum this share above the budget while they draw less than them.
+const oversubscription = 0.05
+
 // hasEtcd tells whether the node takes its budget from the group (etcd).
 func hasEtcd(a *agent) bool { return a.budgetFile == "" }
 
@@ -40,7 +44,7 @@ func (a *agent) setOwnBudget(w float64) error {
 	a.mu.Lock()
 	a.budgetW = w
 	a.mu.Unlock()
-	a.h.check.SetNodeBudget(a.name, time.Now(), w)
+	a.h.check.SetNodeBudget(a.name, time.Now(), w, oversubscription)
 	return nil
 }
 
