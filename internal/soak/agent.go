@@ -31,6 +31,12 @@ type agent struct {
 	sysfs    string // this node's copy of the fixture sysfs tree
 	onExit   string // restore or keep
 	crash    string // after-crash: restore or adopt
+	// sensors serves sysfs through FUSE, so that its sensors can fail (nil without FUSE).
+	sensors *sensorTree
+	// budgetFile is the node's own budget file ("" for a node of the group, budget from etcd);
+	// budgetW what it holds (under mu).
+	budgetFile string
+	budgetW    float64
 	// long is the node kept running for the whole run (RSS and goroutines are measured on it).
 	long    bool
 	etcd    []*chaosproxy.TCP
@@ -233,7 +239,7 @@ func (a *agent) terminate(why string, wait time.Duration, errorOK bool) error {
 func (a *agent) checkExit(p *process, before *devstate.State, errorOK bool) {
 	after := a.h.readState(a)
 	var v *devstate.Violation
-	if why := devstate.CheckExit(a.onExit, a.h.originals(a), before, after, a.h.leaveW(after)); why != "" {
+	if why := devstate.CheckExit(a.onExit, a.h.originals(a), before, after, a.leaveW(after)); why != "" {
 		v = &devstate.Violation{At: time.Now(), Node: a.name, Detail: why + " (" + p.status + ")"}
 	} else if after != nil && after.PID != p.pid {
 		v = &devstate.Violation{At: time.Now(), Node: a.name, Detail: fmt.Sprintf("the device state after exit was written by PID %d, not the agent's %d", after.PID, p.pid)}
@@ -259,12 +265,32 @@ func (a *agent) kill(why string) (*process, *devstate.State, error) {
 // with the held limits in its first moments.
 func (a *agent) restartAfterKill(ctx context.Context, crashed *devstate.State) error {
 	startAt := time.Now()
+	// The window a restore must show in: up to the end of the successor's first control
+	// period after it became ready.
+	watch, window := 4*time.Second, a.h.cfg.Period
+	if !hasEtcd(a) {
+		// The sim's device-state file coalesces writes: a restore followed at once by the
+		// first period's writes (a few milliseconds later) would never show in it. Limit
+		// writes slowed to slowWrite each while the successor starts make every step show
+		// (the writes of the restore and of the first period take that much longer).
+		const slowWrite = 300 * time.Millisecond
+		slowFor := time.Duration(2*a.h.cfg.GPUs) * slowWrite
+		watch, window = watch+slowFor, window+slowFor
+		id, err := a.faults.add(simFault{Kind: "hang", GPU: -1, Calls: []string{"SetPowerManagementLimit"}, Duration: slowWrite.String()}, startAt.Add(watch))
+		if err != nil {
+			return err
+		}
+		defer func() { _ = a.faults.remove(id) }()
+		// Without a cluster budget a restore puts every original back, above the node's own
+		// budget until the successor's first control period caps again.
+		a.h.check.Excuse(a.name, startAt, startAt.Add(watch))
+	}
 	early := make(chan []*devstate.State, 1)
 	go func() {
 		// Watch the device state closely while the successor starts: its restore (or not)
 		// comes before its first control period.
 		var seen []*devstate.State
-		for time.Since(startAt) < 4*time.Second {
+		for time.Since(startAt) < watch {
 			if s := a.h.readState(a); s != nil && s.WrittenAt.After(startAt) {
 				seen = append(seen, s)
 			}
@@ -276,13 +302,12 @@ func (a *agent) restartAfterKill(ctx context.Context, crashed *devstate.State) e
 	states := <-early
 	var within []*devstate.State
 	for _, s := range states {
-		// Up to the end of the successor's first control period after it became ready.
-		if p != nil && !a.readyAt(p).IsZero() && s.WrittenAt.After(a.readyAt(p).Add(a.h.cfg.Period)) {
+		if p != nil && !a.readyAt(p).IsZero() && s.WrittenAt.After(a.readyAt(p).Add(window)) {
 			break
 		}
 		within = append(within, s)
 	}
-	got := devstate.ClassifySuccessor(a.h.originals(a), crashed, within, a.h.leaveW(crashed))
+	got := devstate.ClassifySuccessor(a.h.originals(a), crashed, within, a.leaveW(crashed))
 	detail := "crashed with " + limitsW(crashed)
 	if len(within) > 0 {
 		detail += fmt.Sprintf("; successor's first %s, last %s (%d states)", limitsW(within[0]), limitsW(within[len(within)-1]), len(within))

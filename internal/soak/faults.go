@@ -36,6 +36,9 @@ type faultKind struct {
 	needsRoot string
 	// long faults (40 s or more) go first in the schedule's first pass.
 	long bool
+	// first, when set, picks the node of the kind's first injection, if one such node can
+	// take it within a minute.
+	first func(a *agent) bool
 }
 
 // faultRecord is one injected fault, as the report lists it.
@@ -71,7 +74,8 @@ func faultKinds() []faultKind {
 		{name: "nvml.limit-out-of-band", domain: "node", alert: "CapstanPowerLimitOverridden", run: outOfBand},
 		{name: "nvml.write-refused", domain: "node", alert: "CapstanNodeOverBudget", run: writeRefused},
 		{name: "nvml.driver-reload", domain: "node", run: driverReload},
-		{name: "host.sensor-eio", domain: "node", run: sensorEIO},
+		{name: "host.sensor-eio", domain: "node", run: sensorFault(syscall.EIO)},
+		{name: "host.sensor-enodata", domain: "node", run: sensorFault(syscall.ENODATA)},
 		{name: "host.nic-recreate", domain: "host", run: nicRecreate, needsRoot: "creating and deleting a network link needs root"},
 		{name: "otlp.down", domain: "otlp", run: otlpFault(chaosproxy.Down, 0), long: true},
 		{name: "otlp.slow", domain: "otlp", run: otlpFault(chaosproxy.Slow, 5*time.Second), long: true},
@@ -79,8 +83,10 @@ func faultKinds() []faultKind {
 		{name: "etcd.leader-kill", domain: "etcd", run: etcdLeaderKill},
 		{name: "etcd.member-restart", domain: "etcd", run: etcdMemberRestart},
 		{name: "etcd.cluster-down", domain: "etcd", run: etcdClusterDown, long: true},
-		{name: "etcd.partition", domain: "node", alert: "CapstanGrantStale", run: etcdPartition},
-		{name: "agent.sigkill-mid-write", domain: "node", eligible: notLong, run: killMidWrite},
+		{name: "etcd.partition", domain: "node", eligible: hasEtcd, alert: "CapstanGrantStale", run: etcdPartition},
+		// The first kill mid-write goes to the node with its own budget, where the successor's
+		// restore and adoption look different.
+		{name: "agent.sigkill-mid-write", domain: "node", eligible: notLong, first: func(a *agent) bool { return !hasEtcd(a) }, run: killMidWrite},
 		{name: "agent.sigkill-allocator", domain: "node", alert: "CapstanAgentDown", run: killAllocator, long: true},
 		{name: "agent.sigterm-restart", domain: "node", eligible: notLong, run: termRestart},
 		{name: "agent.sighup-storm", domain: "node", run: hupStorm},
@@ -88,6 +94,7 @@ func faultKinds() []faultKind {
 		{name: "agent.stderr-closed", domain: "node", eligible: notLong, run: stderrClosed},
 		{name: "budget.cut-raise", domain: "budget", run: budgetCutRaise},
 		{name: "budget.below-minimums", domain: "budget", run: budgetBelowMinimums},
+		{name: "budget.file-below-minimums", domain: "node", eligible: func(a *agent) bool { return !hasEtcd(a) }, alert: "CapstanNodeOverBudget", run: fileBudgetBelowMinimums},
 	}
 }
 
@@ -194,7 +201,7 @@ func writeRefused(ctx context.Context, h *harness, a *agent, r *faultRecord) err
 	need := h.alertFor("CapstanNodeOverBudget") + 5*time.Second
 	var over, longest time.Duration
 	for time.Now().Before(until) && ctx.Err() == nil {
-		s, grant := h.readState(a), h.grantW(a.name)
+		s, grant := h.readState(a), h.grantOf(a)
 		if s != nil && grant > 0 && s.SumPowerW() > grant+devstate.ToleranceW {
 			over += 500 * time.Millisecond
 			longest = max(longest, over)
@@ -245,63 +252,6 @@ func driverReload(ctx context.Context, h *harness, a *agent, r *faultRecord) err
 	}
 	sleep(ctx, 5*time.Second)
 	return a.faults.remove(id)
-}
-
-// eioSource is a kernel file whose read(2) fails with EIO (a device's autosuspend delay with
-// runtime PM off): a fixture attribute linked to it fails as a broken sensor does.
-func eioSource() string {
-	matches, _ := filepath.Glob("/sys/devices/virtual/mem/*/power/autosuspend_delay_ms")
-	for _, m := range matches {
-		f, err := os.Open(m)
-		if err != nil {
-			continue
-		}
-		_, err = f.Read(make([]byte, 16))
-		_ = f.Close()
-		if errors.Is(err, syscall.EIO) {
-			return m
-		}
-	}
-	return ""
-}
-
-func sensorEIO(ctx context.Context, h *harness, a *agent, r *faultRecord) error {
-	src := eioSource()
-	if src == "" {
-		return errSkip("no kernel file answering EIO to read here")
-	}
-	var targets []string
-	_ = filepath.WalkDir(a.sysfs, func(p string, d os.DirEntry, err error) error {
-		if err == nil && d.Type().IsRegular() && (strings.HasSuffix(p, "_input") || strings.HasSuffix(p, "scaling_cur_freq") || strings.HasSuffix(p, "energy_uj")) {
-			targets = append(targets, p)
-		}
-		return nil
-	})
-	if len(targets) == 0 {
-		return errSkip("no sensor file in the fixture tree")
-	}
-	// A third of the sensors fail at once, then come back.
-	var broken []string
-	for i, t := range targets {
-		if i%3 != 0 {
-			continue
-		}
-		if err := os.Rename(t, t+".soak"); err != nil {
-			continue
-		}
-		if err := os.Symlink(src, t); err != nil {
-			_ = os.Rename(t+".soak", t)
-			continue
-		}
-		broken = append(broken, t)
-	}
-	r.note("%d of %d sensor files of %s read EIO for 20 s", len(broken), len(targets), a.sysfs)
-	sleep(ctx, 20*time.Second)
-	for _, t := range broken {
-		_ = os.Remove(t)
-		_ = os.Rename(t+".soak", t)
-	}
-	return nil
 }
 
 func nicRecreate(ctx context.Context, h *harness, _ *agent, r *faultRecord) error {
@@ -651,10 +601,13 @@ type scheduler struct {
 	h     *harness
 	locks map[string]*sync.Mutex
 	wg    sync.WaitGroup
+	// picked counts the nodes picked per kind.
+	mu     sync.Mutex
+	picked map[string]int
 }
 
 func (h *harness) runFaults(ctx context.Context, from, until time.Time) {
-	s := &scheduler{h: h, locks: map[string]*sync.Mutex{}}
+	s := &scheduler{h: h, locks: map[string]*sync.Mutex{}, picked: map[string]int{}}
 	for _, k := range []string{"etcd", "otlp", "budget", "host"} {
 		s.locks[k] = &sync.Mutex{}
 	}
@@ -760,6 +713,11 @@ func (s *scheduler) start(ctx context.Context, k faultKind, at, until time.Time)
 // nodeFor takes a free node that may take k: the allocator for the allocator kill, a random
 // eligible one otherwise.
 func (s *scheduler) nodeFor(ctx context.Context, k faultKind, until time.Time) (*agent, *sync.Mutex) {
+	s.mu.Lock()
+	first := k.first != nil && s.picked[k.name] == 0
+	s.picked[k.name]++
+	s.mu.Unlock()
+	firstUntil := time.Now().Add(time.Minute)
 	for ctx.Err() == nil && time.Now().Before(until) {
 		var cands []*agent
 		if k.name == "agent.sigkill-allocator" {
@@ -771,6 +729,9 @@ func (s *scheduler) nodeFor(ctx context.Context, k faultKind, until time.Time) (
 			}
 		} else {
 			for _, a := range s.h.agents {
+				if first && time.Now().Before(firstUntil) && !k.first(a) {
+					continue
+				}
 				if (k.eligible == nil || k.eligible(a)) && a.current() != nil {
 					cands = append(cands, a)
 				}

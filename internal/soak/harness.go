@@ -77,6 +77,9 @@ type harness struct {
 	prom      *prometheus
 	check     *devstate.Checker
 	veth      string
+	// noSensorTree says why the agents' sysfs is a plain copy, not served through FUSE (the
+	// sensor faults are skipped with it).
+	noSensorTree string
 
 	floorW, baseBudgetW, sumMinW float64
 	alertScaled                  map[string]string
@@ -248,6 +251,10 @@ func (h *harness) successor(a *agent, got devstate.SuccessorResult, detail strin
 	h.mu.Unlock()
 	var v *devstate.Violation
 	switch {
+	case !hasEtcd(a) && string(got) != map[string]string{"adopt": "adopted", "restore": "restored"}[a.crash]:
+		// Without a cluster budget a restore brings every original back: restore and adopt
+		// look different whatever the crashed agent left, so anything else is wrong.
+		v = &devstate.Violation{At: time.Now(), Node: a.name, Detail: fmt.Sprintf("after-crash %s with its own budget, but the successor was seen %s", a.crash, got)}
 	case a.crash == "adopt" && got == devstate.SuccessorRestored:
 		v = &devstate.Violation{At: time.Now(), Node: a.name, Detail: "after-crash adopt, but the successor put the original limits back"}
 	case a.crash == "restore" && got == devstate.SuccessorAdopted:
@@ -401,8 +408,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cleanups = append(cleanups, h.otlpProxy.Close)
 
 	// The group budget: half the GPUs' Σ max; every node's floor a little above its Σ min.
-	sumMax := float64(cfg.Agents*cfg.GPUs) * 700
-	h.sumMinW = float64(cfg.Agents*cfg.GPUs) * 200
+	// One node takes its budget from a file instead (fileBudgetNode).
+	groupNodes := cfg.Agents - 1
+	sumMax := float64(groupNodes*cfg.GPUs) * 700
+	h.sumMinW = float64(groupNodes*cfg.GPUs) * 200
 	h.baseBudgetW = 0.5 * sumMax
 	h.floorW = float64(cfg.GPUs) * 220
 	h.check = devstate.NewChecker(cfg.Settle, end) // the Σ check starts once the agents settled
@@ -537,11 +546,14 @@ func (h *harness) makeAgents(cleanups *[]func()) error {
 			*cleanups = append(*cleanups, func() { _ = syscall.Unmount(a.stateDir, syscall.MNT_DETACH) })
 		}
 		a.sysfs = filepath.Join(dir, "sys")
-		if err := os.CopyFS(a.sysfs, os.DirFS(hostfixtures.Sysfs(hostfixtures.Intel))); err != nil {
-			return fmt.Errorf("copying the fixture sysfs: %w", err)
+		if err := h.serveSysfs(a, cleanups); err != nil {
+			return err
 		}
 		var eps []string
 		for _, c := range h.etcd.clients {
+			if i == fileBudgetNode {
+				break // no etcd for it
+			}
 			p, err := chaosproxy.NewTCP(c)
 			if err != nil {
 				return err
@@ -561,8 +573,15 @@ func (h *harness) makeAgents(cleanups *[]func()) error {
 			"--path.sysfs=" + a.sysfs, "--web.listen-address=" + addr,
 			"--capping.enabled", "--capping.period=" + h.cfg.Period.String(), "--capping.state-file=" + a.stateFile(),
 			"--capping.on-exit=" + a.onExit, "--capping.after-crash=" + a.crash,
-			"--budget.source=etcd", "--etcd.endpoints=" + strings.Join(eps, ","), "--etcd.group=" + h.group, "--etcd.lease-ttl=3s",
 			"--otlp.endpoint=http://" + h.otlpProxy.Addr(), "--otlp.protocol=http", "--otlp.interval=" + h.cfg.OTLPInterval.String(),
+		}
+		if i == fileBudgetNode {
+			if err := h.makeFileBudget(a); err != nil {
+				return err
+			}
+			a.args = append(a.args, "--budget.source=file", "--budget.file="+a.budgetFile)
+		} else {
+			a.args = append(a.args, "--budget.source=etcd", "--etcd.endpoints="+strings.Join(eps, ","), "--etcd.group="+h.group, "--etcd.lease-ttl=3s")
 		}
 		if h.veth != "" {
 			a.args = append(a.args, "--nic.include=^"+h.veth+"p?$", "--nic.exclude=")
@@ -575,6 +594,37 @@ func (h *harness) makeAgents(cleanups *[]func()) error {
 		h.agents = append(h.agents, a)
 	}
 	return nil
+}
+
+// serveSysfs gives the node its copy of the fixture sysfs tree, served through FUSE so that
+// the sensor faults can fail its files' reads; without FUSE, a plain copy (and the sensor
+// faults are skipped, with the reason).
+func (h *harness) serveSysfs(a *agent, cleanups *[]func()) error {
+	src := a.sysfs + ".src"
+	if err := os.CopyFS(src, os.DirFS(hostfixtures.Sysfs(hostfixtures.Intel))); err != nil {
+		return fmt.Errorf("copying the fixture sysfs: %w", err)
+	}
+	if h.noSensorTree == "" {
+		if err := os.MkdirAll(a.sysfs, 0o755); err != nil {
+			return err
+		}
+		t, err := mountSensorTree(src, a.sysfs)
+		if err == nil {
+			a.sensors = t
+			*cleanups = append(*cleanups, func() {
+				if err := t.unmount(); err != nil {
+					h.logf("%v", err)
+				}
+			})
+			return nil
+		}
+		h.noSensorTree = fmt.Sprintf("no FUSE to serve the sensor files from (%v); a fixture file swapped for a failing one is never read again, as the agent holds its sensor files open", err)
+		h.logf("%s", h.noSensorTree)
+		if err := os.Remove(a.sysfs); err != nil {
+			return err
+		}
+	}
+	return os.Rename(src, a.sysfs)
 }
 
 func copyFile(src, dst string) error {

@@ -52,8 +52,11 @@ func (h *harness) watchDevices(ctx context.Context) {
 					p.EnforcW += s.SumEnforcedW()
 					p.DrawW += s.SumPowerW()
 				}
+				for _, a := range h.agents {
+					p.BudgetW += a.ownBudget()
+				}
 				h.mu.Lock()
-				p.BudgetW = h.budgetNow
+				p.BudgetW += h.budgetNow
 				h.timeline = append(h.timeline, p)
 				h.mu.Unlock()
 			}

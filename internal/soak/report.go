@@ -54,14 +54,17 @@ type Report struct {
 }
 
 type setup struct {
-	Agents        int               `json:"agents"`
-	GPUsPerAgent  int               `json:"gpus_per_agent"`
-	Period        string            `json:"control_period"`
-	Settle        string            `json:"settle_window"`
-	BudgetW       float64           `json:"group_budget_w"`
-	FloorW        float64           `json:"floor_per_node_w"`
-	Modes         map[string]string `json:"on_exit_after_crash"`
-	AlertForScale float64           `json:"alert_for_scale"`
+	Agents       int               `json:"agents"`
+	GPUsPerAgent int               `json:"gpus_per_agent"`
+	Period       string            `json:"control_period"`
+	Settle       string            `json:"settle_window"`
+	BudgetW      float64           `json:"group_budget_w"`
+	FloorW       float64           `json:"floor_per_node_w"`
+	Modes        map[string]string `json:"on_exit_after_crash"`
+	BudgetSource map[string]string `json:"budget_source"`
+	// SensorTree says how the agents' sysfs is served: through FUSE, or why a plain copy.
+	SensorTree    string  `json:"sensor_tree"`
+	AlertForScale float64 `json:"alert_for_scale"`
 }
 
 type processReport struct {
@@ -155,9 +158,17 @@ func (h *harness) report(panels []panelResult) *Report {
 	r := &Report{Seed: h.cfg.Seed, Duration: h.cfg.Duration.String(), Started: h.started, Ended: ended,
 		FaultsInjected: map[string]int{}, Panels: panels}
 	r.Setup = setup{Agents: h.cfg.Agents, GPUsPerAgent: h.cfg.GPUs, Period: h.cfg.Period.String(), Settle: h.cfg.Settle.String(),
-		BudgetW: h.baseBudgetW, FloorW: h.floorW, Modes: map[string]string{}, AlertForScale: h.cfg.AlertForScale}
+		BudgetW: h.baseBudgetW, FloorW: h.floorW, Modes: map[string]string{}, BudgetSource: map[string]string{}, AlertForScale: h.cfg.AlertForScale,
+		SensorTree: "FUSE"}
+	if h.noSensorTree != "" {
+		r.Setup.SensorTree = h.noSensorTree
+	}
 	for _, a := range h.agents {
 		r.Setup.Modes[a.name] = a.onExit + "/" + a.crash
+		r.Setup.BudgetSource[a.name] = "etcd"
+		if !hasEtcd(a) {
+			r.Setup.BudgetSource[a.name] = "file"
+		}
 		a.mu.Lock()
 		hist := slices.Clone(a.history)
 		a.mu.Unlock()

@@ -2,16 +2,21 @@ package soak
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/common/model"
 	yaml "gopkg.in/yaml.v3"
+
+	"github.com/capstan-power/capstan/internal/soak/devstate"
 )
 
 // The rules Prometheus evaluates in a soak are the shipped ones with every `for:` scaled and
@@ -192,5 +197,62 @@ func TestPercentile(t *testing.T) {
 	}
 	if p := percentile(nil, 0.99); p != 0 {
 		t.Errorf("p99 of nothing %v", p)
+	}
+}
+
+// A crashed agent's successor is checked strictly on a node with its own budget (a restore
+// brings every original back, so restore and adopt look different): anything but what
+// capping.after-crash says is a violation there; on a node of the group, "indistinguishable"
+// passes.
+func TestSuccessorStrictWithOwnBudget(t *testing.T) {
+	for _, c := range []struct {
+		file, crash string
+		got         devstate.SuccessorResult
+		violation   bool
+	}{
+		{"", "restore", devstate.SuccessorSame, false},
+		{"", "restore", devstate.SuccessorAdopted, true},
+		{"", "adopt", devstate.SuccessorSame, false},
+		{"budget.yaml", "restore", devstate.SuccessorRestored, false},
+		{"budget.yaml", "restore", devstate.SuccessorSame, true},
+		{"budget.yaml", "restore", devstate.SuccessorOther, true},
+		{"budget.yaml", "adopt", devstate.SuccessorAdopted, false},
+		{"budget.yaml", "adopt", devstate.SuccessorSame, true},
+	} {
+		h := &harness{check: devstate.NewChecker(time.Second, time.Now())}
+		h.successor(&agent{h: h, name: "node-2", crash: c.crash, budgetFile: c.file}, c.got, "")
+		if got := h.check.Counts()[devstate.KindSuccessor] > 0; got != c.violation {
+			t.Errorf("own budget %q, after-crash %s, seen %s: violation %v, want %v", c.file, c.crash, c.got, got, c.violation)
+		}
+	}
+}
+
+// A kind with a first-node preference goes there on its first injection, whatever the seed;
+// later injections are drawn from every eligible node.
+func TestSchedulerFirstNode(t *testing.T) {
+	for seed := range uint64(20) {
+		h := &harness{rng: rand.New(rand.NewPCG(seed, seed))}
+		s := &scheduler{h: h, locks: map[string]*sync.Mutex{}, picked: map[string]int{}}
+		for _, n := range []string{"node-1", "node-2", "node-3"} {
+			a := &agent{h: h, name: n}
+			a.proc = &process{done: make(chan struct{})} // running
+			h.agents = append(h.agents, a)
+			s.locks["node:"+n] = &sync.Mutex{}
+		}
+		k := faultKind{name: "agent.sigkill-mid-write", domain: "node", first: func(a *agent) bool { return a.name == "node-2" }}
+		a, l := s.nodeFor(context.Background(), k, time.Now().Add(time.Minute))
+		if a == nil || a.name != "node-2" {
+			t.Fatalf("seed %d: first injection on %v, want node-2", seed, a)
+		}
+		l.Unlock()
+		seen := map[string]bool{}
+		for range 30 {
+			a, l := s.nodeFor(context.Background(), k, time.Now().Add(time.Minute))
+			seen[a.name] = true
+			l.Unlock()
+		}
+		if len(seen) != 3 {
+			t.Fatalf("seed %d: later injections only on %v", seed, seen)
+		}
 	}
 }

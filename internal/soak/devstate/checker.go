@@ -54,6 +54,10 @@ type Checker struct {
 	open *Violation
 	// keep caps how many violations of a kind are stored; the count goes on.
 	keep int
+	// nodeBudgets are the budgets of the nodes that take their own (SetNodeBudget), nodeOpen
+	// their over-budget episodes in progress.
+	nodeBudgets map[string][]budgetStep
+	nodeOpen    map[string]*Violation
 }
 
 type budgetStep struct {
@@ -142,6 +146,10 @@ func (c *Checker) Round(t time.Time, states map[string]*State) {
 		c.checks[KindConstraints]++
 		for _, p := range s.OutOfConstraints() {
 			c.add(Violation{At: t, Kind: KindConstraints, Node: n, Detail: p})
+		}
+		if c.ownBudget(n) {
+			c.roundOwn(t, n, s)
+			continue
 		}
 		if c.isExcused(n, t) {
 			excused = append(excused, n)

@@ -236,3 +236,52 @@ func TestClassifySuccessor(t *testing.T) {
 		t.Errorf("a restore within the floor classified %s", got)
 	}
 }
+
+// A node with its own budget is checked against it, not against the group's, and its GPUs
+// leave the group's Σ; a budget of its own below its GPUs' minimums binds at the minimums.
+func TestNodeBudgetInvariant(t *testing.T) {
+	t0 := time.Date(2026, 12, 6, 5, 0, 0, 0, time.UTC)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	c := NewChecker(3*time.Second, at(0))
+	c.SetBudget(at(0), 1000, 0)
+	c.SetNodeBudget("file", at(0), 800, 0)
+	round := func(s float64, group, own string) {
+		c.Round(at(s), map[string]*State{"etcd": state(t, group), "file": state(t, own)})
+	}
+	round(1, "500000", "300000") // group 950 W ≤ 1000 W; own 750 W ≤ 800 W: together above both
+	if n := c.Counts()[KindBudget]; n != 0 {
+		t.Fatalf("the node with its own budget counted in the group's Σ: %v", c.Violations())
+	}
+	round(2, "500000", "400000") // own 850 W > 800 W
+	round(3, "500000", "400000") // the same episode
+	if n := c.Counts()[KindBudget]; n != 1 || c.Violations()[0].Node != "file" {
+		t.Fatalf("own budget exceeded: %d violations %v, want 1 on node file", n, c.Violations())
+	}
+	c.SetNodeBudget("file", at(10), 300, 0) // below the GPUs' Σ minimums (400 W)
+	round(11, "500000", "300000")           // within the settle window: 800 W binds
+	low := state(t, "200000")
+	low.GPUs[0].LimitMW, low.GPUs[0].EnforcedMW = 200000, 200000
+	c.Round(at(14), map[string]*State{"file": low}) // at the minimums: within
+	if n := c.Counts()[KindBudget]; n != 1 {
+		t.Fatalf("a node at its minimums under a budget below them: %v", c.Violations())
+	}
+	round(15, "500000", "300000") // 750 W > max(300, 400) W
+	if n := c.Counts()[KindBudget]; n != 2 {
+		t.Fatalf("above the minimums under a budget below them: %d violations, want 2", n)
+	}
+	c.Excuse("file", at(20), at(21))
+	round(22, "500000", "700000")
+	if n := c.Counts()[KindBudget]; n != 2 {
+		t.Errorf("an excused node with its own budget checked: %v", c.Violations())
+	}
+	// The caps may sum above the budget by the oversubscription share (1000 W + 5 %).
+	c.SetNodeBudget("file", at(30), 1000, 0.05)
+	round(40, "500000", "600000") // 1050 W
+	if n := c.Counts()[KindBudget]; n != 2 {
+		t.Errorf("Σ within the oversubscription counted over: %v", c.Violations())
+	}
+	round(41, "500000", "610000") // 1060 W
+	if n := c.Counts()[KindBudget]; n != 3 {
+		t.Errorf("Σ above the oversubscription: %d violations, want 3", n)
+	}
+}
