@@ -130,6 +130,7 @@ type node struct {
 	ctl      *capping.Controller
 	member   *cluster.Member
 	last     cluster.NodeRecord
+	build    *nodeBuild // until start has built it
 	written  bool
 	// work0 is the work its GPUs (and the stepped baselines') had done when the run started:
 	// a node's trace starts its offset before the run, and the report counts the run's work.
@@ -373,51 +374,83 @@ func start(o Options) (*run, error) {
 			if rel == "" {
 				n.name = fmt.Sprintf("node-%d", i)
 			}
-			off := time.Duration(i) * d.Offset
-			if n.gpus, err = r.fleet(n.clock, d, seed, off); err != nil {
-				return nil, err
-			}
-			if o.Baselines && !o.stepped {
-				if n.base, err = newBaseline(d, model, seed, off, staticW); err != nil {
-					return nil, err
-				}
-			}
-			if o.Baselines && o.stepped {
-				if n.uncapped, err = r.fleet(n.clock, d, seed, off); err != nil {
-					return nil, err
-				}
-				if n.static, err = r.fleet(n.clock, d, seed, off); err != nil {
-					return nil, err
-				}
-				if err := setAll(n.static, staticW); err != nil {
-					return nil, err
-				}
-				n.work0[1], n.work0[2] = workOf(n.uncapped), workOf(n.static)
-			}
-			n.work0[0] = workOf(n.gpus)
-			n.member, err = cluster.NewLocalMember(cluster.Options{Keys: r.view.Keys, Node: n.name, Domain: rel, LeaseTTL: o.LeaseTTL,
-				Period: o.Settings.Period, Priority: 1, Now: n.clock.Now, Log: o.Log}, int64(len(r.nodes)+1))
-			if err != nil {
-				return nil, err
-			}
-			set := o.Settings
-			set.StateFile = filepath.Join(o.StateDir, n.name+".json")
-			set.DryRun = false
-			n.ctl, err = capping.New(capping.Options{Settings: set, Lib: n.gpus, Budget: budget.NewEtcd(n.member, n.clock.Now), Log: o.Log, Now: n.clock.Now})
-			if err != nil {
-				return nil, err
-			}
-			if err := n.ctl.Start(); err != nil {
-				return nil, fmt.Errorf("starting the controller of node %s: %w", n.name, err)
-			}
+			n.build = &nodeBuild{d: d, model: model, rel: rel, seed: seed, off: time.Duration(i) * d.Offset, staticW: staticW, id: int64(len(r.nodes) + 1)}
 			r.nodes = append(r.nodes, n)
 		}
 	}
 	if len(r.nodes) == 0 {
-		r.stop()
 		return nil, fmt.Errorf("fleet simulation: no nodes under %s", root)
 	}
+	// The nodes are independent until the first round, each built from its own seed: they are
+	// built (their GPUs brought through their trace offsets, their controllers started) on
+	// every core.
+	errs := make([]error, len(r.nodes))
+	r.eachIndex(func(i int, n *node) {
+		errs[i] = r.build(n)
+		n.build = nil
+	})
+	for _, err := range errs {
+		if err != nil {
+			r.stop()
+			return nil, err // the first node's, as a serial build would have stopped there
+		}
+	}
 	return r, nil
+}
+
+// nodeBuild is what start decided about a node, for build to make it.
+type nodeBuild struct {
+	d       *Domain
+	model   sim.Model
+	rel     string
+	seed    int64
+	off     time.Duration
+	staticW float64
+	id      int64
+}
+
+// build makes a node's GPUs, baselines, member and controller, and starts the controller.
+func (r *run) build(n *node) error {
+	o, b := r.o, n.build
+	var err error
+	if n.gpus, err = r.fleet(n.clock, b.d, b.seed, b.off); err != nil {
+		return err
+	}
+	if o.Baselines && !o.stepped {
+		if n.base, err = newBaseline(b.d, b.model, b.seed, b.off, b.staticW); err != nil {
+			return err
+		}
+	}
+	if o.Baselines && o.stepped {
+		if n.uncapped, err = r.fleet(n.clock, b.d, b.seed, b.off); err != nil {
+			return err
+		}
+		if n.static, err = r.fleet(n.clock, b.d, b.seed, b.off); err != nil {
+			return err
+		}
+		if err := setAll(n.static, b.staticW); err != nil {
+			return err
+		}
+		n.work0[1], n.work0[2] = workOf(n.uncapped), workOf(n.static)
+	}
+	n.work0[0] = workOf(n.gpus)
+	n.member, err = cluster.NewLocalMember(cluster.Options{Keys: r.view.Keys, Node: n.name, Domain: b.rel, LeaseTTL: o.LeaseTTL,
+		Period: o.Settings.Period, Priority: 1, Now: n.clock.Now, Log: o.Log}, b.id)
+	if err != nil {
+		return err
+	}
+	set := o.Settings
+	set.StateFile = filepath.Join(o.StateDir, n.name+".json")
+	set.DryRun = false
+	ctl, err := capping.New(capping.Options{Settings: set, Lib: n.gpus, Budget: budget.NewEtcd(n.member, n.clock.Now), Log: o.Log, Now: n.clock.Now})
+	if err != nil {
+		return err
+	}
+	if err := ctl.Start(); err != nil {
+		return fmt.Errorf("starting the controller of node %s: %w", n.name, err)
+	}
+	n.ctl = ctl
+	return nil
 }
 
 // staticCap is the static baseline's per-GPU limit for the GPUs of leaf: the tightest of
@@ -494,11 +527,14 @@ func workOf(f *sim.Fleet) float64 {
 // each runs f on every node, the nodes shared among the machine's cores in small batches that
 // a core takes when it is free (an inference node costs more than an idle one): nodes share
 // nothing but the clock, which does not move while they run.
-func (r *run) each(f func(n *node)) {
+func (r *run) each(f func(n *node)) { r.eachIndex(func(_ int, n *node) { f(n) }) }
+
+// eachIndex is each, with the node's index.
+func (r *run) eachIndex(f func(i int, n *node)) {
 	workers := min(runtime.GOMAXPROCS(0), len(r.nodes))
 	if workers <= 1 {
-		for _, n := range r.nodes {
-			f(n)
+		for i, n := range r.nodes {
+			f(i, n)
 		}
 		return
 	}
@@ -512,8 +548,8 @@ func (r *run) each(f func(n *node)) {
 				if i >= len(r.nodes) {
 					return
 				}
-				for _, n := range r.nodes[i:min(i+batch, len(r.nodes))] {
-					f(n)
+				for j := i; j < min(i+batch, len(r.nodes)); j++ {
+					f(j, r.nodes[j])
 				}
 			}
 		})
@@ -523,6 +559,9 @@ func (r *run) each(f func(n *node)) {
 
 func (r *run) stop() {
 	for _, n := range r.nodes {
+		if n.ctl == nil {
+			continue // never started: its build failed
+		}
 		_ = n.ctl.Stop(capping.ExitConfigured)
 	}
 }
