@@ -233,9 +233,26 @@ const day = 24 * time.Hour
 
 func (in inferenceTrace) Demand(gpu int, elapsed time.Duration) float64 {
 	t := elapsed.Seconds()
-	frac := 0.60 + 0.30*math.Sin(2*math.Pi*t/day.Seconds()) +
+	return in.demand(gpu, t, in.cycle(t))
+}
+
+// cycle is the day's part of the demand at t seconds, the same for every GPU.
+func (inferenceTrace) cycle(t float64) float64 { return math.Sin(2 * math.Pi * t / day.Seconds()) }
+
+// demand is gpu's demand at t seconds, the day's part given.
+func (in inferenceTrace) demand(gpu int, t, cycle float64) float64 {
+	frac := 0.60 + 0.30*cycle +
 		0.06*in.n.smooth(streamRequests, gpu, t/0.5) + 0.02*in.n.signed(streamOffset, gpu, 0)
 	return frac * in.maxW
+}
+
+// demands is Demand for GPUs 0 to len(out)-1 at one instant, the day computed once.
+func (in inferenceTrace) demands(elapsed time.Duration, out []float64) {
+	t := elapsed.Seconds()
+	c := in.cycle(t)
+	for i := range out {
+		out[i] = in.demand(i, t, c)
+	}
 }
 
 func (inferenceTrace) workload(int, time.Duration) workload {
