@@ -526,7 +526,7 @@ func workOf(f *sim.Fleet) float64 {
 
 // each runs f on every node, the nodes shared among the machine's cores in small batches that
 // a core takes when it is free (an inference node costs more than an idle one): nodes share
-// nothing but the clock, which does not move while they run.
+// nothing between the allocator's rounds, each running on its own clock.
 func (r *run) each(f func(n *node)) { r.eachIndex(func(_ int, n *node) { f(n) }) }
 
 // eachIndex is each, with the node's index.
@@ -538,13 +538,15 @@ func (r *run) eachIndex(f func(i int, n *node)) {
 		}
 		return
 	}
-	const batch = 8
+	// Batches of up to 8 nodes, and at least 4 per core so that a small fleet (a search
+	// trial's leaf) ends its pass with the cores evenly loaded.
+	batch := min(8, max(1, len(r.nodes)/(4*workers)))
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
 			for {
-				i := int(next.Add(batch)) - batch
+				i := int(next.Add(int64(batch))) - batch
 				if i >= len(r.nodes) {
 					return
 				}

@@ -141,6 +141,9 @@ type GPU struct {
 	// clockShare is the last share of its demand a capped GPU could draw, clockCbrt its cube
 	// root: a capped GPU whose demand and draw hold still keeps its clock without a Cbrt.
 	clockShare, clockCbrt float64
+	// cycleW is the trace's day cycle at second cycleSec (a coarse step's, step.go).
+	cycleSec int64
+	cycleW   float64
 }
 
 func newGPU(f *Fleet, i int) *GPU {
@@ -157,6 +160,7 @@ func newGPU(f *Fleet, i int) *GPU {
 		requestedW:  m.DefaultLimitW,
 		boundW:      m.DefaultLimitW,
 		pendingStep: -1,
+		cycleSec:    -1,
 		// The counters of GPUs on one board do not update together.
 		counterPhase: int64(n.hash(streamCounterPhase, i, 0) % markEvery),
 	}
@@ -303,7 +307,7 @@ func (g *GPU) integrate(n int64, s *stepFactors) {
 	if s.pick && n > 1 {
 		at += int64(noise(g.fleet.seed).hash(streamDemandSample, g.index, g.step) % uint64(n))
 	}
-	demand := m.clampDemand(g.fleet.trace.Demand(g.index, time.Duration(at)*substep))
+	demand := m.clampDemand(g.traceDemand(at, s.pick))
 	capW := min(g.boundLimitW(), g.thermalCapW())
 	// The power controller closes on the cap with its lag; a cap under what the board draws
 	// brings the draw down from where it is, a cap over it holds at once.
