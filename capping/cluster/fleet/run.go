@@ -113,7 +113,12 @@ type shifted struct {
 	shift time.Duration
 }
 
-func (s *shifted) Now() time.Time { return s.c.Now().Add(s.shift) }
+func (s *shifted) Now() time.Time {
+	if s.shift == 0 {
+		return s.c.Now() // once the fleet is built: every GPU read asks
+	}
+	return s.c.Now().Add(s.shift)
+}
 
 // node is one simulated node: its GPUs, controller and member, and its baselines.
 type node struct {
