@@ -44,6 +44,7 @@ type baseline struct {
 	// are the work done (GPU-seconds at the top clock) over all GPUs so far.
 	done                     time.Duration
 	workUncapped, workStatic float64
+	demandW                  []float64 // the GPUs' demands at one instant, reused
 }
 
 func newBaseline(d *Domain, m sim.Model, seed int64, off time.Duration, staticW float64) (*baseline, error) {
@@ -51,7 +52,7 @@ func newBaseline(d *Domain, m sim.Model, seed int64, off time.Duration, staticW 
 	if err != nil {
 		return nil, err
 	}
-	return &baseline{trace: tr, model: m, gpus: d.GPUs, off: off, maxW: m.DefaultLimitW, staticW: staticW, seed: uint64(seed)}, nil
+	return &baseline{trace: tr, model: m, gpus: d.GPUs, off: off, maxW: m.DefaultLimitW, staticW: staticW, seed: uint64(seed), demandW: make([]float64, d.GPUs)}, nil
 }
 
 // advance integrates the work of both baselines up to run time t and returns the static
@@ -59,9 +60,9 @@ func newBaseline(d *Domain, m sim.Model, seed int64, off time.Duration, staticW 
 func (b *baseline) advance(t time.Duration) float64 {
 	h := baselineStep.Seconds()
 	for ; b.done+baselineStep <= t; b.done += baselineStep {
-		at := b.off + b.done + b.substep()
-		for i := range b.gpus {
-			d := b.trace.Demand(i, at)
+		// Every GPU of the node is sampled at one instant, so what they share is computed once.
+		sim.Demands(b.trace, b.off+b.done+b.substep(), b.demandW)
+		for _, d := range b.demandW {
 			b.workUncapped += b.model.WorkRate(d, b.maxW) * h
 			b.workStatic += b.model.WorkRate(d, b.staticW) * h
 		}
@@ -77,9 +78,8 @@ func (b *baseline) finish(t time.Duration) {
 	if rest < simSubstep {
 		return
 	}
-	at := b.off + b.done + (rest-simSubstep)/2
-	for i := range b.gpus {
-		d := b.trace.Demand(i, at)
+	sim.Demands(b.trace, b.off+b.done+(rest-simSubstep)/2, b.demandW)
+	for _, d := range b.demandW {
 		b.workUncapped += b.model.WorkRate(d, b.maxW) * rest.Seconds()
 		b.workStatic += b.model.WorkRate(d, b.staticW) * rest.Seconds()
 	}
@@ -97,9 +97,9 @@ func (b *baseline) substep() time.Duration {
 
 // drawAt is the static baseline's Σ draw at run time t.
 func (b *baseline) drawAt(t time.Duration) (staticW float64) {
-	at := b.off + t - simSubstep
-	for i := range b.gpus {
-		w, _ := b.model.BusyDemand(b.trace.Demand(i, at))
+	sim.Demands(b.trace, b.off+t-simSubstep, b.demandW)
+	for _, d := range b.demandW {
+		w, _ := b.model.BusyDemand(d)
 		staticW += min(w, b.staticW)
 	}
 	return staticW

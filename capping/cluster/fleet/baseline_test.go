@@ -35,11 +35,11 @@ func TestBaselineMatchesStepped(t *testing.T) {
 			r := &run{clock: clk}
 			d := &Domain{GPUs: v.gpus, Model: v.model, Trace: v.trace}
 			seed := int64(100 + i)
-			uncapped, err := r.fleet(d, seed, v.offset)
+			uncapped, err := r.fleet(clk, d, seed, v.offset)
 			if err != nil {
 				t.Fatal(err)
 			}
-			static, err := r.fleet(d, seed, v.offset)
+			static, err := r.fleet(clk, d, seed, v.offset)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -113,11 +113,19 @@ type shifted struct {
 	shift time.Duration
 }
 
-func (s *shifted) Now() time.Time { return s.c.Now().Add(s.shift) }
+func (s *shifted) Now() time.Time {
+	if s.shift == 0 {
+		return s.c.Now() // once the fleet is built: every GPU read asks
+	}
+	return s.c.Now().Add(s.shift)
+}
 
 // node is one simulated node: its GPUs, controller and member, and its baselines.
 type node struct {
-	name     string
+	name string
+	// clock is the node's own view of the run's clock: it moves through the node's fast
+	// samples while other nodes run theirs, and meets the run's clock at every period's end.
+	clock    *clock.Manual
 	job      int   // index into the report's jobs
 	doms     []int // its domains, leaf first, as indexes into the run's domains
 	gpus     *sim.Fleet
@@ -127,6 +135,7 @@ type node struct {
 	ctl      *capping.Controller
 	member   *cluster.Member
 	last     cluster.NodeRecord
+	build    *nodeBuild // until start has built it
 	written  bool
 	// work0 is the work its GPUs (and the stepped baselines') had done when the run started:
 	// a node's trace starts its offset before the run, and the report counts the run's work.
@@ -179,14 +188,17 @@ func Run(o Options) (*Report, error) {
 	}
 	origin := r.clock.Now()
 	for k := 1; k <= periods; k++ {
-		for j := 1; j < every; j++ {
-			r.clock.Set(origin.Add(time.Duration(k-1)*period + period*time.Duration(j)/time.Duration(every)))
-			at := r.clock.Now()
-			r.each(func(n *node) { n.ctl.Sample(at) })
-		}
 		r.clock.Set(origin.Add(time.Duration(k) * period))
 		now := r.clock.Now()
+		// Each node runs its whole period on its own clock (its fast samples, then its tick):
+		// nodes share nothing until the allocator's round, so one pass over them per period
+		// does what a pass per fast sample did, with one wait for the cores instead of ten.
 		r.each(func(n *node) {
+			for j := 1; j < every; j++ {
+				n.clock.Set(origin.Add(time.Duration(k-1)*period + period*time.Duration(j)/time.Duration(every)))
+				n.ctl.Sample(n.clock.Now())
+			}
+			n.clock.Set(now)
 			n.ctl.Tick(now)
 			n.drawW = drawn(n.gpus)
 			switch {
@@ -363,55 +375,87 @@ func start(o Options) (*run, error) {
 		rel := strings.TrimPrefix(strings.TrimPrefix(leaf, root), "/")
 		for i := range count {
 			seed++
-			n := &node{name: fmt.Sprintf("%s-%d", strings.ReplaceAll(rel, "/", "-"), i), job: job, doms: doms}
+			n := &node{name: fmt.Sprintf("%s-%d", strings.ReplaceAll(rel, "/", "-"), i), job: job, doms: doms, clock: clock.NewManual(r.clock.Now())}
 			if rel == "" {
 				n.name = fmt.Sprintf("node-%d", i)
 			}
-			off := time.Duration(i) * d.Offset
-			if n.gpus, err = r.fleet(d, seed, off); err != nil {
-				return nil, err
-			}
-			if o.Baselines && !o.stepped {
-				if n.base, err = newBaseline(d, model, seed, off, staticW); err != nil {
-					return nil, err
-				}
-			}
-			if o.Baselines && o.stepped {
-				if n.uncapped, err = r.fleet(d, seed, off); err != nil {
-					return nil, err
-				}
-				if n.static, err = r.fleet(d, seed, off); err != nil {
-					return nil, err
-				}
-				if err := setAll(n.static, staticW); err != nil {
-					return nil, err
-				}
-				n.work0[1], n.work0[2] = workOf(n.uncapped), workOf(n.static)
-			}
-			n.work0[0] = workOf(n.gpus)
-			n.member, err = cluster.NewLocalMember(cluster.Options{Keys: r.view.Keys, Node: n.name, Domain: rel, LeaseTTL: o.LeaseTTL,
-				Period: o.Settings.Period, Priority: 1, Now: r.clock.Now, Log: o.Log}, int64(len(r.nodes)+1))
-			if err != nil {
-				return nil, err
-			}
-			set := o.Settings
-			set.StateFile = filepath.Join(o.StateDir, n.name+".json")
-			set.DryRun = false
-			n.ctl, err = capping.New(capping.Options{Settings: set, Lib: n.gpus, Budget: budget.NewEtcd(n.member, r.clock.Now), Log: o.Log, Now: r.clock.Now})
-			if err != nil {
-				return nil, err
-			}
-			if err := n.ctl.Start(); err != nil {
-				return nil, fmt.Errorf("starting the controller of node %s: %w", n.name, err)
-			}
+			n.build = &nodeBuild{d: d, model: model, rel: rel, seed: seed, off: time.Duration(i) * d.Offset, staticW: staticW, id: int64(len(r.nodes) + 1)}
 			r.nodes = append(r.nodes, n)
 		}
 	}
 	if len(r.nodes) == 0 {
-		r.stop()
 		return nil, fmt.Errorf("fleet simulation: no nodes under %s", root)
 	}
+	// The nodes are independent until the first round, each built from its own seed: they are
+	// built (their GPUs brought through their trace offsets, their controllers started) on
+	// every core.
+	errs := make([]error, len(r.nodes))
+	r.eachIndex(func(i int, n *node) {
+		errs[i] = r.build(n)
+		n.build = nil
+	})
+	for _, err := range errs {
+		if err != nil {
+			r.stop()
+			return nil, err // the first node's, as a serial build would have stopped there
+		}
+	}
 	return r, nil
+}
+
+// nodeBuild is what start decided about a node, for build to make it.
+type nodeBuild struct {
+	d       *Domain
+	model   sim.Model
+	rel     string
+	seed    int64
+	off     time.Duration
+	staticW float64
+	id      int64
+}
+
+// build makes a node's GPUs, baselines, member and controller, and starts the controller.
+func (r *run) build(n *node) error {
+	o, b := r.o, n.build
+	var err error
+	if n.gpus, err = r.fleet(n.clock, b.d, b.seed, b.off); err != nil {
+		return err
+	}
+	if o.Baselines && !o.stepped {
+		if n.base, err = newBaseline(b.d, b.model, b.seed, b.off, b.staticW); err != nil {
+			return err
+		}
+	}
+	if o.Baselines && o.stepped {
+		if n.uncapped, err = r.fleet(n.clock, b.d, b.seed, b.off); err != nil {
+			return err
+		}
+		if n.static, err = r.fleet(n.clock, b.d, b.seed, b.off); err != nil {
+			return err
+		}
+		if err := setAll(n.static, b.staticW); err != nil {
+			return err
+		}
+		n.work0[1], n.work0[2] = workOf(n.uncapped), workOf(n.static)
+	}
+	n.work0[0] = workOf(n.gpus)
+	n.member, err = cluster.NewLocalMember(cluster.Options{Keys: r.view.Keys, Node: n.name, Domain: b.rel, LeaseTTL: o.LeaseTTL,
+		Period: o.Settings.Period, Priority: 1, Now: n.clock.Now, Log: o.Log}, b.id)
+	if err != nil {
+		return err
+	}
+	set := o.Settings
+	set.StateFile = filepath.Join(o.StateDir, n.name+".json")
+	set.DryRun = false
+	ctl, err := capping.New(capping.Options{Settings: set, Lib: n.gpus, Budget: budget.NewEtcd(n.member, n.clock.Now), Log: o.Log, Now: n.clock.Now})
+	if err != nil {
+		return err
+	}
+	if err := ctl.Start(); err != nil {
+		return fmt.Errorf("starting the controller of node %s: %w", n.name, err)
+	}
+	n.ctl = ctl
+	return nil
 }
 
 // staticCap is the static baseline's per-GPU limit for the GPUs of leaf: the tightest of
@@ -441,9 +485,9 @@ func (r *run) staticCap(leaf string, index map[string]int, m sim.Model, counts m
 	return math.Floor(math.Min(math.Max(per, m.MinLimitW), m.MaxLimitW))
 }
 
-// fleet builds one node's simulated GPUs, its trace offset into its run.
-func (r *run) fleet(d *Domain, seed int64, off time.Duration) (*sim.Fleet, error) {
-	c := &shifted{c: r.clock, shift: -off}
+// fleet builds one node's simulated GPUs on the node's clock, its trace offset into its run.
+func (r *run) fleet(clk *clock.Manual, d *Domain, seed int64, off time.Duration) (*sim.Fleet, error) {
+	c := &shifted{c: clk, shift: -off}
 	var step time.Duration // without a file, the 10 ms step
 	if r.o.File != nil {
 		step = r.o.File.PhysicsStep
@@ -487,27 +531,32 @@ func workOf(f *sim.Fleet) float64 {
 
 // each runs f on every node, the nodes shared among the machine's cores in small batches that
 // a core takes when it is free (an inference node costs more than an idle one): nodes share
-// nothing but the clock, which does not move while they run.
-func (r *run) each(f func(n *node)) {
+// nothing between the allocator's rounds, each running on its own clock.
+func (r *run) each(f func(n *node)) { r.eachIndex(func(_ int, n *node) { f(n) }) }
+
+// eachIndex is each, with the node's index.
+func (r *run) eachIndex(f func(i int, n *node)) {
 	workers := min(runtime.GOMAXPROCS(0), len(r.nodes))
 	if workers <= 1 {
-		for _, n := range r.nodes {
-			f(n)
+		for i, n := range r.nodes {
+			f(i, n)
 		}
 		return
 	}
-	const batch = 8
+	// Batches of up to 8 nodes, and at least 4 per core so that a small fleet (a search
+	// trial's leaf) ends its pass with the cores evenly loaded.
+	batch := min(8, max(1, len(r.nodes)/(4*workers)))
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
 			for {
-				i := int(next.Add(batch)) - batch
+				i := int(next.Add(int64(batch))) - batch
 				if i >= len(r.nodes) {
 					return
 				}
-				for _, n := range r.nodes[i:min(i+batch, len(r.nodes))] {
-					f(n)
+				for j := i; j < min(i+batch, len(r.nodes)); j++ {
+					f(j, r.nodes[j])
 				}
 			}
 		})
@@ -517,6 +566,9 @@ func (r *run) each(f func(n *node)) {
 
 func (r *run) stop() {
 	for _, n := range r.nodes {
+		if n.ctl == nil {
+			continue // never started: its build failed
+		}
 		_ = n.ctl.Stop(capping.ExitConfigured)
 	}
 }

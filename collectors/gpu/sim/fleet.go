@@ -85,6 +85,7 @@ type Fleet struct {
 	stepN     int64
 	steps     []stepFactors
 	gridPhase int64
+	cycle     cycleTrace // the trace's day cycle, taken once a second at a coarse step
 
 	files  *deviceFiles             // nil without a state or fault file
 	active atomic.Pointer[faultSet] // the error and hang faults in force; nil when none

@@ -141,6 +141,12 @@ type GPU struct {
 	// clockShare is the last share of its demand a capped GPU could draw, clockCbrt its cube
 	// root: a capped GPU whose demand and draw hold still keeps its clock without a Cbrt.
 	clockShare, clockCbrt float64
+	// instantKey and sampleKey are the noise keys of the instant reading's and a coarse
+	// step's demand sample (noise.key).
+	instantKey, sampleKey uint64
+	// cycleW is the trace's day cycle at second cycleSec (a coarse step's, step.go).
+	cycleSec int64
+	cycleW   float64
 }
 
 func newGPU(f *Fleet, i int) *GPU {
@@ -157,6 +163,9 @@ func newGPU(f *Fleet, i int) *GPU {
 		requestedW:  m.DefaultLimitW,
 		boundW:      m.DefaultLimitW,
 		pendingStep: -1,
+		cycleSec:    -1,
+		instantKey:  n.key(streamInstant, i),
+		sampleKey:   n.key(streamDemandSample, i),
 		// The counters of GPUs on one board do not update together.
 		counterPhase: int64(n.hash(streamCounterPhase, i, 0) % markEvery),
 	}
@@ -301,9 +310,9 @@ func (g *GPU) integrate(n int64, s *stepFactors) {
 	}
 	at := g.step
 	if s.pick && n > 1 {
-		at += int64(noise(g.fleet.seed).hash(streamDemandSample, g.index, g.step) % uint64(n))
+		at += int64(keyed(g.sampleKey, g.step) % uint64(n))
 	}
-	demand := m.clampDemand(g.fleet.trace.Demand(g.index, time.Duration(at)*substep))
+	demand := m.clampDemand(g.traceDemand(at, s.pick))
 	capW := min(g.boundLimitW(), g.thermalCapW())
 	// The power controller closes on the cap with its lag; a cap under what the board draws
 	// brings the draw down from where it is, a cap over it holds at once.
@@ -370,15 +379,14 @@ func (g *GPU) averageW() float64 {
 // sampleInstantW is the drawn power with a little seeded measurement noise, as the counter
 // update at substep at records it.
 func (g *GPU) sampleInstantW(at int64) float64 {
-	n := noise(g.fleet.seed)
 	if g.fleet.stepN > 1 {
 		// The same triangular noise from the two halves of one draw, at half the cost: at a
 		// coarse step the counter updates are a large share of the physics (step.go).
-		h := n.hash(streamInstant, g.index, 2*at)
+		h := keyed(g.instantKey, 2*at)
 		e := instantNoise * (float64(h>>32)*0x1p-32 + float64(h&0xffffffff)*0x1p-32 - 1)
 		return g.drawnW * (1 + e)
 	}
-	e := instantNoise * (n.unit(streamInstant, g.index, 2*at) + n.unit(streamInstant, g.index, 2*at+1) - 1)
+	e := instantNoise * (unitOf(keyed(g.instantKey, 2*at)) + unitOf(keyed(g.instantKey, 2*at+1)) - 1)
 	return g.drawnW * (1 + e)
 }
 

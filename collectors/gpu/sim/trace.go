@@ -32,9 +32,9 @@ func NewTrace(spec string, m Model, gpus int, seed int64) (Trace, error) {
 	case name == "bursty":
 		return burstyTrace{n: n, maxW: m.MaxLimitW}, nil
 	case name == "training":
-		return trainingTrace{n: n, maxW: m.MaxLimitW}, nil
+		return trainingTrace{n: n, maxW: m.MaxLimitW, keys: trainingKeys(n, gpus)}, nil
 	case name == "inference":
-		return inferenceTrace{n: n, maxW: m.MaxLimitW}, nil
+		return inferenceTrace{n: n, maxW: m.MaxLimitW, keys: inferenceKeys(n, gpus)}, nil
 	case name == "imbalanced":
 		return imbalancedTrace{n: n, maxW: m.MaxLimitW, gpus: gpus}, nil
 	case name == "lockstep":
@@ -103,29 +103,45 @@ func mix64(x uint64) uint64 {
 }
 
 func (n noise) hash(stream uint64, gpu int, k int64) uint64 {
+	return keyed(n.key(stream, gpu), k)
+}
+
+// key is the part of hash that depends on the stream and GPU only: a caller that hashes one
+// stream of one GPU at many k keeps it, and keyed(key, k) is hash(stream, gpu, k).
+func (n noise) key(stream uint64, gpu int) uint64 {
 	h := mix64(uint64(n) ^ stream*0x9e3779b97f4a7c15)
-	h = mix64(h ^ uint64(gpu)*0xd6e8feb86659fd93)
-	return mix64(h + uint64(k))
+	return mix64(h ^ uint64(gpu)*0xd6e8feb86659fd93)
 }
 
-// unit is uniform in [0, 1).
-func (n noise) unit(stream uint64, gpu int, k int64) float64 {
-	return float64(n.hash(stream, gpu, k)>>11) * 0x1p-53
-}
+func keyed(key uint64, k int64) uint64 { return mix64(key + uint64(k)) }
 
-// signed is uniform in [-1, 1).
-func (n noise) signed(stream uint64, gpu int, k int64) float64 {
-	return 2*n.unit(stream, gpu, k) - 1
-}
+// unitOf and signedOf are unit and signed of a hash.
+func unitOf(h uint64) float64   { return float64(h>>11) * 0x1p-53 }
+func signedOf(h uint64) float64 { return 2*unitOf(h) - 1 }
 
-// smooth is value noise in [-1, 1) that varies continuously with x, one new value per unit of x.
-func (n noise) smooth(stream uint64, gpu int, x float64) float64 {
+// smoothKeyed is smooth with the stream's and GPU's key.
+func smoothKeyed(key uint64, x float64) float64 {
 	f := math.Floor(x)
 	k := int64(f)
 	t := x - f
 	t = t * t * (3 - 2*t)
-	a, b := n.signed(stream, gpu, k), n.signed(stream, gpu, k+1)
+	a, b := signedOf(keyed(key, k)), signedOf(keyed(key, k+1))
 	return a + (b-a)*t
+}
+
+// unit is uniform in [0, 1).
+func (n noise) unit(stream uint64, gpu int, k int64) float64 {
+	return unitOf(n.hash(stream, gpu, k))
+}
+
+// signed is uniform in [-1, 1).
+func (n noise) signed(stream uint64, gpu int, k int64) float64 {
+	return signedOf(n.hash(stream, gpu, k))
+}
+
+// smooth is value noise in [-1, 1) that varies continuously with x, one new value per unit of x.
+func (n noise) smooth(stream uint64, gpu int, x float64) float64 {
+	return smoothKeyed(n.key(stream, gpu), x)
 }
 
 // steadyTrace holds every GPU near 85 % of its top limit, each with a small offset and wobble.
@@ -187,6 +203,34 @@ func (burstyTrace) workload(int, time.Duration) workload {
 type trainingTrace struct {
 	n    noise
 	maxW float64
+	keys []trainingGPU // by GPU, for the GPUs it was built for
+}
+
+// trainingGPU is what a training GPU's demand hashes without the time: its streams' keys and
+// its offset.
+type trainingGPU struct {
+	jitter, level uint64
+	offset        float64
+}
+
+func trainingKeys(n noise, gpus int) []trainingGPU {
+	out := make([]trainingGPU, gpus)
+	for i := range out {
+		out[i] = trainingGPUOf(n, i)
+	}
+	return out
+}
+
+func trainingGPUOf(n noise, gpu int) trainingGPU {
+	return trainingGPU{jitter: n.key(streamJitter, gpu), level: n.key(streamLevel, gpu), offset: n.signed(streamOffset, gpu, 0)}
+}
+
+// gpuKeys is gpu's keys: from the table, or computed for a GPU beyond it.
+func (tr trainingTrace) gpuKeys(gpu int) trainingGPU {
+	if gpu >= 0 && gpu < len(tr.keys) {
+		return tr.keys[gpu]
+	}
+	return trainingGPUOf(tr.n, gpu)
 }
 
 const (
@@ -197,20 +241,25 @@ const (
 
 // computing reports whether gpu is in its compute phase at t seconds, and the step it is in.
 func (tr trainingTrace) computing(gpu int, t float64) (bool, int64) {
+	return computingKeyed(tr.gpuKeys(gpu), t)
+}
+
+func computingKeyed(g trainingGPU, t float64) (bool, int64) {
 	s := math.Floor(t / trainingStep)
 	pos := t - s*trainingStep
 	k := int64(s)
-	start := trainingJitter * tr.n.unit(streamJitter, gpu, k)
+	start := trainingJitter * unitOf(keyed(g.jitter, k))
 	return pos >= start && pos < start+trainingCompute, k
 }
 
 func (tr trainingTrace) Demand(gpu int, elapsed time.Duration) float64 {
-	compute, k := tr.computing(gpu, elapsed.Seconds())
-	frac := 0.45 + 0.02*tr.n.signed(streamLevel, gpu, 2*k+1)
+	g := tr.gpuKeys(gpu)
+	compute, k := computingKeyed(g, elapsed.Seconds())
+	frac := 0.45 + 0.02*signedOf(keyed(g.level, 2*k+1))
 	if compute {
-		frac = 0.95 + 0.015*tr.n.signed(streamLevel, gpu, 2*k)
+		frac = 0.95 + 0.015*signedOf(keyed(g.level, 2*k))
 	}
-	return (frac + 0.01*tr.n.signed(streamOffset, gpu, 0)) * tr.maxW
+	return (frac + 0.01*g.offset) * tr.maxW
 }
 
 func (tr trainingTrace) workload(gpu int, elapsed time.Duration) workload {
@@ -227,15 +276,57 @@ func (tr trainingTrace) workload(gpu int, elapsed time.Duration) workload {
 type inferenceTrace struct {
 	n    noise
 	maxW float64
+	keys []inferenceGPU // by GPU, for the GPUs it was built for
+}
+
+// inferenceGPU is what an inference GPU's demand hashes without the time.
+type inferenceGPU struct {
+	requests uint64
+	offset   float64
+}
+
+func inferenceKeys(n noise, gpus int) []inferenceGPU {
+	out := make([]inferenceGPU, gpus)
+	for i := range out {
+		out[i] = inferenceGPUOf(n, i)
+	}
+	return out
+}
+
+func inferenceGPUOf(n noise, gpu int) inferenceGPU {
+	return inferenceGPU{requests: n.key(streamRequests, gpu), offset: n.signed(streamOffset, gpu, 0)}
 }
 
 const day = 24 * time.Hour
 
 func (in inferenceTrace) Demand(gpu int, elapsed time.Duration) float64 {
 	t := elapsed.Seconds()
-	frac := 0.60 + 0.30*math.Sin(2*math.Pi*t/day.Seconds()) +
-		0.06*in.n.smooth(streamRequests, gpu, t/0.5) + 0.02*in.n.signed(streamOffset, gpu, 0)
+	return in.demand(gpu, t, in.cycle(t))
+}
+
+// cycle is the day's part of the demand at t seconds, the same for every GPU.
+func (inferenceTrace) cycle(t float64) float64 { return math.Sin(2 * math.Pi * t / day.Seconds()) }
+
+// demand is gpu's demand at t seconds, the day's part given.
+func (in inferenceTrace) demand(gpu int, t, cycle float64) float64 {
+	var g inferenceGPU
+	if gpu >= 0 && gpu < len(in.keys) {
+		g = in.keys[gpu]
+	} else {
+		g = inferenceGPUOf(in.n, gpu)
+	}
+	frac := 0.60 + 0.30*cycle +
+		0.06*smoothKeyed(g.requests, t/0.5) + 0.02*g.offset
 	return frac * in.maxW
+}
+
+// demands is Demand for GPUs 0 to len(out)-1 at one instant, the day computed once.
+func (in inferenceTrace) demands(elapsed time.Duration, out []float64) {
+	t := elapsed.Seconds()
+	c := in.cycle(t)
+	for i := range out {
+		out[i] = in.demand(i, t, c)
+	}
 }
 
 func (inferenceTrace) workload(int, time.Duration) workload {
