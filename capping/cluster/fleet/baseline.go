@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"math"
 	"time"
 
 	"github.com/capstan-power/capstan/collectors/gpu/sim"
@@ -34,10 +35,8 @@ const simSubstep = 10 * time.Millisecond
 // baseline is one node's GPUs uncapped and under static caps, in closed form.
 type baseline struct {
 	trace   sim.Trace
-	model   sim.Model
 	gpus    int
 	off     time.Duration // the node's trace offset: its trace time is run time + off
-	maxW    float64       // the uncapped GPUs' limit: the model's default
 	staticW float64
 	seed    uint64 // draws the substep each step samples
 	// done is how far the work integral has reached, in run time; workUncapped and workStatic
@@ -45,6 +44,7 @@ type baseline struct {
 	done                     time.Duration
 	workUncapped, workStatic float64
 	demandW                  []float64 // the GPUs' demands at one instant, reused
+	rate                     workRates // uncapped at the model's default limit, and static
 }
 
 func newBaseline(d *Domain, m sim.Model, seed int64, off time.Duration, staticW float64) (*baseline, error) {
@@ -52,7 +52,8 @@ func newBaseline(d *Domain, m sim.Model, seed int64, off time.Duration, staticW 
 	if err != nil {
 		return nil, err
 	}
-	return &baseline{trace: tr, model: m, gpus: d.GPUs, off: off, maxW: m.DefaultLimitW, staticW: staticW, seed: uint64(seed), demandW: make([]float64, d.GPUs)}, nil
+	return &baseline{trace: tr, gpus: d.GPUs, off: off, staticW: staticW, seed: uint64(seed), demandW: make([]float64, d.GPUs),
+		rate: newWorkRates(m, m.DefaultLimitW, staticW)}, nil
 }
 
 // advance integrates the work of both baselines up to run time t and returns the static
@@ -63,8 +64,9 @@ func (b *baseline) advance(t time.Duration) float64 {
 		// Every GPU of the node is sampled at one instant, so what they share is computed once.
 		sim.Demands(b.trace, b.off+b.done+b.substep(), b.demandW)
 		for _, d := range b.demandW {
-			b.workUncapped += b.model.WorkRate(d, b.maxW) * h
-			b.workStatic += b.model.WorkRate(d, b.staticW) * h
+			u, s := b.rate.at(d)
+			b.workUncapped += u * h
+			b.workStatic += s * h
 		}
 	}
 	return b.drawAt(t)
@@ -80,8 +82,9 @@ func (b *baseline) finish(t time.Duration) {
 	}
 	sim.Demands(b.trace, b.off+b.done+(rest-simSubstep)/2, b.demandW)
 	for _, d := range b.demandW {
-		b.workUncapped += b.model.WorkRate(d, b.maxW) * rest.Seconds()
-		b.workStatic += b.model.WorkRate(d, b.staticW) * rest.Seconds()
+		u, s := b.rate.at(d)
+		b.workUncapped += u * rest.Seconds()
+		b.workStatic += s * rest.Seconds()
 	}
 	b.done = t
 }
@@ -99,8 +102,59 @@ func (b *baseline) substep() time.Duration {
 func (b *baseline) drawAt(t time.Duration) (staticW float64) {
 	sim.Demands(b.trace, b.off+t-simSubstep, b.demandW)
 	for _, d := range b.demandW {
-		w, _ := b.model.BusyDemand(d)
-		staticW += min(w, b.staticW)
+		staticW += min(b.rate.clamp(d), b.staticW)
 	}
 	return staticW
+}
+
+// workRates is sim.Model.WorkRate at a demand under the uncapped and the static limit, bit for
+// bit, with what the two share (the demand kept physical, its busy share, the model's
+// thresholds) computed once per demand rather than once per limit, and the cube root of the
+// last capped share kept: a training phase holds one demand for a second or more.
+type workRates struct {
+	idleW, maxDemandW     float64 // the demand's physical range
+	busyW                 float64 // the demand above which the GPU runs work
+	busyScale             float64 // 0.5·MaxLimitW − IdleW: the demand at which it is always busy
+	floor                 float64 // the idle clock's share of the top clock
+	limitW                [2]float64
+	lastRatio, lastFactor [2]float64 // the cube root last taken, by limit
+}
+
+func newWorkRates(m sim.Model, uncappedW, staticW float64) workRates {
+	maxDemandW, _ := m.BusyDemand(math.Inf(1))
+	r := workRates{idleW: m.IdleW, maxDemandW: maxDemandW, busyW: m.IdleW + 0.02*m.MaxLimitW, busyScale: 0.5*m.MaxLimitW - m.IdleW,
+		floor: float64(m.IdleSMClockMHz) / float64(m.MaxSMClockMHz), limitW: [2]float64{uncappedW, staticW}}
+	r.lastRatio = [2]float64{math.NaN(), math.NaN()}
+	return r
+}
+
+// clamp is the demand a GPU runs at for a trace's value: sim.Model.BusyDemand's watts.
+func (r *workRates) clamp(demandW float64) float64 {
+	if !(demandW >= r.idleW) {
+		return r.idleW
+	}
+	return min(demandW, r.maxDemandW)
+}
+
+// at returns the work rates uncapped and static at a trace's demand.
+func (r *workRates) at(demandW float64) (uncapped, static float64) {
+	d := r.clamp(demandW)
+	if d <= r.busyW {
+		return 0, 0
+	}
+	busy := min(1, (d-r.idleW)/r.busyScale)
+	return r.under(0, d, busy), r.under(1, d, busy)
+}
+
+// under is the work rate of a busy GPU at demand d under limit i.
+func (r *workRates) under(i int, d, busy float64) float64 {
+	limitW := r.limitW[i]
+	if d <= limitW {
+		return busy
+	}
+	ratio := max(0, limitW) / d
+	if ratio != r.lastRatio[i] {
+		r.lastRatio[i], r.lastFactor[i] = ratio, math.Cbrt(ratio)
+	}
+	return busy * max(r.floor, r.lastFactor[i])
 }
