@@ -16,17 +16,15 @@ import (
 // temperature). That leaves out the first ~100 ms after the static caps are written at the
 // start and the 10–20 ms of the write's latency, a few joules out of an hour.
 //
-// The work integral samples the demand once every baselineStep, at one of the step's
-// simulator substeps drawn from the seed, the sample standing for the step's ten substeps:
-// a fixed position would be biased by the traces whose phases start on whole seconds (the
-// lock-step iteration, the training step). TestBaselineMatchesStepped bounds what sampling
-// costs against fleets stepped by the simulator.
-
-// baselineStep is how often the closed form samples the demand for the work integral: the
-// counters' 100 ms, ten of the simulator's 10 ms substeps. Finer than every trace's own
-// features (the inference trace's request noise moves over 0.5 s, a training step's phases
-// last seconds).
-const baselineStep = 100 * time.Millisecond
+// The work integral takes the demand at the instants the capped node's own GPUs sample it:
+// every physics step of a GPU (100 ms at the fleet's step) runs at the demand of one of its
+// substeps drawn from the seed, which the simulator hands to the baseline with the step's
+// length (sim.Options.OnDemand). The same trace, seed and offset make the same demand, so the
+// baselines sample as densely as a trace of their own did (one substep in ten, at a position a
+// phase starting on whole seconds cannot bias), without computing the demand again, and the
+// throughput shares compare the capped and the uncapped GPUs at the same instants.
+// TestBaselineMatchesStepped bounds what sampling costs against fleets stepped by the
+// simulator.
 
 // simSubstep is the simulator's step: the draw a reading at t reports is the one of the
 // substep that ended at t.
@@ -35,16 +33,13 @@ const simSubstep = 10 * time.Millisecond
 // baseline is one node's GPUs uncapped and under static caps, in closed form.
 type baseline struct {
 	trace   sim.Trace
-	gpus    int
 	off     time.Duration // the node's trace offset: its trace time is run time + off
 	staticW float64
-	seed    uint64 // draws the substep each step samples
-	// done is how far the work integral has reached, in run time; workUncapped and workStatic
-	// are the work done (GPU-seconds at the top clock) over all GPUs so far.
-	done                     time.Duration
-	workUncapped, workStatic float64
-	demandW                  []float64 // the GPUs' demands at one instant, reused
-	rate                     workRates // uncapped at the model's default limit, and static
+	// work is each GPU's work (GPU-seconds at the top clock) uncapped and static so far; rate
+	// its work rates, one per GPU so that GPUs stepped apart share nothing.
+	work    [][2]float64
+	rate    []workRates
+	demandW []float64 // the GPUs' demands at one instant, reused
 }
 
 func newBaseline(d *Domain, m sim.Model, seed int64, off time.Duration, staticW float64) (*baseline, error) {
@@ -52,57 +47,40 @@ func newBaseline(d *Domain, m sim.Model, seed int64, off time.Duration, staticW 
 	if err != nil {
 		return nil, err
 	}
-	return &baseline{trace: tr, gpus: d.GPUs, off: off, staticW: staticW, seed: uint64(seed), demandW: make([]float64, d.GPUs),
-		rate: newWorkRates(m, m.DefaultLimitW, staticW)}, nil
-}
-
-// advance integrates the work of both baselines up to run time t and returns the static
-// baseline's Σ draw at t: what its GPUs' last substep before t drew.
-func (b *baseline) advance(t time.Duration) float64 {
-	h := baselineStep.Seconds()
-	for ; b.done+baselineStep <= t; b.done += baselineStep {
-		// Every GPU of the node is sampled at one instant, so what they share is computed once.
-		sim.Demands(b.trace, b.off+b.done+b.substep(), b.demandW)
-		for _, d := range b.demandW {
-			u, s := b.rate.at(d)
-			b.workUncapped += u * h
-			b.workStatic += s * h
-		}
+	b := &baseline{trace: tr, off: off, staticW: staticW, work: make([][2]float64, d.GPUs), rate: make([]workRates, d.GPUs), demandW: make([]float64, d.GPUs)}
+	for i := range b.rate {
+		b.rate[i] = newWorkRates(m, m.DefaultLimitW, staticW) // uncapped: the model's default limit
 	}
-	return b.drawAt(t)
+	return b, nil
 }
 
-// finish integrates the work up to t when t is not a whole number of steps in: the part step
-// left stands for its own substeps.
-func (b *baseline) finish(t time.Duration) {
-	b.advance(t)
-	rest := t - b.done
-	if rest < simSubstep {
-		return
+// step is the capped GPU's physics step at demandW for dtS seconds: the baselines' GPU did
+// the same step's work at their own limits (sim.Options.OnDemand).
+func (b *baseline) step(gpu int, demandW, dtS float64) {
+	u, s := b.rate[gpu].at(demandW)
+	b.work[gpu][0] += u * dtS
+	b.work[gpu][1] += s * dtS
+}
+
+// restart forgets the work done so far: the steps that brought the GPUs through their trace
+// offset before the run started.
+func (b *baseline) restart() { clear(b.work) }
+
+// done is the work both baselines did over all GPUs, uncapped and static.
+func (b *baseline) done() (uncapped, static float64) {
+	for _, w := range b.work {
+		uncapped += w[0]
+		static += w[1]
 	}
-	sim.Demands(b.trace, b.off+b.done+(rest-simSubstep)/2, b.demandW)
-	for _, d := range b.demandW {
-		u, s := b.rate.at(d)
-		b.workUncapped += u * rest.Seconds()
-		b.workStatic += s * rest.Seconds()
-	}
-	b.done = t
+	return uncapped, static
 }
 
-// substep is the offset into the step at b.done of the substep that stands for it.
-func (b *baseline) substep() time.Duration {
-	x := b.seed ^ uint64(b.done/baselineStep)*0x9e3779b97f4a7c15
-	x ^= x >> 31
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 29
-	return time.Duration(x%uint64(baselineStep/simSubstep)) * simSubstep
-}
-
-// drawAt is the static baseline's Σ draw at run time t.
+// drawAt is the static baseline's Σ draw at run time t: what its GPUs' last substep before t
+// drew.
 func (b *baseline) drawAt(t time.Duration) (staticW float64) {
 	sim.Demands(b.trace, b.off+t-simSubstep, b.demandW)
-	for _, d := range b.demandW {
-		staticW += min(b.rate.clamp(d), b.staticW)
+	for i, d := range b.demandW {
+		staticW += min(b.rate[i].clamp(d), b.staticW)
 	}
 	return staticW
 }

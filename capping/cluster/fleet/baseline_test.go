@@ -9,10 +9,12 @@ import (
 	"github.com/capstan-power/capstan/internal/clock"
 )
 
-// The closed-form baselines agree with the same GPUs stepped by the simulator: the static
-// baseline's Σ draw at every period within 0.1 W per GPU (the power lag's tail after the
-// static caps are written, then nothing), and both baselines' work within 0.05 % over the run,
-// whatever the trace, model, GPU count, seed, offset, static cap and period.
+// The closed-form baselines agree with the same GPUs stepped by the simulator at the 10 ms
+// step: the static baseline's Σ draw at every period within 0.1 W per GPU (the power lag's
+// tail after the static caps are written, then nothing), and both baselines' work within
+// 0.05 % over the run, whatever the trace, model, GPU count, seed, offset, static cap and
+// period. The closed form's work takes the demand a node's GPUs sampled at the fleet's own
+// physics step (sim.Options.OnDemand), as in a run.
 func TestBaselineMatchesStepped(t *testing.T) {
 	for i, v := range []struct {
 		trace, model string
@@ -35,11 +37,11 @@ func TestBaselineMatchesStepped(t *testing.T) {
 			r := &run{clock: clk}
 			d := &Domain{GPUs: v.gpus, Model: v.model, Trace: v.trace}
 			seed := int64(100 + i)
-			uncapped, err := r.fleet(clk, d, seed, v.offset)
+			uncapped, err := r.fleet(clk, d, seed, v.offset, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			static, err := r.fleet(clk, d, seed, v.offset)
+			static, err := r.fleet(clk, d, seed, v.offset, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -52,6 +54,13 @@ func TestBaselineMatchesStepped(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// The node's own GPUs, at the fleet's physics step, whose steps the baselines take.
+			capped, err := (&run{clock: clk, o: Options{File: &File{PhysicsStep: DefaultPhysicsStep}}}).fleet(clk, d, seed, v.offset, b.step)
+			if err != nil {
+				t.Fatal(err)
+			}
+			workOf(capped) // brings it through its offset, as a run's build does
+			b.restart()
 			const run = 20 * time.Minute
 			periods := int(run / v.period)
 			worst := 0.0
@@ -59,12 +68,13 @@ func TestBaselineMatchesStepped(t *testing.T) {
 				clk.Advance(v.period)
 				want := drawn(static)
 				drawn(uncapped)
-				got := b.advance(time.Duration(k) * v.period)
+				drawn(capped)
+				got := b.drawAt(time.Duration(k) * v.period)
 				if k*int(v.period/time.Millisecond) >= 1000 { // after the static caps' first second
 					worst = math.Max(worst, math.Abs(got-want)/float64(v.gpus))
 				}
 			}
-			b.finish(time.Duration(periods) * v.period)
+			workUncapped, workStatic := b.done()
 			t.Logf("static Σ draw: closed form off the stepped fleet by up to %.4f W per GPU", worst)
 			if worst > 0.1 {
 				t.Errorf("static Σ draw: closed form off the stepped fleet by up to %.3f W per GPU; want ≤ 0.1", worst)
@@ -72,7 +82,7 @@ func TestBaselineMatchesStepped(t *testing.T) {
 			for _, c := range []struct {
 				name      string
 				got, want float64
-			}{{"uncapped", b.workUncapped, workOf(uncapped) - work0[0]}, {"static", b.workStatic, workOf(static) - work0[1]}} {
+			}{{"uncapped", workUncapped, workOf(uncapped) - work0[0]}, {"static", workStatic, workOf(static) - work0[1]}} {
 				if c.want <= 0 || math.Abs(c.got-c.want)/c.want > 0.0005 {
 					t.Errorf("%s work: closed form %.3f GPU-s, stepped %.3f GPU-s (%+.4f %%); want within 0.05 %%", c.name, c.got, c.want, 100*(c.got-c.want)/c.want)
 				}

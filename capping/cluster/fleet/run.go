@@ -203,7 +203,7 @@ func Run(o Options) (*Report, error) {
 			n.drawW = drawn(n.gpus)
 			switch {
 			case n.base != nil:
-				n.staticW = n.base.advance(time.Duration(k) * period)
+				n.staticW = n.base.drawAt(time.Duration(k) * period)
 			case n.static != nil:
 				n.staticW = drawn(n.static)
 				drawn(n.uncapped) // keeps its integration on the period's steps
@@ -278,9 +278,9 @@ func Run(o Options) (*Report, error) {
 	for _, n := range r.nodes {
 		work[n.job][0] += workOf(n.gpus) - n.work0[0]
 		if n.base != nil {
-			n.base.finish(time.Duration(periods) * period)
-			work[n.job][1] += n.base.workUncapped
-			work[n.job][2] += n.base.workStatic
+			u, s := n.base.done()
+			work[n.job][1] += u
+			work[n.job][2] += s
 		}
 		if n.static != nil {
 			work[n.job][1] += workOf(n.uncapped) - n.work0[1]
@@ -418,19 +418,21 @@ type nodeBuild struct {
 func (r *run) build(n *node) error {
 	o, b := r.o, n.build
 	var err error
-	if n.gpus, err = r.fleet(n.clock, b.d, b.seed, b.off); err != nil {
-		return err
-	}
+	var onDemand func(gpu int, demandW, dtS float64)
 	if o.Baselines && !o.stepped {
 		if n.base, err = newBaseline(b.d, b.model, b.seed, b.off, b.staticW); err != nil {
 			return err
 		}
+		onDemand = n.base.step
+	}
+	if n.gpus, err = r.fleet(n.clock, b.d, b.seed, b.off, onDemand); err != nil {
+		return err
 	}
 	if o.Baselines && o.stepped {
-		if n.uncapped, err = r.fleet(n.clock, b.d, b.seed, b.off); err != nil {
+		if n.uncapped, err = r.fleet(n.clock, b.d, b.seed, b.off, nil); err != nil {
 			return err
 		}
-		if n.static, err = r.fleet(n.clock, b.d, b.seed, b.off); err != nil {
+		if n.static, err = r.fleet(n.clock, b.d, b.seed, b.off, nil); err != nil {
 			return err
 		}
 		if err := setAll(n.static, b.staticW); err != nil {
@@ -455,6 +457,9 @@ func (r *run) build(n *node) error {
 		return fmt.Errorf("starting the controller of node %s: %w", n.name, err)
 	}
 	n.ctl = ctl
+	if n.base != nil {
+		n.base.restart() // the run's work counts from here, as work0 does the GPUs'
+	}
 	return nil
 }
 
@@ -486,13 +491,14 @@ func (r *run) staticCap(leaf string, index map[string]int, m sim.Model, counts m
 }
 
 // fleet builds one node's simulated GPUs on the node's clock, its trace offset into its run.
-func (r *run) fleet(clk *clock.Manual, d *Domain, seed int64, off time.Duration) (*sim.Fleet, error) {
+// onDemand, when set, receives every physics step's demand (the closed-form baselines).
+func (r *run) fleet(clk *clock.Manual, d *Domain, seed int64, off time.Duration, onDemand func(gpu int, demandW, dtS float64)) (*sim.Fleet, error) {
 	c := &shifted{c: clk, shift: -off}
 	var step time.Duration // without a file, the 10 ms step
 	if r.o.File != nil {
 		step = r.o.File.PhysicsStep
 	}
-	f, err := sim.New(sim.Options{Model: d.Model, Count: d.GPUs, Trace: d.Trace, Seed: seed, Clock: c, Step: step})
+	f, err := sim.New(sim.Options{Model: d.Model, Count: d.GPUs, Trace: d.Trace, Seed: seed, Clock: c, Step: step, OnDemand: onDemand})
 	if err != nil {
 		return nil, err
 	}

@@ -54,6 +54,11 @@ type Options struct {
 	// (the agent, simulate). A fleet simulation of many nodes may take a coarser one, a
 	// multiple of 10 ms up to MaxStep, trading fidelity below the step for time (step.go).
 	Step time.Duration
+	// OnDemand, when set, is called on every physics step of every GPU with the demand the
+	// step ran at (kept physical) and the step's length, so that a caller can integrate what
+	// the same demand does under other limits (the fleet's closed-form baselines). It runs
+	// with the GPU locked, so it must not call the fleet.
+	OnDemand func(gpu int, demandW, dtS float64)
 
 	// manualFiles leaves polling the fault file and writing the state file to the tests.
 	manualFiles bool
@@ -86,6 +91,7 @@ type Fleet struct {
 	steps     []stepFactors
 	gridPhase int64
 	cycle     cycleTrace // the trace's day cycle, taken once a second at a coarse step
+	onDemand  func(gpu int, demandW, dtS float64)
 
 	files  *deviceFiles             // nil without a state or fault file
 	active atomic.Pointer[faultSet] // the error and hang faults in force; nil when none
@@ -143,6 +149,7 @@ func New(o Options) (*Fleet, error) {
 		sleep:     time.Sleep,
 	}
 	f.setStep(stepN)
+	f.onDemand = o.OnDemand
 	answerUnmodelledLibrary(f)
 	for i := range o.Count {
 		g := newGPU(f, i)

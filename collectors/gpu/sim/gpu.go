@@ -313,6 +313,9 @@ func (g *GPU) integrate(n int64, s *stepFactors) {
 		at += int64(keyed(g.sampleKey, g.step) % uint64(n))
 	}
 	demand := m.clampDemand(g.traceDemand(at, s.pick))
+	if h := g.fleet.onDemand; h != nil {
+		h(g.index, demand, s.dtS)
+	}
 	capW := min(g.boundLimitW(), g.thermalCapW())
 	// The power controller closes on the cap with its lag; a cap under what the board draws
 	// brings the draw down from where it is, a cap over it holds at once.
