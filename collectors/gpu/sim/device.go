@@ -107,18 +107,19 @@ func (g *GPU) GetFieldValues(values []nvml.FieldValue) nvml.Return {
 		return ret
 	}
 	defer g.mu.Unlock()
-	stamp := g.fleet.start.Add(g.elapsed()).UnixMicro()
+	stamp := g.fleet.unixMicroAt(g.step)
 	for i := range values {
 		v := &values[i]
 		v.Timestamp, v.LatencyUsec, v.Value = stamp, 0, [8]byte{}
 		v.NvmlReturn = uint32(nvml.SUCCESS)
 		switch v.FieldId {
 		case nvml.FI_DEV_POWER_INSTANT:
-			// Both power fields come from the counters' last update and carry its time.
-			v.Timestamp = g.counterTime().UnixMicro()
+			// Both power fields come from the counters' last update (substep heldStep) and
+			// carry its time.
+			v.Timestamp = g.fleet.unixMicroAt(g.heldStep)
 			putUint32(v, milli(g.instantW()))
 		case nvml.FI_DEV_POWER_AVERAGE:
-			v.Timestamp = g.counterTime().UnixMicro()
+			v.Timestamp = g.fleet.unixMicroAt(g.heldStep)
 			putUint32(v, milli(g.averageW()))
 		case nvml.FI_DEV_MEMORY_TEMP:
 			putUint32(v, celsius(g.memTempC))

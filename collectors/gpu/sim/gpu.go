@@ -397,9 +397,6 @@ func (g *GPU) sampleInstantW(at int64) float64 {
 // until the next one about 100 ms later.
 func (g *GPU) instantW() float64 { return g.heldW }
 
-// counterTime is when the power counters last updated.
-func (g *GPU) counterTime() time.Time { return g.fleet.start.Add(time.Duration(g.heldStep) * substep) }
-
 func (g *GPU) workload() workload {
 	if w, ok := g.fleet.trace.(workloadTrace); ok {
 		return w.workload(g.index, g.elapsed())
