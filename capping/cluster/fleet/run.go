@@ -522,7 +522,7 @@ func setAll(f *sim.Fleet, w float64) error {
 func drawn(f *sim.Fleet) float64 {
 	s := 0.0
 	for i := range f.Count() {
-		s += f.GPU(i).State().DrawnW
+		s += f.GPU(i).DrawnW()
 	}
 	return s
 }

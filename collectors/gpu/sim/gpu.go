@@ -310,7 +310,13 @@ func (g *GPU) integrate(n int64, s *stepFactors) {
 	}
 	at := g.step
 	if s.pick && n > 1 {
-		at += int64(keyed(g.sampleKey, g.step) % uint64(n))
+		h := keyed(g.sampleKey, g.step)
+		if n == markEvery {
+			h %= markEvery // the fleet's whole step: a constant divisor costs a multiply, not a divide
+		} else {
+			h %= uint64(n)
+		}
+		at += int64(h)
 	}
 	demand := m.clampDemand(g.traceDemand(at, s.pick))
 	if h := g.fleet.onDemand; h != nil {
