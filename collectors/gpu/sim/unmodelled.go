@@ -9,22 +9,41 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 )
 
-// The sim models the NVML calls the agent makes; go-nvml's interfaces have hundreds more. Each
-// of those comes from go-nvml's moq mocks, whose unset functions panic ("method is nil"). The
-// functions below set every unset one to answer as NVML does for something the board cannot
-// do: ERROR_NOT_SUPPORTED (ERROR_UNINITIALIZED before Init, ERROR_GPU_IS_LOST on a lost GPU)
-// and zero values. A library call that takes a handle (DeviceGetViolationStatus(dev, …))
-// forwards to the handle's method, as go-nvml's own library does, so the modelled device method
-// answers whichever way it is called.
+// The sim models the NVML calls the agent makes; go-nvml's interfaces have hundreds more. Every
+// other call answers as NVML does for something the board cannot do: ERROR_NOT_SUPPORTED
+// (ERROR_UNINITIALIZED before Init, ERROR_GPU_IS_LOST on a lost GPU) and zero values.
 //
-// The mocks record each call they pass through, so an unmodelled call the agent made every
-// collection would grow memory: the agent's own calls must all be modelled, which a test of the
-// collector over the sim checks (no call reaches a mock).
+// A device, GPU instance, compute instance and GPM sample embed a generated type
+// (unmodelled_gen.go, `go generate`) with one plain method per call of its interface, which asks
+// the handle's ready check: a simulated device costs one pointer for the calls it does not model,
+// not a closure per call, and nothing is recorded per call. The library, of which there is one,
+// keeps go-nvml's moq mock with every unset function answered through reflection; a library call
+// that takes a handle (DeviceGetViolationStatus(dev, …)) forwards to the handle's method, as
+// go-nvml's own library does, so the modelled device method answers whichever way it is called.
+//
+// The library mock records each call it passes through, so an unmodelled library call the agent
+// made every collection would grow memory: the agent's own calls must all be modelled, which a
+// test of the collector over the sim checks.
+
+//go:generate go run ./gen -o unmodelled_gen.go
+
+// readier is a simulated handle: ready is what NVML would say before looking at a call
+// (SUCCESS when the call may proceed).
+type readier interface{ ready() nvml.Return }
+
+// notSupported is what an unmodelled call answers after the handle's check said ret.
+func notSupported(ret nvml.Return) nvml.Return {
+	if ret == nvml.SUCCESS {
+		return nvml.ERROR_NOT_SUPPORTED
+	}
+	return ret
+}
 
 var returnType = reflect.TypeFor[nvml.Return]()
 
 // answerUnmodelled sets every nil XxxFunc field of the moq mock m points to. check returns what
-// NVML would say before looking at the call (SUCCESS when the call may proceed).
+// NVML would say before looking at the call (SUCCESS when the call may proceed). Each field gets
+// its own closure: only for the library, of which a process has one.
 func answerUnmodelled(m any, check func() nvml.Return) {
 	v := reflect.ValueOf(m).Elem()
 	t := v.Type()
