@@ -35,7 +35,13 @@ func TestCollectorCallsOnlyModelledMethods(t *testing.T) {
 	for _, model := range sim.Models() {
 		t.Run(model, func(t *testing.T) {
 			clk := clock.NewManual(time.Unix(1_700_000_000, 0))
-			fleet, err := sim.New(sim.Options{Model: model, Count: 2, Trace: "training", Seed: 5, Clock: clk})
+			m, err := sim.LookupModel(model)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// One GPU whole, one split: MIG devices and GPU instances are asked too.
+			fleet, err := sim.New(sim.Options{Model: model, Count: 2, Trace: "training", Seed: 5, Clock: clk,
+				MIG: "off;2x" + m.MIGProfiles()[0].Name})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -53,10 +59,8 @@ func TestCollectorCallsOnlyModelledMethods(t *testing.T) {
 			if calls := mockCalls(fleet.Interface); len(calls) > 0 {
 				t.Errorf("library calls the sim does not model: %v", calls)
 			}
-			for i := range fleet.Count() {
-				if calls := mockCalls(fleet.GPU(i).Device); len(calls) > 0 {
-					t.Errorf("GPU %d: device calls the sim does not model: %v", i, calls)
-				}
+			if calls := fleet.UnmodelledCalls(); len(calls) > 0 {
+				t.Errorf("device, MIG and GPM calls the sim does not model: %v", calls)
 			}
 		})
 	}

@@ -89,6 +89,8 @@ type Fleet struct {
 	files  *deviceFiles             // nil without a state or fault file
 	active atomic.Pointer[faultSet] // the error and hang faults in force; nil when none
 	sleep  func(time.Duration)      // how a hang fault waits
+
+	unmodelledCalls unmodelledCalls // handle calls answered "not supported" (unmodelled.go)
 }
 
 var (

@@ -2,8 +2,10 @@ package sim
 
 import (
 	"fmt"
+	"maps"
 	"reflect"
 	"strings"
+	"sync"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
@@ -27,9 +29,49 @@ import (
 
 //go:generate go run ./gen -o unmodelled_gen.go
 
-// readier is a simulated handle: ready is what NVML would say before looking at a call
-// (SUCCESS when the call may proceed).
-type readier interface{ ready() nvml.Return }
+// readier is a simulated handle: unmodelled counts an unmodelled call ("Device.GetBoardId") and
+// returns what NVML would say before looking at it (SUCCESS when the call may proceed).
+type readier interface{ unmodelled(call string) nvml.Return }
+
+// unmodelledCalls counts the handle calls answered "not supported", by name: a bounded record
+// (one entry per method) from which a test shows that the agent's calls are all modelled.
+type unmodelledCalls struct {
+	mu    sync.Mutex
+	calls map[string]int
+}
+
+func (u *unmodelledCalls) count(call string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.calls == nil {
+		u.calls = map[string]int{}
+	}
+	u.calls[call]++
+}
+
+// UnmodelledCalls returns how many times each device, GPU instance, compute instance and GPM
+// sample call the sim does not model was made ("Device.GetBoardId": 3). Library calls are
+// recorded by the library's mock (Fleet.Interface).
+func (f *Fleet) UnmodelledCalls() map[string]int {
+	f.unmodelledCalls.mu.Lock()
+	defer f.unmodelledCalls.mu.Unlock()
+	return maps.Clone(f.unmodelledCalls.calls)
+}
+
+func (f *Fleet) unmodelled(call string) nvml.Return {
+	f.unmodelledCalls.count(call)
+	return f.ready()
+}
+
+func (g *GPU) unmodelled(call string) nvml.Return {
+	g.fleet.unmodelledCalls.count(call)
+	return g.ready()
+}
+
+func (d *MigDevice) unmodelled(call string) nvml.Return {
+	d.parent.fleet.unmodelledCalls.count(call)
+	return d.ready()
+}
 
 // notSupported is what an unmodelled call answers after the handle's check said ret.
 func notSupported(ret nvml.Return) nvml.Return {

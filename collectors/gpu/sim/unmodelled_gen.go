@@ -10,175 +10,175 @@ type unmodelledDevice struct{ r readier }
 var _ nvml.Device = unmodelledDevice{}
 
 func (u unmodelledDevice) ClearAccountingPids() (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.ClearAccountingPids"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) ClearCpuAffinity() (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.ClearCpuAffinity"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) ClearEccErrorCounts(p0 nvml.EccCounterType) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.ClearEccErrorCounts"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) ClearFieldValues(p0 []nvml.FieldValue) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.ClearFieldValues"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) CreateGpuInstance(p0 *nvml.GpuInstanceProfileInfo) (r0 nvml.GpuInstance, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.CreateGpuInstance"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) CreateGpuInstanceWithPlacement(p0 *nvml.GpuInstanceProfileInfo, p1 *nvml.GpuInstancePlacement) (r0 nvml.GpuInstance, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.CreateGpuInstanceWithPlacement"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) FreezeNvLinkUtilizationCounter(p0 int, p1 int, p2 nvml.EnableState) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.FreezeNvLinkUtilizationCounter"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) GetAPIRestriction(p0 nvml.RestrictedAPI) (r0 nvml.EnableState, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetAPIRestriction"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetAccountingBufferSize() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetAccountingBufferSize"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetAccountingMode() (r0 nvml.EnableState, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetAccountingMode"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetAccountingPids() (r0 []int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetAccountingPids"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetAccountingStats(p0 uint32) (r0 nvml.AccountingStats, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetAccountingStats"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetAccountingStats_v2(p0 uint32) (r0 nvml.AccountingStats_v2, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetAccountingStats_v2"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetActiveVgpus() (r0 []nvml.VgpuInstance, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetActiveVgpus"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetAdaptiveClockInfoStatus() (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetAdaptiveClockInfoStatus"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetAdaptiveTgpModeInfo_v1() (r0 nvml.AdaptiveTgpModeInfo_v1, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetAdaptiveTgpModeInfo_v1"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetAddressingMode() (r0 nvml.DeviceAddressingMode, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetAddressingMode"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetApplicationsClock(p0 nvml.ClockType) (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetApplicationsClock"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetArchitecture() (r0 nvml.DeviceArchitecture, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetArchitecture"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetAttributes() (r0 nvml.DeviceAttributes, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetAttributes"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetAutoBoostedClocksEnabled() (r0 nvml.EnableState, r1 nvml.EnableState, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetAutoBoostedClocksEnabled"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetBAR1MemoryInfo() (r0 nvml.BAR1Memory, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetBAR1MemoryInfo"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetBBXTimeData_v1() (r0 nvml.BBXTimeData_v1, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetBBXTimeData_v1"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetBankRemapperStatus_v1() (r0 nvml.EccBankRemapperStatus_v1, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetBankRemapperStatus_v1"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetBoardId() (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetBoardId"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetBoardPartNumber() (r0 string, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetBoardPartNumber"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetBrand() (r0 nvml.BrandType, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetBrand"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetBridgeChipInfo() (r0 nvml.BridgeChipHierarchy, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetBridgeChipInfo"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetBusType() (r0 nvml.BusType, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetBusType"))
 	r1 = ret
 	return
 }
@@ -188,295 +188,295 @@ func (u unmodelledDevice) GetC2cModeInfoV() (r0 nvml.C2cModeInfoHandler) {
 }
 
 func (u unmodelledDevice) GetCapabilities() (r0 nvml.DeviceCapabilities, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetCapabilities"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetClkMonStatus() (r0 nvml.ClkMonStatus, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetClkMonStatus"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetClock(p0 nvml.ClockType, p1 nvml.ClockId) (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetClock"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetClockInfo(p0 nvml.ClockType) (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetClockInfo"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetClockOffsets() (r0 nvml.ClockOffset, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetClockOffsets"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetComputeInstanceId() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetComputeInstanceId"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetComputeMode() (r0 nvml.ComputeMode, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetComputeMode"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetComputeRunningProcesses() (r0 []nvml.ProcessInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetComputeRunningProcesses"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetConfComputeGpuAttestationReport(p0 *nvml.ConfComputeGpuAttestationReport) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetConfComputeGpuAttestationReport"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) GetConfComputeGpuCertificate() (r0 nvml.ConfComputeGpuCertificate, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetConfComputeGpuCertificate"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetConfComputeMemSizeInfo() (r0 nvml.ConfComputeMemSizeInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetConfComputeMemSizeInfo"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetConfComputeProtectedMemoryUsage() (r0 nvml.Memory, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetConfComputeProtectedMemoryUsage"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetCoolerInfo() (r0 nvml.CoolerInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetCoolerInfo"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetCpuAffinity(p0 int) (r0 []uint, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetCpuAffinity"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetCpuAffinityWithinScope(p0 int, p1 nvml.AffinityScope) (r0 []uint, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetCpuAffinityWithinScope"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetCreatableVgpus() (r0 []nvml.VgpuTypeId, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetCreatableVgpus"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetCudaComputeCapability() (r0 int, r1 int, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetCudaComputeCapability"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetCurrPcieLinkGeneration() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetCurrPcieLinkGeneration"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetCurrPcieLinkWidth() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetCurrPcieLinkWidth"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetCurrentClockFreqs() (r0 nvml.DeviceCurrentClockFreqs, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetCurrentClockFreqs"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetCurrentClocksEventReasons() (r0 uint64, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetCurrentClocksEventReasons"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetCurrentClocksThrottleReasons() (r0 uint64, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetCurrentClocksThrottleReasons"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetDecoderUtilization() (r0 uint32, r1 uint32, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetDecoderUtilization"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetDefaultApplicationsClock(p0 nvml.ClockType) (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetDefaultApplicationsClock"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetDefaultEccMode() (r0 nvml.EnableState, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetDefaultEccMode"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetDetailedEccErrors(p0 nvml.MemoryErrorType, p1 nvml.EccCounterType) (r0 nvml.EccErrorCounts, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetDetailedEccErrors"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetDeviceHandleFromMigDeviceHandle() (r0 nvml.Device, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetDeviceHandleFromMigDeviceHandle"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetDisplayActive() (r0 nvml.EnableState, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetDisplayActive"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetDisplayMode() (r0 nvml.EnableState, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetDisplayMode"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetDramEncryptionMode() (r0 nvml.DramEncryptionInfo, r1 nvml.DramEncryptionInfo, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetDramEncryptionMode"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetDriverModel() (r0 nvml.DriverModel, r1 nvml.DriverModel, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetDriverModel"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetDriverModel_v2() (r0 nvml.DriverModel, r1 nvml.DriverModel, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetDriverModel_v2"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetDynamicPstatesInfo() (r0 nvml.GpuDynamicPstatesInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetDynamicPstatesInfo"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetEccMode() (r0 nvml.EnableState, r1 nvml.EnableState, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetEccMode"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetEncoderCapacity(p0 nvml.EncoderType) (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetEncoderCapacity"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetEncoderSessions() (r0 []nvml.EncoderSessionInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetEncoderSessions"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetEncoderStats() (r0 int, r1 uint32, r2 uint32, r3 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetEncoderStats"))
 	r3 = ret
 	return
 }
 
 func (u unmodelledDevice) GetEncoderUtilization() (r0 uint32, r1 uint32, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetEncoderUtilization"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetEnforcedPowerLimit() (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetEnforcedPowerLimit"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetFBCSessions() (r0 []nvml.FBCSessionInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetFBCSessions"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetFBCStats() (r0 nvml.FBCStats, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetFBCStats"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetFanControlPolicy_v2(p0 int) (r0 nvml.FanControlPolicy, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetFanControlPolicy_v2"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetFanSpeed() (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetFanSpeed"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetFanSpeedRPM() (r0 nvml.FanSpeedInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetFanSpeedRPM"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetFanSpeed_v2(p0 int) (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetFanSpeed_v2"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetFieldValues(p0 []nvml.FieldValue) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetFieldValues"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) GetGpcClkMinMaxVfOffset() (r0 int, r1 int, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetGpcClkMinMaxVfOffset"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetGpcClkVfOffset() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetGpcClkVfOffset"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetGpuFabricInfo() (r0 nvml.GpuFabricInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetGpuFabricInfo"))
 	r1 = ret
 	return
 }
@@ -486,31 +486,31 @@ func (u unmodelledDevice) GetGpuFabricInfoV() (r0 nvml.GpuFabricInfoHandler) {
 }
 
 func (u unmodelledDevice) GetGpuFabricInfo_v4() (r0 nvml.GpuFabricInfo_v4, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetGpuFabricInfo_v4"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetGpuInstanceById(p0 int) (r0 nvml.GpuInstance, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetGpuInstanceById"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetGpuInstanceId() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetGpuInstanceId"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetGpuInstancePossiblePlacements(p0 *nvml.GpuInstanceProfileInfo) (r0 []nvml.GpuInstancePlacement, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetGpuInstancePossiblePlacements"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetGpuInstanceProfileInfo(p0 int) (r0 nvml.GpuInstanceProfileInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetGpuInstanceProfileInfo"))
 	r1 = ret
 	return
 }
@@ -524,271 +524,271 @@ func (u unmodelledDevice) GetGpuInstanceProfileInfoV(p0 int) (r0 nvml.GpuInstanc
 }
 
 func (u unmodelledDevice) GetGpuInstanceRemainingCapacity(p0 *nvml.GpuInstanceProfileInfo) (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetGpuInstanceRemainingCapacity"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetGpuInstances(p0 *nvml.GpuInstanceProfileInfo) (r0 []nvml.GpuInstance, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetGpuInstances"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetGpuMaxPcieLinkGeneration() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetGpuMaxPcieLinkGeneration"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetGpuOperationMode() (r0 nvml.GpuOperationMode, r1 nvml.GpuOperationMode, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetGpuOperationMode"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetGraphicsRunningProcesses() (r0 []nvml.ProcessInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetGraphicsRunningProcesses"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetGridLicensableFeatures() (r0 nvml.GridLicensableFeatures, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetGridLicensableFeatures"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetGspFirmwareMode() (r0 bool, r1 bool, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetGspFirmwareMode"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetGspFirmwareVersion() (r0 string, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetGspFirmwareVersion"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetHostVgpuMode() (r0 nvml.HostVgpuMode, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetHostVgpuMode"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetHostname_v1() (r0 string, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetHostname_v1"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetIndex() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetIndex"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetInforomConfigurationChecksum() (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetInforomConfigurationChecksum"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetInforomImageVersion() (r0 string, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetInforomImageVersion"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetInforomVersion(p0 nvml.InforomObject) (r0 string, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetInforomVersion"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetIrqNum() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetIrqNum"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetJpgUtilization() (r0 uint32, r1 uint32, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetJpgUtilization"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetLastBBXFlushTime() (r0 uint64, r1 uint, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetLastBBXFlushTime"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMPSComputeRunningProcesses() (r0 []nvml.ProcessInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMPSComputeRunningProcesses"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMarginTemperature() (r0 nvml.MarginTemperature, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMarginTemperature"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMaxClockInfo(p0 nvml.ClockType) (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMaxClockInfo"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMaxCustomerBoostClock(p0 nvml.ClockType) (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMaxCustomerBoostClock"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMaxMigDeviceCount() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMaxMigDeviceCount"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMaxPcieLinkGeneration() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMaxPcieLinkGeneration"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMaxPcieLinkWidth() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMaxPcieLinkWidth"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMemClkMinMaxVfOffset() (r0 int, r1 int, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMemClkMinMaxVfOffset"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMemClkVfOffset() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMemClkVfOffset"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMemoryAffinity(p0 int, p1 nvml.AffinityScope) (r0 []uint, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMemoryAffinity"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMemoryBusWidth() (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMemoryBusWidth"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMemoryErrorCounter(p0 nvml.MemoryErrorType, p1 nvml.EccCounterType, p2 nvml.MemoryLocation) (r0 uint64, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMemoryErrorCounter"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMemoryInfo() (r0 nvml.Memory, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMemoryInfo"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMemoryInfo_v2() (r0 nvml.Memory_v2, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMemoryInfo_v2"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMemoryLimits_v1(p0 string) (r0 nvml.MemoryLimits_v1, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMemoryLimits_v1"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMigDeviceHandleByIndex(p0 int) (r0 nvml.Device, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMigDeviceHandleByIndex"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMigMode() (r0 int, r1 int, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMigMode"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMinMaxClockOfPState(p0 nvml.ClockType, p1 nvml.Pstates) (r0 uint32, r1 uint32, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMinMaxClockOfPState"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMinMaxFanSpeed() (r0 int, r1 int, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMinMaxFanSpeed"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMinorNumber() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMinorNumber"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetModuleId() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetModuleId"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetMultiGpuBoard() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetMultiGpuBoard"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetName() (r0 string, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetName"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetNumFans() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetNumFans"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetNumGpuCores() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetNumGpuCores"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetNumaNodeId() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetNumaNodeId"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetNvLinkCapability(p0 int, p1 nvml.NvLinkCapability) (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetNvLinkCapability"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetNvLinkErrorCounter(p0 int, p1 nvml.NvLinkErrorCounter) (r0 uint64, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetNvLinkErrorCounter"))
 	r1 = ret
 	return
 }
@@ -798,331 +798,331 @@ func (u unmodelledDevice) GetNvLinkInfo() (r0 nvml.NvLinkInfoHandler) {
 }
 
 func (u unmodelledDevice) GetNvLinkRemoteDeviceType(p0 int) (r0 nvml.IntNvLinkDeviceType, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetNvLinkRemoteDeviceType"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetNvLinkRemotePciInfo(p0 int) (r0 nvml.PciInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetNvLinkRemotePciInfo"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetNvLinkState(p0 int) (r0 nvml.EnableState, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetNvLinkState"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetNvLinkTelemetrySamples_v1(p0 nvml.NvlinkTelemetrySamples_v1) (r0 nvml.NvlinkTelemetrySamples_v1, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetNvLinkTelemetrySamples_v1"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetNvLinkUtilizationControl(p0 int, p1 int) (r0 nvml.NvLinkUtilizationControl, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetNvLinkUtilizationControl"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetNvLinkUtilizationCounter(p0 int, p1 int) (r0 uint64, r1 uint64, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetNvLinkUtilizationCounter"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetNvLinkVersion(p0 int) (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetNvLinkVersion"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetNvlinkBwMode() (r0 nvml.NvlinkGetBwMode, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetNvlinkBwMode"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetNvlinkSupportedBwModes() (r0 nvml.NvlinkSupportedBwModes, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetNvlinkSupportedBwModes"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetOfaUtilization() (r0 uint32, r1 uint32, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetOfaUtilization"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetP2PStatus(p0 nvml.Device, p1 nvml.GpuP2PCapsIndex) (r0 nvml.GpuP2PStatus, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetP2PStatus"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetPciInfo() (r0 nvml.PciInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetPciInfo"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetPciInfoExt() (r0 nvml.PciInfoExt, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetPciInfoExt"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetPcieLinkMaxSpeed() (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetPcieLinkMaxSpeed"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetPcieReplayCounter() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetPcieReplayCounter"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetPcieSpeed() (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetPcieSpeed"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetPcieThroughput(p0 nvml.PcieUtilCounter) (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetPcieThroughput"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetPdi() (r0 nvml.Pdi, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetPdi"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetPerformanceModes() (r0 nvml.DevicePerfModes, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetPerformanceModes"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetPerformanceState() (r0 nvml.Pstates, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetPerformanceState"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetPersistenceMode() (r0 nvml.EnableState, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetPersistenceMode"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetPgpuMetadataString() (r0 string, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetPgpuMetadataString"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetPlatformInfo() (r0 nvml.PlatformInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetPlatformInfo"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetPowerManagementDefaultLimit() (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetPowerManagementDefaultLimit"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetPowerManagementLimit() (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetPowerManagementLimit"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetPowerManagementLimitConstraints() (r0 uint32, r1 uint32, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetPowerManagementLimitConstraints"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetPowerManagementMode() (r0 nvml.EnableState, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetPowerManagementMode"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetPowerMizerMode_v1() (r0 nvml.DevicePowerMizerModes_v1, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetPowerMizerMode_v1"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetPowerSource() (r0 nvml.PowerSource, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetPowerSource"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetPowerState() (r0 nvml.Pstates, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetPowerState"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetPowerUsage() (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetPowerUsage"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetProcessUtilization(p0 uint64) (r0 []nvml.ProcessUtilizationSample, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetProcessUtilization"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetProcessesUtilizationInfo() (r0 nvml.ProcessesUtilizationInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetProcessesUtilizationInfo"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetRemappedRows() (r0 int, r1 int, r2 bool, r3 bool, r4 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetRemappedRows"))
 	r4 = ret
 	return
 }
 
 func (u unmodelledDevice) GetRemappedRows_v2() (r0 nvml.RemappedRowsInfo_v2, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetRemappedRows_v2"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetRepairStatus() (r0 nvml.RepairStatus, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetRepairStatus"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetRetiredPages(p0 nvml.PageRetirementCause) (r0 []uint64, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetRetiredPages"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetRetiredPagesPendingStatus() (r0 nvml.EnableState, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetRetiredPagesPendingStatus"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetRetiredPages_v2(p0 nvml.PageRetirementCause) (r0 []uint64, r1 []uint64, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetRetiredPages_v2"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetRowRemapperHistogram() (r0 nvml.RowRemapperHistogramValues, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetRowRemapperHistogram"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetRunningProcessDetailList() (r0 nvml.ProcessDetailList, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetRunningProcessDetailList"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetSamples(p0 nvml.SamplingType, p1 uint64) (r0 nvml.ValueType, r1 []nvml.Sample, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetSamples"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetSerial() (r0 string, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetSerial"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetSramEccErrorStatus() (r0 nvml.EccSramErrorStatus, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetSramEccErrorStatus"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetSramUniqueUncorrectedEccErrorCounts(p0 *nvml.EccSramUniqueUncorrectedErrorCounts) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetSramUniqueUncorrectedEccErrorCounts"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) GetSupportedClocksEventReasons() (r0 uint64, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetSupportedClocksEventReasons"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetSupportedClocksThrottleReasons() (r0 uint64, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetSupportedClocksThrottleReasons"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetSupportedEventTypes() (r0 uint64, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetSupportedEventTypes"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetSupportedGraphicsClocks(p0 int) (r0 int, r1 uint32, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetSupportedGraphicsClocks"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetSupportedMemoryClocks() (r0 int, r1 uint32, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetSupportedMemoryClocks"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetSupportedPerformanceStates() (r0 []nvml.Pstates, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetSupportedPerformanceStates"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetSupportedVgpus() (r0 []nvml.VgpuTypeId, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetSupportedVgpus"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetTargetFanSpeed(p0 int) (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetTargetFanSpeed"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetTemperature(p0 nvml.TemperatureSensors) (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetTemperature"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetTemperatureThreshold(p0 nvml.TemperatureThresholds) (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetTemperatureThreshold"))
 	r1 = ret
 	return
 }
@@ -1132,163 +1132,163 @@ func (u unmodelledDevice) GetTemperatureV() (r0 nvml.TemperatureHandler) {
 }
 
 func (u unmodelledDevice) GetThermalSettings(p0 uint32) (r0 nvml.GpuThermalSettings, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetThermalSettings"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetTopologyCommonAncestor(p0 nvml.Device) (r0 nvml.GpuTopologyLevel, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetTopologyCommonAncestor"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetTopologyNearestGpus(p0 nvml.GpuTopologyLevel) (r0 []nvml.Device, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetTopologyNearestGpus"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetTotalEccErrors(p0 nvml.MemoryErrorType, p1 nvml.EccCounterType) (r0 uint64, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetTotalEccErrors"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetTotalEnergyConsumption() (r0 uint64, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetTotalEnergyConsumption"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetUUID() (r0 string, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetUUID"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetUnrepairableMemoryFlag_v1() (r0 nvml.UnrepairableMemoryStatus_v1, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetUnrepairableMemoryFlag_v1"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetUtilizationRates() (r0 nvml.Utilization, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetUtilizationRates"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetVbiosVersion() (r0 string, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetVbiosVersion"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetVgpuCapabilities(p0 nvml.DeviceVgpuCapability) (r0 bool, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetVgpuCapabilities"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetVgpuHeterogeneousMode() (r0 nvml.VgpuHeterogeneousMode, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetVgpuHeterogeneousMode"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetVgpuInstancesUtilizationInfo() (r0 nvml.VgpuInstancesUtilizationInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetVgpuInstancesUtilizationInfo"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetVgpuMetadata() (r0 nvml.VgpuPgpuMetadata, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetVgpuMetadata"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetVgpuProcessUtilization(p0 uint64) (r0 []nvml.VgpuProcessUtilizationSample, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetVgpuProcessUtilization"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetVgpuProcessesUtilizationInfo() (r0 nvml.VgpuProcessesUtilizationInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetVgpuProcessesUtilizationInfo"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetVgpuSchedulerCapabilities() (r0 nvml.VgpuSchedulerCapabilities, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetVgpuSchedulerCapabilities"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetVgpuSchedulerLog() (r0 nvml.VgpuSchedulerLog, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetVgpuSchedulerLog"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetVgpuSchedulerLog_v2(p0 nvml.VgpuSchedulerLogInfo_v2) (r0 nvml.VgpuSchedulerLogInfo_v2, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetVgpuSchedulerLog_v2"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetVgpuSchedulerState() (r0 nvml.VgpuSchedulerGetState, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetVgpuSchedulerState"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetVgpuSchedulerState_v2(p0 nvml.VgpuSchedulerStateInfo_v2) (r0 nvml.VgpuSchedulerStateInfo_v2, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetVgpuSchedulerState_v2"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetVgpuTypeCreatablePlacements(p0 nvml.VgpuTypeId) (r0 nvml.VgpuPlacementList, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetVgpuTypeCreatablePlacements"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetVgpuTypeSupportedPlacements(p0 nvml.VgpuTypeId) (r0 nvml.VgpuPlacementList, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetVgpuTypeSupportedPlacements"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetVgpuUtilization(p0 uint64) (r0 nvml.ValueType, r1 []nvml.VgpuInstanceUtilizationSample, r2 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetVgpuUtilization"))
 	r2 = ret
 	return
 }
 
 func (u unmodelledDevice) GetViolationStatus(p0 nvml.PerfPolicyType) (r0 nvml.ViolationTime, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetViolationStatus"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GetVirtualizationMode() (r0 nvml.GpuVirtualizationMode, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GetVirtualizationMode"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GpmMigSampleGet(p0 int, p1 nvml.GpmSample) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GpmMigSampleGet"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) GpmQueryDeviceSupport() (r0 nvml.GpmSupport, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GpmQueryDeviceSupport"))
 	r1 = ret
 	return
 }
@@ -1298,379 +1298,379 @@ func (u unmodelledDevice) GpmQueryDeviceSupportV() (r0 nvml.GpmSupportV) {
 }
 
 func (u unmodelledDevice) GpmQueryIfStreamingEnabled() (r0 uint32, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GpmQueryIfStreamingEnabled"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) GpmSampleGet(p0 nvml.GpmSample) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GpmSampleGet"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) GpmSetStreamingEnabled(p0 uint32) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.GpmSetStreamingEnabled"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) IsMigDeviceHandle() (r0 bool, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.IsMigDeviceHandle"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) OnSameBoard(p0 nvml.Device) (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.OnSameBoard"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) PerfMetricsGetSamples_v1() (r0 nvml.PerfMetricsSamples_v1, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.PerfMetricsGetSamples_v1"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) PowerSmoothingActivatePresetProfile(p0 *nvml.PowerSmoothingProfile) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.PowerSmoothingActivatePresetProfile"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) PowerSmoothingSetState(p0 *nvml.PowerSmoothingState) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.PowerSmoothingSetState"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) PowerSmoothingUpdatePresetProfileParam(p0 *nvml.PowerSmoothingProfile) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.PowerSmoothingUpdatePresetProfileParam"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) ReadPRMCounters_v1(p0 []nvml.PRMCounterId, p1 int) (r0 []nvml.PRMCounter_v1, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.ReadPRMCounters_v1"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) ReadWritePRM_v1(p0 *nvml.PRMTLV_v1) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.ReadWritePRM_v1"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) RegisterEvents(p0 uint64, p1 nvml.EventSet) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.RegisterEvents"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) ResetApplicationsClocks() (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.ResetApplicationsClocks"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) ResetGpuLockedClocks() (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.ResetGpuLockedClocks"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) ResetMemoryLockedClocks() (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.ResetMemoryLockedClocks"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) ResetNvLinkErrorCounters(p0 int) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.ResetNvLinkErrorCounters"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) ResetNvLinkUtilizationCounter(p0 int, p1 int) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.ResetNvLinkUtilizationCounter"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetAPIRestriction(p0 nvml.RestrictedAPI, p1 nvml.EnableState) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetAPIRestriction"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetAccountingMode(p0 nvml.EnableState) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetAccountingMode"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetAdaptiveTgpMode_v1(p0 nvml.EnableState) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetAdaptiveTgpMode_v1"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetApplicationsClocks(p0 uint32, p1 uint32) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetApplicationsClocks"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetAutoBoostedClocksEnabled(p0 nvml.EnableState) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetAutoBoostedClocksEnabled"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetClockOffsets(p0 nvml.ClockOffset) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetClockOffsets"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetComputeMode(p0 nvml.ComputeMode) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetComputeMode"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetConfComputeUnprotectedMemSize(p0 uint64) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetConfComputeUnprotectedMemSize"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetCpuAffinity() (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetCpuAffinity"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetDefaultAutoBoostedClocksEnabled(p0 nvml.EnableState, p1 uint32) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetDefaultAutoBoostedClocksEnabled"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetDefaultFanSpeed_v2(p0 int) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetDefaultFanSpeed_v2"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetDramEncryptionMode(p0 *nvml.DramEncryptionInfo) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetDramEncryptionMode"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetDriverModel(p0 nvml.DriverModel, p1 uint32) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetDriverModel"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetEccMode(p0 nvml.EnableState) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetEccMode"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetFanControlPolicy(p0 int, p1 nvml.FanControlPolicy) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetFanControlPolicy"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetFanSpeed_v2(p0 int, p1 int) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetFanSpeed_v2"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetGpcClkVfOffset(p0 int) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetGpcClkVfOffset"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetGpuLockedClocks(p0 uint32, p1 uint32) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetGpuLockedClocks"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetGpuOperationMode(p0 nvml.GpuOperationMode) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetGpuOperationMode"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetHostname_v1(p0 string) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetHostname_v1"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetMemClkVfOffset(p0 int) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetMemClkVfOffset"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetMemoryLimits_v1(p0 string, p1 uint64, p2 uint64) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetMemoryLimits_v1"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetMemoryLockedClocks(p0 uint32, p1 uint32) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetMemoryLockedClocks"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetMigMode(p0 int) (r0 nvml.Return, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetMigMode"))
 	r0, r1 = ret, ret
 	return
 }
 
 func (u unmodelledDevice) SetNvLinkDeviceLowPowerThreshold(p0 *nvml.NvLinkPowerThres) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetNvLinkDeviceLowPowerThreshold"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetNvLinkUtilizationControl(p0 int, p1 int, p2 *nvml.NvLinkUtilizationControl, p3 bool) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetNvLinkUtilizationControl"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetNvlinkBwMode(p0 *nvml.NvlinkSetBwMode) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetNvlinkBwMode"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetNvlinkBwModeAsync_v1(p0 *nvml.NvlinkSetBwModeAsync_v1) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetNvlinkBwModeAsync_v1"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetPersistenceMode(p0 nvml.EnableState) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetPersistenceMode"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetPowerManagementLimit(p0 uint32) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetPowerManagementLimit"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetPowerManagementLimit_v2(p0 *nvml.PowerValue_v2) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetPowerManagementLimit_v2"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetRusdSettings_v1(p0 nvml.RusdSettings_v1) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetRusdSettings_v1"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetTemperatureThreshold(p0 nvml.TemperatureThresholds, p1 int) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetTemperatureThreshold"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetVgpuCapabilities(p0 nvml.DeviceVgpuCapability, p1 nvml.EnableState) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetVgpuCapabilities"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetVgpuHeterogeneousMode(p0 nvml.VgpuHeterogeneousMode) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetVgpuHeterogeneousMode"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetVgpuSchedulerState(p0 *nvml.VgpuSchedulerSetState) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetVgpuSchedulerState"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetVgpuSchedulerState_v2(p0 *nvml.VgpuSchedulerState_v2) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetVgpuSchedulerState_v2"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) SetVirtualizationMode(p0 nvml.GpuVirtualizationMode) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.SetVirtualizationMode"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) ValidateInforom() (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.ValidateInforom"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) VgpuForceGspUnload() (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.VgpuForceGspUnload"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) VgpuTypeGetMaxInstances(p0 nvml.VgpuTypeId) (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.VgpuTypeGetMaxInstances"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) WorkloadPowerProfileClearRequestedProfiles(p0 *nvml.WorkloadPowerProfileRequestedProfiles) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.WorkloadPowerProfileClearRequestedProfiles"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) WorkloadPowerProfileGetCurrentProfiles() (r0 nvml.WorkloadPowerProfileCurrentProfiles, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.WorkloadPowerProfileGetCurrentProfiles"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) WorkloadPowerProfileGetProfilesInfo() (r0 nvml.WorkloadPowerProfileProfilesInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.WorkloadPowerProfileGetProfilesInfo"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledDevice) WorkloadPowerProfileSetRequestedProfiles(p0 *nvml.WorkloadPowerProfileRequestedProfiles) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.WorkloadPowerProfileSetRequestedProfiles"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledDevice) WorkloadPowerProfileUpdateProfiles_v1(p0 nvml.PowerProfileOperation, p1 []nvml.PowerProfileType) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("Device.WorkloadPowerProfileUpdateProfiles_v1"))
 	r0 = ret
 	return
 }
@@ -1681,43 +1681,43 @@ type unmodelledGpuInstance struct{ r readier }
 var _ nvml.GpuInstance = unmodelledGpuInstance{}
 
 func (u unmodelledGpuInstance) CreateComputeInstance(p0 *nvml.ComputeInstanceProfileInfo) (r0 nvml.ComputeInstance, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpuInstance.CreateComputeInstance"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledGpuInstance) CreateComputeInstanceWithPlacement(p0 *nvml.ComputeInstanceProfileInfo, p1 *nvml.ComputeInstancePlacement) (r0 nvml.ComputeInstance, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpuInstance.CreateComputeInstanceWithPlacement"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledGpuInstance) Destroy() (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpuInstance.Destroy"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledGpuInstance) GetActiveVgpus() (r0 nvml.ActiveVgpuInstanceInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpuInstance.GetActiveVgpus"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledGpuInstance) GetComputeInstanceById(p0 int) (r0 nvml.ComputeInstance, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpuInstance.GetComputeInstanceById"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledGpuInstance) GetComputeInstancePossiblePlacements(p0 *nvml.ComputeInstanceProfileInfo) (r0 []nvml.ComputeInstancePlacement, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpuInstance.GetComputeInstancePossiblePlacements"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledGpuInstance) GetComputeInstanceProfileInfo(p0 int, p1 int) (r0 nvml.ComputeInstanceProfileInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpuInstance.GetComputeInstanceProfileInfo"))
 	r1 = ret
 	return
 }
@@ -1727,79 +1727,79 @@ func (u unmodelledGpuInstance) GetComputeInstanceProfileInfoV(p0 int, p1 int) (r
 }
 
 func (u unmodelledGpuInstance) GetComputeInstanceRemainingCapacity(p0 *nvml.ComputeInstanceProfileInfo) (r0 int, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpuInstance.GetComputeInstanceRemainingCapacity"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledGpuInstance) GetComputeInstances(p0 *nvml.ComputeInstanceProfileInfo) (r0 []nvml.ComputeInstance, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpuInstance.GetComputeInstances"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledGpuInstance) GetCreatableVgpus() (r0 nvml.VgpuTypeIdInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpuInstance.GetCreatableVgpus"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledGpuInstance) GetInfo() (r0 nvml.GpuInstanceInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpuInstance.GetInfo"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledGpuInstance) GetVgpuHeterogeneousMode() (r0 nvml.VgpuHeterogeneousMode, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpuInstance.GetVgpuHeterogeneousMode"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledGpuInstance) GetVgpuSchedulerLog() (r0 nvml.VgpuSchedulerLogInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpuInstance.GetVgpuSchedulerLog"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledGpuInstance) GetVgpuSchedulerLog_v2(p0 nvml.VgpuSchedulerLogInfo_v2) (r0 nvml.VgpuSchedulerLogInfo_v2, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpuInstance.GetVgpuSchedulerLog_v2"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledGpuInstance) GetVgpuSchedulerState() (r0 nvml.VgpuSchedulerStateInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpuInstance.GetVgpuSchedulerState"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledGpuInstance) GetVgpuSchedulerState_v2(p0 nvml.VgpuSchedulerStateInfo_v2) (r0 nvml.VgpuSchedulerStateInfo_v2, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpuInstance.GetVgpuSchedulerState_v2"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledGpuInstance) GetVgpuTypeCreatablePlacements() (r0 nvml.VgpuCreatablePlacementInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpuInstance.GetVgpuTypeCreatablePlacements"))
 	r1 = ret
 	return
 }
 
 func (u unmodelledGpuInstance) SetVgpuHeterogeneousMode(p0 *nvml.VgpuHeterogeneousMode) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpuInstance.SetVgpuHeterogeneousMode"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledGpuInstance) SetVgpuSchedulerState(p0 *nvml.VgpuSchedulerState) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpuInstance.SetVgpuSchedulerState"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledGpuInstance) SetVgpuSchedulerState_v2(p0 *nvml.VgpuSchedulerState_v2) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpuInstance.SetVgpuSchedulerState_v2"))
 	r0 = ret
 	return
 }
@@ -1810,13 +1810,13 @@ type unmodelledComputeInstance struct{ r readier }
 var _ nvml.ComputeInstance = unmodelledComputeInstance{}
 
 func (u unmodelledComputeInstance) Destroy() (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("ComputeInstance.Destroy"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledComputeInstance) GetInfo() (r0 nvml.ComputeInstanceInfo, r1 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("ComputeInstance.GetInfo"))
 	r1 = ret
 	return
 }
@@ -1827,19 +1827,19 @@ type unmodelledGpmSample struct{ r readier }
 var _ nvml.GpmSample = unmodelledGpmSample{}
 
 func (u unmodelledGpmSample) Free() (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpmSample.Free"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledGpmSample) Get(p0 nvml.Device) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpmSample.Get"))
 	r0 = ret
 	return
 }
 
 func (u unmodelledGpmSample) MigGet(p0 nvml.Device, p1 int) (r0 nvml.Return) {
-	ret := notSupported(u.r.ready())
+	ret := notSupported(u.r.unmodelled("GpmSample.MigGet"))
 	r0 = ret
 	return
 }

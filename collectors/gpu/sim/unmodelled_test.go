@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"maps"
 	"reflect"
 	"testing"
 	"time"
@@ -116,6 +117,12 @@ func TestUnmodelledCallsAnswerNotSupported(t *testing.T) {
 	}
 	if err := f.Extensions().LookupSymbol("nvmlDeviceGetPowerUsage"); err == nil {
 		t.Error("LookupSymbol found a symbol in the simulated library")
+	}
+	// Each unmodelled handle call is counted by name, modelled ones are not.
+	_, _ = g.GetBoardId()
+	want := map[string]int{"Device.GetBoardId": 2, "Device.GetDeviceHandleFromMigDeviceHandle": 1}
+	if got := f.UnmodelledCalls(); !maps.Equal(got, want) {
+		t.Errorf("UnmodelledCalls() = %v, want %v", got, want)
 	}
 }
 

@@ -56,7 +56,7 @@ func Source() ([]byte, error) {
 		fmt.Fprintf(&b, "type %s struct{ r readier }\n\n", h.name)
 		fmt.Fprintf(&b, "var _ %s = %s{}\n\n", h.iface, h.name)
 		for i := range h.iface.NumMethod() {
-			if err := method(&b, h.name, h.iface.Method(i)); err != nil {
+			if err := method(&b, h.name, h.iface, h.iface.Method(i)); err != nil {
 				return nil, fmt.Errorf("%s.%s: %w", h.iface, h.iface.Method(i).Name, err)
 			}
 		}
@@ -65,8 +65,9 @@ func Source() ([]byte, error) {
 }
 
 // method writes one method of type recv.
-func method(b *bytes.Buffer, recv string, m reflect.Method) error {
+func method(b *bytes.Buffer, recv string, iface reflect.Type, m reflect.Method) error {
 	ft := m.Type
+	call := iface.Name() + "." + m.Name
 	params := make([]string, ft.NumIn())
 	args := make([]string, ft.NumIn())
 	for i := range params {
@@ -100,12 +101,12 @@ func method(b *bytes.Buffer, recv string, m reflect.Method) error {
 	}
 	assign := fmt.Sprintf("%s = %s\n", strings.Join(rets, ", "), strings.Join(same, ", "))
 	if fwd := forward(m); fwd != "" {
-		fmt.Fprintf(b, "if ret := u.r.ready(); ret != nvml.SUCCESS || p0 == nil {\n")
+		fmt.Fprintf(b, "if ret := u.r.unmodelled(%q); ret != nvml.SUCCESS || p0 == nil {\n", call)
 		fmt.Fprintf(b, "ret = notSupported(ret)\n%sreturn\n}\n", assign)
 		fmt.Fprintf(b, "return p0.%s(%s)\n}\n\n", fwd, strings.Join(args[1:], ", "))
 		return nil
 	}
-	fmt.Fprintf(b, "ret := notSupported(u.r.ready())\n%sreturn\n}\n\n", assign)
+	fmt.Fprintf(b, "ret := notSupported(u.r.unmodelled(%q))\n%sreturn\n}\n\n", call, assign)
 	return nil
 }
 
