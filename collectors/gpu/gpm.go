@@ -64,8 +64,8 @@ type gpm struct {
 	supported    *sample.Series
 	isSupported  bool
 	samples      [2]nvml.GpmSample
-	latest       int  // index of the sample taken last
-	havePrevious bool // samples[latest] holds a sample to compute from
+	latest       int                // index of the sample taken last
+	havePrevious bool               // samples[latest] holds a sample to compute from
 	ids          []nvml.GpmMetricId // the metrics asked for, in request order
 	engine       [len(gpmEngines)]*sample.Series
 	engineSlots  [len(gpmEngines)][]int // indexes in ids

@@ -62,7 +62,7 @@ type migGPM struct {
 	ids          []nvml.GpmMetricId // the metrics asked for, in request order
 	engine       [len(gpmEngines)]*sample.Series
 	engineSlots  [len(gpmEngines)][]int // indexes in ids
-	seen         bool // the GPU instance is in the current layout
+	seen         bool                   // the GPU instance is in the current layout
 }
 
 // collectMIG reports the GPU's MIG mode and each MIG device.
