@@ -17,8 +17,9 @@ import (
 //
 // A device, GPU instance, compute instance and GPM sample embed a generated type
 // (unmodelled_gen.go, `go generate`) with one plain method per call of its interface, which asks
-// the handle's ready check: a simulated device costs one pointer for the calls it does not model,
-// not a closure per call, and nothing is recorded per call. The library, of which there is one,
+// the handle's ready check and counts the call by name in the fleet (Fleet.UnmodelledCalls): a
+// simulated device costs one interface value for the calls it does not model, not a closure per
+// call, and the record is one counter per method. The library, of which there is one,
 // keeps go-nvml's moq mock with every unset function answered through reflection; a library call
 // that takes a handle (DeviceGetViolationStatus(dev, …)) forwards to the handle's method, as
 // go-nvml's own library does, so the modelled device method answers whichever way it is called.
