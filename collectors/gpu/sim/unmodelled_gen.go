@@ -4,6 +4,3434 @@ package sim
 
 import "github.com/NVIDIA/go-nvml/pkg/nvml"
 
+// unmodelledInterface answers the nvml.Interface calls the sim does not model.
+type unmodelledInterface struct{ r readier }
+
+var _ nvml.Interface = unmodelledInterface{}
+
+func (u unmodelledInterface) ComputeInstanceDestroy(p0 nvml.ComputeInstance) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.ComputeInstanceDestroy"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.Destroy()
+}
+
+func (u unmodelledInterface) ComputeInstanceGetInfo(p0 nvml.ComputeInstance) (r0 nvml.ComputeInstanceInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.ComputeInstanceGetInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetInfo()
+}
+
+func (u unmodelledInterface) DeviceClearAccountingPids(p0 nvml.Device) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceClearAccountingPids"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.ClearAccountingPids()
+}
+
+func (u unmodelledInterface) DeviceClearCpuAffinity(p0 nvml.Device) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceClearCpuAffinity"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.ClearCpuAffinity()
+}
+
+func (u unmodelledInterface) DeviceClearEccErrorCounts(p0 nvml.Device, p1 nvml.EccCounterType) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceClearEccErrorCounts"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.ClearEccErrorCounts(p1)
+}
+
+func (u unmodelledInterface) DeviceClearFieldValues(p0 nvml.Device, p1 []nvml.FieldValue) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceClearFieldValues"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.ClearFieldValues(p1)
+}
+
+func (u unmodelledInterface) DeviceCreateGpuInstance(p0 nvml.Device, p1 *nvml.GpuInstanceProfileInfo) (r0 nvml.GpuInstance, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceCreateGpuInstance"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.CreateGpuInstance(p1)
+}
+
+func (u unmodelledInterface) DeviceCreateGpuInstanceWithPlacement(p0 nvml.Device, p1 *nvml.GpuInstanceProfileInfo, p2 *nvml.GpuInstancePlacement) (r0 nvml.GpuInstance, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceCreateGpuInstanceWithPlacement"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.CreateGpuInstanceWithPlacement(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceDiscoverGpus() (r0 nvml.PciInfo, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.DeviceDiscoverGpus"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) DeviceFreezeNvLinkUtilizationCounter(p0 nvml.Device, p1 int, p2 int, p3 nvml.EnableState) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceFreezeNvLinkUtilizationCounter"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.FreezeNvLinkUtilizationCounter(p1, p2, p3)
+}
+
+func (u unmodelledInterface) DeviceGetAPIRestriction(p0 nvml.Device, p1 nvml.RestrictedAPI) (r0 nvml.EnableState, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetAPIRestriction"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetAPIRestriction(p1)
+}
+
+func (u unmodelledInterface) DeviceGetAccountingBufferSize(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetAccountingBufferSize"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetAccountingBufferSize()
+}
+
+func (u unmodelledInterface) DeviceGetAccountingMode(p0 nvml.Device) (r0 nvml.EnableState, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetAccountingMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetAccountingMode()
+}
+
+func (u unmodelledInterface) DeviceGetAccountingPids(p0 nvml.Device) (r0 []int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetAccountingPids"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetAccountingPids()
+}
+
+func (u unmodelledInterface) DeviceGetAccountingStats(p0 nvml.Device, p1 uint32) (r0 nvml.AccountingStats, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetAccountingStats"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetAccountingStats(p1)
+}
+
+func (u unmodelledInterface) DeviceGetAccountingStats_v2(p0 nvml.Device, p1 uint32) (r0 nvml.AccountingStats_v2, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetAccountingStats_v2"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetAccountingStats_v2(p1)
+}
+
+func (u unmodelledInterface) DeviceGetActiveVgpus(p0 nvml.Device) (r0 []nvml.VgpuInstance, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetActiveVgpus"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetActiveVgpus()
+}
+
+func (u unmodelledInterface) DeviceGetAdaptiveClockInfoStatus(p0 nvml.Device) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetAdaptiveClockInfoStatus"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetAdaptiveClockInfoStatus()
+}
+
+func (u unmodelledInterface) DeviceGetAdaptiveTgpModeInfo_v1(p0 nvml.Device) (r0 nvml.AdaptiveTgpModeInfo_v1, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetAdaptiveTgpModeInfo_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetAdaptiveTgpModeInfo_v1()
+}
+
+func (u unmodelledInterface) DeviceGetAddressingMode(p0 nvml.Device) (r0 nvml.DeviceAddressingMode, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetAddressingMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetAddressingMode()
+}
+
+func (u unmodelledInterface) DeviceGetApplicationsClock(p0 nvml.Device, p1 nvml.ClockType) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetApplicationsClock"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetApplicationsClock(p1)
+}
+
+func (u unmodelledInterface) DeviceGetArchitecture(p0 nvml.Device) (r0 nvml.DeviceArchitecture, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetArchitecture"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetArchitecture()
+}
+
+func (u unmodelledInterface) DeviceGetAttributes(p0 nvml.Device) (r0 nvml.DeviceAttributes, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetAttributes"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetAttributes()
+}
+
+func (u unmodelledInterface) DeviceGetAutoBoostedClocksEnabled(p0 nvml.Device) (r0 nvml.EnableState, r1 nvml.EnableState, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetAutoBoostedClocksEnabled"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetAutoBoostedClocksEnabled()
+}
+
+func (u unmodelledInterface) DeviceGetBAR1MemoryInfo(p0 nvml.Device) (r0 nvml.BAR1Memory, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetBAR1MemoryInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetBAR1MemoryInfo()
+}
+
+func (u unmodelledInterface) DeviceGetBBXTimeData_v1(p0 nvml.Device) (r0 nvml.BBXTimeData_v1, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetBBXTimeData_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetBBXTimeData_v1()
+}
+
+func (u unmodelledInterface) DeviceGetBankRemapperStatus_v1(p0 nvml.Device) (r0 nvml.EccBankRemapperStatus_v1, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetBankRemapperStatus_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetBankRemapperStatus_v1()
+}
+
+func (u unmodelledInterface) DeviceGetBoardId(p0 nvml.Device) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetBoardId"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetBoardId()
+}
+
+func (u unmodelledInterface) DeviceGetBoardPartNumber(p0 nvml.Device) (r0 string, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetBoardPartNumber"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetBoardPartNumber()
+}
+
+func (u unmodelledInterface) DeviceGetBrand(p0 nvml.Device) (r0 nvml.BrandType, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetBrand"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetBrand()
+}
+
+func (u unmodelledInterface) DeviceGetBridgeChipInfo(p0 nvml.Device) (r0 nvml.BridgeChipHierarchy, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetBridgeChipInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetBridgeChipInfo()
+}
+
+func (u unmodelledInterface) DeviceGetBusType(p0 nvml.Device) (r0 nvml.BusType, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetBusType"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetBusType()
+}
+
+func (u unmodelledInterface) DeviceGetC2cModeInfoV(p0 nvml.Device) (r0 nvml.C2cModeInfoHandler) {
+	return
+}
+
+func (u unmodelledInterface) DeviceGetCapabilities(p0 nvml.Device) (r0 nvml.DeviceCapabilities, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetCapabilities"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetCapabilities()
+}
+
+func (u unmodelledInterface) DeviceGetClkMonStatus(p0 nvml.Device) (r0 nvml.ClkMonStatus, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetClkMonStatus"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetClkMonStatus()
+}
+
+func (u unmodelledInterface) DeviceGetClock(p0 nvml.Device, p1 nvml.ClockType, p2 nvml.ClockId) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetClock"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetClock(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceGetClockInfo(p0 nvml.Device, p1 nvml.ClockType) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetClockInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetClockInfo(p1)
+}
+
+func (u unmodelledInterface) DeviceGetClockOffsets(p0 nvml.Device) (r0 nvml.ClockOffset, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetClockOffsets"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetClockOffsets()
+}
+
+func (u unmodelledInterface) DeviceGetComputeInstanceId(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetComputeInstanceId"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetComputeInstanceId()
+}
+
+func (u unmodelledInterface) DeviceGetComputeMode(p0 nvml.Device) (r0 nvml.ComputeMode, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetComputeMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetComputeMode()
+}
+
+func (u unmodelledInterface) DeviceGetComputeRunningProcesses(p0 nvml.Device) (r0 []nvml.ProcessInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetComputeRunningProcesses"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetComputeRunningProcesses()
+}
+
+func (u unmodelledInterface) DeviceGetConfComputeGpuAttestationReport(p0 nvml.Device, p1 *nvml.ConfComputeGpuAttestationReport) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetConfComputeGpuAttestationReport"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.GetConfComputeGpuAttestationReport(p1)
+}
+
+func (u unmodelledInterface) DeviceGetConfComputeGpuCertificate(p0 nvml.Device) (r0 nvml.ConfComputeGpuCertificate, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetConfComputeGpuCertificate"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetConfComputeGpuCertificate()
+}
+
+func (u unmodelledInterface) DeviceGetConfComputeMemSizeInfo(p0 nvml.Device) (r0 nvml.ConfComputeMemSizeInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetConfComputeMemSizeInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetConfComputeMemSizeInfo()
+}
+
+func (u unmodelledInterface) DeviceGetConfComputeProtectedMemoryUsage(p0 nvml.Device) (r0 nvml.Memory, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetConfComputeProtectedMemoryUsage"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetConfComputeProtectedMemoryUsage()
+}
+
+func (u unmodelledInterface) DeviceGetCoolerInfo(p0 nvml.Device) (r0 nvml.CoolerInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetCoolerInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetCoolerInfo()
+}
+
+func (u unmodelledInterface) DeviceGetCount() (r0 int, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.DeviceGetCount"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) DeviceGetCpuAffinity(p0 nvml.Device, p1 int) (r0 []uint, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetCpuAffinity"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetCpuAffinity(p1)
+}
+
+func (u unmodelledInterface) DeviceGetCpuAffinityWithinScope(p0 nvml.Device, p1 int, p2 nvml.AffinityScope) (r0 []uint, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetCpuAffinityWithinScope"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetCpuAffinityWithinScope(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceGetCreatableVgpus(p0 nvml.Device) (r0 []nvml.VgpuTypeId, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetCreatableVgpus"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetCreatableVgpus()
+}
+
+func (u unmodelledInterface) DeviceGetCudaComputeCapability(p0 nvml.Device) (r0 int, r1 int, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetCudaComputeCapability"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetCudaComputeCapability()
+}
+
+func (u unmodelledInterface) DeviceGetCurrPcieLinkGeneration(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetCurrPcieLinkGeneration"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetCurrPcieLinkGeneration()
+}
+
+func (u unmodelledInterface) DeviceGetCurrPcieLinkWidth(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetCurrPcieLinkWidth"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetCurrPcieLinkWidth()
+}
+
+func (u unmodelledInterface) DeviceGetCurrentClockFreqs(p0 nvml.Device) (r0 nvml.DeviceCurrentClockFreqs, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetCurrentClockFreqs"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetCurrentClockFreqs()
+}
+
+func (u unmodelledInterface) DeviceGetCurrentClocksEventReasons(p0 nvml.Device) (r0 uint64, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetCurrentClocksEventReasons"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetCurrentClocksEventReasons()
+}
+
+func (u unmodelledInterface) DeviceGetCurrentClocksThrottleReasons(p0 nvml.Device) (r0 uint64, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetCurrentClocksThrottleReasons"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetCurrentClocksThrottleReasons()
+}
+
+func (u unmodelledInterface) DeviceGetDecoderUtilization(p0 nvml.Device) (r0 uint32, r1 uint32, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetDecoderUtilization"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetDecoderUtilization()
+}
+
+func (u unmodelledInterface) DeviceGetDefaultApplicationsClock(p0 nvml.Device, p1 nvml.ClockType) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetDefaultApplicationsClock"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetDefaultApplicationsClock(p1)
+}
+
+func (u unmodelledInterface) DeviceGetDefaultEccMode(p0 nvml.Device) (r0 nvml.EnableState, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetDefaultEccMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetDefaultEccMode()
+}
+
+func (u unmodelledInterface) DeviceGetDetailedEccErrors(p0 nvml.Device, p1 nvml.MemoryErrorType, p2 nvml.EccCounterType) (r0 nvml.EccErrorCounts, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetDetailedEccErrors"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetDetailedEccErrors(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceGetDeviceHandleFromMigDeviceHandle(p0 nvml.Device) (r0 nvml.Device, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetDeviceHandleFromMigDeviceHandle"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetDeviceHandleFromMigDeviceHandle()
+}
+
+func (u unmodelledInterface) DeviceGetDisplayActive(p0 nvml.Device) (r0 nvml.EnableState, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetDisplayActive"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetDisplayActive()
+}
+
+func (u unmodelledInterface) DeviceGetDisplayMode(p0 nvml.Device) (r0 nvml.EnableState, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetDisplayMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetDisplayMode()
+}
+
+func (u unmodelledInterface) DeviceGetDramEncryptionMode(p0 nvml.Device) (r0 nvml.DramEncryptionInfo, r1 nvml.DramEncryptionInfo, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetDramEncryptionMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetDramEncryptionMode()
+}
+
+func (u unmodelledInterface) DeviceGetDriverModel(p0 nvml.Device) (r0 nvml.DriverModel, r1 nvml.DriverModel, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetDriverModel"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetDriverModel()
+}
+
+func (u unmodelledInterface) DeviceGetDriverModel_v2(p0 nvml.Device) (r0 nvml.DriverModel, r1 nvml.DriverModel, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetDriverModel_v2"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetDriverModel_v2()
+}
+
+func (u unmodelledInterface) DeviceGetDynamicPstatesInfo(p0 nvml.Device) (r0 nvml.GpuDynamicPstatesInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetDynamicPstatesInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetDynamicPstatesInfo()
+}
+
+func (u unmodelledInterface) DeviceGetEccMode(p0 nvml.Device) (r0 nvml.EnableState, r1 nvml.EnableState, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetEccMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetEccMode()
+}
+
+func (u unmodelledInterface) DeviceGetEncoderCapacity(p0 nvml.Device, p1 nvml.EncoderType) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetEncoderCapacity"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetEncoderCapacity(p1)
+}
+
+func (u unmodelledInterface) DeviceGetEncoderSessions(p0 nvml.Device) (r0 []nvml.EncoderSessionInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetEncoderSessions"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetEncoderSessions()
+}
+
+func (u unmodelledInterface) DeviceGetEncoderStats(p0 nvml.Device) (r0 int, r1 uint32, r2 uint32, r3 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetEncoderStats"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r3 = ret
+		return
+	}
+	return p0.GetEncoderStats()
+}
+
+func (u unmodelledInterface) DeviceGetEncoderUtilization(p0 nvml.Device) (r0 uint32, r1 uint32, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetEncoderUtilization"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetEncoderUtilization()
+}
+
+func (u unmodelledInterface) DeviceGetEnforcedPowerLimit(p0 nvml.Device) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetEnforcedPowerLimit"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetEnforcedPowerLimit()
+}
+
+func (u unmodelledInterface) DeviceGetFBCSessions(p0 nvml.Device) (r0 []nvml.FBCSessionInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetFBCSessions"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetFBCSessions()
+}
+
+func (u unmodelledInterface) DeviceGetFBCStats(p0 nvml.Device) (r0 nvml.FBCStats, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetFBCStats"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetFBCStats()
+}
+
+func (u unmodelledInterface) DeviceGetFanControlPolicy_v2(p0 nvml.Device, p1 int) (r0 nvml.FanControlPolicy, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetFanControlPolicy_v2"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetFanControlPolicy_v2(p1)
+}
+
+func (u unmodelledInterface) DeviceGetFanSpeed(p0 nvml.Device) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetFanSpeed"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetFanSpeed()
+}
+
+func (u unmodelledInterface) DeviceGetFanSpeedRPM(p0 nvml.Device) (r0 nvml.FanSpeedInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetFanSpeedRPM"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetFanSpeedRPM()
+}
+
+func (u unmodelledInterface) DeviceGetFanSpeed_v2(p0 nvml.Device, p1 int) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetFanSpeed_v2"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetFanSpeed_v2(p1)
+}
+
+func (u unmodelledInterface) DeviceGetFieldValues(p0 nvml.Device, p1 []nvml.FieldValue) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetFieldValues"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.GetFieldValues(p1)
+}
+
+func (u unmodelledInterface) DeviceGetGpcClkMinMaxVfOffset(p0 nvml.Device) (r0 int, r1 int, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetGpcClkMinMaxVfOffset"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetGpcClkMinMaxVfOffset()
+}
+
+func (u unmodelledInterface) DeviceGetGpcClkVfOffset(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetGpcClkVfOffset"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetGpcClkVfOffset()
+}
+
+func (u unmodelledInterface) DeviceGetGpuFabricInfo(p0 nvml.Device) (r0 nvml.GpuFabricInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetGpuFabricInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetGpuFabricInfo()
+}
+
+func (u unmodelledInterface) DeviceGetGpuFabricInfoV(p0 nvml.Device) (r0 nvml.GpuFabricInfoHandler) {
+	return
+}
+
+func (u unmodelledInterface) DeviceGetGpuFabricInfo_v4(p0 nvml.Device) (r0 nvml.GpuFabricInfo_v4, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetGpuFabricInfo_v4"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetGpuFabricInfo_v4()
+}
+
+func (u unmodelledInterface) DeviceGetGpuInstanceById(p0 nvml.Device, p1 int) (r0 nvml.GpuInstance, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetGpuInstanceById"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetGpuInstanceById(p1)
+}
+
+func (u unmodelledInterface) DeviceGetGpuInstanceId(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetGpuInstanceId"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetGpuInstanceId()
+}
+
+func (u unmodelledInterface) DeviceGetGpuInstancePossiblePlacements(p0 nvml.Device, p1 *nvml.GpuInstanceProfileInfo) (r0 []nvml.GpuInstancePlacement, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetGpuInstancePossiblePlacements"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetGpuInstancePossiblePlacements(p1)
+}
+
+func (u unmodelledInterface) DeviceGetGpuInstanceProfileInfo(p0 nvml.Device, p1 int) (r0 nvml.GpuInstanceProfileInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetGpuInstanceProfileInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetGpuInstanceProfileInfo(p1)
+}
+
+func (u unmodelledInterface) DeviceGetGpuInstanceProfileInfoByIdV(p0 nvml.Device, p1 int) (r0 nvml.GpuInstanceProfileInfoByIdHandler) {
+	return
+}
+
+func (u unmodelledInterface) DeviceGetGpuInstanceProfileInfoV(p0 nvml.Device, p1 int) (r0 nvml.GpuInstanceProfileInfoHandler) {
+	return
+}
+
+func (u unmodelledInterface) DeviceGetGpuInstanceRemainingCapacity(p0 nvml.Device, p1 *nvml.GpuInstanceProfileInfo) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetGpuInstanceRemainingCapacity"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetGpuInstanceRemainingCapacity(p1)
+}
+
+func (u unmodelledInterface) DeviceGetGpuInstances(p0 nvml.Device, p1 *nvml.GpuInstanceProfileInfo) (r0 []nvml.GpuInstance, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetGpuInstances"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetGpuInstances(p1)
+}
+
+func (u unmodelledInterface) DeviceGetGpuMaxPcieLinkGeneration(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetGpuMaxPcieLinkGeneration"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetGpuMaxPcieLinkGeneration()
+}
+
+func (u unmodelledInterface) DeviceGetGpuOperationMode(p0 nvml.Device) (r0 nvml.GpuOperationMode, r1 nvml.GpuOperationMode, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetGpuOperationMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetGpuOperationMode()
+}
+
+func (u unmodelledInterface) DeviceGetGraphicsRunningProcesses(p0 nvml.Device) (r0 []nvml.ProcessInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetGraphicsRunningProcesses"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetGraphicsRunningProcesses()
+}
+
+func (u unmodelledInterface) DeviceGetGridLicensableFeatures(p0 nvml.Device) (r0 nvml.GridLicensableFeatures, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetGridLicensableFeatures"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetGridLicensableFeatures()
+}
+
+func (u unmodelledInterface) DeviceGetGspFirmwareMode(p0 nvml.Device) (r0 bool, r1 bool, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetGspFirmwareMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetGspFirmwareMode()
+}
+
+func (u unmodelledInterface) DeviceGetGspFirmwareVersion(p0 nvml.Device) (r0 string, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetGspFirmwareVersion"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetGspFirmwareVersion()
+}
+
+func (u unmodelledInterface) DeviceGetHandleByIndex(p0 int) (r0 nvml.Device, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.DeviceGetHandleByIndex"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) DeviceGetHandleByPciBusId(p0 string) (r0 nvml.Device, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.DeviceGetHandleByPciBusId"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) DeviceGetHandleBySerial(p0 string) (r0 nvml.Device, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.DeviceGetHandleBySerial"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) DeviceGetHandleByUUID(p0 string) (r0 nvml.Device, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.DeviceGetHandleByUUID"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) DeviceGetHandleByUUIDV(p0 *nvml.UUID) (r0 nvml.Device, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.DeviceGetHandleByUUIDV"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) DeviceGetHostVgpuMode(p0 nvml.Device) (r0 nvml.HostVgpuMode, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetHostVgpuMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetHostVgpuMode()
+}
+
+func (u unmodelledInterface) DeviceGetHostname_v1(p0 nvml.Device) (r0 string, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetHostname_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetHostname_v1()
+}
+
+func (u unmodelledInterface) DeviceGetIndex(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetIndex"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetIndex()
+}
+
+func (u unmodelledInterface) DeviceGetInforomConfigurationChecksum(p0 nvml.Device) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetInforomConfigurationChecksum"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetInforomConfigurationChecksum()
+}
+
+func (u unmodelledInterface) DeviceGetInforomImageVersion(p0 nvml.Device) (r0 string, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetInforomImageVersion"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetInforomImageVersion()
+}
+
+func (u unmodelledInterface) DeviceGetInforomVersion(p0 nvml.Device, p1 nvml.InforomObject) (r0 string, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetInforomVersion"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetInforomVersion(p1)
+}
+
+func (u unmodelledInterface) DeviceGetIrqNum(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetIrqNum"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetIrqNum()
+}
+
+func (u unmodelledInterface) DeviceGetJpgUtilization(p0 nvml.Device) (r0 uint32, r1 uint32, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetJpgUtilization"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetJpgUtilization()
+}
+
+func (u unmodelledInterface) DeviceGetLastBBXFlushTime(p0 nvml.Device) (r0 uint64, r1 uint, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetLastBBXFlushTime"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetLastBBXFlushTime()
+}
+
+func (u unmodelledInterface) DeviceGetMPSComputeRunningProcesses(p0 nvml.Device) (r0 []nvml.ProcessInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMPSComputeRunningProcesses"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetMPSComputeRunningProcesses()
+}
+
+func (u unmodelledInterface) DeviceGetMarginTemperature(p0 nvml.Device) (r0 nvml.MarginTemperature, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMarginTemperature"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetMarginTemperature()
+}
+
+func (u unmodelledInterface) DeviceGetMaxClockInfo(p0 nvml.Device, p1 nvml.ClockType) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMaxClockInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetMaxClockInfo(p1)
+}
+
+func (u unmodelledInterface) DeviceGetMaxCustomerBoostClock(p0 nvml.Device, p1 nvml.ClockType) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMaxCustomerBoostClock"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetMaxCustomerBoostClock(p1)
+}
+
+func (u unmodelledInterface) DeviceGetMaxMigDeviceCount(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMaxMigDeviceCount"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetMaxMigDeviceCount()
+}
+
+func (u unmodelledInterface) DeviceGetMaxPcieLinkGeneration(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMaxPcieLinkGeneration"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetMaxPcieLinkGeneration()
+}
+
+func (u unmodelledInterface) DeviceGetMaxPcieLinkWidth(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMaxPcieLinkWidth"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetMaxPcieLinkWidth()
+}
+
+func (u unmodelledInterface) DeviceGetMemClkMinMaxVfOffset(p0 nvml.Device) (r0 int, r1 int, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMemClkMinMaxVfOffset"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetMemClkMinMaxVfOffset()
+}
+
+func (u unmodelledInterface) DeviceGetMemClkVfOffset(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMemClkVfOffset"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetMemClkVfOffset()
+}
+
+func (u unmodelledInterface) DeviceGetMemoryAffinity(p0 nvml.Device, p1 int, p2 nvml.AffinityScope) (r0 []uint, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMemoryAffinity"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetMemoryAffinity(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceGetMemoryBusWidth(p0 nvml.Device) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMemoryBusWidth"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetMemoryBusWidth()
+}
+
+func (u unmodelledInterface) DeviceGetMemoryErrorCounter(p0 nvml.Device, p1 nvml.MemoryErrorType, p2 nvml.EccCounterType, p3 nvml.MemoryLocation) (r0 uint64, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMemoryErrorCounter"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetMemoryErrorCounter(p1, p2, p3)
+}
+
+func (u unmodelledInterface) DeviceGetMemoryInfo(p0 nvml.Device) (r0 nvml.Memory, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMemoryInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetMemoryInfo()
+}
+
+func (u unmodelledInterface) DeviceGetMemoryInfo_v2(p0 nvml.Device) (r0 nvml.Memory_v2, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMemoryInfo_v2"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetMemoryInfo_v2()
+}
+
+func (u unmodelledInterface) DeviceGetMemoryLimits_v1(p0 nvml.Device, p1 string) (r0 nvml.MemoryLimits_v1, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMemoryLimits_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetMemoryLimits_v1(p1)
+}
+
+func (u unmodelledInterface) DeviceGetMigDeviceHandleByIndex(p0 nvml.Device, p1 int) (r0 nvml.Device, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMigDeviceHandleByIndex"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetMigDeviceHandleByIndex(p1)
+}
+
+func (u unmodelledInterface) DeviceGetMigMode(p0 nvml.Device) (r0 int, r1 int, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMigMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetMigMode()
+}
+
+func (u unmodelledInterface) DeviceGetMinMaxClockOfPState(p0 nvml.Device, p1 nvml.ClockType, p2 nvml.Pstates) (r0 uint32, r1 uint32, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMinMaxClockOfPState"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetMinMaxClockOfPState(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceGetMinMaxFanSpeed(p0 nvml.Device) (r0 int, r1 int, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMinMaxFanSpeed"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetMinMaxFanSpeed()
+}
+
+func (u unmodelledInterface) DeviceGetMinorNumber(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMinorNumber"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetMinorNumber()
+}
+
+func (u unmodelledInterface) DeviceGetModuleId(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetModuleId"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetModuleId()
+}
+
+func (u unmodelledInterface) DeviceGetMultiGpuBoard(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetMultiGpuBoard"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetMultiGpuBoard()
+}
+
+func (u unmodelledInterface) DeviceGetName(p0 nvml.Device) (r0 string, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetName"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetName()
+}
+
+func (u unmodelledInterface) DeviceGetNumFans(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetNumFans"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetNumFans()
+}
+
+func (u unmodelledInterface) DeviceGetNumGpuCores(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetNumGpuCores"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetNumGpuCores()
+}
+
+func (u unmodelledInterface) DeviceGetNumaNodeId(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetNumaNodeId"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetNumaNodeId()
+}
+
+func (u unmodelledInterface) DeviceGetNvLinkCapability(p0 nvml.Device, p1 int, p2 nvml.NvLinkCapability) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetNvLinkCapability"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetNvLinkCapability(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceGetNvLinkErrorCounter(p0 nvml.Device, p1 int, p2 nvml.NvLinkErrorCounter) (r0 uint64, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetNvLinkErrorCounter"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetNvLinkErrorCounter(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceGetNvLinkInfo(p0 nvml.Device) (r0 nvml.NvLinkInfoHandler) {
+	return
+}
+
+func (u unmodelledInterface) DeviceGetNvLinkRemoteDeviceType(p0 nvml.Device, p1 int) (r0 nvml.IntNvLinkDeviceType, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetNvLinkRemoteDeviceType"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetNvLinkRemoteDeviceType(p1)
+}
+
+func (u unmodelledInterface) DeviceGetNvLinkRemotePciInfo(p0 nvml.Device, p1 int) (r0 nvml.PciInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetNvLinkRemotePciInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetNvLinkRemotePciInfo(p1)
+}
+
+func (u unmodelledInterface) DeviceGetNvLinkState(p0 nvml.Device, p1 int) (r0 nvml.EnableState, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetNvLinkState"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetNvLinkState(p1)
+}
+
+func (u unmodelledInterface) DeviceGetNvLinkTelemetrySamples_v1(p0 nvml.Device, p1 nvml.NvlinkTelemetrySamples_v1) (r0 nvml.NvlinkTelemetrySamples_v1, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetNvLinkTelemetrySamples_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetNvLinkTelemetrySamples_v1(p1)
+}
+
+func (u unmodelledInterface) DeviceGetNvLinkUtilizationControl(p0 nvml.Device, p1 int, p2 int) (r0 nvml.NvLinkUtilizationControl, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetNvLinkUtilizationControl"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetNvLinkUtilizationControl(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceGetNvLinkUtilizationCounter(p0 nvml.Device, p1 int, p2 int) (r0 uint64, r1 uint64, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetNvLinkUtilizationCounter"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetNvLinkUtilizationCounter(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceGetNvLinkVersion(p0 nvml.Device, p1 int) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetNvLinkVersion"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetNvLinkVersion(p1)
+}
+
+func (u unmodelledInterface) DeviceGetNvlinkBwMode(p0 nvml.Device) (r0 nvml.NvlinkGetBwMode, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetNvlinkBwMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetNvlinkBwMode()
+}
+
+func (u unmodelledInterface) DeviceGetNvlinkSupportedBwModes(p0 nvml.Device) (r0 nvml.NvlinkSupportedBwModes, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetNvlinkSupportedBwModes"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetNvlinkSupportedBwModes()
+}
+
+func (u unmodelledInterface) DeviceGetOfaUtilization(p0 nvml.Device) (r0 uint32, r1 uint32, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetOfaUtilization"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetOfaUtilization()
+}
+
+func (u unmodelledInterface) DeviceGetP2PStatus(p0 nvml.Device, p1 nvml.Device, p2 nvml.GpuP2PCapsIndex) (r0 nvml.GpuP2PStatus, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetP2PStatus"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetP2PStatus(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceGetPciInfo(p0 nvml.Device) (r0 nvml.PciInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetPciInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetPciInfo()
+}
+
+func (u unmodelledInterface) DeviceGetPciInfoExt(p0 nvml.Device) (r0 nvml.PciInfoExt, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetPciInfoExt"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetPciInfoExt()
+}
+
+func (u unmodelledInterface) DeviceGetPcieLinkMaxSpeed(p0 nvml.Device) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetPcieLinkMaxSpeed"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetPcieLinkMaxSpeed()
+}
+
+func (u unmodelledInterface) DeviceGetPcieReplayCounter(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetPcieReplayCounter"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetPcieReplayCounter()
+}
+
+func (u unmodelledInterface) DeviceGetPcieSpeed(p0 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetPcieSpeed"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetPcieSpeed()
+}
+
+func (u unmodelledInterface) DeviceGetPcieThroughput(p0 nvml.Device, p1 nvml.PcieUtilCounter) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetPcieThroughput"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetPcieThroughput(p1)
+}
+
+func (u unmodelledInterface) DeviceGetPdi(p0 nvml.Device) (r0 nvml.Pdi, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetPdi"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetPdi()
+}
+
+func (u unmodelledInterface) DeviceGetPerformanceModes(p0 nvml.Device) (r0 nvml.DevicePerfModes, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetPerformanceModes"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetPerformanceModes()
+}
+
+func (u unmodelledInterface) DeviceGetPerformanceState(p0 nvml.Device) (r0 nvml.Pstates, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetPerformanceState"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetPerformanceState()
+}
+
+func (u unmodelledInterface) DeviceGetPersistenceMode(p0 nvml.Device) (r0 nvml.EnableState, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetPersistenceMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetPersistenceMode()
+}
+
+func (u unmodelledInterface) DeviceGetPgpuMetadataString(p0 nvml.Device) (r0 string, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetPgpuMetadataString"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetPgpuMetadataString()
+}
+
+func (u unmodelledInterface) DeviceGetPlatformInfo(p0 nvml.Device) (r0 nvml.PlatformInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetPlatformInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetPlatformInfo()
+}
+
+func (u unmodelledInterface) DeviceGetPowerManagementDefaultLimit(p0 nvml.Device) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetPowerManagementDefaultLimit"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetPowerManagementDefaultLimit()
+}
+
+func (u unmodelledInterface) DeviceGetPowerManagementLimit(p0 nvml.Device) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetPowerManagementLimit"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetPowerManagementLimit()
+}
+
+func (u unmodelledInterface) DeviceGetPowerManagementLimitConstraints(p0 nvml.Device) (r0 uint32, r1 uint32, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetPowerManagementLimitConstraints"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetPowerManagementLimitConstraints()
+}
+
+func (u unmodelledInterface) DeviceGetPowerManagementMode(p0 nvml.Device) (r0 nvml.EnableState, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetPowerManagementMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetPowerManagementMode()
+}
+
+func (u unmodelledInterface) DeviceGetPowerMizerMode_v1(p0 nvml.Device) (r0 nvml.DevicePowerMizerModes_v1, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetPowerMizerMode_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetPowerMizerMode_v1()
+}
+
+func (u unmodelledInterface) DeviceGetPowerSource(p0 nvml.Device) (r0 nvml.PowerSource, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetPowerSource"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetPowerSource()
+}
+
+func (u unmodelledInterface) DeviceGetPowerState(p0 nvml.Device) (r0 nvml.Pstates, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetPowerState"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetPowerState()
+}
+
+func (u unmodelledInterface) DeviceGetPowerUsage(p0 nvml.Device) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetPowerUsage"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetPowerUsage()
+}
+
+func (u unmodelledInterface) DeviceGetProcessUtilization(p0 nvml.Device, p1 uint64) (r0 []nvml.ProcessUtilizationSample, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetProcessUtilization"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetProcessUtilization(p1)
+}
+
+func (u unmodelledInterface) DeviceGetProcessesUtilizationInfo(p0 nvml.Device) (r0 nvml.ProcessesUtilizationInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetProcessesUtilizationInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetProcessesUtilizationInfo()
+}
+
+func (u unmodelledInterface) DeviceGetRemappedRows(p0 nvml.Device) (r0 int, r1 int, r2 bool, r3 bool, r4 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetRemappedRows"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r4 = ret
+		return
+	}
+	return p0.GetRemappedRows()
+}
+
+func (u unmodelledInterface) DeviceGetRemappedRows_v2(p0 nvml.Device) (r0 nvml.RemappedRowsInfo_v2, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetRemappedRows_v2"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetRemappedRows_v2()
+}
+
+func (u unmodelledInterface) DeviceGetRepairStatus(p0 nvml.Device) (r0 nvml.RepairStatus, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetRepairStatus"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetRepairStatus()
+}
+
+func (u unmodelledInterface) DeviceGetRetiredPages(p0 nvml.Device, p1 nvml.PageRetirementCause) (r0 []uint64, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetRetiredPages"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetRetiredPages(p1)
+}
+
+func (u unmodelledInterface) DeviceGetRetiredPagesPendingStatus(p0 nvml.Device) (r0 nvml.EnableState, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetRetiredPagesPendingStatus"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetRetiredPagesPendingStatus()
+}
+
+func (u unmodelledInterface) DeviceGetRetiredPages_v2(p0 nvml.Device, p1 nvml.PageRetirementCause) (r0 []uint64, r1 []uint64, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetRetiredPages_v2"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetRetiredPages_v2(p1)
+}
+
+func (u unmodelledInterface) DeviceGetRowRemapperHistogram(p0 nvml.Device) (r0 nvml.RowRemapperHistogramValues, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetRowRemapperHistogram"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetRowRemapperHistogram()
+}
+
+func (u unmodelledInterface) DeviceGetRunningProcessDetailList(p0 nvml.Device) (r0 nvml.ProcessDetailList, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetRunningProcessDetailList"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetRunningProcessDetailList()
+}
+
+func (u unmodelledInterface) DeviceGetSamples(p0 nvml.Device, p1 nvml.SamplingType, p2 uint64) (r0 nvml.ValueType, r1 []nvml.Sample, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetSamples"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetSamples(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceGetSerial(p0 nvml.Device) (r0 string, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetSerial"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetSerial()
+}
+
+func (u unmodelledInterface) DeviceGetSramEccErrorStatus(p0 nvml.Device) (r0 nvml.EccSramErrorStatus, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetSramEccErrorStatus"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetSramEccErrorStatus()
+}
+
+func (u unmodelledInterface) DeviceGetSramUniqueUncorrectedEccErrorCounts(p0 nvml.Device, p1 *nvml.EccSramUniqueUncorrectedErrorCounts) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetSramUniqueUncorrectedEccErrorCounts"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.GetSramUniqueUncorrectedEccErrorCounts(p1)
+}
+
+func (u unmodelledInterface) DeviceGetSupportedClocksEventReasons(p0 nvml.Device) (r0 uint64, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetSupportedClocksEventReasons"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetSupportedClocksEventReasons()
+}
+
+func (u unmodelledInterface) DeviceGetSupportedClocksThrottleReasons(p0 nvml.Device) (r0 uint64, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetSupportedClocksThrottleReasons"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetSupportedClocksThrottleReasons()
+}
+
+func (u unmodelledInterface) DeviceGetSupportedEventTypes(p0 nvml.Device) (r0 uint64, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetSupportedEventTypes"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetSupportedEventTypes()
+}
+
+func (u unmodelledInterface) DeviceGetSupportedGraphicsClocks(p0 nvml.Device, p1 int) (r0 int, r1 uint32, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetSupportedGraphicsClocks"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetSupportedGraphicsClocks(p1)
+}
+
+func (u unmodelledInterface) DeviceGetSupportedMemoryClocks(p0 nvml.Device) (r0 int, r1 uint32, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetSupportedMemoryClocks"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetSupportedMemoryClocks()
+}
+
+func (u unmodelledInterface) DeviceGetSupportedPerformanceStates(p0 nvml.Device) (r0 []nvml.Pstates, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetSupportedPerformanceStates"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetSupportedPerformanceStates()
+}
+
+func (u unmodelledInterface) DeviceGetSupportedVgpus(p0 nvml.Device) (r0 []nvml.VgpuTypeId, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetSupportedVgpus"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetSupportedVgpus()
+}
+
+func (u unmodelledInterface) DeviceGetTargetFanSpeed(p0 nvml.Device, p1 int) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetTargetFanSpeed"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetTargetFanSpeed(p1)
+}
+
+func (u unmodelledInterface) DeviceGetTemperature(p0 nvml.Device, p1 nvml.TemperatureSensors) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetTemperature"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetTemperature(p1)
+}
+
+func (u unmodelledInterface) DeviceGetTemperatureThreshold(p0 nvml.Device, p1 nvml.TemperatureThresholds) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetTemperatureThreshold"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetTemperatureThreshold(p1)
+}
+
+func (u unmodelledInterface) DeviceGetTemperatureV(p0 nvml.Device) (r0 nvml.TemperatureHandler) {
+	return
+}
+
+func (u unmodelledInterface) DeviceGetThermalSettings(p0 nvml.Device, p1 uint32) (r0 nvml.GpuThermalSettings, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetThermalSettings"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetThermalSettings(p1)
+}
+
+func (u unmodelledInterface) DeviceGetTopologyCommonAncestor(p0 nvml.Device, p1 nvml.Device) (r0 nvml.GpuTopologyLevel, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetTopologyCommonAncestor"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetTopologyCommonAncestor(p1)
+}
+
+func (u unmodelledInterface) DeviceGetTopologyNearestGpus(p0 nvml.Device, p1 nvml.GpuTopologyLevel) (r0 []nvml.Device, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetTopologyNearestGpus"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetTopologyNearestGpus(p1)
+}
+
+func (u unmodelledInterface) DeviceGetTotalEccErrors(p0 nvml.Device, p1 nvml.MemoryErrorType, p2 nvml.EccCounterType) (r0 uint64, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetTotalEccErrors"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetTotalEccErrors(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceGetTotalEnergyConsumption(p0 nvml.Device) (r0 uint64, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetTotalEnergyConsumption"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetTotalEnergyConsumption()
+}
+
+func (u unmodelledInterface) DeviceGetUUID(p0 nvml.Device) (r0 string, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetUUID"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetUUID()
+}
+
+func (u unmodelledInterface) DeviceGetUnrepairableMemoryFlag_v1(p0 nvml.Device) (r0 nvml.UnrepairableMemoryStatus_v1, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetUnrepairableMemoryFlag_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetUnrepairableMemoryFlag_v1()
+}
+
+func (u unmodelledInterface) DeviceGetUtilizationRates(p0 nvml.Device) (r0 nvml.Utilization, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetUtilizationRates"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetUtilizationRates()
+}
+
+func (u unmodelledInterface) DeviceGetVbiosVersion(p0 nvml.Device) (r0 string, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetVbiosVersion"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVbiosVersion()
+}
+
+func (u unmodelledInterface) DeviceGetVgpuCapabilities(p0 nvml.Device, p1 nvml.DeviceVgpuCapability) (r0 bool, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetVgpuCapabilities"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVgpuCapabilities(p1)
+}
+
+func (u unmodelledInterface) DeviceGetVgpuHeterogeneousMode(p0 nvml.Device) (r0 nvml.VgpuHeterogeneousMode, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetVgpuHeterogeneousMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVgpuHeterogeneousMode()
+}
+
+func (u unmodelledInterface) DeviceGetVgpuInstancesUtilizationInfo(p0 nvml.Device) (r0 nvml.VgpuInstancesUtilizationInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetVgpuInstancesUtilizationInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVgpuInstancesUtilizationInfo()
+}
+
+func (u unmodelledInterface) DeviceGetVgpuMetadata(p0 nvml.Device) (r0 nvml.VgpuPgpuMetadata, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetVgpuMetadata"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVgpuMetadata()
+}
+
+func (u unmodelledInterface) DeviceGetVgpuProcessUtilization(p0 nvml.Device, p1 uint64) (r0 []nvml.VgpuProcessUtilizationSample, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetVgpuProcessUtilization"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVgpuProcessUtilization(p1)
+}
+
+func (u unmodelledInterface) DeviceGetVgpuProcessesUtilizationInfo(p0 nvml.Device) (r0 nvml.VgpuProcessesUtilizationInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetVgpuProcessesUtilizationInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVgpuProcessesUtilizationInfo()
+}
+
+func (u unmodelledInterface) DeviceGetVgpuSchedulerCapabilities(p0 nvml.Device) (r0 nvml.VgpuSchedulerCapabilities, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetVgpuSchedulerCapabilities"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVgpuSchedulerCapabilities()
+}
+
+func (u unmodelledInterface) DeviceGetVgpuSchedulerLog(p0 nvml.Device) (r0 nvml.VgpuSchedulerLog, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetVgpuSchedulerLog"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVgpuSchedulerLog()
+}
+
+func (u unmodelledInterface) DeviceGetVgpuSchedulerLog_v2(p0 nvml.Device, p1 nvml.VgpuSchedulerLogInfo_v2) (r0 nvml.VgpuSchedulerLogInfo_v2, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetVgpuSchedulerLog_v2"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVgpuSchedulerLog_v2(p1)
+}
+
+func (u unmodelledInterface) DeviceGetVgpuSchedulerState(p0 nvml.Device) (r0 nvml.VgpuSchedulerGetState, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetVgpuSchedulerState"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVgpuSchedulerState()
+}
+
+func (u unmodelledInterface) DeviceGetVgpuSchedulerState_v2(p0 nvml.Device, p1 nvml.VgpuSchedulerStateInfo_v2) (r0 nvml.VgpuSchedulerStateInfo_v2, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetVgpuSchedulerState_v2"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVgpuSchedulerState_v2(p1)
+}
+
+func (u unmodelledInterface) DeviceGetVgpuTypeCreatablePlacements(p0 nvml.Device, p1 nvml.VgpuTypeId) (r0 nvml.VgpuPlacementList, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetVgpuTypeCreatablePlacements"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVgpuTypeCreatablePlacements(p1)
+}
+
+func (u unmodelledInterface) DeviceGetVgpuTypeSupportedPlacements(p0 nvml.Device, p1 nvml.VgpuTypeId) (r0 nvml.VgpuPlacementList, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetVgpuTypeSupportedPlacements"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVgpuTypeSupportedPlacements(p1)
+}
+
+func (u unmodelledInterface) DeviceGetVgpuUtilization(p0 nvml.Device, p1 uint64) (r0 nvml.ValueType, r1 []nvml.VgpuInstanceUtilizationSample, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetVgpuUtilization"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetVgpuUtilization(p1)
+}
+
+func (u unmodelledInterface) DeviceGetViolationStatus(p0 nvml.Device, p1 nvml.PerfPolicyType) (r0 nvml.ViolationTime, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetViolationStatus"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetViolationStatus(p1)
+}
+
+func (u unmodelledInterface) DeviceGetVirtualizationMode(p0 nvml.Device) (r0 nvml.GpuVirtualizationMode, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceGetVirtualizationMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVirtualizationMode()
+}
+
+func (u unmodelledInterface) DeviceIsMigDeviceHandle(p0 nvml.Device) (r0 bool, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceIsMigDeviceHandle"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.IsMigDeviceHandle()
+}
+
+func (u unmodelledInterface) DeviceModifyDrainState(p0 *nvml.PciInfo, p1 nvml.EnableState) (r0 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.DeviceModifyDrainState"))
+	r0 = ret
+	return
+}
+
+func (u unmodelledInterface) DeviceOnSameBoard(p0 nvml.Device, p1 nvml.Device) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceOnSameBoard"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.OnSameBoard(p1)
+}
+
+func (u unmodelledInterface) DevicePerfMetricsGetSamples_v1(p0 nvml.Device) (r0 nvml.PerfMetricsSamples_v1, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DevicePerfMetricsGetSamples_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.PerfMetricsGetSamples_v1()
+}
+
+func (u unmodelledInterface) DevicePowerSmoothingActivatePresetProfile(p0 nvml.Device, p1 *nvml.PowerSmoothingProfile) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DevicePowerSmoothingActivatePresetProfile"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.PowerSmoothingActivatePresetProfile(p1)
+}
+
+func (u unmodelledInterface) DevicePowerSmoothingSetState(p0 nvml.Device, p1 *nvml.PowerSmoothingState) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DevicePowerSmoothingSetState"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.PowerSmoothingSetState(p1)
+}
+
+func (u unmodelledInterface) DevicePowerSmoothingUpdatePresetProfileParam(p0 nvml.Device, p1 *nvml.PowerSmoothingProfile) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DevicePowerSmoothingUpdatePresetProfileParam"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.PowerSmoothingUpdatePresetProfileParam(p1)
+}
+
+func (u unmodelledInterface) DeviceQueryDrainState(p0 *nvml.PciInfo) (r0 nvml.EnableState, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.DeviceQueryDrainState"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) DeviceReadPRMCounters_v1(p0 nvml.Device, p1 []nvml.PRMCounterId, p2 int) (r0 []nvml.PRMCounter_v1, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceReadPRMCounters_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.ReadPRMCounters_v1(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceReadWritePRM_v1(p0 nvml.Device, p1 *nvml.PRMTLV_v1) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceReadWritePRM_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.ReadWritePRM_v1(p1)
+}
+
+func (u unmodelledInterface) DeviceRegisterEvents(p0 nvml.Device, p1 uint64, p2 nvml.EventSet) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceRegisterEvents"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.RegisterEvents(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceRemoveGpu(p0 *nvml.PciInfo) (r0 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.DeviceRemoveGpu"))
+	r0 = ret
+	return
+}
+
+func (u unmodelledInterface) DeviceRemoveGpu_v2(p0 *nvml.PciInfo, p1 nvml.DetachGpuState, p2 nvml.PcieLinkState) (r0 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.DeviceRemoveGpu_v2"))
+	r0 = ret
+	return
+}
+
+func (u unmodelledInterface) DeviceResetApplicationsClocks(p0 nvml.Device) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceResetApplicationsClocks"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.ResetApplicationsClocks()
+}
+
+func (u unmodelledInterface) DeviceResetGpuLockedClocks(p0 nvml.Device) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceResetGpuLockedClocks"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.ResetGpuLockedClocks()
+}
+
+func (u unmodelledInterface) DeviceResetMemoryLockedClocks(p0 nvml.Device) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceResetMemoryLockedClocks"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.ResetMemoryLockedClocks()
+}
+
+func (u unmodelledInterface) DeviceResetNvLinkErrorCounters(p0 nvml.Device, p1 int) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceResetNvLinkErrorCounters"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.ResetNvLinkErrorCounters(p1)
+}
+
+func (u unmodelledInterface) DeviceResetNvLinkUtilizationCounter(p0 nvml.Device, p1 int, p2 int) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceResetNvLinkUtilizationCounter"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.ResetNvLinkUtilizationCounter(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceSetAPIRestriction(p0 nvml.Device, p1 nvml.RestrictedAPI, p2 nvml.EnableState) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetAPIRestriction"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetAPIRestriction(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceSetAccountingMode(p0 nvml.Device, p1 nvml.EnableState) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetAccountingMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetAccountingMode(p1)
+}
+
+func (u unmodelledInterface) DeviceSetAdaptiveTgpMode_v1(p0 nvml.Device, p1 nvml.EnableState) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetAdaptiveTgpMode_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetAdaptiveTgpMode_v1(p1)
+}
+
+func (u unmodelledInterface) DeviceSetApplicationsClocks(p0 nvml.Device, p1 uint32, p2 uint32) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetApplicationsClocks"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetApplicationsClocks(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceSetAutoBoostedClocksEnabled(p0 nvml.Device, p1 nvml.EnableState) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetAutoBoostedClocksEnabled"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetAutoBoostedClocksEnabled(p1)
+}
+
+func (u unmodelledInterface) DeviceSetClockOffsets(p0 nvml.Device, p1 nvml.ClockOffset) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetClockOffsets"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetClockOffsets(p1)
+}
+
+func (u unmodelledInterface) DeviceSetComputeMode(p0 nvml.Device, p1 nvml.ComputeMode) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetComputeMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetComputeMode(p1)
+}
+
+func (u unmodelledInterface) DeviceSetConfComputeUnprotectedMemSize(p0 nvml.Device, p1 uint64) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetConfComputeUnprotectedMemSize"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetConfComputeUnprotectedMemSize(p1)
+}
+
+func (u unmodelledInterface) DeviceSetCpuAffinity(p0 nvml.Device) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetCpuAffinity"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetCpuAffinity()
+}
+
+func (u unmodelledInterface) DeviceSetDefaultAutoBoostedClocksEnabled(p0 nvml.Device, p1 nvml.EnableState, p2 uint32) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetDefaultAutoBoostedClocksEnabled"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetDefaultAutoBoostedClocksEnabled(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceSetDefaultFanSpeed_v2(p0 nvml.Device, p1 int) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetDefaultFanSpeed_v2"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetDefaultFanSpeed_v2(p1)
+}
+
+func (u unmodelledInterface) DeviceSetDramEncryptionMode(p0 nvml.Device, p1 *nvml.DramEncryptionInfo) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetDramEncryptionMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetDramEncryptionMode(p1)
+}
+
+func (u unmodelledInterface) DeviceSetDriverModel(p0 nvml.Device, p1 nvml.DriverModel, p2 uint32) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetDriverModel"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetDriverModel(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceSetEccMode(p0 nvml.Device, p1 nvml.EnableState) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetEccMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetEccMode(p1)
+}
+
+func (u unmodelledInterface) DeviceSetFanControlPolicy(p0 nvml.Device, p1 int, p2 nvml.FanControlPolicy) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetFanControlPolicy"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetFanControlPolicy(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceSetFanSpeed_v2(p0 nvml.Device, p1 int, p2 int) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetFanSpeed_v2"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetFanSpeed_v2(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceSetGpcClkVfOffset(p0 nvml.Device, p1 int) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetGpcClkVfOffset"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetGpcClkVfOffset(p1)
+}
+
+func (u unmodelledInterface) DeviceSetGpuLockedClocks(p0 nvml.Device, p1 uint32, p2 uint32) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetGpuLockedClocks"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetGpuLockedClocks(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceSetGpuOperationMode(p0 nvml.Device, p1 nvml.GpuOperationMode) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetGpuOperationMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetGpuOperationMode(p1)
+}
+
+func (u unmodelledInterface) DeviceSetHostname_v1(p0 nvml.Device, p1 string) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetHostname_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetHostname_v1(p1)
+}
+
+func (u unmodelledInterface) DeviceSetMemClkVfOffset(p0 nvml.Device, p1 int) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetMemClkVfOffset"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetMemClkVfOffset(p1)
+}
+
+func (u unmodelledInterface) DeviceSetMemoryLimits_v1(p0 nvml.Device, p1 string, p2 uint64, p3 uint64) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetMemoryLimits_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetMemoryLimits_v1(p1, p2, p3)
+}
+
+func (u unmodelledInterface) DeviceSetMemoryLockedClocks(p0 nvml.Device, p1 uint32, p2 uint32) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetMemoryLockedClocks"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetMemoryLockedClocks(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceSetMigMode(p0 nvml.Device, p1 int) (r0 nvml.Return, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetMigMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0, r1 = ret, ret
+		return
+	}
+	return p0.SetMigMode(p1)
+}
+
+func (u unmodelledInterface) DeviceSetNvLinkDeviceLowPowerThreshold(p0 nvml.Device, p1 *nvml.NvLinkPowerThres) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetNvLinkDeviceLowPowerThreshold"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetNvLinkDeviceLowPowerThreshold(p1)
+}
+
+func (u unmodelledInterface) DeviceSetNvLinkUtilizationControl(p0 nvml.Device, p1 int, p2 int, p3 *nvml.NvLinkUtilizationControl, p4 bool) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetNvLinkUtilizationControl"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetNvLinkUtilizationControl(p1, p2, p3, p4)
+}
+
+func (u unmodelledInterface) DeviceSetNvlinkBwMode(p0 nvml.Device, p1 *nvml.NvlinkSetBwMode) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetNvlinkBwMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetNvlinkBwMode(p1)
+}
+
+func (u unmodelledInterface) DeviceSetNvlinkBwModeAsync_v1(p0 nvml.Device, p1 *nvml.NvlinkSetBwModeAsync_v1) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetNvlinkBwModeAsync_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetNvlinkBwModeAsync_v1(p1)
+}
+
+func (u unmodelledInterface) DeviceSetPersistenceMode(p0 nvml.Device, p1 nvml.EnableState) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetPersistenceMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetPersistenceMode(p1)
+}
+
+func (u unmodelledInterface) DeviceSetPowerManagementLimit(p0 nvml.Device, p1 uint32) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetPowerManagementLimit"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetPowerManagementLimit(p1)
+}
+
+func (u unmodelledInterface) DeviceSetPowerManagementLimit_v2(p0 nvml.Device, p1 *nvml.PowerValue_v2) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetPowerManagementLimit_v2"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetPowerManagementLimit_v2(p1)
+}
+
+func (u unmodelledInterface) DeviceSetRusdSettings_v1(p0 nvml.Device, p1 nvml.RusdSettings_v1) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetRusdSettings_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetRusdSettings_v1(p1)
+}
+
+func (u unmodelledInterface) DeviceSetTemperatureThreshold(p0 nvml.Device, p1 nvml.TemperatureThresholds, p2 int) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetTemperatureThreshold"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetTemperatureThreshold(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceSetVgpuCapabilities(p0 nvml.Device, p1 nvml.DeviceVgpuCapability, p2 nvml.EnableState) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetVgpuCapabilities"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetVgpuCapabilities(p1, p2)
+}
+
+func (u unmodelledInterface) DeviceSetVgpuHeterogeneousMode(p0 nvml.Device, p1 nvml.VgpuHeterogeneousMode) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetVgpuHeterogeneousMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetVgpuHeterogeneousMode(p1)
+}
+
+func (u unmodelledInterface) DeviceSetVgpuSchedulerState(p0 nvml.Device, p1 *nvml.VgpuSchedulerSetState) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetVgpuSchedulerState"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetVgpuSchedulerState(p1)
+}
+
+func (u unmodelledInterface) DeviceSetVgpuSchedulerState_v2(p0 nvml.Device, p1 *nvml.VgpuSchedulerState_v2) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetVgpuSchedulerState_v2"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetVgpuSchedulerState_v2(p1)
+}
+
+func (u unmodelledInterface) DeviceSetVirtualizationMode(p0 nvml.Device, p1 nvml.GpuVirtualizationMode) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceSetVirtualizationMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetVirtualizationMode(p1)
+}
+
+func (u unmodelledInterface) DeviceValidateInforom(p0 nvml.Device) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceValidateInforom"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.ValidateInforom()
+}
+
+func (u unmodelledInterface) DeviceVgpuForceGspUnload(p0 nvml.Device) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceVgpuForceGspUnload"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.VgpuForceGspUnload()
+}
+
+func (u unmodelledInterface) DeviceWorkloadPowerProfileClearRequestedProfiles(p0 nvml.Device, p1 *nvml.WorkloadPowerProfileRequestedProfiles) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceWorkloadPowerProfileClearRequestedProfiles"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.WorkloadPowerProfileClearRequestedProfiles(p1)
+}
+
+func (u unmodelledInterface) DeviceWorkloadPowerProfileGetCurrentProfiles(p0 nvml.Device) (r0 nvml.WorkloadPowerProfileCurrentProfiles, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceWorkloadPowerProfileGetCurrentProfiles"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.WorkloadPowerProfileGetCurrentProfiles()
+}
+
+func (u unmodelledInterface) DeviceWorkloadPowerProfileGetProfilesInfo(p0 nvml.Device) (r0 nvml.WorkloadPowerProfileProfilesInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceWorkloadPowerProfileGetProfilesInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.WorkloadPowerProfileGetProfilesInfo()
+}
+
+func (u unmodelledInterface) DeviceWorkloadPowerProfileSetRequestedProfiles(p0 nvml.Device, p1 *nvml.WorkloadPowerProfileRequestedProfiles) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceWorkloadPowerProfileSetRequestedProfiles"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.WorkloadPowerProfileSetRequestedProfiles(p1)
+}
+
+func (u unmodelledInterface) DeviceWorkloadPowerProfileUpdateProfiles_v1(p0 nvml.Device, p1 nvml.PowerProfileOperation, p2 []nvml.PowerProfileType) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.DeviceWorkloadPowerProfileUpdateProfiles_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.WorkloadPowerProfileUpdateProfiles_v1(p1, p2)
+}
+
+func (u unmodelledInterface) ErrorString(p0 nvml.Return) (r0 string) {
+	return
+}
+
+func (u unmodelledInterface) EventSetCreate() (r0 nvml.EventSet, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.EventSetCreate"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) EventSetFree(p0 nvml.EventSet) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.EventSetFree"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.Free()
+}
+
+func (u unmodelledInterface) EventSetGetContextCount_v1(p0 nvml.EventSet) (r0 nvml.GetContextCount_v1, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.EventSetGetContextCount_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetContextCount_v1()
+}
+
+func (u unmodelledInterface) EventSetGetContextData_v1(p0 nvml.EventSet, p1 nvml.GetContextData_v1) (r0 nvml.GetContextData_v1, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.EventSetGetContextData_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetContextData_v1(p1)
+}
+
+func (u unmodelledInterface) EventSetGetContextInfo_v1(p0 nvml.EventSet, p1 uint32) (r0 nvml.GetContextInfo_v1, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.EventSetGetContextInfo_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetContextInfo_v1(p1)
+}
+
+func (u unmodelledInterface) EventSetGetGpuOperationalEventContextLegacyXid_v1(p0 nvml.EventSet, p1 uint32) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.EventSetGetGpuOperationalEventContextLegacyXid_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetGpuOperationalEventContextLegacyXid_v1(p1)
+}
+
+func (u unmodelledInterface) EventSetRegisterGpuOperationalEvents_v1(p0 nvml.EventSet, p1 *nvml.GpuOperationalEventConfig_v1) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.EventSetRegisterGpuOperationalEvents_v1"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.RegisterGpuOperationalEvents_v1(p1)
+}
+
+func (u unmodelledInterface) EventSetWait(p0 nvml.EventSet, p1 uint32) (r0 nvml.EventData, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.EventSetWait"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.Wait(p1)
+}
+
+func (u unmodelledInterface) EventSetWait_v3(p0 nvml.EventSet, p1 uint32) (r0 nvml.EventSetWaitData_v3, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.EventSetWait_v3"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.Wait_v3(p1)
+}
+
+func (u unmodelledInterface) Extensions() (r0 nvml.ExtendedInterface) {
+	return
+}
+
+func (u unmodelledInterface) GetExcludedDeviceCount() (r0 int, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.GetExcludedDeviceCount"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) GetExcludedDeviceInfoByIndex(p0 int) (r0 nvml.ExcludedDeviceInfo, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.GetExcludedDeviceInfoByIndex"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) GetVgpuCompatibility(p0 *nvml.VgpuMetadata, p1 *nvml.VgpuPgpuMetadata) (r0 nvml.VgpuPgpuCompatibility, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.GetVgpuCompatibility"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) GetVgpuDriverCapabilities(p0 nvml.VgpuDriverCapability) (r0 bool, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.GetVgpuDriverCapabilities"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) GetVgpuVersion() (r0 nvml.VgpuVersion, r1 nvml.VgpuVersion, r2 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.GetVgpuVersion"))
+	r2 = ret
+	return
+}
+
+func (u unmodelledInterface) GpmMetricsGet(p0 *nvml.GpmMetricsGetType) (r0 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.GpmMetricsGet"))
+	r0 = ret
+	return
+}
+
+func (u unmodelledInterface) GpmMetricsGetV(p0 *nvml.GpmMetricsGetType) (r0 nvml.GpmMetricsGetVType) {
+	return
+}
+
+func (u unmodelledInterface) GpmMigSampleGet(p0 nvml.Device, p1 int, p2 nvml.GpmSample) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpmMigSampleGet"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.GpmMigSampleGet(p1, p2)
+}
+
+func (u unmodelledInterface) GpmQueryDeviceSupport(p0 nvml.Device) (r0 nvml.GpmSupport, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpmQueryDeviceSupport"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GpmQueryDeviceSupport()
+}
+
+func (u unmodelledInterface) GpmQueryDeviceSupportV(p0 nvml.Device) (r0 nvml.GpmSupportV) {
+	return
+}
+
+func (u unmodelledInterface) GpmQueryIfStreamingEnabled(p0 nvml.Device) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpmQueryIfStreamingEnabled"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GpmQueryIfStreamingEnabled()
+}
+
+func (u unmodelledInterface) GpmSampleAlloc() (r0 nvml.GpmSample, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.GpmSampleAlloc"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) GpmSampleFree(p0 nvml.GpmSample) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpmSampleFree"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.Free()
+}
+
+func (u unmodelledInterface) GpmSampleGet(p0 nvml.Device, p1 nvml.GpmSample) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpmSampleGet"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.GpmSampleGet(p1)
+}
+
+func (u unmodelledInterface) GpmSetStreamingEnabled(p0 nvml.Device, p1 uint32) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpmSetStreamingEnabled"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.GpmSetStreamingEnabled(p1)
+}
+
+func (u unmodelledInterface) GpuInstanceCreateComputeInstance(p0 nvml.GpuInstance, p1 *nvml.ComputeInstanceProfileInfo) (r0 nvml.ComputeInstance, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpuInstanceCreateComputeInstance"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.CreateComputeInstance(p1)
+}
+
+func (u unmodelledInterface) GpuInstanceCreateComputeInstanceWithPlacement(p0 nvml.GpuInstance, p1 *nvml.ComputeInstanceProfileInfo, p2 *nvml.ComputeInstancePlacement) (r0 nvml.ComputeInstance, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpuInstanceCreateComputeInstanceWithPlacement"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.CreateComputeInstanceWithPlacement(p1, p2)
+}
+
+func (u unmodelledInterface) GpuInstanceDestroy(p0 nvml.GpuInstance) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpuInstanceDestroy"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.Destroy()
+}
+
+func (u unmodelledInterface) GpuInstanceGetActiveVgpus(p0 nvml.GpuInstance) (r0 nvml.ActiveVgpuInstanceInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpuInstanceGetActiveVgpus"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetActiveVgpus()
+}
+
+func (u unmodelledInterface) GpuInstanceGetComputeInstanceById(p0 nvml.GpuInstance, p1 int) (r0 nvml.ComputeInstance, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpuInstanceGetComputeInstanceById"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetComputeInstanceById(p1)
+}
+
+func (u unmodelledInterface) GpuInstanceGetComputeInstancePossiblePlacements(p0 nvml.GpuInstance, p1 *nvml.ComputeInstanceProfileInfo) (r0 []nvml.ComputeInstancePlacement, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpuInstanceGetComputeInstancePossiblePlacements"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetComputeInstancePossiblePlacements(p1)
+}
+
+func (u unmodelledInterface) GpuInstanceGetComputeInstanceProfileInfo(p0 nvml.GpuInstance, p1 int, p2 int) (r0 nvml.ComputeInstanceProfileInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpuInstanceGetComputeInstanceProfileInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetComputeInstanceProfileInfo(p1, p2)
+}
+
+func (u unmodelledInterface) GpuInstanceGetComputeInstanceProfileInfoV(p0 nvml.GpuInstance, p1 int, p2 int) (r0 nvml.ComputeInstanceProfileInfoHandler) {
+	return
+}
+
+func (u unmodelledInterface) GpuInstanceGetComputeInstanceRemainingCapacity(p0 nvml.GpuInstance, p1 *nvml.ComputeInstanceProfileInfo) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpuInstanceGetComputeInstanceRemainingCapacity"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetComputeInstanceRemainingCapacity(p1)
+}
+
+func (u unmodelledInterface) GpuInstanceGetComputeInstances(p0 nvml.GpuInstance, p1 *nvml.ComputeInstanceProfileInfo) (r0 []nvml.ComputeInstance, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpuInstanceGetComputeInstances"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetComputeInstances(p1)
+}
+
+func (u unmodelledInterface) GpuInstanceGetCreatableVgpus(p0 nvml.GpuInstance) (r0 nvml.VgpuTypeIdInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpuInstanceGetCreatableVgpus"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetCreatableVgpus()
+}
+
+func (u unmodelledInterface) GpuInstanceGetInfo(p0 nvml.GpuInstance) (r0 nvml.GpuInstanceInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpuInstanceGetInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetInfo()
+}
+
+func (u unmodelledInterface) GpuInstanceGetVgpuHeterogeneousMode(p0 nvml.GpuInstance) (r0 nvml.VgpuHeterogeneousMode, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpuInstanceGetVgpuHeterogeneousMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVgpuHeterogeneousMode()
+}
+
+func (u unmodelledInterface) GpuInstanceGetVgpuSchedulerLog(p0 nvml.GpuInstance) (r0 nvml.VgpuSchedulerLogInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpuInstanceGetVgpuSchedulerLog"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVgpuSchedulerLog()
+}
+
+func (u unmodelledInterface) GpuInstanceGetVgpuSchedulerLog_v2(p0 nvml.GpuInstance, p1 nvml.VgpuSchedulerLogInfo_v2) (r0 nvml.VgpuSchedulerLogInfo_v2, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpuInstanceGetVgpuSchedulerLog_v2"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVgpuSchedulerLog_v2(p1)
+}
+
+func (u unmodelledInterface) GpuInstanceGetVgpuSchedulerState(p0 nvml.GpuInstance) (r0 nvml.VgpuSchedulerStateInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpuInstanceGetVgpuSchedulerState"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVgpuSchedulerState()
+}
+
+func (u unmodelledInterface) GpuInstanceGetVgpuSchedulerState_v2(p0 nvml.GpuInstance, p1 nvml.VgpuSchedulerStateInfo_v2) (r0 nvml.VgpuSchedulerStateInfo_v2, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpuInstanceGetVgpuSchedulerState_v2"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVgpuSchedulerState_v2(p1)
+}
+
+func (u unmodelledInterface) GpuInstanceGetVgpuTypeCreatablePlacements(p0 nvml.GpuInstance) (r0 nvml.VgpuCreatablePlacementInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpuInstanceGetVgpuTypeCreatablePlacements"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVgpuTypeCreatablePlacements()
+}
+
+func (u unmodelledInterface) GpuInstanceSetVgpuHeterogeneousMode(p0 nvml.GpuInstance, p1 *nvml.VgpuHeterogeneousMode) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpuInstanceSetVgpuHeterogeneousMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetVgpuHeterogeneousMode(p1)
+}
+
+func (u unmodelledInterface) GpuInstanceSetVgpuSchedulerState(p0 nvml.GpuInstance, p1 *nvml.VgpuSchedulerState) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpuInstanceSetVgpuSchedulerState"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetVgpuSchedulerState(p1)
+}
+
+func (u unmodelledInterface) GpuInstanceSetVgpuSchedulerState_v2(p0 nvml.GpuInstance, p1 *nvml.VgpuSchedulerState_v2) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.GpuInstanceSetVgpuSchedulerState_v2"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetVgpuSchedulerState_v2(p1)
+}
+
+func (u unmodelledInterface) Init() (r0 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.Init"))
+	r0 = ret
+	return
+}
+
+func (u unmodelledInterface) InitWithFlags(p0 uint32) (r0 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.InitWithFlags"))
+	r0 = ret
+	return
+}
+
+func (u unmodelledInterface) SetVgpuVersion(p0 *nvml.VgpuVersion) (r0 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SetVgpuVersion"))
+	r0 = ret
+	return
+}
+
+func (u unmodelledInterface) Shutdown() (r0 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.Shutdown"))
+	r0 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemEventSetCreate(p0 *nvml.SystemEventSetCreateRequest) (r0 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemEventSetCreate"))
+	r0 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemEventSetFree(p0 *nvml.SystemEventSetFreeRequest) (r0 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemEventSetFree"))
+	r0 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemEventSetWait(p0 *nvml.SystemEventSetWaitRequest) (r0 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemEventSetWait"))
+	r0 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemGetCPER_v1(p0 *nvml.GetCPER_v1) (r0 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemGetCPER_v1"))
+	r0 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemGetConfComputeCapabilities() (r0 nvml.ConfComputeSystemCaps, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemGetConfComputeCapabilities"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemGetConfComputeGpusReadyState() (r0 uint32, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemGetConfComputeGpusReadyState"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemGetConfComputeKeyRotationThresholdInfo() (r0 nvml.ConfComputeGetKeyRotationThresholdInfo, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemGetConfComputeKeyRotationThresholdInfo"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemGetConfComputeSettings() (r0 nvml.SystemConfComputeSettings, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemGetConfComputeSettings"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemGetConfComputeState() (r0 nvml.ConfComputeSystemState, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemGetConfComputeState"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemGetCudaDriverVersion() (r0 int, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemGetCudaDriverVersion"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemGetCudaDriverVersion_v2() (r0 int, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemGetCudaDriverVersion_v2"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemGetDriverBranch() (r0 nvml.SystemDriverBranchInfo, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemGetDriverBranch"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemGetDriverVersion() (r0 string, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemGetDriverVersion"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemGetHicVersion() (r0 []nvml.HwbcEntry, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemGetHicVersion"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemGetNVMLVersion() (r0 string, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemGetNVMLVersion"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemGetNvlinkBwMode() (r0 uint32, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemGetNvlinkBwMode"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemGetProcessName(p0 int) (r0 string, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemGetProcessName"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemGetTopologyGpuSet(p0 int) (r0 []nvml.Device, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemGetTopologyGpuSet"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemRegisterEvents(p0 *nvml.SystemRegisterEventRequest) (r0 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemRegisterEvents"))
+	r0 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemSetConfComputeGpusReadyState(p0 uint32) (r0 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemSetConfComputeGpusReadyState"))
+	r0 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemSetConfComputeKeyRotationThresholdInfo(p0 nvml.ConfComputeSetKeyRotationThresholdInfo) (r0 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemSetConfComputeKeyRotationThresholdInfo"))
+	r0 = ret
+	return
+}
+
+func (u unmodelledInterface) SystemSetNvlinkBwMode(p0 uint32) (r0 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.SystemSetNvlinkBwMode"))
+	r0 = ret
+	return
+}
+
+func (u unmodelledInterface) UnitGetCount() (r0 int, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.UnitGetCount"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) UnitGetDevices(p0 nvml.Unit) (r0 []nvml.Device, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.UnitGetDevices"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetDevices()
+}
+
+func (u unmodelledInterface) UnitGetFanSpeedInfo(p0 nvml.Unit) (r0 nvml.UnitFanSpeeds, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.UnitGetFanSpeedInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetFanSpeedInfo()
+}
+
+func (u unmodelledInterface) UnitGetHandleByIndex(p0 int) (r0 nvml.Unit, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.UnitGetHandleByIndex"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) UnitGetLedState(p0 nvml.Unit) (r0 nvml.LedState, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.UnitGetLedState"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetLedState()
+}
+
+func (u unmodelledInterface) UnitGetPsuInfo(p0 nvml.Unit) (r0 nvml.PSUInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.UnitGetPsuInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetPsuInfo()
+}
+
+func (u unmodelledInterface) UnitGetTemperature(p0 nvml.Unit, p1 int) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.UnitGetTemperature"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetTemperature(p1)
+}
+
+func (u unmodelledInterface) UnitGetUnitInfo(p0 nvml.Unit) (r0 nvml.UnitInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.UnitGetUnitInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetUnitInfo()
+}
+
+func (u unmodelledInterface) UnitSetLedState(p0 nvml.Unit, p1 nvml.LedColor) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.UnitSetLedState"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetLedState(p1)
+}
+
+func (u unmodelledInterface) VgpuInstanceClearAccountingPids(p0 nvml.VgpuInstance) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceClearAccountingPids"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.ClearAccountingPids()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetAccountingMode(p0 nvml.VgpuInstance) (r0 nvml.EnableState, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetAccountingMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetAccountingMode()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetAccountingPids(p0 nvml.VgpuInstance) (r0 []int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetAccountingPids"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetAccountingPids()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetAccountingStats(p0 nvml.VgpuInstance, p1 int) (r0 nvml.AccountingStats, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetAccountingStats"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetAccountingStats(p1)
+}
+
+func (u unmodelledInterface) VgpuInstanceGetEccMode(p0 nvml.VgpuInstance) (r0 nvml.EnableState, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetEccMode"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetEccMode()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetEncoderCapacity(p0 nvml.VgpuInstance) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetEncoderCapacity"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetEncoderCapacity()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetEncoderSessions(p0 nvml.VgpuInstance) (r0 int, r1 nvml.EncoderSessionInfo, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetEncoderSessions"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetEncoderSessions()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetEncoderStats(p0 nvml.VgpuInstance) (r0 int, r1 uint32, r2 uint32, r3 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetEncoderStats"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r3 = ret
+		return
+	}
+	return p0.GetEncoderStats()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetFBCSessions(p0 nvml.VgpuInstance) (r0 int, r1 nvml.FBCSessionInfo, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetFBCSessions"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetFBCSessions()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetFBCStats(p0 nvml.VgpuInstance) (r0 nvml.FBCStats, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetFBCStats"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetFBCStats()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetFbUsage(p0 nvml.VgpuInstance) (r0 uint64, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetFbUsage"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetFbUsage()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetFrameRateLimit(p0 nvml.VgpuInstance) (r0 uint32, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetFrameRateLimit"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetFrameRateLimit()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetGpuInstanceId(p0 nvml.VgpuInstance) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetGpuInstanceId"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetGpuInstanceId()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetGpuPciId(p0 nvml.VgpuInstance) (r0 string, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetGpuPciId"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetGpuPciId()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetLicenseInfo(p0 nvml.VgpuInstance) (r0 nvml.VgpuLicenseInfo, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetLicenseInfo"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetLicenseInfo()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetLicenseStatus(p0 nvml.VgpuInstance) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetLicenseStatus"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetLicenseStatus()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetMdevUUID(p0 nvml.VgpuInstance) (r0 string, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetMdevUUID"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetMdevUUID()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetMetadata(p0 nvml.VgpuInstance) (r0 nvml.VgpuMetadata, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetMetadata"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetMetadata()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetRuntimeStateSize(p0 nvml.VgpuInstance) (r0 nvml.VgpuRuntimeState, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetRuntimeStateSize"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetRuntimeStateSize()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetType(p0 nvml.VgpuInstance) (r0 nvml.VgpuTypeId, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetType"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetType()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetUUID(p0 nvml.VgpuInstance) (r0 string, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetUUID"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetUUID()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetVmDriverVersion(p0 nvml.VgpuInstance) (r0 string, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetVmDriverVersion"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.GetVmDriverVersion()
+}
+
+func (u unmodelledInterface) VgpuInstanceGetVmID(p0 nvml.VgpuInstance) (r0 string, r1 nvml.VgpuVmIdType, r2 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceGetVmID"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r2 = ret
+		return
+	}
+	return p0.GetVmID()
+}
+
+func (u unmodelledInterface) VgpuInstanceSetEncoderCapacity(p0 nvml.VgpuInstance, p1 int) (r0 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuInstanceSetEncoderCapacity"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r0 = ret
+		return
+	}
+	return p0.SetEncoderCapacity(p1)
+}
+
+func (u unmodelledInterface) VgpuTypeGetBAR1Info(p0 nvml.VgpuTypeId) (r0 nvml.VgpuTypeBar1Info, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.VgpuTypeGetBAR1Info"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) VgpuTypeGetCapabilities(p0 nvml.VgpuTypeId, p1 nvml.VgpuCapability) (r0 bool, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.VgpuTypeGetCapabilities"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) VgpuTypeGetClass(p0 nvml.VgpuTypeId) (r0 string, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.VgpuTypeGetClass"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) VgpuTypeGetDeviceID(p0 nvml.VgpuTypeId) (r0 uint64, r1 uint64, r2 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.VgpuTypeGetDeviceID"))
+	r2 = ret
+	return
+}
+
+func (u unmodelledInterface) VgpuTypeGetFrameRateLimit(p0 nvml.VgpuTypeId) (r0 uint32, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.VgpuTypeGetFrameRateLimit"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) VgpuTypeGetFramebufferSize(p0 nvml.VgpuTypeId) (r0 uint64, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.VgpuTypeGetFramebufferSize"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) VgpuTypeGetGpuInstanceProfileId(p0 nvml.VgpuTypeId) (r0 uint32, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.VgpuTypeGetGpuInstanceProfileId"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) VgpuTypeGetID(p0 nvml.VgpuTypeId) (r0 uint32) {
+	return
+}
+
+func (u unmodelledInterface) VgpuTypeGetLicense(p0 nvml.VgpuTypeId) (r0 string, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.VgpuTypeGetLicense"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) VgpuTypeGetMaxInstances(p0 nvml.Device, p1 nvml.VgpuTypeId) (r0 int, r1 nvml.Return) {
+	if ret := u.r.unmodelled("Interface.VgpuTypeGetMaxInstances"); ret != nvml.SUCCESS || p0 == nil {
+		ret = notSupported(ret)
+		r1 = ret
+		return
+	}
+	return p0.VgpuTypeGetMaxInstances(p1)
+}
+
+func (u unmodelledInterface) VgpuTypeGetMaxInstancesPerGpuInstance(p0 *nvml.VgpuTypeMaxInstance) (r0 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.VgpuTypeGetMaxInstancesPerGpuInstance"))
+	r0 = ret
+	return
+}
+
+func (u unmodelledInterface) VgpuTypeGetMaxInstancesPerVm(p0 nvml.VgpuTypeId) (r0 int, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.VgpuTypeGetMaxInstancesPerVm"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) VgpuTypeGetName(p0 nvml.VgpuTypeId) (r0 string, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.VgpuTypeGetName"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) VgpuTypeGetNumDisplayHeads(p0 nvml.VgpuTypeId) (r0 int, r1 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.VgpuTypeGetNumDisplayHeads"))
+	r1 = ret
+	return
+}
+
+func (u unmodelledInterface) VgpuTypeGetResolution(p0 nvml.VgpuTypeId, p1 int) (r0 uint32, r1 uint32, r2 nvml.Return) {
+	ret := notSupported(u.r.unmodelled("Interface.VgpuTypeGetResolution"))
+	r2 = ret
+	return
+}
+
 // unmodelledDevice answers the nvml.Device calls the sim does not model.
 type unmodelledDevice struct{ r readier }
 

@@ -1,6 +1,7 @@
-// Command gen writes collectors/gpu/sim/unmodelled_gen.go: for each NVML handle interface the
-// sim implements, a type whose methods answer every call as NVML does for something the board
-// cannot do (see unmodelled.go in the sim).
+// Command gen writes collectors/gpu/sim/unmodelled_gen.go: for the NVML library and each handle
+// interface the sim implements, a type whose methods answer every call as NVML does for something
+// the board cannot do (see unmodelled.go in the sim). A library call that takes a handle first
+// calls the handle's method when there is one, as go-nvml's library does.
 package main
 
 import (
@@ -20,6 +21,7 @@ var handles = []struct {
 	name  string
 	iface reflect.Type
 }{
+	{"unmodelledInterface", reflect.TypeFor[nvml.Interface]()},
 	{"unmodelledDevice", reflect.TypeFor[nvml.Device]()},
 	{"unmodelledGpuInstance", reflect.TypeFor[nvml.GpuInstance]()},
 	{"unmodelledComputeInstance", reflect.TypeFor[nvml.ComputeInstance]()},
