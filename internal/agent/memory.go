@@ -14,10 +14,10 @@ var runtimeMemoryLimit = debug.SetMemoryLimit(-1)
 
 // defaultGCPercent is the agent's GOGC unless $GOGC or memory.gc-percent says otherwise. The
 // agent's live heap is small (series, their exporter state, a few buffers) and its garbage comes
-// from every collection and export, so Go's 100 lets the heap reach twice what is live between
-// collections; 50 keeps it at 1.5× for a few more collections a minute (docs/configuration.md
-// gives the measurement).
-const defaultGCPercent = 50
+// from every export and scrape, so Go's 100 lets the heap reach twice what is live; 75 takes
+// most of what 50 saves while a /metrics scraped several times a second costs about as little
+// CPU as at 100 (docs/architecture.md, "Memory", gives the measurements).
+const defaultGCPercent = 75
 
 // runtimeGCPercent is the GC target the agent falls back to when memory.gc-percent is 0: $GOGC
 // as the runtime read it ("off" is -1) when set, else defaultGCPercent.
