@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 )
 
 // A reload stops one web server and starts the next on the same socket (Listeners). The old
@@ -18,6 +19,7 @@ import (
 //     closes after it; connections idle at that moment are closed), the listener closed (new
 //     connections wait in the accept queue for the next server), and then a wait until no
 //     connection is reading or answering a request: each request already accepted is served.
+//     A connection with no request yet gets newConnGrace for it, then is closed.
 //  2. Shutdown, which then finds only idle connections (HTTP/2 ones, which it ends with GOAWAY)
 //     and nothing in flight.
 //
@@ -77,17 +79,44 @@ func (w *webConns) quieted() <-chan struct{} {
 	return w.quiet
 }
 
+// newConnGrace is how long a stop waits for the request of a connection accepted without one
+// yet. The scraper that dialed it has most likely sent it already (it arrives within a round
+// trip, and the server reads it as soon as its goroutine runs); a connection still without a
+// request after that is one a client opened ahead of need (Go's transport keeps the spare
+// connections it dials), and would otherwise hold the reload until ReadHeaderTimeout.
+var newConnGrace = 250 * time.Millisecond
+
+// closeNew closes the connections on which no request has been read.
+func (w *webConns) closeNew() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for c, s := range w.state {
+		if s == http.StateNew {
+			_ = c.Close()
+		}
+	}
+}
+
 // drainServer stops srv, which serves l through conns' hook until served is closed, answering
 // every request it has accepted (see above). It gives up when ctx is done: then it closes the
 // connections left and returns ctx's error.
 func drainServer(ctx context.Context, srv *http.Server, l net.Listener, conns *webConns, served <-chan struct{}) error {
 	srv.SetKeepAlivesEnabled(false)
 	_ = l.Close()
+	grace := time.NewTimer(newConnGrace)
+	defer grace.Stop()
 	select {
 	case <-served:
-		select {
-		case <-conns.quieted():
-		case <-ctx.Done():
+	wait:
+		for {
+			select {
+			case <-conns.quieted():
+				break wait
+			case <-grace.C:
+				conns.closeNew()
+			case <-ctx.Done():
+				break wait
+			}
 		}
 	case <-ctx.Done():
 	}

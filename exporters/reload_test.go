@@ -3,11 +3,16 @@ package exporters
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	promconfig "github.com/prometheus/common/config"
 
 	"github.com/capstan-power/capstan/internal/sample"
 )
@@ -40,6 +45,14 @@ func dialAccepted(t *testing.T, addr string) net.Conn {
 	return conn
 }
 
+// waitLongForRequests makes a stop wait for a request on a new connection for as long as the
+// test needs to send it, however loaded the machine.
+func waitLongForRequests(t *testing.T) {
+	old := newConnGrace
+	newConnGrace = time.Minute
+	t.Cleanup(func() { newConnGrace = old })
+}
+
 // stopping starts e's Shutdown, as a reload does, and returns once its server accepts no more
 // (its listener is closed); the returned channel has Shutdown's error.
 func stopping(t *testing.T, e *Exporters) <-chan error {
@@ -67,6 +80,7 @@ func stopping(t *testing.T, e *Exporters) <-chan error {
 // answer. (net/http's Shutdown drops a request read after it began, closing the connection:
 // the scraper gets EOF on a fresh connection, which no HTTP client retries.)
 func TestAcceptedConnectionServedThroughReload(t *testing.T) {
+	waitLongForRequests(t)
 	k := NewListeners()
 	defer k.Close()
 	store := sample.NewStore()
@@ -106,6 +120,7 @@ func TestAcceptedConnectionServedThroughReload(t *testing.T) {
 // A scrape in flight when a reload begins gets its whole answer, with Connection: close, and
 // Shutdown waits for it.
 func TestInFlightScrapeFinishesThroughReload(t *testing.T) {
+	waitLongForRequests(t)
 	k := NewListeners()
 	defer k.Close()
 	first := startKept(t, k, sample.NewStore())
@@ -130,5 +145,99 @@ func TestInFlightScrapeFinishesThroughReload(t *testing.T) {
 	}
 	if err := <-stopped; err != nil {
 		t.Errorf("Shutdown: %v", err)
+	}
+}
+
+// A connection a client opened ahead of need, with no request on it, does not hold a reload:
+// the stop closes it after newConnGrace instead of waiting for its ReadHeaderTimeout.
+func TestIdleNewConnectionDoesNotHoldReload(t *testing.T) {
+	k := NewListeners()
+	defer k.Close()
+	first := startKept(t, k, sample.NewStore())
+	conn := dialAccepted(t, first.Addr().String())
+	// Far longer than the grace, far shorter than the server's ReadHeaderTimeout.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := first.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown with a connection that sends nothing: %v", err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := conn.Read(make([]byte, 1)); err == nil {
+		t.Errorf("the connection got %d bytes, want it closed", n)
+	}
+}
+
+// Scrapers get an answer to every scrape through a series of reloads: Prometheus's own HTTP
+// client (keep-alive connections, as its scraper makes them) and one-shot scrapers (a connection
+// per scrape, as curl or a probe make them), several at a time.
+func TestScrapersThroughReloads(t *testing.T) {
+	k := NewListeners()
+	defer k.Close()
+	store := sample.NewStore()
+	cur := startKept(t, k, store)
+	url := "http://" + cur.Addr().String() + "/metrics"
+
+	prom, err := promconfig.NewClientFromConfig(promconfig.DefaultHTTPClientConfig, "capstan-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prom.Timeout = 20 * time.Second
+	oneShot := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	clients := []*http.Client{prom, prom, oneShot, oneShot}
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var scrapes atomic.Int64
+	failures := make(chan error, 100)
+	for _, c := range clients {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				req, err := http.NewRequest(http.MethodGet, url, http.NoBody)
+				if err != nil {
+					failures <- err
+					return
+				}
+				resp, err := c.Do(req)
+				if err == nil {
+					_, err = io.Copy(io.Discard, resp.Body)
+					_ = resp.Body.Close()
+					if err == nil && resp.StatusCode != http.StatusOK {
+						err = fmt.Errorf("status %d", resp.StatusCode)
+					}
+				}
+				scrapes.Add(1)
+				if err != nil {
+					select {
+					case failures <- err:
+					default:
+					}
+				}
+			}
+		})
+	}
+	const reloads = 30
+	for range reloads {
+		// Let some scrapes reach this server before it stops.
+		for n := scrapes.Load(); scrapes.Load() < n+4; {
+			time.Sleep(time.Millisecond)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if err := cur.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		cancel()
+		cur = startKept(t, k, store)
+	}
+	shutdownAtEnd(t, cur)
+	close(stop)
+	wg.Wait()
+	close(failures)
+	for err := range failures {
+		t.Errorf("a scrape during %d reloads failed: %v", reloads, err)
 	}
 }
