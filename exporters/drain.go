@@ -19,7 +19,9 @@ import (
 //     closes after it; connections idle at that moment are closed), the listener closed (new
 //     connections wait in the accept queue for the next server), and then a wait until no
 //     connection is reading or answering a request: each request already accepted is served.
-//     A connection with no request yet gets newConnGrace for it, then is closed.
+//     A connection of the kept socket of which nothing was read yet goes to the next server,
+//     as if still in the accept queue (keptConn); any other without a request yet gets
+//     newConnGrace for it, then is closed.
 //  2. Shutdown, which then finds only idle connections (HTTP/2 ones, which it ends with GOAWAY)
 //     and nothing in flight.
 //
@@ -79,19 +81,33 @@ func (w *webConns) quieted() <-chan struct{} {
 	return w.quiet
 }
 
-// newConnGrace is how long a stop waits for the request of a connection accepted without one
-// yet. The scraper that dialed it has most likely sent it already (it arrives within a round
-// trip, and the server reads it as soon as its goroutine runs); a connection still without a
-// request after that is one a client opened ahead of need (Go's transport keeps the spare
-// connections it dials), and would otherwise hold the reload until ReadHeaderTimeout.
+// newConnGrace is how long a server that is not on the kept socket (so has no next server to
+// hand its connections to) waits, when it stops, for the request of a connection accepted
+// without one yet. The scraper that dialed it has most likely sent it already (it arrives within
+// a round trip, and the server reads it as soon as its goroutine runs); a connection still
+// without a request after that is one a client opened ahead of need (Go's transport keeps the
+// spare connections it dials), and would otherwise hold the stop until ReadHeaderTimeout.
 var newConnGrace = 250 * time.Millisecond
 
-// closeNew closes the connections on which no request has been read.
+// detachNew hands the connections of the kept socket of which nothing was read yet to the next
+// server (keptConn.detach).
+func (w *webConns) detachNew() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for c, s := range w.state {
+		if kc := detachable(c); s == http.StateNew && kc != nil {
+			kc.detach()
+		}
+	}
+}
+
+// closeNew closes the connections on which no request has been read and that no next server
+// can take (not from the kept socket).
 func (w *webConns) closeNew() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for c, s := range w.state {
-		if s == http.StateNew {
+		if s == http.StateNew && detachable(c) == nil {
 			_ = c.Close()
 		}
 	}
@@ -107,6 +123,7 @@ func drainServer(ctx context.Context, srv *http.Server, l net.Listener, conns *w
 	defer grace.Stop()
 	select {
 	case <-served:
+		conns.detachNew()
 	wait:
 		for {
 			select {
