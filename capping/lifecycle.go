@@ -316,3 +316,25 @@ func (c *Controller) RestoreFromState() error {
 	c.log.Info("capping stopped: original GPU limits restored from the state file", "state_file", c.set.StateFile)
 	return nil
 }
+
+// KeepFromState marks the state file clean when this process wrote it and could not mark it
+// (a reload on a full disk), without writing any limit. It is the way out of an agent whose
+// configuration did not start again after a reload held the limits, with on-exit keep: the
+// limits stay, and the next start must take them for kept, not for a crash's.
+func KeepFromState(path string) error {
+	if _, err := lockState(path); err != nil {
+		return fmt.Errorf("capping: not marking the state file clean: %w", err)
+	}
+	defer unlockState(path, false)
+	st, err := ReadState(path)
+	if err != nil || st == nil || st.Clean || !st.writtenHere() {
+		return err // a file another process left is not this one to mark
+	}
+	st.Clean = true
+	if err := writeState(path, st); err != nil {
+		if ierr := markCleanInPlace(path, st); ierr != nil {
+			return fmt.Errorf("capping: marking the state file clean: %w", errors.Join(err, ierr))
+		}
+	}
+	return nil
+}
