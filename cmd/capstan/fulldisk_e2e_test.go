@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,9 +9,15 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/capstan-power/capstan/capping/cluster"
+	"github.com/capstan-power/capstan/internal/etcdtest"
 	"github.com/capstan-power/capstan/internal/otlptest"
+	"github.com/capstan-power/capstan/internal/soak/devstate"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 // A reload on a full state disk, against the binary: the state file lives on a 64 KiB tmpfs
@@ -138,4 +145,65 @@ func sum(l []float64) float64 {
 		s += v
 	}
 	return s
+}
+
+// A cluster node (on-exit restore) whose configuration does not start again after a reload on
+// a full disk restores on its way out only within the floor its group keeps for it: 880 W for
+// four 200–700 W GPUs is each GPU's 200 W minimum plus 4 % of the way to its 700 W original,
+// 220 W, not the 700 W originals a restore that knows no floor writes.
+func TestNoStartAfterAReloadOnAFullStateDiskRestoresWithinTheFloor(t *testing.T) {
+	state := filepath.Join(tinyTmpfs(t), "state.json")
+	_, eps := etcdtest.Start(t, 1, nil)
+	ep := "http://" + eps[0]
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	keys := cluster.Keys{Prefix: "/capstan/v1", Group: "row-a"}
+	if err := cluster.SetBudget(ctx, cli, keys, cluster.BudgetRecord{Watts: 1400, FloorPerNodeW: 880, SetBy: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	addr := otlptest.FreeAddr(t)
+	devices := filepath.Join(t.TempDir(), "devices.json")
+	a := startAgentEnv(t, []string{"CAPSTAN_TEST_INJECT_FAULT=start-after-reload"},
+		"--gpu.backend=sim", "--gpu.sim.count=4", "--gpu.sim.trace=steady", "--gpu.sim.state-file="+devices,
+		"--web.listen-address="+addr, "--capping.enabled", "--capping.period=200ms", "--capping.state-file="+state,
+		"--capping.on-exit=restore", "--capping.after-crash=adopt", "--node.name=gpu-1",
+		"--budget.source=etcd", "--etcd.endpoints="+ep, "--etcd.group=row-a", "--etcd.lease-ttl=2s")
+	a.waitLog(t, "agent ready")
+	var l []float64
+	if !testkit.Poll(agentWait, func() bool {
+		l = requestedLimits(t, addr)
+		return len(l) == 4 && sum(l) <= 1400*1.05
+	}) {
+		t.Fatalf("limits never capped to the 1400 W grant: %v; logs:\n%s", l, a.Logs())
+	}
+	fillDisk(t, filepath.Dir(state))
+	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-a.done:
+	case <-time.After(agentWait):
+		t.Fatalf("the agent did not exit when no configuration started; logs:\n%s", a.Logs())
+	}
+	logs := a.Logs()
+	if code := exitStatus(t, a.cmd); code != 1 {
+		t.Errorf("exit %d, want 1; logs:\n%s", code, logs)
+	}
+	dev, err := devstate.Read(devices)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range dev.GPUs {
+		if g.LimitMW != 220_000 {
+			t.Errorf("GPU %d limit %d mW after the exit, want 220000 (the restore within the node's 880 W floor); logs:\n%s", g.Index, g.LimitMW, logs)
+		}
+	}
+	if st := readState(t, state); !st.Clean || len(st.GPUs) != 4 || st.GPUs[0].OriginalMilliwatts != 700_000 {
+		t.Errorf("state file after a restore within the floor: %+v, want it kept, marked clean, with the 700 W originals", st)
+	}
 }
