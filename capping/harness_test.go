@@ -117,6 +117,7 @@ func (r *rig) startOn(lib nvml.Interface, src budget.Source) {
 func (r *rig) die() {
 	r.c.started = false
 	unlockState(r.set.StateFile, false)
+	processToken = newProcessToken() // the successor is another process
 }
 
 // step advances the clock one period and ticks.

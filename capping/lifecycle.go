@@ -68,6 +68,12 @@ func (c *Controller) start() error {
 	case st == nil:
 	case st.Clean:
 		c.log.Info("capping: resuming with the original limits from the state file", "state_file", c.set.StateFile)
+	case st.writtenHere():
+		// A configuration of this agent before a reload could not mark the file clean (a
+		// full disk): a hand-over, not a crash, so the limits it held are taken over as a
+		// reload takes them.
+		c.log.Warn("capping: resuming with the original limits from the state file this agent's previous configuration could not mark clean",
+			"state_file", c.set.StateFile)
 	case c.set.AfterCrash == "adopt":
 		c.log.Warn("capping: state file left by an agent that did not stop cleanly; adopting the limits in force", "state_file", c.set.StateFile, "pid", st.PID)
 	default:
@@ -77,7 +83,11 @@ func (c *Controller) start() error {
 			c.log.Error("capping: restoring limits after a crash failed on some GPUs", "err", err)
 		}
 	}
-	if err := c.saveState(false); err != nil {
+	if st.writtenHere() && !st.Clean && sameOriginals(st.GPUs, c.state(false).GPUs) {
+		// The file already says what this controller would save (this agent's originals,
+		// capping running): nothing to write, so a full disk does not stop a reload.
+		c.log.Info("capping: the state file already holds these original limits; not saving it again", "state_file", c.set.StateFile)
+	} else if err := c.saveState(false); err != nil {
 		return fmt.Errorf("capping: not writing any limit, the original limits could not be saved: %w", err)
 	}
 	if st == nil {
@@ -135,13 +145,33 @@ func (c *Controller) sumEnforced() float64 {
 	return sum
 }
 
-func (c *Controller) saveState(clean bool) error {
-	st := &State{Clean: clean, PID: os.Getpid(), Saved: time.Now().UTC()}
+// state is what the state file says for this controller.
+func (c *Controller) state(clean bool) *State {
+	st := &State{Clean: clean, PID: os.Getpid(), Process: processToken, Saved: time.Now().UTC()}
 	for _, g := range c.gpus {
 		st.GPUs = append(st.GPUs, GPUState{UUID: g.uuid, Index: g.index, OriginalMilliwatts: g.originalMW})
 	}
 	st.GPUs = append(st.GPUs, c.others...)
-	return writeState(c.set.StateFile, st)
+	return st
+}
+
+func (c *Controller) saveState(clean bool) error {
+	return writeState(c.set.StateFile, c.state(clean))
+}
+
+// markClean saves the state file marked clean; when that fails (a full disk), a file this
+// process wrote with the same originals is marked clean in place, so that the next start
+// takes the limits left in place for what they are, not for a crash's.
+func (c *Controller) markClean() error {
+	err := c.saveState(true)
+	if err == nil {
+		return nil
+	}
+	if ierr := markCleanInPlace(c.set.StateFile, c.state(true)); ierr != nil {
+		return errors.Join(err, ierr)
+	}
+	c.log.Warn("capping: the state file could not be written; marked clean in place", "state_file", c.set.StateFile, "err", err)
+	return nil
 }
 
 // leaveWatts is the most the limits may sum to while no agent steers them: the source's (a
@@ -192,6 +222,10 @@ func (c *Controller) Stop(how Exit) error {
 	c.started = false
 	// A reload's next controller takes the lock over; any other stop lets it go.
 	defer unlockState(c.set.StateFile, how == ExitHold)
+	if how == ExitHold {
+		// Should no configuration start again, the agent's way out restores within it.
+		holdLeave(c.set.StateFile, c.leaveWatts())
+	}
 	if how == ExitConfigured && c.set.OnExit == "restore" {
 		// A cluster node's group keeps only its floor once it left: originals beyond it wait
 		// in the state file for the next start.
@@ -203,7 +237,7 @@ func (c *Controller) Stop(how Exit) error {
 		// Originals not all written back (the group floor), or those of GPUs this agent could
 		// not cap, live on only in the state file: keep it, marked clean.
 		if !complete || len(c.others) > 0 {
-			if err := c.saveState(true); err != nil {
+			if err := c.markClean(); err != nil {
 				return fmt.Errorf("capping: marking the state file clean: %w", err)
 			}
 			if !complete {
@@ -220,7 +254,14 @@ func (c *Controller) Stop(how Exit) error {
 		c.log.Info("capping stopped: original GPU limits restored")
 		return nil
 	}
-	if err := c.saveState(true); err != nil {
+	mark := c.markClean
+	if how == ExitHold {
+		// Not in place: the next configuration's controller would then find a clean file it
+		// must mark running again, which a full disk refuses. Left as it is, the file is this
+		// process's, which the next controller takes for the hand-over it is.
+		mark = func() error { return c.saveState(true) }
+	}
+	if err := mark(); err != nil {
 		return fmt.Errorf("capping: marking the state file clean: %w", err)
 	}
 	c.log.Info("capping stopped: GPU limits left in place", "state_file", c.set.StateFile)
@@ -231,8 +272,9 @@ func (c *Controller) Stop(how Exit) error {
 // capping and without saving anything first. It is the way out of an agent whose configuration
 // did not start again after a reload held the limits: a state file that cannot be written (a
 // full disk) must not keep the GPUs at the held limits. The originals go back within the
-// source's leave bound, as Stop's do; the file is kept (marked clean where it can be written)
-// when not every original went back.
+// source's leave bound, as Stop's do, and within the one the controller that held them knew
+// (a cluster node's floor: the agent restores through a static source); the file is kept
+// (marked clean where it can be written) when not every original went back.
 func (c *Controller) RestoreFromState() error {
 	if c.set.DryRun {
 		return nil
@@ -255,12 +297,15 @@ func (c *Controller) RestoreFromState() error {
 		c.takeOriginal(g, st)
 	}
 	c.keepOthers(st)
-	complete, err := c.restoreWithin(c.leaveWatts())
+	// The source here knows no bound (the agent restores through a static one); the
+	// configuration that held the limits knew its node's (a cluster node's floor).
+	leave := min(c.leaveWatts(), heldLeave(c.set.StateFile))
+	complete, err := c.restoreWithin(leave)
 	if err != nil {
 		return fmt.Errorf("capping: restoring the original limits (state file %s kept for the next start): %w", c.set.StateFile, err)
 	}
 	if !complete || len(c.others) > 0 {
-		if err := c.saveState(true); err != nil {
+		if err := c.markClean(); err != nil {
 			c.log.Warn("capping: original limits restored as far as allowed; the state file could not be marked clean", "state_file", c.set.StateFile, "err", err)
 		}
 		return nil
@@ -269,5 +314,27 @@ func (c *Controller) RestoreFromState() error {
 		return fmt.Errorf("capping: removing state file: %w", err)
 	}
 	c.log.Info("capping stopped: original GPU limits restored from the state file", "state_file", c.set.StateFile)
+	return nil
+}
+
+// KeepFromState marks the state file clean when this process wrote it and could not mark it
+// (a reload on a full disk), without writing any limit. It is the way out of an agent whose
+// configuration did not start again after a reload held the limits, with on-exit keep: the
+// limits stay, and the next start must take them for kept, not for a crash's.
+func KeepFromState(path string) error {
+	if _, err := lockState(path); err != nil {
+		return fmt.Errorf("capping: not marking the state file clean: %w", err)
+	}
+	defer unlockState(path, false)
+	st, err := ReadState(path)
+	if err != nil || st == nil || st.Clean || !st.writtenHere() {
+		return err // a file another process left is not this one to mark
+	}
+	st.Clean = true
+	if err := writeState(path, st); err != nil {
+		if ierr := markCleanInPlace(path, st); ierr != nil {
+			return fmt.Errorf("capping: marking the state file clean: %w", errors.Join(err, ierr))
+		}
+	}
 	return nil
 }

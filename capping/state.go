@@ -1,10 +1,14 @@
 package capping
 
 import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -23,11 +27,28 @@ type State struct {
 	// Clean is true when the agent that wrote the file stopped on purpose and left its limits
 	// in place (on_exit keep, or a configuration reload); false while capping runs, so a file
 	// found with Clean false was left by a crash.
-	Clean bool       `json:"clean"`
-	PID   int        `json:"pid"`
-	Saved time.Time  `json:"saved"`
-	GPUs  []GPUState `json:"gpus"`
+	Clean bool `json:"clean"`
+	PID   int  `json:"pid"`
+	// Process is a token drawn once per agent process: a file that carries this process's
+	// token was written by it (a configuration before a reload), not by a crashed agent, also
+	// when it is not marked clean (the mark failed on a full disk). A PID alone cannot say so:
+	// an agent in a container is PID 1 in every life.
+	Process string     `json:"process,omitempty"`
+	Saved   time.Time  `json:"saved"`
+	GPUs    []GPUState `json:"gpus"`
 }
+
+// processToken is this process's State.Process.
+var processToken = newProcessToken()
+
+func newProcessToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand never fails on Linux
+	return hex.EncodeToString(b[:])
+}
+
+// writtenHere reports whether this process wrote the state.
+func (s *State) writtenHere() bool { return s != nil && s.Process != "" && s.Process == processToken }
 
 // GPUState is one GPU's original limit, keyed by UUID because indexes can change across boots.
 type GPUState struct {
@@ -121,6 +142,63 @@ func WriteState(path string, s *State) error {
 	return nil
 }
 
+// markCleanInPlace marks the state file at path clean without writing a new file: the way
+// WriteState cannot take on a full disk. It changes the file only when it holds exactly want
+// but for Clean (this process's file with the same originals, not marked clean), and then only
+// the five bytes of Clean's value in place ("false" becomes "true "), which needs no new block
+// and is one write within a sector, so the file is never torn.
+func markCleanInPlace(path string, want *State) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var st State
+	if err := json.Unmarshal(data, &st); err != nil {
+		return fmt.Errorf("reading capping state file %s: %w", path, err)
+	}
+	if st.Clean {
+		return nil
+	}
+	if !st.writtenHere() || !sameOriginals(st.GPUs, want.GPUs) {
+		return fmt.Errorf("capping state file %s is not this agent's with the same original limits", path)
+	}
+	const from, to = `"clean": false`, `"clean": true `
+	at := bytes.Index(data, []byte(from))
+	if at < 0 || bytes.Count(data, []byte(`"clean"`)) != 1 {
+		return fmt.Errorf("capping state file %s: no single clean field to mark", path)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteAt([]byte(to), int64(at)); err != nil {
+		f.Close()
+		return fmt.Errorf("marking capping state file %s clean in place: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("syncing capping state file %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// sameOriginals reports whether a and b hold the same original limit for the same GPUs.
+func sameOriginals(a, b []GPUState) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	m := make(map[string]uint32, len(a))
+	for _, g := range a {
+		m[g.UUID] = g.OriginalMilliwatts
+	}
+	for _, g := range b {
+		if mw, ok := m[g.UUID]; !ok || mw != g.OriginalMilliwatts {
+			return false
+		}
+	}
+	return len(m) == len(b)
+}
+
 // The state file is locked for as long as a controller caps with it, so that a second agent
 // given the same file refuses to start instead of taking the first one's live PID for a crash.
 // The lock is an flock on a file beside the state file (the state file itself is replaced by
@@ -134,6 +212,12 @@ type stateLock struct {
 	holder lockHolder
 	// handedOver is true between a controller's Stop(ExitHold) and the next Start.
 	handedOver bool
+	// leaveW is the bound on the limits' sum the last controller that held them (Stop with
+	// ExitHold) knew for a node no agent steers (a cluster node's floor; +Inf for none),
+	// when leaveKnown. A restore from the state file by a controller that does not know it
+	// (no configuration started again after the reload) stays within it.
+	leaveW     float64
+	leaveKnown bool
 }
 
 // lockHolder is what the lock file says about the process that holds it.
@@ -227,4 +311,24 @@ func unlockState(path string, handOver bool) {
 	}
 	delete(stateLocks.held, key)
 	l.f.Close() // closing the only descriptor releases the flock
+}
+
+// holdLeave records, for a reload's hand-over of the lock on path, the bound on the limits' sum
+// the holding controller knew for the node once no agent steers it.
+func holdLeave(path string, w float64) {
+	stateLocks.Lock()
+	defer stateLocks.Unlock()
+	if l, ok := stateLocks.held[lockKey(path)]; ok {
+		l.leaveW, l.leaveKnown = w, true
+	}
+}
+
+// heldLeave is what holdLeave recorded for the lock on path this process holds, or +Inf.
+func heldLeave(path string) float64 {
+	stateLocks.Lock()
+	defer stateLocks.Unlock()
+	if l, ok := stateLocks.held[lockKey(path)]; ok && l.leaveKnown {
+		return l.leaveW
+	}
+	return math.Inf(1)
 }

@@ -90,14 +90,14 @@ func (l *keptListener) Accept() (net.Conn, error) {
 		case <-l.closed:
 			return nil, net.ErrClosed
 		case c := <-l.k.handed:
-			return c, nil
+			return &keptConn{Conn: c, k: l.k}, nil
 		default:
 		}
 		c, err := l.tcp.Accept()
 		select {
 		case <-l.closed:
 			if err == nil {
-				l.handOver(c)
+				l.k.handOn(c)
 			}
 			return nil, net.ErrClosed
 		default:
@@ -105,16 +105,10 @@ func (l *keptListener) Accept() (net.Conn, error) {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			continue // the deadline of a server stopped before this one
 		}
-		return c, err
-	}
-}
-
-// handOver keeps a connection accepted while the server stopped for the next server.
-func (l *keptListener) handOver(c net.Conn) {
-	select {
-	case l.k.handed <- c:
-	default:
-		_ = c.Close()
+		if err != nil {
+			return nil, err
+		}
+		return &keptConn{Conn: c, k: l.k}, nil
 	}
 }
 

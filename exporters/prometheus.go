@@ -92,19 +92,22 @@ func (e *Exporters) Start(ctx context.Context) error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(e.log.Handler(), slog.LevelWarn),
 	}
+	conns := newWebConns()
+	srv.ConnState = conns.track
 	flags := &web.FlagConfig{
 		WebListenAddresses: &[]string{l.Addr().String()},
 		WebSystemdSocket:   new(bool),
 		WebConfigFile:      &configFile,
 	}
 	done := make(chan struct{})
-	e.server, e.listener, e.serveDone = srv, l, done
+	e.server, e.listener, e.conns, e.serveDone = srv, l, conns, done
 	panics.Go("web server", func() {
 		defer close(done)
 		// Serve closes l itself, except when it fails before serving (a config file that became
 		// unreadable since Validate).
 		defer l.Close()
-		if err := web.Serve(l, srv, flags, e.log); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		// stopServer closes l: Serve then returns net.ErrClosed.
+		if err := web.Serve(l, srv, flags, e.log); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			e.log.Error("web server stopped; /metrics, /healthz and /readyz are unavailable", "address", l.Addr().String(), "err", err)
 		}
 	})
@@ -121,17 +124,16 @@ func (e *Exporters) Addr() net.Addr {
 	return e.listener.Addr()
 }
 
-// stopServer stops accepting, waits for in-flight requests (bounded by ctx) and for the serve
-// goroutine.
+// stopServer stops accepting, answers the requests on the connections already accepted (bounded
+// by ctx; see drainServer) and waits for the serve goroutine.
 func (e *Exporters) stopServer(ctx context.Context) error {
 	e.mu.Lock()
-	srv, done := e.server, e.serveDone
+	srv, l, conns, done := e.server, e.listener, e.conns, e.serveDone
 	e.mu.Unlock()
 	if srv == nil {
 		return nil
 	}
-	if err := srv.Shutdown(ctx); err != nil {
-		_ = srv.Close()
+	if err := drainServer(ctx, srv, l, conns, done); err != nil {
 		return fmt.Errorf("stopping the web server: %w", err)
 	}
 	select {

@@ -93,6 +93,8 @@ type promExposition struct {
 	written map[string]bool
 	// warned holds what was already logged, so a broken metric is logged once, not per scrape.
 	warned map[string]bool
+	// prefixScratch is where a new series' prefix is written before it is kept at its exact size.
+	prefixScratch []byte
 }
 
 // promSeries is what the exposition keeps per series of the store: its rendered
@@ -506,13 +508,17 @@ func (x *promExposition) appendStore(b []byte, sm *metricdata.ScopeMetrics, span
 		for k := range pts {
 			ps := &states[k].reader
 			if ps.prefix == nil && !ps.bad {
-				prefix, err := x.appendSeriesPrefix(nil, fam.name, pts[k].Attributes)
+				// Every series keeps its prefix for as long as it lives: written in the
+				// scratch buffer and copied out, it holds no spare capacity from growing.
+				prefix, err := x.appendSeriesPrefix(x.prefixScratch[:0], fam.name, pts[k].Attributes)
+				x.prefixScratch = prefix
 				if err != nil {
 					ps.bad = true
 					x.warnOnce(fam.name, "dropping a series from /metrics: its attributes have no Prometheus labels",
 						"metric", fam.name, "err", err)
+				} else {
+					ps.prefix = bytes.Clone(prefix)
 				}
-				ps.prefix = prefix
 			}
 			if ps.bad {
 				continue

@@ -86,6 +86,7 @@ type Exporters struct {
 	started   bool
 	server    *http.Server
 	listener  net.Listener
+	conns     *webConns
 	serveDone chan struct{}
 
 	shutdownOnce sync.Once

@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -364,39 +366,47 @@ func TestSIGHUPReloadsAndKeepsRunningOnABadFile(t *testing.T) {
 }
 
 // Scrapes during a storm of reloads are all answered: the web socket stays open from one
-// configuration to the next, and a scrape between two waits for the next web server.
+// configuration to the next, a scrape between two waits for the next web server, and the old
+// one answers what it accepted. Two scrapers: one keeping its connection alive, as Prometheus
+// does, and one with a connection per scrape, as curl does.
 func TestScrapesAnsweredThroughReloads(t *testing.T) {
 	addr := otlptest.FreeAddr(t)
 	a := startAgent(t, "--gpu.backend=sim", "--gpu.sim.count=2", "--web.listen-address="+addr)
 	a.waitLog(t, "agent ready")
 	stop := make(chan struct{})
 	failures := make(chan error, 1000)
-	scrapes := 0
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		client := &http.Client{Timeout: 10 * time.Second}
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			resp, err := client.Get("http://" + addr + "/metrics")
-			if err == nil {
-				_, _ = io.Copy(io.Discard, resp.Body)
-				_ = resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					err = fmt.Errorf("status %d", resp.StatusCode)
+	var scrapes atomic.Int64
+	var scrapers sync.WaitGroup
+	for _, client := range []*http.Client{
+		{Timeout: 10 * time.Second},
+		{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}},
+	} {
+		scrapers.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
 				}
+				resp, err := client.Get("http://" + addr + "/metrics")
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					_ = resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						err = fmt.Errorf("status %d", resp.StatusCode)
+					}
+				}
+				scrapes.Add(1)
+				if err != nil {
+					select {
+					case failures <- err:
+					default:
+					}
+				}
+				time.Sleep(5 * time.Millisecond)
 			}
-			scrapes++
-			if err != nil {
-				failures <- err
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}()
+		})
+	}
 	for i := range 5 {
 		if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 			t.Fatal(err)
@@ -406,13 +416,13 @@ func TestScrapesAnsweredThroughReloads(t *testing.T) {
 	}
 	a.waitLogCount(t, "agent ready", 6)
 	close(stop)
-	<-done
+	scrapers.Wait()
 	close(failures)
 	for err := range failures {
 		t.Errorf("a scrape during reloads failed: %v", err)
 	}
-	if scrapes < 10 {
-		t.Errorf("only %d scrapes during 5 reloads", scrapes)
+	if n := scrapes.Load(); n < 10 {
+		t.Errorf("only %d scrapes during 5 reloads", n)
 	}
 	if code := a.stop(t); code != 0 {
 		t.Errorf("exit %d after SIGTERM", code)

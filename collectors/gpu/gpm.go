@@ -58,17 +58,17 @@ var gpmLinks = [...]struct {
 
 const bytesPerMiB = 1 << 20
 
-// gpm is one GPU's GPM state: two samples used in turn, the request NVML fills (built once:
-// it is large, 477 metric slots) and where each series' metrics sit in it.
+// gpm is one GPU's GPM state: two samples used in turn, the metrics it asks for and where each
+// series' metrics sit among them.
 type gpm struct {
 	supported    *sample.Series
 	isSupported  bool
 	samples      [2]nvml.GpmSample
-	latest       int  // index of the sample taken last
-	havePrevious bool // samples[latest] holds a sample to compute from
-	request      nvml.GpmMetricsGetType
+	latest       int                // index of the sample taken last
+	havePrevious bool               // samples[latest] holds a sample to compute from
+	ids          []nvml.GpmMetricId // the metrics asked for, in request order
 	engine       [len(gpmEngines)]*sample.Series
-	engineSlots  [len(gpmEngines)][]int // indexes in request.Metrics
+	engineSlots  [len(gpmEngines)][]int // indexes in ids
 	link         [len(gpmLinks)]*sample.Series
 	linkSlot     [len(gpmLinks)]int
 }
@@ -172,14 +172,14 @@ func (c *Collector) closeGPM() {
 
 // build lays out the request: every metric of every series once, in order.
 func (g *gpm) build(base *sample.Series) {
-	n := 0
+	g.ids = make([]nvml.GpmMetricId, 0, gpmDeviceMetrics)
 	add := func(id nvml.GpmMetricId) int {
-		g.request.Metrics[n].MetricId = uint32(id)
-		n++
-		return n - 1
+		g.ids = append(g.ids, id)
+		return len(g.ids) - 1
 	}
 	for i, e := range gpmEngines {
 		g.engine[i] = base.With(metrics.GPUActivity, attribute.String(metrics.AttrGPUEngine, e.name))
+		g.engineSlots[i] = make([]int, 0, len(e.metrics))
 		for _, id := range e.metrics {
 			g.engineSlots[i] = append(g.engineSlots[i], add(id))
 		}
@@ -189,8 +189,35 @@ func (g *gpm) build(base *sample.Series) {
 			attribute.String(metrics.AttrGPULink, l.link), attribute.String(metrics.AttrIODirection, l.direction))
 		g.linkSlot[i] = add(l.metric)
 	}
-	g.request.NumMetrics = uint32(n)
-	g.request.Version = nvml.GPM_METRICS_GET_VERSION
+}
+
+// gpmDeviceMetrics is how many metrics a GPU's request holds: each engine's and each link's.
+var gpmDeviceMetrics = gpmEngineMetrics() + len(gpmLinks)
+
+func gpmEngineMetrics() int {
+	n := 0
+	for _, e := range gpmEngines {
+		n += len(e.metrics)
+	}
+	return n
+}
+
+// gpmMetrics asks NVML for metrics ids between samples s1 and s2. Every GPU and GPU instance
+// shares the collector's one request (477 metric slots, 19 KB), which collections, one at a
+// time, fill in turn; the answer is valid until the next call.
+func (c *Collector) gpmMetrics(ids []nvml.GpmMetricId, s1, s2 nvml.GpmSample) (*nvml.GpmMetricsGetType, nvml.Return) {
+	if c.gpmRequest == nil {
+		c.gpmRequest = new(nvml.GpmMetricsGetType)
+	}
+	r := c.gpmRequest
+	r.Version, r.NumMetrics = nvml.GPM_METRICS_GET_VERSION, uint32(len(ids))
+	r.Sample1, r.Sample2 = s1, s2
+	for i, id := range ids {
+		r.Metrics[i] = nvml.GpmMetric{MetricId: uint32(id)}
+	}
+	ret := c.lib.GpmMetricsGet(r)
+	r.Sample1, r.Sample2 = nil, nil // the samples belong to their GPU
+	return r, ret
 }
 
 // collectGPM takes this collection's sample and, when the previous one is there, exports the
@@ -214,17 +241,14 @@ func (c *Collector) collectGPM(d *device, b *sample.Batch) {
 	if !had || !d.want(probeGPMMetrics) {
 		return
 	}
-	g.request.Sample1, g.request.Sample2 = g.samples[previous], g.samples[next]
-	for i := range g.request.Metrics[:g.request.NumMetrics] {
-		g.request.Metrics[i].NvmlReturn = 0
-	}
-	if ret := c.lib.GpmMetricsGet(&g.request); !c.ok(d, probeGPMMetrics, ret) {
+	req, ret := c.gpmMetrics(g.ids, g.samples[previous], g.samples[next])
+	if !c.ok(d, probeGPMMetrics, ret) {
 		return
 	}
 	for i, slots := range g.engineSlots {
 		sum, n := 0.0, 0
 		for _, k := range slots {
-			m := &g.request.Metrics[k]
+			m := &req.Metrics[k]
 			if nvml.Return(m.NvmlReturn) == nvml.SUCCESS {
 				sum += m.Value
 				n++
@@ -235,7 +259,7 @@ func (c *Collector) collectGPM(d *device, b *sample.Batch) {
 		}
 	}
 	for i, k := range g.linkSlot {
-		if m := &g.request.Metrics[k]; nvml.Return(m.NvmlReturn) == nvml.SUCCESS {
+		if m := &req.Metrics[k]; nvml.Return(m.NvmlReturn) == nvml.SUCCESS {
 			b.Add(g.link[i], m.Value*bytesPerMiB)
 		}
 	}

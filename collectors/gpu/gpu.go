@@ -67,6 +67,8 @@ type Collector struct {
 	// newlyUnsupported gathers, per query, the GPUs that answered "not supported" during one
 	// collection, so that it is said in one line per query rather than one per GPU.
 	newlyUnsupported [probeCount][]int
+	// gpmRequest is the one GPM request every GPU and GPU instance fills in turn (gpmMetrics).
+	gpmRequest *nvml.GpmMetricsGetType
 
 	mu sync.Mutex // one collection at a time: device state (counters, flags) is not shared
 }

@@ -59,10 +59,10 @@ type migGPM struct {
 	samples      [2]nvml.GpmSample
 	latest       int
 	havePrevious bool
-	request      nvml.GpmMetricsGetType
+	ids          []nvml.GpmMetricId // the metrics asked for, in request order
 	engine       [len(gpmEngines)]*sample.Series
-	engineSlots  [len(gpmEngines)][]int
-	seen         bool // the GPU instance is in the current layout
+	engineSlots  [len(gpmEngines)][]int // indexes in ids
+	seen         bool                   // the GPU instance is in the current layout
 }
 
 // collectMIG reports the GPU's MIG mode and each MIG device.
@@ -253,18 +253,16 @@ func (st *migState) add(d *device, k migKey, h nvml.Device) {
 const maxMIGDevices = 7
 
 func (g *migGPM) build(base *sample.Series, gi int, profile string) {
-	n := 0
+	g.ids = make([]nvml.GpmMetricId, 0, gpmEngineMetrics())
 	for i, e := range gpmEngines {
 		g.engine[i] = base.With(metrics.GPUMIGActivity, attribute.Int(metrics.AttrMIGGPUInstance, gi),
 			attribute.String(metrics.AttrMIGProfile, profile), attribute.String(metrics.AttrGPUEngine, e.name))
+		g.engineSlots[i] = make([]int, 0, len(e.metrics))
 		for _, id := range e.metrics {
-			g.request.Metrics[n].MetricId = uint32(id)
-			g.engineSlots[i] = append(g.engineSlots[i], n)
-			n++
+			g.engineSlots[i] = append(g.engineSlots[i], len(g.ids))
+			g.ids = append(g.ids, id)
 		}
 	}
-	g.request.NumMetrics = uint32(n)
-	g.request.Version = nvml.GPM_METRICS_GET_VERSION
 }
 
 // collectMIGGPM takes one GPM sample per GPU instance and exports the activity between it and
@@ -298,17 +296,14 @@ func (c *Collector) collectMIGGPM(d *device, st *migState, b *sample.Batch) {
 		if !had {
 			continue
 		}
-		g.request.Sample1, g.request.Sample2 = g.samples[previous], g.samples[next]
-		for i := range g.request.Metrics[:g.request.NumMetrics] {
-			g.request.Metrics[i].NvmlReturn = 0
-		}
-		if ret := c.lib.GpmMetricsGet(&g.request); !c.ok(d, probeGPMMetrics, ret) {
+		req, ret := c.gpmMetrics(g.ids, g.samples[previous], g.samples[next])
+		if !c.ok(d, probeGPMMetrics, ret) {
 			return
 		}
 		for i, slots := range g.engineSlots {
 			sum, n := 0.0, 0
 			for _, k := range slots {
-				if m := &g.request.Metrics[k]; nvml.Return(m.NvmlReturn) == nvml.SUCCESS {
+				if m := &req.Metrics[k]; nvml.Return(m.NvmlReturn) == nvml.SUCCESS {
 					sum += m.Value
 					n++
 				}

@@ -1,8 +1,6 @@
 package gpu
 
 import (
-	"reflect"
-	"strings"
 	"testing"
 	"time"
 
@@ -12,30 +10,19 @@ import (
 	"github.com/capstan-power/capstan/internal/clock"
 )
 
-// mockCalls lists the methods of a go-nvml moq mock that were called, with their count.
-func mockCalls(m any) map[string]int {
-	out := map[string]int{}
-	v := reflect.ValueOf(m)
-	for i := range v.NumMethod() {
-		name := v.Type().Method(i).Name
-		if !strings.HasSuffix(name, "Calls") || v.Method(i).Type().NumIn() != 0 {
-			continue
-		}
-		if n := v.Method(i).Call(nil)[0].Len(); n > 0 {
-			out[strings.TrimSuffix(name, "Calls")] = n
-		}
-	}
-	return out
-}
-
 // Every NVML call the collector makes is modelled by the sim: none falls through to the
-// "not supported" answer of go-nvml's mocks, which would hide a missing model (and whose call
-// records grow with every call).
+// "not supported" answer of the sim's generated methods, which would hide a missing model.
 func TestCollectorCallsOnlyModelledMethods(t *testing.T) {
 	for _, model := range sim.Models() {
 		t.Run(model, func(t *testing.T) {
 			clk := clock.NewManual(time.Unix(1_700_000_000, 0))
-			fleet, err := sim.New(sim.Options{Model: model, Count: 2, Trace: "training", Seed: 5, Clock: clk})
+			m, err := sim.LookupModel(model)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// One GPU whole, one split: MIG devices and GPU instances are asked too.
+			fleet, err := sim.New(sim.Options{Model: model, Count: 2, Trace: "training", Seed: 5, Clock: clk,
+				MIG: "off;2x" + m.MIGProfiles()[0].Name})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -50,13 +37,8 @@ func TestCollectorCallsOnlyModelledMethods(t *testing.T) {
 				clk.Advance(time.Second)
 				collect(t, c)
 			}
-			if calls := mockCalls(fleet.Interface); len(calls) > 0 {
-				t.Errorf("library calls the sim does not model: %v", calls)
-			}
-			for i := range fleet.Count() {
-				if calls := mockCalls(fleet.GPU(i).Device); len(calls) > 0 {
-					t.Errorf("GPU %d: device calls the sim does not model: %v", i, calls)
-				}
+			if calls := fleet.UnmodelledCalls(); len(calls) > 0 {
+				t.Errorf("calls the sim does not model: %v", calls)
 			}
 		})
 	}

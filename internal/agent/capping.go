@@ -183,10 +183,20 @@ func (r *cappingRun) stopOnce() {
 
 // restoreHeld writes back the original limits that a reload held for a controller that never
 // started, when capping.on-exit is restore: the agent is about to exit on an error, and nothing
-// else would put them back before the next start. It goes through a controller that starts from
-// the state file (clean after the hold, so it writes no limit) and stops at once.
+// else would put them back before the next start. It goes through a controller that restores
+// from the state file without saving it first, within the floor the holding configuration knew.
+// With on-exit keep the limits stay, and only the state file is marked clean.
 func restoreHeld(cfg *config.Config, clk clock.Clock, log *slog.Logger) {
-	if !cfg.Capping.Enabled || cfg.Capping.DryRun || cfg.Capping.OnExit != "restore" {
+	if !cfg.Capping.Enabled || cfg.Capping.DryRun {
+		return
+	}
+	if cfg.Capping.OnExit != "restore" {
+		// The held limits stay; the state file must say so, which the reload could not
+		// mark on a full disk, or the next start takes them for a crash's.
+		if err := capping.KeepFromState(cfg.Capping.StateFile); err != nil {
+			log.Error("capping: the state file could not be marked clean; the next start takes the held limits for a crash's",
+				"state_file", cfg.Capping.StateFile, "err", err)
+		}
 		return
 	}
 	if clk == nil {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"log/slog"
+	"os"
 	"runtime/debug"
 
 	"github.com/capstan-power/capstan/internal/config"
@@ -11,8 +12,28 @@ import (
 // (math.MaxInt64). memory.soft-limit-mib 0 goes back to it.
 var runtimeMemoryLimit = debug.SetMemoryLimit(-1)
 
-// applyMemory sets the Go runtime's soft memory limit from the configuration, at start and on
-// every reload.
+// defaultGCPercent is the agent's GOGC unless $GOGC or memory.gc-percent says otherwise. The
+// agent's live heap is small (series, their exporter state, a few buffers) and its garbage comes
+// from every export and scrape, so Go's 100 lets the heap reach twice what is live; 75 takes
+// most of what 50 saves while a /metrics scraped several times a second costs about as little
+// CPU as at 100 (docs/architecture.md, "Memory", gives the measurements).
+const defaultGCPercent = 75
+
+// runtimeGCPercent is the GC target the agent falls back to when memory.gc-percent is 0: $GOGC
+// as the runtime read it ("off" is -1) when set, else defaultGCPercent.
+var runtimeGCPercent = startGCPercent()
+
+func startGCPercent() int {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		return defaultGCPercent
+	}
+	p := debug.SetGCPercent(100)
+	debug.SetGCPercent(p)
+	return p
+}
+
+// applyMemory sets the Go runtime's soft memory limit and GC target from the configuration, at
+// start and on every reload.
 func applyMemory(m config.Memory, log *slog.Logger) {
 	limit := runtimeMemoryLimit
 	if m.SoftLimitMiB > 0 {
@@ -20,5 +41,12 @@ func applyMemory(m config.Memory, log *slog.Logger) {
 	}
 	if prev := debug.SetMemoryLimit(limit); prev != limit && m.SoftLimitMiB > 0 {
 		log.Info("Go runtime soft memory limit set", "mib", m.SoftLimitMiB)
+	}
+	percent := runtimeGCPercent
+	if m.GCPercent > 0 {
+		percent = m.GCPercent
+	}
+	if prev := debug.SetGCPercent(percent); prev != percent && m.GCPercent > 0 {
+		log.Info("Go runtime GC target set", "percent", m.GCPercent)
 	}
 }

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
-	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 
 	"github.com/capstan-power/capstan/internal/clock"
 )
@@ -70,7 +69,7 @@ type Options struct {
 // Fleet is a set of simulated GPUs that implements nvml.Interface. It is safe for concurrent
 // use: each GPU has its own lock.
 type Fleet struct {
-	*mock.Interface
+	unmodelledInterface
 
 	model  Model
 	trace  Trace
@@ -96,6 +95,8 @@ type Fleet struct {
 	files  *deviceFiles             // nil without a state or fault file
 	active atomic.Pointer[faultSet] // the error and hang faults in force; nil when none
 	sleep  func(time.Duration)      // how a hang fault waits
+
+	unmodelledCalls unmodelledCalls // handle calls answered "not supported" (unmodelled.go)
 }
 
 var (
@@ -138,19 +139,18 @@ func New(o Options) (*Fleet, error) {
 		driver = DefaultDriverVersion
 	}
 	f := &Fleet{
-		Interface: &mock.Interface{},
-		model:     m,
-		trace:     tr,
-		clock:     clk,
-		start:     clk.Now(),
-		seed:      o.Seed,
-		driver:    driver,
-		sets:      map[*EventSet]struct{}{},
-		sleep:     time.Sleep,
+		model:  m,
+		trace:  tr,
+		clock:  clk,
+		start:  clk.Now(),
+		seed:   o.Seed,
+		driver: driver,
+		sets:   map[*EventSet]struct{}{},
+		sleep:  time.Sleep,
 	}
 	f.setStep(stepN)
 	f.onDemand = o.OnDemand
-	answerUnmodelledLibrary(f)
+	f.unmodelledInterface = unmodelledInterface{f}
 	for i := range o.Count {
 		g := newGPU(f, i)
 		if migOn[i] {

@@ -2,7 +2,6 @@ package sim
 
 import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
-	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 )
 
 // GPM (GPU performance monitoring, Hopper and later) reports activity between two samples. The
@@ -77,7 +76,7 @@ func (m *Model) gpmSupported() bool { return m.Architecture >= nvml.DEVICE_ARCH_
 
 // GpmSample is a GPM sample of the simulated fleet.
 type GpmSample struct {
-	*mock.GpmSample
+	unmodelledGpmSample
 	fleet *Fleet
 
 	gpu    *GPU // nil until taken
@@ -94,8 +93,7 @@ func (f *Fleet) GpmSampleAlloc() (nvml.GpmSample, nvml.Return) {
 	if ret := f.ready(); ret != nvml.SUCCESS {
 		return nil, ret
 	}
-	s := &GpmSample{GpmSample: &mock.GpmSample{}, fleet: f}
-	answerUnmodelled(s.GpmSample, f.ready)
+	s := &GpmSample{unmodelledGpmSample: unmodelledGpmSample{f}, fleet: f}
 	return s, nvml.SUCCESS
 }
 

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
-	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 )
 
 // Time steps of the model. The fine step resolves the 100 ms power lag; a GPU that has not been
@@ -84,7 +83,7 @@ var dgxBuses = [8]uint32{0x18, 0x2a, 0x3a, 0x5d, 0x9a, 0xab, 0xba, 0xdb}
 
 // GPU is one simulated device; it implements nvml.Device.
 type GPU struct {
-	*mock.Device
+	unmodelledDevice
 	fleet *Fleet
 	index int
 
@@ -153,7 +152,6 @@ func newGPU(f *Fleet, i int) *GPU {
 	n := noise(f.seed)
 	m := &f.model
 	g := &GPU{
-		Device:      &mock.Device{},
 		fleet:       f,
 		index:       i,
 		uuid:        uuidOf(n, i),
@@ -169,7 +167,7 @@ func newGPU(f *Fleet, i int) *GPU {
 		// The counters of GPUs on one board do not update together.
 		counterPhase: int64(n.hash(streamCounterPhase, i, 0) % markEvery),
 	}
-	answerUnmodelled(g.Device, g.ready)
+	g.unmodelledDevice = unmodelledDevice{g}
 	domain, bus := uint32(i/len(dgxBuses)), dgxBuses[i%len(dgxBuses)]
 	g.busID = fmt.Sprintf(nvml.DEVICE_PCI_BUS_ID_FMT, domain, bus, 0)
 	g.busIDLegacy = fmt.Sprintf(nvml.DEVICE_PCI_BUS_ID_LEGACY_FMT, domain, bus, 0)

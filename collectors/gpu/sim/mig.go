@@ -6,7 +6,6 @@ import (
 	"sync/atomic"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
-	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 
 	"github.com/capstan-power/capstan/collectors/gpu/sim/miglayout"
 )
@@ -85,13 +84,11 @@ func (g *GPU) setMIG(enabled bool, profiles []MIGProfile) {
 	m.instances = m.instances[:0:0]
 	for i, p := range profiles {
 		id := i + 1
-		d := &MigDevice{Device: &mock.Device{}, parent: g, profile: p, giID: id, ciID: 0}
+		d := &MigDevice{parent: g, profile: p, giID: id, ciID: 0}
+		d.unmodelledDevice = unmodelledDevice{d}
 		d.uuid = migUUID(g.uuid, id, m.generation)
-		answerUnmodelled(d.Device, d.ready)
-		d.gi = &GpuInstance{GpuInstance: &mock.GpuInstance{}, dev: d}
-		answerUnmodelled(d.gi.GpuInstance, d.ready)
-		d.ci = &ComputeInstance{ComputeInstance: &mock.ComputeInstance{}, dev: d}
-		answerUnmodelled(d.ci.ComputeInstance, d.ready)
+		d.gi = &GpuInstance{unmodelledGpuInstance: unmodelledGpuInstance{d}, dev: d}
+		d.ci = &ComputeInstance{unmodelledComputeInstance: unmodelledComputeInstance{d}, dev: d}
 		m.instances = append(m.instances, d)
 	}
 }
@@ -111,7 +108,7 @@ func migUUID(parent string, gi, generation int) string {
 // MigDevice is one MIG device (a compute instance in its GPU instance) of a simulated GPU; it
 // implements nvml.Device, as NVML's MIG device handles do.
 type MigDevice struct {
-	*mock.Device
+	unmodelledDevice
 	parent     *GPU
 	profile    MIGProfile
 	giID, ciID int
@@ -134,13 +131,13 @@ func (d *MigDevice) ready() nvml.Return {
 
 // GpuInstance is a simulated GPU instance; it implements nvml.GpuInstance.
 type GpuInstance struct {
-	*mock.GpuInstance
+	unmodelledGpuInstance
 	dev *MigDevice
 }
 
 // ComputeInstance is a simulated compute instance; it implements nvml.ComputeInstance.
 type ComputeInstance struct {
-	*mock.ComputeInstance
+	unmodelledComputeInstance
 	dev *MigDevice
 }
 

@@ -2,122 +2,86 @@ package sim
 
 import (
 	"fmt"
-	"reflect"
-	"strings"
+	"maps"
+	"sync"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 )
 
-// The sim models the NVML calls the agent makes; go-nvml's interfaces have hundreds more. Each
-// of those comes from go-nvml's moq mocks, whose unset functions panic ("method is nil"). The
-// functions below set every unset one to answer as NVML does for something the board cannot
-// do: ERROR_NOT_SUPPORTED (ERROR_UNINITIALIZED before Init, ERROR_GPU_IS_LOST on a lost GPU)
-// and zero values. A library call that takes a handle (DeviceGetViolationStatus(dev, …))
-// forwards to the handle's method, as go-nvml's own library does, so the modelled device method
-// answers whichever way it is called.
+// The sim models the NVML calls the agent makes; go-nvml's interfaces have hundreds more. Every
+// other call answers as NVML does for something the board cannot do: ERROR_NOT_SUPPORTED
+// (ERROR_UNINITIALIZED before Init, ERROR_GPU_IS_LOST on a lost GPU) and zero values.
 //
-// The mocks record each call they pass through, so an unmodelled call the agent made every
-// collection would grow memory: the agent's own calls must all be modelled, which a test of the
-// collector over the sim checks (no call reaches a mock).
+// The fleet (the library) and each device, GPU instance, compute instance and GPM sample embed a
+// generated type (unmodelled_gen.go, `go generate`) with one plain method per call of its
+// interface, which asks the handle's ready check and counts the call by name in the fleet
+// (Fleet.UnmodelledCalls): a simulated device costs one interface value for the calls it does not
+// model, not a closure per call, and the record is one counter per method. A library call that
+// takes a handle (DeviceGetViolationStatus(dev, …)) calls the handle's method, as go-nvml's own
+// library does, so the modelled device method answers whichever way it is called.
+//
+// The agent's own calls must all be modelled, which a test of the collector over the sim checks
+// (UnmodelledCalls stays empty).
 
-var returnType = reflect.TypeFor[nvml.Return]()
+//go:generate go run ./gen -o unmodelled_gen.go
 
-// answerUnmodelled sets every nil XxxFunc field of the moq mock m points to. check returns what
-// NVML would say before looking at the call (SUCCESS when the call may proceed).
-func answerUnmodelled(m any, check func() nvml.Return) {
-	v := reflect.ValueOf(m).Elem()
-	t := v.Type()
-	for i := range t.NumField() {
-		f := t.Field(i)
-		if f.Type.Kind() != reflect.Func || !strings.HasSuffix(f.Name, "Func") || !v.Field(i).IsNil() {
-			continue
-		}
-		name := strings.TrimSuffix(f.Name, "Func")
-		v.Field(i).Set(reflect.MakeFunc(f.Type, unmodelled(name, f.Type, check)))
-	}
+// readier is a simulated handle: unmodelled counts an unmodelled call ("Device.GetBoardId") and
+// returns what NVML would say before looking at it (SUCCESS when the call may proceed).
+type readier interface{ unmodelled(call string) nvml.Return }
+
+// unmodelledCalls counts the handle calls answered "not supported", by name: a bounded record
+// (one entry per method) from which a test shows that the agent's calls are all modelled.
+type unmodelledCalls struct {
+	mu    sync.Mutex
+	calls map[string]int
 }
 
-// unmodelled answers one call of a function of type ft named name.
-func unmodelled(name string, ft reflect.Type, check func() nvml.Return) func([]reflect.Value) []reflect.Value {
-	return func(args []reflect.Value) []reflect.Value {
-		ret := check()
-		if ret == nvml.SUCCESS {
-			if out, ok := forward(name, ft, args); ok {
-				return out
-			}
-			ret = nvml.ERROR_NOT_SUPPORTED
-		}
-		return zeroResults(ft, ret)
+func (u *unmodelledCalls) count(call string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.calls == nil {
+		u.calls = map[string]int{}
 	}
+	u.calls[call]++
 }
 
-// zeroResults are ft's results: zero values, and ret for every nvml.Return.
-func zeroResults(ft reflect.Type, ret nvml.Return) []reflect.Value {
-	out := make([]reflect.Value, ft.NumOut())
-	for i := range out {
-		out[i] = reflect.Zero(ft.Out(i))
-		if ft.Out(i) == returnType {
-			out[i] = reflect.ValueOf(ret)
-		}
-	}
-	return out
+// UnmodelledCalls returns how many times each library, device, GPU instance, compute instance
+// and GPM sample call the sim does not model was made ("Device.GetBoardId": 3).
+func (f *Fleet) UnmodelledCalls() map[string]int {
+	f.unmodelledCalls.mu.Lock()
+	defer f.unmodelledCalls.mu.Unlock()
+	return maps.Clone(f.unmodelledCalls.calls)
 }
 
-// handlePrefixes are the go-nvml library methods that take a handle first and call the handle's
-// method of the rest of the name (DeviceGetPowerUsage(dev) is dev.GetPowerUsage()).
-var handlePrefixes = []string{"Device", "GpmSample", "GpuInstance", "ComputeInstance", "VgpuInstance", "VgpuTypeId", "Unit", "EventSet"}
-
-// forward calls the method of the handle in args[0] that the library method name stands for,
-// when there is one with the same remaining parameters and results.
-func forward(name string, ft reflect.Type, args []reflect.Value) ([]reflect.Value, bool) {
-	if len(args) == 0 || ft.In(0).Kind() != reflect.Interface || args[0].IsNil() {
-		return nil, false
-	}
-	handle := args[0].Elem()
-	candidates := []string{name}
-	for _, p := range handlePrefixes {
-		if rest, ok := strings.CutPrefix(name, p); ok && rest != "" {
-			candidates = append([]string{rest}, candidates...)
-		}
-	}
-	for _, c := range candidates {
-		m := handle.MethodByName(c)
-		if !m.IsValid() || !sameTail(m.Type(), ft) {
-			continue
-		}
-		return m.Call(args[1:]), true
-	}
-	return nil, false
+func (f *Fleet) unmodelled(call string) nvml.Return {
+	f.unmodelledCalls.count(call)
+	return f.ready()
 }
 
-// sameTail reports whether method type m is fn without its first parameter.
-func sameTail(m, fn reflect.Type) bool {
-	if m.NumIn() != fn.NumIn()-1 || m.NumOut() != fn.NumOut() || m.IsVariadic() != fn.IsVariadic() {
-		return false
-	}
-	for i := range m.NumIn() {
-		if m.In(i) != fn.In(i+1) {
-			return false
-		}
-	}
-	for i := range m.NumOut() {
-		if m.Out(i) != fn.Out(i) {
-			return false
-		}
-	}
-	return true
+func (g *GPU) unmodelled(call string) nvml.Return {
+	g.fleet.unmodelledCalls.count(call)
+	return g.ready()
 }
 
-// answerUnmodelledLibrary makes f's library calls that the sim does not model answer.
-func answerUnmodelledLibrary(f *Fleet) {
-	// Extensions is the one call with no nvml.Return to say "not supported" with.
-	f.ExtensionsFunc = func() nvml.ExtendedInterface {
-		return &mock.ExtendedInterface{LookupSymbolFunc: func(symbol string) error {
-			return fmt.Errorf("symbol %s: the simulated library has no symbols: %w", symbol, nvml.ERROR_NOT_SUPPORTED)
-		}}
+func (d *MigDevice) unmodelled(call string) nvml.Return {
+	d.parent.fleet.unmodelledCalls.count(call)
+	return d.ready()
+}
+
+// notSupported is what an unmodelled call answers after the handle's check said ret.
+func notSupported(ret nvml.Return) nvml.Return {
+	if ret == nvml.SUCCESS {
+		return nvml.ERROR_NOT_SUPPORTED
 	}
-	answerUnmodelled(f.Interface, f.ready)
+	return ret
+}
+
+// Extensions is the one library call with no nvml.Return to say "not supported" with.
+func (f *Fleet) Extensions() nvml.ExtendedInterface {
+	return &mock.ExtendedInterface{LookupSymbolFunc: func(symbol string) error {
+		return fmt.Errorf("symbol %s: the simulated library has no symbols: %w", symbol, nvml.ERROR_NOT_SUPPORTED)
+	}}
 }
 
 // ready is the check NVML makes before a library call.

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"maps"
 	"reflect"
 	"testing"
 	"time"
@@ -116,5 +117,56 @@ func TestUnmodelledCallsAnswerNotSupported(t *testing.T) {
 	}
 	if err := f.Extensions().LookupSymbol("nvmlDeviceGetPowerUsage"); err == nil {
 		t.Error("LookupSymbol found a symbol in the simulated library")
+	}
+	// Each unmodelled call is counted by name, modelled ones are not; a library call that
+	// forwards to a handle's modelled method is the library's unmodelled call.
+	_, _ = g.GetBoardId()
+	want := map[string]int{"Device.GetBoardId": 2, "Device.GetDeviceHandleFromMigDeviceHandle": 1,
+		"Interface.DeviceGetPowerManagementLimit": 1}
+	if got := f.UnmodelledCalls(); !maps.Equal(got, want) {
+		t.Errorf("UnmodelledCalls() = %v, want %v", got, want)
+	}
+}
+
+// Every method of a MIG device, its GPU and compute instance, and a GPM sample answers, with
+// zero arguments too: none panics, and on a lost GPU each says so.
+func TestEveryMIGHandleMethodAnswers(t *testing.T) {
+	clk := clock.NewManual(time.Unix(1_700_000_000, 0))
+	f, err := New(Options{Model: "H100", Count: 1, Trace: "training", Seed: 3, Clock: clk, MIG: "7x1g.10gb"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ret := f.Init(); ret != nvml.SUCCESS {
+		t.Fatal(ret)
+	}
+	sample, ret := f.GpmSampleAlloc()
+	if ret != nvml.SUCCESS {
+		t.Fatal(ret)
+	}
+	d := f.GPU(0).mig.instances[0]
+	handles := []struct {
+		iface reflect.Type
+		v     any
+	}{
+		{reflect.TypeFor[nvml.Device](), d},
+		{reflect.TypeFor[nvml.GpuInstance](), d.gi},
+		{reflect.TypeFor[nvml.ComputeInstance](), d.ci},
+		{reflect.TypeFor[nvml.GpmSample](), sample},
+	}
+	for _, lost := range []bool{false, true} {
+		f.SetLost(0, lost)
+		for _, h := range handles {
+			panics, answers := callAll(t, h.iface, h.v)
+			for _, p := range panics {
+				t.Errorf("lost=%v: %s", lost, p)
+			}
+			if lost && h.iface != reflect.TypeFor[nvml.GpmSample]() {
+				for name, r := range answers {
+					if r != nvml.ERROR_GPU_IS_LOST && r != nvml.ERROR_INVALID_ARGUMENT {
+						t.Errorf("%s.%s on a lost GPU answered %v, want ERROR_GPU_IS_LOST", h.iface, name, r)
+					}
+				}
+			}
+		}
 	}
 }
