@@ -20,7 +20,12 @@ func benchGather(b *testing.B, cs ...prometheus.Collector) {
 	}
 }
 
-func BenchmarkGatherGo(b *testing.B) { benchGather(b, collectors.NewGoCollector()) }
-func BenchmarkGatherProcess(b *testing.B) {
-	benchGather(b, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+// BenchmarkGatherOwnMetrics gathers the Go and process collectors as a /metrics scrape does,
+// with client_golang's process collector and with the agent's: what each scrape allocates for
+// the agent's own metrics, beside the store's.
+func BenchmarkGatherOwnMetrics(b *testing.B) {
+	b.Run("client_golang", func(b *testing.B) {
+		benchGather(b, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	})
+	b.Run("agent", func(b *testing.B) { benchGather(b, collectors.NewGoCollector(), newProcessCollector()) })
 }
