@@ -153,7 +153,7 @@ func newPromExposition(store *sample.Store, scope instrumentation.Scope, log *sl
 	if err := x.registry.Register(collectors.NewGoCollector()); err != nil {
 		return nil, fmt.Errorf("registering the Go collector: %w", err)
 	}
-	if err := x.registry.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
+	if err := x.registry.Register(newProcessCollector()); err != nil {
 		return nil, fmt.Errorf("registering the process collector: %w", err)
 	}
 	// The counter promhttp keeps, under the same name.

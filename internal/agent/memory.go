@@ -14,10 +14,11 @@ var runtimeMemoryLimit = debug.SetMemoryLimit(-1)
 
 // defaultGCPercent is the agent's GOGC unless $GOGC or memory.gc-percent says otherwise. The
 // agent's live heap is small (series, their exporter state, a few buffers) and its garbage comes
-// from every export and scrape, so Go's 100 lets the heap reach twice what is live; 75 takes
-// most of what 50 saves while a /metrics scraped several times a second costs about as little
-// CPU as at 100 (docs/architecture.md, "Memory", gives the measurements).
-const defaultGCPercent = 75
+// from every export and scrape, so Go's 100 lets the heap reach twice what is live; 50 keeps it
+// to one and a half. Since a scrape's own metrics leave half the garbage they did, a /metrics
+// scraped several times a second costs no more CPU at 50 than at 75 (docs/architecture.md,
+// "Memory", gives the measurements).
+const defaultGCPercent = 50
 
 // runtimeGCPercent is the GC target the agent falls back to when memory.gc-percent is 0: $GOGC
 // as the runtime read it ("off" is -1) when set, else defaultGCPercent.
