@@ -3,9 +3,11 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -45,7 +47,8 @@ func etcdConfig(t *testing.T, ep, state string) *config.Config {
 // A reload that moves the node to another rack (its node label changed) keeps its lease and
 // moves its record in place: the allocator grants it at most what it holds in the new rack,
 // the new rack makes room before anything in it rises, and no domain goes over its limit
-// beyond the watts the move itself brings in, which the node holds until its new grant lands.
+// beyond the watts the move itself brings in, and that only until the grants the move called
+// for there (the moved node's and the cuts of the nodes beside it) are acknowledged.
 func TestReloadMovesTheNodeInPlace(t *testing.T) {
 	_, eps := etcdtest.Start(t, 1, nil)
 	ep := "http://" + eps[0]
@@ -109,9 +112,9 @@ func TestReloadMovesTheNodeInPlace(t *testing.T) {
 		return ok && n.Domain == "rackA" && g.Domain == "rackA" && n.AckedGen == g.Generation && g.Watts > 1000 &&
 			og.Lease == o.Lease && og.Watts >= 900
 	})
-	n, held, _ := chk.node("gpu-1")
+	n, _, _ := chk.node("gpu-1")
 	lease := n.Lease
-	chk.expectMove("gpu-1", "rackB", held.Watts)
+	chk.expectMove("gpu-1", "rackB")
 
 	mu.Lock()
 	rack = "rackB"
@@ -155,22 +158,34 @@ func TestReloadMovesTheNodeInPlace(t *testing.T) {
 }
 
 // groupChecker follows a group's node and grant records in etcd and checks, at every revision,
-// that Σ of what nodes may run at stays within each domain's limit.
+// the documented rule: Σ of what the nodes counted in a domain may run at stays within its
+// limit, except in the domain a node moves into, from the revision its record moves there until
+// the move has settled (the moved node and every node there acknowledged their grants, so the
+// cuts the move called for have landed). Meanwhile that domain is over by at most what the moved
+// node may run at when it arrives, its Σ does not rise while over, nothing there rises above
+// what it could run at when the node arrived, and the moved node's first grant there is at most
+// that. A moved node counts in the domain it left too until it acknowledges a grant for the new
+// one.
 type groupChecker struct {
 	mu      sync.Mutex
 	nodes   map[string]cluster.NodeRecord
 	grants  map[string]cluster.GrantRecord
 	deleted []string
-	// The move under test: its node, its destination, the watts it holds when it moves, and
-	// whether its grant in the destination is acknowledged.
+	// The move under test: its node and destination; the revision its record arrived there
+	// (0 before), what it may run at then, and what the destination's nodes may run at then;
+	// whether its grant there is acknowledged, and whether every node there acknowledged.
 	mover, dest string
+	movedAt     int64
 	heldW       float64
+	before      map[string]float64
 	landed      bool
-	over        []string
-	before      map[string]float64 // what the destination's nodes may run at when the move starts
-	rose        []string
+	settled     bool
+	lastDestW   float64  // Σ in the destination at the last revision
+	over        []string // each: the domain, the revision, Σ against what it allows, the records
+	broken      []string // the other rules of a move broken, each with its revision and records
 	limits      map[string]float64
 	revisions   int
+	rev         int64 // the revision the records are at
 }
 
 func watchGroup(ctx context.Context, t *testing.T, cli *clientv3.Client, keys cluster.Keys, limits map[string]float64) *groupChecker {
@@ -187,10 +202,15 @@ func watchGroup(ctx context.Context, t *testing.T, cli *clientv3.Client, keys cl
 	go func() {
 		for wr := range wch {
 			c.mu.Lock()
-			for _, ev := range wr.Events {
+			// A response may carry several revisions: check the records at each one, once
+			// all of its events (a transaction's writes share one revision) are applied.
+			for i, ev := range wr.Events {
+				c.rev = ev.Kv.ModRevision
 				c.applyLocked(keys, string(ev.Kv.Key), ev.Kv.Value, ev.Type == clientv3.EventTypeDelete)
+				if i == len(wr.Events)-1 || wr.Events[i+1].Kv.ModRevision != c.rev {
+					c.checkLocked()
+				}
 			}
-			c.checkLocked()
 			c.mu.Unlock()
 		}
 	}()
@@ -235,7 +255,34 @@ func (c *groupChecker) mayRunLocked(name string) float64 {
 	return math.Max(w, n.AppliedW)
 }
 
-// sum is Σ of what the nodes attached to the domain may run at ("" the whole group).
+// domainsLocked lists the domains a node counts in: its record's, and until it acknowledges a
+// grant for that one also the domain of the grant for its lease it still holds, or of the grant
+// that one replaced.
+func (c *groupChecker) domainsLocked(name string) []string {
+	n := c.nodes[name]
+	ds := []string{n.Domain}
+	if g, ok := c.grants[name]; ok && g.Lease == n.Lease {
+		if g.Domain != n.Domain {
+			ds = append(ds, g.Domain)
+		} else if n.AckedGen < g.Generation && g.PrevDomain != n.Domain {
+			ds = append(ds, g.PrevDomain)
+		}
+	}
+	return ds
+}
+
+// countsIn reports whether a node in the domains ds counts in domain d: d is one of them or
+// an ancestor of one ("" is the group's root, over every node).
+func countsIn(ds []string, d string) bool {
+	for _, x := range ds {
+		if d == "" || x == d || strings.HasPrefix(x, d+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// sum is Σ of what the nodes counted in the domain may run at ("" the whole group).
 func (c *groupChecker) sum(domain string) float64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -244,47 +291,110 @@ func (c *groupChecker) sum(domain string) float64 {
 
 func (c *groupChecker) sumLocked(domain string) float64 {
 	s := 0.0
-	for name, n := range c.nodes {
-		if domain == "" || n.Domain == domain {
+	for name := range c.nodes {
+		if countsIn(c.domainsLocked(name), domain) {
 			s += c.mayRunLocked(name)
 		}
 	}
 	return s
 }
 
+// ackedLocked reports whether the node acknowledged the grant for its lease.
+func (c *groupChecker) ackedLocked(name string) bool {
+	n := c.nodes[name]
+	g, ok := c.grants[name]
+	return ok && g.Lease == n.Lease && n.AckedGen >= g.Generation
+}
+
 func (c *groupChecker) checkLocked() {
 	c.revisions++
-	if n, ok := c.nodes[c.mover]; ok && n.Domain == c.dest {
-		if g := c.grants[c.mover]; g.Domain == c.dest && g.Lease == n.Lease && n.AckedGen >= g.Generation {
+	if n, ok := c.nodes[c.mover]; ok && c.mover != "" && c.movedAt == 0 && n.Domain == c.dest {
+		c.movedAt, c.heldW = c.rev, c.mayRunLocked(c.mover)
+		c.before = map[string]float64{}
+		for name, o := range c.nodes {
+			if name != c.mover && countsIn([]string{o.Domain}, c.dest) {
+				c.before[name] = c.mayRunLocked(name)
+			}
+		}
+		c.lastDestW = c.sumLocked(c.dest)
+	}
+	moving := c.movedAt != 0 && !c.settled
+	if moving {
+		n := c.nodes[c.mover]
+		g, has := c.grants[c.mover]
+		if has && g.Domain == c.dest && g.Lease == n.Lease && !c.landed && g.Watts > c.heldW+1e-6 {
+			c.broken = append(c.broken, fmt.Sprintf("revision %d: %s's grant in %q, %.0f W, is above the %.0f W it held when it moved; records:\n%s",
+				c.rev, c.mover, c.dest, g.Watts, c.heldW, c.recordsLocked()))
+		}
+		if n.Domain == c.dest && has && g.Domain == c.dest && c.ackedLocked(c.mover) {
 			c.landed = true
 		}
-	}
-	for name, w := range c.before {
-		if !c.landed && c.mayRunLocked(name) > w+1e-6 {
-			c.rose = append(c.rose, name)
+		for name, w := range c.before {
+			if _, live := c.nodes[name]; live && c.mayRunLocked(name) > w+1e-6 {
+				c.broken = append(c.broken, fmt.Sprintf("revision %d: %s in %q may run at %.0f W, above the %.0f W it could when %s arrived, before the move settled; records:\n%s",
+					c.rev, name, c.dest, c.mayRunLocked(name), w, c.mover, c.recordsLocked()))
+			}
+		}
+		if w := c.mayRunLocked(c.mover); w > c.heldW+1e-6 {
+			c.broken = append(c.broken, fmt.Sprintf("revision %d: %s may run at %.0f W, above the %.0f W it held when it moved, before the move settled; records:\n%s",
+				c.rev, c.mover, w, c.heldW, c.recordsLocked()))
 		}
 	}
 	for d, limit := range c.limits {
 		allowed := limit
-		if d == c.dest && !c.landed {
+		s := c.sumLocked(d)
+		if moving && d == c.dest {
 			allowed += c.heldW // the move brings the node's held watts in at once
+			if s > limit+1e-6 && s > c.lastDestW+1e-6 {
+				c.broken = append(c.broken, fmt.Sprintf("revision %d: Σ in %q rose from %.0f W to %.0f W while over its %.0f W limit; records:\n%s",
+					c.rev, d, c.lastDestW, s, limit, c.recordsLocked()))
+			}
+			c.lastDestW = s
 		}
-		if s := c.sumLocked(d); s > allowed+1e-6 {
-			c.over = append(c.over, d)
+		if s > allowed+1e-6 {
+			c.over = append(c.over, fmt.Sprintf("domain %q at revision %d: Σ %.0f W > %.0f W allowed (limit %.0f W; %s moved to %q at revision %d holding %.0f W, landed %v, settled %v); records:\n%s",
+				d, c.rev, s, allowed, limit, c.mover, c.dest, c.movedAt, c.heldW, c.landed, c.settled, c.recordsLocked()))
+		}
+	}
+	// The move has settled once the moved node's grant there and every grant of the nodes
+	// counted there are acknowledged: the cuts it called for have landed.
+	if moving && c.landed {
+		c.settled = true
+		for name := range c.nodes {
+			if countsIn(c.domainsLocked(name), c.dest) && !c.ackedLocked(name) {
+				c.settled = false
+			}
 		}
 	}
 }
 
-func (c *groupChecker) expectMove(node, dest string, heldW float64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.mover, c.dest, c.heldW = node, dest, heldW
-	c.before = map[string]float64{}
-	for name, n := range c.nodes {
-		if n.Domain == dest {
-			c.before[name] = c.mayRunLocked(name)
+// recordsLocked lists the node records, each with its grant and what it may run at, by name.
+func (c *groupChecker) recordsLocked() string {
+	names := make([]string, 0, len(c.nodes))
+	for name := range c.nodes {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, name := range names {
+		n := c.nodes[name]
+		fmt.Fprintf(&b, "  node %s: domain %q lease %x min %.0f max %.0f demand %.0f applied %.0f acked gen %d; may run at %.0f W\n",
+			name, n.Domain, n.Lease, n.MinW, n.MaxW, n.DemandW, n.AppliedW, n.AckedGen, c.mayRunLocked(name))
+		if g, ok := c.grants[name]; ok {
+			fmt.Fprintf(&b, "    grant: %.0f W (prev %.0f W in %q) in %q gen %d lease %x\n", g.Watts, g.PrevW, g.PrevDomain, g.Domain, g.Generation, g.Lease)
+		} else {
+			b.WriteString("    no grant\n")
 		}
 	}
+	return b.String()
+}
+
+// expectMove names the node about to move and its destination: the checker takes what it
+// holds, and what the destination's nodes may run at, at the revision its record arrives there.
+func (c *groupChecker) expectMove(node, dest string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.mover, c.dest = node, dest
 }
 
 // deletions counts how often the node's record was deleted.
@@ -312,10 +422,13 @@ func (c *groupChecker) finish(t *testing.T, limits map[string]float64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.over) > 0 {
-		t.Errorf("domains over their limits %v at %d of %d revisions", limits, len(c.over), c.revisions)
+		t.Errorf("domains over their limits %v at %d of %d revisions:\n%s", limits, len(c.over), c.revisions, strings.Join(c.over, "\n"))
 	}
-	if len(c.rose) > 0 {
-		t.Errorf("grants in %s rose before the moved node's grant there was acknowledged: %v", c.dest, c.rose)
+	if len(c.broken) > 0 {
+		t.Errorf("the move of %s to %s broke its rules at %d checks:\n%s", c.mover, c.dest, len(c.broken), strings.Join(c.broken, "\n"))
+	}
+	if c.movedAt == 0 || !c.settled {
+		t.Errorf("the move of %s to %s not seen through: its record arrived at revision %d, settled %v", c.mover, c.dest, c.movedAt, c.settled)
 	}
 	if c.revisions < 10 {
 		t.Errorf("only %d revisions observed", c.revisions)
