@@ -3,12 +3,14 @@
 package etcdtest
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,7 +21,45 @@ import (
 // addresses (host:port). Ticks are 10 ms, so one-second leases and fast elections work. edit, when
 // not nil, changes each member's configuration before it starts (TLS, auth). The members stop when
 // the test ends; Close stops one earlier.
+//
+// The members' addresses are picked before they start (each member must know its peers' URLs),
+// so another process may bind one in between; a start that fails so is retried on new addresses.
 func Start(t testing.TB, n int, edit func(*embed.Config)) ([]*embed.Etcd, []string) {
+	t.Helper()
+	var members []*embed.Etcd
+	var cfgs []*embed.Config
+	for attempt := 1; ; attempt++ {
+		var err error
+		members, cfgs, err = start(t, n, edit)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || attempt == startAttempts {
+			t.Fatalf("%v (attempt %d of %d)", err, attempt, startAttempts)
+		}
+		t.Logf("%v: retrying on other addresses", err)
+	}
+	var eps []string
+	for i, e := range members {
+		select {
+		case <-e.Server.ReadyNotify():
+		case <-time.After(20 * time.Second):
+			t.Fatalf("etcd member %s did not become ready in 20 s", cfgs[i].Name)
+		}
+		eps = append(eps, e.Clients[0].Addr().String())
+	}
+	return members, eps
+}
+
+// startAttempts bounds the starts on new addresses when another process took one.
+const startAttempts = 5
+
+// pickAddr picks a member's address; a test replaces it to take one away first.
+var pickAddr = FreeAddr
+
+// start starts the members once, on fresh addresses and directories; when one fails it stops
+// those that started and returns the error.
+func start(t testing.TB, n int, edit func(*embed.Config)) ([]*embed.Etcd, []*embed.Config, error) {
 	t.Helper()
 	var cfgs []*embed.Config
 	var initial []string
@@ -52,26 +92,20 @@ func Start(t testing.TB, n int, edit func(*embed.Config)) ([]*embed.Etcd, []stri
 		}()
 	}
 	wg.Wait()
-	for _, e := range members {
-		if e != nil {
-			t.Cleanup(func() { Close(e) })
-		}
-	}
 	for i, err := range errs {
 		if err != nil {
-			t.Fatalf("starting etcd member %s: %v", cfgs[i].Name, err)
+			for _, e := range members {
+				if e != nil {
+					Close(e)
+				}
+			}
+			return nil, nil, fmt.Errorf("starting etcd member %s: %w", cfgs[i].Name, err)
 		}
 	}
-	var eps []string
-	for i, e := range members {
-		select {
-		case <-e.Server.ReadyNotify():
-		case <-time.After(20 * time.Second):
-			t.Fatalf("etcd member %s did not become ready in 20 s", cfgs[i].Name)
-		}
-		eps = append(eps, e.Clients[0].Addr().String())
+	for _, e := range members {
+		t.Cleanup(func() { Close(e) })
 	}
-	return members, eps
+	return members, cfgs, nil
 }
 
 var closed sync.Map
@@ -96,5 +130,5 @@ func FreeAddr(t testing.TB) string {
 }
 
 func loopbackURL(t testing.TB) url.URL {
-	return url.URL{Scheme: "http", Host: FreeAddr(t)}
+	return url.URL{Scheme: "http", Host: pickAddr(t)}
 }
