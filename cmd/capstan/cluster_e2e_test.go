@@ -18,19 +18,10 @@ import (
 // Two agent processes with budget.source etcd share a group budget set in an embedded etcd: one
 // is elected allocator, both steer under their grants, and Σ grants stays within the budget.
 func TestClusterBudgetAgents(t *testing.T) {
-	_, eps := etcdtest.Start(t, 1, nil)
-	ep := "http://" + eps[0]
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	ep, cli := etcdGroup(t, "row-a", cluster.BudgetRecord{Watts: 2400, SetBy: "test"})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	keys := cluster.Keys{Prefix: "/capstan/v1", Group: "row-a"}
-	if err := cluster.SetBudget(ctx, cli, keys, cluster.BudgetRecord{Watts: 2400, SetBy: "test"}); err != nil {
-		t.Fatal(err)
-	}
 	var addrs []string
 	var agents []*agentProcess
 	for _, node := range []string{"gpu-1", "gpu-2"} {
@@ -72,4 +63,23 @@ func TestClusterBudgetAgents(t *testing.T) {
 	if err != nil || resp.Count != 0 {
 		t.Errorf("%d node records left after SIGTERM (%v)", resp.Count, err)
 	}
+}
+
+// etcdGroup starts a one-member embedded etcd, writes group's budget record under the default
+// prefix and returns the member's client URL and a client of it (closed when the test ends).
+func etcdGroup(t *testing.T, group string, budget cluster.BudgetRecord) (string, *clientv3.Client) {
+	t.Helper()
+	_, eps := etcdtest.Start(t, 1, nil)
+	ep := "http://" + eps[0]
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cli.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := cluster.SetBudget(ctx, cli, cluster.Keys{Prefix: "/capstan/v1", Group: group}, budget); err != nil {
+		t.Fatal(err)
+	}
+	return ep, cli
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,12 +8,9 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
 	"github.com/capstan-power/capstan/capping/cluster"
-	"github.com/capstan-power/capstan/internal/etcdtest"
 	"github.com/capstan-power/capstan/internal/otlptest"
 	"github.com/capstan-power/capstan/internal/soak/devstate"
 	"github.com/capstan-power/capstan/internal/testkit"
@@ -119,6 +115,19 @@ func TestNoStartAfterAReloadOnAFullStateDiskKeeps(t *testing.T) {
 	a := startAgentEnv(t, []string{"CAPSTAN_TEST_INJECT_FAULT=start-after-reload"}, flags...)
 	waitCapped(t, a, addr)
 	fillDisk(t, filepath.Dir(state))
+	logs := hangUpUntilExit(t, a)
+	if strings.Contains(logs, "restored") || strings.Contains(logs, "did not stop cleanly") {
+		t.Errorf("on-exit keep restored limits; logs:\n%s", logs)
+	}
+	if st := readState(t, state); !st.Clean {
+		t.Errorf("state file after the exit: %+v, want it marked clean (on-exit keep); logs:\n%s", st, logs)
+	}
+}
+
+// hangUpUntilExit sends SIGHUP to an agent whose next configuration will not start and waits
+// for it to exit with status 1; it returns the agent's logs.
+func hangUpUntilExit(t *testing.T, a *agentProcess) string {
+	t.Helper()
 	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
@@ -131,12 +140,7 @@ func TestNoStartAfterAReloadOnAFullStateDiskKeeps(t *testing.T) {
 	if code := exitStatus(t, a.cmd); code != 1 {
 		t.Errorf("exit %d, want 1; logs:\n%s", code, logs)
 	}
-	if strings.Contains(logs, "restored") || strings.Contains(logs, "did not stop cleanly") {
-		t.Errorf("on-exit keep restored limits; logs:\n%s", logs)
-	}
-	if st := readState(t, state); !st.Clean {
-		t.Errorf("state file after the exit: %+v, want it marked clean (on-exit keep); logs:\n%s", st, logs)
-	}
+	return logs
 }
 
 func sum(l []float64) float64 {
@@ -153,19 +157,7 @@ func sum(l []float64) float64 {
 // 220 W, not the 700 W originals a restore that knows no floor writes.
 func TestNoStartAfterAReloadOnAFullStateDiskRestoresWithinTheFloor(t *testing.T) {
 	state := filepath.Join(tinyTmpfs(t), "state.json")
-	_, eps := etcdtest.Start(t, 1, nil)
-	ep := "http://" + eps[0]
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	keys := cluster.Keys{Prefix: "/capstan/v1", Group: "row-a"}
-	if err := cluster.SetBudget(ctx, cli, keys, cluster.BudgetRecord{Watts: 1400, FloorPerNodeW: 880, SetBy: "test"}); err != nil {
-		t.Fatal(err)
-	}
+	ep, _ := etcdGroup(t, "row-a", cluster.BudgetRecord{Watts: 1400, FloorPerNodeW: 880, SetBy: "test"})
 	addr := otlptest.FreeAddr(t)
 	devices := filepath.Join(t.TempDir(), "devices.json")
 	a := startAgentEnv(t, []string{"CAPSTAN_TEST_INJECT_FAULT=start-after-reload"},
@@ -182,18 +174,7 @@ func TestNoStartAfterAReloadOnAFullStateDiskRestoresWithinTheFloor(t *testing.T)
 		t.Fatalf("limits never capped to the 1400 W grant: %v; logs:\n%s", l, a.Logs())
 	}
 	fillDisk(t, filepath.Dir(state))
-	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-a.done:
-	case <-time.After(agentWait):
-		t.Fatalf("the agent did not exit when no configuration started; logs:\n%s", a.Logs())
-	}
-	logs := a.Logs()
-	if code := exitStatus(t, a.cmd); code != 1 {
-		t.Errorf("exit %d, want 1; logs:\n%s", code, logs)
-	}
+	logs := hangUpUntilExit(t, a)
 	dev, err := devstate.Read(devices)
 	if err != nil {
 		t.Fatal(err)
