@@ -142,7 +142,7 @@ func newOTLPExporter(ctx context.Context, c config.OTLP, log *slog.Logger) (*log
 	if err != nil {
 		return nil, fmt.Errorf("creating the OTLP %s exporter for %s: %w", protocol, c.Endpoint, err)
 	}
-	return &loggingExporter{Exporter: exp, log: log, endpoint: c.Endpoint}, nil
+	return &loggingExporter{Exporter: exp, log: log, endpoint: c.Endpoint, gc: newExportGC()}, nil
 }
 
 // reconnectBackoff is gRPC's default backoff with its ceiling lowered to the export interval
@@ -358,6 +358,8 @@ type loggingExporter struct {
 	log      *slog.Logger
 	endpoint string
 	failing  atomic.Bool
+	// gc collects the heap after exports (exportGC).
+	gc *exportGC
 	// final is set by Shutdown: the last export's error is returned to the caller, whereas
 	// periodic failures are only logged (the periodic reader would hand them to the global
 	// error handler and log them a second time).
@@ -367,6 +369,9 @@ type loggingExporter struct {
 // Export sends rm and reports a failure as described on loggingExporter.
 func (x *loggingExporter) Export(ctx context.Context, rm *metricdata.ResourceMetrics) error {
 	err := x.Exporter.Export(ctx, rm)
+	if x.gc != nil {
+		x.gc.after()
+	}
 	switch {
 	case err != nil && !x.failing.Swap(true):
 		x.log.Warn("OTLP export failed; the data of failed exports is dropped and export is retried every interval",
