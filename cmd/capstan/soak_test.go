@@ -67,13 +67,20 @@ func TestSoak(t *testing.T) {
 		t.Error("no OTLP data reached the receiver during the soak")
 	}
 	pct := 100 * cpu / elapsed.Seconds()
-	slices.Sort(took)
-	median, slowest := took[len(took)/2], took[len(took)-1]
-	fmt.Printf("soak: %s, 8 sim GPUs @1s, OTLP @10s, %d scrapes (median %.1f ms, slowest %.1f ms): CPU %.3f s = %.2f %% of one core; peak RSS %.1f MiB (now %.1f MiB: anon %.1f, file %.1f)\n",
-		elapsed.Round(time.Second), len(took), float64(median.Microseconds())/1000, float64(slowest.Microseconds())/1000, cpu, pct, float64(peakKiB)/1024,
+	// The first scrape builds the first exposition and runs its code for the first time, with the
+	// binary's pages not yet in the page cache (dropFromPageCache above): it is reported apart
+	// from the scrapes a node answers all day.
+	first, steady := took[0], slices.Clone(took[1:])
+	if len(steady) == 0 {
+		steady = took
+	}
+	slices.Sort(steady)
+	median, slowest := steady[len(steady)/2], steady[len(steady)-1]
+	fmt.Printf("soak: %s, 8 sim GPUs @1s, OTLP @10s, %d scrapes (first, cold: %.1f ms; then median %.1f ms, slowest %.1f ms): CPU %.3f s = %.2f %% of one core; peak RSS %.1f MiB (now %.1f MiB: anon %.1f, file %.1f)\n",
+		elapsed.Round(time.Second), len(took), float64(first.Microseconds())/1000, float64(median.Microseconds())/1000, float64(slowest.Microseconds())/1000, cpu, pct, float64(peakKiB)/1024,
 		float64(rssKiB)/1024, float64(anonKiB)/1024, float64(fileKiB)/1024)
 	if pct > 0.3 || peakKiB > 36*1024 || slowest > 5*time.Millisecond {
-		t.Logf("over target (≤ 0.3 %% of a core, ≤ 36 MiB, ≤ 5 ms a scrape)")
+		t.Logf("over target (≤ 0.3 %% of a core, ≤ 36 MiB, ≤ 5 ms a scrape after the first)")
 	}
 }
 

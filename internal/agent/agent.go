@@ -209,7 +209,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 // when ctx is done.
 func runOnce(ctx context.Context, cfg *config.Config, o Options, g *guard, listeners *exporters.Listeners, keep *keptSource) (*config.Config, error) {
 	log := o.Log
-	applyMemory(cfg.Memory, log)
+	applyMemory(cfg.Memory, cfg.OTLP.Endpoint != "", log)
 	p, err := NewPipeline(cfg, log, o.Clock)
 	if err != nil {
 		return nil, err

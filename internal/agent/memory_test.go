@@ -15,41 +15,60 @@ import (
 func TestApplyMemorySetsTheSoftLimit(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	defer debug.SetMemoryLimit(runtimeMemoryLimit)
-	applyMemory(config.Memory{SoftLimitMiB: 48}, log)
+	applyMemory(config.Memory{SoftLimitMiB: 48}, false, log)
 	if got := debug.SetMemoryLimit(-1); got != 48<<20 {
 		t.Errorf("limit %d after soft-limit-mib 48, want %d", got, 48<<20)
 	}
-	applyMemory(config.Memory{}, log)
+	applyMemory(config.Memory{}, false, log)
 	if got := debug.SetMemoryLimit(-1); got != runtimeMemoryLimit {
 		t.Errorf("limit %d after soft-limit-mib 0, want the starting %d", got, runtimeMemoryLimit)
 	}
 }
 
-// memory.gc-percent becomes the runtime's GC target; 0 gives back the agent's default, which is
-// $GOGC when the process started with it and defaultGCPercent otherwise.
+// memory.gc-percent becomes the runtime's GC target, with or without OTLP; 0 gives back the
+// agent's default: $GOGC when the process started with it, else defaultGCPercent without OTLP
+// and defaultGCPercentOTLP with it, also after a reload that turns OTLP on or off.
 func TestApplyMemorySetsTheGCPercent(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	defer debug.SetGCPercent(debug.SetGCPercent(100))
-	applyMemory(config.Memory{GCPercent: 30}, log)
-	if got := debug.SetGCPercent(-1); got != 30 {
-		t.Errorf("GC percent %d after gc-percent 30, want 30", got)
+	defer func(p int, set bool) { startGOGC, startGOGCSet = p, set }(startGOGC, startGOGCSet)
+	for _, otlp := range []bool{false, true} {
+		applyMemory(config.Memory{GCPercent: 30}, otlp, log)
+		if got := debug.SetGCPercent(-1); got != 30 {
+			t.Errorf("OTLP %v: GC percent %d after gc-percent 30, want 30", otlp, got)
+		}
 	}
-	applyMemory(config.Memory{}, log)
-	if got := debug.SetGCPercent(-1); got != runtimeGCPercent {
-		t.Errorf("GC percent %d after gc-percent 0, want the agent's default %d", got, runtimeGCPercent)
+	for _, c := range []struct {
+		gogc    int
+		gogcSet bool
+		otlp    bool
+		want    int
+	}{
+		{0, false, false, defaultGCPercent},
+		{0, false, true, defaultGCPercentOTLP},
+		{0, false, false, defaultGCPercent}, // a reload that turns OTLP off again
+		{200, true, false, 200},
+		{200, true, true, 200},
+		{-1, true, true, -1}, // $GOGC=off stays off
+	} {
+		startGOGC, startGOGCSet = c.gogc, c.gogcSet
+		applyMemory(config.Memory{}, c.otlp, log)
+		if got := debug.SetGCPercent(-1); got != c.want {
+			t.Errorf("$GOGC %d (set %v), OTLP %v: GC percent %d after gc-percent 0, want %d", c.gogc, c.gogcSet, c.otlp, got, c.want)
+		}
 	}
 }
 
-// Without $GOGC the agent's GC target is defaultGCPercent; with it, whatever the runtime took
-// from $GOGC ("off" included).
-func TestStartGCPercentRespectsGOGC(t *testing.T) {
+// envGCPercent reports no $GOGC when it is unset, and whatever the runtime took from it when it
+// is set ("off" included).
+func TestEnvGCPercentRespectsGOGC(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(100))
 	t.Setenv("GOGC", "") // restores $GOGC after the test
 	if err := os.Unsetenv("GOGC"); err != nil {
 		t.Fatal(err)
 	}
-	if got := startGCPercent(); got != defaultGCPercent {
-		t.Errorf("without $GOGC: start GC percent %d, want %d", got, defaultGCPercent)
+	if _, set := envGCPercent(); set {
+		t.Error("without $GOGC: envGCPercent reports it set")
 	}
 	// The runtime reads $GOGC when the process starts; here it is set as it would be then.
 	for _, p := range []int{200, 100, -1} {
@@ -59,8 +78,8 @@ func TestStartGCPercentRespectsGOGC(t *testing.T) {
 		}
 		t.Setenv("GOGC", env)
 		debug.SetGCPercent(p)
-		if got := startGCPercent(); got != p {
-			t.Errorf("GOGC=%s: start GC percent %d, want %d", env, got, p)
+		if got, set := envGCPercent(); got != p || !set {
+			t.Errorf("GOGC=%s: envGCPercent %d (set %v), want %d (set)", env, got, set, p)
 		}
 	}
 }
