@@ -16,12 +16,12 @@ const minExportGCGap = 5 * time.Second
 // the agent allocates: the SDK rebuilds every data point and its attributes as protobuf, marshals
 // and compresses them, 2–3 MB held for the length of the export with 8 GPUs split seven ways.
 // Being the burst, it is what pushes the heap to the collector's goal, so the collector's own
-// cycle tends to start inside it, counts those buffers as live and sets the next goal half as
-// high again from them (GOGC 50): about 12 MB of heap for 5 MB of live data. Collected once the
-// export is done, the goal follows what the agent keeps. The agent then peaks 3–5 MiB lower for
-// about one more cycle per export interval (docs/architecture.md, "Memory"). Nothing is forced
-// while the collector is off ($GOGC=off, memory.gc-percent cannot set it): whoever turned it off
-// chose the soft memory limit alone to decide.
+// cycle tends to start inside it, counts those buffers as live and sets the next goal from them:
+// at GOGC 50, about 12 MB of heap for 5 MB of live data. Collected once the export is done, the
+// goal follows what the agent keeps: the GPU node peaks 3–5 MiB lower, and with the GC target of
+// 100 that the agent takes with OTLP on, about one cycle per export in all (docs/architecture.md,
+// "Memory"). Nothing is forced while the collector is off ($GOGC=off with no
+// memory.gc-percent): whoever turned it off chose the soft memory limit alone to decide.
 type exportGC struct {
 	mu   sync.Mutex
 	last time.Time
@@ -40,12 +40,15 @@ func (g *exportGC) after() {
 		return
 	}
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	now := g.now()
 	if since := now.Sub(g.last); !g.last.IsZero() && since >= 0 && since < g.gap {
+		g.mu.Unlock()
 		return
 	}
 	g.last = now
+	g.mu.Unlock()
+	// Outside the lock: another export finishing meanwhile skips at once instead of waiting
+	// for this cycle.
 	g.gc()
 }
 

@@ -1,13 +1,17 @@
 package agent
 
 import (
+	"context"
 	"log/slog"
 	"os"
 	"runtime/debug"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/capstan-power/capstan/internal/config"
+	"github.com/capstan-power/capstan/internal/otlptest"
+	"github.com/capstan-power/capstan/internal/testkit"
 )
 
 // memory.soft-limit-mib becomes the runtime's soft limit, and 0 gives back the one the process
@@ -28,6 +32,7 @@ func TestApplyMemorySetsTheSoftLimit(t *testing.T) {
 // memory.gc-percent becomes the runtime's GC target, with or without OTLP; 0 gives back the
 // agent's default: $GOGC when the process started with it, else defaultGCPercent without OTLP
 // and defaultGCPercentOTLP with it, also after a reload that turns OTLP on or off.
+// It sets startGOGC, a package variable: no test of this package runs in parallel.
 func TestApplyMemorySetsTheGCPercent(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	defer debug.SetGCPercent(debug.SetGCPercent(100))
@@ -80,6 +85,41 @@ func TestEnvGCPercentRespectsGOGC(t *testing.T) {
 		debug.SetGCPercent(p)
 		if got, set := envGCPercent(); got != p || !set {
 			t.Errorf("GOGC=%s: envGCPercent %d (set %v), want %d (set)", env, got, set, p)
+		}
+	}
+}
+
+// Run sets the GC target from the configuration it runs: the OTLP default with an OTLP endpoint,
+// the agent's default without one.
+func TestRunSetsTheGCTargetForOTLP(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	defer func(p int, set bool) { startGOGC, startGOGCSet = p, set }(startGOGC, startGOGCSet)
+	startGOGC, startGOGCSet = 0, false // as if started without $GOGC
+	for _, c := range []struct {
+		endpoint string
+		want     int
+	}{
+		{otlptest.FreeAddr(t), defaultGCPercentOTLP}, // nothing listens: exports fail, the target holds
+		{"", defaultGCPercent},
+	} {
+		cfg := simConfig("gpu")
+		cfg.Web.ListenAddress = ""
+		cfg.Summary.Interval = 0
+		cfg.OTLP.Endpoint, cfg.OTLP.Insecure, cfg.OTLP.Interval = c.endpoint, true, time.Hour
+		debug.SetGCPercent(7) // neither default: Run must set it
+		log, logs := testkit.NewLogger()
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- Run(ctx, cfg, Options{Log: log}) }()
+		testkit.WaitFor(t, "the agent ready line", func() bool { return logs.Contains(`msg="agent ready"`) })
+		got := debug.SetGCPercent(-1)
+		debug.SetGCPercent(got)
+		cancel()
+		if err := testkit.Receive(t, done, 10*time.Second, "Run to return"); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		if got != c.want {
+			t.Errorf("otlp.endpoint %q: GC target %d while running, want %d", c.endpoint, got, c.want)
 		}
 	}
 }

@@ -83,7 +83,7 @@ type Memory struct {
 	SoftLimitMiB int `yaml:"soft-limit-mib" range:"8,65536" zero:"leaves the runtime's default ($GOMEMLIMIT, else none)" help:"soft limit of the Go runtime's memory in MiB: near it the garbage collector works harder instead of growing the heap; set it below a container's memory limit"`
 	// GCPercent is the garbage collector's target (debug.SetGCPercent, $GOGC): the heap may
 	// grow this many percent over what the last collection kept before the next one runs.
-	GCPercent int `yaml:"gc-percent" range:"10,1000" zero:"is $GOGC when set, else 100 with OTLP on and 50 without" help:"garbage collector target in percent of the live heap (GOGC): lower keeps the heap smaller for more CPU; without OTLP the agent's default 50 rather than Go's 100 trims its resident memory for a few CPU ticks a minute; with OTLP on, the agent collects right after each export (at most every 5 s; never with $GOGC=off), which bounds the heap, and 100 spares a second cycle inside each export"`
+	GCPercent int `yaml:"gc-percent" range:"10,1000" zero:"is $GOGC when set, else 100 with OTLP on and 50 without" help:"garbage collector target in percent of the live heap (GOGC): lower keeps the heap smaller for more CPU; without OTLP the agent's default 50 rather than Go's 100 trims its resident memory for a few CPU ticks a minute; with OTLP on, the agent collects right after each export (at most every 5 s; never while the collector is off), which bounds the heap, and 100 spares a second cycle inside each export"`
 }
 
 // Path locates the kernel's pseudo-filesystems, so that a container can read the host's.
