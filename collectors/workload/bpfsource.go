@@ -222,6 +222,23 @@ func (s *bpfSource) programStats() (runCount uint64, runTimeNs uint64, err error
 	return st.RunCount, uint64(st.Runtime), nil
 }
 
+// bpfPrograms are the programs as capstan.bpf.program names them, in bpfSource.missed's order.
+var bpfPrograms = [...]string{"sched_switch", "cpu_frequency", "cgroup_skb_ingress", "cgroup_skb_egress"}
+
+// missed fills n with each program's recursion misses (ProgramStats.RecursionMisses): runs the
+// kernel skipped because a BPF program was already running on that CPU, each a context switch,
+// frequency change or packet not counted. It is false on a kernel that cannot tell (before 5.8).
+func (s *bpfSource) missed(n *[len(bpfPrograms)]uint64) bool {
+	for i, p := range [...]*ebpf.Program{s.objs.SchedSwitch, s.objs.CpuFrequency, s.objs.SkbIngress, s.objs.SkbEgress} {
+		st, err := p.Stats()
+		if err != nil {
+			return false
+		}
+		n[i] = st.RecursionMisses
+	}
+	return true
+}
+
 func (s *bpfSource) Close() error {
 	var errs []error
 	for i := len(s.links) - 1; i >= 0; i-- {

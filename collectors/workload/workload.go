@@ -115,6 +115,8 @@ type Collector struct {
 	rapl          *rapl.Packages
 	cgroupsS      *sample.Series
 	droppedS      *sample.Series
+	missedS       [len(bpfPrograms)]*sample.Series
+	missed        [len(bpfPrograms)]uint64
 	dropped       float64
 	gpu           *gpuEnergy
 	unknown       map[uint64]uint64 // ids in the maps with no cgroup, and the round first seen
@@ -213,6 +215,9 @@ func New(o Options) (*Collector, error) {
 	src := attribute.String(metrics.AttrWorkloadSource, c.source)
 	c.cgroupsS = sample.NewSeries(metrics.WorkloadCgroups, src)
 	c.droppedS = sample.NewSeries(metrics.WorkloadSeriesDropped, src)
+	for i, name := range bpfPrograms {
+		c.missedS[i] = sample.NewSeries(metrics.WorkloadBPFMissed, attribute.String(metrics.AttrBPFProgram, name))
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -425,6 +430,11 @@ func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 	}
 	b.Add(c.cgroupsS, float64(len(active)))
 	b.Add(c.droppedS, c.dropped)
+	if c.bpf != nil && c.bpf.missed(&c.missed) {
+		for i, n := range c.missed {
+			b.Add(c.missedS[i], float64(n))
+		}
+	}
 	return nil
 }
 

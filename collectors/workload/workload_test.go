@@ -216,8 +216,20 @@ func TestBusyLoopMatchesCPUStat(t *testing.T) {
 	if want < 1 {
 		t.Fatalf("busy loop ran only %.3f s by cpu.stat; the machine is too loaded to judge", want)
 	}
+	// Runs the kernel skipped (another BPF program already on the CPU) are context switches the
+	// eBPF source did not see: exported, and named here should the two sources disagree.
+	prog := attribute.String(metrics.AttrBPFProgram, "sched_switch")
+	missed, ok := value(b, metrics.WorkloadBPFMissed, prog)
+	var now [len(bpfPrograms)]uint64
+	switch {
+	case !ok || b.Count(metrics.WorkloadBPFMissed) != len(bpfPrograms):
+		t.Errorf("%d %s series with the eBPF source (sched_switch: %v), want one per program, %d",
+			b.Count(metrics.WorkloadBPFMissed), metrics.WorkloadBPFMissed.Name, ok, len(bpfPrograms))
+	case !c.bpf.missed(&now) || float64(now[0]) < missed:
+		t.Errorf("%s{sched_switch} = %g, but the program counts %d since: not the kernel's running total", metrics.WorkloadBPFMissed.Name, missed, now[0])
+	}
 	if math.Abs(got-want)/want > 0.05 {
-		t.Errorf("busy cgroup: eBPF %.4f s, cpu.stat %.4f s: more than 5 %% apart", got, want)
+		t.Errorf("busy cgroup: eBPF %.4f s, cpu.stat %.4f s: more than 5 %% apart (eBPF programs' recursion misses: %g)", got, want, missed)
 	}
 	if src, _ := value(b, metrics.WorkloadCPUTime, attribute.String(metrics.AttrCgroupPath, busy), attribute.String(metrics.AttrWorkloadSource, SourceEBPF)); src != got {
 		t.Errorf("busy cgroup's series does not say source=ebpf")
@@ -378,7 +390,8 @@ func helperFallback() int {
 		return 1
 	}
 	rootCPU, ok := b.Find(metrics.WorkloadCPUTime, attribute.String(metrics.AttrCgroupPath, "/"), attribute.String(metrics.AttrWorkloadSource, SourceCPUStat))
-	fmt.Printf("source=%s series=%d root_found=%v root_cpu=%g\n", c.Source(), b.Count(metrics.WorkloadCPUTime), ok, rootCPU)
+	fmt.Printf("source=%s series=%d root_found=%v root_cpu=%g bpf_missed_series=%d\n", c.Source(), b.Count(metrics.WorkloadCPUTime), ok, rootCPU,
+		b.Count(metrics.WorkloadBPFMissed))
 	return 0
 }
 
@@ -414,8 +427,11 @@ func TestFallbackWithoutPrivilege(t *testing.T) {
 		t.Fatalf("unprivileged helper: %v: %s", err, out)
 	}
 	s := string(out)
-	if !strings.Contains(s, "source=cpu.stat ") || !strings.Contains(s, "root_found=true") || strings.Contains(s, "series=0 ") {
+	if !strings.Contains(s, "source=cpu.stat ") || !strings.Contains(s, "root_found=true") || strings.Contains(s, " series=0 ") {
 		t.Fatalf("unprivileged collector: %s; want source cpu.stat with the root cgroup's CPU time", s)
+	}
+	if !strings.Contains(s, "bpf_missed_series=0") {
+		t.Errorf("unprivileged collector: %s; want no %s without eBPF", s, metrics.WorkloadBPFMissed.Name)
 	}
 	t.Log(strings.TrimSpace(s))
 }

@@ -9,6 +9,9 @@ const (
 	AttrNamespaceName  = "k8s.namespace.name"
 	AttrSlurmJobID     = "slurm.job.id"
 	AttrWorkloadSource = "capstan.workload.source"
+	// AttrBPFProgram names one of the workload collector's eBPF programs: sched_switch,
+	// cpu_frequency, cgroup_skb_ingress, cgroup_skb_egress.
+	AttrBPFProgram = "capstan.bpf.program"
 )
 
 // workloadAttrs identify a workload on every workload data point.
@@ -37,4 +40,7 @@ var (
 	WorkloadSeriesDropped = def("capstan.workload.series.dropped", "{series}", Counter, "workload",
 		"Workload cgroups not exported because the active cgroups exceeded the series limit, counted per collection.",
 		AttrWorkloadSource)
+	WorkloadBPFMissed = def("capstan.workload.bpf.missed", "{run}", Counter, "workload",
+		"Runs of the workload collector's eBPF programs the kernel skipped since they were loaded, because a BPF program was already running on that CPU (recursion misses, Linux 5.12 and later); while it rises, what that program counts (sched_switch: CPU time and cycles; cpu_frequency: the frequency cycles are estimated at; cgroup_skb: network bytes and packets) undercounts. Exported only with capstan.workload.source ebpf.",
+		AttrBPFProgram)
 )
