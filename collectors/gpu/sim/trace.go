@@ -32,9 +32,9 @@ func NewTrace(spec string, m Model, gpus int, seed int64) (Trace, error) {
 	case name == "bursty":
 		return burstyTrace{n: n, maxW: m.MaxLimitW}, nil
 	case name == "training":
-		return trainingTrace{n: n, maxW: m.MaxLimitW, keys: trainingKeys(n, gpus)}, nil
+		return trainingTrace{n: n, maxW: m.MaxLimitW, keys: gpuKeysTable(n, gpus, trainingGPUOf)}, nil
 	case name == "inference":
-		return inferenceTrace{n: n, maxW: m.MaxLimitW, keys: inferenceKeys(n, gpus)}, nil
+		return inferenceTrace{n: n, maxW: m.MaxLimitW, keys: gpuKeysTable(n, gpus, inferenceGPUOf)}, nil
 	case name == "imbalanced":
 		return imbalancedTrace{n: n, maxW: m.MaxLimitW, gpus: gpus}, nil
 	case name == "lockstep":
@@ -206,6 +206,24 @@ type trainingTrace struct {
 	keys []trainingGPU // by GPU, for the GPUs it was built for
 }
 
+// gpuKeysTable is what of hashes for GPUs 0 to gpus-1: a trace hashes each GPU's keys once, not
+// at every instant.
+func gpuKeysTable[K any](n noise, gpus int, of func(noise, int) K) []K {
+	out := make([]K, gpus)
+	for i := range out {
+		out[i] = of(n, i)
+	}
+	return out
+}
+
+// gpuKeysOf is gpu's keys: from the table, or computed for a GPU beyond it.
+func gpuKeysOf[K any](table []K, n noise, gpu int, of func(noise, int) K) K {
+	if gpu >= 0 && gpu < len(table) {
+		return table[gpu]
+	}
+	return of(n, gpu)
+}
+
 // trainingGPU is what a training GPU's demand hashes without the time: its streams' keys and
 // its offset.
 type trainingGPU struct {
@@ -213,24 +231,13 @@ type trainingGPU struct {
 	offset        float64
 }
 
-func trainingKeys(n noise, gpus int) []trainingGPU {
-	out := make([]trainingGPU, gpus)
-	for i := range out {
-		out[i] = trainingGPUOf(n, i)
-	}
-	return out
-}
-
 func trainingGPUOf(n noise, gpu int) trainingGPU {
 	return trainingGPU{jitter: n.key(streamJitter, gpu), level: n.key(streamLevel, gpu), offset: n.signed(streamOffset, gpu, 0)}
 }
 
-// gpuKeys is gpu's keys: from the table, or computed for a GPU beyond it.
+// gpuKeys is gpu's keys.
 func (tr trainingTrace) gpuKeys(gpu int) trainingGPU {
-	if gpu >= 0 && gpu < len(tr.keys) {
-		return tr.keys[gpu]
-	}
-	return trainingGPUOf(tr.n, gpu)
+	return gpuKeysOf(tr.keys, tr.n, gpu, trainingGPUOf)
 }
 
 const (
@@ -285,14 +292,6 @@ type inferenceGPU struct {
 	offset   float64
 }
 
-func inferenceKeys(n noise, gpus int) []inferenceGPU {
-	out := make([]inferenceGPU, gpus)
-	for i := range out {
-		out[i] = inferenceGPUOf(n, i)
-	}
-	return out
-}
-
 func inferenceGPUOf(n noise, gpu int) inferenceGPU {
 	return inferenceGPU{requests: n.key(streamRequests, gpu), offset: n.signed(streamOffset, gpu, 0)}
 }
@@ -309,12 +308,7 @@ func (inferenceTrace) cycle(t float64) float64 { return math.Sin(2 * math.Pi * t
 
 // demand is gpu's demand at t seconds, the day's part given.
 func (in inferenceTrace) demand(gpu int, t, cycle float64) float64 {
-	var g inferenceGPU
-	if gpu >= 0 && gpu < len(in.keys) {
-		g = in.keys[gpu]
-	} else {
-		g = inferenceGPUOf(in.n, gpu)
-	}
+	g := gpuKeysOf(in.keys, in.n, gpu, inferenceGPUOf)
 	frac := 0.60 + 0.30*cycle +
 		0.06*smoothKeyed(g.requests, t/0.5) + 0.02*g.offset
 	return frac * in.maxW
