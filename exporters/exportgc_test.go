@@ -53,7 +53,7 @@ func TestOTLPExportCollectsAfterwards(t *testing.T) {
 	if err := e.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = e.Shutdown(context.Background()) })
+	shutdownAtEnd(t, e)
 
 	// Count this exporter's collections (another test's runtime.GC would blur a process-wide
 	// count), and check the real one ran.

@@ -116,7 +116,6 @@ type Collector struct {
 	cgroupsS      *sample.Series
 	droppedS      *sample.Series
 	missedS       [len(bpfPrograms)]*sample.Series
-	missed        [len(bpfPrograms)]uint64
 	dropped       float64
 	gpu           *gpuEnergy
 	unknown       map[uint64]uint64 // ids in the maps with no cgroup, and the round first seen
@@ -430,8 +429,9 @@ func (c *Collector) Collect(ctx context.Context, b *sample.Batch) error {
 	}
 	b.Add(c.cgroupsS, float64(len(active)))
 	b.Add(c.droppedS, c.dropped)
-	if c.bpf != nil && c.bpf.missed(&c.missed) {
-		for i, n := range c.missed {
+	var missed [len(bpfPrograms)]uint64
+	if c.bpf != nil && c.bpf.missed(&missed) {
+		for i, n := range missed {
 			b.Add(c.missedS[i], float64(n))
 		}
 	}
