@@ -23,21 +23,6 @@ import (
 	"github.com/capstan-power/capstan/internal/version"
 )
 
-// Exit codes: 2 when what the user gave is wrong (a flag, an argument, the configuration, or a
-// file the configuration names for the simulator, such as a CSV trace), which no restart fixes
-// (the systemd unit does not restart on 2); 1 for a failure at run time, including files that
-// other systems provide and may yet appear (certificates, the budget file).
-const (
-	exitFailure = 1
-	exitUsage   = 2
-)
-
-// usageError marks errors that exit with code 2.
-type usageError struct{ err error }
-
-func (e usageError) Error() string { return e.err.Error() }
-func (e usageError) Unwrap() error { return e.err }
-
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -45,17 +30,7 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	root := newRootCommand(stdout, stderr)
 	root.SetArgs(args)
-	err := root.Execute()
-	if err == nil {
-		return 0
-	}
-	fmt.Fprintln(stderr, "capstan:", err)
-	var cfgErr *config.Error
-	var uErr usageError
-	if errors.As(err, &cfgErr) || errors.As(err, &uErr) {
-		return exitUsage
-	}
-	return exitFailure
+	return cli.Execute(root, stderr)
 }
 
 func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
@@ -75,7 +50,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageError{cli.FlagError(cmd, err)} })
+	root.SetFlagErrorFunc(cli.UsageFlagError)
 	root.Version = version.String()
 	root.SetVersionTemplate("{{.Version}}\n")
 	fs := root.PersistentFlags()
@@ -116,7 +91,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 
 	root.AddCommand(newCollectCommand(resolve, stdout, stderr), newConfigCommand(stdout), newVersionCommand(stdout))
 	root.AddCommand(newSimulateCommand())
-	usageArgs(root)
+	cli.UsageArgs(root)
 	return root
 }
 
@@ -175,22 +150,6 @@ func terminalHungUp(fds []int) bool {
 		}
 	}
 	return false
-}
-
-// usageArgs makes a wrong number of arguments, or an unknown subcommand, a usage error in cmd
-// and every command under it.
-func usageArgs(cmd *cobra.Command) {
-	if check := cmd.Args; check != nil {
-		cmd.Args = func(c *cobra.Command, args []string) error {
-			if err := check(c, args); err != nil {
-				return usageError{err}
-			}
-			return nil
-		}
-	}
-	for _, sub := range cmd.Commands() {
-		usageArgs(sub)
-	}
 }
 
 func newCollectCommand(resolve func() (*config.Config, error), stdout, stderr io.Writer) *cobra.Command {

@@ -8,6 +8,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/capstan-power/capstan/internal/cli"
 )
 
 // simulator is the binary that `capstan simulate …` runs, the git way (`git foo` runs
@@ -29,7 +31,7 @@ func newSimulateCommand() *cobra.Command {
 		RunE: func(_ *cobra.Command, args []string) error {
 			path, err := findSimulator()
 			if err != nil {
-				return usageError{err}
+				return cli.UsageError{Err: err}
 			}
 			return runSimulator(path, args)
 		},
@@ -43,7 +45,7 @@ func newSimulateCommand() *cobra.Command {
 		}
 		fmt.Fprintln(c.OutOrStdout(), c.Long)
 		fmt.Fprintln(c.ErrOrStderr(), "capstan:", err)
-		os.Exit(exitUsage)
+		os.Exit(cli.ExitUsage)
 	})
 	return cmd
 }

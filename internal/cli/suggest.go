@@ -1,5 +1,6 @@
-// Package cli holds what Capstan's commands share on the command line: the flag a user most
-// likely meant when they typed one that does not exist. Cobra suggests subcommands, not flags.
+// Package cli holds what Capstan's commands share on the command line: their exit statuses, and
+// the flag a user most likely meant when they typed one that does not exist (cobra suggests
+// subcommands, not flags).
 package cli
 
 import (

@@ -5,8 +5,6 @@
 package simcmd
 
 import (
-	"errors"
-	"fmt"
 	"io"
 
 	"github.com/spf13/cobra"
@@ -19,34 +17,11 @@ import (
 	"github.com/capstan-power/capstan/internal/config"
 )
 
-// Exit codes, as the agent's: 2 when what the user gave is wrong (a flag, an argument, the
-// configuration, a file it names for the simulator), 1 for a failure while running.
-const (
-	exitFailure = 1
-	exitUsage   = 2
-)
-
-// usageError marks errors that exit with code 2.
-type usageError struct{ err error }
-
-func (e usageError) Error() string { return e.err.Error() }
-func (e usageError) Unwrap() error { return e.err }
-
 // Run runs `capstan simulate args…` and returns the exit status.
 func Run(args []string, stdout, stderr io.Writer) int {
 	root := NewRootCommand(stdout, stderr)
 	root.SetArgs(append([]string{"simulate"}, args...))
-	err := root.Execute()
-	if err == nil {
-		return 0
-	}
-	fmt.Fprintln(stderr, "capstan:", err)
-	var cfgErr *config.Error
-	var uErr usageError
-	if errors.As(err, &cfgErr) || errors.As(err, &uErr) {
-		return exitUsage
-	}
-	return exitFailure
+	return cli.Execute(root, stderr)
 }
 
 // NewRootCommand is `capstan` as the simulator sees it: the agent's flags, which simulate
@@ -62,7 +37,7 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageError{cli.FlagError(cmd, err)} })
+	root.SetFlagErrorFunc(cli.UsageFlagError)
 	root.CompletionOptions.DisableDefaultCmd = true
 	fs := root.PersistentFlags()
 	config.BindFlags(fs, cfg)
@@ -77,22 +52,6 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		return c, nil
 	}
 	root.AddCommand(newSimulateCommand(resolve, stdout, stderr))
-	usageArgs(root)
+	cli.UsageArgs(root)
 	return root
-}
-
-// usageArgs makes a wrong number of arguments, or an unknown subcommand, a usage error in cmd
-// and every command under it.
-func usageArgs(cmd *cobra.Command) {
-	if check := cmd.Args; check != nil {
-		cmd.Args = func(c *cobra.Command, args []string) error {
-			if err := check(c, args); err != nil {
-				return usageError{err}
-			}
-			return nil
-		}
-	}
-	for _, sub := range cmd.Commands() {
-		usageArgs(sub)
-	}
 }

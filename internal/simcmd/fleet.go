@@ -15,6 +15,7 @@ import (
 	"github.com/capstan-power/capstan/capping"
 	"github.com/capstan-power/capstan/capping/cluster/fleet"
 	"github.com/capstan-power/capstan/internal/agent"
+	"github.com/capstan-power/capstan/internal/cli"
 	"github.com/capstan-power/capstan/internal/config"
 )
 
@@ -69,22 +70,22 @@ func newSimulateFleetCommand(resolve func() (*config.Config, error), stdout, std
 				return err
 			}
 			if file == "" {
-				return usageError{fmt.Errorf("--fleet.file: required (a YAML file: domains: {PATH: {limit_w: W, nodes: N, gpus: G, model: M, trace: T}})")}
+				return cli.UsageError{Err: fmt.Errorf("--fleet.file: required (a YAML file: domains: {PATH: {limit_w: W, nodes: N, gpus: G, model: M, trace: T}})")}
 			}
 			if duration <= 0 || duration > 31*24*time.Hour {
-				return usageError{fmt.Errorf("--duration: %s is out of range (allowed: more than 0 up to 744h)", duration)}
+				return cli.UsageError{Err: fmt.Errorf("--duration: %s is out of range (allowed: more than 0 up to 744h)", duration)}
 			}
 			if searchDuration == 0 {
 				searchDuration = duration
 			}
 			if searchDuration < 0 || searchDuration > 31*24*time.Hour {
-				return usageError{fmt.Errorf("--fleet.search-duration: %s is out of range (allowed: 0 (the --duration) up to 744h)", searchDuration)}
+				return cli.UsageError{Err: fmt.Errorf("--fleet.search-duration: %s is out of range (allowed: 0 (the --duration) up to 744h)", searchDuration)}
 			}
 			if math.IsNaN(maxLoss) || maxLoss < 0 || maxLoss > 100 {
-				return usageError{fmt.Errorf("--fleet.max-loss-pct: %v is out of range (allowed: 0 to 100)", maxLoss)}
+				return cli.UsageError{Err: fmt.Errorf("--fleet.max-loss-pct: %v is out of range (allowed: 0 to 100)", maxLoss)}
 			}
 			if c.Capping.Period > duration {
-				return usageError{fmt.Errorf("--capping.period %s is longer than --duration %s", c.Capping.Period, duration)}
+				return cli.UsageError{Err: fmt.Errorf("--capping.period %s is longer than --duration %s", c.Capping.Period, duration)}
 			}
 			f, err := fleet.Load(file)
 			if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/capstan-power/capstan/capping"
 	"github.com/capstan-power/capstan/capping/simulation"
 	"github.com/capstan-power/capstan/internal/agent"
+	"github.com/capstan-power/capstan/internal/cli"
 	"github.com/capstan-power/capstan/internal/config"
 )
 
@@ -63,11 +64,11 @@ func newSimulateCommand(resolve func() (*config.Config, error), stdout, stderr i
 				return err
 			}
 			if duration <= 0 || duration > 31*24*time.Hour {
-				return usageError{fmt.Errorf("--duration: %s is out of range (allowed: more than 0 up to 744h)", duration)}
+				return cli.UsageError{Err: fmt.Errorf("--duration: %s is out of range (allowed: more than 0 up to 744h)", duration)}
 			}
 			parsed, err := parseSteps(steps, duration)
 			if err != nil {
-				return usageError{err}
+				return cli.UsageError{Err: err}
 			}
 			// The controller's start and stop lines would only be noise around the report.
 			level := c.Log.Level
