@@ -60,8 +60,8 @@ type gpu struct {
 	drawW            float64
 	weight           float64
 	ok               bool // read this period
-	// oobMW is an out-of-band limit found below ours (a BMC, the driver); while it is
-	// trusted (until tick oobUntil) the controller allots the GPU no more than it.
+	// oobMW is an out-of-band limit found below ours (a BMC, the driver), 0 when none: the
+	// controller allots the GPU no more than it, and after tick oobUntil a probe above it.
 	oobMW      uint32
 	oobUntil   uint64
 	refusedRet nvml.Return

@@ -260,22 +260,47 @@ func (c *Controller) floorW() float64 {
 	return max(c.sumMin, min(c.sumMax, b-c.hostW))
 }
 
-// oobTrust is how many periods an out-of-band limit is taken as the GPU's maximum before the
-// controller asks for more again, to notice that it was lifted.
+// oobTrust is how many periods an out-of-band limit is taken as the GPU's maximum, as found.
+// After that the controller allots the GPU up to oobProbeW above it: a GPU that then takes the
+// higher limit shows that the out-of-band limit was lifted, and one that does not renews the
+// trust. A probe costs the other GPUs at most that much, for one period in oobTrust.
 const oobTrust = 60
 
+// oobMarginMW is how far below the requested limit the enforced one must be to count as an
+// out-of-band limit (the collector's signal uses the same 1 W): a driver's rounding is not one.
+const oobMarginMW = 1000
+
+// oobCeilingW is the most the controller allots a GPU under an out-of-band limit.
+func (c *Controller) oobCeilingW(g *gpu) float64 {
+	ceil := watts(g.oobMW)
+	if c.ticks >= g.oobUntil {
+		ceil += c.oobProbeW(ceil)
+	}
+	return ceil
+}
+
+// oobProbeW is how far above an out-of-band limit a probe asks: the margin that counts a GPU as
+// power-bound, so that a GPU held at the limit would draw into it.
+func (c *Controller) oobProbeW(limitW float64) float64 { return c.bindMargin(limitW) }
+
 // checkOutOfBand counts an enforced limit below the requested one (a BMC, the driver) once per
-// distinct value; the controller then treats it as the GPU's maximum for oobTrust periods.
+// distinct value; the controller then treats it as the GPU's maximum (oobCeilingW). A GPU that
+// takes a requested limit above that maximum has had it lifted.
 func (c *Controller) checkOutOfBand(g *gpu) {
-	if g.enforcedMW >= g.requestedMW {
+	if g.enforcedMW+oobMarginMW <= g.requestedMW {
+		if g.enforcedMW != g.oobMW {
+			g.overrides++
+			c.log.Warn("capping: an out-of-band limit below ours is in force on a GPU", "gpu", g.index,
+				"enforced_watts", watts(g.enforcedMW), "requested_watts", watts(g.requestedMW))
+		}
+		g.oobMW, g.oobUntil = g.enforcedMW, c.ticks+oobTrust
 		return
 	}
-	if g.enforcedMW != g.oobMW {
-		g.overrides++
-		c.log.Warn("capping: an out-of-band limit below ours is in force on a GPU", "gpu", g.index,
-			"enforced_watts", watts(g.enforcedMW), "requested_watts", watts(g.requestedMW))
+	if g.oobMW > 0 && g.requestedMW >= g.oobMW+oobMarginMW {
+		c.log.Info("capping: the out-of-band limit on a GPU is lifted", "gpu", g.index,
+			"was_watts", watts(g.oobMW), "enforced_watts", watts(g.enforcedMW))
+		g.oobMW, g.oobUntil = 0, 0
 	}
-	g.oobMW, g.oobUntil = g.enforcedMW, c.ticks+oobTrust
 }
 
 // control moves the total cap with the law. Σ caps at the budget's static share are safe
@@ -314,8 +339,8 @@ func (c *Controller) allocate(cut bool) {
 	for i, g := range c.gpus {
 		s := &c.shares[i]
 		s.minW, s.maxW = watts(g.minMW), watts(g.maxMW)
-		if g.oobMW > 0 && c.ticks < g.oobUntil {
-			s.maxW = max(s.minW, min(s.maxW, watts(g.oobMW)))
+		if g.oobMW > 0 {
+			s.maxW = max(s.minW, min(s.maxW, c.oobCeilingW(g)))
 		}
 		s.limitW = watts(g.enforcedMW)
 		s.fairW = max(s.minW, min(s.maxW, floor*g.weight/c.sumWeight))
