@@ -3,6 +3,7 @@ package workload
 import (
 	"bufio"
 	"context"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -70,17 +71,25 @@ type gpuDevice struct {
 	uuid   string
 	lastMJ uint64
 	have   bool
-	lastTS uint64 // µs, for GetProcessUtilization
-	idle   *sample.Series
-	idleJ  float64
-	// mig are the GPU's MIG devices by GPU instance id, refreshed with the pods.
-	mig map[uint32]migDevice
+	// lastTS is the newest per-process utilisation sample seen (NVML's µs), which the next
+	// GetProcessUtilization asks for samples after; utilPrimed once the first call set it.
+	lastTS     uint64
+	utilPrimed bool
+	idle       *sample.Series
+	idleJ      float64
+	// mig are the GPU's MIG devices (one per compute instance, each with the UUID the kubelet
+	// names it by) and giMem the memory of each GPU instance, refreshed with the pods and when
+	// a process runs in an instance not listed.
+	mig   map[migKey]string
+	giMem map[uint32]uint64
+	// migMode: the GPU was in MIG mode when last listed (a change needs a GPU reset); migAt
+	// is the round it was.
+	migMode bool
+	migAt   uint64
 }
 
-type migDevice struct {
-	uuid     string
-	memBytes uint64
-}
+// migKey is a MIG device: a compute instance within a GPU instance.
+type migKey struct{ gi, ci uint32 }
 
 type gpuKey struct {
 	cgroup string
@@ -100,10 +109,10 @@ type useKey struct {
 }
 
 type useSeries struct {
-	mem, sm      *sample.Series
-	memB, smFrac float64
-	haveSM       bool
-	round        uint64
+	mem, sm         *sample.Series
+	memB, smFrac    float64
+	haveMem, haveSM bool
+	round           uint64
 }
 
 type procKey struct {
@@ -170,7 +179,7 @@ func (g *gpuEnergy) collect(ctx context.Context, b *sample.Batch, log func(msg s
 			}
 		}
 		for _, d := range g.devs {
-			d.refreshMIG()
+			d.refreshMIG(g.round)
 		}
 		g.podsAt = now
 	}
@@ -184,7 +193,7 @@ func (g *gpuEnergy) collect(ctx context.Context, b *sample.Batch, log func(msg s
 			joules = float64(mj-d.lastMJ) / 1e3
 		}
 		d.lastMJ, d.have = mj, true
-		attributed := g.processShares(d, now)
+		attributed := g.processShares(d)
 		if attributed == 0 {
 			attributed = g.podShares(d)
 		}
@@ -209,7 +218,9 @@ func (g *gpuEnergy) collect(ctx context.Context, b *sample.Batch, log func(msg s
 			delete(g.use, k) // a gauge of now: gone with the workload's last process
 			continue
 		}
-		b.Add(u.mem, u.memB)
+		if u.haveMem {
+			b.Add(u.mem, u.memB)
+		}
 		if u.haveSM {
 			b.Add(u.sm, u.smFrac)
 		}
@@ -243,10 +254,13 @@ func (g *gpuEnergy) processCgroup(pid uint32) (string, bool) {
 }
 
 // refreshMIG lists the GPU's MIG devices, when it is in MIG mode.
-func (d *gpuDevice) refreshMIG() {
+func (d *gpuDevice) refreshMIG(round uint64) {
+	d.migAt = round
 	clear(d.mig)
+	clear(d.giMem)
 	mode, _, ret := d.dev.GetMigMode()
-	if ret != nvml.SUCCESS || mode != nvml.DEVICE_MIG_ENABLE {
+	d.migMode = ret == nvml.SUCCESS && mode == nvml.DEVICE_MIG_ENABLE
+	if !d.migMode {
 		return
 	}
 	n, ret := d.dev.GetMaxMigDeviceCount()
@@ -254,7 +268,7 @@ func (d *gpuDevice) refreshMIG() {
 		return
 	}
 	if d.mig == nil {
-		d.mig = map[uint32]migDevice{}
+		d.mig, d.giMem = map[migKey]string{}, map[uint32]uint64{}
 	}
 	for i := range n {
 		h, ret := d.dev.GetMigDeviceHandleByIndex(i)
@@ -262,21 +276,35 @@ func (d *gpuDevice) refreshMIG() {
 			continue
 		}
 		gi, ret1 := h.GetGpuInstanceId()
-		uuid, ret2 := h.GetUUID()
-		mem, ret3 := h.GetMemoryInfo()
-		if ret1 == nvml.SUCCESS && ret2 == nvml.SUCCESS && ret3 == nvml.SUCCESS {
-			d.mig[uint32(gi)] = migDevice{uuid: uuid, memBytes: mem.Total}
+		ci, ret2 := h.GetComputeInstanceId()
+		uuid, ret3 := h.GetUUID()
+		mem, ret4 := h.GetMemoryInfo()
+		if ret1 == nvml.SUCCESS && ret2 == nvml.SUCCESS && ret3 == nvml.SUCCESS && ret4 == nvml.SUCCESS {
+			// The compute instances of a GPU instance share its memory: each reports all of it.
+			d.mig[migKey{uint32(gi), uint32(ci)}] = uuid
+			d.giMem[uint32(gi)] = mem.Total
 		}
 	}
 }
 
-// migTotal is the memory of all the GPU's MIG devices: the whole an instance's share is of.
+// migTotal is the memory of all the GPU's instances: the whole an instance's share is of.
 func (d *gpuDevice) migTotal() uint64 {
 	var t uint64
-	for _, m := range d.mig {
-		t += m.memBytes
+	for _, m := range d.giMem {
+		t += m
 	}
 	return t
+}
+
+// migDevice finds the MIG device of a process's instances, listing the GPU's devices again
+// (once a collection) when they are not known: an instance made since the last listing.
+func (d *gpuDevice) migDevice(k migKey, round uint64) (string, bool) {
+	uuid, ok := d.mig[k]
+	if !ok && d.migAt != round {
+		d.refreshMIG(round)
+		uuid, ok = d.mig[k]
+	}
+	return uuid, ok
 }
 
 // onePod is the pod that holds device id, when exactly one does: a device time-sliced between
@@ -327,53 +355,37 @@ type procEntry struct {
 	device string
 	gi     uint32 // noInstance outside MIG
 	sm     float64
+	// known: the process's cgroup (and, under MIG, its instance) was found. The share of one
+	// that was not stays unattributed (idle energy) rather than going to the others.
+	known bool
 }
 
 // processShares fills g.weights with each cgroup's share of the GPU's energy from its compute
 // processes and returns the share attributed (0 when the GPU has no process). With NVML's
 // per-process utilisation the cgroups share by SM time (MPS and time-slicing alike); without it
-// (MIG mode, or no samples) each process gets an equal part of its MIG instance's share of the
-// GPU, or of the whole GPU. It also records each workload's (and process's) use.
-func (g *gpuEnergy) processShares(d *gpuDevice, now time.Time) float64 {
+// (MIG mode, or no samples) each process gets an equal part of its GPU instance's share of the
+// GPU, or of the whole GPU. A process whose cgroup or instance cannot be found keeps its share
+// unattributed. It also records each workload's (and process's) use.
+func (g *gpuEnergy) processShares(d *gpuDevice) float64 {
 	clear(g.weights)
 	procs, ret := d.dev.GetComputeRunningProcesses()
 	if ret != nvml.SUCCESS || len(procs) == 0 {
 		return 0
 	}
-	for _, u := range g.util {
-		*u = procUtil{}
-	}
-	samples, ret := d.dev.GetProcessUtilization(d.lastTS)
-	d.lastTS = uint64(now.UnixMicro())
-	if ret == nvml.SUCCESS {
-		for _, s := range samples {
-			u := g.util[s.Pid]
-			if u == nil {
-				u = &procUtil{}
-				g.util[s.Pid] = u
-			}
-			u.sum[0] += float64(s.SmUtil)
-			u.sum[1] += float64(s.MemUtil)
-			u.sum[2] += float64(s.EncUtil)
-			u.sum[3] += float64(s.DecUtil)
-			u.n++
-		}
-	}
+	g.readUtilization(d)
 	g.entries = g.entries[:0]
 	smTotal := 0.0
 	perInstance := g.perInst
 	clear(perInstance)
 	for _, p := range procs {
-		cg, ok := g.processCgroup(p.Pid)
-		if !ok {
-			continue
-		}
-		e := procEntry{device: d.uuid, gi: noInstance}
-		if inst, ok := d.mig[p.GpuInstanceId]; ok && p.GpuInstanceId != noInstance {
-			e.device, e.gi = inst.uuid, p.GpuInstanceId
+		cg, cgOK := g.processCgroup(p.Pid)
+		e := procEntry{device: d.uuid, gi: noInstance, known: cgOK}
+		if d.migMode && p.GpuInstanceId != noInstance {
+			e.gi = p.GpuInstanceId
 			perInstance[e.gi]++
+			uuid, ok := d.migDevice(migKey{p.GpuInstanceId, p.ComputeInstanceId}, g.round)
+			e.device, e.known = uuid, e.known && ok
 		}
-		e.key = gpuKey{cgroup: cg, pod: g.onePod(e.device)}
 		u := g.util[p.Pid]
 		haveSM := u != nil && u.n > 0
 		if haveSM {
@@ -381,35 +393,78 @@ func (g *gpuEnergy) processShares(d *gpuDevice, now time.Time) float64 {
 		}
 		smTotal += e.sm
 		g.entries = append(g.entries, e)
-		g.recordUse(useKey{gpuKey: e.key, device: e.device}, float64(p.UsedGpuMemory), e.sm, haveSM)
+		if !e.known {
+			continue
+		}
+		e.key = gpuKey{cgroup: cg, pod: g.onePod(e.device)}
+		g.entries[len(g.entries)-1].key = e.key
+		// NVML reports no memory for a process it may not show (VALUE_NOT_AVAILABLE).
+		memB, haveMem := float64(p.UsedGpuMemory), p.UsedGpuMemory != math.MaxUint64
+		g.recordUse(useKey{gpuKey: e.key, device: e.device}, memB, haveMem, e.sm, haveSM)
 		if g.perProc {
-			g.recordProcess(p.Pid, e.device, cg, float64(p.UsedGpuMemory), u)
+			g.recordProcess(p.Pid, e.device, cg, memB, haveMem, u)
 		}
 	}
 	if len(g.util) > 4*len(procs)+64 {
 		clear(g.util) // processes come and go: do not keep every PID ever seen
 	}
-	if len(g.entries) == 0 {
-		return 0
-	}
+	attributed := 0.0
 	if smTotal > 0 {
 		for _, e := range g.entries {
-			g.weights[e.key] += e.sm / smTotal
+			if e.known {
+				g.weights[e.key] += e.sm / smTotal
+				attributed += e.sm / smTotal
+			}
 		}
-		return 1
+		return min(1, attributed)
 	}
-	// No utilisation: equal parts, of each MIG instance's share or of the whole GPU.
+	// No utilisation: equal parts, of each GPU instance's share or of the whole GPU.
 	migTotal := d.migTotal()
-	attributed := 0.0
 	for _, e := range g.entries {
 		share := 1 / float64(len(g.entries))
-		if e.gi != noInstance && migTotal > 0 {
-			share = float64(d.mig[e.gi].memBytes) / float64(migTotal) / float64(perInstance[e.gi])
+		if e.gi != noInstance {
+			share = 0 // an instance not listed has no known share
+			if m := d.giMem[e.gi]; m > 0 && migTotal > 0 {
+				share = float64(m) / float64(migTotal) / float64(perInstance[e.gi])
+			}
 		}
-		g.weights[e.key] += share
-		attributed += share
+		if e.known {
+			g.weights[e.key] += share
+			attributed += share
+		}
 	}
 	return min(1, attributed)
+}
+
+// readUtilization fills g.util with each process's mean utilisation over the samples NVML took
+// since the last call. The first call only finds where the samples end: NVML keeps a buffer
+// going back further than one interval, and an interval's energy needs the interval's samples.
+func (g *gpuEnergy) readUtilization(d *gpuDevice) {
+	for _, u := range g.util {
+		*u = procUtil{}
+	}
+	samples, ret := d.dev.GetProcessUtilization(d.lastTS)
+	if ret != nvml.SUCCESS {
+		return // ERROR_NOT_FOUND: no sample since; NOT_SUPPORTED: MIG mode
+	}
+	primed := d.utilPrimed
+	d.utilPrimed = true
+	for _, s := range samples {
+		d.lastTS = max(d.lastTS, s.TimeStamp)
+		if !primed {
+			continue
+		}
+		u := g.util[s.Pid]
+		if u == nil {
+			u = &procUtil{}
+			g.util[s.Pid] = u
+		}
+		u.sum[0] += float64(s.SmUtil)
+		u.sum[1] += float64(s.MemUtil)
+		u.sum[2] += float64(s.EncUtil)
+		u.sum[3] += float64(s.DecUtil)
+		u.n++
+	}
 }
 
 // podShares fills g.weights for a GPU without processes from the pods the kubelet assigned it to:
@@ -425,10 +480,11 @@ func (g *gpuEnergy) podShares(d *gpuDevice) float64 {
 		attributed = 1
 	}
 	if total := d.migTotal(); total > 0 {
-		for _, m := range d.mig {
-			pods := g.podMap[m.uuid]
+		for k, uuid := range d.mig {
+			pods := g.podMap[uuid]
 			for _, p := range pods {
-				share := float64(m.memBytes) / float64(total) / float64(len(pods))
+				// The GPU instance's share, split between its compute instances and their pods.
+				share := float64(d.giMem[k.gi]) / float64(total) / float64(d.computeInstances(k.gi)) / float64(len(pods))
 				g.weights[gpuKey{pod: p}] += share
 				attributed += share
 			}
@@ -437,8 +493,19 @@ func (g *gpuEnergy) podShares(d *gpuDevice) float64 {
 	return min(1, attributed)
 }
 
+// computeInstances is how many MIG devices GPU instance gi has.
+func (d *gpuDevice) computeInstances(gi uint32) int {
+	n := 0
+	for k := range d.mig {
+		if k.gi == gi {
+			n++
+		}
+	}
+	return n
+}
+
 // recordUse adds one process's memory and SM time to its workload's use of a device.
-func (g *gpuEnergy) recordUse(k useKey, memB, smPct float64, haveSM bool) {
+func (g *gpuEnergy) recordUse(k useKey, memB float64, haveMem bool, smPct float64, haveSM bool) {
 	u := g.use[k]
 	if u == nil {
 		hw := attribute.String(metrics.AttrHWID, k.device)
@@ -449,9 +516,12 @@ func (g *gpuEnergy) recordUse(k useKey, memB, smPct float64, haveSM bool) {
 		g.use[k] = u
 	}
 	if u.round != g.round {
-		u.round, u.memB, u.smFrac, u.haveSM = g.round, 0, 0, false
+		u.round, u.memB, u.smFrac, u.haveMem, u.haveSM = g.round, 0, 0, false, false
 	}
-	u.memB += memB
+	if haveMem {
+		u.memB += memB
+		u.haveMem = true
+	}
 	if haveSM {
 		u.smFrac += smPct / 100
 		u.haveSM = true
@@ -459,7 +529,7 @@ func (g *gpuEnergy) recordUse(k useKey, memB, smPct float64, haveSM bool) {
 }
 
 // recordProcess exports one process's memory and utilisation (off by default).
-func (g *gpuEnergy) recordProcess(pid uint32, device, cg string, memB float64, u *procUtil) {
+func (g *gpuEnergy) recordProcess(pid uint32, device, cg string, memB float64, haveMem bool, u *procUtil) {
 	k := procKey{pid: pid, device: device, cgroup: cg}
 	p := g.procs[k]
 	if p == nil {
@@ -472,7 +542,9 @@ func (g *gpuEnergy) recordProcess(pid uint32, device, cg string, memB float64, u
 		g.procs[k] = p
 	}
 	p.round = g.round
-	g.batch.Add(p.mem, memB)
+	if haveMem {
+		g.batch.Add(p.mem, memB)
+	}
 	if u != nil && u.n > 0 {
 		for i := range p.task {
 			g.batch.Add(p.task[i], u.sum[i]/float64(u.n)/100)

@@ -79,9 +79,9 @@ func (g *GPU) GetComputeRunningProcesses() ([]nvml.ProcessInfo, nvml.Return) {
 	return g.processInfos(-1), nvml.SUCCESS
 }
 
-// GetProcessUtilization reports each process's share of SM and memory activity. NVML has no
-// per-process utilisation on a GPU in MIG mode (ERROR_NOT_SUPPORTED) and answers ERROR_NOT_FOUND
-// when no process ran.
+// GetProcessUtilization reports each process's share of SM and memory activity, one sample each
+// stamped now, when now is after lastSeen. NVML has no per-process utilisation on a GPU in MIG
+// mode (ERROR_NOT_SUPPORTED) and answers ERROR_NOT_FOUND when no process ran or no sample is newer.
 func (g *GPU) GetProcessUtilization(lastSeen uint64) ([]nvml.ProcessUtilizationSample, nvml.Return) {
 	if ret := g.lockNow(); ret != nvml.SUCCESS {
 		return nil, ret
@@ -96,6 +96,9 @@ func (g *GPU) GetProcessUtilization(lastSeen uint64) ([]nvml.ProcessUtilizationS
 	u := g.fleet.model.utilization(g.demandW)
 	mem := u * g.workload().memoryActivity
 	stamp := uint64(g.fleet.start.Add(g.elapsed()).UnixMicro())
+	if stamp <= lastSeen {
+		return nil, nvml.ERROR_NOT_FOUND // only samples newer than lastSeen, as NVML
+	}
 	out := make([]nvml.ProcessUtilizationSample, len(g.procs))
 	for i, p := range g.procs {
 		out[i] = nvml.ProcessUtilizationSample{Pid: p.PID, TimeStamp: stamp,
