@@ -37,7 +37,7 @@ func BenchmarkGPUCollectionAndBothReaders(b *testing.B) {
 	store := sample.NewStore()
 	scope := instrumentation.Scope{Name: ScopeName, Version: "bench"}
 	otlp := sdkmetric.NewManualReader(sdkmetric.WithProducer(newStoreProducer[struct{}](store, scope, nil)))
-	prom, err := newPromExposition(store, scope, slog.New(slog.DiscardHandler))
+	prom, err := newPromExposition(store, scope, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -43,7 +43,7 @@ func BenchmarkCollectBothReaders(b *testing.B) {
 		if withOTLP {
 			readers = append(readers, otlp)
 		}
-		prom, err := newPromExposition(store, scope, slog.New(slog.DiscardHandler))
+		prom, err := newPromExposition(store, scope, nil, slog.New(slog.DiscardHandler))
 		if err != nil {
 			b.Fatal(err)
 		}

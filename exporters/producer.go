@@ -125,6 +125,18 @@ type defData[X any] struct {
 	// prevLen is the number of points of the previous collection, to clear what a shorter
 	// collection leaves behind.
 	prevLen int
+	// off: the metric is disabled (metrics.NAME.enabled false) and never exported.
+	off bool
+}
+
+// withMetricFilter makes the producer leave out the metrics enabled rejects, whoever wrote them
+// to the store: the collectors' runner drops them already, but the agent's own metrics, the
+// capping controller's and the cluster's are written to the store directly. nil keeps all.
+func (p *storeProducer[X]) withMetricFilter(enabled func(*metrics.Def) bool) *storeProducer[X] {
+	for i := range p.defs {
+		p.defs[i].off = enabled != nil && !enabled(p.defs[i].def)
+	}
+	return p
 }
 
 // newStoreProducer returns a producer over store whose sums follow temporality (the reader's or
@@ -208,8 +220,8 @@ func (p *storeProducer[X]) addBatch(b *sample.Batch) {
 			continue
 		}
 		id := s.Def.ID
-		if id < 0 || id >= len(p.defs) || p.defs[id].def != s.Def {
-			// Not a metric of metrics.Table: nothing describes how to export it.
+		if id < 0 || id >= len(p.defs) || p.defs[id].def != s.Def || p.defs[id].off {
+			// Not a metric of metrics.Table (nothing describes how to export it), or disabled.
 			continue
 		}
 		st := p.states[s]

@@ -321,7 +321,7 @@ func TestCollectAllocations(t *testing.T) {
 	store.Put("gpu", b)
 	scope := instrumentation.Scope{Name: ScopeName}
 	otlp := sdkmetric.NewManualReader(sdkmetric.WithProducer(newStoreProducer[struct{}](store, scope, nil)))
-	prom, err := newPromExposition(store, scope, discardLogger())
+	prom, err := newPromExposition(store, scope, nil, discardLogger())
 	if err != nil {
 		t.Fatal(err)
 	}

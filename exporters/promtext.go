@@ -117,9 +117,9 @@ type labelName struct {
 }
 
 // newPromExposition builds the reader, its producer and the registry of the agent's own metrics.
-func newPromExposition(store *sample.Store, scope instrumentation.Scope, log *slog.Logger) (*promExposition, error) {
+func newPromExposition(store *sample.Store, scope instrumentation.Scope, enabled func(*metrics.Def) bool, log *slog.Logger) (*promExposition, error) {
 	x := &promExposition{
-		producer:   newStoreProducer[promSeries](store, scope, sdkmetric.DefaultTemporalitySelector),
+		producer:   newStoreProducer[promSeries](store, scope, sdkmetric.DefaultTemporalitySelector).withMetricFilter(enabled),
 		registry:   prometheus.NewRegistry(),
 		log:        log,
 		families:   make([]promFamily, len(metrics.Table)),

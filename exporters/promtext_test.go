@@ -64,7 +64,7 @@ func TestPrometheusText(t *testing.T) {
 	b := newFleet(2).batch(5000)
 	store.Put("gpu", b)
 	scope := instrumentation.Scope{Name: ScopeName, Version: "test"}
-	x, err := newPromExposition(store, scope, discardLogger())
+	x, err := newPromExposition(store, scope, nil, discardLogger())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -140,11 +140,11 @@ func New(ctx context.Context, o Options) (*Exporters, error) {
 		// The producer follows the exporter's temporality (otlp.temporality).
 		readers = append(readers, sdkmetric.NewPeriodicReader(x,
 			sdkmetric.WithInterval(interval), sdkmetric.WithTimeout(timeout),
-			sdkmetric.WithProducer(newStoreProducer[struct{}](o.Store, scope, x.Temporality))))
+			sdkmetric.WithProducer(newStoreProducer[struct{}](o.Store, scope, x.Temporality).withMetricFilter(cfg.Metrics.Enabled))))
 	}
 
 	if cfg.Web.ListenAddress != "" {
-		x, err := newPromExposition(o.Store, scope, log)
+		x, err := newPromExposition(o.Store, scope, cfg.Metrics.Enabled, log)
 		if err != nil {
 			closeAll()
 			return nil, err
@@ -155,7 +155,7 @@ func New(ctx context.Context, o Options) (*Exporters, error) {
 	}
 
 	if cfg.Stdout.Enabled {
-		x, reader, err := newStdoutReader(stdout, cfg.Stdout, o.Store, scope)
+		x, reader, err := newStdoutReader(stdout, cfg.Stdout, o.Store, scope, cfg.Metrics.Enabled)
 		if err != nil {
 			closeAll()
 			return nil, err

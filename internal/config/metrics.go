@@ -9,6 +9,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/capstan-power/capstan/internal/metrics"
+	"github.com/capstan-power/capstan/internal/suggest"
 )
 
 // MetricToggles turns single metrics on or off, keyed by the metric's name, as the OpenTelemetry
@@ -51,8 +52,23 @@ func metricTogglesRows(sb *strings.Builder) {
 
 // unknownMetric is the problem with a name that is not in the metric table.
 func unknownMetric(name string) string {
-	return fmt.Sprintf("%s is not a metric Capstan exports (names as docs/metrics.md lists them, e.g. capstan.gpu.activity)",
-		strconv.Quote(name))
+	return strconv.Quote(name) + " is not a metric Capstan exports" + metricHint(name)
+}
+
+// metricHint names the metrics closest to name, else says where the names are listed.
+func metricHint(name string) string {
+	names := make([]string, len(metrics.Table))
+	for i, d := range metrics.Table {
+		names[i] = d.Name
+	}
+	switch hint := suggest.Closest(name, names); len(hint) {
+	case 0:
+		return " (names as docs/metrics.md lists them, e.g. capstan.gpu.activity)"
+	case 1:
+		return " (did you mean " + hint[0] + "?)"
+	default:
+		return " (did you mean one of " + strings.Join(hint, ", ") + "?)"
+	}
 }
 
 // metricToggles decodes metrics: NAME: {enabled: BOOL}, adding to what v holds.
@@ -70,7 +86,7 @@ func (d *decoder) metricToggles(n *yaml.Node, key string, v reflect.Value) *Erro
 	for _, en := range entries {
 		name, full := en.key.Value, join(key, en.key.Value)
 		if metrics.ByName(name) == nil {
-			return &Error{File: d.file, Line: en.key.Line, Key: full, keyInProblem: true, Problem: "unknown metric " + strconv.Quote(name) + " under metrics (names as docs/metrics.md lists them, e.g. capstan.gpu.activity)"}
+			return &Error{File: d.file, Line: en.key.Line, Key: full, keyInProblem: true, Problem: "unknown metric " + strconv.Quote(name) + " under metrics" + metricHint(name)}
 		}
 		t := MetricToggle{Enabled: true}
 		if e := d.value(en.val, full, reflect.ValueOf(&t).Elem()); e != nil {
@@ -86,7 +102,7 @@ func (d *decoder) metricToggles(n *yaml.Node, key string, v reflect.Value) *Erro
 func (v *validator) metricToggles() {
 	for _, name := range sortedKeys(v.c.Metrics) {
 		if metrics.ByName(name) == nil {
-			v.fail(join("metrics", name), "", "is not a metric Capstan exports (names as docs/metrics.md lists them, e.g. capstan.gpu.activity)")
+			v.fail(join("metrics", name), "", "is not a metric Capstan exports"+metricHint(name))
 		}
 	}
 }

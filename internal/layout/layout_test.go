@@ -86,8 +86,8 @@ func layer(dir string) int {
 	switch {
 	case under(dir, "collectors/gpu/sim"):
 		return 0 // simulated hardware behind the real NVML interface, like a device
-	case under(dir, "internal/agent"), under(dir, "cmd"), isCommandLibrary(dir):
-		return 4 // wiring and commands
+	case under(dir, "internal/agent"), under(dir, "cmd"), isCommandLibrary(dir), dir == "internal/cli":
+		return 4 // wiring and commands, and what the commands share on the command line
 	case under(dir, "collectors") && dir != "collectors", under(dir, "capping"), under(dir, "exporters"):
 		return 3 // components
 	case dir == "internal/config":
