@@ -20,13 +20,13 @@ var (
 		"NVLink errors over all the GPU's links, by error.type: crc_flit, crc_data (CRC errors), replay (a flit resent), recovery (a link retrained). A rising rate points at a bad link, cable or NVSwitch port.",
 		with(gpuAttrs, AttrErrorType)...)
 	GPUNVLinkLinkState = def("capstan.gpu.nvlink.link.state", "{up}", Gauge, "gpu",
-		"1 while the NVLink link is up, 0 when it is down, with its version and what it connects to (capstan.nvlink.remote: gpu, switch, ibmnpu, unknown). Off by default: one series per link.",
+		"1 while the NVLink link is up, 0 when it is down, with its version and what it connects to (capstan.nvlink.remote: gpu, switch, ibmnpu, unknown). One series per link.",
 		with(gpuAttrs, AttrNVLink, AttrNVLinkVersion, AttrNVLinkRemote)...)
 	GPUNVLinkLinkIO = def("capstan.gpu.nvlink.link.io", "By", Counter, "gpu",
-		"Data bytes moved over one NVLink link, by network.io.direction. Off by default: two series per link.",
+		"Data bytes moved over one NVLink link, by network.io.direction. Two series per link.",
 		with(gpuAttrs, AttrNVLink, AttrIODirection)...)
 	GPUNVLinkLinkErrors = def("capstan.gpu.nvlink.link.errors", "{error}", Counter, "gpu",
-		"NVLink errors of one link, by error.type: crc_flit, crc_data, replay, recovery. Off by default: four series per link.",
+		"NVLink errors of one link, by error.type: crc_flit, crc_data, replay, recovery. Four series per link.",
 		with(gpuAttrs, AttrNVLink, AttrErrorType)...)
 )
 

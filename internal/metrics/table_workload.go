@@ -32,7 +32,7 @@ var (
 		"Packets a cgroup's sockets received and sent.",
 		with(workloadAttrs, AttrIODirection)...)
 	WorkloadGPUIdleEnergy = def("capstan.workload.gpu.idle.energy", "J", Counter, "workload",
-		"GPU energy since the agent started during intervals with no compute process on the GPU and no pod assigned to it by the kubelet.",
+		"GPU energy since the agent started that no workload was charged with: intervals with no compute process on the GPU and no pod assigned to it by the kubelet, and the share of a process whose cgroup (or MIG instance) could not be found.",
 		AttrHWID)
 	WorkloadCgroups = def("capstan.workload.cgroups", "{cgroup}", Gauge, "workload",
 		"Cgroups with activity in the recent intervals that the workload collector exports, by the source of their CPU time.",

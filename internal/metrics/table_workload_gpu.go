@@ -12,10 +12,10 @@ var (
 		"Share of the GPU's SM time the workload's processes used over the last interval (NVML per-process utilisation, summed over its processes), by hw.id; several workloads time-slicing or sharing a GPU through MPS each get their own. NVML has none on a GPU in MIG mode.",
 		with(workloadAttrs, AttrHWID)...)
 	GPUProcessMemory = def("capstan.gpu.process.memory.usage", "By", UpDownCounter, "workload",
-		"GPU memory one process holds, by process.pid and hw.id (the GPU's or MIG device's UUID). Off by default: one series per process.",
+		"GPU memory one process holds, by process.pid and hw.id (the GPU's or MIG device's UUID). One series per process.",
 		AttrHWID, AttrProcessPID, AttrCgroupPath)
 	GPUProcessUtilization = def("capstan.gpu.process.utilization", "1", Gauge, "workload",
-		"One process's share of the GPU over the last interval, by hw.gpu.task: sm, memory, encoder, decoder (NVML per-process utilisation). Off by default: one series per process and task.",
+		"One process's share of the GPU over the last interval, by hw.gpu.task: sm, memory, encoder, decoder (NVML per-process utilisation). One series per process and task.",
 		AttrHWID, AttrProcessPID, AttrCgroupPath, AttrGPUTask)
 )
 
