@@ -37,7 +37,15 @@ type migState struct {
 	haveProfiles bool
 	instances    []*migInstance
 	known        map[migKey]*migInstance // series built once per instance identity
-	gpm          map[int]*migGPM         // per GPU instance id
+	gpm          map[migGPMKey]*migGPM   // per GPU instance
+}
+
+// migGPMKey is a GPU instance as GPM samples it. Ids are reused when an operator reconfigures
+// the GPU, so the profile is part of it: a new 3g.40gb at the id of an old 1g.10gb is another
+// instance, with series of its own.
+type migGPMKey struct {
+	gi      int
+	profile string
 }
 
 type migKey struct {
@@ -56,6 +64,10 @@ type migInstance struct {
 
 // migGPM is one GPU instance's GPM state, as gpm is a GPU's.
 type migGPM struct {
+	gi int
+	// uuid is the first MIG device found in the instance: when it changes, the instance was
+	// made again (same id and profile) and its last sample is of the old one.
+	uuid         string
 	samples      [2]nvml.GpmSample
 	latest       int
 	havePrevious bool
@@ -72,7 +84,7 @@ func (c *Collector) collectMIG(d *device, b *sample.Batch) {
 	}
 	st := d.mig
 	if st == nil {
-		st = &migState{mode: d.base.With(metrics.GPUMIGMode), known: map[migKey]*migInstance{}, gpm: map[int]*migGPM{}}
+		st = &migState{mode: d.base.With(metrics.GPUMIGMode), known: map[migKey]*migInstance{}, gpm: map[migGPMKey]*migGPM{}}
 		d.mig = st
 	}
 	now := c.now()
@@ -241,11 +253,18 @@ func (st *migState) add(d *device, k migKey, h nvml.Device) {
 	}
 	in.handle = h
 	st.instances = append(st.instances, in)
-	if g := st.gpm[k.gi]; g != nil {
-		g.seen = true
-	} else {
-		st.gpm[k.gi] = &migGPM{seen: true}
-		st.gpm[k.gi].build(d.base, k.gi, k.profile)
+	gk := migGPMKey{gi: k.gi, profile: k.profile}
+	g := st.gpm[gk]
+	if g == nil {
+		g = &migGPM{gi: k.gi}
+		g.build(d.base, k.gi, k.profile)
+		st.gpm[gk] = g
+	}
+	if !g.seen { // the instance's first MIG device in this discovery
+		if g.uuid != k.uuid {
+			g.havePrevious = false
+		}
+		g.uuid, g.seen = k.uuid, true
 	}
 }
 
@@ -271,7 +290,8 @@ func (c *Collector) collectMIGGPM(d *device, st *migState, b *sample.Batch) {
 	if d.gpm == nil || !d.gpm.isSupported || !st.enabled || !d.want(probeMIGGPM) || !c.exports(metrics.GPUMIGActivity) {
 		return
 	}
-	for gi, g := range st.gpm {
+	for _, g := range st.gpm {
+		gi := g.gi
 		if g.samples[0] == nil {
 			if !c.allocMIGGPM(d, g) {
 				return

@@ -2,6 +2,8 @@ package gpu
 
 import (
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -136,6 +138,32 @@ func TestSimMIGReconfiguredWhileRunning(t *testing.T) {
 	}
 	if got := migProfiles(b, 1); got["1g.10gb"] != 7 {
 		t.Errorf("GPU 1 changed with GPU 0: %v", got)
+	}
+	// The GPM activity of the new instances carries their profiles, though the GPU instance ids
+	// are those the 1g.10gb instances had, and is a ratio taken on the new instances alone.
+	clk.Advance(time.Second)
+	b = collect(t, c)
+	activity := map[string]string{}
+	for i := range b.Points {
+		p := &b.Points[i]
+		if p.Series.Def != metrics.GPUMIGActivity {
+			continue
+		}
+		if v, _ := p.Series.Attrs.Value(metrics.AttrGPUIndex); v.AsInt64() != 0 {
+			continue
+		}
+		gi, _ := p.Series.Attrs.Value(metrics.AttrMIGGPUInstance)
+		prof, _ := p.Series.Attrs.Value(metrics.AttrMIGProfile)
+		if was, ok := activity[gi.Emit()]; ok && was != prof.AsString() {
+			t.Errorf("GPU instance %s exports activity under profiles %s and %s", gi.Emit(), was, prof.AsString())
+		}
+		activity[gi.Emit()] = prof.AsString()
+		if p.Value < 0 || p.Value > 1 {
+			t.Errorf("GPU instance %s activity %v, not a ratio", gi.Emit(), p.Value)
+		}
+	}
+	if got := slices.Sorted(maps.Values(activity)); !slices.Equal(got, []string{"3g.40gb", "4g.40gb"}) {
+		t.Errorf("GPU 0's activity after reconfiguration is under profiles %v, want 3g.40gb and 4g.40gb", activity)
 	}
 	if err := fleet.SetMIGLayout(0, "off"); err != nil {
 		t.Fatal(err)
