@@ -61,8 +61,11 @@ const bytesPerMiB = 1 << 20
 // gpm is one GPU's GPM state: two samples used in turn, the metrics it asks for and where each
 // series' metrics sit among them.
 type gpm struct {
-	supported    *sample.Series
-	isSupported  bool
+	supported   *sample.Series
+	isSupported bool
+	// undecided: the driver could not say whether the GPU has GPM (a timeout, not "not
+	// supported"); it is asked again at each collection until it says.
+	undecided    bool
 	samples      [2]nvml.GpmSample
 	latest       int                // index of the sample taken last
 	havePrevious bool               // samples[latest] holds a sample to compute from
@@ -85,7 +88,7 @@ func (c *Collector) openGPM() {
 		if d.lost {
 			continue
 		}
-		if !c.openDeviceGPM(d) {
+		if !c.openDeviceGPM(d) && !d.gpm.undecided {
 			without = append(without, d.index)
 		}
 	}
@@ -99,12 +102,33 @@ func (c *Collector) openGPM() {
 func (c *Collector) openDeviceGPM(d *device) bool {
 	g := &gpm{supported: d.base.With(metrics.GPUGPMSupported)}
 	d.gpm = g
+	return c.askGPMSupport(d, g)
+}
+
+// askGPMSupport asks d whether it has GPM and, when it does, allocates its samples and takes a
+// first one. An answer that is neither yes nor "not supported" leaves it undecided, logged once.
+func (c *Collector) askGPMSupport(d *device, g *gpm) bool {
 	support, ret := d.dev.GpmQueryDeviceSupport()
+	wasUndecided := g.undecided
+	g.undecided = ret != nvml.SUCCESS && ret != nvml.ERROR_NOT_SUPPORTED && ret != nvml.ERROR_FUNCTION_NOT_FOUND
+	if g.undecided {
+		if !wasUndecided {
+			c.log.Warn("GPU could not say whether it has GPM profiling metrics; asking again at each collection",
+				"gpu", d.index, "err", ret)
+		}
+		return false
+	}
 	if ret != nvml.SUCCESS || support.IsSupportedDevice == 0 {
+		if wasUndecided {
+			c.log.Info("GPU without GPM profiling metrics; exporting NVML utilisation for it", "gpu", d.index)
+		}
 		return false
 	}
 	if !c.allocGPMSamples(d, g) {
 		return false
+	}
+	if wasUndecided {
+		c.log.Info("GPU has GPM profiling metrics", "gpu", d.index)
 	}
 	g.isSupported = true
 	g.build(d.base)
@@ -122,7 +146,7 @@ func (c *Collector) reopenGPM(d *device) {
 		return
 	}
 	if d.gpm == nil {
-		if !c.openDeviceGPM(d) {
+		if !c.openDeviceGPM(d) && !d.gpm.undecided {
 			c.log.Info("GPU without GPM profiling metrics; exporting NVML utilisation for it", "gpu", d.index)
 		}
 		return
@@ -227,7 +251,12 @@ func (c *Collector) collectGPM(d *device, b *sample.Batch) {
 	if g == nil {
 		return
 	}
-	b.Add(g.supported, boolValue(g.isSupported))
+	if g.undecided {
+		c.askGPMSupport(d, g)
+	}
+	if !g.undecided {
+		b.Add(g.supported, boolValue(g.isSupported))
+	}
 	if !g.isSupported || !d.want(probeGPMSample) {
 		return
 	}

@@ -125,6 +125,41 @@ func TestNoGPMSaysSoOnce(t *testing.T) {
 	}
 }
 
+// A GPU that cannot say whether it has GPM when the collector opens it (a timeout, not "not
+// supported") is asked again at each collection: no support gauge while undecided, one warning,
+// and GPM metrics once it answers yes.
+func TestGPMSupportAskedAgainAfterATimeout(t *testing.T) {
+	lib := newFakeLib(1)
+	answers := 0
+	lib.gpus[0].GpmQueryDeviceSupportFunc = func() (nvml.GpmSupport, nvml.Return) {
+		answers++
+		if answers <= 2 {
+			return nvml.GpmSupport{}, nvml.ERROR_TIMEOUT
+		}
+		return nvml.GpmSupport{Version: 1, IsSupportedDevice: 1}, nvml.SUCCESS
+	}
+	log, logs := testkit.NewLogger()
+	c := mustNew(t, lib, log, nil)
+	b := collect(t, c) // asks again: a second timeout
+	if _, ok := b.Find(metrics.GPUGPMSupported); ok {
+		t.Error("gpm.supported exported while the GPU could not say")
+	}
+	collect(t, c) // yes: the first sample
+	b = collect(t, c)
+	if v, _ := b.Find(metrics.GPUGPMSupported); v != 1 {
+		t.Errorf("gpm.supported = %v after the GPU answered yes, want 1", v)
+	}
+	if _, ok := b.Find(metrics.GPUActivity, engine("sm")); !ok {
+		t.Error("no GPM activity after the GPU answered yes")
+	}
+	if n := logs.Count("could not say whether it has GPM"); n != 1 {
+		t.Errorf("undecided GPM support logged %d times, want once:\n%s", n, logs.String())
+	}
+	if n := logs.Count("without GPM"); n != 0 {
+		t.Errorf("a timeout was reported as a GPU without GPM:\n%s", logs.String())
+	}
+}
+
 // Over the sim, GPM follows the trace: a training step's compute phase raises SM and tensor
 // activity, its all-reduce lowers them and moves bytes over NVLink. Every GPU of every GPM
 // model and several seeds: the phase is told from the trace's own demand, never from a fixed

@@ -34,9 +34,32 @@ type nvlinkState struct {
 	tx, rx     *sample.Series
 	errors     [4]*sample.Series
 	perLink    []nvlinkLink // nil when no per-link metric is exported
-	crcData    bool         // GetNvLinkErrorCounter answers CRC-data counts
-	errorTotal [4]float64
+	crcData    crcSupport   // whether GetNvLinkErrorCounter answers CRC-data counts
+	// last holds each link's counters as last read: the GPU's totals add every link's last
+	// value, so a read that fails on one link leaves the totals where they were (they are
+	// counters: a total that dropped would read as a reset and a burst after it).
+	last []nvlinkCounts
 }
+
+// nvlinkCounts are one link's counters: bytes transmitted and received, errors by
+// nvlinkErrorTypes; have says which were read at least once.
+type nvlinkCounts struct {
+	tx, rx  float64
+	errors  [4]float64
+	haveTX  bool
+	haveRX  bool
+	haveErr [4]bool
+}
+
+// crcSupport is what the first answers of GetNvLinkErrorCounter for CRC-data said: unknown
+// until one is success or not supported (a timeout says neither).
+type crcSupport int
+
+const (
+	crcUnknown crcSupport = iota
+	crcYes
+	crcNo
+)
 
 type nvlinkLink struct {
 	state  *sample.Series
@@ -83,8 +106,7 @@ func (c *Collector) openNVLink(d *device) *nvlinkState {
 			st.fields = append(st.fields, nvml.FieldValue{FieldId: id, ScopeId: uint32(l)})
 		}
 	}
-	_, ret := d.dev.GetNvLinkErrorCounter(0, nvml.NVLINK_ERROR_DL_CRC_DATA)
-	st.crcData = ret == nvml.SUCCESS
+	st.last = make([]nvlinkCounts, st.links)
 	if c.exports(metrics.GPUNVLinkLinkState) || c.exports(metrics.GPUNVLinkLinkIO) || c.exports(metrics.GPUNVLinkLinkErrors) {
 		st.perLink = make([]nvlinkLink, st.links)
 		for l := range st.links {
@@ -133,11 +155,19 @@ func (c *Collector) collectNVLink(d *device, b *sample.Batch) {
 	if ret := d.dev.GetFieldValues(st.fields); !c.ok(d, probeNVLink, ret) {
 		return
 	}
-	var up, down, tx, rx float64
-	st.errorTotal = [4]float64{}
+	if st.crcData == crcUnknown {
+		switch _, ret := d.dev.GetNvLinkErrorCounter(0, nvml.NVLINK_ERROR_DL_CRC_DATA); ret {
+		case nvml.SUCCESS:
+			st.crcData = crcYes
+		case nvml.ERROR_NOT_SUPPORTED:
+			st.crcData = crcNo
+		}
+	}
+	var up, down float64
 	per := len(nvlinkFieldsPerLink)
 	for l := range st.links {
 		f := st.fields[l*per : (l+1)*per]
+		last := &st.last[l]
 		var pl *nvlinkLink
 		if st.perLink != nil {
 			pl = &st.perLink[l]
@@ -153,13 +183,13 @@ func (c *Collector) collectNVLink(d *device, b *sample.Batch) {
 			}
 		}
 		if v, ok := fieldValue(&f[0]); ok {
-			tx += v * kib
+			last.tx, last.haveTX = v*kib, true
 			if pl != nil {
 				b.Add(pl.tx, v*kib)
 			}
 		}
 		if v, ok := fieldValue(&f[1]); ok {
-			rx += v * kib
+			last.rx, last.haveRX = v*kib, true
 			if pl != nil {
 				b.Add(pl.rx, v*kib)
 			}
@@ -169,7 +199,7 @@ func (c *Collector) collectNVLink(d *device, b *sample.Batch) {
 		counts[0], have[0] = fieldValue(&f[3])
 		counts[2], have[2] = fieldValue(&f[4])
 		counts[3], have[3] = fieldValue(&f[5])
-		if st.crcData && d.want(probeNVLinkCRCData) {
+		if st.crcData == crcYes && d.want(probeNVLinkCRCData) {
 			n, ret := d.dev.GetNvLinkErrorCounter(l, nvml.NVLINK_ERROR_DL_CRC_DATA)
 			if c.ok(d, probeNVLinkCRCData, ret) {
 				counts[1], have[1] = float64(n), true
@@ -179,7 +209,7 @@ func (c *Collector) collectNVLink(d *device, b *sample.Batch) {
 			if !have[i] {
 				continue
 			}
-			st.errorTotal[i] += counts[i]
+			last.errors[i], last.haveErr[i] = counts[i], true
 			if pl != nil {
 				b.Add(pl.errors[i], counts[i])
 			}
@@ -187,12 +217,27 @@ func (c *Collector) collectNVLink(d *device, b *sample.Batch) {
 	}
 	b.Add(st.up, up)
 	b.Add(st.down, down)
-	b.Add(st.tx, tx)
-	b.Add(st.rx, rx)
-	for i, s := range st.errors {
-		if i == 1 && !st.crcData {
-			continue
+	var total nvlinkCounts
+	for l := range st.last {
+		last := &st.last[l]
+		total.tx += last.tx
+		total.rx += last.rx
+		total.haveTX = total.haveTX || last.haveTX
+		total.haveRX = total.haveRX || last.haveRX
+		for i := range last.errors {
+			total.errors[i] += last.errors[i]
+			total.haveErr[i] = total.haveErr[i] || last.haveErr[i]
 		}
-		b.Add(s, st.errorTotal[i])
+	}
+	if total.haveTX {
+		b.Add(st.tx, total.tx)
+	}
+	if total.haveRX {
+		b.Add(st.rx, total.rx)
+	}
+	for i, s := range st.errors {
+		if total.haveErr[i] {
+			b.Add(s, total.errors[i])
+		}
 	}
 }

@@ -186,3 +186,46 @@ func TestNVLinkCallErrors(t *testing.T) {
 		})
 	}
 }
+
+// The GPU's NVLink totals are counters: a read that fails on one link leaves that link's last
+// count in the total rather than dropping it (a total that fell would read as a reset, and the
+// next collection as a burst of errors). A timeout when CRC-data support is first asked turns
+// nothing off: support is asked again until the driver says yes or not supported.
+func TestNVLinkTotalsNeverGoBack(t *testing.T) {
+	lib := newFakeLib(1)
+	calls := map[int]int{}
+	counts := map[int]uint64{}
+	lib.gpus[0].GetNvLinkErrorCounterFunc = func(l int, _ nvml.NvLinkErrorCounter) (uint64, nvml.Return) {
+		calls[l]++
+		if l == 0 && calls[l] == 1 {
+			return 0, nvml.ERROR_TIMEOUT // the first support probe
+		}
+		if l == 1 && calls[l]%2 == 0 {
+			return 0, nvml.ERROR_TIMEOUT // link 1 fails every other read
+		}
+		counts[l] += 5
+		return counts[l], nvml.SUCCESS
+	}
+	log, _ := testkit.NewLogger()
+	c := mustNew(t, lib, log, nil)
+	gpu0, crcData := attribute.Int(metrics.AttrGPUIndex, 0), attribute.String(metrics.AttrErrorType, "crc_data")
+	prev, seen := -1.0, 0
+	for i := range 8 {
+		b := collect(t, c)
+		v, ok := b.Find(metrics.GPUNVLinkErrors, gpu0, crcData)
+		if !ok {
+			continue
+		}
+		seen++
+		if v < prev {
+			t.Fatalf("collection %d: CRC-data errors over all links went from %v down to %v", i, prev, v)
+		}
+		prev = v
+	}
+	if seen < 6 {
+		t.Fatalf("CRC-data errors exported in %d of 8 collections: a timeout at the first support probe turned them off", seen)
+	}
+	if want := float64(counts[0] + counts[1]); prev != want {
+		t.Errorf("last total %v, want the links' last counts added, %v", prev, want)
+	}
+}
