@@ -160,8 +160,10 @@ type device struct {
 	lostProbedAt time.Time
 	// unsupported marks queries this device answered ERROR_NOT_SUPPORTED; they are skipped.
 	unsupported [probeCount]bool
-	// failing marks queries whose last call failed, so a persistent error is logged once.
-	failing [probeCount]bool
+	// failing marks queries whose last call failed, so a persistent error is logged once;
+	// failingPart the same for queries made once per link or GPU instance.
+	failing     [probeCount]bool
+	failingPart map[probePart]bool
 
 	info, statusOK, statusFailed                  *sample.Series
 	power, powerInstant, energy                   *sample.Series
@@ -436,6 +438,36 @@ func (c *Collector) ok(d *device, p probe, ret nvml.Return) bool {
 			d.failing[p] = true
 			c.log.Warn("GPU query failed", "gpu", d.index, "query", probeNames[p], "err", ret)
 		}
+	}
+	return false
+}
+
+// probePart is a query made on one part of a GPU: a link, a GPU instance.
+type probePart struct {
+	p    probe
+	part int
+}
+
+// okPart is ok for a query made once per part of the GPU (partKey names what part is: "link",
+// "gpu_instance"): a part failing while its siblings answer is logged once for that part, and
+// not again each time a sibling's call succeeds.
+func (c *Collector) okPart(d *device, p probe, partKey string, part int, ret nvml.Return) bool {
+	switch ret {
+	case nvml.SUCCESS:
+		if k := (probePart{p, part}); d.failingPart[k] {
+			delete(d.failingPart, k)
+			c.log.Info("GPU query works again", "gpu", d.index, "query", probeNames[p], partKey, part)
+		}
+		return true
+	case nvml.ERROR_NOT_SUPPORTED, nvml.ERROR_FUNCTION_NOT_FOUND, nvml.ERROR_GPU_IS_LOST:
+		return c.ok(d, p, ret)
+	}
+	if k := (probePart{p, part}); !d.failingPart[k] {
+		if d.failingPart == nil {
+			d.failingPart = map[probePart]bool{}
+		}
+		d.failingPart[k] = true
+		c.log.Warn("GPU query failed", "gpu", d.index, "query", probeNames[p], partKey, part, "err", ret)
 	}
 	return false
 }

@@ -104,14 +104,14 @@ func (c *Collector) collectMIG(d *device, b *sample.Batch) {
 			continue
 		}
 		m, ret := in.handle.GetMemoryInfo()
-		if c.migGone(st, ret) || !c.ok(d, probeMIGMemory, ret) {
+		if c.migGone(st, ret) || !c.okPart(d, probeMIGMemory, "gpu_instance", in.key.gi, ret) {
 			continue
 		}
 		b.Add(in.memUsage, float64(m.Used))
 		b.Add(in.memCap, float64(m.Total))
 		if c.migProcesses && d.want(probeMIGProcesses) {
 			procs, ret := in.handle.GetComputeRunningProcesses()
-			if !c.migGone(st, ret) && c.ok(d, probeMIGProcesses, ret) {
+			if !c.migGone(st, ret) && c.okPart(d, probeMIGProcesses, "gpu_instance", in.key.gi, ret) {
 				b.Add(in.processes, float64(len(procs)))
 			}
 		}
@@ -307,9 +307,9 @@ func (c *Collector) collectMIGGPM(d *device, st *migState, b *sample.Batch) {
 			g.havePrevious = false
 			continue
 		}
-		if !c.ok(d, probeMIGGPM, ret) {
+		if !c.okPart(d, probeMIGGPM, "gpu_instance", gi, ret) {
 			g.havePrevious = false
-			return
+			continue
 		}
 		previous, had := g.latest, g.havePrevious
 		g.latest, g.havePrevious = next, true
@@ -317,8 +317,8 @@ func (c *Collector) collectMIGGPM(d *device, st *migState, b *sample.Batch) {
 			continue
 		}
 		req, ret := c.gpmMetrics(g.ids, g.samples[previous], g.samples[next])
-		if !c.ok(d, probeGPMMetrics, ret) {
-			return
+		if !c.okPart(d, probeGPMMetrics, "gpu_instance", gi, ret) {
+			continue
 		}
 		for i, slots := range g.engineSlots {
 			sum, n := 0.0, 0

@@ -30,11 +30,11 @@ type nvlinkState struct {
 	links  int
 	fields []nvml.FieldValue
 	// aggregate series
-	up, down   *sample.Series
-	tx, rx     *sample.Series
-	errors     [4]*sample.Series
-	perLink    []nvlinkLink // nil when no per-link metric is exported
-	crcData    crcSupport   // whether GetNvLinkErrorCounter answers CRC-data counts
+	up, down *sample.Series
+	tx, rx   *sample.Series
+	errors   [4]*sample.Series
+	perLink  []nvlinkLink // nil when no per-link metric is exported
+	crcData  crcSupport   // whether GetNvLinkErrorCounter answers CRC-data counts
 	// last holds each link's counters as last read: the GPU's totals add every link's last
 	// value, so a read that fails on one link leaves the totals where they were (they are
 	// counters: a total that dropped would read as a reset and a burst after it).
@@ -201,7 +201,7 @@ func (c *Collector) collectNVLink(d *device, b *sample.Batch) {
 		counts[3], have[3] = fieldValue(&f[5])
 		if st.crcData == crcYes && d.want(probeNVLinkCRCData) {
 			n, ret := d.dev.GetNvLinkErrorCounter(l, nvml.NVLINK_ERROR_DL_CRC_DATA)
-			if c.ok(d, probeNVLinkCRCData, ret) {
+			if c.okPart(d, probeNVLinkCRCData, "link", l, ret) {
 				counts[1], have[1] = float64(n), true
 			}
 		}

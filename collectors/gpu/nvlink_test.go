@@ -149,7 +149,7 @@ func TestNVLinkCallErrors(t *testing.T) {
 				}
 				return 0, nvml.ERROR_TIMEOUT
 			}
-		}, `msg="GPU query failed" collector=gpu gpu=1 query="NVLink CRC data errors" err=ERROR_TIMEOUT`},
+		}, `msg="GPU query failed" collector=gpu gpu=1 query="NVLink CRC data errors" link=0 err=ERROR_TIMEOUT`},
 		{"no nvlink", func(g *fakeGPU) {
 			g.GetNvLinkStateFunc = func(int) (nvml.EnableState, nvml.Return) { return 0, nvml.ERROR_NOT_SUPPORTED }
 		}, `query=NVLink gpus=[1]`},
@@ -227,5 +227,34 @@ func TestNVLinkTotalsNeverGoBack(t *testing.T) {
 	}
 	if want := float64(counts[0] + counts[1]); prev != want {
 		t.Errorf("last total %v, want the links' last counts added, %v", prev, want)
+	}
+}
+
+// A query made per link (or per GPU instance) that fails on one part while its siblings answer
+// is logged once for that part, and its recovery once: not a failure and a recovery at every
+// collection, as when the bookkeeping was per GPU.
+func TestPartFailureLoggedOnce(t *testing.T) {
+	lib := newFakeLib(1)
+	failing := true
+	lib.gpus[0].GetNvLinkErrorCounterFunc = func(l int, _ nvml.NvLinkErrorCounter) (uint64, nvml.Return) {
+		if l == 1 && failing {
+			return 0, nvml.ERROR_TIMEOUT
+		}
+		return 3, nvml.SUCCESS
+	}
+	log, logs := testkit.NewLogger()
+	c := mustNew(t, lib, log, nil)
+	for range 5 {
+		collect(t, c)
+	}
+	failed := `msg="GPU query failed" collector=gpu gpu=0 query="NVLink CRC data errors" link=1 err=ERROR_TIMEOUT`
+	if n, m := logs.Count(failed), logs.Count("works again"); n != 1 || m != 0 {
+		t.Errorf("link 1 failing for 5 collections: %d failure lines, %d recovery lines; want 1 and 0:\n%s", n, m, logs.String())
+	}
+	failing = false
+	collect(t, c)
+	collect(t, c)
+	if n := logs.Count(`msg="GPU query works again" collector=gpu gpu=0 query="NVLink CRC data errors" link=1`); n != 1 {
+		t.Errorf("link 1's recovery logged %d times, want once:\n%s", n, logs.String())
 	}
 }

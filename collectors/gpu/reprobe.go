@@ -64,6 +64,7 @@ func (c *Collector) reprobe(d *device) {
 	}
 	d.lost = false
 	d.failing = [probeCount]bool{}
+	clear(d.failingPart)
 	// The PCIe estimate integrates a rate over the time between readings: do not stretch one
 	// reading over the whole outage.
 	d.pcieTx.last, d.pcieRx.last = time.Time{}, time.Time{}
