@@ -260,7 +260,11 @@ func (c *Collector) openDevice(i int) *device {
 		name = "unknown"
 	}
 	d.buildSeries(name, c.driver, serial, busID)
+	// The time of the slowdown reasons rides in the same call (the health conditions read it).
 	d.fields = []nvml.FieldValue{{FieldId: nvml.FI_DEV_POWER_INSTANT}, {FieldId: nvml.FI_DEV_MEMORY_TEMP}}
+	for _, r := range slowdownReasons {
+		d.fields = append(d.fields, nvml.FieldValue{FieldId: r.field})
+	}
 	return d
 }
 
@@ -522,6 +526,7 @@ func (c *Collector) collectDevice(d *device, b *sample.Batch) {
 			if v, ok := fieldValue(&d.fields[1]); ok {
 				b.Add(d.tempMemory, v)
 			}
+			c.noteSlowdownTime(d, d.fields[2:])
 		}
 	}
 	c.collectSmoothing(d, b)

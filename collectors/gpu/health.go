@@ -1,6 +1,7 @@
 package gpu
 
 import (
+	"encoding/binary"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -64,6 +65,22 @@ type health struct {
 	retiredFields      [3]nvml.FieldValue
 	reasons            uint64 // clock-event reasons of this collection
 	reasonsRead        bool   // reasons were read in this collection
+	// slowdownNs is the last reading of the time each of slowdownReasons was set (ns since the
+	// driver loaded), when haveSlowdown; slowdownRead when read in this collection.
+	slowdownNs   [len(slowdownReasons)]uint64
+	haveSlowdown [len(slowdownReasons)]bool
+	slowdownRead bool
+}
+
+// slowdownReasons are the clock-event reasons whose time NVML counts in a field: a condition
+// whose reason ran between two collections is seen though neither sampled its bit (a 200 ms
+// power brake).
+var slowdownReasons = [...]struct {
+	field uint32
+	mask  uint64
+}{
+	{nvml.FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN, nvml.ClocksThrottleReasonHwThermalSlowdown},
+	{nvml.FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN, nvml.ClocksThrottleReasonHwPowerBrakeSlowdown},
 }
 
 func (h *health) build(s func(*metrics.Def, ...attribute.KeyValue) *sample.Series) {
@@ -148,21 +165,55 @@ func (c *Collector) collectHealth(d *device, b *sample.Batch) {
 	}
 }
 
-// collectConditions holds each hardware condition for conditionHold after it was last seen.
-// Without clock-event reasons (not supported, or failing) the conditions are not exported.
+// collectConditions holds each hardware condition for conditionHold after it was last seen: in
+// this collection's clock-event reasons, or in the time NVML counts for its reason since the
+// last collection. With neither read (not supported, or failing), a condition still held is
+// exported (an alert on it stays up) and the others, unknown, are not.
 func (c *Collector) collectConditions(d *device, b *sample.Batch) {
 	h := &d.health
-	if !h.reasonsRead {
-		return
-	}
-	h.reasonsRead = false
 	now := c.now()
+	read := h.reasonsRead
+	h.reasonsRead = false
+	if read {
+		c.seeConditions(h, h.reasons, now)
+	}
+	if h.slowdownRead {
+		read, h.slowdownRead = true, false
+	}
+	for i := range conditions {
+		active := !h.lastSeen[i].IsZero() && now.Sub(h.lastSeen[i]) < conditionHold
+		if read || active {
+			b.Add(h.condition[i], boolValue(active))
+		}
+	}
+}
+
+// seeConditions marks the conditions of the reasons set as seen now.
+func (c *Collector) seeConditions(h *health, reasons uint64, now time.Time) {
 	for i, cond := range conditions {
-		if h.reasons&cond.mask != 0 {
+		if reasons&cond.mask != 0 {
 			h.lastSeen[i] = now
 		}
-		active := !h.lastSeen[i].IsZero() && now.Sub(h.lastSeen[i]) < conditionHold
-		b.Add(h.condition[i], boolValue(active))
+	}
+}
+
+// noteSlowdownTime takes this collection's reading of the time counted for each slowdown reason
+// (fields in the order of slowdownReasons) and marks the conditions of those that ran since the
+// last reading. Drivers before these fields answer "not supported" for them.
+func (c *Collector) noteSlowdownTime(d *device, fields []nvml.FieldValue) {
+	h := &d.health
+	now := c.now()
+	for i, r := range slowdownReasons {
+		f := &fields[i]
+		if nvml.Return(f.NvmlReturn) != nvml.SUCCESS || nvml.ValueType(f.ValueType) != nvml.VALUE_TYPE_UNSIGNED_LONG_LONG {
+			continue
+		}
+		ns := binary.LittleEndian.Uint64(f.Value[:])
+		if h.haveSlowdown[i] && ns > h.slowdownNs[i] {
+			c.seeConditions(h, r.mask, now)
+		}
+		h.slowdownNs[i], h.haveSlowdown[i] = ns, true
+		h.slowdownRead = true
 	}
 }
 

@@ -75,6 +75,43 @@ func TestSimPowerBrakeBetweenCollections(t *testing.T) {
 	if other, _ := b.Find(metrics.GPUViolationTime, attribute.Int(metrics.AttrGPUIndex, 0), power); other != 0 {
 		t.Errorf("GPU 0 shows %v s of power violation from GPU 1's brake", other)
 	}
+	for _, cond := range []string{"power_brake", "hw_slowdown"} {
+		c := attribute.String(metrics.AttrHealthCondition, cond)
+		if v, ok := b.Find(metrics.GPUHealth, gpu1, c); v != 1 {
+			t.Errorf("GPU 1 %s = %v (present %v) after a brake between collections, want 1", cond, v, ok)
+		}
+		if v, _ := b.Find(metrics.GPUHealth, attribute.Int(metrics.AttrGPUIndex, 0), c); v != 0 {
+			t.Errorf("GPU 0 %s = %v from GPU 1's brake", cond, v)
+		}
+	}
+}
+
+// While the clock-event reasons cannot be read, a condition still held stays exported (an alert
+// on it does not resolve because a call failed), and one that is not held is left out.
+func TestHealthConditionHeldThroughAFailedRead(t *testing.T) {
+	lib := newFakeLib(1)
+	fail := false
+	lib.gpus[0].GetCurrentClocksEventReasonsFunc = func() (uint64, nvml.Return) {
+		if fail {
+			return 0, nvml.ERROR_TIMEOUT
+		}
+		return nvml.ClocksThrottleReasonHwPowerBrakeSlowdown, nvml.SUCCESS
+	}
+	clk := time.Unix(1_700_000_000, 0)
+	c := mustNew(t, lib, nil, func() time.Time { return clk })
+	brake := attribute.String(metrics.AttrHealthCondition, "power_brake")
+	if v, _ := collect(t, c).Find(metrics.GPUHealth, brake); v != 1 {
+		t.Fatalf("power_brake %v while the reason is set, want 1", v)
+	}
+	fail = true
+	clk = clk.Add(time.Second)
+	if v, ok := collect(t, c).Find(metrics.GPUHealth, brake); !ok || v != 1 {
+		t.Errorf("power_brake %v (present %v) a second after it was seen, with the reasons unreadable; want held at 1", v, ok)
+	}
+	clk = clk.Add(conditionHold)
+	if _, ok := collect(t, c).Find(metrics.GPUHealth, brake); ok {
+		t.Error("power_brake exported past its hold with the reasons unreadable: nothing says whether it is on")
+	}
 }
 
 // Each health call that fails gives one clear log line, whatever the error, and the rest of the

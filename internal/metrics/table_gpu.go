@@ -14,7 +14,7 @@ var (
 		"Time the GPU's clocks were held down, by performance policy (NVML GetViolationStatus): power, thermal, sync_boost, board_limit, low_utilization, reliability. A counter, so a slowdown shorter than the collection interval is never missed: rate() is the share of time throttled.",
 		with(gpuAttrs, AttrViolationPolicy)...)
 	GPUHealth = def("capstan.gpu.health", "{active}", Gauge, "gpu",
-		"1 while a hardware condition is active or was seen within the last 30 s (debounced, so it does not flap), else 0: hw_slowdown (any hardware slowdown: thermal, power brake, other), power_brake (the external power-brake signal).",
+		"1 while a hardware condition is active or was seen within the last 30 s (debounced, so it does not flap), else 0: hw_slowdown (any hardware slowdown: thermal, power brake, other), power_brake (the external power-brake signal). Seen in the clock-event reasons of a collection, or, on drivers that count the time of the hardware thermal and power-brake reasons (NVML fields 270 and 271), in that time growing since the last collection: a brake shorter than the interval is not missed. While the reasons cannot be read, a condition still held stays 1 and the others are absent.",
 		with(gpuAttrs, AttrHealthCondition)...)
 	GPUOutOfBandLimit = def("capstan.gpu.power.limit.out_of_band", "{active}", Gauge, "gpu",
 		"1 while the enforced power limit sits below the requested (power-management) one: something outside the driver's power management (a BMC, a datacenter controller) caps the GPU, and the capping loop takes the enforced limit as the GPU's ceiling; 0 otherwise.",

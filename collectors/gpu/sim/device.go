@@ -402,3 +402,8 @@ func (g *GPU) RegisterEvents(types uint64, set nvml.EventSet) nvml.Return {
 	}
 	return s.register(g, types)
 }
+
+func putUint64(v *nvml.FieldValue, x uint64) {
+	v.ValueType = uint32(nvml.VALUE_TYPE_UNSIGNED_LONG_LONG)
+	binary.LittleEndian.PutUint64(v.Value[:], x)
+}

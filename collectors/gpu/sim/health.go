@@ -12,6 +12,9 @@ import (
 type health struct {
 	// violationNs is the time each policy held the clocks down, by nvml.PerfPolicyType.
 	violationNs [nvml.PERF_POLICY_COUNT]uint64
+	// hwThermalNs and powerBrakeNs are the time the hardware thermal slowdown and the power
+	// brake reasons were set (NVML's FI_DEV_CLOCKS_EVENT_REASON_HW_* fields).
+	hwThermalNs, powerBrakeNs uint64
 	// brakeFrom and brakeUntil are the substeps [from, until) of an injected power brake.
 	brakeFrom, brakeUntil int64
 
@@ -48,6 +51,14 @@ func (h *health) accrue(reasons uint64, from, n int64) {
 		case brakeReasons&mask != 0:
 			h.violationNs[p] += braked
 		}
+	}
+	if reasons&nvml.ClocksThrottleReasonHwThermalSlowdown != 0 {
+		h.hwThermalNs += ns
+	}
+	if reasons&nvml.ClocksThrottleReasonHwPowerBrakeSlowdown != 0 {
+		h.powerBrakeNs += ns
+	} else {
+		h.powerBrakeNs += braked
 	}
 }
 
@@ -150,6 +161,10 @@ func (g *GPU) healthField(v *nvml.FieldValue) {
 		putUint32(v, uint32(g.health.remappedCorrected))
 	case nvml.FI_DEV_REMAPPED_UNC:
 		putUint32(v, uint32(g.health.remappedUncorrected))
+	case nvml.FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN:
+		putUint64(v, g.health.hwThermalNs)
+	case nvml.FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN:
+		putUint64(v, g.health.powerBrakeNs)
 	default:
 		v.NvmlReturn = uint32(nvml.ERROR_NOT_SUPPORTED)
 	}
