@@ -307,8 +307,13 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, cappingCaps, telemetryCa
 	}
 
 	// Security: capabilities, never privileged.
-	if pod.HostPID || pod.HostIPC {
-		t.Error("hostPID/hostIPC: the agent needs neither (it reads the host's /proc from a mount)")
+	if pod.HostIPC {
+		t.Error("hostIPC: the agent does not need it")
+	}
+	// NVML gives GPU processes' PIDs as the caller's PID namespace sees them (leaving out those
+	// it cannot see): the workload collector needs the host's, and nothing else does.
+	if workload := cfg.Collectors["workload"].Enabled; pod.HostPID != workload {
+		t.Errorf("hostPID %v with the workload collector on = %v: want hostPID exactly when it maps GPU processes to pods", pod.HostPID, workload)
 	}
 	sc := c.SecurityContext
 	if sc == nil || sc.Capabilities == nil {

@@ -55,6 +55,12 @@ type gpuEnergy struct {
 	// process rarely moves; its PID may be reused once it ended) and forgotten when the PID
 	// leaves the GPUs.
 	cgroupOf map[uint32]cachedCgroup
+	// findCgroup finds the host path of a cgroup the walk knows by the tail of its path, at a
+	// depth (see hostPath); nil without a walk. nsDepth is the depth of the agent's own cgroup
+	// namespace root on the host, once read (nsRead).
+	findCgroup func(tail string, depth int) (string, bool)
+	nsDepth    int
+	nsRead     bool
 }
 
 type cachedCgroup struct {
@@ -563,8 +569,64 @@ func (g *gpuEnergy) pidCgroup(pid uint32) (string, bool) {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		if p, ok := strings.CutPrefix(sc.Text(), "0::"); ok {
-			return p, true
+			return g.hostPath(p)
 		}
 	}
 	return "", false
+}
+
+// hostPath turns a cgroup path as the agent reads it into the path on the host. In a container
+// with a cgroup namespace of its own (cgroup v2's default), the kernel shows another container's
+// cgroup relative to the agent's namespace root: "/../../kubepods-besteffort.slice/…/cri-….scope"
+// climbs two levels from it. The walk of the host's cgroup tree knows every cgroup by its host
+// path; the process's is the one that ends with the path below the climb, at the depth the
+// climb implies (the root's depth, read from PID 1's cgroup, less the climb, plus the tail's).
+// Nothing, or two matches, is no answer: the process's share stays unattributed.
+func (g *gpuEnergy) hostPath(p string) (string, bool) {
+	up := 0
+	for p == "/.." || strings.HasPrefix(p, "/../") {
+		up++
+		p = p[3:]
+	}
+	if up == 0 {
+		return p, true
+	}
+	if p == "" {
+		p = "/"
+	}
+	depth, ok := g.namespaceDepth()
+	if !ok || up > depth || g.findCgroup == nil {
+		return "", false
+	}
+	return g.findCgroup(p, depth-up+pathDepth(p))
+}
+
+// namespaceDepth is how deep the agent's cgroup namespace root sits in the host's tree: PID 1
+// (the host's init, with the host's /proc) is in the root cgroup, shown as one "/.." per level.
+func (g *gpuEnergy) namespaceDepth() (int, bool) {
+	if !g.nsRead {
+		g.nsRead = true
+		g.nsDepth = -1
+		if b, err := os.ReadFile(filepath.Join(g.procfs, "1", "cgroup")); err == nil {
+			for _, line := range strings.Split(string(b), "\n") {
+				if p, ok := strings.CutPrefix(line, "0::"); ok {
+					g.nsDepth = 0
+					for _, part := range strings.Split(p, "/") {
+						if part == ".." {
+							g.nsDepth++
+						}
+					}
+				}
+			}
+		}
+	}
+	return g.nsDepth, g.nsDepth >= 0
+}
+
+// pathDepth is how many levels below the root a cgroup path is ("/" 0, "/a/b" 2).
+func pathDepth(p string) int {
+	if p == "/" {
+		return 0
+	}
+	return strings.Count(p, "/")
 }

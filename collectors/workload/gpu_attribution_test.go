@@ -267,3 +267,45 @@ func TestGPUMemoryNotAvailableIsNotExported(t *testing.T) {
 		t.Errorf("%d workload use entries, want 1", len(r.g.use))
 	}
 }
+
+// In a container with its own cgroup namespace the kernel shows other containers' cgroups
+// relative to the agent's namespace root ("/../../…"): the process's cgroup is the host path
+// the walk found that ends with the part below the climb, at the depth the climb implies. A
+// tail two cgroups end with, or one the walk has not found, is no answer: the share stays idle.
+func TestGPUProcessCgroupFromAPrivateCgroupNamespace(t *testing.T) {
+	const (
+		agent = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podaaa.slice/cri-containerd-a1.scope"
+		job   = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podbbb.slice/cri-containerd-b2.scope"
+		slurm = "/system.slice/slurmstepd.scope/job_7/step_0"
+	)
+	walk := &Collector{cgroups: map[uint64]*cgroup{}}
+	for i, p := range []string{"/", "/kubepods.slice", agent, job, slurm,
+		"/other.slice/kubepods-besteffort-podbbb.slice/cri-containerd-b2.scope"} { // same tail, another depth
+		walk.cgroups[uint64(i+1)] = &cgroup{path: p}
+	}
+	gpu := &fakeGPU{procs: []nvml.ProcessInfo{
+		{Pid: 100, GpuInstanceId: noInstance, ComputeInstanceId: noInstance},
+		{Pid: 200, GpuInstanceId: noInstance, ComputeInstanceId: noInstance},
+		{Pid: 300, GpuInstanceId: noInstance, ComputeInstanceId: noInstance},
+	}}
+	r := newAttributionRig(t, gpu, map[uint32]string{
+		1:   "/../../../..", // the host's init, in the root cgroup: the namespace root is 4 deep
+		100: "/../../../kubepods-besteffort.slice/kubepods-besteffort-podbbb.slice/cri-containerd-b2.scope",
+		200: "/../../../../system.slice/slurmstepd.scope/job_7/step_0",
+		300: "/../../../kubepods-besteffort.slice/kubepods-besteffort-podccc.slice/cri-containerd-c3.scope", // not walked
+	})
+	r.g.findCgroup = walk.cgroupByTail
+	got, attributed := r.shares()
+	if !near(got[job], 1.0/3) || !near(got[slurm], 1.0/3) || !near(attributed, 2.0/3) {
+		t.Errorf("shares %v, attributed %v; want %s and %s a third each, the unwalked process's third idle", got, attributed, job, slurm)
+	}
+
+	// Two cgroups at the implied depth with the same tail: no answer.
+	walk.cgroups[99] = &cgroup{path: "/kubepods2.slice/kubepods-besteffort.slice/kubepods-besteffort-podbbb.slice/cri-containerd-b2.scope"}
+	if p, ok := r.g.hostPath("/../../../kubepods-besteffort.slice/kubepods-besteffort-podbbb.slice/cri-containerd-b2.scope"); ok {
+		t.Errorf("an ambiguous tail resolved to %s", p)
+	}
+	if p, ok := r.g.hostPath(slurm); !ok || p != slurm {
+		t.Errorf("a path read in the host's namespace became %q (%v)", p, ok)
+	}
+}

@@ -229,6 +229,7 @@ func New(o Options) (*Collector, error) {
 	}
 	if o.NVML != nil {
 		c.gpu = newGPUEnergy(o.NVML, o.Procfs, c.pods, o.Now, c.active, o.MetricEnabled)
+		c.gpu.findCgroup = c.cgroupByTail
 	}
 	args := []any{"cgroup2", root, "source", c.source, "rapl_packages", c.rapl.Len()}
 	if c.bpf != nil {
@@ -606,4 +607,22 @@ func (c *Collector) attributeEnergy() {
 			g.own.joules += joules * float64(g.deltaNs) / float64(totNs)
 		}
 	}
+}
+
+// cgroupByTail finds the cgroup the last walk found whose path ends with tail (a whole path
+// component onwards) at depth; two such cgroups are no answer.
+func (c *Collector) cgroupByTail(tail string, depth int) (string, bool) {
+	found := ""
+	for _, g := range c.cgroups {
+		if g.gone || pathDepth(g.path) != depth {
+			continue
+		}
+		if tail == "/" || strings.HasSuffix(g.path, tail) {
+			if found != "" && found != g.path {
+				return "", false
+			}
+			found = g.path
+		}
+	}
+	return found, found != ""
 }
