@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -49,6 +50,7 @@ type gpuEnergy struct {
 	weights map[gpuKey]float64
 	util    map[uint32]*procUtil
 	entries []procEntry
+	procBuf []nvml.ProcessInfo
 	batch   *sample.Batch // the collection's batch, for the per-process series
 	perInst map[uint32]int
 	// cgroupOf caches each GPU process's cgroup, read again every cgroupRecheck collections (a
@@ -88,6 +90,8 @@ type gpuDevice struct {
 	// a process runs in an instance not listed.
 	mig   map[migKey]string
 	giMem map[uint32]uint64
+	// noMPS: the driver has no MPS process list (not supported), so it is not asked again.
+	noMPS bool
 	// migMode: the GPU was in MIG mode when last listed (a change needs a GPU reset); migAt
 	// is the round it was.
 	migMode bool
@@ -374,8 +378,8 @@ type procEntry struct {
 // unattributed. It also records each workload's (and process's) use.
 func (g *gpuEnergy) processShares(d *gpuDevice) float64 {
 	clear(g.weights)
-	procs, ret := d.dev.GetComputeRunningProcesses()
-	if ret != nvml.SUCCESS || len(procs) == 0 {
+	procs := g.computeProcesses(d)
+	if len(procs) == 0 {
 		return 0
 	}
 	g.readUtilization(d)
@@ -440,6 +444,34 @@ func (g *gpuEnergy) processShares(d *gpuDevice) float64 {
 		}
 	}
 	return min(1, attributed)
+}
+
+// computeProcesses lists the GPU's compute processes: NVML's compute processes and, under MPS,
+// its MPS clients, which NVML lists apart (the plain list shows the MPS server). A process in
+// both is listed once.
+func (g *gpuEnergy) computeProcesses(d *gpuDevice) []nvml.ProcessInfo {
+	procs, ret := d.dev.GetComputeRunningProcesses()
+	if ret != nvml.SUCCESS {
+		procs = nil
+	}
+	if d.noMPS {
+		return procs
+	}
+	clients, ret := d.dev.GetMPSComputeRunningProcesses()
+	if ret == nvml.ERROR_NOT_SUPPORTED || ret == nvml.ERROR_FUNCTION_NOT_FOUND {
+		d.noMPS = true
+	}
+	if ret != nvml.SUCCESS || len(clients) == 0 {
+		return procs
+	}
+	all := append(g.procBuf[:0], procs...)
+	for _, c := range clients {
+		if !slices.ContainsFunc(procs, func(p nvml.ProcessInfo) bool { return p.Pid == c.Pid }) {
+			all = append(all, c)
+		}
+	}
+	g.procBuf = all
+	return all
 }
 
 // readUtilization fills g.util with each process's mean utilisation over the samples NVML took

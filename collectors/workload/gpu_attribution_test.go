@@ -44,6 +44,9 @@ func (d *fakeGPU) GetTotalEnergyConsumption() (uint64, nvml.Return) {
 func (d *fakeGPU) GetComputeRunningProcesses() ([]nvml.ProcessInfo, nvml.Return) {
 	return d.procs, nvml.SUCCESS
 }
+func (d *fakeGPU) GetMPSComputeRunningProcesses() ([]nvml.ProcessInfo, nvml.Return) {
+	return nil, nvml.ERROR_NOT_SUPPORTED
+}
 
 // GetProcessUtilization answers as NVML does: the buffered samples newer than lastSeen.
 func (d *fakeGPU) GetProcessUtilization(lastSeen uint64) ([]nvml.ProcessUtilizationSample, nvml.Return) {

@@ -82,8 +82,8 @@ func TestGPUUseOfRealCgroupsEndToEnd(t *testing.T) {
 	}
 	const gib = 1 << 30
 	if err := fleet.SetProcesses(0, []sim.Process{
-		{PID: a1, MemoryBytes: 10 * gib, SMShare: 0.4},
-		{PID: a2, MemoryBytes: 6 * gib, SMShare: 0.2},
+		{PID: a1, MemoryBytes: 10 * gib, SMShare: 0.4, MPSClient: true}, // listed apart by NVML
+		{PID: a2, MemoryBytes: 6 * gib, SMShare: 0.2, MPSClient: true},
 		{PID: b, MemoryBytes: 20 * gib, SMShare: 0.2},
 	}); err != nil {
 		t.Fatal(err)

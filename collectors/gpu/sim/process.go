@@ -21,6 +21,9 @@ type Process struct {
 	SMShare float64
 	// GPUInstance is the MIG GPU instance id the process runs in; 0 on a GPU not in MIG mode.
 	GPUInstance int
+	// MPSClient: the process reaches the GPU through an MPS server; NVML lists it with the MPS
+	// compute processes (GetMPSComputeRunningProcesses), not with the others.
+	MPSClient bool
 }
 
 // noInstance is what NVML reports as the GPU and compute instance of a process on a whole GPU.
@@ -54,12 +57,12 @@ func (f *Fleet) SetProcesses(gpu int, procs []Process) error {
 	return nil
 }
 
-// processInfos lists the processes (of GPU instance gi, or all with gi < 0); the caller holds
-// g.mu.
-func (g *GPU) processInfos(gi int) []nvml.ProcessInfo {
+// processInfos lists the processes (of GPU instance gi, or all with gi < 0) that are MPS
+// clients or not, as mps says; the caller holds g.mu.
+func (g *GPU) processInfos(gi int, mps bool) []nvml.ProcessInfo {
 	out := make([]nvml.ProcessInfo, 0, len(g.procs))
 	for _, p := range g.procs {
-		if gi >= 0 && p.GPUInstance != gi {
+		if gi >= 0 && p.GPUInstance != gi || p.MPSClient != mps {
 			continue
 		}
 		info := nvml.ProcessInfo{Pid: p.PID, UsedGpuMemory: p.MemoryBytes, GpuInstanceId: noInstance, ComputeInstanceId: noInstance}
@@ -76,7 +79,16 @@ func (g *GPU) GetComputeRunningProcesses() ([]nvml.ProcessInfo, nvml.Return) {
 		return nil, ret
 	}
 	defer g.mu.Unlock()
-	return g.processInfos(-1), nvml.SUCCESS
+	return g.processInfos(-1, false), nvml.SUCCESS
+}
+
+// GetMPSComputeRunningProcesses lists the processes that reach the GPU through MPS.
+func (g *GPU) GetMPSComputeRunningProcesses() ([]nvml.ProcessInfo, nvml.Return) {
+	if ret := g.lockNow(); ret != nvml.SUCCESS {
+		return nil, ret
+	}
+	defer g.mu.Unlock()
+	return g.processInfos(-1, true), nvml.SUCCESS
 }
 
 // GetProcessUtilization reports each process's share of SM and memory activity, one sample each
@@ -117,5 +129,5 @@ func (d *MigDevice) GetComputeRunningProcesses() ([]nvml.ProcessInfo, nvml.Retur
 		return nil, ret
 	}
 	defer g.mu.Unlock()
-	return g.processInfos(d.giID), nvml.SUCCESS
+	return g.processInfos(d.giID, false), nvml.SUCCESS
 }
