@@ -156,6 +156,9 @@ type device struct {
 	dev   nvml.Device
 	uuid  string
 	lost  bool
+	// memoryV1: the driver has no GetMemoryInfo_v2 (before R510); memory comes from the first
+	// version, which has no reserved memory and counts it as used.
+	memoryV1 bool
 	// lostProbedAt is when a lost GPU was lost or last looked for.
 	lostProbedAt time.Time
 	// unsupported marks queries this device answered ERROR_NOT_SUPPORTED; they are skipped.
@@ -557,15 +560,7 @@ func (c *Collector) collectDevice(d *device, b *sample.Batch) {
 		}
 	}
 	if d.want(probeMemory) {
-		if m, ret := dev.GetMemoryInfo_v2(); c.ok(d, probeMemory, ret) {
-			b.Add(d.memUsage, float64(m.Used))
-			b.Add(d.memLimit, float64(m.Total))
-			b.Add(d.memReserved, float64(m.Reserved))
-			b.Add(d.health.memFree, float64(m.Free))
-			if m.Total > 0 {
-				b.Add(d.memUtil, float64(m.Used)/float64(m.Total))
-			}
-		}
+		c.collectMemory(d, b)
 	}
 	c.collectClocks(d, b)
 	c.collectLimits(d, b)
@@ -753,3 +748,36 @@ func (c *Collector) Devices() []string {
 }
 
 var _ collectors.Closer = (*Collector)(nil)
+
+// collectMemory reads the GPU's memory, through the first version of the call on drivers that
+// lack the second.
+func (c *Collector) collectMemory(d *device, b *sample.Batch) {
+	var used, total, free uint64
+	if !d.memoryV1 {
+		m, ret := d.dev.GetMemoryInfo_v2()
+		switch ret {
+		case nvml.ERROR_FUNCTION_NOT_FOUND, nvml.ERROR_NOT_SUPPORTED, nvml.ERROR_ARGUMENT_VERSION_MISMATCH:
+			d.memoryV1 = true
+			c.log.Debug("GPU has no memory info v2; reading the first version (no reserved memory)", "gpu", d.index, "err", ret)
+		default:
+			if !c.ok(d, probeMemory, ret) {
+				return
+			}
+			used, total, free = m.Used, m.Total, m.Free
+			b.Add(d.memReserved, float64(m.Reserved))
+		}
+	}
+	if d.memoryV1 {
+		m, ret := d.dev.GetMemoryInfo()
+		if !c.ok(d, probeMemory, ret) {
+			return
+		}
+		used, total, free = m.Used, m.Total, m.Free
+	}
+	b.Add(d.memUsage, float64(used))
+	b.Add(d.memLimit, float64(total))
+	b.Add(d.health.memFree, float64(free))
+	if total > 0 {
+		b.Add(d.memUtil, float64(used)/float64(total))
+	}
+}

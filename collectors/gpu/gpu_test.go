@@ -647,3 +647,40 @@ func TestGPUMissingAtStartIsOpenedLater(t *testing.T) {
 		t.Error("the GPU opened late is not reported ok under its UUID")
 	}
 }
+
+// A driver without GetMemoryInfo_v2 (before R510) still gives the GPU's memory, through the
+// first version of the call, which has no reserved memory; the second version is not asked
+// again.
+func TestMemoryFromTheFirstVersionOnOlderDrivers(t *testing.T) {
+	lib := newFakeLib(1)
+	v2Calls := 0
+	lib.gpus[0].GetMemoryInfo_v2Func = func() (nvml.Memory_v2, nvml.Return) {
+		v2Calls++
+		return nvml.Memory_v2{}, nvml.ERROR_FUNCTION_NOT_FOUND
+	}
+	lib.gpus[0].GetMemoryInfoFunc = func() (nvml.Memory, nvml.Return) {
+		return nvml.Memory{Total: 80 << 30, Used: 20 << 30, Free: 60 << 30}, nvml.SUCCESS
+	}
+	c := mustNew(t, lib, nil, nil)
+	var b *sample.Batch
+	for range 3 {
+		b = collect(t, c)
+	}
+	for _, tc := range []struct {
+		def  *metrics.Def
+		want float64
+	}{
+		{metrics.GPUMemoryUsage, 20 << 30}, {metrics.GPUMemoryLimit, 80 << 30},
+		{metrics.GPUMemoryFree, 60 << 30}, {metrics.GPUMemoryUtilization, 0.25},
+	} {
+		if v, ok := b.Find(tc.def); !ok || v != tc.want {
+			t.Errorf("%s = %v (present %v), want %v", tc.def.Name, v, ok, tc.want)
+		}
+	}
+	if _, ok := b.Find(metrics.GPUMemoryReserved); ok {
+		t.Error("reserved memory exported from a call that has none")
+	}
+	if v2Calls != 1 {
+		t.Errorf("GetMemoryInfo_v2 asked %d times, want once", v2Calls)
+	}
+}
