@@ -28,7 +28,18 @@ const (
 	FaultSetLimit     = "set-limit"
 	FaultRefuseWrites = "refuse-writes"
 	FaultReload       = "reload"
+	// FaultMIGLayout reconfigures the GPU's MIG layout once, as an operator running nvidia-smi
+	// mig would: the instances the agent knows disappear and new ones appear.
+	FaultMIGLayout = "mig-layout"
+	// FaultNVLinkErrors adds Count errors of one kind to one NVLink link, once.
+	FaultNVLinkErrors = "nvlink-errors"
 )
+
+// nvlinkCounters are the NVLink error counters a fault may add to, by name.
+var nvlinkCounters = map[string]nvml.NvLinkErrorCounter{
+	"replay": nvml.NVLINK_ERROR_DL_REPLAY, "recovery": nvml.NVLINK_ERROR_DL_RECOVERY,
+	"crc_flit": nvml.NVLINK_ERROR_DL_CRC_FLIT, "crc_data": nvml.NVLINK_ERROR_DL_CRC_DATA,
+}
 
 // Fault is one entry of the fault file.
 type Fault struct {
@@ -44,6 +55,14 @@ type Fault struct {
 	Duration string `json:"duration,omitempty"`
 	// LimitMW is the limit an out-of-band write sets (set-limit).
 	LimitMW uint32 `json:"limit_mw,omitempty"`
+	// Layout is the MIG layout to set, as --gpu.sim.mig writes one GPU's ("3g.40gb,4g.40gb",
+	// "off") (mig-layout).
+	Layout string `json:"layout,omitempty"`
+	// Link, Counter and Count: Count errors of kind Counter (replay, recovery, crc_flit,
+	// crc_data) on NVLink link Link (nvlink-errors).
+	Link    int    `json:"link,omitempty"`
+	Counter string `json:"counter,omitempty"`
+	Count   uint64 `json:"count,omitempty"`
 	// Until ends the fault; zero means until it leaves the file.
 	Until time.Time `json:"until,omitzero"`
 }
@@ -130,9 +149,23 @@ func (f *Fleet) parseFaults(data []byte) ([]Fault, error) {
 			if lo, hi := milli(m.MinLimitW), milli(m.MaxLimitW); ft.LimitMW < lo || ft.LimitMW > hi {
 				return nil, fmt.Errorf("%s: limit_mw %d is outside the GPU's constraints (allowed: %d to %d)", where, ft.LimitMW, lo, hi)
 			}
+		case FaultMIGLayout:
+			if _, _, err := ParseMIGLayout(m.Name, ft.Layout); err != nil {
+				return nil, fmt.Errorf("%s: layout: %w", where, err)
+			}
+		case FaultNVLinkErrors:
+			if n := m.nvlinkLinks(); ft.Link < 0 || ft.Link >= n {
+				return nil, fmt.Errorf("%s: link %d is out of range (allowed: 0 to %d for a %s)", where, ft.Link, n-1, m.Name)
+			}
+			if _, ok := nvlinkCounters[ft.Counter]; !ok {
+				return nil, fmt.Errorf("%s: counter %q is not one of replay, recovery, crc_flit, crc_data", where, ft.Counter)
+			}
+			if ft.Count == 0 {
+				return nil, fmt.Errorf("%s: count is missing (errors to add, 1 or more)", where)
+			}
 		case FaultLost, FaultRefuseWrites, FaultReload:
 		default:
-			return nil, fmt.Errorf("%s: kind %q is not one of error, hang, lost, set-limit, refuse-writes, reload", where, ft.Kind)
+			return nil, fmt.Errorf("%s: kind %q is not one of error, hang, lost, set-limit, refuse-writes, reload, mig-layout, nvlink-errors", where, ft.Kind)
 		}
 	}
 	return ff.Faults, nil
@@ -202,7 +235,7 @@ func (f *Fleet) applyFaults(now time.Time) {
 			for _, g := range gpus {
 				lost[g.index] = true
 			}
-		case FaultSetLimit, FaultReload:
+		case FaultSetLimit, FaultReload, FaultMIGLayout, FaultNVLinkErrors:
 			d.mu.Lock()
 			done := d.applied[ft.ID]
 			d.applied[ft.ID] = true
@@ -211,10 +244,15 @@ func (f *Fleet) applyFaults(now time.Time) {
 				continue
 			}
 			for _, g := range gpus {
-				if ft.Kind == FaultSetLimit {
+				switch ft.Kind {
+				case FaultSetLimit:
 					f.setLimit(g, float64(ft.LimitMW)/1000, WriterOutOfBand)
-				} else {
+				case FaultReload:
 					f.setLimit(g, f.model.DefaultLimitW, WriterReload)
+				case FaultMIGLayout:
+					_ = f.SetMIGLayout(g.index, ft.Layout) // checked when the file was parsed
+				case FaultNVLinkErrors:
+					_ = f.InjectNVLinkErrors(g.index, ft.Link, nvlinkCounters[ft.Counter], ft.Count)
 				}
 			}
 		default:
@@ -299,13 +337,17 @@ func (f *Fleet) fault(g *GPU) nvml.Return {
 	return nvml.SUCCESS
 }
 
-// gpuMethodPrefix is how the runtime names the methods of *GPU, e.g.
-// "github.com/capstan-power/capstan/collectors/gpu/sim.(*GPU).".
-var gpuMethodPrefix = reflect.TypeFor[GPU]().PkgPath() + ".(*GPU)."
+// gpuMethodPrefix and migMethodPrefix are how the runtime names the methods of *GPU and
+// *MigDevice, e.g. "github.com/capstan-power/capstan/collectors/gpu/sim.(*GPU).".
+var (
+	gpuMethodPrefix = reflect.TypeFor[GPU]().PkgPath() + ".(*GPU)."
+	migMethodPrefix = reflect.TypeFor[GPU]().PkgPath() + ".(*MigDevice)."
+)
 
-// deviceMethod names the NVML device method being called: the outermost method of *GPU on the
-// stack, so that a method answering through another (GetCurrentClocksThrottleReasons) matches
-// by the name the caller used.
+// deviceMethod names the NVML device method being called: the outermost method of *GPU or of
+// *MigDevice (a MIG device handle is an nvml.Device too) on the stack, so that a method
+// answering through another (GetCurrentClocksThrottleReasons, a MIG device asking its GPU)
+// matches by the name the caller used.
 func deviceMethod() string {
 	var pcs [24]uintptr
 	n := runtime.Callers(3, pcs[:])
@@ -313,7 +355,11 @@ func deviceMethod() string {
 	name := ""
 	for {
 		fr, more := frames.Next()
-		if m, ok := strings.CutPrefix(fr.Function, gpuMethodPrefix); ok {
+		m, ok := strings.CutPrefix(fr.Function, gpuMethodPrefix)
+		if !ok {
+			m, ok = strings.CutPrefix(fr.Function, migMethodPrefix)
+		}
+		if ok {
 			name = m
 		} else if name != "" {
 			return name

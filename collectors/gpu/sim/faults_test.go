@@ -386,3 +386,75 @@ func BenchmarkGetPowerUsageFaults(b *testing.B) {
 		})
 	}
 }
+
+// A fault names NVML device methods, and a MIG device handle is an nvml.Device: its calls match
+// by their own names, not by the GPU call they are answered through.
+func TestFaultReachesMIGDeviceCalls(t *testing.T) {
+	dir := t.TempDir()
+	log, _ := testkit.NewLogger()
+	b := &faultBench{t: t, path: filepath.Join(dir, "faults.json"), now: time.Now()}
+	b.f = openFleet(t, Options{MIG: "3g.40gb,4g.40gb", FaultFile: b.path, StateFile: filepath.Join(dir, "devices.json"), Log: log, manualFiles: true})
+	b.write(Fault{ID: "m1", Kind: FaultError, GPU: 0, Calls: []string{"GetMemoryInfo", "GetComputeRunningProcesses"}, Code: "ERROR_TIMEOUT"})
+	for gpu, want := range []nvml.Return{nvml.ERROR_TIMEOUT, nvml.SUCCESS} {
+		parent, _ := b.f.DeviceGetHandleByIndex(gpu)
+		h, ret := parent.GetMigDeviceHandleByIndex(0)
+		if ret != nvml.SUCCESS {
+			t.Fatalf("GPU %d MIG device 0: %v", gpu, ret)
+		}
+		if _, ret := h.GetMemoryInfo(); ret != want {
+			t.Errorf("GPU %d MIG device GetMemoryInfo = %v, want %v", gpu, ret, want)
+		}
+		if _, ret := h.GetComputeRunningProcesses(); ret != want {
+			t.Errorf("GPU %d MIG device GetComputeRunningProcesses = %v, want %v", gpu, ret, want)
+		}
+		if _, ret := h.GetUUID(); ret != nvml.SUCCESS {
+			t.Errorf("GPU %d MIG device GetUUID, a call the fault does not name = %v", gpu, ret)
+		}
+	}
+}
+
+// mig-layout reconfigures a running GPU's MIG layout and nvlink-errors adds errors to a link,
+// each once per id, as an operator or a failing cable would while the agent runs; a layout the
+// model cannot take, a link it does not have or an unknown counter is refused with the reason.
+func TestFaultMIGLayoutAndNVLinkErrors(t *testing.T) {
+	dir := t.TempDir()
+	log, _ := testkit.NewLogger()
+	b := &faultBench{t: t, path: filepath.Join(dir, "faults.json"), now: time.Now()}
+	b.f = openFleet(t, Options{MIG: "7x1g.10gb", FaultFile: b.path, StateFile: filepath.Join(dir, "devices.json"), Log: log, manualFiles: true})
+	b.write(Fault{ID: "mig", Kind: FaultMIGLayout, GPU: 1, Layout: "3g.40gb,4g.40gb"},
+		Fault{ID: "crc", Kind: FaultNVLinkErrors, GPU: 0, Link: 5, Counter: "crc_data", Count: 3})
+	b.f.pollFaults(b.now) // polled again: once per id
+	count := func(gpu int) int {
+		parent, _ := b.f.DeviceGetHandleByIndex(gpu)
+		n := 0
+		for i := range 7 {
+			if _, ret := parent.GetMigDeviceHandleByIndex(i); ret == nvml.SUCCESS {
+				n++
+			}
+		}
+		return n
+	}
+	if n0, n1 := count(0), count(1); n0 != 7 || n1 != 2 {
+		t.Errorf("MIG devices %d and %d after mig-layout on GPU 1, want 7 and 2", n0, n1)
+	}
+	for l, want := range map[int]uint64{5: 3, 4: 0} {
+		if n, ret := b.f.GPU(0).GetNvLinkErrorCounter(l, nvml.NVLINK_ERROR_DL_CRC_DATA); ret != nvml.SUCCESS || n != want {
+			t.Errorf("GPU 0 link %d CRC-data errors = %d (%v), want %d", l, n, ret, want)
+		}
+	}
+
+	for _, tc := range []struct {
+		fault Fault
+		want  string
+	}{
+		{Fault{ID: "x", Kind: FaultMIGLayout, GPU: 0, Layout: "8x1g.10gb"}, "layout:"},
+		{Fault{ID: "x", Kind: FaultNVLinkErrors, GPU: 0, Link: 18, Counter: "replay", Count: 1}, "link 18 is out of range (allowed: 0 to 17"},
+		{Fault{ID: "x", Kind: FaultNVLinkErrors, GPU: 0, Link: 1, Counter: "crc", Count: 1}, `counter "crc" is not one of`},
+		{Fault{ID: "x", Kind: FaultNVLinkErrors, GPU: 0, Link: 1, Counter: "replay"}, "count is missing"},
+	} {
+		data, _ := json.Marshal(FaultFile{Faults: []Fault{tc.fault}})
+		if _, err := b.f.parseFaults(data); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: error %v, want one containing %q", tc.fault, err, tc.want)
+		}
+	}
+}
