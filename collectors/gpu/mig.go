@@ -28,8 +28,10 @@ const migRediscoverEvery = 10 * time.Second
 
 // migState is one GPU's MIG bookkeeping.
 type migState struct {
-	mode         *sample.Series
-	enabled      bool
+	mode, pendingMode *sample.Series
+	enabled           bool
+	// pending: the GPU takes the other mode at its next reset.
+	pending      bool
 	discoveredAt time.Time
 	stale        bool // an instance disappeared: discover again at the next collection
 	// giProfiles are the GPU's GPU-instance profiles, for the instance walk (asked once).
@@ -84,20 +86,28 @@ func (c *Collector) collectMIG(d *device, b *sample.Batch) {
 	}
 	st := d.mig
 	if st == nil {
-		st = &migState{mode: d.base.With(metrics.GPUMIGMode), known: map[migKey]*migInstance{}, gpm: map[migGPMKey]*migGPM{}}
+		st = &migState{mode: d.base.With(metrics.GPUMIGMode), pendingMode: d.base.With(metrics.GPUMIGModePending),
+			known: map[migKey]*migInstance{}, gpm: map[migGPMKey]*migGPM{}}
 		d.mig = st
 	}
 	now := c.now()
 	if st.stale || st.discoveredAt.IsZero() || now.Sub(st.discoveredAt) >= migRediscoverEvery {
-		mode, _, ret := d.dev.GetMigMode()
+		mode, pendingMode, ret := d.dev.GetMigMode()
 		if !c.ok(d, probeMIGMode, ret) {
 			return
 		}
 		st.enabled = mode == nvml.DEVICE_MIG_ENABLE
+		if pending := pendingMode != mode; pending != st.pending {
+			st.pending = pending
+			if pending {
+				c.log.Info("GPU MIG mode changes at the GPU's next reset", "gpu", d.index, "mig", st.enabled, "pending_mig", !st.enabled)
+			}
+		}
 		c.discoverMIG(d, st)
 		st.discoveredAt, st.stale = now, false
 	}
 	b.Add(st.mode, boolValue(st.enabled))
+	b.Add(st.pendingMode, boolValue(st.pending))
 	for _, in := range st.instances {
 		b.Add(in.info, 1)
 		if in.handle == nil || !d.want(probeMIGMemory) {

@@ -297,3 +297,46 @@ func TestMIGModeErrors(t *testing.T) {
 		})
 	}
 }
+
+// A MIG mode set but not yet applied (it takes a GPU reset) shows as pending, said once, while
+// capstan.gpu.mig.mode keeps the mode in force; once applied, nothing is pending.
+func TestSimMIGModePending(t *testing.T) {
+	log, logs := testkit.NewLogger()
+	c, fleet, clk := simCollector(t, sim.Options{Model: "H100", Count: 2, Trace: "steady", Seed: 3}, log)
+	gpu0 := attribute.Int(metrics.AttrGPUIndex, 0)
+	b := collect(t, c)
+	if v, ok := b.Find(metrics.GPUMIGModePending, gpu0); !ok || v != 0 {
+		t.Fatalf("mig.mode.pending %v (present %v) with nothing pending, want 0", v, ok)
+	}
+	h, _ := fleet.DeviceGetHandleByIndex(0)
+	if _, ret := h.SetMigMode(nvml.DEVICE_MIG_ENABLE); ret != nvml.SUCCESS {
+		t.Fatal(ret)
+	}
+	for range 2 {
+		clk.Advance(migRediscoverEvery)
+		b = collect(t, c)
+	}
+	if v, _ := b.Find(metrics.GPUMIGModePending, gpu0); v != 1 {
+		t.Errorf("mig.mode.pending %v after MIG was set on, want 1", v)
+	}
+	if v, _ := b.Find(metrics.GPUMIGMode, gpu0); v != 0 {
+		t.Errorf("mig.mode %v before the reset, want 0", v)
+	}
+	if v, _ := b.Find(metrics.GPUMIGModePending, attribute.Int(metrics.AttrGPUIndex, 1)); v != 0 {
+		t.Errorf("GPU 1 mig.mode.pending %v, want 0", v)
+	}
+	if n := logs.Count("MIG mode changes at the GPU's next reset"); n != 1 {
+		t.Errorf("pending mode logged %d times, want once:\n%s", n, logs.String())
+	}
+	if err := fleet.SetMIGLayout(0, "7x1g.10gb"); err != nil { // reset, and instances made
+		t.Fatal(err)
+	}
+	clk.Advance(migRediscoverEvery)
+	b = collect(t, c)
+	if v, _ := b.Find(metrics.GPUMIGModePending, gpu0); v != 0 {
+		t.Errorf("mig.mode.pending %v after the mode was applied, want 0", v)
+	}
+	if v, _ := b.Find(metrics.GPUMIGMode, gpu0); v != 1 {
+		t.Errorf("mig.mode %v after the mode was applied, want 1", v)
+	}
+}

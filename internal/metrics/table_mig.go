@@ -17,6 +17,9 @@ var (
 	GPUMIGMode = def("capstan.gpu.mig.mode", "{enabled}", Gauge, "gpu",
 		"1 while the GPU is in MIG mode (split into GPU instances), 0 when it is not; only MIG-capable GPUs (A100 and later) report it.",
 		gpuAttrs...)
+	GPUMIGModePending = def("capstan.gpu.mig.mode.pending", "{change}", Gauge, "gpu",
+		"1 while the GPU has been set to change its MIG mode at its next reset (nvidia-smi -mig, not yet applied: capstan.gpu.mig.mode is still the old mode), else 0; only MIG-capable GPUs report it.",
+		gpuAttrs...)
 	GPUMIGInfo = def("capstan.gpu.mig.info", "{instance}", Gauge, "gpu",
 		"1 for each MIG device (a compute instance in its GPU instance) of the GPU, with its profile (1g.10gb …) and MIG UUID; instances appear and disappear with the GPU's MIG layout, without an agent restart.",
 		migAttrs...)

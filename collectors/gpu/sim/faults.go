@@ -249,6 +249,7 @@ func (f *Fleet) applyFaults(now time.Time) {
 					f.setLimit(g, float64(ft.LimitMW)/1000, WriterOutOfBand)
 				case FaultReload:
 					f.setLimit(g, f.model.DefaultLimitW, WriterReload)
+					g.resetMIG()
 				case FaultMIGLayout:
 					_ = f.SetMIGLayout(g.index, ft.Layout) // checked when the file was parsed
 				case FaultNVLinkErrors:

@@ -458,3 +458,27 @@ func TestFaultMIGLayoutAndNVLinkErrors(t *testing.T) {
 		}
 	}
 }
+
+// SetMigMode takes effect at the GPU's next reset, which a reload fault is: until then
+// GetMigMode reports the old mode with the new one pending; a GPU turned to MIG has no
+// instances yet.
+func TestSetMigModeAppliedAtReload(t *testing.T) {
+	b := newFaultBench(t)
+	g := b.f.GPU(1)
+	if status, ret := g.SetMigMode(nvml.DEVICE_MIG_ENABLE); ret != nvml.SUCCESS || status != nvml.ERROR_IN_USE {
+		t.Fatalf("SetMigMode = %v, activation %v; want SUCCESS, pending (ERROR_IN_USE)", ret, status)
+	}
+	if cur, pending, _ := g.GetMigMode(); cur != nvml.DEVICE_MIG_DISABLE || pending != nvml.DEVICE_MIG_ENABLE {
+		t.Errorf("before the reset: mode %d pending %d, want 0 and 1", cur, pending)
+	}
+	b.write(Fault{ID: "r", Kind: FaultReload})
+	if cur, pending, _ := g.GetMigMode(); cur != nvml.DEVICE_MIG_ENABLE || pending != nvml.DEVICE_MIG_ENABLE {
+		t.Errorf("after the reset: mode %d pending %d, want 1 and 1", cur, pending)
+	}
+	if _, ret := g.GetMigDeviceHandleByIndex(0); ret != nvml.ERROR_NOT_FOUND {
+		t.Errorf("a GPU just turned to MIG has a MIG device (%v)", ret)
+	}
+	if cur, _, _ := b.f.GPU(0).GetMigMode(); cur != nvml.DEVICE_MIG_DISABLE {
+		t.Error("the reset turned MIG on for a GPU that asked nothing")
+	}
+}

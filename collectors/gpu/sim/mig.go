@@ -51,7 +51,10 @@ func ParseMIGLayouts(model, spec string, count int) ([][]MIGProfile, []bool, err
 
 // migState is a GPU's MIG configuration; guarded by the GPU's lock.
 type migState struct {
-	enabled    bool
+	enabled bool
+	// pending is the mode SetMigMode asked for, taken at the GPU's next reset (a driver reload
+	// fault); it equals enabled when no change waits.
+	pending    bool
 	instances  []*MigDevice
 	generation int // layouts applied, so that a new layout gives new UUIDs
 }
@@ -80,7 +83,7 @@ func (g *GPU) setMIG(enabled bool, profiles []MIGProfile) {
 		old.gone.Store(true)
 	}
 	m.generation++
-	m.enabled = enabled
+	m.enabled, m.pending = enabled, enabled
 	m.instances = m.instances[:0:0]
 	for i, p := range profiles {
 		id := i + 1
@@ -158,18 +161,45 @@ func (g *GPU) migReady() nvml.Return {
 	return nvml.SUCCESS
 }
 
-// GetMigMode reports the current and pending MIG mode (the sim applies a mode at once).
+// GetMigMode reports the current MIG mode and the one the GPU takes at its next reset.
 func (g *GPU) GetMigMode() (int, int, nvml.Return) {
 	if ret := g.migReady(); ret != nvml.SUCCESS {
 		return 0, 0, ret
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	mode := nvml.DEVICE_MIG_DISABLE
-	if g.mig.enabled {
-		mode = nvml.DEVICE_MIG_ENABLE
+	return migModeValue(g.mig.enabled), migModeValue(g.mig.pending), nvml.SUCCESS
+}
+
+func migModeValue(enabled bool) int {
+	if enabled {
+		return nvml.DEVICE_MIG_ENABLE
 	}
-	return mode, mode, nvml.SUCCESS
+	return nvml.DEVICE_MIG_DISABLE
+}
+
+// SetMigMode asks for a MIG mode, which the GPU takes at its next reset (in the sim, a reload
+// fault), as one in use cannot be reset at once: the activation status says it is pending.
+func (g *GPU) SetMigMode(mode int) (nvml.Return, nvml.Return) {
+	if ret := g.migReady(); ret != nvml.SUCCESS {
+		return ret, ret
+	}
+	if mode != nvml.DEVICE_MIG_ENABLE && mode != nvml.DEVICE_MIG_DISABLE {
+		return nvml.ERROR_INVALID_ARGUMENT, nvml.ERROR_INVALID_ARGUMENT
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.mig.pending = mode == nvml.DEVICE_MIG_ENABLE
+	return nvml.ERROR_IN_USE, nvml.SUCCESS
+}
+
+// resetMIG applies a pending MIG mode, as a GPU reset does: MIG turned on has no instances yet.
+func (g *GPU) resetMIG() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.mig.pending != g.mig.enabled {
+		g.setMIG(g.mig.pending, nil)
+	}
 }
 
 // GetMaxMigDeviceCount is 7 on every MIG-capable model.
