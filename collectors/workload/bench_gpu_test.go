@@ -15,12 +15,13 @@ import (
 	"github.com/capstan-power/capstan/internal/sample"
 )
 
-// zeroGPU is a zero-cost GPU with eight compute processes (MPS or time-slicing): a benchmark over
-// it measures the attribution alone.
+// zeroGPU is a zero-cost GPU with eight compute processes, half of them time-slicing and half MPS
+// clients (which NVML lists apart): a benchmark over it measures the attribution alone.
 type zeroGPU struct {
 	nvml.Device
 	uuid    string
 	procs   []nvml.ProcessInfo
+	mps     []nvml.ProcessInfo
 	samples []nvml.ProcessUtilizationSample
 	mj      uint64
 }
@@ -32,6 +33,9 @@ func (g *zeroGPU) GetTotalEnergyConsumption() (uint64, nvml.Return) {
 }
 func (g *zeroGPU) GetComputeRunningProcesses() ([]nvml.ProcessInfo, nvml.Return) {
 	return g.procs, nvml.SUCCESS
+}
+func (g *zeroGPU) GetMPSComputeRunningProcesses() ([]nvml.ProcessInfo, nvml.Return) {
+	return g.mps, nvml.SUCCESS
 }
 func (g *zeroGPU) GetProcessUtilization(uint64) ([]nvml.ProcessUtilizationSample, nvml.Return) {
 	return g.samples, nvml.SUCCESS
@@ -69,7 +73,12 @@ func BenchmarkGPUAttribution64Processes(b *testing.B) {
 			if err := os.WriteFile(filepath.Join(dir, "cgroup"), []byte("0::"+cg+"\n"), 0o644); err != nil {
 				b.Fatal(err)
 			}
-			g.procs = append(g.procs, nvml.ProcessInfo{Pid: pid, UsedGpuMemory: 8 << 30, GpuInstanceId: noInstance})
+			p := nvml.ProcessInfo{Pid: pid, UsedGpuMemory: 8 << 30, GpuInstanceId: noInstance}
+			if k%2 == 0 {
+				g.procs = append(g.procs, p)
+			} else {
+				g.mps = append(g.mps, p)
+			}
 			g.samples = append(g.samples, nvml.ProcessUtilizationSample{Pid: pid, SmUtil: uint32(5 + k), MemUtil: 3})
 		}
 		lib.gpus = append(lib.gpus, g)
