@@ -255,7 +255,8 @@ func (c *Collector) collectGPM(d *device, b *sample.Batch) {
 		c.askGPMSupport(d, g)
 	}
 	if !g.undecided {
-		b.Add(g.supported, boolValue(g.isSupported))
+		// A GPU whose samples turned out unsupported has no GPM after all.
+		b.Add(g.supported, boolValue(g.isSupported && d.want(probeGPMSample)))
 	}
 	if !g.isSupported || !d.want(probeGPMSample) {
 		return

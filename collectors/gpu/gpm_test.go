@@ -85,6 +85,9 @@ func TestGPMErrors(t *testing.T) {
 			if want := ret != nvml.ERROR_NOT_SUPPORTED; ok != want {
 				t.Errorf("after the call works again: GPM activity present %v, want %v (unsupported stays skipped)", ok, want)
 			}
+			if v, _ := b.Find(metrics.GPUGPMSupported); (v == 1) != (ret != nvml.ERROR_NOT_SUPPORTED) {
+				t.Errorf("gpm.supported = %v after GPM samples answered %v", v, ret)
+			}
 		})
 	}
 }

@@ -109,24 +109,38 @@ func (c *Collector) collectMIG(d *device, b *sample.Batch) {
 	b.Add(st.mode, boolValue(st.enabled))
 	b.Add(st.pendingMode, boolValue(st.pending))
 	for _, in := range st.instances {
-		b.Add(in.info, 1)
-		if in.handle == nil || !d.want(probeMIGMemory) {
-			continue
-		}
-		m, ret := in.handle.GetMemoryInfo()
-		if c.migGone(st, ret) || !c.okPart(d, probeMIGMemory, "gpu_instance", in.key.gi, ret) {
-			continue
-		}
-		b.Add(in.memUsage, float64(m.Used))
-		b.Add(in.memCap, float64(m.Total))
-		if c.migProcesses && d.want(probeMIGProcesses) {
-			procs, ret := in.handle.GetComputeRunningProcesses()
-			if !c.migGone(st, ret) && c.okPart(d, probeMIGProcesses, "gpu_instance", in.key.gi, ret) {
-				b.Add(in.processes, float64(len(procs)))
-			}
-		}
+		c.collectMIGDevice(d, st, in, b)
 	}
 	c.collectMIGGPM(d, st, b)
+}
+
+// collectMIGDevice exports one MIG device: its info, memory and processes. A device found gone
+// by a call is left out of this collection (and discovery runs at the next).
+func (c *Collector) collectMIGDevice(d *device, st *migState, in *migInstance, b *sample.Batch) {
+	if in.handle == nil {
+		b.Add(in.info, 1)
+		return
+	}
+	if d.want(probeMIGMemory) {
+		m, ret := in.handle.GetMemoryInfo()
+		if c.migGone(st, ret) {
+			return
+		}
+		if c.okPart(d, probeMIGMemory, "gpu_instance", in.key.gi, ret) {
+			b.Add(in.memUsage, float64(m.Used))
+			b.Add(in.memCap, float64(m.Total))
+		}
+	}
+	if c.migProcesses && d.want(probeMIGProcesses) {
+		procs, ret := in.handle.GetComputeRunningProcesses()
+		if c.migGone(st, ret) {
+			return
+		}
+		if c.okPart(d, probeMIGProcesses, "gpu_instance", in.key.gi, ret) {
+			b.Add(in.processes, float64(len(procs)))
+		}
+	}
+	b.Add(in.info, 1)
 }
 
 // migGone reports whether ret says a MIG instance no longer exists, and marks the layout for

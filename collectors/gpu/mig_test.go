@@ -131,6 +131,9 @@ func TestSimMIGReconfiguredWhileRunning(t *testing.T) {
 	if n := b.Count(metrics.GPUMIGMemoryUsage); n != 7 {
 		t.Errorf("%d MIG memory series in the collection that found the old instances gone, want GPU 1's 7", n)
 	}
+	if n := b.Count(metrics.GPUMIGInfo); n != 7 {
+		t.Errorf("%d MIG devices listed in the collection that found the old ones gone, want GPU 1's 7", n)
+	}
 	clk.Advance(time.Second)
 	b = collect(t, c)
 	if got := migProfiles(b, 0); got["3g.40gb"] != 1 || got["4g.40gb"] != 1 || len(got) != 2 {
