@@ -71,7 +71,9 @@ func TestDisabledMetricsLeaveEveryExport(t *testing.T) {
 		metrics.CollectorSeries: "capstan_collector_series", metrics.CappingMode: "capstan_capping_mode",
 		metrics.CollectorUp: "capstan_collector_up",
 	}
-	has := func(name string) bool { return strings.Contains(string(body), "\n"+name+"{") || strings.Contains(string(body), "\n"+name+" ") }
+	has := func(name string) bool {
+		return strings.Contains(string(body), "\n"+name+"{") || strings.Contains(string(body), "\n"+name+" ")
+	}
 	for _, d := range off {
 		if exported[d.Name] {
 			t.Errorf("%s is turned off but exported over OTLP", d.Name)

@@ -157,12 +157,12 @@ func TestSimMIGReconfiguredWhileRunning(t *testing.T) {
 		}
 		gi, _ := p.Series.Attrs.Value(metrics.AttrMIGGPUInstance)
 		prof, _ := p.Series.Attrs.Value(metrics.AttrMIGProfile)
-		if was, ok := activity[gi.Emit()]; ok && was != prof.AsString() {
-			t.Errorf("GPU instance %s exports activity under profiles %s and %s", gi.Emit(), was, prof.AsString())
+		if was, ok := activity[gi.String()]; ok && was != prof.AsString() {
+			t.Errorf("GPU instance %s exports activity under profiles %s and %s", gi.String(), was, prof.AsString())
 		}
-		activity[gi.Emit()] = prof.AsString()
+		activity[gi.String()] = prof.AsString()
 		if p.Value < 0 || p.Value > 1 {
-			t.Errorf("GPU instance %s activity %v, not a ratio", gi.Emit(), p.Value)
+			t.Errorf("GPU instance %s activity %v, not a ratio", gi.String(), p.Value)
 		}
 	}
 	if got := slices.Sorted(maps.Values(activity)); !slices.Equal(got, []string{"3g.40gb", "4g.40gb"}) {
