@@ -46,14 +46,7 @@ func TestOTLPExportCollectsAfterwards(t *testing.T) {
 	store.Put("gpu", newFleet(1).batch(5000))
 	cfg := otlpConfig("grpc", endpoint)
 	cfg.OTLP.Interval = time.Hour // the exports are the test's ForceFlush calls
-	e, err := New(context.Background(), Options{Config: cfg, Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	shutdownAtEnd(t, e)
+	e := startExporters(t, Options{Config: cfg, Store: store})
 
 	// Count this exporter's collections (another test's runtime.GC would blur a process-wide
 	// count), and check the real one ran.

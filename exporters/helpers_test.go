@@ -180,6 +180,27 @@ func testConfig() *config.Config {
 	return &config.Config{Node: config.Node{Name: "node-a"}}
 }
 
+// newExporters builds exporters from o and shuts them down at the end of the test.
+func newExporters(t *testing.T, o Options) *Exporters {
+	t.Helper()
+	e, err := New(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shutdownAtEnd(t, e)
+	return e
+}
+
+// startExporters is newExporters, started.
+func startExporters(t *testing.T, o Options) *Exporters {
+	t.Helper()
+	e := newExporters(t, o)
+	if err := e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
 // shutdownAtEnd shuts e down at the end of the test and reports an error.
 func shutdownAtEnd(t *testing.T, e *Exporters) {
 	t.Cleanup(func() {

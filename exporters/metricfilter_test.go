@@ -41,14 +41,7 @@ func TestDisabledMetricsLeaveEveryExport(t *testing.T) {
 	for _, d := range off {
 		cfg.Metrics[d.Name] = config.MetricToggle{Enabled: false}
 	}
-	e, err := New(context.Background(), Options{Config: cfg, Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	shutdownAtEnd(t, e)
+	e := startExporters(t, Options{Config: cfg, Store: store})
 
 	resp, err := http.Get("http://" + cfg.Web.ListenAddress + "/metrics")
 	if err != nil {

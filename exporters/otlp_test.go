@@ -123,11 +123,7 @@ func TestOTLPEndToEnd(t *testing.T) {
 			cfg := otlpConfig(tc.protocol, endpoint)
 			cfg.OTLP.Insecure = tc.insecure
 			log, logs := testkit.NewLogger()
-			e, err := New(context.Background(), Options{Config: cfg, Store: store, Logger: log, Version: "1.2.3-test"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			shutdownAtEnd(t, e)
+			e := newExporters(t, Options{Config: cfg, Store: store, Logger: log, Version: "1.2.3-test"})
 			if err := e.Start(context.Background()); err != nil {
 				t.Fatal(err)
 			}
@@ -222,11 +218,7 @@ func TestOTLPDeltaTemporality(t *testing.T) {
 	store.Put("gpu", f.batch(1000))
 	cfg := otlpConfig("grpc", addr)
 	cfg.OTLP.Temporality = "delta"
-	e, err := New(context.Background(), Options{Config: cfg, Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	shutdownAtEnd(t, e)
+	newExporters(t, Options{Config: cfg, Store: store})
 
 	energySum := func() (sum float64, n int) {
 		for _, p := range findPoints(sink, "hw.energy", gpu0()) {
@@ -348,11 +340,7 @@ func TestOTLPHeadersFileAndTLS(t *testing.T) {
 			cfg.OTLP.HeadersFile = headersFile
 			cfg.OTLP.TLS = config.TLS{CAFile: pki.CAFile, CertFile: pki.ClientCert, KeyFile: pki.ClientKey}
 			log, logs := testkit.NewLogger()
-			e, err := New(context.Background(), Options{Config: cfg, Store: store, Logger: log})
-			if err != nil {
-				t.Fatal(err)
-			}
-			shutdownAtEnd(t, e)
+			newExporters(t, Options{Config: cfg, Store: store, Logger: log})
 			testkit.WaitFor(t, "metrics over TLS", func() bool { return len(findPoints(sink, "hw.power", gpu0())) > 0 })
 			if logs.Count("OTLP export failed") > 0 {
 				t.Errorf("export failures logged:\n%s", logs)

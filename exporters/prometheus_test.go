@@ -22,11 +22,7 @@ func startWeb(t *testing.T, store *sample.Store, webConfigFile string) *Exporter
 	cfg := testConfig()
 	cfg.Web.ListenAddress = "127.0.0.1:0"
 	cfg.Web.Config.File = webConfigFile
-	e, err := New(context.Background(), Options{Config: cfg, Store: store, Version: "1.2.3-test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	shutdownAtEnd(t, e)
+	e := newExporters(t, Options{Config: cfg, Store: store, Version: "1.2.3-test"})
 	if err := e.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -231,11 +227,7 @@ func TestBadWebConfigFailsStart(t *testing.T) {
 	cfg := testConfig()
 	cfg.Web.ListenAddress = "127.0.0.1:0"
 	cfg.Web.Config.File = file
-	e, err := New(context.Background(), Options{Config: cfg, Store: sample.NewStore()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	shutdownAtEnd(t, e)
+	e := newExporters(t, Options{Config: cfg, Store: sample.NewStore()})
 	if err := e.Start(context.Background()); err == nil || !strings.Contains(err.Error(), file) {
 		t.Errorf("Start with a bad web config: %v, want an error naming %s", err, file)
 	}

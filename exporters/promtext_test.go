@@ -400,11 +400,7 @@ func TestPrometheusExpositionShared(t *testing.T) {
 	store.Put("gpu", gpus.batch(5000))
 	cfg := testConfig()
 	cfg.Web.ListenAddress = "127.0.0.1:0"
-	e, err := New(context.Background(), Options{Config: cfg, Store: store, Version: "1.2.3-test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	shutdownAtEnd(t, e)
+	e := newExporters(t, Options{Config: cfg, Store: store, Version: "1.2.3-test"})
 	clock := clock.NewManual(time.Unix(1_700_000_000, 0))
 	e.prom.now = clock.Now
 

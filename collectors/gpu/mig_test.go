@@ -307,10 +307,18 @@ func TestSimMIGModePending(t *testing.T) {
 	log, logs := testkit.NewLogger()
 	c, fleet, clk := simCollector(t, sim.Options{Model: "H100", Count: 2, Trace: "steady", Seed: 3}, log)
 	gpu0 := attribute.Int(metrics.AttrGPUIndex, 0)
-	b := collect(t, c)
-	if v, ok := b.Find(metrics.GPUMIGModePending, gpu0); !ok || v != 0 {
-		t.Fatalf("mig.mode.pending %v (present %v) with nothing pending, want 0", v, ok)
+	var b *sample.Batch
+	wantModes := func(when string, mode, pending float64) {
+		t.Helper()
+		if v, ok := b.Find(metrics.GPUMIGMode, gpu0); !ok || v != mode {
+			t.Errorf("%s: mig.mode %v (present %v), want %v", when, v, ok, mode)
+		}
+		if v, ok := b.Find(metrics.GPUMIGModePending, gpu0); !ok || v != pending {
+			t.Errorf("%s: mig.mode.pending %v (present %v), want %v", when, v, ok, pending)
+		}
 	}
+	b = collect(t, c)
+	wantModes("nothing set", 0, 0)
 	h, _ := fleet.DeviceGetHandleByIndex(0)
 	if _, ret := h.SetMigMode(nvml.DEVICE_MIG_ENABLE); ret != nvml.SUCCESS {
 		t.Fatal(ret)
@@ -319,12 +327,7 @@ func TestSimMIGModePending(t *testing.T) {
 		clk.Advance(migRediscoverEvery)
 		b = collect(t, c)
 	}
-	if v, _ := b.Find(metrics.GPUMIGModePending, gpu0); v != 1 {
-		t.Errorf("mig.mode.pending %v after MIG was set on, want 1", v)
-	}
-	if v, _ := b.Find(metrics.GPUMIGMode, gpu0); v != 0 {
-		t.Errorf("mig.mode %v before the reset, want 0", v)
-	}
+	wantModes("MIG set on, before the reset", 0, 1)
 	if v, _ := b.Find(metrics.GPUMIGModePending, attribute.Int(metrics.AttrGPUIndex, 1)); v != 0 {
 		t.Errorf("GPU 1 mig.mode.pending %v, want 0", v)
 	}
@@ -336,10 +339,5 @@ func TestSimMIGModePending(t *testing.T) {
 	}
 	clk.Advance(migRediscoverEvery)
 	b = collect(t, c)
-	if v, _ := b.Find(metrics.GPUMIGModePending, gpu0); v != 0 {
-		t.Errorf("mig.mode.pending %v after the mode was applied, want 0", v)
-	}
-	if v, _ := b.Find(metrics.GPUMIGMode, gpu0); v != 1 {
-		t.Errorf("mig.mode %v after the mode was applied, want 1", v)
-	}
+	wantModes("after the reset", 1, 0)
 }
