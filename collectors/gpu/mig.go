@@ -314,6 +314,10 @@ func (c *Collector) collectMIGGPM(d *device, st *migState, b *sample.Batch) {
 	if d.gpm == nil || !d.gpm.isSupported || !st.enabled || !d.want(probeMIGGPM) || !c.exports(metrics.GPUMIGActivity) {
 		return
 	}
+	if st.stale {
+		// An instance is gone: the ids may be another instance's now; sample after discovery.
+		return
+	}
 	for _, g := range st.gpm {
 		gi := g.gi
 		if g.samples[0] == nil {
@@ -329,7 +333,7 @@ func (c *Collector) collectMIGGPM(d *device, st *migState, b *sample.Batch) {
 		ret := d.dev.GpmMigSampleGet(gi, g.samples[next])
 		if c.migGone(st, ret) {
 			g.havePrevious = false
-			continue
+			return // the layout changed: the other ids may be new instances'
 		}
 		if !c.okPart(d, probeMIGGPM, "gpu_instance", gi, ret) {
 			g.havePrevious = false

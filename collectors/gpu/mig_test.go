@@ -3,6 +3,7 @@ package gpu
 import (
 	"log/slog"
 	"maps"
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -38,7 +39,8 @@ func migProfiles(b *sample.Batch, gpu int) map[string]int {
 }
 
 // Every MIG device of every simulated GPU is exported with its profile, ids, MIG UUID and
-// memory; GPM per GPU instance on the models that have GPM (not A100).
+// memory; GPM per GPU instance on the models that have GPM (not A100), each instance as busy as
+// its processes (the GPU's work spread evenly on a GPU without processes).
 func TestSimMIGDevices(t *testing.T) {
 	for _, tc := range []struct {
 		model, layout, profile string
@@ -53,7 +55,8 @@ func TestSimMIGDevices(t *testing.T) {
 		t.Run(tc.model, func(t *testing.T) {
 			const gpus = 3
 			fleet, clk := simOn(t, sim.Options{Model: tc.model, Count: gpus, Trace: "training", Seed: 3, MIG: tc.layout})
-			if err := fleet.SetProcesses(0, []sim.Process{{PID: 100, GPUInstance: 1}, {PID: 101, GPUInstance: 1}, {PID: 102, GPUInstance: 2}}); err != nil {
+			if err := fleet.SetProcesses(0, []sim.Process{{PID: 100, GPUInstance: 1, SMShare: 0.2}, {PID: 101, GPUInstance: 1, SMShare: 0.3},
+				{PID: 102, GPUInstance: 2, SMShare: 0.25}}); err != nil {
 				t.Fatal(err)
 			}
 			c := mustNew(t, fleet, nil, clk.Now)
@@ -94,6 +97,7 @@ func TestSimMIGDevices(t *testing.T) {
 			}
 			wantGPM := tc.model != "A100"
 			sm := 0
+			gpu0 := map[int64]float64{}
 			for i := range b.Points {
 				p := &b.Points[i]
 				if p.Series.Def != metrics.GPUMIGActivity {
@@ -101,8 +105,24 @@ func TestSimMIGDevices(t *testing.T) {
 				}
 				if v, _ := p.Series.Attrs.Value(metrics.AttrGPUEngine); v.AsString() == "sm" {
 					sm++
-					if p.Value <= 0 || p.Value > 1 {
-						t.Errorf("GPU instance SM activity %v, want in (0, 1] on a training trace", p.Value)
+					gpu, _ := p.Series.Attrs.Value(metrics.AttrGPUIndex)
+					gi, _ := p.Series.Attrs.Value(metrics.AttrMIGGPUInstance)
+					switch {
+					case gpu.AsInt64() == 0:
+						gpu0[gi.AsInt64()] = p.Value
+					case p.Value <= 0 || p.Value > 1:
+						t.Errorf("GPU %d instance %d SM activity %v, want in (0, 1] on a training trace", gpu.AsInt64(), gi.AsInt64(), p.Value)
+					}
+				}
+			}
+			if wantGPM {
+				// GPU 0: instance 1's processes hold 0.5 of its SMs, instance 2's 0.25, the others none.
+				if a1, a2 := gpu0[1], gpu0[2]; a1 <= 0 || a1 > 1 || math.Abs(a1-2*a2) > 1e-9 {
+					t.Errorf("GPU 0 instances 1 and 2 SM activity %v and %v, want the first twice the second, in (0, 1]", a1, a2)
+				}
+				for gi, v := range gpu0 {
+					if gi > 2 && v != 0 {
+						t.Errorf("GPU 0 instance %d, which runs no process, SM activity %v", gi, v)
 					}
 				}
 			}

@@ -52,6 +52,11 @@ func (g *GPU) gpmFlush() {
 	if c.heldS > 0 {
 		if demandW := c.heldDemandWS / c.heldS; g.fleet.model.utilization(demandW) > 0 {
 			c.accrue(&g.fleet.model, g.workload(), demandW, c.heldS)
+			for _, d := range g.mig.instances {
+				if share := g.instanceShare(d); share > 0 {
+					d.gpm.accrue(&g.fleet.model, g.workload(), demandW, c.heldS*share)
+				}
+			}
 		}
 	}
 	// A coarse physics step holds as many steps as the fine step does (step.go).
@@ -79,7 +84,8 @@ type GpmSample struct {
 	unmodelledGpmSample
 	fleet *Fleet
 
-	gpu    *GPU // nil until taken
+	gpu    *GPU       // nil until taken
+	inst   *MigDevice // the GPU instance sampled, nil for the whole GPU
 	step   int64
 	counts gpmCounters
 	// now is the activity per second at the instant of the sample, for two samples taken at
@@ -151,7 +157,7 @@ func (g *GPU) GpmSampleGet(sample nvml.GpmSample) nvml.Return {
 	}
 	defer g.mu.Unlock()
 	g.gpmFlush()
-	s.gpu, s.step, s.counts = g, g.step, g.gpmCounters
+	s.gpu, s.inst, s.step, s.counts = g, nil, g.step, g.gpmCounters
 	s.now = gpmCounters{}
 	s.now.accrue(&g.fleet.model, g.workload(), g.demandW, 1)
 	return nvml.SUCCESS
@@ -170,7 +176,7 @@ func (f *Fleet) GpmMetricsGet(mg *nvml.GpmMetricsGetType) nvml.Return {
 	}
 	s1, ok1 := mg.Sample1.(*GpmSample)
 	s2, ok2 := mg.Sample2.(*GpmSample)
-	if !ok1 || !ok2 || s1.fleet != f || s2.fleet != f || s1.gpu == nil || s1.gpu != s2.gpu || s2.step < s1.step {
+	if !ok1 || !ok2 || s1.fleet != f || s2.fleet != f || s1.gpu == nil || s1.gpu != s2.gpu || s1.inst != s2.inst || s2.step < s1.step {
 		return nvml.ERROR_INVALID_ARGUMENT
 	}
 	mg.Version = nvml.GPM_METRICS_GET_VERSION

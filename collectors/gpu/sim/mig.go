@@ -119,6 +119,9 @@ type MigDevice struct {
 	gi         *GpuInstance
 	ci         *ComputeInstance
 	gone       atomic.Bool // destroyed by a new layout: its handle answers ERROR_NOT_FOUND
+	// gpm integrates the instance's own activity since it was made (guarded by the GPU's
+	// lock): its share of the GPU's work (instanceShare).
+	gpm gpmCounters
 }
 
 // ready is the parent's check, and then whether the instance still exists.
@@ -276,22 +279,50 @@ func (g *GPU) GetGpuInstances(info *nvml.GpuInstanceProfileInfo) ([]nvml.GpuInst
 	return out, nvml.SUCCESS
 }
 
-// GpmMigSampleGet takes a GPM sample of one GPU instance. The sim spreads the GPU's work evenly
-// over its instances, so an instance's activity is the GPU's.
+// GpmMigSampleGet takes a GPM sample of one GPU instance: its own activity, its share of the
+// GPU's work (instanceShare).
 func (g *GPU) GpmMigSampleGet(giID int, sample nvml.GpmSample) nvml.Return {
+	s, ok := sample.(*GpmSample)
+	if !ok || s.fleet != g.fleet || s.freed {
+		return nvml.ERROR_INVALID_ARGUMENT
+	}
 	if ret := g.migReady(); ret != nvml.SUCCESS {
 		return ret
 	}
-	g.mu.Lock()
-	found := false
+	if !g.fleet.model.gpmSupported() {
+		return nvml.ERROR_NOT_SUPPORTED
+	}
+	if ret := g.lockNow(); ret != nvml.SUCCESS {
+		return ret
+	}
+	defer g.mu.Unlock()
 	for _, d := range g.mig.instances {
-		found = found || d.giID == giID
+		if d.giID == giID {
+			g.gpmFlush()
+			s.gpu, s.inst, s.step, s.counts = g, d, g.step, d.gpm
+			s.now = gpmCounters{}
+			s.now.accrue(&g.fleet.model, g.workload(), g.demandW, g.instanceShare(d))
+			return nvml.SUCCESS
+		}
 	}
-	g.mu.Unlock()
-	if !found {
-		return nvml.ERROR_NOT_FOUND
+	return nvml.ERROR_NOT_FOUND
+}
+
+// instanceShare is how much of the GPU's work a GPU instance does, per second of the GPU's:
+// with no process set on the GPU, the work is spread evenly and every instance is as busy as
+// the GPU; with processes, an instance is as busy as its processes' SM shares say (0 without
+// one). The caller holds g.mu.
+func (g *GPU) instanceShare(d *MigDevice) float64 {
+	if len(g.procs) == 0 {
+		return 1
 	}
-	return g.GpmSampleGet(sample)
+	share := 0.0
+	for _, p := range g.procs {
+		if p.GPUInstance == d.giID {
+			share += p.SMShare
+		}
+	}
+	return min(1, share)
 }
 
 func (gi *GpuInstance) GetInfo() (nvml.GpuInstanceInfo, nvml.Return) {
