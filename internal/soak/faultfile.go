@@ -19,6 +19,10 @@ type simFault struct {
 	Duration string   `json:"duration,omitempty"`
 	Until    string   `json:"until,omitempty"`
 	LimitMW  int64    `json:"limit_mw,omitempty"`
+	Layout   string   `json:"layout,omitempty"`
+	Link     int      `json:"link,omitempty"`
+	Counter  string   `json:"counter,omitempty"`
+	Count    uint64   `json:"count,omitempty"`
 }
 
 // faultFile is a node's fault file, rewritten atomically (temp file + rename) on every change,

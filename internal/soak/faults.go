@@ -74,6 +74,8 @@ func faultKinds() []faultKind {
 		{name: "nvml.limit-out-of-band", domain: "node", alert: "CapstanPowerLimitOverridden", run: outOfBand},
 		{name: "nvml.write-refused", domain: "node", alert: "CapstanNodeOverBudget", run: writeRefused},
 		{name: "nvml.driver-reload", domain: "node", run: driverReload},
+		{name: "nvml.mig-reconfigure", domain: "node", run: migReconfigure},
+		{name: "nvml.nvlink-errors", domain: "node", run: nvlinkErrors},
 		{name: "host.sensor-eio", domain: "node", run: sensorFault(syscall.EIO)},
 		{name: "host.sensor-enodata", domain: "node", run: sensorFault(syscall.ENODATA)},
 		{name: "host.nic-recreate", domain: "host", run: nicRecreate, needsRoot: "creating and deleting a network link needs root"},
