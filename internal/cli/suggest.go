@@ -6,7 +6,6 @@ package cli
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -27,17 +26,9 @@ func FlagError(cmd *cobra.Command, err error) error {
 			names = append(names, f.Name)
 		}
 	})
-	hint := suggest.Closest(ne.GetSpecifiedName(), names)
-	if len(hint) == 0 {
+	hint := suggest.DidYouMean(suggest.Closest(ne.GetSpecifiedName(), names), "--")
+	if hint == "" {
 		return err
 	}
-	for i := range hint {
-		if hint[i] != suggest.More {
-			hint[i] = "--" + hint[i]
-		}
-	}
-	if len(hint) == 1 {
-		return fmt.Errorf("%w (did you mean %s?)", err, hint[0])
-	}
-	return fmt.Errorf("%w (did you mean one of %s?)", err, strings.Join(hint, ", "))
+	return fmt.Errorf("%w%s", err, hint)
 }

@@ -61,14 +61,10 @@ func metricHint(name string) string {
 	for i, d := range metrics.Table {
 		names[i] = d.Name
 	}
-	switch hint := suggest.Closest(name, names); len(hint) {
-	case 0:
-		return " (names as docs/metrics.md lists them, e.g. capstan.gpu.activity)"
-	case 1:
-		return " (did you mean " + hint[0] + "?)"
-	default:
-		return " (did you mean one of " + strings.Join(hint, ", ") + "?)"
+	if hint := suggest.DidYouMean(suggest.Closest(name, names), ""); hint != "" {
+		return hint
 	}
+	return " (names as docs/metrics.md lists them, e.g. capstan.gpu.activity)"
 }
 
 // metricToggles decodes metrics: NAME: {enabled: BOOL}, adding to what v holds.

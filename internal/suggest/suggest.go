@@ -91,3 +91,23 @@ func distance(a, b string) int {
 	}
 	return prev[len(b)]
 }
+
+// DidYouMean phrases Closest's answer as the end of an error message: " (did you mean x?)",
+// " (did you mean one of x, y, …?)", or "" for no suggestion. prefix goes before each name
+// ("--" for flags).
+func DidYouMean(hint []string, prefix string) string {
+	named := make([]string, len(hint))
+	for i, h := range hint {
+		named[i] = h
+		if h != More {
+			named[i] = prefix + h
+		}
+	}
+	switch len(named) {
+	case 0:
+		return ""
+	case 1:
+		return " (did you mean " + named[0] + "?)"
+	}
+	return " (did you mean one of " + strings.Join(named, ", ") + "?)"
+}

@@ -66,3 +66,20 @@ func TestDistance(t *testing.T) {
 }
 
 // TestFlagError runs a cobra command with the hook as a user would type at it.
+
+func TestDidYouMean(t *testing.T) {
+	for _, tc := range []struct {
+		hint   []string
+		prefix string
+		want   string
+	}{
+		{nil, "--", ""},
+		{[]string{"gpu.backend"}, "--", " (did you mean --gpu.backend?)"},
+		{[]string{"hw.power", "hw.energy"}, "", " (did you mean one of hw.power, hw.energy?)"},
+		{[]string{"a", "b", "c", "d", "e", More}, "--", " (did you mean one of --a, --b, --c, --d, --e, …?)"},
+	} {
+		if got := DidYouMean(tc.hint, tc.prefix); got != tc.want {
+			t.Errorf("DidYouMean(%q, %q) = %q, want %q", tc.hint, tc.prefix, got, tc.want)
+		}
+	}
+}
