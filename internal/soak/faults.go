@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -582,13 +581,8 @@ func (h *harness) allocator() *agent {
 		if a.current() == nil {
 			continue
 		}
-		resp, err := client.Get("http://" + a.addr + "/metrics")
-		if err != nil {
-			continue
-		}
-		raw, _ := io.ReadAll(resp.Body)
-		_ = resp.Body.Close()
-		for line := range strings.SplitSeq(string(raw), "\n") {
+		page, _ := scrape(client, a.addr)
+		for line := range strings.SplitSeq(page, "\n") {
 			if strings.HasPrefix(line, "capstan_cluster_allocator") && strings.HasSuffix(strings.TrimSpace(line), " 1") {
 				return a
 			}

@@ -3,7 +3,6 @@ package soak
 import (
 	"context"
 	"fmt"
-	"io"
 	"maps"
 	"net/http"
 	"strconv"
@@ -125,15 +124,15 @@ func migSeries(page string, gpu int) (mode string, devices map[string]string) {
 	devices = map[string]string{}
 	index := strconv.Itoa(gpu)
 	for line := range strings.SplitSeq(page, "\n") {
-		name, labels, value, ok := parseSample(line)
-		if !ok || labels["gpu_index"] != index {
+		_, s, value, ok := parseSample(line)
+		if !ok || s.labels["gpu_index"] != index {
 			continue
 		}
-		switch name {
+		switch s.name {
 		case "capstan_gpu_mig_mode":
 			mode = value
 		case "capstan_gpu_mig_info":
-			devices[labels["capstan_mig_uuid"]] = labels["capstan_mig_profile"]
+			devices[s.labels["capstan_mig_uuid"]] = s.labels["capstan_mig_profile"]
 		}
 	}
 	return mode, devices
@@ -208,47 +207,11 @@ func nvlinkErrors(ctx context.Context, h *harness, a *agent, r *faultRecord) err
 func nvlinkCRCData(page string, gpu int) (float64, bool) {
 	index := strconv.Itoa(gpu)
 	for line := range strings.SplitSeq(page, "\n") {
-		name, labels, value, ok := parseSample(line)
-		if ok && name == "capstan_gpu_nvlink_errors_total" && labels["gpu_index"] == index && labels["error_type"] == "crc_data" {
+		_, s, value, ok := parseSample(line)
+		if ok && s.name == "capstan_gpu_nvlink_errors_total" && s.labels["gpu_index"] == index && s.labels["error_type"] == "crc_data" {
 			v, err := strconv.ParseFloat(value, 64)
 			return v, err == nil
 		}
 	}
 	return 0, false
-}
-
-// scrape reads an agent's /metrics page.
-func scrape(client *http.Client, addr string) (string, error) {
-	resp, err := client.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return "", err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	raw, err := io.ReadAll(resp.Body)
-	return string(raw), err
-}
-
-// parseSample splits a sample line of the text exposition into its name, labels and value.
-func parseSample(line string) (name string, labels map[string]string, value string, ok bool) {
-	if line == "" || line[0] == '#' {
-		return "", nil, "", false
-	}
-	open, end := strings.IndexByte(line, '{'), strings.LastIndexByte(line, '}')
-	if open < 0 || end < open {
-		return "", nil, "", false
-	}
-	labels = map[string]string{}
-	for _, kv := range splitLabels(line[open+1 : end]) {
-		if k, v, ok := strings.Cut(kv, "="); ok {
-			if u, err := strconv.Unquote(v); err == nil {
-				v = u
-			}
-			labels[k] = v
-		}
-	}
-	fields := strings.Fields(line[end+1:])
-	if len(fields) == 0 {
-		return "", nil, "", false
-	}
-	return line[:open], labels, fields[0], true
 }

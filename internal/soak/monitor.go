@@ -91,16 +91,11 @@ func (h *harness) watchProcesses(ctx context.Context) {
 
 // goroutines reads go_goroutines from an agent's /metrics.
 func goroutines(client *http.Client, addr string) (int, bool) {
-	resp, err := client.Get("http://" + addr + "/metrics")
+	page, err := scrape(client, addr)
 	if err != nil {
 		return 0, false
 	}
-	defer func() { _ = resp.Body.Close() }()
-	raw, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return 0, false
-	}
-	for line := range strings.SplitSeq(string(raw), "\n") {
+	for line := range strings.SplitSeq(page, "\n") {
 		if v, ok := strings.CutPrefix(line, "go_goroutines "); ok {
 			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 			return int(f), err == nil

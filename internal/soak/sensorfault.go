@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -96,44 +95,9 @@ func hostSensorSeries(page string) map[string]promSeries {
 		if line == "" || line[0] == '#' || !strings.Contains(line, `hw_id="`) || strings.Contains(line, `hw_type="gpu"`) {
 			continue
 		}
-		open, end := strings.IndexByte(line, '{'), strings.LastIndexByte(line, '}')
-		if open < 0 || end < open {
-			continue
+		if series, s, _, ok := parseSample(line); ok {
+			out[series] = s
 		}
-		s := promSeries{name: line[:open], labels: map[string]string{}}
-		for _, kv := range splitLabels(line[open+1 : end]) {
-			k, v, ok := strings.Cut(kv, "=")
-			if ok {
-				if u, err := strconv.Unquote(v); err == nil {
-					v = u
-				}
-				s.labels[k] = v
-			}
-		}
-		out[line[:end+1]] = s
-	}
-	return out
-}
-
-// splitLabels splits a label list at the commas outside quoted values.
-func splitLabels(s string) []string {
-	var out []string
-	quoted, escaped, from := false, false, 0
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; {
-		case escaped:
-			escaped = false
-		case c == '\\':
-			escaped = true
-		case c == '"':
-			quoted = !quoted
-		case c == ',' && !quoted:
-			out = append(out, s[from:i])
-			from = i + 1
-		}
-	}
-	if from < len(s) {
-		out = append(out, s[from:])
 	}
 	return out
 }
@@ -235,16 +199,11 @@ func logValue(line, key string) string {
 // scrapeSensors reads an agent's host sensor series and its thermal collector's
 // capstan.collector.up.
 func scrapeSensors(client *http.Client, addr string) (map[string]promSeries, string, error) {
-	resp, err := client.Get("http://" + addr + "/metrics")
+	page, err := scrape(client, addr)
 	if err != nil {
 		return nil, "", err
 	}
-	defer func() { _ = resp.Body.Close() }()
-	raw, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, "", err
-	}
-	return hostSensorSeries(string(raw)), thermalUp(string(raw)), nil
+	return hostSensorSeries(page), thermalUp(page), nil
 }
 
 // thermalUp is the value of the thermal collector's capstan_collector_up on a /metrics page
