@@ -123,10 +123,7 @@ func TestOTLPEndToEnd(t *testing.T) {
 			cfg := otlpConfig(tc.protocol, endpoint)
 			cfg.OTLP.Insecure = tc.insecure
 			log, logs := testkit.NewLogger()
-			e := newExporters(t, Options{Config: cfg, Store: store, Logger: log, Version: "1.2.3-test"})
-			if err := e.Start(context.Background()); err != nil {
-				t.Fatal(err)
-			}
+			startExporters(t, Options{Config: cfg, Store: store, Logger: log, Version: "1.2.3-test"})
 			testkit.WaitFor(t, "metrics at the receiver", func() bool { return len(findPoints(sink, "hw.power", nil)) > 0 })
 			checkGPUExport(t, sink)
 			if n := logs.Count("OTLP export failed"); n > 0 {

@@ -22,10 +22,7 @@ func startWeb(t *testing.T, store *sample.Store, webConfigFile string) *Exporter
 	cfg := testConfig()
 	cfg.Web.ListenAddress = "127.0.0.1:0"
 	cfg.Web.Config.File = webConfigFile
-	e := newExporters(t, Options{Config: cfg, Store: store, Version: "1.2.3-test"})
-	if err := e.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	e := startExporters(t, Options{Config: cfg, Store: store, Version: "1.2.3-test"})
 	return e
 }
 
