@@ -124,8 +124,7 @@ func (g *GPU) GetFieldValues(values []nvml.FieldValue) nvml.Return {
 		case nvml.FI_DEV_MEMORY_TEMP:
 			putUint32(v, celsius(g.memTempC))
 		case nvml.FI_DEV_TOTAL_ENERGY_CONSUMPTION:
-			v.ValueType = uint32(nvml.VALUE_TYPE_UNSIGNED_LONG_LONG)
-			binary.LittleEndian.PutUint64(v.Value[:], g.energyMJ())
+			putUint64(v, g.energyMJ())
 		default:
 			if !g.smoothingField(v) && !g.nvlinkField(v) {
 				g.healthField(v)
@@ -139,6 +138,11 @@ func (g *GPU) GetFieldValues(values []nvml.FieldValue) nvml.Return {
 func putUint32(v *nvml.FieldValue, x uint32) {
 	v.ValueType = uint32(nvml.VALUE_TYPE_UNSIGNED_INT)
 	binary.LittleEndian.PutUint32(v.Value[:], x)
+}
+
+func putUint64(v *nvml.FieldValue, x uint64) {
+	v.ValueType = uint32(nvml.VALUE_TYPE_UNSIGNED_LONG_LONG)
+	binary.LittleEndian.PutUint64(v.Value[:], x)
 }
 
 func (g *GPU) energyMJ() uint64 { return uint64(math.Round(g.energyJ * 1000)) }
@@ -401,9 +405,4 @@ func (g *GPU) RegisterEvents(types uint64, set nvml.EventSet) nvml.Return {
 		return nvml.ERROR_NOT_SUPPORTED
 	}
 	return s.register(g, types)
-}
-
-func putUint64(v *nvml.FieldValue, x uint64) {
-	v.ValueType = uint32(nvml.VALUE_TYPE_UNSIGNED_LONG_LONG)
-	binary.LittleEndian.PutUint64(v.Value[:], x)
 }

@@ -1,7 +1,6 @@
 package sim
 
 import (
-	"encoding/binary"
 	"fmt"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -190,8 +189,7 @@ func (g *GPU) nvlinkField(v *nvml.FieldValue) bool {
 			g.nvlinkSettle()
 			g.nvlinkSettled = true
 		}
-		v.ValueType = uint32(nvml.VALUE_TYPE_UNSIGNED_LONG_LONG)
-		binary.LittleEndian.PutUint64(v.Value[:], uint64(g.nvlink.kib[link]))
+		putUint64(v, uint64(g.nvlink.kib[link]))
 	case nvml.FI_DEV_NVLINK_GET_STATE:
 		state := uint32(1)
 		if g.nvlink.down[link] {
@@ -201,8 +199,7 @@ func (g *GPU) nvlinkField(v *nvml.FieldValue) bool {
 	case nvml.FI_DEV_NVLINK_GET_VERSION:
 		putUint32(v, g.fleet.model.nvlinkVersion())
 	default:
-		v.ValueType = uint32(nvml.VALUE_TYPE_UNSIGNED_LONG_LONG)
-		binary.LittleEndian.PutUint64(v.Value[:], g.nvlink.errors[link][counter])
+		putUint64(v, g.nvlink.errors[link][counter])
 	}
 	return true
 }
