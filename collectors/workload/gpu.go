@@ -402,12 +402,13 @@ func (g *gpuEnergy) processShares(d *gpuDevice) float64 {
 			e.sm = u.sum[0] / float64(u.n)
 		}
 		smTotal += e.sm
+		if e.known {
+			e.key = gpuKey{cgroup: cg, pod: g.onePod(e.device)}
+		}
 		g.entries = append(g.entries, e)
 		if !e.known {
 			continue
 		}
-		e.key = gpuKey{cgroup: cg, pod: g.onePod(e.device)}
-		g.entries[len(g.entries)-1].key = e.key
 		// NVML reports no memory for a process it may not show (VALUE_NOT_AVAILABLE).
 		memB, haveMem := float64(p.UsedGpuMemory), p.UsedGpuMemory != math.MaxUint64
 		g.recordUse(useKey{gpuKey: e.key, device: e.device}, memB, haveMem, e.sm, haveSM)
@@ -590,9 +591,18 @@ func (g *gpuEnergy) recordProcess(pid uint32, device, cg string, memB float64, h
 	}
 }
 
-// pidCgroup reads the process's cgroup v2 path (the "0::" line of /proc/<pid>/cgroup, present on
-// pure v2 and hybrid hosts alike).
+// pidCgroup is the host path of the process's cgroup.
 func (g *gpuEnergy) pidCgroup(pid uint32) (string, bool) {
+	p, ok := g.cgroupV2Path(pid)
+	if !ok {
+		return "", false
+	}
+	return g.hostPath(p)
+}
+
+// cgroupV2Path reads the process's cgroup v2 path as the agent's cgroup namespace shows it (the
+// "0::" line of /proc/<pid>/cgroup, present on pure v2 and hybrid hosts alike).
+func (g *gpuEnergy) cgroupV2Path(pid uint32) (string, bool) {
 	f, err := os.Open(filepath.Join(g.procfs, strconv.FormatUint(uint64(pid), 10), "cgroup"))
 	if err != nil {
 		return "", false
@@ -601,10 +611,20 @@ func (g *gpuEnergy) pidCgroup(pid uint32) (string, bool) {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		if p, ok := strings.CutPrefix(sc.Text(), "0::"); ok {
-			return g.hostPath(p)
+			return p, true
 		}
 	}
 	return "", false
+}
+
+// climb splits a cgroup path shown from another cgroup namespace into how many levels it climbs
+// ("/.." each) and the path below them ("/../../a/b": 2, "/a/b").
+func climb(p string) (up int, below string) {
+	for p == "/.." || strings.HasPrefix(p, "/../") {
+		up++
+		p = p[3:]
+	}
+	return up, p
 }
 
 // hostPath turns a cgroup path as the agent reads it into the path on the host. In a container
@@ -615,11 +635,7 @@ func (g *gpuEnergy) pidCgroup(pid uint32) (string, bool) {
 // climb implies (the root's depth, read from PID 1's cgroup, less the climb, plus the tail's).
 // Nothing, or two matches, is no answer: the process's share stays unattributed.
 func (g *gpuEnergy) hostPath(p string) (string, bool) {
-	up := 0
-	for p == "/.." || strings.HasPrefix(p, "/../") {
-		up++
-		p = p[3:]
-	}
+	up, p := climb(p)
 	if up == 0 {
 		return p, true
 	}
@@ -639,17 +655,8 @@ func (g *gpuEnergy) namespaceDepth() (int, bool) {
 	if !g.nsRead {
 		g.nsRead = true
 		g.nsDepth = -1
-		if b, err := os.ReadFile(filepath.Join(g.procfs, "1", "cgroup")); err == nil {
-			for _, line := range strings.Split(string(b), "\n") {
-				if p, ok := strings.CutPrefix(line, "0::"); ok {
-					g.nsDepth = 0
-					for _, part := range strings.Split(p, "/") {
-						if part == ".." {
-							g.nsDepth++
-						}
-					}
-				}
-			}
+		if p, ok := g.cgroupV2Path(1); ok {
+			g.nsDepth, _ = climb(p)
 		}
 	}
 	return g.nsDepth, g.nsDepth >= 0
