@@ -41,14 +41,29 @@ type nvlinkState struct {
 	last []nvlinkCounts
 }
 
-// nvlinkCounts are one link's counters: bytes transmitted and received, errors by
-// nvlinkErrorTypes; have says which were read at least once.
+// nvlinkCounts are one link's counters (or the GPU's over all links): bytes transmitted and
+// received, errors by nvlinkErrorTypes.
 type nvlinkCounts struct {
-	tx, rx  float64
-	errors  [4]float64
-	haveTX  bool
-	haveRX  bool
-	haveErr [4]bool
+	tx, rx nvlinkCounter
+	errors [4]nvlinkCounter
+}
+
+// nvlinkCounter is a counter as last read; have once it was read at all.
+type nvlinkCounter struct {
+	v    float64
+	have bool
+}
+
+func (c *nvlinkCounter) set(v float64) { c.v, c.have = v, true }
+
+// add adds a link's counter to a total, which has a value once any link's was read.
+func (c *nvlinkCounter) add(o nvlinkCounter) { c.v, c.have = c.v+o.v, c.have || o.have }
+
+// export adds the counter to b as s, when it was ever read.
+func (c nvlinkCounter) export(b *sample.Batch, s *sample.Series) {
+	if c.have {
+		b.Add(s, c.v)
+	}
 }
 
 // crcSupport is what the first answers of GetNvLinkErrorCounter for CRC-data said: unknown
@@ -183,13 +198,13 @@ func (c *Collector) collectNVLink(d *device, b *sample.Batch) {
 			}
 		}
 		if v, ok := fieldValue(&f[0]); ok {
-			last.tx, last.haveTX = v*kib, true
+			last.tx.set(v * kib)
 			if pl != nil {
 				b.Add(pl.tx, v*kib)
 			}
 		}
 		if v, ok := fieldValue(&f[1]); ok {
-			last.rx, last.haveRX = v*kib, true
+			last.rx.set(v * kib)
 			if pl != nil {
 				b.Add(pl.rx, v*kib)
 			}
@@ -209,7 +224,7 @@ func (c *Collector) collectNVLink(d *device, b *sample.Batch) {
 			if !have[i] {
 				continue
 			}
-			last.errors[i], last.haveErr[i] = counts[i], true
+			last.errors[i].set(counts[i])
 			if pl != nil {
 				b.Add(pl.errors[i], counts[i])
 			}
@@ -220,24 +235,15 @@ func (c *Collector) collectNVLink(d *device, b *sample.Batch) {
 	var total nvlinkCounts
 	for l := range st.last {
 		last := &st.last[l]
-		total.tx += last.tx
-		total.rx += last.rx
-		total.haveTX = total.haveTX || last.haveTX
-		total.haveRX = total.haveRX || last.haveRX
+		total.tx.add(last.tx)
+		total.rx.add(last.rx)
 		for i := range last.errors {
-			total.errors[i] += last.errors[i]
-			total.haveErr[i] = total.haveErr[i] || last.haveErr[i]
+			total.errors[i].add(last.errors[i])
 		}
 	}
-	if total.haveTX {
-		b.Add(st.tx, total.tx)
-	}
-	if total.haveRX {
-		b.Add(st.rx, total.rx)
-	}
+	total.tx.export(b, st.tx)
+	total.rx.export(b, st.rx)
 	for i, s := range st.errors {
-		if total.haveErr[i] {
-			b.Add(s, total.errors[i])
-		}
+		total.errors[i].export(b, s)
 	}
 }
