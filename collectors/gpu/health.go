@@ -175,7 +175,7 @@ func (c *Collector) collectConditions(d *device, b *sample.Batch) {
 	read := h.reasonsRead
 	h.reasonsRead = false
 	if read {
-		c.seeConditions(h, h.reasons, now)
+		h.see(h.reasons, now)
 	}
 	if h.slowdownRead {
 		read, h.slowdownRead = true, false
@@ -188,8 +188,8 @@ func (c *Collector) collectConditions(d *device, b *sample.Batch) {
 	}
 }
 
-// seeConditions marks the conditions of the reasons set as seen now.
-func (c *Collector) seeConditions(h *health, reasons uint64, now time.Time) {
+// see marks the conditions of the reasons set as seen now.
+func (h *health) see(reasons uint64, now time.Time) {
 	for i, cond := range conditions {
 		if reasons&cond.mask != 0 {
 			h.lastSeen[i] = now
@@ -210,7 +210,7 @@ func (c *Collector) noteSlowdownTime(d *device, fields []nvml.FieldValue) {
 		}
 		ns := binary.LittleEndian.Uint64(f.Value[:])
 		if h.haveSlowdown[i] && ns > h.slowdownNs[i] {
-			c.seeConditions(h, r.mask, now)
+			h.see(r.mask, now)
 		}
 		h.slowdownNs[i], h.haveSlowdown[i] = ns, true
 		h.slowdownRead = true
