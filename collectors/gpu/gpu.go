@@ -163,10 +163,9 @@ type device struct {
 	lostProbedAt time.Time
 	// unsupported marks queries this device answered ERROR_NOT_SUPPORTED; they are skipped.
 	unsupported [probeCount]bool
-	// failing marks queries whose last call failed, so a persistent error is logged once;
-	// failingPart the same for queries made once per link or GPU instance.
-	failing     [probeCount]bool
-	failingPart map[probePart]bool
+	// failing marks queries (on the whole GPU, or on one link or GPU instance) whose last call
+	// failed, so a persistent error is logged once.
+	failing map[probePart]bool
 
 	info, statusOK, statusFailed                  *sample.Series
 	power, powerInstant, energy                   *sample.Series
@@ -425,11 +424,28 @@ func (c *Collector) deviceOf(dev nvml.Device) *device {
 
 // ok reports whether ret is success, and does the bookkeeping when it is not.
 func (c *Collector) ok(d *device, p probe, ret nvml.Return) bool {
+	return c.okPart(d, p, "", wholeGPU, ret)
+}
+
+// probePart is a query made on a GPU as a whole (part wholeGPU) or on one part of it: a link, a
+// GPU instance.
+type probePart struct {
+	p    probe
+	part int
+}
+
+const wholeGPU = -1
+
+// okPart is ok for a query made once per part of the GPU (partKey names what part is: "link",
+// "gpu_instance"): a part failing while its siblings answer is logged once for that part, and
+// not again each time a sibling's call succeeds. "Not supported" and a lost GPU are the GPU's.
+func (c *Collector) okPart(d *device, p probe, partKey string, part int, ret nvml.Return) bool {
+	k := probePart{p, part}
 	switch ret {
 	case nvml.SUCCESS:
-		if d.failing[p] {
-			d.failing[p] = false
-			c.log.Info("GPU query works again", "gpu", d.index, "query", probeNames[p])
+		if len(d.failing) > 0 && d.failing[k] {
+			delete(d.failing, k)
+			c.log.Info("GPU query works again", queryAttrs(d, p, partKey, part)...)
 		}
 		return true
 	case nvml.ERROR_NOT_SUPPORTED, nvml.ERROR_FUNCTION_NOT_FOUND:
@@ -441,42 +457,24 @@ func (c *Collector) ok(d *device, p probe, ret nvml.Return) bool {
 			c.log.Error("GPU fell off the bus; reporting it failed and looking for it again every 30 s", "gpu", d.index, "uuid", d.uuid)
 		}
 	default:
-		if !d.failing[p] {
-			d.failing[p] = true
-			c.log.Warn("GPU query failed", "gpu", d.index, "query", probeNames[p], "err", ret)
+		if !d.failing[k] {
+			if d.failing == nil {
+				d.failing = map[probePart]bool{}
+			}
+			d.failing[k] = true
+			c.log.Warn("GPU query failed", append(queryAttrs(d, p, partKey, part), "err", ret)...)
 		}
 	}
 	return false
 }
 
-// probePart is a query made on one part of a GPU: a link, a GPU instance.
-type probePart struct {
-	p    probe
-	part int
-}
-
-// okPart is ok for a query made once per part of the GPU (partKey names what part is: "link",
-// "gpu_instance"): a part failing while its siblings answer is logged once for that part, and
-// not again each time a sibling's call succeeds.
-func (c *Collector) okPart(d *device, p probe, partKey string, part int, ret nvml.Return) bool {
-	switch ret {
-	case nvml.SUCCESS:
-		if k := (probePart{p, part}); d.failingPart[k] {
-			delete(d.failingPart, k)
-			c.log.Info("GPU query works again", "gpu", d.index, "query", probeNames[p], partKey, part)
-		}
-		return true
-	case nvml.ERROR_NOT_SUPPORTED, nvml.ERROR_FUNCTION_NOT_FOUND, nvml.ERROR_GPU_IS_LOST:
-		return c.ok(d, p, ret)
+// queryAttrs are a query's log attributes: the GPU, the query, and the part when it has one.
+func queryAttrs(d *device, p probe, partKey string, part int) []any {
+	attrs := []any{"gpu", d.index, "query", probeNames[p]}
+	if part != wholeGPU {
+		attrs = append(attrs, partKey, part)
 	}
-	if k := (probePart{p, part}); !d.failingPart[k] {
-		if d.failingPart == nil {
-			d.failingPart = map[probePart]bool{}
-		}
-		d.failingPart[k] = true
-		c.log.Warn("GPU query failed", "gpu", d.index, "query", probeNames[p], partKey, part, "err", ret)
-	}
-	return false
+	return attrs
 }
 
 // logUnsupported says once, at debug, which GPUs do not support each query found unsupported

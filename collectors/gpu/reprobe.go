@@ -63,8 +63,7 @@ func (c *Collector) reprobe(d *device) {
 		d.nvlink = nil // links are found again
 	}
 	d.lost = false
-	d.failing = [probeCount]bool{}
-	clear(d.failingPart)
+	clear(d.failing)
 	// The PCIe estimate integrates a rate over the time between readings: do not stretch one
 	// reading over the whole outage.
 	d.pcieTx.last, d.pcieRx.last = time.Time{}, time.Time{}
