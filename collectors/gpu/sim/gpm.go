@@ -156,11 +156,21 @@ func (g *GPU) GpmSampleGet(sample nvml.GpmSample) nvml.Return {
 		return ret
 	}
 	defer g.mu.Unlock()
-	g.gpmFlush()
-	s.gpu, s.inst, s.step, s.counts = g, nil, g.step, g.gpmCounters
-	s.now = gpmCounters{}
-	s.now.accrue(&g.fleet.model, g.workload(), g.demandW, 1)
+	g.fillSample(s, nil)
 	return nvml.SUCCESS
+}
+
+// fillSample takes s of the whole GPU (inst nil) or of one GPU instance, after integrating the
+// held steps; the caller holds g.mu.
+func (g *GPU) fillSample(s *GpmSample, inst *MigDevice) {
+	g.gpmFlush()
+	counts, share := g.gpmCounters, 1.0
+	if inst != nil {
+		counts, share = inst.gpm, g.instanceShare(inst)
+	}
+	s.gpu, s.inst, s.step, s.counts = g, inst, g.step, counts
+	s.now = gpmCounters{}
+	s.now.accrue(&g.fleet.model, g.workload(), g.demandW, share)
 }
 
 // GpmMetricsGet computes mg.Metrics[:mg.NumMetrics] between mg.Sample1 and the later

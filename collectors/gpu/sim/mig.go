@@ -298,10 +298,7 @@ func (g *GPU) GpmMigSampleGet(giID int, sample nvml.GpmSample) nvml.Return {
 	defer g.mu.Unlock()
 	for _, d := range g.mig.instances {
 		if d.giID == giID {
-			g.gpmFlush()
-			s.gpu, s.inst, s.step, s.counts = g, d, g.step, d.gpm
-			s.now = gpmCounters{}
-			s.now.accrue(&g.fleet.model, g.workload(), g.demandW, g.instanceShare(d))
+			g.fillSample(s, d)
 			return nvml.SUCCESS
 		}
 	}
